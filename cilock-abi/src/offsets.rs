@@ -1,0 +1,63 @@
+//! Kernel struct member offsets, computed by the daemon from the running
+//! kernel's BTF and injected into the eBPF object as the `.rodata` global
+//! `OFFSETS`. Rust eBPF has no CO-RE, so this is how one object serves every
+//! kernel. A field that does not exist on a kernel is [`Offsets::ABSENT`].
+
+/// Byte offsets of the kernel struct members the probes read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // each field is named `<struct>_<member>`
+pub struct Offsets {
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub task_mm: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_real_parent: u32,
+    pub task_signal: u32,
+    pub task_exit_code: u32,
+    pub signal_live: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub file_f_path: u32,
+    pub file_f_flags: u32,
+    pub file_f_inode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub dentry_d_inode: u32,
+    pub dentry_d_sb: u32,
+    pub dentry_d_hash_pprev: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub mount_mnt: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub mm_exe_file: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub bprm_file: u32,
+    pub bprm_filename: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_size: u32,
+    pub inode_i_sb: u32,
+    /// Seconds of mtime (`i_mtime_sec` on ≥6.7, `i_mtime.tv_sec` before).
+    pub inode_mtime_sec: u32,
+    pub inode_mtime_nsec: u32,
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
+    pub sb_s_dev: u32,
+    pub sb_s_magic: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+}
+
+impl Offsets {
+    /// Marks a member the running kernel does not have.
+    pub const ABSENT: u32 = u32::MAX;
+}

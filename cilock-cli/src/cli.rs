@@ -1,0 +1,192 @@
+//! Command-line arguments (parsed without I/O; commands resolve them).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// cilock: signed evidence of what a CI step did, and policy verification.
+#[derive(Debug, Parser)]
+#[command(name = "cilock", version, about, long_about = None)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mark step boundaries around a CI job (through cilock-daemon).
+    #[command(subcommand)]
+    Step(StepCommand),
+    /// Run one command traced, and write its signed attestation.
+    Run(RunArgs),
+    /// Verify attestations against a signed policy.
+    Verify(VerifyArgs),
+    /// Sign a file (a policy, or any payload) into a DSSE envelope.
+    Sign(SignArgs),
+    /// Generate a signing key pair.
+    Keygen(KeygenArgs),
+    /// Summarise an attestation envelope.
+    Inspect(InspectArgs),
+}
+
+/// `cilock step …`
+#[derive(Debug, Subcommand)]
+pub enum StepCommand {
+    /// Start tracing a step: moves the calling shell (or --pid) into the
+    /// step's cgroup, so everything it runs afterwards is traced.
+    Begin(StepBeginArgs),
+    /// Stop tracing a step and write its signed attestation.
+    End(StepEndArgs),
+}
+
+/// `cilock step begin`
+#[derive(Debug, Args)]
+pub struct StepBeginArgs {
+    /// Step name (the attestation collection's name).
+    #[arg(short = 's', long)]
+    pub step: String,
+    /// Process to trace with its descendants [default: the parent of cilock, i.e. the calling shell].
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Extra attestors to run (comma-separated or repeated): environment, git, github, github-action, gitlab, secretscan.
+    #[arg(short = 'a', long = "attestations", value_delimiter = ',')]
+    pub attestations: Vec<String>,
+    /// Working directory whose files are recorded as materials and products [default: the current directory].
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+}
+
+/// `cilock step end`
+#[derive(Debug, Args)]
+pub struct StepEndArgs {
+    /// Step name given to `step begin`.
+    #[arg(short = 's', long)]
+    pub step: String,
+    /// Where to write the signed attestation (DSSE envelope, JSON).
+    #[arg(short = 'o', long = "outfile")]
+    pub outfile: PathBuf,
+    /// Kill processes still alive in the step (they are listed either way).
+    #[arg(long)]
+    pub kill: bool,
+}
+
+/// Which trace backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// eBPF when it loads, else ptrace.
+    Auto,
+    /// eBPF only (fail if unavailable).
+    Ebpf,
+    /// ptrace with a seccomp filter.
+    Ptrace,
+}
+
+/// `cilock run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Step name (the attestation collection's name).
+    #[arg(short = 's', long)]
+    pub step: String,
+    /// Where to write the signed attestation (DSSE envelope, JSON).
+    #[arg(short = 'o', long = "outfile")]
+    pub outfile: PathBuf,
+    /// Signing key (PEM) when running without the daemon.
+    #[arg(short = 'k', long = "key")]
+    pub key: Option<PathBuf>,
+    /// Trace backend when running without the daemon.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Do not use the daemon even if it answers.
+    #[arg(long)]
+    pub no_daemon: bool,
+    /// Extra attestors to run (comma-separated or repeated).
+    #[arg(short = 'a', long = "attestations", value_delimiter = ',')]
+    pub attestations: Vec<String>,
+    /// Working directory whose files are recorded as materials and products [default: the current directory].
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+/// `cilock verify`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Signed policy (DSSE envelope).
+    #[arg(short = 'p', long)]
+    pub policy: PathBuf,
+    /// Public key the policy must be signed by.
+    #[arg(short = 'k', long = "publickey")]
+    pub publickey: PathBuf,
+    /// Attestation envelopes (repeatable).
+    #[arg(short = 'a', long = "attestations", required = true)]
+    pub attestations: Vec<PathBuf>,
+    /// Artifact file whose sha256 is a subject to look for (repeatable).
+    #[arg(short = 'f', long = "artifactfile")]
+    pub artifact_files: Vec<PathBuf>,
+    /// sha256 (hex) of a subject to look for (repeatable).
+    #[arg(short = 's', long = "subjects")]
+    pub subjects: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a signed SLSA verification summary here (needs --vsa-key).
+    #[arg(long)]
+    pub vsa_out: Option<PathBuf>,
+    /// Key to sign the verification summary with.
+    #[arg(long)]
+    pub vsa_key: Option<PathBuf>,
+}
+
+/// `cilock sign`
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Signing key (PEM).
+    #[arg(short = 'k', long = "key")]
+    pub key: PathBuf,
+    /// File to sign.
+    #[arg(short = 'f', long = "infile")]
+    pub infile: PathBuf,
+    /// Where to write the envelope.
+    #[arg(short = 'o', long = "outfile")]
+    pub outfile: PathBuf,
+    /// Payload type.
+    #[arg(short = 't', long = "datatype", default_value = "https://witness.testifysec.com/policy/v0.1")]
+    pub datatype: String,
+}
+
+/// Key algorithms `keygen` can make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyType {
+    /// ECDSA P-256 (default).
+    EcdsaP256,
+    /// Ed25519.
+    Ed25519,
+}
+
+/// `cilock keygen`
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Private key output (PEM, mode 0600); the public key goes to OUT.pub.
+    #[arg(short = 'o', long = "outfile")]
+    pub outfile: PathBuf,
+    /// Key algorithm.
+    #[arg(short = 't', long = "type", value_enum, default_value_t = KeyType::EcdsaP256)]
+    pub key_type: KeyType,
+}
+
+/// `cilock inspect`
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The envelope file.
+    pub file: PathBuf,
+    /// Public key to check the signature with.
+    #[arg(short = 'k', long = "publickey")]
+    pub publickey: Option<PathBuf>,
+    /// Print the decoded statement as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

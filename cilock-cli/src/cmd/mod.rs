@@ -1,0 +1,24 @@
+//! One module per subcommand; each returns the process exit code (0 ok,
+//! 1 command/verification failed) or an error (exit 2).
+
+use crate::cli::{Cli, Command, StepCommand};
+
+mod inspect;
+mod keygen;
+mod run;
+mod sign;
+mod step;
+mod verify;
+
+/// Runs the parsed command.
+pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Step(StepCommand::Begin(a)) => step::begin(a),
+        Command::Step(StepCommand::End(a)) => step::end(a),
+        Command::Run(a) => run::run(a),
+        Command::Verify(a) => verify::verify(a),
+        Command::Sign(a) => sign::sign(a),
+        Command::Keygen(a) => keygen::keygen(a),
+        Command::Inspect(a) => inspect::inspect(a),
+    }
+}

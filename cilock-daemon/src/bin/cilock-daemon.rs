@@ -1,0 +1,2 @@
+//! The cilock daemon (being written: daemon service work).
+fn main() {}

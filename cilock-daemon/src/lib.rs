@@ -1,0 +1,24 @@
+//! cilock's tracing engine and daemon.
+//!
+//! - [`api`]: the daemon ↔ CLI contract (requests, replies, the service trait).
+//! - [`cgroup`]: cgroup v2 discovery and per-step cgroups.
+//! - [`trace`]: the backend-neutral event model, the per-step recorder that
+//!   builds the process table, and the digest cache.
+//! - [`backend`]: the eBPF backend (probes loaded once, filtered per step
+//!   cgroup in the kernel) and the ptrace fallback (seccomp-filtered).
+//! - [`engine`]: steps: begin, end, reap; turns a trace into a command-run
+//!   attestation.
+//! - [`server`]: the Unix-socket server with SO_PEERCRED authentication.
+//! - [`config`]: the daemon's TOML configuration.
+//!
+//! The CLI links this crate too: `cilock run` uses the same engine in-process
+//! when no daemon answers.
+
+pub mod api;
+pub mod backend;
+pub mod cgroup;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod server;
+pub mod trace;

@@ -1,0 +1,8 @@
+//! The trace model shared by all backends, and what is built from it.
+
+pub mod digest_cache;
+pub mod event;
+pub mod net;
+pub mod recorder;
+
+pub use event::{FileStamp, NetCall, SockAddr, TraceEvent};
