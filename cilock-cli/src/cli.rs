@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::attestor_flags::AttestorFlags;
+
 /// cilock: signed evidence of what a CI step did, and policy verification.
 #[derive(Debug, Parser)]
 #[command(name = "cilock", version, about, long_about = None)]
@@ -56,6 +58,9 @@ pub struct StepBeginArgs {
     /// Working directory whose files are recorded as materials and products [default: the current directory].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Attestor options.
+    #[command(flatten)]
+    pub attestor_flags: AttestorFlags,
 }
 
 /// `cilock step end`

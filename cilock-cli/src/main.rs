@@ -2,6 +2,7 @@
 //! against signed policy. Exit codes: 0 success, 1 the wrapped command or a
 //! verification failed, 2 usage or input error.
 
+mod attestor_flags;
 mod cli;
 mod cmd;
 
