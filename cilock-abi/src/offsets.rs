@@ -55,6 +55,10 @@ pub struct Offsets {
     pub sb_s_magic: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// `__syscall_nr` in the `syscalls/sys_exit_*` tracepoint record (from its format file).
+    pub tp_exit_nr: u32,
+    /// `ret` in the `syscalls/sys_exit_*` tracepoint record (from its format file).
+    pub tp_exit_ret: u32,
 }
 
 impl Offsets {

@@ -1,1 +1,317 @@
-//! (being written)
+//! cgroup v2: finding the hierarchy (hybrid hosts included) and managing one
+//! cgroup per step.
+//!
+//! Step cgroups live at `<cgroup2 mount>/<parent>/<step>`; every step is at
+//! the same depth, which the kernel programs use to find a task's step with
+//! one `bpf_get_current_ancestor_cgroup_id()` call — cgroups a step creates
+//! below its own are part of the step.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A cgroup error with the path involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CgroupError {
+    /// No cgroup2 mount.
+    #[error("no cgroup2 filesystem is mounted (see /proc/self/mountinfo); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
+    NoCgroup2,
+    /// An I/O error on a cgroup file.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The cgroup did not empty in time.
+    #[error("cgroup {0} still has processes")]
+    Busy(PathBuf),
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The cgroup2 hierarchy as mounted here.
+#[derive(Clone, Debug)]
+pub struct Hierarchy {
+    /// Where it is mounted.
+    pub mount: PathBuf,
+    /// The mount's root within the hierarchy ("/" normally).
+    pub root: PathBuf,
+}
+
+impl Hierarchy {
+    /// Finds the cgroup2 mount in `/proc/self/mountinfo`.
+    pub fn find() -> Result<Hierarchy, CgroupError> {
+        let info = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+        Self::from_mountinfo(&info).ok_or(CgroupError::NoCgroup2)
+    }
+
+    /// Parses mountinfo text; prefers a mount whose root is the hierarchy root.
+    pub fn from_mountinfo(info: &str) -> Option<Hierarchy> {
+        let mut best: Option<Hierarchy> = None;
+        for line in info.lines() {
+            // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            if post.split_whitespace().next() != Some("cgroup2") {
+                continue;
+            }
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            if f.len() < 5 {
+                continue;
+            }
+            let h = Hierarchy {
+                root: PathBuf::from(unescape(f[3])),
+                mount: PathBuf::from(unescape(f[4])),
+            };
+            let is_root = h.root == Path::new("/");
+            if best.is_none() || (is_root && best.as_ref().is_some_and(|b| b.root != Path::new("/"))) {
+                best = Some(h);
+            }
+        }
+        best
+    }
+
+    /// The level (depth below the hierarchy root) of a path under the mount.
+    pub fn level_of(&self, path: &Path) -> Option<u32> {
+        let rel = path.strip_prefix(&self.mount).ok()?;
+        let depth = |p: &Path| p.components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+        Some((depth(&self.root) + depth(rel)) as u32)
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = std::str::from_utf8(&b[i + 1..i + 4]).ok();
+            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A cgroup directory.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl Cgroup {
+    /// Creates (or reuses) the directory `path`.
+    pub fn create(path: &Path) -> Result<Cgroup, CgroupError> {
+        match fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("mkdir", path)(e)),
+        }
+        Self::open(path)
+    }
+
+    /// Opens an existing cgroup directory.
+    pub fn open(path: &Path) -> Result<Cgroup, CgroupError> {
+        let md = fs::metadata(path).map_err(io_err("stat", path))?;
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+            // The cgroup id the kernel reports is the directory's inode number.
+            id: md.ino(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The kernel's cgroup id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Moves process `pid` (its whole thread group) into this cgroup.
+    pub fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {
+        let p = self.path.join("cgroup.procs");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(io_err("open", &p))?;
+        f.write_all(pid.to_string().as_bytes())
+            .map_err(io_err("write pid to", &p))
+    }
+
+    /// The processes in this cgroup and below it.
+    pub fn pids_recursive(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        collect_pids(&self.path, &mut out, 0);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Ids of this cgroup and every cgroup below it.
+    pub fn subtree_ids(&self) -> Vec<u64> {
+        let mut out = vec![self.id];
+        collect_ids(&self.path, &mut out, 0);
+        out
+    }
+
+    /// True when a process is in this cgroup or below.
+    pub fn populated(&self) -> bool {
+        let p = self.path.join("cgroup.events");
+        match fs::read_to_string(&p) {
+            Ok(s) => s.lines().any(|l| l.trim() == "populated 1"),
+            Err(_) => !self.pids_recursive().is_empty(),
+        }
+    }
+
+    /// Kills everything in the cgroup (cgroup.kill, or SIGKILL per pid on
+    /// kernels without it) and waits until it is empty.
+    pub fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let kill = self.path.join("cgroup.kill");
+        if fs::write(&kill, b"1").is_err() {
+            for pid in self.pids_recursive() {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        while self.populated() {
+            if Instant::now() > deadline {
+                return Err(CgroupError::Busy(self.path.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Moves every process out (into `to`) and removes the directory tree.
+    pub fn remove(&self, to: &Path) -> Result<(), CgroupError> {
+        if let Ok(dest) = Cgroup::open(to) {
+            for _ in 0..3 {
+                let pids = self.pids_recursive();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = dest.add_pid(pid);
+                }
+            }
+        }
+        remove_tree(&self.path)
+    }
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<u32>, depth: u32) {
+    if depth > 32 {
+        return;
+    }
+    if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), out, depth + 1);
+            }
+        }
+    }
+}
+
+fn collect_ids(dir: &Path, out: &mut Vec<u64>, depth: u32) {
+    if depth > 32 {
+        return;
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Ok(md) = e.metadata() {
+                    out.push(md.ino());
+                }
+                collect_ids(&e.path(), out, depth + 1);
+            }
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    // rmdir may briefly fail with EBUSY while exiting tasks are released.
+    let mut last = None;
+    for _ in 0..200 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(io_err("rmdir", dir)(last.unwrap_or_else(|| io::Error::other("busy"))))
+}
+
+/// The cgroup (within the hierarchy) a process is in, from /proc/PID/cgroup.
+pub fn cgroup_of(pid: u32) -> Option<PathBuf> {
+    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_and_unified_hosts() {
+        let hybrid = "25 18 0:22 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n\
+                      27 25 0:24 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n";
+        let h = Hierarchy::from_mountinfo(hybrid).unwrap();
+        assert_eq!(h.mount, Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(
+            h.level_of(Path::new("/sys/fs/cgroup/unified/cilock.steps/s1")),
+            Some(2)
+        );
+        let unified = "30 20 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            Hierarchy::from_mountinfo(unified).unwrap().mount,
+            Path::new("/sys/fs/cgroup")
+        );
+        assert!(Hierarchy::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n").is_none());
+        let escaped = "30 20 0:26 / /mnt/cg\\040two rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            Hierarchy::from_mountinfo(escaped).unwrap().mount,
+            Path::new("/mnt/cg two")
+        );
+    }
+}

@@ -1,6 +1,28 @@
+//! cilock's kernel programs.
+//!
+//! Every program first asks which step the current task belongs to: the
+//! ancestor of its cgroup at the step level (`STEP_LEVEL`, set by the daemon)
+//! must be registered in `STEPS`. Everything else returns at once, so tasks
+//! outside a step pay one helper call and one hash lookup.
+//!
+//! Records (see `cilock-abi`) are built in a per-CPU scratch buffer and sent
+//! with `bpf_ringbuf_output`; wakeups are batched (`NO_WAKEUP` until
+//! `WAKEUP_BYTES` are pending) and the daemon also polls on a timer. A record
+//! that does not fit is counted as lost, globally and per step, in the kernel.
+//!
+//! Paths are produced by walking `dentry → d_parent` and crossing mounts like
+//! the kernel's `prepend_path()`, inside `bpf_loop`, from the `struct file` the
+//! syscall just installed, so they are absolute and canonical regardless of
+//! dirfd, cwd or symlinks. Struct offsets come from BTF at load time
+//! (`OFFSETS`), because Rust eBPF has no CO-RE.
 #![no_std]
 #![no_main]
-//! cilock kernel programs (being written).
+
+mod maps;
+mod path;
+mod probes;
+mod read;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

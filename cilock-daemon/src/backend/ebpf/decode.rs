@@ -1,0 +1,341 @@
+//! Decodes ring-buffer records (`cilock-abi`) into [`TraceEvent`]s.
+//!
+//! Records come from our own kernel programs, but their contents (paths,
+//! argv, comm) are data from the traced job: every length is checked against
+//! the record, and bad records are reported, never trusted.
+
+use std::mem::size_of;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cilock_abi::{
+    kind, path_flags, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent, Header, InodeStamp,
+    OpenEvent, PathInfo,
+};
+
+use crate::trace::{FileStamp, TraceEvent};
+
+/// A decoded record.
+#[derive(Debug, PartialEq)]
+pub enum Record {
+    /// A trace event of the step `step_cgroup`.
+    Event {
+        /// The step cgroup id.
+        step_cgroup: u64,
+        /// The record kind.
+        kind: u32,
+        /// The event.
+        event: TraceEvent,
+    },
+    /// A step process moved `moved` into cgroup `dst` (the caller decides
+    /// whether `dst` is outside the step).
+    CgroupMove {
+        /// The step cgroup id.
+        step_cgroup: u64,
+        /// The moved tgid.
+        moved: u32,
+        /// The tgid that moved it.
+        by: u32,
+        /// Destination cgroup id.
+        dst: u64,
+        /// When.
+        time: SystemTime,
+    },
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed record (kind {kind}, {len} bytes): {what}")]
+pub struct DecodeError {
+    /// Record kind.
+    pub kind: u32,
+    /// Record length.
+    pub len: usize,
+    /// What is wrong.
+    pub what: &'static str,
+}
+
+/// Converts kernel boot-time nanoseconds to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// realtime − boottime, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl Clock {
+    /// Samples both clocks now.
+    pub fn now() -> Clock {
+        let rt = clock_ns(libc::CLOCK_REALTIME);
+        let bt = clock_ns(libc::CLOCK_BOOTTIME);
+        Clock {
+            offset_ns: rt - bt,
+        }
+    }
+
+    /// Wall-clock time of a boot-time timestamp.
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        let ns = ktime_ns as i128 + self.offset_ns;
+        if ns <= 0 {
+            return UNIX_EPOCH;
+        }
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+fn read<T: Copy>(b: &[u8], k: u32) -> Result<T, DecodeError> {
+    if b.len() < size_of::<T>() {
+        return Err(DecodeError {
+            kind: k,
+            len: b.len(),
+            what: "shorter than its fixed part",
+        });
+    }
+    // SAFETY: length checked; T is a plain-old-data repr(C) record.
+    Ok(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
+}
+
+fn comm(c: &[u8; 16]) -> String {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+/// `status` as the kernel keeps it → the exit code a shell reports.
+pub fn exit_code(status: u32) -> i32 {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        ((status >> 8) & 0xff) as i32
+    } else {
+        128 + sig as i32
+    }
+}
+
+const PIPEFS_MAGIC: u32 = 0x5049_5045;
+const SOCKFS_MAGIC: u32 = 0x534f_434b;
+const ANON_INODE_FS_MAGIC: u32 = 0x0904_1934;
+
+/// Rebuilds a path from leaf-first components. Returns the path and, when
+/// it is not a plain absolute path, why.
+pub fn rebuild_path(info: &PathInfo, bytes: &[u8], ino: u64) -> (String, Option<String>) {
+    let text = String::from_utf8_lossy(bytes);
+    let mut comps: Vec<&str> = text.split('/').filter(|c| !c.is_empty()).collect();
+    comps.reverse();
+    if info.flags & path_flags::ESCAPED != 0 && comps.len() <= 1 {
+        let name = comps.first().copied().unwrap_or("");
+        let p = match info.magic {
+            PIPEFS_MAGIC => format!("pipe:[{ino}]"),
+            SOCKFS_MAGIC => format!("socket:[{ino}]"),
+            ANON_INODE_FS_MAGIC => format!("anon_inode:{name}"),
+            _ => format!("/{name} (deleted)"),
+        };
+        return (p, Some("pseudo file".to_string()));
+    }
+    let mut path = String::with_capacity(bytes.len() + 1);
+    let truncated =
+        info.flags & (path_flags::TRUNC_LEN | path_flags::TRUNC_STEPS | path_flags::READ_ERR) != 0;
+    if truncated {
+        path.push_str("/…");
+    }
+    for c in &comps {
+        path.push('/');
+        path.push_str(c);
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    let mut why = None;
+    if truncated {
+        why = Some("path truncated".to_string());
+    } else if info.flags & path_flags::ESCAPED != 0 {
+        why = Some("disconnected dentry".to_string());
+    } else if info.flags & path_flags::NS_ROOT == 0 {
+        why = Some("path not resolved to a root".to_string());
+    }
+    if info.flags & path_flags::DELETED != 0 {
+        path.push_str(" (deleted)");
+        why.get_or_insert_with(|| "deleted at open".to_string());
+    }
+    (path, why)
+}
+
+/// Kernel `dev_t` (major << 20 | minor) → user-space `st_dev`.
+pub fn user_dev(kdev: u32) -> u64 {
+    libc::makedev(kdev >> 20, kdev & 0xf_ffff)
+}
+
+fn file_stamp(s: &InodeStamp) -> FileStamp {
+    FileStamp {
+        dev: user_dev(s.dev),
+        ino: s.ino,
+        size: s.size,
+        mtime_ns: s.mtime_sec as i128 * 1_000_000_000 + s.mtime_nsec as i128,
+        ctime_ns: s.ctime_sec as i128 * 1_000_000_000 + s.ctime_nsec as i128,
+        mode: s.mode,
+    }
+}
+
+fn slice<'a>(b: &'a [u8], start: usize, len: usize, k: u32) -> Result<&'a [u8], DecodeError> {
+    b.get(start..start.saturating_add(len)).ok_or(DecodeError {
+        kind: k,
+        len: b.len(),
+        what: "variable part exceeds the record",
+    })
+}
+
+/// Decodes one record.
+pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
+    let hdr: Header = read(b, 0)?;
+    let k = hdr.kind;
+    let time = clock.wall(hdr.ktime_ns);
+    let ev = |event| Record::Event {
+        step_cgroup: hdr.step_cgroup,
+        kind: k,
+        event,
+    };
+    match k {
+        kind::OPEN => {
+            let e: OpenEvent = read(b, k)?;
+            let bytes = slice(b, size_of::<OpenEvent>(), e.path.len as usize, k)?;
+            let (path, unresolved) = rebuild_path(&e.path, bytes, e.inode.ino);
+            Ok(ev(TraceEvent::Open {
+                pid: hdr.tgid,
+                path,
+                flags: e.f_flags,
+                stamp: Some(file_stamp(&e.inode)),
+                unresolved,
+                time,
+            }))
+        }
+        kind::EXEC => {
+            let e: ExecEvent = read(b, k)?;
+            let mut p = size_of::<ExecEvent>();
+            let fname = slice(b, p, e.filename_len as usize, k)?;
+            p += fname.len();
+            let args = slice(b, p, e.args_len as usize, k)?;
+            p += args.len();
+            let exe_b = slice(b, p, e.exe.len as usize, k)?;
+            p += exe_b.len();
+            let cwd_b = slice(b, p, e.cwd.len as usize, k)?;
+            let (exe, exe_why) = rebuild_path(&e.exe, exe_b, e.exe_inode.ino);
+            let (cwd, cwd_why) = rebuild_path(&e.cwd, cwd_b, 0);
+            let mut argv: Vec<String> = args
+                .split(|&c| c == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            // argv ends with a NUL: drop the empty tail it leaves.
+            if argv.last().is_some_and(|a| a.is_empty()) {
+                argv.pop();
+            }
+            Ok(ev(TraceEvent::Exec {
+                pid: hdr.tgid,
+                ppid: (e.ppid != 0).then_some(e.ppid),
+                filename: String::from_utf8_lossy(fname).into_owned(),
+                exe: (e.exe.len > 0 && exe_why.is_none()).then_some(exe),
+                exe_stamp: (e.exe_inode.ino != 0).then(|| file_stamp(&e.exe_inode)),
+                cwd: (e.cwd.len > 0 && cwd_why.is_none()).then_some(cwd),
+                argv,
+                comm: comm(&hdr.comm),
+                time,
+            }))
+        }
+        kind::FORK => {
+            let e: ForkEvent = read(b, k)?;
+            Ok(ev(TraceEvent::Fork {
+                parent: hdr.tgid,
+                child: e.child_tgid,
+                time,
+            }))
+        }
+        kind::EXIT => {
+            let e: ExitEvent = read(b, k)?;
+            Ok(ev(TraceEvent::Exit {
+                pid: hdr.tgid,
+                code: exit_code(e.exit_code),
+                time,
+            }))
+        }
+        kind::CGROUP_MOVE => {
+            let e: CgroupMoveEvent = read(b, k)?;
+            Ok(Record::CgroupMove {
+                step_cgroup: hdr.step_cgroup,
+                moved: e.moved_tgid,
+                by: hdr.tgid,
+                dst: e.dst_cgroup,
+                time,
+            })
+        }
+        _ => Err(DecodeError {
+            kind: k,
+            len: b.len(),
+            what: "unknown kind",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(flags: u32, len: usize) -> PathInfo {
+        PathInfo {
+            flags,
+            len: len as u32,
+            root_off: 0,
+            magic: 0,
+        }
+    }
+
+    #[test]
+    fn rebuilds_leaf_first_paths() {
+        let b = b"hostname/etc/";
+        let (p, why) = rebuild_path(&info(path_flags::NS_ROOT, b.len()), b, 1);
+        assert_eq!(p, "/etc/hostname");
+        assert_eq!(why, None);
+        let (p, why) = rebuild_path(&info(path_flags::NS_ROOT, 0), b"", 1);
+        assert_eq!((p.as_str(), why), ("/", None));
+        let (p, why) = rebuild_path(
+            &info(path_flags::NS_ROOT | path_flags::DELETED, 6),
+            b"x/tmp/",
+            1,
+        );
+        assert_eq!(p, "/tmp/x (deleted)");
+        assert!(why.is_some());
+        let (p, why) = rebuild_path(&info(path_flags::TRUNC_STEPS, 4), b"c/b/", 1);
+        assert_eq!(p, "/…/b/c");
+        assert_eq!(why.as_deref(), Some("path truncated"));
+        let mut pi = info(path_flags::ESCAPED, 0);
+        pi.magic = PIPEFS_MAGIC;
+        assert_eq!(rebuild_path(&pi, b"", 77).0, "pipe:[77]");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(0), 0);
+        assert_eq!(exit_code(3 << 8), 3);
+        assert_eq!(exit_code(9), 137);
+        assert_eq!(exit_code(0x80 | 11), 139);
+    }
+
+    #[test]
+    fn rejects_short_and_inconsistent_records() {
+        let clock = Clock::now();
+        assert!(decode(&[1, 2, 3], &clock).is_err());
+        let mut e = OpenEvent::default();
+        e.hdr.kind = kind::OPEN;
+        e.path.len = 100; // but no bytes follow
+        let bytes: [u8; size_of::<OpenEvent>()] = unsafe { std::mem::transmute(e) };
+        assert!(decode(&bytes, &clock).is_err());
+        let mut h = Header::default();
+        h.kind = 99;
+        let bytes: [u8; size_of::<Header>()] = unsafe { std::mem::transmute(h) };
+        assert!(decode(&bytes, &clock).is_err());
+    }
+}
