@@ -1,1 +1,464 @@
-//! (being written: daemon service work)
+//! The daemon's TOML configuration (`/etc/cilock/cilock.toml` by default).
+//!
+//! Every key is optional; a missing key takes the default below. Unknown keys
+//! are an error that names the key, so a typo never silently falls back to a
+//! default.
+//!
+//! | key                    | type                      | default                          |
+//! |------------------------|---------------------------|----------------------------------|
+//! | `socket`               | path                      | `/run/cilock/cilock.sock`        |
+//! | `group`                | group name or numeric gid | `cilock`                         |
+//! | `key`                  | path                      | `/etc/cilock/signing-key.pem`    |
+//! | `backend`              | `auto`, `ebpf`, `ptrace`  | `auto`                           |
+//! | `step_timeout`         | seconds, or `"6h"`, `"1h 30m"`, `"90s"` | `"6h"`             |
+//! | `cgroup_parent`        | relative cgroup path      | `cilock.steps`                   |
+//! | `default_attestations` | list of attestor names    | `[]`                             |
+//! | `log_level`            | tracing filter directive  | `info`                           |
+//!
+//! `CILOCK_SOCKET` (and the daemon's `--socket`) override `socket`; `--key`
+//! overrides `key`; `RUST_LOG` overrides `log_level`.
+//!
+//! The module also holds [`check_key_file`], the permission check the daemon
+//! applies to its signing key before loading it.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::api::DEFAULT_SOCKET;
+use crate::backend::BackendChoice;
+use crate::engine::EngineConfig;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cilock/cilock.toml";
+/// Default signing key path.
+pub const DEFAULT_KEY_PATH: &str = "/etc/cilock/signing-key.pem";
+/// Default group whose members may use the socket.
+pub const DEFAULT_GROUP: &str = "cilock";
+/// Default log filter.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// The daemon's configuration file, after defaults are applied.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Unix socket the daemon listens on.
+    pub socket: PathBuf,
+    /// Group (name, or numeric gid) whose members may use the socket besides
+    /// root. When the group does not exist the socket is root-only (0600).
+    pub group: String,
+    /// Signing key (PEM). Must be owned by root and not accessible to group
+    /// or others.
+    pub key: PathBuf,
+    /// Trace backend.
+    pub backend: BackendChoice,
+    /// A step not ended within this time is reaped.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub step_timeout: Duration,
+    /// Cgroup (relative to the cgroup2 root) that holds step cgroups.
+    pub cgroup_parent: String,
+    /// Attestors every step runs besides command-run, material and product.
+    pub default_attestations: Vec<String>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
+    /// `tracing-subscriber` directive such as `info,cilock_daemon=debug`).
+    pub log_level: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        let engine = EngineConfig::default();
+        DaemonConfig {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            group: DEFAULT_GROUP.to_string(),
+            key: PathBuf::from(DEFAULT_KEY_PATH),
+            backend: engine.backend,
+            step_timeout: engine.step_timeout,
+            cgroup_parent: engine.cgroup_parent,
+            default_attestations: engine.default_attestations,
+            log_level: DEFAULT_LOG_LEVEL.to_string(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file does not exist.
+    #[error("configuration file {} does not exist", path.display())]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong
+    /// type. The message names the key and the line.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        origin: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{origin}: invalid value for `{key}`: {message}")]
+    Invalid {
+        /// The file (or `<string>`).
+        origin: String,
+        /// The key.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+impl DaemonConfig {
+    /// Parses and validates a configuration from TOML text. `origin` names
+    /// the source in error messages.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: DaemonConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Loads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotFound {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Loads `path`; when the file does not exist and `required` is false
+    /// (the default path, not an explicit `--config`), returns the defaults.
+    /// The boolean tells whether a file was read.
+    pub fn load_or_default(path: &Path, required: bool) -> Result<(Self, bool), ConfigError> {
+        match Self::load(path) {
+            Ok(cfg) => Ok((cfg, true)),
+            Err(ConfigError::NotFound { .. }) if !required => Ok((Self::default(), false)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks values the types alone do not constrain.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        if self.socket.as_os_str().is_empty() {
+            return Err(invalid("socket", "must not be empty".into()));
+        }
+        if !self.socket.is_absolute() {
+            return Err(invalid(
+                "socket",
+                format!("{} is not an absolute path", self.socket.display()),
+            ));
+        }
+        if self.socket.file_name().is_none() {
+            return Err(invalid(
+                "socket",
+                format!("{} does not name a file", self.socket.display()),
+            ));
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.socket.as_os_str().len() > 107 {
+            return Err(invalid(
+                "socket",
+                format!(
+                    "{} is longer than the 107 bytes a Unix socket path may have",
+                    self.socket.display()
+                ),
+            ));
+        }
+        if !valid_group(&self.group) {
+            return Err(invalid(
+                "group",
+                format!(
+                    "{:?} is not a group name (letters, digits, '_', '-', '.'; not starting with '-') or a gid",
+                    self.group
+                ),
+            ));
+        }
+        if self.key.as_os_str().is_empty() {
+            return Err(invalid("key", "must not be empty".into()));
+        }
+        if self.step_timeout.is_zero() {
+            return Err(invalid("step_timeout", "must be greater than zero".into()));
+        }
+        if let Err(m) = valid_cgroup_parent(&self.cgroup_parent) {
+            return Err(invalid("cgroup_parent", m));
+        }
+        for name in &self.default_attestations {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !ok {
+                return Err(invalid(
+                    "default_attestations",
+                    format!("{name:?} is not an attestor name (lowercase letters, digits, '-')"),
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            return Err(invalid(
+                "log_level",
+                format!("{:?} is not a log filter: {e}", self.log_level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The engine settings this configuration selects.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            backend: self.backend,
+            step_timeout: self.step_timeout,
+            cgroup_parent: self.cgroup_parent.clone(),
+            default_attestations: self.default_attestations.clone(),
+        }
+    }
+}
+
+fn valid_group(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= 256
+        && !g.starts_with('-')
+        && g.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+}
+
+fn valid_cgroup_parent(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if p.starts_with('/') {
+        return Err(format!(
+            "{p:?} must be relative to the cgroup2 root (no leading '/')"
+        ));
+    }
+    for comp in p.split('/') {
+        if comp.is_empty() || comp == "." || comp == ".." {
+            return Err(format!("{p:?} has an empty, '.' or '..' component"));
+        }
+        if comp.contains(['\n', '\0']) {
+            return Err(format!("{p:?} contains a control character"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a humane duration: a number of seconds (`"90"`), or one or more
+/// `<number><unit>` parts, optionally separated by spaces (`"6h"`,
+/// `"1h 30m"`, `"2d"`, `"45s"`). Units: `s`/`sec`/`secs`/`second`/`seconds`,
+/// `m`/`min`/`mins`/`minute`/`minutes`, `h`/`hr`/`hrs`/`hour`/`hours`,
+/// `d`/`day`/`days`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = s
+            .parse()
+            .map_err(|_| format!("{text:?}: number too large"))?;
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(format!(
+                "{text:?}: expected a number at {rest:?} (e.g. \"6h\", \"1h 30m\", \"90s\")"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: number too large"))?;
+        rest = rest[digits..].trim_start();
+        let ulen = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let unit = &rest[..ulen];
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86400,
+            "" => return Err(format!("{text:?}: missing unit after {n}")),
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (use s, m, h or d)"
+                ))
+            }
+        };
+        total = n
+            .checked_mul(mult)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{text:?}: duration too large"))?;
+        rest = rest[ulen..].trim_start();
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number of seconds or a duration such as \"6h\" or \"1h 30m\"")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_duration(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Why a signing key file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file does not exist.
+    #[error("signing key {} does not exist (generate one with `cilock keygen -o {}`)", path.display(), path.display())]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file's metadata could not be read.
+    #[error("cannot inspect signing key {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not a regular file.
+    #[error("signing key {} is not a regular file", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Not owned by root.
+    #[error("signing key {} is owned by uid {uid}, not root (fix: chown root:root {})", path.display(), path.display())]
+    NotRootOwned {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+    /// Readable or writable by group or others.
+    #[error("signing key {} has mode {mode:04o}: it must not be readable or writable by group or others (fix: chmod 600 {})", path.display(), path.display())]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// Refuses a signing key that is not a regular file owned by root with no
+/// read or write permission for group or others (e.g. mode 0600 or 0400).
+/// Symlinks are followed: the target is checked.
+pub fn check_key_file(path: &Path) -> Result<(), KeyFileError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeyFileError::NotFound {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(KeyFileError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !meta.is_file() {
+        return Err(KeyFileError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.uid() != 0 {
+        return Err(KeyFileError::NotRootOwned {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o066 != 0 {
+        return Err(KeyFileError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(6 * 3600));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("1h30m15s").unwrap(),
+            Duration::from_secs(5415)
+        );
+        assert_eq!(
+            parse_duration("2 days").unwrap(),
+            Duration::from_secs(172800)
+        );
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5").is_ok());
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("10").is_ok());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn cgroup_parents() {
+        assert!(valid_cgroup_parent("cilock.steps").is_ok());
+        assert!(valid_cgroup_parent("cilock.slice/steps").is_ok());
+        assert!(valid_cgroup_parent("/abs").is_err());
+        assert!(valid_cgroup_parent("a/../b").is_err());
+        assert!(valid_cgroup_parent("a//b").is_err());
+    }
+}
