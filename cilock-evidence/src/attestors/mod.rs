@@ -170,3 +170,13 @@ pub fn into_collection(
         subjects,
     )
 }
+pub mod environment;
+pub mod filetree;
+pub mod git;
+pub mod github;
+pub mod github_action;
+pub mod gitlab;
+pub mod lifecycle;
+pub mod material;
+pub mod product;
+pub mod secretscan;

@@ -1,0 +1,335 @@
+//! Runs the attestors around a command or a step, in Witness's stage order:
+//! prematerial (environment, git, github, gitlab), material, execute (the
+//! caller's command-run, then github-action), product, postproduct
+//! (secretscan).
+//!
+//! ```text
+//! let mut lc = Lifecycle::new(&names, opts)?;
+//! lc.before(&mut ctx)?;          // prematerial + material
+//! /* run the command, push the command-run attestation into ctx.completed */
+//! lc.after(&mut ctx)?;           // github-action, product, secretscan
+//! ```
+//!
+//! command-run, material and product always run. A CI attestor requested
+//! outside its CI (github, gitlab, github-action) is not recorded; the
+//! reason is kept in [`Lifecycle::skipped`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::environment::{EnvOptions, EnvironmentAttestor, SensitiveEnvFilter};
+use super::filetree::{PathFilter, SkippedPath};
+use super::git::GitAttestor;
+use super::github::GitHubAttestor;
+use super::github_action::GitHubActionAttestor;
+use super::gitlab::GitLabAttestor;
+use super::material::MaterialAttestor;
+use super::product::ProductAttestor;
+use super::secretscan::{SecretScanAttestor, SecretScanOptions};
+use super::{run_one, AttestError, AttestationContext, Attestor};
+use crate::digest::HashAlg;
+
+/// Every attestor name `-a` accepts.
+pub const VALID_ATTESTORS: &[&str] = &[
+    "command-run",
+    "material",
+    "product",
+    "environment",
+    "git",
+    "github",
+    "github-action",
+    "gitlab",
+    "secretscan",
+];
+
+/// Attestors that always run.
+pub const ALWAYS_RUN: &[&str] = &["command-run", "material", "product"];
+
+/// Hash names `--hashes` accepts.
+pub const VALID_HASHES: &[&str] = &["sha256", "sha1", "gitoid:sha256", "gitoid:sha1"];
+
+/// Options of all attestors. Serializable: it travels to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AttestorOptions {
+    /// Sensitive environment variable handling.
+    pub env: EnvOptions,
+    /// Materials recorded (cilock extension; empty = all).
+    pub material_include_globs: Vec<String>,
+    /// Materials not recorded (cilock extension).
+    pub material_exclude_globs: Vec<String>,
+    /// Product subjects kept (empty = all, Witness default `*`).
+    pub product_include_globs: Vec<String>,
+    /// Product subjects dropped.
+    pub product_exclude_globs: Vec<String>,
+    /// Hash algorithms for files and subjects (default `sha256`).
+    pub hashes: Vec<String>,
+    /// secretscan options.
+    pub secretscan: SecretScanOptions,
+    /// Variable holding an already-fetched GitHub OIDC token, whose claims
+    /// the github attestor records.
+    pub github_token_env: Option<String>,
+    /// Variable holding the GitLab job token (default `CI_JOB_JWT`).
+    pub gitlab_token_env: Option<String>,
+    /// Action reference for github-action (default: from the runner's
+    /// `GITHUB_ACTION_REPOSITORY@GITHUB_ACTION_REF`).
+    pub github_action_ref: Option<String>,
+    /// Local directory of the action (default `GITHUB_ACTION_PATH`).
+    pub github_action_dir: Option<PathBuf>,
+}
+
+impl Default for AttestorOptions {
+    fn default() -> Self {
+        AttestorOptions {
+            env: EnvOptions::default(),
+            material_include_globs: Vec::new(),
+            material_exclude_globs: Vec::new(),
+            product_include_globs: Vec::new(),
+            product_exclude_globs: Vec::new(),
+            hashes: vec!["sha256".to_string()],
+            secretscan: SecretScanOptions::default(),
+            github_token_env: None,
+            gitlab_token_env: None,
+            github_action_ref: None,
+            github_action_dir: None,
+        }
+    }
+}
+
+impl AttestorOptions {
+    /// The hash algorithms (`sha256` when none is given). An unknown name is
+    /// an error listing the valid ones.
+    pub fn hash_algs(&self) -> Result<Vec<HashAlg>, AttestError> {
+        let mut out = Vec::new();
+        for h in self.hashes.iter().flat_map(|h| h.split(',')) {
+            let h = h.trim();
+            if h.is_empty() {
+                continue;
+            }
+            let alg = match h.to_ascii_lowercase().as_str() {
+                "sha256" => HashAlg::Sha256,
+                "sha1" => HashAlg::Sha1,
+                "gitoid:sha256" => HashAlg::GitoidSha256,
+                "gitoid:sha1" => HashAlg::GitoidSha1,
+                _ => {
+                    return Err(AttestError::Invalid(format!(
+                        "unknown hash {h:?}; valid hashes: {}",
+                        VALID_HASHES.join(", ")
+                    )))
+                }
+            };
+            if !out.contains(&alg) {
+                out.push(alg);
+            }
+        }
+        if out.is_empty() {
+            out.push(HashAlg::Sha256);
+        }
+        Ok(out)
+    }
+}
+
+/// An attestor that was requested but not recorded, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedAttestor {
+    /// Attestor name.
+    pub name: String,
+    /// Why it was not recorded.
+    pub reason: String,
+}
+
+/// The attestors of one step, run in stage order.
+pub struct Lifecycle {
+    hashes: Vec<HashAlg>,
+    requested: Vec<String>,
+    environment: Option<EnvironmentAttestor>,
+    git: Option<GitAttestor>,
+    github: Option<GitHubAttestor>,
+    gitlab: Option<GitLabAttestor>,
+    material: MaterialAttestor,
+    github_action: Option<GitHubActionAttestor>,
+    product: ProductAttestor,
+    secretscan: Option<SecretScanAttestor>,
+    skipped: Vec<SkippedAttestor>,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("attestors", &self.requested)
+            .field("hashes", &self.hashes)
+            .finish()
+    }
+}
+
+impl Lifecycle {
+    /// `names`: extra attestors requested (`-a`; comma-separated entries are
+    /// split); command-run, material and product always run. An unknown name
+    /// is an error listing the valid names.
+    pub fn new(names: &[String], opts: AttestorOptions) -> Result<Lifecycle, AttestError> {
+        let mut requested: Vec<String> = ALWAYS_RUN.iter().map(|s| s.to_string()).collect();
+        for n in names.iter().flat_map(|n| n.split(',')) {
+            let n = n.trim();
+            if n.is_empty() {
+                continue;
+            }
+            if !VALID_ATTESTORS.contains(&n) {
+                return Err(AttestError::Invalid(format!(
+                    "unknown attestor {n:?}; valid attestors: {}",
+                    VALID_ATTESTORS.join(", ")
+                )));
+            }
+            if !requested.iter().any(|r| r == n) {
+                requested.push(n.to_string());
+            }
+        }
+        let hashes = opts.hash_algs()?;
+        let filter = SensitiveEnvFilter::new(&opts.env)?;
+        let has = |n: &str| requested.iter().any(|r| r == n);
+        Ok(Lifecycle {
+            environment: if has("environment") {
+                Some(EnvironmentAttestor::new(&opts.env)?)
+            } else {
+                None
+            },
+            git: has("git").then(GitAttestor::new),
+            github: has("github")
+                .then(|| GitHubAttestor::new().with_token_env(opts.github_token_env.clone())),
+            gitlab: has("gitlab")
+                .then(|| GitLabAttestor::new().with_token_env(opts.gitlab_token_env.clone())),
+            material: MaterialAttestor::new(PathFilter::new(
+                &opts.material_include_globs,
+                &opts.material_exclude_globs,
+            )?),
+            github_action: has("github-action").then(|| {
+                GitHubActionAttestor::new(
+                    opts.github_action_ref.clone(),
+                    opts.github_action_dir.clone(),
+                    filter.clone(),
+                )
+            }),
+            product: ProductAttestor::new(PathFilter::new(
+                &opts.product_include_globs,
+                &opts.product_exclude_globs,
+            )?),
+            secretscan: has("secretscan")
+                .then(|| SecretScanAttestor::new(opts.secretscan.clone(), filter.clone())),
+            hashes,
+            requested,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// The attestors that will run (always-run ones first, then requested).
+    pub fn attestors(&self) -> &[String] {
+        &self.requested
+    }
+
+    /// The hash algorithms in use.
+    pub fn hashes(&self) -> &[HashAlg] {
+        &self.hashes
+    }
+
+    /// Requested attestors that were not recorded, and why.
+    pub fn skipped(&self) -> &[SkippedAttestor] {
+        &self.skipped
+    }
+
+    /// Files material/product/secretscan could not record or scan.
+    pub fn skipped_paths(&self) -> Vec<(String, SkippedPath)> {
+        let mut v: Vec<(String, SkippedPath)> = self
+            .material
+            .skipped()
+            .iter()
+            .map(|s| ("material".to_string(), s.clone()))
+            .collect();
+        v.extend(
+            self.product
+                .skipped()
+                .iter()
+                .map(|s| ("product".to_string(), s.clone())),
+        );
+        if let Some(s) = &self.secretscan {
+            v.extend(
+                s.skipped()
+                    .iter()
+                    .map(|s| ("secretscan".to_string(), s.clone())),
+            );
+        }
+        v
+    }
+
+    /// Runs prematerial + material attestors (records into `ctx.completed`).
+    /// Sets `ctx.hashes` to the selected hashes.
+    pub fn before(&mut self, ctx: &mut AttestationContext) -> Result<(), AttestError> {
+        ctx.hashes = self.hashes.clone();
+        if let Some(a) = self.environment.as_mut() {
+            run_one(ctx, a)?;
+        }
+        if let Some(a) = self.git.as_mut() {
+            run_one(ctx, a)?;
+        }
+        if let Some(a) = self.github.as_mut() {
+            if GitHubAttestor::detect(&ctx.env) {
+                run_one(ctx, a)?;
+            } else {
+                self.skipped.push(SkippedAttestor {
+                    name: a.name().to_string(),
+                    reason: super::github::NOT_GITHUB.to_string(),
+                });
+            }
+        }
+        if let Some(a) = self.gitlab.as_mut() {
+            if GitLabAttestor::detect(&ctx.env) {
+                run_one(ctx, a)?;
+            } else {
+                self.skipped.push(SkippedAttestor {
+                    name: a.name().to_string(),
+                    reason: super::gitlab::NOT_GITLAB.to_string(),
+                });
+            }
+        }
+        run_one(ctx, &mut self.material)?;
+        Ok(())
+    }
+
+    /// Runs the execute-stage github-action attestor, then product and
+    /// postproduct attestors. The caller pushes the command-run attestation
+    /// into `ctx.completed` between `before()` and `after()`.
+    ///
+    /// secretscan with fail-on-detection records its attestation and then
+    /// returns `Err(AttestError::Failed(..))`.
+    pub fn after(&mut self, ctx: &mut AttestationContext) -> Result<(), AttestError> {
+        ctx.hashes = self.hashes.clone();
+        if let Some(a) = self.github_action.as_mut() {
+            match a.observe(ctx) {
+                Ok(_) => run_one(ctx, a)?,
+                Err(e) => self.skipped.push(SkippedAttestor {
+                    name: a.name().to_string(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        if let Some(snap) = self.material.snapshot() {
+            self.product.set_materials(snap.files.clone());
+        }
+        run_one(ctx, &mut self.product)?;
+        if let Some(s) = self.secretscan.as_mut() {
+            run_one(ctx, s)?;
+            s.redact_completed(ctx);
+            let n = s.findings().len();
+            if n > 0 && s.options().fail_on_detection {
+                let mut rules: Vec<&str> =
+                    s.findings().iter().map(|f| f.rule_id.as_str()).collect();
+                rules.sort();
+                rules.dedup();
+                return Err(AttestError::Failed(format!(
+                    "secretscan: {n} secret(s) detected ({}) and fail-on-detection is set",
+                    rules.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! The product attestor (`https://witness.dev/attestations/product/v0.1`,
+//! stage product): files of the working directory that are new or changed
+//! since the materials were recorded, with their MIME type.
+//!
+//! Subjects are `file:<relpath>`, filtered by the include/exclude globs.
+//! As in Witness (go-witness PR #66), the globs filter subjects only: the
+//! predicate lists every product.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::filetree::{self, PathFilter, SkippedPath};
+use super::{AttestError, AttestationContext, Attestor, Stage};
+use crate::digest::DigestSet;
+
+/// Attestor name.
+pub const NAME: &str = "product";
+
+/// One product.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    /// MIME type (gabriel-vasile/mimetype names).
+    pub mime_type: String,
+    /// Digest of the file.
+    pub digest: DigestSet,
+}
+
+/// The product attestor.
+#[derive(Debug)]
+pub struct ProductAttestor {
+    subject_filter: PathFilter,
+    materials: Option<BTreeMap<String, DigestSet>>,
+    products: BTreeMap<String, Product>,
+    skipped: Vec<SkippedPath>,
+}
+
+impl ProductAttestor {
+    /// A product attestor whose subjects pass `subject_filter`.
+    pub fn new(subject_filter: PathFilter) -> Self {
+        ProductAttestor {
+            subject_filter,
+            materials: None,
+            products: BTreeMap::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Sets the full material snapshot to compare against. Without it the
+    /// `material` attestation recorded in the context is used.
+    pub fn set_materials(&mut self, materials: BTreeMap<String, DigestSet>) {
+        self.materials = Some(materials);
+    }
+
+    /// The products found by `attest`.
+    pub fn products(&self) -> &BTreeMap<String, Product> {
+        &self.products
+    }
+
+    /// Paths that could not be recorded, and why.
+    pub fn skipped(&self) -> &[SkippedPath] {
+        &self.skipped
+    }
+}
+
+impl Attestor for ProductAttestor {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn stage(&self) -> Stage {
+        Stage::Product
+    }
+    fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
+        let materials: BTreeMap<String, DigestSet> = match &self.materials {
+            Some(m) => m.clone(),
+            None => match ctx.completed_json(super::material::NAME) {
+                Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                    AttestError::Invalid(format!("product: cannot read materials: {e}"))
+                })?,
+                None => BTreeMap::new(),
+            },
+        };
+        let (files, mut skipped) = filetree::list_files(&ctx.workdir)?;
+        let hashes: Vec<_> = ctx
+            .hashes
+            .iter()
+            .copied()
+            .filter(|h| *h != crate::digest::HashAlg::DirHash)
+            .collect();
+        if hashes.is_empty() {
+            return Err(AttestError::Invalid(
+                "no file hash algorithm selected".into(),
+            ));
+        }
+        let (digests, errs) = filetree::hash_files(&files, &hashes);
+        skipped.extend(errs);
+        let paths: BTreeMap<&String, &std::path::PathBuf> =
+            files.iter().map(|(r, p)| (r, p)).collect();
+        let mut products = BTreeMap::new();
+        for (rel, digest) in digests {
+            if let Some(m) = materials.get(&rel) {
+                if m.matches(&digest) {
+                    continue;
+                }
+            }
+            let mime = paths
+                .get(&rel)
+                .map(|p| detect_mime_file(p))
+                .unwrap_or_else(|| "unknown".to_string());
+            products.insert(
+                rel,
+                Product {
+                    mime_type: mime,
+                    digest,
+                },
+            );
+        }
+        self.products = products;
+        self.skipped = skipped;
+        serde_json::to_value(&self.products)
+            .map_err(|e| AttestError::Invalid(format!("product: {e}")))
+    }
+
+    fn subjects(&self) -> BTreeMap<String, DigestSet> {
+        self.products
+            .iter()
+            .filter(|(rel, _)| self.subject_filter.matches(rel))
+            .map(|(rel, p)| (format!("file:{rel}"), p.digest.clone()))
+            .collect()
+    }
+}
+
+/// MIME type of the file at `path` (`unknown` when it cannot be read, as
+/// Witness does on a detection error).
+pub fn detect_mime_file(path: &Path) -> String {
+    let mut buf = Vec::with_capacity(3072);
+    match std::fs::File::open(path).and_then(|f| f.take(3072).read_to_end(&mut buf)) {
+        Ok(_) => {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            detect_mime(&buf, name.as_deref().unwrap_or(""))
+        }
+        Err(_) => "unknown".to_string(),
+    }
+}
+
+fn elf_mime(head: &[u8]) -> &'static str {
+    // e_type at offset 16, endianness at offset 5.
+    if head.len() < 18 {
+        return "application/x-elf";
+    }
+    let et = if head[5] == 2 {
+        u16::from_be_bytes([head[16], head[17]])
+    } else {
+        u16::from_le_bytes([head[16], head[17]])
+    };
+    match et {
+        1 => "application/x-object",
+        2 => "application/x-executable",
+        3 => "application/x-sharedlib",
+        4 => "application/x-coredump",
+        _ => "application/x-elf",
+    }
+}
+
+/// MIME type of content starting with `head` (up to 3 KiB), with names as
+/// gabriel-vasile/mimetype (the library Witness uses) gives them, plus
+/// Witness's SPDX/CycloneDX/VEX extensions. `name` is the file name, used
+/// only to tell JSON-based SBOM formats apart.
+pub fn detect_mime(head: &[u8], name: &str) -> String {
+    let magic: &[(&[u8], usize, &str)] = &[
+        (b"%PDF-", 0, "application/pdf"),
+        (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+        (b"\xff\xd8\xff", 0, "image/jpeg"),
+        (b"GIF87a", 0, "image/gif"),
+        (b"GIF89a", 0, "image/gif"),
+        (b"\x1f\x8b", 0, "application/gzip"),
+        (b"BZh", 0, "application/x-bzip2"),
+        (b"\xfd7zXZ\x00", 0, "application/x-xz"),
+        (b"\x28\xb5\x2f\xfd", 0, "application/zstd"),
+        (b"7z\xbc\xaf\x27\x1c", 0, "application/x-7z-compressed"),
+        (b"\x00asm", 0, "application/wasm"),
+        (
+            b"!<arch>\ndebian-binary",
+            0,
+            "application/vnd.debian.binary-package",
+        ),
+        (b"!<arch>\n", 0, "application/x-archive"),
+        (b"\xed\xab\xee\xdb", 0, "application/x-rpm"),
+        (b"\xcf\xfa\xed\xfe", 0, "application/x-mach-binary"),
+        (b"\xce\xfa\xed\xfe", 0, "application/x-mach-binary"),
+        (b"\xfe\xed\xfa\xcf", 0, "application/x-mach-binary"),
+        (b"\xfe\xed\xfa\xce", 0, "application/x-mach-binary"),
+        (b"\xca\xfe\xba\xbe", 0, "application/x-java-applet"),
+        (b"ustar", 257, "application/x-tar"),
+    ];
+    if head.starts_with(b"\x7fELF") {
+        return elf_mime(head).to_string();
+    }
+    if head.starts_with(b"MZ") {
+        return "application/vnd.microsoft.portable-executable".to_string();
+    }
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".jar") {
+            return "application/jar".to_string();
+        }
+        return "application/zip".to_string();
+    }
+    for (sig, off, mime) in magic {
+        if head.len() >= off + sig.len() && &head[*off..off + sig.len()] == *sig {
+            return mime.to_string();
+        }
+    }
+    if head.is_empty() {
+        return "text/plain".to_string();
+    }
+    // Text: valid UTF-8 (allowing a character cut at the 3 KiB boundary)
+    // without NUL or other binary control bytes.
+    let text = match std::str::from_utf8(head) {
+        Ok(s) => Some(s),
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).ok(),
+        Err(_) => None,
+    };
+    let Some(text) = text else {
+        return "application/octet-stream".to_string();
+    };
+    if text
+        .bytes()
+        .any(|b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c | 0x1b))
+    {
+        return "application/octet-stream".to_string();
+    }
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if t.starts_with("#!") {
+        let first = t.lines().next().unwrap_or("");
+        if first.contains("python") {
+            return "text/x-python".to_string();
+        }
+        if first.contains("perl") {
+            return "text/x-perl".to_string();
+        }
+        if first.contains("node") {
+            return "text/javascript".to_string();
+        }
+        if first.contains("sh") {
+            return "text/x-shellscript".to_string();
+        }
+    }
+    if t.starts_with('{') || t.starts_with('[') {
+        if let Some(m) = json_kind(t, head.len() < 3072) {
+            return m.to_string();
+        }
+    }
+    let lower_start: String = t.chars().take(64).collect::<String>().to_ascii_lowercase();
+    if lower_start.starts_with("<?xml") {
+        if t.contains("cyclonedx.org") {
+            return "application/vnd.cyclonedx+xml".to_string();
+        }
+        return "text/xml; charset=utf-8".to_string();
+    }
+    if lower_start.starts_with("<!doctype html") || lower_start.starts_with("<html") {
+        return "text/html; charset=utf-8".to_string();
+    }
+    "text/plain; charset=utf-8".to_string()
+}
+
+fn json_kind(t: &str, complete: bool) -> Option<&'static str> {
+    // A complete JSON document is checked by parsing; a truncated head is
+    // accepted on its shape alone.
+    let is_json = if complete {
+        serde_json::from_str::<serde_json::Value>(t).is_ok()
+    } else {
+        t.starts_with('{') && t.contains("\":")
+    };
+    if !is_json {
+        return None;
+    }
+    if t.contains("\"spdxVersion\"") {
+        return Some("application/spdx+json");
+    }
+    if t.contains("\"bomFormat\"") && t.contains("CycloneDX") {
+        return Some("application/vnd.cyclonedx+json");
+    }
+    if t.contains("openvex") {
+        return Some("application/vex+json");
+    }
+    Some("application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mime_types() {
+        assert_eq!(
+            detect_mime(b"hello\n", "a.txt"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(detect_mime(b"", "e"), "text/plain");
+        assert_eq!(detect_mime(b"{\"a\": 1}", "x.json"), "application/json");
+        assert_eq!(
+            detect_mime(b"{\"spdxVersion\": \"SPDX-2.3\"}", "s.json"),
+            "application/spdx+json"
+        );
+        assert_eq!(detect_mime(b"#!/bin/sh\necho", "s"), "text/x-shellscript");
+        assert_eq!(detect_mime(b"\x1f\x8b\x08\x00", "a.gz"), "application/gzip");
+        assert_eq!(detect_mime(b"PK\x03\x04rest", "a.zip"), "application/zip");
+        assert_eq!(
+            detect_mime(b"\x00\x01\x02\x03", "b"),
+            "application/octet-stream"
+        );
+        let mut elf = b"\x7fELF\x02\x01\x01\x00".to_vec();
+        elf.resize(16, 0);
+        elf.extend_from_slice(&[2, 0]);
+        assert_eq!(detect_mime(&elf, "app"), "application/x-executable");
+        elf[16] = 3;
+        assert_eq!(detect_mime(&elf, "lib.so"), "application/x-sharedlib");
+    }
+}
