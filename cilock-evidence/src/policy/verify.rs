@@ -1,0 +1,705 @@
+//! Verification of attestation envelopes against a signed policy
+//! (witness-compat §6.2).
+//!
+//! 1. The policy envelope must verify with one of the given keys, and the
+//!    policy must not have expired.
+//! 2. Every attestation envelope is checked against the policy's public
+//!    keys and (for certificate signatures) chained to the policy's roots.
+//!    Envelopes with no valid signature are set aside, unparsed.
+//! 3. Up to [`SEARCH_DEPTH`] rounds: for every step not yet passed, the
+//!    collections named like the step whose subjects contain one of the
+//!    searched digests are checked (functionaries, required types, Rego).
+//!    Each round adds the back-references (git commit, GitHub pipeline URL,
+//!    CI/lock product/material trees) of passed collections to the digests.
+//! 4. `artifactsFrom`: a passed collection keeps passing only if its
+//!    materials share at least one path with the materials ∪ products of a
+//!    passed collection of each upstream step, and every shared path's
+//!    digests match.
+//! 5. The policy passes if every step has at least one passed collection.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::collection::{self, Collection};
+use crate::digest::DigestSet;
+use crate::dsse::Envelope;
+use crate::intoto::{Statement, Subject};
+use crate::keys::Verifier;
+
+use super::{x509, Policy, PolicyError, Step};
+
+/// How many search rounds follow back-references (as Witness).
+pub const SEARCH_DEPTH: usize = 3;
+/// Predicate type of a SLSA verification summary.
+pub const VSA_PREDICATE_TYPE: &str = "https://slsa.dev/verification_summary/v1";
+
+/// An attestation envelope and where it came from.
+#[derive(Clone, Debug)]
+pub struct NamedEnvelope {
+    /// A label for reports (usually the file path).
+    pub source: String,
+    /// The envelope.
+    pub envelope: Envelope,
+}
+
+/// What to verify.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// The signed policy.
+    pub policy_envelope: Envelope,
+    /// Keys the policy may be signed by.
+    pub policy_verifiers: Vec<Verifier>,
+    /// The attestation envelopes.
+    pub attestations: Vec<NamedEnvelope>,
+    /// Subject digests to start the search from (hex, usually sha256).
+    pub subject_digests: Vec<String>,
+    /// The verification time (policy expiry, certificate validity).
+    pub now: OffsetDateTime,
+}
+
+/// The outcome of a verification.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerificationReport {
+    /// True when the policy passed.
+    pub passed: bool,
+    /// The policy's own checks.
+    pub policy: PolicyCheck,
+    /// The digests the search started from.
+    pub subjects: Vec<String>,
+    /// Per step results (in policy order).
+    pub steps: Vec<StepReport>,
+    /// Envelopes set aside before the search (no trusted signature, bad payload).
+    pub rejected_envelopes: Vec<RejectedEnvelope>,
+    /// Failures that are not about one step.
+    pub reasons: Vec<String>,
+}
+
+/// The policy's signature and expiry.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyCheck {
+    /// True when a given key verified the policy envelope.
+    pub signature_ok: bool,
+    /// Key ids that verified the policy.
+    pub signers: Vec<String>,
+    /// The policy's expiry (empty if it could not be read).
+    pub expires: String,
+    /// True when the policy has expired.
+    pub expired: bool,
+}
+
+/// An envelope that never reached the search.
+#[derive(Clone, Debug, Serialize)]
+pub struct RejectedEnvelope {
+    /// Where it came from.
+    pub source: String,
+    /// Why it was set aside.
+    pub reason: String,
+}
+
+/// One step's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    /// The step name.
+    pub name: String,
+    /// True when at least one collection passed.
+    pub passed: bool,
+    /// Every collection considered for the step.
+    pub collections: Vec<CollectionReport>,
+    /// Why the step failed, if it did.
+    pub reasons: Vec<String>,
+}
+
+/// A Rego denial.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    /// The attestation type that was evaluated.
+    pub attestation_type: String,
+    /// The Rego module name(s).
+    pub policy: String,
+    /// The deny message.
+    pub message: String,
+}
+
+/// One collection's result for a step.
+#[derive(Clone, Debug, Serialize)]
+pub struct CollectionReport {
+    /// Where the envelope came from.
+    pub source: String,
+    /// Key ids (or certificate subjects) that signed it validly.
+    pub signers: Vec<String>,
+    /// True when it passed every check.
+    pub passed: bool,
+    /// Required attestation types that were absent.
+    pub missing_types: Vec<String>,
+    /// Rego denials.
+    pub denials: Vec<Denial>,
+    /// Every reason it failed, readable.
+    pub reasons: Vec<String>,
+}
+
+/// A validly signed signer of an attestation envelope.
+#[derive(Clone, Debug)]
+enum SignerInfo {
+    Key {
+        keyid: String,
+    },
+    Cert {
+        keyid: String,
+        leaf: Vec<u8>,
+        root_id: String,
+        subject: String,
+    },
+}
+
+impl SignerInfo {
+    fn label(&self) -> String {
+        match self {
+            SignerInfo::Key { keyid } => keyid.clone(),
+            SignerInfo::Cert {
+                keyid,
+                subject,
+                root_id,
+                ..
+            } => format!("{keyid} (certificate {subject:?}, root {root_id})"),
+        }
+    }
+}
+
+struct Candidate {
+    source: String,
+    signers: Vec<SignerInfo>,
+    statement: Statement,
+    collection: Option<Collection>,
+    collection_error: Option<String>,
+    digests: BTreeSet<String>,
+}
+
+/// Verifies attestations against a signed policy. `Err` is an input error
+/// (the policy document is invalid); a failed check is a report with
+/// `passed == false`.
+pub fn verify(opts: &VerifyOptions) -> Result<VerificationReport, PolicyError> {
+    let mut report = VerificationReport {
+        passed: false,
+        policy: PolicyCheck {
+            signature_ok: false,
+            signers: Vec::new(),
+            expires: String::new(),
+            expired: false,
+        },
+        subjects: opts
+            .subject_digests
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+        steps: Vec::new(),
+        rejected_envelopes: Vec::new(),
+        reasons: Vec::new(),
+    };
+    // 1. The policy envelope.
+    match opts.policy_envelope.verify(&opts.policy_verifiers, 1) {
+        Ok(passed) => {
+            report.policy.signature_ok = true;
+            let mut ids: Vec<String> = passed.iter().map(|p| p.key_id().to_string()).collect();
+            ids.dedup();
+            report.policy.signers = ids;
+        }
+        Err(e) => {
+            report.reasons.push(format!("policy signature: {e}"));
+            return Ok(report);
+        }
+    }
+    let policy = Policy::from_json(&opts.policy_envelope.payload)?;
+    report.policy.expires = policy.document.expires.clone();
+    if opts.now > policy.expires {
+        report.policy.expired = true;
+        report
+            .reasons
+            .push(format!("the policy expired at {}", policy.document.expires));
+        return Ok(report);
+    }
+    if opts.subject_digests.is_empty() {
+        report
+            .reasons
+            .push("no subject digests to search for".to_string());
+        return Ok(report);
+    }
+
+    // 2. Signatures of every attestation envelope.
+    let key_verifiers: Vec<Verifier> = policy.verifiers.values().cloned().collect();
+    let mut candidates = Vec::new();
+    for ne in &opts.attestations {
+        match check_envelope(ne, &policy, &key_verifiers, opts.now) {
+            Ok(c) => candidates.push(c),
+            Err(reason) => report.rejected_envelopes.push(RejectedEnvelope {
+                source: ne.source.clone(),
+                reason,
+            }),
+        }
+    }
+
+    // 3. Search rounds.
+    let mut digests: BTreeSet<String> = report.subjects.iter().cloned().collect();
+    let mut results: BTreeMap<String, BTreeMap<usize, CollectionReport>> = BTreeMap::new();
+    for _round in 0..SEARCH_DEPTH {
+        for (name, step) in &policy.document.steps {
+            let entry = results.entry(name.clone()).or_default();
+            if entry.values().any(|r| r.passed) {
+                continue;
+            }
+            for (i, cand) in candidates.iter().enumerate() {
+                if entry.contains_key(&i) {
+                    continue;
+                }
+                let Some(coll) = &cand.collection else {
+                    continue;
+                };
+                if &coll.name != name || cand.digests.is_disjoint(&digests) {
+                    continue;
+                }
+                entry.insert(i, evaluate(cand, coll, name, step, &policy));
+            }
+        }
+        let mut added = false;
+        for per_step in results.values() {
+            for (i, r) in per_step {
+                if !r.passed {
+                    continue;
+                }
+                if let Some(cand) = candidates.get(*i) {
+                    for d in backrefs(cand) {
+                        added |= digests.insert(d);
+                    }
+                }
+            }
+        }
+        if !added {
+            break;
+        }
+    }
+
+    // 4. artifactsFrom.
+    let snapshot = results.clone();
+    for (name, step) in &policy.document.steps {
+        if step.artifacts_from.is_empty() {
+            continue;
+        }
+        let Some(per_step) = results.get_mut(name) else {
+            continue;
+        };
+        for (i, r) in per_step.iter_mut() {
+            if !r.passed {
+                continue;
+            }
+            let Some(cand) = candidates.get(*i) else {
+                continue;
+            };
+            for up in &step.artifacts_from {
+                let upstream: Vec<&Candidate> = snapshot
+                    .get(up)
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(_, r)| r.passed)
+                            .filter_map(|(j, _)| candidates.get(*j))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if upstream.is_empty() {
+                    r.reasons.push(format!(
+                        "artifactsFrom: upstream step {up:?} has no passed collection"
+                    ));
+                    continue;
+                }
+                let mut problems = Vec::new();
+                let ok = upstream.iter().any(|u| match check_artifacts(cand, u) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        problems.push(format!("against {}: {e}", u.source));
+                        false
+                    }
+                });
+                if !ok {
+                    r.reasons
+                        .push(format!("artifactsFrom {up:?}: {}", problems.join("; ")));
+                }
+            }
+            r.passed = r.reasons.is_empty();
+        }
+    }
+
+    // 5. Per step outcome.
+    let mut all = true;
+    for name in policy.document.steps.keys() {
+        let collections: Vec<CollectionReport> = results
+            .remove(name)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default();
+        let passed = collections.iter().any(|c| c.passed);
+        let mut reasons = Vec::new();
+        if collections.is_empty() {
+            reasons.push(format!(
+                "no collection named {name:?} with a matching subject was found among the validly signed attestations"
+            ));
+        } else if !passed {
+            reasons.push(format!(
+                "none of the {} collection(s) for step {name:?} passed",
+                collections.len()
+            ));
+        }
+        all &= passed;
+        report.steps.push(StepReport {
+            name: name.clone(),
+            passed,
+            collections,
+            reasons,
+        });
+    }
+    report.passed = all && report.reasons.is_empty();
+    Ok(report)
+}
+
+fn check_envelope(
+    ne: &NamedEnvelope,
+    policy: &Policy,
+    key_verifiers: &[Verifier],
+    now: OffsetDateTime,
+) -> Result<Candidate, String> {
+    let env = &ne.envelope;
+    if env.signatures.is_empty() {
+        return Err("the envelope has no signatures".into());
+    }
+    let mut signers: Vec<SignerInfo> = env
+        .verify_with_keys(key_verifiers)
+        .into_iter()
+        .map(|v| SignerInfo::Key {
+            keyid: v.key_id().to_string(),
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let pae = env.pae();
+    for (i, sig) in env.signatures.iter().enumerate() {
+        let Some(cert_pem) = &sig.certificate else {
+            continue;
+        };
+        let leaf = match x509::cert_der_from_pem_or_der(cert_pem) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("signature {i}: {e}"));
+                continue;
+            }
+        };
+        let v = match Verifier::from_certificate_der(&leaf) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("signature {i}: certificate key: {e}"));
+                continue;
+            }
+        };
+        if let Err(e) = v.verify(&pae, &sig.sig) {
+            problems.push(format!("signature {i}: {e}"));
+            continue;
+        }
+        if !sig.timestamps.is_empty() && !policy.timestamp_authorities.is_empty() {
+            problems.push(format!(
+                "signature {i}: RFC 3161 timestamps are not verified by cilock yet; the certificate is checked at the current time"
+            ));
+        }
+        let mut inters = Vec::new();
+        for p in &sig.intermediates {
+            match x509::cert_der_from_pem_or_der(p) {
+                Ok(d) => inters.push(d),
+                Err(e) => problems.push(format!("signature {i}: intermediate: {e}")),
+            }
+        }
+        match x509::verify_chain(&leaf, &inters, &policy.roots, now) {
+            Ok(root_id) => {
+                let subject = x509_parser::parse_x509_certificate(&leaf)
+                    .map(|(_, c)| c.subject().to_string())
+                    .unwrap_or_default();
+                signers.push(SignerInfo::Cert {
+                    keyid: v.key_id().to_string(),
+                    leaf,
+                    root_id,
+                    subject,
+                });
+            }
+            Err(e) => problems.push(format!("signature {i}: {e}")),
+        }
+    }
+    if signers.is_empty() {
+        let keyids: Vec<&str> = env.signatures.iter().map(|s| s.keyid.as_str()).collect();
+        let mut reason = format!(
+            "no signature verified with a policy public key or root (envelope keyids: {})",
+            keyids.join(", ")
+        );
+        if !problems.is_empty() {
+            reason.push_str(&format!("; {}", problems.join("; ")));
+        }
+        return Err(reason);
+    }
+    let statement: Statement = serde_json::from_slice(&env.payload)
+        .map_err(|e| format!("signed payload is not an in-toto statement: {e}"))?;
+    let (collection, collection_error) =
+        if collection::is_collection_type(&statement.predicate_type) {
+            match serde_json::from_value::<Collection>(statement.predicate.clone()) {
+                Ok(c) => (Some(c), None),
+                Err(e) => (None, Some(format!("invalid collection predicate: {e}"))),
+            }
+        } else {
+            (None, None)
+        };
+    if let Some(e) = &collection_error {
+        return Err(e.clone());
+    }
+    let digests = statement
+        .subject
+        .iter()
+        .flat_map(|s| s.digest.values().map(|v| v.to_ascii_lowercase()))
+        .collect();
+    Ok(Candidate {
+        source: ne.source.clone(),
+        signers,
+        statement,
+        collection,
+        collection_error,
+        digests,
+    })
+}
+
+fn evaluate(
+    cand: &Candidate,
+    coll: &Collection,
+    name: &str,
+    step: &Step,
+    policy: &Policy,
+) -> CollectionReport {
+    let mut r = CollectionReport {
+        source: cand.source.clone(),
+        signers: cand.signers.iter().map(SignerInfo::label).collect(),
+        passed: false,
+        missing_types: Vec::new(),
+        denials: Vec::new(),
+        reasons: Vec::new(),
+    };
+    if let Some(e) = &cand.collection_error {
+        r.reasons.push(e.clone());
+    }
+    // Functionaries.
+    let mut functionary_ok = false;
+    let mut constraint_errors = Vec::new();
+    for f in &step.functionaries {
+        for s in &cand.signers {
+            match (f.type_.as_str(), s) {
+                ("publickey", SignerInfo::Key { keyid } | SignerInfo::Cert { keyid, .. }) => {
+                    if f.publickeyid.as_deref() == Some(keyid.as_str()) {
+                        functionary_ok = true;
+                    }
+                }
+                ("root", SignerInfo::Cert { leaf, root_id, .. }) => {
+                    if let Some(c) = &f.cert_constraint {
+                        match x509::check_constraint(leaf, root_id, c) {
+                            Ok(()) => functionary_ok = true,
+                            Err(e) => constraint_errors.push(e.to_string()),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if !functionary_ok {
+        let wanted: Vec<String> = step
+            .functionaries
+            .iter()
+            .map(|f| match f.type_.as_str() {
+                "publickey" => format!("publickey {}", f.publickeyid.as_deref().unwrap_or("")),
+                other => format!(
+                    "{other} (roots {:?})",
+                    f.cert_constraint.as_ref().map(|c| &c.roots)
+                ),
+            })
+            .collect();
+        let mut msg = format!(
+            "not signed by a functionary of step {name:?}: signed by [{}], functionaries [{}]",
+            r.signers.join(", "),
+            wanted.join(", ")
+        );
+        if !constraint_errors.is_empty() {
+            msg.push_str(&format!("; {}", constraint_errors.join("; ")));
+        }
+        r.reasons.push(msg);
+    }
+    // Attestations and Rego.
+    if step.attestations.is_empty() {
+        r.reasons.push(format!(
+            "step {name:?} requires no attestations (an empty list always fails)"
+        ));
+    }
+    for (i, req) in step.attestations.iter().enumerate() {
+        let found: Vec<_> = coll.of_type(&req.type_).collect();
+        if found.is_empty() {
+            r.missing_types.push(req.type_.clone());
+            r.reasons
+                .push(format!("missing attestation type {}", req.type_));
+            continue;
+        }
+        let Some(compiled) = policy.rego.get(&(name.to_string(), i)) else {
+            continue;
+        };
+        let module_names: Vec<&str> = req.regopolicies.iter().map(|p| p.name.as_str()).collect();
+        let module_names = module_names.join(", ");
+        for att in found {
+            match compiled.deny(&att.attestation) {
+                Ok(msgs) => {
+                    for m in msgs {
+                        r.reasons.push(format!(
+                            "rego policy {module_names:?} denied {}: {m}",
+                            req.type_
+                        ));
+                        r.denials.push(Denial {
+                            attestation_type: req.type_.clone(),
+                            policy: module_names.clone(),
+                            message: m,
+                        });
+                    }
+                }
+                Err(e) => r.reasons.push(format!(
+                    "could not evaluate rego policy {module_names:?} on {}: {e}",
+                    req.type_
+                )),
+            }
+        }
+    }
+    r.passed = r.reasons.is_empty();
+    r
+}
+
+/// Digests a passed collection contributes to the next search round.
+fn backrefs(c: &Candidate) -> Vec<String> {
+    let mut out = Vec::new();
+    let is_backref = |s: &Subject| {
+        let n = s.name.as_str();
+        (n.contains("/git/") && n.contains("/commithash:"))
+            || (n.contains("/github/") && n.contains("/pipelineurl:"))
+            || n.ends_with("/tree:products")
+            || n.ends_with("/tree:materials")
+    };
+    for s in c.statement.subject.iter().filter(|s| is_backref(s)) {
+        out.extend(s.digest.values().map(|v| v.to_ascii_lowercase()));
+    }
+    if let Some(coll) = &c.collection {
+        if let Some(b) = &coll.backrefs {
+            for ds in b.values() {
+                out.extend(ds.0.values().map(|v| v.to_ascii_lowercase()));
+            }
+        }
+    }
+    out
+}
+
+type Artifacts = BTreeMap<String, Option<DigestSet>>;
+
+/// Materials (`type` material) or products (`type` product) of a collection,
+/// in the v0.1 map shapes.
+fn artifacts(coll: &Collection, kind: &str) -> Option<Artifacts> {
+    let type_uri = collection::witness_type(kind);
+    let mut found = false;
+    let mut out = BTreeMap::new();
+    for a in coll.of_type(&type_uri) {
+        found = true;
+        let Some(map) = a.attestation.as_object() else {
+            continue;
+        };
+        for (path, v) in map {
+            let ds_json = if kind == "product" {
+                v.get("digest").cloned().unwrap_or(serde_json::Value::Null)
+            } else {
+                v.clone()
+            };
+            out.insert(
+                path.clone(),
+                serde_json::from_value::<DigestSet>(ds_json).ok(),
+            );
+        }
+    }
+    found.then_some(out)
+}
+
+fn check_artifacts(down: &Candidate, up: &Candidate) -> Result<(), String> {
+    let (Some(dc), Some(uc)) = (&down.collection, &up.collection) else {
+        return Err("not a collection".into());
+    };
+    let materials = artifacts(dc, "material")
+        .ok_or_else(|| format!("collection {:?} has no material attestation", dc.name))?;
+    let mut upstream = artifacts(uc, "material").unwrap_or_default();
+    upstream.extend(artifacts(uc, "product").unwrap_or_default());
+    let mut shared = 0usize;
+    let mut errs = Vec::new();
+    for (path, d) in &materials {
+        let Some(u) = upstream.get(path) else {
+            continue;
+        };
+        shared += 1;
+        match (d, u) {
+            (Some(d), Some(u)) if d.matches(u) => {}
+            _ => errs.push(format!(
+                "material {path:?} differs from the upstream artifact's digest"
+            )),
+        }
+    }
+    if shared == 0 {
+        return Err(format!(
+            "no material of {:?} is an artifact of {:?}",
+            dc.name, uc.name
+        ));
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("; "))
+    }
+}
+
+/// A SLSA VSA statement (`https://slsa.dev/verification_summary/v1`) for a
+/// report, with the searched digests as subjects.
+pub fn vsa_statement(
+    report: &VerificationReport,
+    policy_uri: &str,
+    policy_envelope: &Envelope,
+    inputs: &[NamedEnvelope],
+    time_verified: OffsetDateTime,
+) -> Statement {
+    let subjects = report
+        .subjects
+        .iter()
+        .map(|d| Subject {
+            name: d.clone(),
+            digest: BTreeMap::from([("sha256".to_string(), d.clone())]),
+        })
+        .collect();
+    let inputs: Vec<serde_json::Value> = inputs
+        .iter()
+        .map(|ne| {
+            serde_json::json!({
+                "uri": ne.source,
+                "digest": {"sha256": hex::encode(Sha256::digest(ne.envelope.to_json()))},
+            })
+        })
+        .collect();
+    let predicate = serde_json::json!({
+        "verifier": {"id": "cilock", "version": {"cilock": env!("CARGO_PKG_VERSION")}},
+        "timeVerified": crate::timefmt::rfc3339(time_verified),
+        "resourceUri": report.subjects.first().map(|d| format!("sha256:{d}")).unwrap_or_default(),
+        "policy": {
+            "uri": policy_uri,
+            "digest": {"sha256": hex::encode(Sha256::digest(&policy_envelope.payload))},
+        },
+        "inputAttestations": inputs,
+        "verificationResult": if report.passed { "PASSED" } else { "FAILED" },
+        "verifiedLevels": [],
+        "slsaVersion": "1.0",
+    });
+    Statement::new(VSA_PREDICATE_TYPE, subjects, predicate)
+}
