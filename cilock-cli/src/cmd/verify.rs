@@ -1,3 +1,144 @@
-//! `cilock verify` (being written).
+//! `cilock verify`: attestations against a signed policy.
+//!
+//! Exit 0: the policy passed; 1: verification failed (every reason is
+//! printed); errors (exit 2): unreadable or malformed inputs, invalid policy.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context};
+use cilock_evidence::digest::{DigestSet, HashAlg};
+use cilock_evidence::dsse::{self, Envelope};
+use cilock_evidence::intoto::PAYLOAD_TYPE;
+use cilock_evidence::keys::{Signer, Verifier};
+use cilock_evidence::policy::verify::{vsa_statement, NamedEnvelope, VerificationReport};
+use cilock_evidence::policy::{verify as run_verify, VerifyOptions};
+
 use crate::cli::VerifyArgs;
-pub fn verify(_a: VerifyArgs) -> anyhow::Result<u8> { anyhow::bail!("not yet available") }
+
+fn read_envelope(path: &std::path::Path, what: &str) -> anyhow::Result<Envelope> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    Envelope::from_json(&bytes).with_context(|| format!("decoding {what} {}", path.display()))
+}
+
+/// Runs `cilock verify`.
+pub fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
+    if a.vsa_out.is_some() != a.vsa_key.is_some() {
+        bail!("--vsa-out and --vsa-key go together");
+    }
+    let policy_envelope = read_envelope(&a.policy, "policy")?;
+    let policy_key = Verifier::from_file(&a.publickey)
+        .with_context(|| format!("loading policy public key {}", a.publickey.display()))?;
+    let mut attestations = Vec::new();
+    for p in &a.attestations {
+        attestations.push(NamedEnvelope {
+            source: p.display().to_string(),
+            envelope: read_envelope(p, "attestation")?,
+        });
+    }
+    let mut subjects = Vec::new();
+    for s in &a.subjects {
+        let s = s.trim().to_ascii_lowercase();
+        let s = s.strip_prefix("sha256:").unwrap_or(&s).to_string();
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("subject {s:?} is not a hex sha256 digest");
+        }
+        subjects.push(s);
+    }
+    for f in &a.artifact_files {
+        let d = DigestSet::from_file(f, &[HashAlg::Sha256])
+            .with_context(|| format!("hashing artifact {}", f.display()))?;
+        if let Some(h) = d.get_sha256() {
+            subjects.push(h.to_string());
+        }
+    }
+    if subjects.is_empty() {
+        bail!("give the artifact to verify with -f FILE or its digest with -s SHA256");
+    }
+    let vsa_signer = match &a.vsa_key {
+        Some(k) => {
+            Some(Signer::from_file(k).with_context(|| format!("loading VSA key {}", k.display()))?)
+        }
+        None => None,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let opts = VerifyOptions {
+        policy_envelope,
+        policy_verifiers: vec![policy_key],
+        attestations,
+        subject_digests: subjects,
+        now,
+    };
+    let report = run_verify(&opts).with_context(|| format!("policy {}", a.policy.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", human(&report));
+    }
+    if let (Some(out), Some(signer)) = (&a.vsa_out, &vsa_signer) {
+        let st = vsa_statement(
+            &report,
+            &a.policy.display().to_string(),
+            &opts.policy_envelope,
+            &opts.attestations,
+            now,
+        );
+        let env = dsse::sign(PAYLOAD_TYPE, serde_json::to_vec(&st)?, signer)
+            .context("signing the verification summary")?;
+        std::fs::write(out, env.to_json()).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(if report.passed { 0 } else { 1 })
+}
+
+fn human(r: &VerificationReport) -> String {
+    let mut o = String::new();
+    if r.policy.signature_ok {
+        let _ = writeln!(
+            o,
+            "policy: signature OK (key {}), expires {}{}",
+            r.policy.signers.join(", "),
+            r.policy.expires,
+            if r.policy.expired { " — EXPIRED" } else { "" }
+        );
+    } else {
+        let _ = writeln!(o, "policy: signature NOT verified");
+    }
+    for s in &r.steps {
+        let _ = writeln!(
+            o,
+            "step {:?}: {}",
+            s.name,
+            if s.passed { "PASS" } else { "FAIL" }
+        );
+        for c in &s.collections {
+            let _ = writeln!(
+                o,
+                "  {} {} (signed by {})",
+                if c.passed { "ok  " } else { "FAIL" },
+                c.source,
+                c.signers.join(", ")
+            );
+            for reason in &c.reasons {
+                let _ = writeln!(o, "      - {reason}");
+            }
+        }
+        for reason in &s.reasons {
+            let _ = writeln!(o, "  - {reason}");
+        }
+    }
+    if !r.rejected_envelopes.is_empty() {
+        let _ = writeln!(o, "rejected envelopes:");
+        for e in &r.rejected_envelopes {
+            let _ = writeln!(o, "  - {}: {}", e.source, e.reason);
+        }
+    }
+    for reason in &r.reasons {
+        let _ = writeln!(o, "- {reason}");
+    }
+    let _ = writeln!(
+        o,
+        "verification {}",
+        if r.passed { "PASSED" } else { "FAILED" }
+    );
+    o
+}
