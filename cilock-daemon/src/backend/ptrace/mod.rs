@@ -1,1 +1,197 @@
-//! (being written: ptrace fallback work)
+//! The ptrace fallback tracer, used where eBPF is unavailable (containers
+//! without CAP_BPF, old kernels, unprivileged users).
+//!
+//! [`run`] spawns the step command with a seccomp filter that returns
+//! `SECCOMP_RET_TRACE` only for the syscalls of interest (opens, network
+//! calls, `write` for egress capture, and the suspicious calls), so the rest
+//! of the workload runs at full speed. Every descendant is followed through
+//! `PTRACE_O_TRACE{FORK,VFORK,CLONE,EXEC,EXIT,SECCOMP}` (all tracees are
+//! `PTRACE_SEIZE`d, so group-stops are reported as `PTRACE_EVENT_STOP` and
+//! parked with `PTRACE_LISTEN`). [`follow`] attaches to a running process
+//! tree instead; it cannot install a filter there, so it stops on every
+//! syscall (`PTRACE_SYSCALL`) and is much slower.
+//!
+//! Signals: every signal is re-injected unchanged, including SIGSTOP,
+//! SIGTSTP, SIGTTIN and SIGTTOU; the resulting group-stop is kept with
+//! `PTRACE_LISTEN`, so job control inside the step behaves as untraced (a
+//! stopped job stays stopped until SIGCONT, and [`run`] keeps waiting for it,
+//! as the step itself would).
+//!
+//! Modules: [`seccomp`] (filter), [`syscalls`] (numbers/decoding),
+//! [`memory`] (tracee memory), [`paths`] (`/proc` lookups), [`sockaddr`],
+//! `spawn` (traced spawn handshake) and `tracer` (the wait loop).
+
+pub mod memory;
+pub mod paths;
+pub mod seccomp;
+pub mod sockaddr;
+mod spawn;
+pub mod syscalls;
+mod tracer;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::trace::TraceEvent;
+
+/// Configuration of the ptrace backend.
+#[derive(Clone, Debug)]
+pub struct PtraceConfig {
+    /// The cilock daemon's pid: kill/tkill/tgkill/pidfd_send_signal and
+    /// ptrace aimed at it are reported as `Syscall` events.
+    pub daemon_pid: Option<u32>,
+    /// Capture egress payloads (DNS queries, the first bytes of TCP streams
+    /// until a TLS ClientHello is complete). Needs a stop on every `write`
+    /// in [`run`]; turn off to trade that evidence for speed.
+    pub capture_egress: bool,
+    /// Most bytes of one `Egress` event.
+    pub egress_event_cap: usize,
+    /// Most bytes captured per TCP socket while waiting for a ClientHello.
+    pub egress_stream_cap: usize,
+    /// Most `Egress` events per datagram socket.
+    pub egress_datagrams_per_socket: u32,
+    /// Drop to this `(uid, gid)` in the child after installing the filter
+    /// (so the filter can be installed without no_new_privs while the child
+    /// still has CAP_SYS_ADMIN). Do not use `Command::uid` for that: std
+    /// changes ids before our pre-exec hook runs, forcing no_new_privs.
+    pub run_as: Option<(u32, u32)>,
+}
+
+impl Default for PtraceConfig {
+    fn default() -> Self {
+        PtraceConfig {
+            daemon_pid: None,
+            capture_egress: true,
+            egress_event_cap: 4096,
+            egress_stream_cap: 16 * 1024,
+            egress_datagrams_per_socket: 16,
+            run_as: None,
+        }
+    }
+}
+
+/// Errors of the ptrace backend.
+#[derive(Debug, thiserror::Error)]
+pub enum PtraceError {
+    /// The command could not be started (the OS error from spawn/exec).
+    #[error("cannot start the traced command: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Attaching to a process failed.
+    #[error("cannot attach to pid {pid}: {source}")]
+    Attach {
+        /// The pid.
+        pid: u32,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+    /// The traced-spawn handshake with the child failed.
+    #[error("traced spawn handshake failed: {0}")]
+    Handshake(String),
+    /// waitpid failed unexpectedly.
+    #[error("waitpid failed: {0}")]
+    Wait(#[source] nix::Error),
+    /// The process to follow does not exist.
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+}
+
+/// Spawns `cmd` traced and follows it and every descendant until all traced
+/// processes have exited (not just the root), calling `on_event` on this
+/// thread for each event. `on_spawn` gets the `Child` as soon as the exec
+/// succeeded (take its pipes there; do not `wait` on it: the root is reaped
+/// here). Returns the root's exit code (128+signal for a signal death).
+///
+/// The spawn itself runs on a short-lived helper thread while this thread
+/// `PTRACE_SEIZE`s the forked child before it installs the seccomp filter
+/// and execs; this thread then becomes the tracer. Nothing else in the
+/// process may call `waitpid(-1)`/`wait()` without `__WNOTHREAD`, or it can
+/// steal ptrace stops.
+pub fn run(
+    cmd: std::process::Command,
+    cfg: &PtraceConfig,
+    on_spawn: impl FnOnce(&mut std::process::Child),
+    on_event: impl FnMut(TraceEvent),
+) -> Result<i32, PtraceError> {
+    spawn::run(cmd, cfg, on_spawn, on_event)
+}
+
+/// Follows the running process `pid`, its threads and its existing
+/// descendants, and everything they start (`PTRACE_SEIZE`, every syscall
+/// stops since no filter can be installed), until `stop` becomes true or all
+/// of them exited; then detaches cleanly (the processes keep running).
+pub fn follow(
+    pid: u32,
+    cfg: &PtraceConfig,
+    stop: Arc<AtomicBool>,
+    on_event: impl FnMut(TraceEvent),
+) -> Result<(), PtraceError> {
+    tracer::follow(pid, cfg, stop, on_event)
+}
+
+/// How each kind of evidence is captured, for the attestation.
+pub fn hooks() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: &str| {
+        m.insert(k.to_string(), v.to_string());
+    };
+    put(
+        "process-tree",
+        "ptrace:PTRACE_O_TRACEFORK,TRACEVFORK,TRACECLONE,TRACEEXIT (tids mapped to tgids via /proc/TID/status)",
+    );
+    put(
+        "exec",
+        "ptrace:PTRACE_EVENT_EXEC (exe /proc/PID/exe, cwd /proc/PID/cwd, argv /proc/PID/cmdline, filename from AT_EXECFN)",
+    );
+    put(
+        "file-open",
+        "ptrace+seccomp:open,openat,openat2,creat,open_by_handle_at (syscall-exit; path readlink /proc/PID/fd/RET, stamp fstat)",
+    );
+    put(
+        "network",
+        "ptrace+seccomp:connect,bind,sendto,sendmsg,sendmmsg (sockaddr via process_vm_readv)",
+    );
+    put(
+        "egress",
+        "ptrace+seccomp:write,sendto,sendmsg,sendmmsg payload prefixes (DNS to port 53/UDP; TCP until a TLS ClientHello is complete)",
+    );
+    put(
+        "suspicious-syscalls",
+        "ptrace+seccomp:ptrace,memfd_create,mount,fsopen,fsmount,move_mount,open_tree,unshare,setns,clone(CLONE_NEW*),clone3(CLONE_NEW*),bpf,init_module,finit_module,io_uring_setup,process_vm_readv,process_vm_writev,kill/tkill/tgkill/pidfd_send_signal(daemon pid)",
+    );
+    put(
+        "cgroup-leave",
+        "ptrace+seccomp:write to an fd opened on cgroup.procs/tasks/cgroup.threads",
+    );
+    put(
+        "follow-mode",
+        "ptrace:PTRACE_SEIZE+PTRACE_SYSCALL (no filter)",
+    );
+    m
+}
+
+/// What this backend cannot see; goes into the attestation.
+pub fn limitations() -> Vec<String> {
+    [
+        "io_uring: files opened and data sent through io_uring submissions are invisible (io_uring_setup is reported)",
+        "anything a process did before it was traced (follow mode: before attach) is not recorded",
+        "a process that is already traced by someone else cannot be followed; tracees cannot be traced by debuggers/strace inside the step (their PTRACE_ATTACH/TRACEME fails with EPERM)",
+        "when the tracer lacks CAP_SYS_ADMIN the kernel requires no_new_privs for the seccomp filter: setuid/setcap programs (sudo) do not gain privileges inside the step",
+        "file opens are recorded at syscall exit; the content may change between the open and hashing (the FileStamp tells)",
+        "mmap/exec of already open fds, reads/writes through fds inherited from outside the step, and fds passed over Unix sockets are not opens and are not recorded",
+        "32-bit (int 0x80) syscalls: only opens, connect/bind and the main suspicious calls are decoded; socketcall(2)-multiplexed network calls are not",
+        "egress capture sees write/sendto/sendmsg/sendmmsg on sockets connected in the same process; writev/pwritev/splice/sendfile payloads and sockets inherited across fork are not captured",
+        "cgroup.procs writes are detected only on the fd returned by the open (not after dup2, e.g. shell redirections)",
+        "follow mode stops on every syscall (no seccomp filter can be added to a running process): large slowdown",
+        "processes that leave the traced tree via a daemon (docker, systemd-run) are not followed",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Whether the ptrace backend can work here; the reason when it cannot.
+pub fn probe() -> Result<(), String> {
+    spawn::probe()
+}

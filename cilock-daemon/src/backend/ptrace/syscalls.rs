@@ -1,0 +1,246 @@
+//! The syscalls the ptrace backend stops on, their numbers per ABI, and
+//! decoding of a `(arch, nr)` pair from `PTRACE_GET_SYSCALL_INFO` into an
+//! ABI-neutral [`Sys`].
+
+/// `AUDIT_ARCH_X86_64`.
+pub const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+/// `AUDIT_ARCH_I386` (32-bit syscalls via `int 0x80` on x86_64).
+pub const AUDIT_ARCH_I386: u32 = 3 | 0x4000_0000;
+/// `AUDIT_ARCH_AARCH64`.
+pub const AUDIT_ARCH_AARCH64: u32 = 183 | 0x8000_0000 | 0x4000_0000;
+/// x32 ABI marker bit in syscall numbers on x86_64.
+pub const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+
+/// The audit arch of this build.
+#[cfg(target_arch = "x86_64")]
+pub const NATIVE_ARCH: u32 = AUDIT_ARCH_X86_64;
+/// The audit arch of this build.
+#[cfg(target_arch = "aarch64")]
+pub const NATIVE_ARCH: u32 = AUDIT_ARCH_AARCH64;
+
+/// A traced syscall, independent of the ABI it was made through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Sys {
+    Open,
+    OpenAt,
+    OpenAt2,
+    Creat,
+    OpenByHandleAt,
+    Connect,
+    Bind,
+    SendTo,
+    SendMsg,
+    SendMmsg,
+    Write,
+    Ptrace,
+    MemfdCreate,
+    Mount,
+    Fsmount,
+    MoveMount,
+    OpenTree,
+    Fsopen,
+    Unshare,
+    Setns,
+    Clone,
+    Clone3,
+    Bpf,
+    InitModule,
+    FinitModule,
+    IoUringSetup,
+    ProcessVmReadv,
+    ProcessVmWritev,
+    Kill,
+    Tkill,
+    Tgkill,
+    PidfdSendSignal,
+}
+
+impl Sys {
+    /// The syscall's name as in the man pages.
+    pub fn name(self) -> &'static str {
+        use Sys::*;
+        match self {
+            Open => "open",
+            OpenAt => "openat",
+            OpenAt2 => "openat2",
+            Creat => "creat",
+            OpenByHandleAt => "open_by_handle_at",
+            Connect => "connect",
+            Bind => "bind",
+            SendTo => "sendto",
+            SendMsg => "sendmsg",
+            SendMmsg => "sendmmsg",
+            Write => "write",
+            Ptrace => "ptrace",
+            MemfdCreate => "memfd_create",
+            Mount => "mount",
+            Fsmount => "fsmount",
+            MoveMount => "move_mount",
+            OpenTree => "open_tree",
+            Fsopen => "fsopen",
+            Unshare => "unshare",
+            Setns => "setns",
+            Clone => "clone",
+            Clone3 => "clone3",
+            Bpf => "bpf",
+            InitModule => "init_module",
+            FinitModule => "finit_module",
+            IoUringSetup => "io_uring_setup",
+            ProcessVmReadv => "process_vm_readv",
+            ProcessVmWritev => "process_vm_writev",
+            Kill => "kill",
+            Tkill => "tkill",
+            Tgkill => "tgkill",
+            PidfdSendSignal => "pidfd_send_signal",
+        }
+    }
+
+    /// Whether this is one of the file-open calls.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            Sys::Open | Sys::OpenAt | Sys::OpenAt2 | Sys::Creat | Sys::OpenByHandleAt
+        )
+    }
+}
+
+/// Native numbers of every [`Sys`] on this architecture (calls that do not
+/// exist here, such as `open` on aarch64, are absent).
+pub fn native_table() -> Vec<(Sys, i64)> {
+    use libc::*;
+    use Sys::*;
+    let mut v = vec![
+        (OpenAt, SYS_openat),
+        (OpenAt2, SYS_openat2),
+        (OpenByHandleAt, SYS_open_by_handle_at),
+        (Connect, SYS_connect),
+        (Bind, SYS_bind),
+        (SendTo, SYS_sendto),
+        (SendMsg, SYS_sendmsg),
+        (SendMmsg, SYS_sendmmsg),
+        (Write, SYS_write),
+        (Ptrace, SYS_ptrace),
+        (MemfdCreate, SYS_memfd_create),
+        (Mount, SYS_mount),
+        (Fsmount, SYS_fsmount),
+        (MoveMount, SYS_move_mount),
+        (OpenTree, SYS_open_tree),
+        (Fsopen, SYS_fsopen),
+        (Unshare, SYS_unshare),
+        (Setns, SYS_setns),
+        (Clone, SYS_clone),
+        (Clone3, SYS_clone3),
+        (Bpf, SYS_bpf),
+        (InitModule, SYS_init_module),
+        (FinitModule, SYS_finit_module),
+        (IoUringSetup, SYS_io_uring_setup),
+        (ProcessVmReadv, SYS_process_vm_readv),
+        (ProcessVmWritev, SYS_process_vm_writev),
+        (Kill, SYS_kill),
+        (Tkill, SYS_tkill),
+        (Tgkill, SYS_tgkill),
+        (PidfdSendSignal, SYS_pidfd_send_signal),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    {
+        v.push((Open, SYS_open));
+        v.push((Creat, SYS_creat));
+    }
+    v
+}
+
+/// i386 numbers (x86_64 kernels run 32-bit programs through this ABI). Only
+/// the file opens, connect and the most telling suspicious calls are decoded;
+/// see [`super::limitations`].
+pub const I386_TABLE: &[(Sys, u64)] = &[
+    (Sys::Open, 5),
+    (Sys::Creat, 8),
+    (Sys::OpenAt, 295),
+    (Sys::OpenByHandleAt, 342),
+    (Sys::OpenAt2, 437),
+    (Sys::Connect, 362),
+    (Sys::Bind, 361),
+    (Sys::Ptrace, 26),
+    (Sys::MemfdCreate, 356),
+    (Sys::Mount, 21),
+    (Sys::Unshare, 310),
+    (Sys::Setns, 346),
+    (Sys::Bpf, 357),
+    (Sys::InitModule, 128),
+    (Sys::FinitModule, 350),
+    (Sys::IoUringSetup, 425),
+    (Sys::ProcessVmReadv, 347),
+    (Sys::ProcessVmWritev, 348),
+];
+
+/// Decodes `(arch, nr)` as reported by `PTRACE_GET_SYSCALL_INFO`.
+pub fn decode(arch: u32, nr: u64) -> Option<Sys> {
+    if arch == NATIVE_ARCH {
+        #[cfg(target_arch = "x86_64")]
+        let nr = nr & !X32_SYSCALL_BIT;
+        let nr = i64::try_from(nr).ok()?;
+        return native_table()
+            .into_iter()
+            .find(|(_, n)| *n == nr)
+            .map(|(s, _)| s);
+    }
+    if arch == AUDIT_ARCH_I386 {
+        return I386_TABLE.iter().find(|(_, n)| *n == nr).map(|(s, _)| *s);
+    }
+    None
+}
+
+/// Namespace-creating clone/unshare flags (`CLONE_NEW*`).
+pub const CLONE_NEW_MASK: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64
+    | 0x80; // CLONE_NEWTIME
+
+/// Names of the `CLONE_NEW*` bits set in `flags`.
+pub fn clone_new_names(flags: u64) -> Vec<&'static str> {
+    let table: [(u64, &str); 8] = [
+        (libc::CLONE_NEWNS as u64, "CLONE_NEWNS"),
+        (libc::CLONE_NEWCGROUP as u64, "CLONE_NEWCGROUP"),
+        (libc::CLONE_NEWUTS as u64, "CLONE_NEWUTS"),
+        (libc::CLONE_NEWIPC as u64, "CLONE_NEWIPC"),
+        (libc::CLONE_NEWUSER as u64, "CLONE_NEWUSER"),
+        (libc::CLONE_NEWPID as u64, "CLONE_NEWPID"),
+        (libc::CLONE_NEWNET as u64, "CLONE_NEWNET"),
+        (0x80, "CLONE_NEWTIME"),
+    ];
+    table
+        .iter()
+        .filter(|(b, _)| flags & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_native_and_compat() {
+        assert_eq!(
+            decode(NATIVE_ARCH, libc::SYS_openat as u64),
+            Some(Sys::OpenAt)
+        );
+        assert_eq!(decode(NATIVE_ARCH, libc::SYS_getpid as u64), None);
+        assert_eq!(decode(AUDIT_ARCH_I386, 5), Some(Sys::Open));
+        assert_eq!(decode(0x1234, 5), None);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            decode(NATIVE_ARCH, X32_SYSCALL_BIT | libc::SYS_connect as u64),
+            Some(Sys::Connect)
+        );
+        assert_eq!(
+            clone_new_names(libc::CLONE_NEWUSER as u64),
+            ["CLONE_NEWUSER"]
+        );
+    }
+}
