@@ -1,2 +1,51 @@
-//! `cargo xtask …` (being written).
-fn main() {}
+//! `cargo xtask <task>`: development and deployment tasks for cilock.
+//!
+//! One module per task: [`setup`] (build prerequisites and kernel
+//! filesystems), [`install`] and [`uninstall`] (the daemon as a systemd
+//! service, its config, key, group and runner hooks). Shared helpers live in
+//! [`util`].
+
+mod install;
+mod setup;
+mod uninstall;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// cilock development tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install build prerequisites (apt packages, nightly rust-src,
+    /// bpf-linker) and mount tracefs, bpffs and cgroup2 when missing.
+    /// Idempotent: every step is skipped when already done.
+    Setup(setup::SetupArgs),
+    /// Build release binaries and install cilock + cilock-daemon, the
+    /// systemd unit, config, signing key, `cilock` group and runner hooks.
+    Install(install::InstallArgs),
+    /// Remove what `install` installed (config and key are kept unless
+    /// --purge).
+    Uninstall(uninstall::UninstallArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup(a) => setup::run(a),
+        Task::Install(a) => install::run(a),
+        Task::Uninstall(a) => uninstall::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! `cargo xtask setup`: build prerequisites and kernel filesystems.
+//!
+//! 1. apt packages (installed only when missing; `apt-get update` runs only
+//!    when something must be installed);
+//! 2. `rust-src` for the nightly toolchain (the nightly itself is never
+//!    updated);
+//! 3. `bpf-linker` 0.13.0 built against LLVM 22 (skipped when
+//!    `bpf-linker --version` already reports 0.13.0);
+//! 4. tracefs at `/sys/kernel/tracing`, bpffs at `/sys/fs/bpf`, and a cgroup2
+//!    hierarchy (at `/sys/fs/cgroup` when that is empty, else at
+//!    `/sys/fs/cgroup/unified`), each only when missing.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+
+use crate::util::{self, cmd, exec, note, output, step};
+
+/// Packages the eBPF build and the tests need.
+pub const APT_PACKAGES: &[&str] = &[
+    "build-essential",
+    "pkg-config",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "libxml2-dev",
+    "strace",
+    "python3-cryptography",
+    "openssl",
+    "iproute2",
+];
+
+/// The bpf-linker version the eBPF build is pinned to.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// `cargo xtask setup` options.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Only report what is missing; change nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Runs every setup step.
+pub fn run(args: SetupArgs) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    apt(&args, &mut missing)?;
+    rust_src(&args, &mut missing)?;
+    bpf_linker(&args, &mut missing)?;
+    mounts(&args, &mut missing)?;
+    if args.check {
+        if missing.is_empty() {
+            step("everything is in place");
+        } else {
+            step("missing (run `cargo xtask setup`):");
+            for m in &missing {
+                note(m);
+            }
+            bail!("{} item(s) missing", missing.len());
+        }
+    } else {
+        step("setup complete");
+    }
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    output(cmd("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.trim() == "install ok installed")
+}
+
+fn apt(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
+    step("apt packages");
+    if output(&mut cmd("dpkg-query").arg("--version")).is_none() {
+        note("dpkg-query not found: not a Debian/Ubuntu host; install these by hand:");
+        note(APT_PACKAGES.join(" "));
+        return Ok(());
+    }
+    let absent: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if absent.is_empty() {
+        note("all installed");
+        return Ok(());
+    }
+    note(format!("missing: {}", absent.join(" ")));
+    if args.check {
+        missing.extend(absent.iter().map(|p| format!("apt package {p}")));
+        return Ok(());
+    }
+    util::require_root("setup")?;
+    exec(cmd("apt-get").arg("update"))?;
+    exec(
+        cmd("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&absent)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(())
+}
+
+fn rust_src(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
+    step("rust-src for the nightly toolchain");
+    let toolchains = output(cmd("rustup").args(["toolchain", "list"]))
+        .context("rustup is required (https://rustup.rs)")?;
+    let have_nightly = toolchains.lines().any(|l| l.starts_with("nightly"));
+    if !have_nightly {
+        note("no nightly toolchain is installed");
+        if args.check {
+            missing.push("nightly toolchain with rust-src".into());
+            return Ok(());
+        }
+        // Installing a missing nightly is not updating an existing one.
+        return exec(cmd("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+    }
+    let installed =
+        output(cmd("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+            .unwrap_or_default();
+    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+        note("already installed");
+        return Ok(());
+    }
+    if args.check {
+        missing.push("rust-src (nightly)".into());
+        return Ok(());
+    }
+    exec(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
+    step(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    let current = output(cmd("bpf-linker").arg("--version"));
+    if let Some(v) = &current {
+        if v.split_whitespace().any(|w| w == BPF_LINKER_VERSION) {
+            note(format!("already installed: {}", v.trim()));
+            return Ok(());
+        }
+        note(format!("found {}, want {BPF_LINKER_VERSION}", v.trim()));
+    } else {
+        note("not installed");
+    }
+    if args.check {
+        missing.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
+        return Ok(());
+    }
+    let llvm_bin = Path::new(LLVM_PREFIX).join("bin");
+    if !llvm_bin.is_dir() {
+        bail!(
+            "{} is missing: install llvm-22-dev first (cargo xtask setup installs it on Debian/Ubuntu)",
+            llvm_bin.display()
+        );
+    }
+    let path = match std::env::var_os("PATH") {
+        Some(p) => {
+            let mut dirs = vec![llvm_bin.clone()];
+            dirs.extend(std::env::split_paths(&p));
+            std::env::join_paths(dirs).context("building PATH")?
+        }
+        None => llvm_bin.clone().into_os_string(),
+    };
+    exec(
+        util::cargo()
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .env("PATH", path),
+    )
+}
+
+/// A mount from `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Mount point (octal escapes decoded).
+    pub mount_point: String,
+    /// Filesystem type.
+    pub fs_type: String,
+}
+
+/// Parses `/proc/self/mountinfo` text.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let mount_point = fields.get(4)?;
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fs_type = fields.get(sep + 1)?;
+            Some(MountEntry {
+                mount_point: unescape_mount(mount_point),
+                fs_type: (*fs_type).to_string(),
+            })
+        })
+        .collect()
+}
+
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn mounts(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
+    let table =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let entries = parse_mountinfo(&table);
+    let mounted = |fs: &str, at: &str| {
+        entries
+            .iter()
+            .any(|e| e.fs_type == fs && e.mount_point == at)
+    };
+
+    step("tracefs at /sys/kernel/tracing");
+    if mounted("tracefs", "/sys/kernel/tracing") {
+        note("already mounted");
+    } else if args.check {
+        missing.push("tracefs mount at /sys/kernel/tracing".into());
+    } else {
+        util::require_root("setup")?;
+        exec(cmd("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))?;
+    }
+
+    step("bpffs at /sys/fs/bpf");
+    if mounted("bpf", "/sys/fs/bpf") {
+        note("already mounted");
+    } else if args.check {
+        missing.push("bpffs mount at /sys/fs/bpf".into());
+    } else {
+        util::require_root("setup")?;
+        if !Path::new("/sys/fs/bpf").is_dir() {
+            exec(cmd("mkdir").args(["-p", "/sys/fs/bpf"]))?;
+        }
+        exec(cmd("mount").args(["-t", "bpf", "bpffs", "/sys/fs/bpf"]))?;
+    }
+
+    step("cgroup2 hierarchy");
+    if let Some(e) = entries.iter().find(|e| e.fs_type == "cgroup2") {
+        note(format!("already mounted at {}", e.mount_point));
+    } else {
+        let root = Path::new("/sys/fs/cgroup");
+        let empty = std::fs::read_dir(root)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        let at = if empty {
+            root.to_path_buf()
+        } else {
+            root.join("unified")
+        };
+        if args.check {
+            missing.push(format!("cgroup2 mount (would be at {})", at.display()));
+        } else {
+            util::require_root("setup")?;
+            if !at.is_dir() {
+                std::fs::create_dir_all(&at).with_context(|| {
+                    format!(
+                        "creating {} (if /sys/fs/cgroup is a read-only tmpfs, remount it rw first)",
+                        at.display()
+                    )
+                })?;
+            }
+            exec(cmd("mount").args(["-t", "cgroup2", "cgroup2"]).arg(&at))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo() {
+        let t = "22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n\
+                 35 22 0:30 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw\n\
+                 40 22 0:12 / /sys/kernel/tracing rw - tracefs tracefs rw\n\
+                 41 22 0:13 / /mnt/with\\040space rw - ext4 /dev/sda1 rw\n";
+        let e = parse_mountinfo(t);
+        assert_eq!(e.len(), 4);
+        assert_eq!(e[1].fs_type, "cgroup2");
+        assert_eq!(e[1].mount_point, "/sys/fs/cgroup/unified");
+        assert_eq!(e[2].fs_type, "tracefs");
+        assert_eq!(e[3].mount_point, "/mnt/with space");
+    }
+}
