@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// Working directory whose files are recorded as materials and products [default: the current directory].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Attestor options.
+    #[command(flatten)]
+    pub attestor_flags: AttestorFlags,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,

@@ -50,6 +50,9 @@ pub struct BeginStep {
     /// The command, when the step wraps one command (`cilock run`).
     #[serde(default)]
     pub cmd: Vec<String>,
+    /// Attestor options (defaults when absent).
+    #[serde(default)]
+    pub options: Option<cilock_evidence::attestors::lifecycle::AttestorOptions>,
 }
 
 /// `cilock step end`.
@@ -88,6 +91,10 @@ pub enum Reply {
         envelope: serde_json::Value,
         /// Events lost in the kernel during the step (also in the envelope).
         lost_events: u64,
+        /// Set when an attestor failed the step (e.g. secretscan with
+        /// fail-on-detection); the envelope is still signed and returned.
+        #[serde(default)]
+        failure: Option<String>,
     },
     /// The request failed.
     Error(ApiError),

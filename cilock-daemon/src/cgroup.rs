@@ -35,7 +35,7 @@ pub enum CgroupError {
     Busy(PathBuf),
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io {
         op,
         path: path.to_path_buf(),

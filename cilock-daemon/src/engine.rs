@@ -1,10 +1,34 @@
 //! Steps: begin, end, reap; turning a trace into a signed attestation.
-//! (Being written; the types below are the contract the daemon's main and
-//! the CLI rely on.)
+//!
+//! A step is a cgroup v2 directory plus a [`Recorder`]. With the eBPF
+//! backend the kernel filters on the step cgroup and the ring-buffer
+//! consumer feeds the recorder; with the ptrace backend a tracer thread
+//! follows the step's processes. Ending a step stops the trace, hashes what
+//! was opened, runs the attestors after the command, and signs.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::backend::BackendChoice;
+use cilock_evidence::attestors::command_run::{self, CommandRun, EventCount, TraceInfo};
+use cilock_evidence::attestors::lifecycle::{AttestorOptions, Lifecycle};
+use cilock_evidence::attestors::{
+    into_collection, run_one, AttestError, AttestationContext, Attestor, Stage,
+};
+use cilock_evidence::collection::{Collection, COLLECTION_TYPE};
+use cilock_evidence::dsse::{self, Envelope};
+use cilock_evidence::intoto::{Statement, PAYLOAD_TYPE};
+use cilock_evidence::keys::Signer;
+
+use crate::api::{self, ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, StatusReply};
+use crate::backend::ebpf::EbpfBackend;
+use crate::backend::{ptrace, BackendChoice};
+use crate::cgroup::{Cgroup, Hierarchy};
+use crate::trace::digest_cache::DigestCache;
+use crate::trace::recorder::Recorder;
 
 /// Engine settings (the daemon reads them from its TOML config).
 #[derive(Clone, Debug)]
@@ -28,4 +52,731 @@ impl Default for EngineConfig {
             default_attestations: Vec::new(),
         }
     }
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Bad input from the client.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such step.
+    #[error("no active step named {0:?}")]
+    NotFound(String),
+    /// Step already active.
+    #[error("a step named {0:?} is already active")]
+    Conflict(String),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let kind = match &e {
+            EngineError::BadRequest(_) => ErrorKind::BadRequest,
+            EngineError::Forbidden(_) => ErrorKind::Forbidden,
+            EngineError::NotFound(_) => ErrorKind::NotFound,
+            EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::Internal(_) => ErrorKind::Internal,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Internal(e.to_string())
+}
+
+/// A step to begin.
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    /// Step name.
+    pub name: String,
+    /// The process to trace with its descendants.
+    pub pid: u32,
+    /// The uid that owns the step (only it, or root, may end it).
+    pub owner_uid: u32,
+    /// Extra attestors.
+    pub attestations: Vec<String>,
+    /// Attestor options.
+    pub options: AttestorOptions,
+    /// Working directory (materials/products).
+    pub workdir: PathBuf,
+    /// The command, for `run`.
+    pub cmd: Vec<String>,
+    /// Environment of the step (for the environment attestor).
+    pub env: Vec<(String, String)>,
+}
+
+/// How a step ends.
+#[derive(Clone, Debug, Default)]
+pub struct EndSpec {
+    /// Kill what is still running.
+    pub kill: bool,
+    /// Exit code of the wrapped command.
+    pub exitcode: Option<i32>,
+    /// Captured output.
+    pub stdout: String,
+    /// Captured output.
+    pub stderr: String,
+}
+
+/// The unsigned result of a step.
+#[derive(Debug)]
+pub struct StepOutcome {
+    /// The statement to sign.
+    pub statement: Statement<Collection>,
+    /// Events lost in the kernel.
+    pub lost_events: u64,
+    /// Set when an attestor failed the step (secretscan fail-on-detection).
+    pub failure: Option<String>,
+}
+
+enum Backend {
+    Ebpf(EbpfBackend),
+    Ptrace,
+}
+
+struct Step {
+    name: String,
+    owner_uid: u32,
+    cgroup: Cgroup,
+    recorder: Arc<Mutex<Recorder>>,
+    started: Instant,
+    lifecycle: Lifecycle,
+    ctx: AttestationContext,
+    cmd: Vec<String>,
+    follower: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+/// The tracing engine: one per daemon (or per `cilock run` without one).
+pub struct Engine {
+    cfg: EngineConfig,
+    parent: PathBuf,
+    backend: Backend,
+    reason: String,
+    hooks: BTreeMap<String, String>,
+    cache: DigestCache,
+    steps: Mutex<HashMap<String, Step>>,
+    serial: AtomicU64,
+    kernel: String,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Step names: what a CI system would use, nothing that could be a path.
+pub fn valid_step_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'+'))
+        && s != "."
+        && s != ".."
+}
+
+impl Engine {
+    /// Starts the engine: finds cgroup2, prepares the steps' parent cgroup
+    /// (removing leftovers of a previous run), and loads the backend.
+    pub fn start(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
+        let hier = Hierarchy::find().map_err(internal)?;
+        if !valid_step_name(&cfg.cgroup_parent) {
+            return Err(EngineError::BadRequest(format!(
+                "invalid cgroup parent name {:?}",
+                cfg.cgroup_parent
+            )));
+        }
+        let parent = hier.mount.join(&cfg.cgroup_parent);
+        let parent_cg = Cgroup::create(&parent).map_err(internal)?;
+        for stale in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if stale.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Ok(cg) = Cgroup::open(&stale.path()) {
+                    tracing::warn!(cgroup = %stale.path().display(), "removing a step cgroup left by a previous run");
+                    let _ = cg.remove(&hier.mount);
+                }
+            }
+        }
+        let level = hier
+            .level_of(parent_cg.path())
+            .ok_or_else(|| internal("step parent is outside the cgroup2 mount"))?
+            + 1;
+        let (backend, reason, hooks) = match cfg.backend {
+            BackendChoice::Ptrace => (
+                Backend::Ptrace,
+                "ptrace selected by configuration".to_string(),
+                ptrace::hooks(),
+            ),
+            BackendChoice::Ebpf | BackendChoice::Auto => match EbpfBackend::load(level) {
+                Ok(b) => {
+                    let hooks = b.hooks().clone();
+                    (Backend::Ebpf(b), String::new(), hooks)
+                }
+                Err(e) if cfg.backend == BackendChoice::Auto => {
+                    tracing::warn!("eBPF unavailable, using ptrace: {e}");
+                    (
+                        Backend::Ptrace,
+                        format!("eBPF unavailable: {e}"),
+                        ptrace::hooks(),
+                    )
+                }
+                Err(e) => return Err(internal(format!("eBPF backend: {e}"))),
+            },
+        };
+        if let Backend::Ptrace = backend {
+            ptrace::probe().map_err(|e| internal(format!("ptrace unavailable: {e}")))?;
+        }
+        let engine = Arc::new(Engine {
+            cfg,
+            parent,
+            backend,
+            reason,
+            hooks,
+            cache: DigestCache::default(),
+            steps: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(0),
+            kernel: kernel_release(),
+        });
+        let weak = Arc::downgrade(&engine);
+        std::thread::Builder::new()
+            .name("cilock-reaper".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                match weak.upgrade() {
+                    Some(e) => e.reap_expired(),
+                    None => return,
+                }
+            })
+            .map_err(internal)?;
+        Ok(engine)
+    }
+
+    /// `ebpf` or `ptrace`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Ebpf(_) => "ebpf",
+            Backend::Ptrace => "ptrace",
+        }
+    }
+
+    /// Hook choices.
+    pub fn hooks(&self) -> &BTreeMap<String, String> {
+        &self.hooks
+    }
+
+    /// Names of active steps.
+    pub fn step_names(&self) -> Vec<String> {
+        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = steps.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Attestors every step runs by default.
+    pub fn default_attestations(&self) -> &[String] {
+        &self.cfg.default_attestations
+    }
+
+    /// Begins a step: creates its cgroup, registers it with the backend,
+    /// records materials, and moves `spec.pid` in. Returns the cgroup path.
+    pub fn begin(&self, spec: StepSpec) -> Result<PathBuf, EngineError> {
+        if !valid_step_name(&spec.name) {
+            return Err(EngineError::BadRequest(format!(
+                "invalid step name {:?}: use letters, digits and - _ . @ + (at most 128)",
+                spec.name
+            )));
+        }
+        if spec.pid <= 1 || spec.pid == std::process::id() {
+            return Err(EngineError::BadRequest(format!(
+                "pid {} cannot be traced",
+                spec.pid
+            )));
+        }
+        if self
+            .steps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&spec.name)
+        {
+            return Err(EngineError::Conflict(spec.name));
+        }
+        let mut names = self.cfg.default_attestations.clone();
+        for n in &spec.attestations {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let mut lifecycle = Lifecycle::new(&names, spec.options.clone())
+            .map_err(|e| EngineError::BadRequest(e.to_string()))?;
+        let mut ctx = AttestationContext::new(spec.workdir.clone(), spec.env.clone());
+        lifecycle
+            .before(&mut ctx)
+            .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;
+
+        let n = self.serial.fetch_add(1, Ordering::Relaxed);
+        let cg_path = self.parent.join(format!("{}.{}.{}", spec.name, std::process::id(), n));
+        let cgroup = Cgroup::create(&cg_path).map_err(internal)?;
+        let recorder = Arc::new(Mutex::new(Recorder::new(Some(std::process::id()))));
+        let mut follower = None;
+        match &self.backend {
+            Backend::Ebpf(b) => {
+                b.register(&cgroup, recorder.clone()).map_err(internal)?;
+            }
+            Backend::Ptrace => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let rec = recorder.clone();
+                let (pid, stop2) = (spec.pid, stop.clone());
+                let h = std::thread::Builder::new()
+                    .name(format!("cilock-ptrace-{}", spec.name))
+                    .spawn(move || {
+                        let cfg = ptrace::PtraceConfig {
+                            daemon_pid: Some(std::process::id()),
+                            ..Default::default()
+                        };
+                        let r = ptrace::follow(pid, &cfg, stop2, |ev| {
+                            if let Ok(mut r) = rec.lock() {
+                                r.push(ev);
+                            }
+                        });
+                        if let Err(e) = r {
+                            tracing::warn!("ptrace follower for pid {pid}: {e}");
+                        }
+                    })
+                    .map_err(internal)?;
+                follower = Some((stop, h));
+            }
+        }
+        if let Err(e) = cgroup.add_pid(spec.pid) {
+            if let Backend::Ebpf(b) = &self.backend {
+                let _ = b.unregister(cgroup.id());
+            }
+            let _ = cgroup.remove(&self.parent);
+            return Err(EngineError::BadRequest(format!(
+                "cannot move pid {} into the step: {e}",
+                spec.pid
+            )));
+        }
+        if let Ok(mut r) = recorder.lock() {
+            r.add_root(spec.pid);
+        }
+        let step = Step {
+            name: spec.name.clone(),
+            owner_uid: spec.owner_uid,
+            cgroup,
+            recorder,
+            started: Instant::now(),
+            lifecycle,
+            ctx,
+            cmd: spec.cmd,
+            follower,
+        };
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        if steps.contains_key(&spec.name) {
+            drop(steps);
+            self.discard(step);
+            return Err(EngineError::Conflict(spec.name));
+        }
+        steps.insert(spec.name, step);
+        Ok(cg_path)
+    }
+
+    fn discard(&self, step: Step) {
+        if let Backend::Ebpf(b) = &self.backend {
+            let _ = b.unregister(step.cgroup.id());
+        }
+        if let Some((stop, h)) = step.follower {
+            stop.store(true, Ordering::SeqCst);
+            let _ = h.join();
+        }
+        let _ = step.cgroup.remove(&self.parent);
+    }
+
+    /// Ends the step `name` for `uid` (its owner, or root).
+    pub fn end(&self, name: &str, uid: u32, end: EndSpec) -> Result<StepOutcome, EngineError> {
+        let step = {
+            let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(s) = steps.get(name) else {
+                return Err(EngineError::NotFound(name.to_string()));
+            };
+            if uid != 0 && s.owner_uid != uid {
+                return Err(EngineError::Forbidden(format!(
+                    "step {name:?} was begun by uid {}; uid {uid} may not end it",
+                    s.owner_uid
+                )));
+            }
+            steps.remove(name).ok_or_else(|| EngineError::NotFound(name.to_string()))?
+        };
+        self.finish(step, end, false)
+    }
+
+    fn finish(&self, mut step: Step, end: EndSpec, reaped: bool) -> Result<StepOutcome, EngineError> {
+        if end.kill {
+            if let Err(e) = step.cgroup.kill_all(Duration::from_secs(10)) {
+                tracing::warn!("step {}: {e}", step.name);
+            }
+        }
+        let alive = step.cgroup.pids_recursive();
+        let mut trace = TraceInfo {
+            backend: self.backend_name().to_string(),
+            reason: self.reason.clone(),
+            hooks: self.hooks.clone(),
+            kernel: self.kernel.clone(),
+            reaped,
+            ..Default::default()
+        };
+        match &self.backend {
+            Backend::Ebpf(b) => {
+                trace.events = b.unregister(step.cgroup.id()).map_err(internal)?;
+                trace.limitations = vec![
+                    "io_uring opens (IORING_OP_OPENAT) do not pass syscall tracepoints and are not recorded".into(),
+                    "processes that left the step's cgroup are not traced after they left".into(),
+                    "memory-mapped reads of already-open files are not separate events".into(),
+                ];
+            }
+            Backend::Ptrace => {
+                if let Some((stop, h)) = step.follower.take() {
+                    stop.store(true, Ordering::SeqCst);
+                    let _ = h.join();
+                }
+                trace.limitations = ptrace::limitations();
+            }
+        }
+        // Leave the cgroup (processes still alive go back to the parent).
+        if let Err(e) = step.cgroup.remove(&self.parent) {
+            tracing::warn!("step {}: {e}", step.name);
+        }
+        let recorder = std::mem::take(
+            &mut *step.recorder.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        tracing::info!(step = %step.name, seconds = step.started.elapsed().as_secs_f64(), "step stopped");
+        PendingStep {
+            name: step.name,
+            lifecycle: step.lifecycle,
+            ctx: step.ctx,
+            cmd: step.cmd,
+            recorder,
+            trace,
+            alive,
+        }
+        .finish(&self.cache, end)
+    }
+
+    /// Ends (with kill) every step older than the timeout; their evidence is
+    /// logged as reaped and dropped.
+    pub fn reap_expired(&self) {
+        let expired: Vec<Step> = {
+            let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+            let names: Vec<String> = steps
+                .iter()
+                .filter(|(_, s)| s.started.elapsed() > self.cfg.step_timeout)
+                .map(|(n, _)| n.clone())
+                .collect();
+            names.iter().filter_map(|n| steps.remove(n)).collect()
+        };
+        for s in expired {
+            let name = s.name.clone();
+            tracing::warn!(step = %name, "step not ended within the timeout: reaping it");
+            let end = EndSpec {
+                kill: true,
+                ..Default::default()
+            };
+            if let Err(e) = self.finish(s, end, true) {
+                tracing::warn!(step = %name, "reaping: {e}");
+            }
+        }
+    }
+
+    /// Removes the (empty) parent cgroup of the steps (embedded engines use
+    /// one of their own).
+    pub fn remove_parent(&self) {
+        let _ = std::fs::remove_dir(&self.parent);
+    }
+
+    /// Ends every active step (daemon shutdown).
+    pub fn shutdown(&self) {
+        let all: Vec<Step> = {
+            let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+            steps.drain().map(|(_, s)| s).collect()
+        };
+        for s in all {
+            self.discard(s);
+        }
+    }
+}
+
+/// A traced step whose trace is complete: hashing, attestors and the
+/// statement are what is left.
+pub struct PendingStep {
+    name: String,
+    lifecycle: Lifecycle,
+    ctx: AttestationContext,
+    cmd: Vec<String>,
+    recorder: Recorder,
+    trace: TraceInfo,
+    alive: Vec<u32>,
+}
+
+impl PendingStep {
+    /// Hashes what was opened, runs the remaining attestors and builds the
+    /// statement.
+    pub fn finish(mut self, cache: &DigestCache, end: EndSpec) -> Result<StepOutcome, EngineError> {
+        let algs = self.ctx.hashes.clone();
+        let st = self.recorder.finish(cache, &algs, &self.alive);
+        if self.trace.backend == "ptrace" {
+            self.trace.events.insert(
+                "process".into(),
+                EventCount {
+                    captured: st.processes.len() as u64,
+                    lost: 0,
+                },
+            );
+        }
+        let lost_events = self.trace.total_lost();
+        let run = CommandRun {
+            cmd: self.cmd.clone(),
+            stdout: end.stdout,
+            stderr: end.stderr,
+            exitcode: end.exitcode.unwrap_or(0),
+            processes: st.processes,
+            trace: Some(self.trace),
+        };
+        let json = serde_json::to_value(&run).map_err(internal)?;
+        run_one(&mut self.ctx, &mut CommandRunAttestor(Some(json))).map_err(internal)?;
+        let failure = match self.lifecycle.after(&mut self.ctx) {
+            Ok(()) => None,
+            Err(AttestError::Failed(msg)) => Some(msg),
+            Err(e) => return Err(internal(format!("attestors after the step: {e}"))),
+        };
+        let (collection, subjects) = into_collection(&self.name, &self.ctx);
+        Ok(StepOutcome {
+            statement: Statement::new(COLLECTION_TYPE, subjects, collection),
+            lost_events,
+            failure,
+        })
+    }
+}
+
+/// Runs `cmd` under the ptrace backend without cgroups or a daemon (works
+/// unprivileged). `on_spawn` receives the child (to take its pipes). Returns
+/// the command's exit code and the step to finish once its output is in.
+pub fn run_ptrace(
+    spec: StepSpec,
+    cmd: std::process::Command,
+    reason: String,
+    on_spawn: impl FnOnce(&mut std::process::Child),
+) -> Result<(i32, PendingStep), EngineError> {
+    if !valid_step_name(&spec.name) {
+        return Err(EngineError::BadRequest(format!("invalid step name {:?}", spec.name)));
+    }
+    let mut lifecycle = Lifecycle::new(&spec.attestations, spec.options.clone())
+        .map_err(|e| EngineError::BadRequest(e.to_string()))?;
+    let mut ctx = AttestationContext::new(spec.workdir.clone(), spec.env.clone());
+    lifecycle
+        .before(&mut ctx)
+        .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;
+    ptrace::probe().map_err(|e| internal(format!("ptrace unavailable: {e}")))?;
+    let mut recorder = Recorder::new(None);
+    let cfg = ptrace::PtraceConfig::default();
+    let mut root = None;
+    let code = ptrace::run(
+        cmd,
+        &cfg,
+        |child| {
+            root = Some(child.id());
+            on_spawn(child)
+        },
+        |ev| recorder.push(ev),
+    )
+    .map_err(|e| internal(format!("ptrace: {e}")))?;
+    let trace = TraceInfo {
+        backend: "ptrace".into(),
+        reason,
+        hooks: ptrace::hooks(),
+        limitations: ptrace::limitations(),
+        kernel: kernel_release(),
+        ..Default::default()
+    };
+    Ok((
+        code,
+        PendingStep {
+            name: spec.name,
+            lifecycle,
+            ctx,
+            cmd: spec.cmd,
+            recorder,
+            trace,
+            alive: Vec::new(),
+        },
+    ))
+}
+
+/// Wraps the engine's command-run JSON as an attestor for the lifecycle.
+struct CommandRunAttestor(Option<serde_json::Value>);
+
+impl Attestor for CommandRunAttestor {
+    fn name(&self) -> &'static str {
+        command_run::NAME
+    }
+    fn stage(&self) -> Stage {
+        Stage::Execute
+    }
+    fn attest(&mut self, _ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
+        self.0
+            .take()
+            .ok_or_else(|| AttestError::Invalid("command-run attested twice".into()))
+    }
+}
+
+/// Signs a statement into a DSSE envelope.
+pub fn sign_statement(
+    statement: &Statement<Collection>,
+    signer: &Signer,
+) -> Result<Envelope, EngineError> {
+    let payload = serde_json::to_vec(statement).map_err(internal)?;
+    dsse::sign(PAYLOAD_TYPE, payload, signer).map_err(internal)
+}
+
+/// The environment of a process (`KEY=VALUE` pairs of /proc/PID/environ).
+pub fn environ_of(pid: u32) -> Vec<(String, String)> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter_map(|kv| {
+                    let s = String::from_utf8_lossy(kv);
+                    let (k, v) = s.split_once('=')?;
+                    Some((k.to_string(), v.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The real uid owning `pid`.
+pub fn uid_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The daemon's service: the engine plus the signing key.
+pub struct DaemonService {
+    engine: Arc<Engine>,
+    signer: Signer,
+}
+
+impl DaemonService {
+    /// Starts the engine and holds the key.
+    pub fn new(cfg: EngineConfig, signer: Signer) -> anyhow::Result<Arc<DaemonService>> {
+        let engine = Engine::start(cfg)?;
+        Ok(Arc::new(DaemonService { engine, signer }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}
+
+impl api::StepService for DaemonService {
+    fn status(&self) -> StatusReply {
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backend: self.engine.backend_name().to_string(),
+            hooks: self.engine.hooks().clone(),
+            steps: self.engine.step_names(),
+            keyid: self.signer.key_id().to_string(),
+        }
+    }
+
+    fn begin(&self, peer: Peer, req: BeginStep) -> Result<Reply, ApiError> {
+        // The target must be the peer's own process (or the peer is root).
+        let owner = uid_of(req.pid).ok_or_else(|| {
+            ApiError::new(ErrorKind::BadRequest, format!("no process {}", req.pid))
+        })?;
+        if peer.uid != 0 && owner != peer.uid {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!("pid {} belongs to uid {owner}, not to uid {}", req.pid, peer.uid),
+            ));
+        }
+        let workdir = match &req.workdir {
+            Some(w) => PathBuf::from(w),
+            None => std::fs::read_link(format!("/proc/{}/cwd", req.pid))
+                .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("cwd of {}: {e}", req.pid)))?,
+        };
+        check_workdir(&workdir, peer.uid)?;
+        let spec = StepSpec {
+            name: req.step,
+            pid: req.pid,
+            owner_uid: peer.uid,
+            attestations: req.attestations,
+            options: req.options.unwrap_or_default(),
+            workdir,
+            cmd: req.cmd,
+            env: environ_of(req.pid),
+        };
+        let cg = self.engine.begin(spec)?;
+        Ok(Reply::Begun {
+            cgroup: cg.display().to_string(),
+        })
+    }
+
+    fn end(&self, peer: Peer, req: EndStep) -> Result<Reply, ApiError> {
+        let out = self.engine.end(
+            &req.step,
+            peer.uid,
+            EndSpec {
+                kill: req.kill,
+                exitcode: req.exitcode,
+                stdout: req.stdout.unwrap_or_default(),
+                stderr: req.stderr.unwrap_or_default(),
+            },
+        )?;
+        let env = sign_statement(&out.statement, &self.signer)?;
+        let envelope = serde_json::from_slice(&env.to_json())
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        Ok(Reply::Ended {
+            envelope,
+            lost_events: out.lost_events,
+            failure: out.failure,
+        })
+    }
+}
+
+/// The working directory must be absolute, exist, and (unless the peer is
+/// root) belong to the peer: the daemon hashes what is in it.
+fn check_workdir(dir: &Path, uid: u32) -> Result<(), ApiError> {
+    use std::os::unix::fs::MetadataExt;
+    if !dir.is_absolute() {
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!("workdir {} is not absolute", dir.display()),
+        ));
+    }
+    let md = std::fs::metadata(dir).map_err(|e| {
+        ApiError::new(ErrorKind::BadRequest, format!("workdir {}: {e}", dir.display()))
+    })?;
+    if !md.is_dir() {
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!("workdir {} is not a directory", dir.display()),
+        ));
+    }
+    if uid != 0 && md.uid() != uid {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            format!("workdir {} is not owned by uid {uid}", dir.display()),
+        ));
+    }
+    Ok(())
 }

@@ -43,6 +43,7 @@ fn begin(step: &str) -> Request {
         attestations: vec![],
         workdir: None,
         cmd: vec![],
+        options: None,
     })
 }
 

@@ -5,6 +5,7 @@ use crate::cli::{Cli, Command, StepCommand};
 
 mod inspect;
 mod keygen;
+mod output;
 mod run;
 mod sign;
 mod step;

@@ -1,4 +1,68 @@
-//! `cilock step begin|end` (being written).
+//! `cilock step begin|end`: step boundaries through the daemon.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use cilock_daemon::api::{BeginStep, EndStep, Reply, Request};
+use cilock_daemon::client;
+
 use crate::cli::{StepBeginArgs, StepEndArgs};
-pub fn begin(_a: StepBeginArgs) -> anyhow::Result<u8> { anyhow::bail!("not yet available") }
-pub fn end(_a: StepEndArgs) -> anyhow::Result<u8> { anyhow::bail!("not yet available") }
+use crate::cmd::output;
+
+/// Moves the calling shell (or `--pid`) into a new traced step.
+pub fn begin(a: StepBeginArgs) -> anyhow::Result<u8> {
+    // By default the process that ran us: the CI job's shell.
+    let pid = a.pid.unwrap_or_else(|| nix::unistd::getppid().as_raw() as u32);
+    let workdir = match a.workdir {
+        Some(w) => w,
+        None => std::env::current_dir().context("current directory")?,
+    };
+    let workdir = std::fs::canonicalize(&workdir)
+        .with_context(|| format!("workdir {}", workdir.display()))?;
+    let req = Request::BeginStep(BeginStep {
+        step: a.step.clone(),
+        pid,
+        attestations: a.attestations,
+        workdir: Some(workdir.display().to_string()),
+        cmd: Vec::new(),
+        options: Some(a.attestor_flags.to_options()),
+    });
+    match client::request(&req).with_context(|| format!("step begin {:?}", a.step))? {
+        Reply::Begun { cgroup } => {
+            eprintln!("cilock: step {:?} begun: pid {pid} and what it starts are traced ({cgroup})", a.step);
+            Ok(0)
+        }
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+/// Ends a step and writes its signed attestation.
+pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
+    let req = Request::EndStep(EndStep {
+        step: a.step.clone(),
+        kill: a.kill,
+        exitcode: None,
+        stdout: None,
+        stderr: None,
+    });
+    match client::request(&req).with_context(|| format!("step end {:?}", a.step))? {
+        Reply::Ended {
+            envelope,
+            lost_events,
+            failure,
+        } => {
+            output::write_envelope(&a.outfile, &envelope)?;
+            let mut err = std::io::stderr();
+            let _ = writeln!(err, "cilock: step {:?} ended; attestation written to {}", a.step, a.outfile.display());
+            if lost_events > 0 {
+                let _ = writeln!(err, "cilock: warning: {lost_events} trace events were lost (recorded in the attestation)");
+            }
+            if let Some(f) = failure {
+                let _ = writeln!(err, "cilock: step failed: {f}");
+                return Ok(1);
+            }
+            Ok(0)
+        }
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}

@@ -75,6 +75,7 @@ impl StepService for StandInService {
                 "ended_by": {"uid": peer.uid, "pid": peer.pid},
             }),
             lost_events: 0,
+            failure: None,
         })
     }
 }

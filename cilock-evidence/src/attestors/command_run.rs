@@ -77,6 +77,10 @@ pub struct ProcessInfo {
     /// Exit code (128+signal for a signal death); absent while alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exitcode: Option<i32>,
+    /// Every program the process exec'd, in order, when it exec'd more than
+    /// once (`program` is the last) (cilock extension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub execs: Vec<String>,
     /// Set when the process was still running when the step ended.
     #[serde(default, rename = "aliveAtEnd", skip_serializing_if = "is_false")]
     pub alive_at_end: bool,

@@ -171,13 +171,19 @@ pub fn user_dev(kdev: u32) -> u64 {
     libc::makedev(kdev >> 20, kdev & 0xf_ffff)
 }
 
+/// Nanoseconds of an inode time: ≥6.13 keeps a flag in the high bits of
+/// `i_ctime_nsec` (multigrain timestamps, I_CTIME_QUERIED); nanoseconds
+/// never exceed 30 bits.
+const NSEC_MASK: u32 = 0x3fff_ffff;
+
 fn file_stamp(s: &InodeStamp) -> FileStamp {
+    let (mtime_nsec, ctime_nsec) = (s.mtime_nsec & NSEC_MASK, s.ctime_nsec & NSEC_MASK);
     FileStamp {
         dev: user_dev(s.dev),
         ino: s.ino,
         size: s.size,
-        mtime_ns: s.mtime_sec as i128 * 1_000_000_000 + s.mtime_nsec as i128,
-        ctime_ns: s.ctime_sec as i128 * 1_000_000_000 + s.ctime_nsec as i128,
+        mtime_ns: s.mtime_sec as i128 * 1_000_000_000 + mtime_nsec as i128,
+        ctime_ns: s.ctime_sec as i128 * 1_000_000_000 + ctime_nsec as i128,
         mode: s.mode,
     }
 }

@@ -1,1 +1,481 @@
-//! (being written)
+//! The eBPF backend: the probes are loaded and attached once; steps are
+//! registered by cgroup id in the kernel's `STEPS` map; one consumer thread
+//! drains the ring buffer and routes each record to its step's recorder.
+
+pub mod btf;
+pub mod decode;
+pub mod offsets;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::{RawTracePoint, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use cilock_abi::{kind, StepLoss};
+use cilock_evidence::attestors::command_run::EventCount;
+
+use crate::cgroup::Cgroup;
+use crate::trace::recorder::Recorder;
+use crate::trace::TraceEvent;
+use decode::{Clock, Record};
+
+/// The compiled kernel programs (empty when built with CILOCK_SKIP_EBPF=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cilock"));
+
+/// Syscalls whose successful return installs a file the open probe reports.
+const OPEN_SYSCALLS: [&str; 5] = [
+    "sys_exit_open",
+    "sys_exit_openat",
+    "sys_exit_openat2",
+    "sys_exit_creat",
+    "sys_exit_open_by_handle_at",
+];
+
+/// Why the eBPF backend is not available.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EbpfError {
+    /// This build carries no kernel programs.
+    #[error("this cilock was built without eBPF programs (CILOCK_SKIP_EBPF=1)")]
+    NotBuilt,
+    /// The kernel has no BTF.
+    #[error("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {0}")]
+    NoBtf(std::io::Error),
+    /// Offsets could not be computed.
+    #[error("kernel layout: {0}")]
+    Offsets(#[from] offsets::OffsetsError),
+    /// tracefs is not mounted.
+    #[error("tracefs not mounted (mount -t tracefs nodev /sys/kernel/tracing)")]
+    NoTracefs,
+    /// Loading failed.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program failed to load or attach.
+    #[error("{what}: {source}")]
+    Program {
+        /// Which program/hook.
+        what: String,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {what}: {source}")]
+    Map {
+        /// Which map/operation.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The consumer thread could not start.
+    #[error("starting the ring-buffer consumer: {0}")]
+    Thread(std::io::Error),
+    /// The step is not registered.
+    #[error("step cgroup {0} is not registered")]
+    UnknownStep(u64),
+}
+
+/// Captured records per kind for one step, counted by the consumer.
+#[derive(Debug, Default)]
+pub struct StepCounts {
+    captured: [AtomicU64; kind::COUNT],
+    malformed: AtomicU64,
+}
+
+struct Route {
+    recorder: Arc<Mutex<Recorder>>,
+    cgroup: PathBuf,
+    counts: Arc<StepCounts>,
+}
+
+type Routes = Arc<RwLock<HashMap<u64, Route>>>;
+
+struct Maps {
+    steps: BpfHashMap<MapData, u64, u32>,
+    loss: PerCpuHashMap<MapData, u64, StepLoss>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+#[derive(Default)]
+struct Flush {
+    requested: AtomicU64,
+    done: Mutex<u64>,
+    cv: Condvar,
+}
+
+/// The loaded, attached probes.
+pub struct EbpfBackend {
+    _ebpf: Ebpf,
+    maps: Mutex<Maps>,
+    routes: Routes,
+    flush: Arc<Flush>,
+    stop: Arc<AtomicBool>,
+    consumer: Option<JoinHandle<()>>,
+    hooks: BTreeMap<String, String>,
+    step_level: u32,
+}
+
+fn tracefs() -> Option<PathBuf> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("events").is_dir())
+}
+
+fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> EbpfError {
+    let what = what.into();
+    move |source| EbpfError::Program { what, source }
+}
+
+fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
+    move |source| EbpfError::Map { what, source }
+}
+
+impl EbpfBackend {
+    /// Loads and attaches the probes. Step cgroups will be at `step_level`
+    /// (their depth below the cgroup2 root).
+    pub fn load(step_level: u32) -> Result<EbpfBackend, EbpfError> {
+        if OBJECT.is_empty() {
+            return Err(EbpfError::NotBuilt);
+        }
+        let btf = btf::Btf::from_sys().map_err(EbpfError::NoBtf)?;
+        let tracefs = tracefs().ok_or(EbpfError::NoTracefs)?;
+        let offs = offsets::compute(&btf, &tracefs)?;
+        tracing::debug!(?offs, "kernel offsets from BTF");
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offs, true)
+            .override_global("STEP_LEVEL", &step_level, true)
+            .load(OBJECT)?;
+
+        let mut hooks = BTreeMap::new();
+        {
+            let tp: &mut TracePoint = ebpf
+                .program_mut("sys_exit_open")
+                .ok_or_else(|| missing("sys_exit_open"))?
+                .try_into()
+                .map_err(prog_err("sys_exit_open"))?;
+            tp.load().map_err(prog_err("load sys_exit_open"))?;
+            let mut attached = Vec::new();
+            for name in OPEN_SYSCALLS {
+                // open/creat do not exist on every architecture.
+                if tracefs.join("events/syscalls").join(name).is_dir() {
+                    tp.attach("syscalls", name)
+                        .map_err(prog_err(format!("attach syscalls/{name}")))?;
+                    attached.push(name.trim_start_matches("sys_exit_"));
+                }
+            }
+            hooks.insert(
+                "file-open".to_string(),
+                format!("tracepoint:syscalls/sys_exit_{{{}}} + dentry walk", attached.join(",")),
+            );
+        }
+        for (prog, hook, concern) in [
+            ("sched_process_exec", "sched_process_exec", "process-exec"),
+            ("sched_process_fork", "sched_process_fork", "process-fork"),
+            ("sched_process_exit", "sched_process_exit", "process-exit"),
+            ("cgroup_attach_task", "cgroup_attach_task", "cgroup-move"),
+        ] {
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| missing(prog))?
+                .try_into()
+                .map_err(prog_err(prog))?;
+            p.load().map_err(prog_err(format!("load {prog}")))?;
+            p.attach(hook).map_err(prog_err(format!("attach raw_tp {hook}")))?;
+            hooks.insert(concern.to_string(), format!("raw_tp:{hook}"));
+        }
+        hooks.insert(
+            "step-filter".to_string(),
+            format!("bpf_get_current_ancestor_cgroup_id({step_level}) in STEPS"),
+        );
+        hooks.insert("fentry".to_string(), probe_fentry());
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(EbpfError::Map {
+                what: name,
+                source: aya::maps::MapError::InvalidName {
+                    name: name.to_string(),
+                },
+            })
+        };
+        let maps = Maps {
+            steps: BpfHashMap::try_from(take(&mut ebpf, "STEPS")?).map_err(map_err("STEPS"))?,
+            loss: PerCpuHashMap::try_from(take(&mut ebpf, "STEP_LOSS")?)
+                .map_err(map_err("STEP_LOSS"))?,
+            counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
+                .map_err(map_err("COUNTERS"))?,
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+
+        let routes: Routes = Arc::default();
+        let flush = Arc::new(Flush::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer = {
+            let (routes, flush, stop) = (routes.clone(), flush.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("cilock-ringbuf".into())
+                .spawn(move || consume(ring, routes, flush, stop))
+                .map_err(EbpfError::Thread)?
+        };
+        Ok(EbpfBackend {
+            _ebpf: ebpf,
+            maps: Mutex::new(maps),
+            routes,
+            flush,
+            stop,
+            consumer: Some(consumer),
+            hooks,
+            step_level,
+        })
+    }
+
+    /// Hooks in use, per concern.
+    pub fn hooks(&self) -> &BTreeMap<String, String> {
+        &self.hooks
+    }
+
+    /// The cgroup level steps must be created at.
+    pub fn step_level(&self) -> u32 {
+        self.step_level
+    }
+
+    /// Starts tracing the step whose cgroup is `cgroup`.
+    pub fn register(
+        &self,
+        cgroup: &Cgroup,
+        recorder: Arc<Mutex<Recorder>>,
+    ) -> Result<Arc<StepCounts>, EbpfError> {
+        let counts = Arc::new(StepCounts::default());
+        if let Ok(mut r) = self.routes.write() {
+            r.insert(
+                cgroup.id(),
+                Route {
+                    recorder,
+                    cgroup: cgroup.path().to_path_buf(),
+                    counts: counts.clone(),
+                },
+            );
+        }
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = maps.loss.remove(&cgroup.id());
+        maps.steps
+            .insert(cgroup.id(), 1, 0)
+            .map_err(map_err("STEPS insert"))?;
+        Ok(counts)
+    }
+
+    /// Stops tracing the step, delivers everything it emitted to its
+    /// recorder, and returns captured/lost counts per kind.
+    pub fn unregister(&self, cgroup_id: u64) -> Result<BTreeMap<String, EventCount>, EbpfError> {
+        {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            maps.steps
+                .remove(&cgroup_id)
+                .map_err(map_err("STEPS remove"))?;
+        }
+        // Programs that passed the filter before the removal finish within
+        // microseconds; then everything they emitted is in the ring.
+        std::thread::sleep(Duration::from_millis(20));
+        self.flush();
+        let route = self
+            .routes
+            .write()
+            .ok()
+            .and_then(|mut r| r.remove(&cgroup_id))
+            .ok_or(EbpfError::UnknownStep(cgroup_id))?;
+        let mut lost = [0u64; kind::COUNT];
+        {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(per_cpu) = maps.loss.get(&cgroup_id, 0) {
+                for l in per_cpu.iter() {
+                    for (k, v) in l.lost.iter().enumerate() {
+                        lost[k] += v;
+                    }
+                }
+            }
+            let _ = maps.loss.remove(&cgroup_id);
+        }
+        let mut out = BTreeMap::new();
+        for k in 1..kind::COUNT as u32 {
+            out.insert(
+                kind::name(k).to_string(),
+                EventCount {
+                    captured: route.counts.captured[k as usize].load(Ordering::Relaxed),
+                    lost: lost[k as usize],
+                },
+            );
+        }
+        let malformed = route.counts.malformed.load(Ordering::Relaxed);
+        if malformed > 0 {
+            out.insert(
+                "malformed".to_string(),
+                EventCount {
+                    captured: 0,
+                    lost: malformed,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Waits until the consumer has drained everything in the ring now.
+    pub fn flush(&self) {
+        let want = self.flush.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut done = self.flush.done.lock().unwrap_or_else(|e| e.into_inner());
+        while *done < want {
+            let (d, _) = self
+                .flush
+                .cv
+                .wait_timeout(done, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner());
+            done = d;
+        }
+    }
+
+    /// Global (all steps) emitted and lost counts per kind, from the kernel.
+    pub fn global_counters(&self) -> BTreeMap<String, EventCount> {
+        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = BTreeMap::new();
+        for k in 1..kind::COUNT as u32 {
+            let sum = |i: u32| {
+                maps.counters
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0)
+            };
+            out.insert(
+                kind::name(k).to_string(),
+                EventCount {
+                    captured: sum(k * 2),
+                    lost: sum(k * 2 + 1),
+                },
+            );
+        }
+        out
+    }
+}
+
+impl Drop for EbpfBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.consumer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn missing(name: &str) -> EbpfError {
+    EbpfError::Program {
+        what: name.to_string(),
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    }
+}
+
+/// Whether fentry/fexit programs can be loaded here (they need BPF
+/// trampolines, which some kernels refuse).
+fn probe_fentry() -> String {
+    match aya::sys::is_program_supported(aya::programs::ProgramType::Tracing) {
+        Ok(true) => {}
+        Ok(false) => return "unavailable: tracing programs not supported".into(),
+        Err(e) => return format!("unavailable: {e}"),
+    }
+    // Attaching needs a trampoline: ask the tracefs interface that backs it.
+    match std::fs::File::open("/sys/kernel/tracing/available_filter_functions") {
+        Ok(_) => "available (tracepoints are used: they cover every kernel)".into(),
+        Err(e) => format!("unavailable: ftrace function patching refused ({e})"),
+    }
+}
+
+fn consume(mut ring: RingBuf<MapData>, routes: Routes, flush: Arc<Flush>, stop: Arc<AtomicBool>) {
+    let clock = Clock::now();
+    let fd = ring.as_raw_fd();
+    loop {
+        let req = flush.requested.load(Ordering::SeqCst);
+        {
+            let routes = routes.read().unwrap_or_else(|e| e.into_inner());
+            while let Some(item) = ring.next() {
+                route(&item, &routes, &clock);
+            }
+        }
+        {
+            let mut done = flush.done.lock().unwrap_or_else(|e| e.into_inner());
+            if *done < req {
+                *done = req;
+                flush.cv.notify_all();
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Wakeups are batched in the kernel; the timeout bounds latency.
+        let timeout = if flush.requested.load(Ordering::SeqCst) > req { 0 } else { 20 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout) };
+    }
+}
+
+fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
+    match decode::decode(bytes, clock) {
+        Ok(Record::Event {
+            step_cgroup,
+            kind: k,
+            event,
+        }) => {
+            if let Some(r) = routes.get(&step_cgroup) {
+                if let Some(c) = r.counts.captured.get(k as usize) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Ok(mut rec) = r.recorder.lock() {
+                    rec.push(event);
+                }
+            }
+        }
+        Ok(Record::CgroupMove {
+            step_cgroup,
+            moved,
+            by,
+            dst,
+            time,
+        }) => {
+            if let Some(r) = routes.get(&step_cgroup) {
+                r.counts.captured[kind::CGROUP_MOVE as usize].fetch_add(1, Ordering::Relaxed);
+                let inside = Cgroup::open(&r.cgroup)
+                    .map(|c| c.subtree_ids().contains(&dst))
+                    .unwrap_or(false);
+                if !inside {
+                    if let Ok(mut rec) = r.recorder.lock() {
+                        rec.push(TraceEvent::LeftStep {
+                            pid: moved,
+                            by,
+                            time,
+                        });
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!("dropping {e}");
+            // Attribute to the step when the header is readable.
+            if bytes.len() >= 24 {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&bytes[16..24]);
+                if let Some(r) = routes.get(&u64::from_ne_bytes(id)) {
+                    r.counts.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
