@@ -1,2 +1,296 @@
-//! The cilock daemon (being written: daemon service work).
-fn main() {}
+//! `cilock-daemon`: the privileged per-runner daemon. It traces CI steps
+//! (one cgroup per step) and signs their attestations; the CLI talks to it
+//! over a Unix socket.
+//!
+//! Start-up: read the config (`--config`, default `/etc/cilock/cilock.toml`,
+//! which may be absent), refuse a signing key that is not root-owned or is
+//! accessible to group/others, load it, start the engine, bind the socket,
+//! then tell systemd `READY=1`. `WATCHDOG=1` pings follow when systemd asks
+//! for them (`WatchdogSec=`), each after checking that the engine answers.
+//! SIGTERM/SIGINT: `STOPPING=1`, stop accepting, finish requests in flight,
+//! remove the socket, exit 0.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sd_notify::NotifyState;
+use tracing::{debug, error, info, warn};
+
+use cilock_daemon::api::StepService;
+use cilock_daemon::config::{check_key_file, DaemonConfig, DEFAULT_CONFIG_PATH};
+use cilock_daemon::engine::EngineConfig;
+use cilock_daemon::server::{Access, Server, ServerConfig};
+use cilock_evidence::keys::Signer;
+
+/// cilock-daemon: traces CI steps and signs their attestations.
+#[derive(Debug, Parser)]
+#[command(name = "cilock-daemon", version, about, long_about = None)]
+struct Args {
+    /// Configuration file [default: /etc/cilock/cilock.toml, used only if it exists].
+    #[arg(long, value_name = "FILE", env = "CILOCK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Socket to listen on (overrides the config file).
+    #[arg(long, value_name = "PATH", env = "CILOCK_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Signing key, PEM (overrides the config file).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Check the configuration and the signing key, print a summary, exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("cilock-daemon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn non_empty(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.filter(|p| !p.as_os_str().is_empty())
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let explicit = non_empty(args.config);
+    let config_path = explicit
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let (mut cfg, read) = DaemonConfig::load_or_default(&config_path, explicit.is_some())?;
+    if let Some(socket) = non_empty(args.socket) {
+        cfg.socket = socket;
+    }
+    if let Some(key) = non_empty(args.key) {
+        cfg.key = key;
+    }
+    // Overrides must be as valid as the file's values.
+    cfg.validate("command line")?;
+
+    init_logging(&cfg.log_level);
+    if read {
+        info!(config = %config_path.display(), "configuration loaded");
+    } else {
+        info!(config = %config_path.display(), "no configuration file; using defaults");
+    }
+
+    check_key_file(&cfg.key)?;
+    let signer = Signer::from_file(&cfg.key)
+        .with_context(|| format!("loading signing key {}", cfg.key.display()))?;
+
+    if args.check_config {
+        print_summary(&cfg, &config_path, read, &signer)?;
+        return Ok(());
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cilock-daemon")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(cfg, signer))
+}
+
+fn init_logging(level: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::try_new(level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        });
+    let ansi = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    // journald stamps lines itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_summary(
+    cfg: &DaemonConfig,
+    config_path: &std::path::Path,
+    read: bool,
+    signer: &Signer,
+) -> anyhow::Result<()> {
+    let access = Access::for_group(&cfg.group)
+        .with_context(|| format!("looking up group {:?}", cfg.group))?;
+    println!(
+        "config:        {}{}",
+        config_path.display(),
+        if read { "" } else { " (absent: defaults)" }
+    );
+    println!("socket:        {}", cfg.socket.display());
+    match access {
+        Access::Group { gid, .. } => println!(
+            "access:        root and group {} (gid {gid}); socket mode 0660",
+            cfg.group
+        ),
+        Access::RootOnly => println!(
+            "access:        root only (group {} does not exist); socket mode 0600",
+            cfg.group
+        ),
+    }
+    println!(
+        "key:           {} (keyid {})",
+        cfg.key.display(),
+        signer.key_id()
+    );
+    println!("backend:       {:?}", cfg.backend);
+    println!("step_timeout:  {} s", cfg.step_timeout.as_secs());
+    println!("cgroup_parent: {}", cfg.cgroup_parent);
+    println!(
+        "attestations:  {}",
+        if cfg.default_attestations.is_empty() {
+            "(none besides command-run, material, product)".to_string()
+        } else {
+            cfg.default_attestations.join(", ")
+        }
+    );
+    println!("log_level:     {}", cfg.log_level);
+    println!("configuration OK");
+    Ok(())
+}
+
+/// Builds the engine-backed service.
+fn build_service(cfg: EngineConfig, signer: Signer) -> anyhow::Result<Arc<dyn StepService>> {
+    let service = cilock_daemon::engine::DaemonService::new(cfg, signer)?;
+    Ok(service)
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        debug!("sd_notify failed: {e}");
+    }
+}
+
+async fn serve(cfg: DaemonConfig, signer: Signer) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+
+    notify(&[NotifyState::Status("starting the tracing engine")]);
+    let keyid = signer.key_id().to_string();
+    let engine_cfg = cfg.engine_config();
+    // Loading probes can block for a while: keep it off the async workers,
+    // but inside the runtime (the engine may spawn tasks).
+    let handle = tokio::runtime::Handle::current();
+    let service = tokio::task::spawn_blocking(move || {
+        let _guard = handle.enter();
+        build_service(engine_cfg, signer)
+    })
+    .await
+    .context("the engine start-up task failed")?
+    .context("starting the tracing engine")?;
+
+    let server = Server::bind(ServerConfig::new(cfg.socket.clone(), cfg.group.clone()))?;
+    let status = {
+        let s = service.clone();
+        tokio::task::spawn_blocking(move || s.status())
+            .await
+            .context("querying the engine's status")?
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server_task = tokio::spawn(server.serve(service.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+
+    let ready = format!(
+        "listening on {}; backend {}; key {keyid}",
+        cfg.socket.display(),
+        status.backend
+    );
+    info!(socket = %cfg.socket.display(), backend = %status.backend, keyid = %keyid, "ready");
+    notify(&[NotifyState::Ready, NotifyState::Status(&ready)]);
+
+    let watchdog = if let Some(usec) = watchdog_usec() {
+        let period = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+        info!(every = ?period, "systemd watchdog enabled");
+        Some(tokio::spawn(watchdog_loop(service.clone(), period)))
+    } else {
+        None
+    };
+
+    let result = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM: shutting down"); None }
+        _ = sigint.recv() => { info!("SIGINT: shutting down"); None }
+        r = &mut server_task => Some(r),
+    };
+    notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let served = match result {
+        Some(r) => r,
+        None => {
+            let _ = stop_tx.send(());
+            server_task.await
+        }
+    };
+    match served {
+        Ok(Ok(())) => {
+            info!("stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::anyhow!("the socket server failed: {e}")),
+    }
+}
+
+/// The watchdog interval systemd asks for, as `sd_watchdog_enabled(3)`
+/// reads it: `WATCHDOG_USEC`, applying to this process unless `WATCHDOG_PID`
+/// names another one.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if usec == 0 {
+        return None;
+    }
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if !pid.is_empty() => {
+            (pid.trim().parse::<u32>().ok()? == std::process::id()).then_some(usec)
+        }
+        _ => Some(usec),
+    }
+}
+
+/// Pings the systemd watchdog every `period`, but only while the engine
+/// answers a status query within that period; the status line shows the
+/// active steps.
+async fn watchdog_loop(service: Arc<dyn StepService>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = service.clone();
+        let probe = tokio::task::spawn_blocking(move || s.status());
+        match tokio::time::timeout(period, probe).await {
+            Ok(Ok(status)) => {
+                let line = match status.steps.len() {
+                    0 => "serving; no active step".to_string(),
+                    1 => format!("serving; 1 active step ({})", status.steps[0]),
+                    n => format!("serving; {n} active steps"),
+                };
+                notify(&[NotifyState::Watchdog, NotifyState::Status(&line)]);
+            }
+            Ok(Err(e)) => warn!("engine status query failed: {e}; withholding the watchdog ping"),
+            Err(_) => {
+                warn!("engine did not answer within {period:?}; withholding the watchdog ping")
+            }
+        }
+    }
+}
