@@ -229,9 +229,7 @@ impl SensitiveEnvFilter {
             let entry = entry.as_ref();
             let (k, v) = entry.split_once('=').unwrap_or((entry, ""));
             if let Some(v) = self.filter_value(k, v) {
-                if entry.contains('=') {
-                    out.push(format!("{k}={v}"));
-                } else if v == OBFUSCATED {
+                if entry.contains('=') || v == OBFUSCATED {
                     out.push(format!("{k}={v}"));
                 } else {
                     out.push(k.to_string());

@@ -112,9 +112,12 @@ fn rel_string(rel: &Path) -> String {
     }
 }
 
+/// Files to hash (relative path, path to read) and the paths skipped.
+pub type FileList = (Vec<(String, PathBuf)>, Vec<SkippedPath>);
+
 /// Lists the regular files under `root` (following in-root symlinks), as
 /// (relative path, path to read) pairs, plus what was skipped.
-pub fn list_files(root: &Path) -> Result<(Vec<(String, PathBuf)>, Vec<SkippedPath>), AttestError> {
+pub fn list_files(root: &Path) -> Result<FileList, AttestError> {
     let croot = fs::canonicalize(root).map_err(|e| AttestError::Io {
         what: format!("resolving working directory {}", root.display()),
         source: e,

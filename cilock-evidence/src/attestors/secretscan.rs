@@ -286,6 +286,7 @@ impl SecretScanner {
         self.scan_layer(text, location, &[], None, None, out);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn make_finding(
         &self,
         rule_id: String,
