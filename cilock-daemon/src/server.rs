@@ -310,6 +310,7 @@ impl Server {
         }
         drop(listener);
         guard.remove();
+        while tasks.try_join_next().is_some() {}
         if !tasks.is_empty() {
             info!(
                 connections = tasks.len(),

@@ -74,7 +74,7 @@ fn dpkg_installed(pkg: &str) -> bool {
 
 fn apt(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
     step("apt packages");
-    if output(&mut cmd("dpkg-query").arg("--version")).is_none() {
+    if output(cmd("dpkg-query").arg("--version")).is_none() {
         note("dpkg-query not found: not a Debian/Ubuntu host; install these by hand:");
         note(APT_PACKAGES.join(" "));
         return Ok(());
