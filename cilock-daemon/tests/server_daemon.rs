@@ -159,6 +159,18 @@ fn config_errors_stop_the_daemon() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("absent.toml"));
 }
 
+/// Kills (and reaps) the daemon when dropped while still held.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Waits for a datagram containing `needle` on the fake notify socket.
 fn wait_notify(sock: &UnixDatagram, needle: &str, timeout: Duration, seen: &mut Vec<String>) {
     let deadline = Instant::now() + timeout;
@@ -190,13 +202,16 @@ fn daemon_starts_notifies_serves_and_stops_on_sigterm() {
     );
     let notify_path = s.dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let mut child = daemon(&["--config", s.config.to_str().unwrap()])
+    let child = daemon(&["--config", s.config.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed if the test fails before it exits.
+    let mut guard = KillOnDrop(Some(child));
+    let child = guard.0.as_mut().unwrap();
     let mut seen = Vec::new();
     wait_notify(&notify, "READY=1", Duration::from_secs(60), &mut seen);
     // The socket listens before READY=1.
@@ -224,7 +239,7 @@ fn daemon_starts_notifies_serves_and_stops_on_sigterm() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let out = child.wait_with_output().unwrap();
+    let out = guard.0.take().unwrap().wait_with_output().unwrap();
     assert!(
         status.success(),
         "exit {status}: {}",
