@@ -904,12 +904,19 @@ fn rsa_pss_any_salt(pkcs1_public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     hasher.update(m_hash);
     hasher.update(salt);
     // Everything compared here is public (signature, message, key).
-    hasher.finalize().as_slice() == h
+    h == &hasher.finalize()[..]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signer_and_verifier_are_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Signer>();
+        assert_send_sync::<Verifier>();
+    }
 
     #[test]
     fn der_length_forms() {
