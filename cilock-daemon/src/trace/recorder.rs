@@ -38,8 +38,10 @@ struct Proc {
     pid: u32,
     ppid: u32,
     comm: String,
-    /// Programs exec'd, in order (absolute).
+    /// Programs this process exec'd, in order (absolute).
     programs: Vec<String>,
+    /// The parent's program, for a child that has not exec'd.
+    inherited: Option<String>,
     /// The binary the kernel ran for the last exec.
     exe: Option<String>,
     argv: Vec<String>,
@@ -97,11 +99,11 @@ impl Recorder {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
         }
-        if p.programs.is_empty() {
+        if p.programs.is_empty() && p.inherited.is_none() {
             if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
                 let exe = exe.display().to_string();
                 p.exe = Some(exe.clone());
-                p.programs.push(exe);
+                p.inherited = Some(exe);
             }
         }
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -163,7 +165,7 @@ impl Recorder {
                 if let Some(ps) = parent_state {
                     // Same image as the parent until it execs.
                     p.comm = ps.comm;
-                    p.programs = ps.programs.last().cloned().into_iter().collect();
+                    p.inherited = ps.programs.last().cloned().or(ps.inherited);
                     p.exe = ps.exe;
                     p.cwd = ps.cwd;
                     p.argv = ps.argv;
@@ -443,7 +445,12 @@ impl Recorder {
         let mut out = Vec::with_capacity(self.procs.len());
         for p in &self.procs {
             let mut info = ProcessInfo {
-                program: p.programs.last().cloned().unwrap_or_default(),
+                program: p
+                    .programs
+                    .last()
+                    .or(p.inherited.as_ref())
+                    .cloned()
+                    .unwrap_or_default(),
                 processid: p.pid as i64,
                 parentpid: p.ppid as i64,
                 comm: p.comm.clone(),
@@ -457,9 +464,7 @@ impl Recorder {
             if !p.net.connections.is_empty() || !p.net.dns_lookups.is_empty() {
                 info.network = Some(p.net.clone());
             }
-            if p.programs.len() > 1 {
-                info.execs = p.programs.clone();
-            }
+            info.execs = p.programs.clone();
             for (path, rec) in &p.opens {
                 let (digest, why) = digest_for(path, rec, &results);
                 info.openedfiles.insert(path.clone(), digest);
@@ -474,7 +479,11 @@ impl Recorder {
                 Some(Hashed::Digest(d, _)) => Some(d.clone()),
                 _ => None,
             };
-            info.programdigest = p.programs.last().and_then(|x| digest_of(x));
+            info.programdigest = p
+                .programs
+                .last()
+                .or(p.inherited.as_ref())
+                .and_then(|x| digest_of(x));
             info.exedigest = p.exe.as_deref().and_then(digest_of);
             out.push(info);
         }

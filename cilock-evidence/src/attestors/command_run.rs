@@ -77,8 +77,8 @@ pub struct ProcessInfo {
     /// Exit code (128+signal for a signal death); absent while alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exitcode: Option<i32>,
-    /// Every program the process exec'd, in order, when it exec'd more than
-    /// once (`program` is the last) (cilock extension).
+    /// Every program the process exec'd during the step, in order (`program`
+    /// is the last; empty for a process that did not exec) (cilock extension).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub execs: Vec<String>,
     /// Set when the process was still running when the step ended.
