@@ -5,10 +5,13 @@
 //! service, its config, key, group and runner hooks). Shared helpers live in
 //! [`util`].
 
+mod demo;
 mod install;
 mod setup;
+mod test;
 mod uninstall;
 mod util;
+mod vm_test;
 
 use clap::{Parser, Subcommand};
 
@@ -29,9 +32,17 @@ enum Task {
     /// Build release binaries and install cilock + cilock-daemon, the
     /// systemd unit, config, signing key, `cilock` group and runner hooks.
     Install(install::InstallArgs),
+    /// Set up, start a throw-away daemon, trace a small build as a CI
+    /// step and print its signed attestation (needs root).
+    Demo(demo::DemoArgs),
+    /// Set up, then run every test (needs root: eBPF, cgroups).
+    Test(test::TestArgs),
     /// Remove what `install` installed (config and key are kept unless
     /// --purge).
     Uninstall(uninstall::UninstallArgs),
+    /// Run the capture tests on real distribution kernels under QEMU
+    /// (Debian 12's 6.1 and 6.12) and natively on this host's kernel.
+    VmTest(vm_test::VmTestArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,7 +50,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.task {
         Task::Setup(a) => setup::run(a),
         Task::Install(a) => install::run(a),
+        Task::Demo(a) => demo::run(a),
+        Task::Test(a) => test::run(a),
         Task::Uninstall(a) => uninstall::run(a),
+        Task::VmTest(a) => vm_test::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
