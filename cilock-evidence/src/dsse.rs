@@ -49,6 +49,9 @@ pub enum DsseError {
         /// The keyids of the keys that were tried.
         trusted: String,
     },
+    /// The signing certificate is unusable or does not hold the signer's key.
+    #[error("signing certificate: {0}")]
+    Certificate(String),
     /// Fewer distinct keys verified than the threshold asks for.
     #[error("only {got} distinct keys verified, {want} required")]
     Threshold {
@@ -206,6 +209,44 @@ pub fn sign(payload_type: &str, payload: Vec<u8>, signer: &Signer) -> Result<Env
             timestamps: Vec::new(),
         }],
     })
+}
+
+/// Signs like [`sign`] with a certificate (X509 signer): the signature
+/// carries the certificate and the intermediates as PEM text, as Witness
+/// writes them. `certificate` and each intermediate may be PEM or DER; the
+/// certificate's public key must be the signer's.
+pub fn sign_with_certificate(
+    payload_type: &str,
+    payload: Vec<u8>,
+    signer: &Signer,
+    certificate: &[u8],
+    intermediates: &[Vec<u8>],
+) -> Result<Envelope, DsseError> {
+    let to_pem = |bytes: &[u8]| -> Result<Vec<u8>, DsseError> {
+        let der = crate::policy::x509::cert_der_from_pem_or_der(bytes)
+            .map_err(|e| DsseError::Certificate(e.to_string()))?;
+        Ok(crate::keys::encode_pem("CERTIFICATE", &der).into_bytes())
+    };
+    let cert_pem = to_pem(certificate)?;
+    let cert_key =
+        Verifier::from_pem(&cert_pem).map_err(|e| DsseError::Certificate(e.to_string()))?;
+    if cert_key.key_id() != signer.key_id() {
+        return Err(DsseError::Certificate(format!(
+            "the certificate's key {} is not the signing key {}",
+            cert_key.key_id(),
+            signer.key_id()
+        )));
+    }
+    let intermediates = intermediates
+        .iter()
+        .map(|i| to_pem(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env = sign(payload_type, payload, signer)?;
+    if let Some(s) = env.signatures.first_mut() {
+        s.certificate = Some(cert_pem);
+        s.intermediates = intermediates;
+    }
+    Ok(env)
 }
 
 /// A signature of an envelope that verified with a key.

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use crate::keys::{KeyError, Verifier};
 
 pub mod rego;
+pub mod timestamp;
 pub mod verify;
 pub mod x509;
 

@@ -11,10 +11,14 @@
 //!    searched digests are checked (functionaries, required types, Rego).
 //!    Each round adds the back-references (git commit, GitHub pipeline URL,
 //!    CI/lock product/material trees) of passed collections to the digests.
+//!    Certificate signatures chain to the policy roots at the current time,
+//!    or, when the policy has timestamp authorities, at the `genTime` of a
+//!    verified RFC 3161 timestamp of the signature ([`super::timestamp`]).
 //! 4. `artifactsFrom`: a passed collection keeps passing only if its
 //!    materials share at least one path with the materials ∪ products of a
 //!    passed collection of each upstream step, and every shared path's
-//!    digests match.
+//!    digests match. Materials and products are read from the v0.1 maps
+//!    and from CI/lock's v0.3 trees (`leaves[{path, fileDigest}]`).
 //! 5. The policy passes if every step has at least one passed collection.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +33,7 @@ use crate::dsse::Envelope;
 use crate::intoto::{Statement, Subject};
 use crate::keys::Verifier;
 
-use super::{x509, Policy, PolicyError, Step};
+use super::{timestamp, x509, Policy, PolicyError, Step};
 
 /// How many search rounds follow back-references (as Witness).
 pub const SEARCH_DEPTH: usize = 3;
@@ -151,6 +155,8 @@ enum SignerInfo {
         leaf: Vec<u8>,
         root_id: String,
         subject: String,
+        /// The RFC 3161 timestamp whose genTime the chain was checked at.
+        timestamp: Option<timestamp::VerifiedTimestamp>,
     },
 }
 
@@ -162,8 +168,16 @@ impl SignerInfo {
                 keyid,
                 subject,
                 root_id,
+                timestamp,
                 ..
-            } => format!("{keyid} (certificate {subject:?}, root {root_id})"),
+            } => match timestamp {
+                Some(t) => format!(
+                    "{keyid} (certificate {subject:?}, root {root_id}, timestamped {} by TSA {})",
+                    crate::timefmt::rfc3339(t.gen_time),
+                    t.authority
+                ),
+                None => format!("{keyid} (certificate {subject:?}, root {root_id})"),
+            },
         }
     }
 }
@@ -401,11 +415,6 @@ fn check_envelope(
             problems.push(format!("signature {i}: {e}"));
             continue;
         }
-        if !sig.timestamps.is_empty() && !policy.timestamp_authorities.is_empty() {
-            problems.push(format!(
-                "signature {i}: RFC 3161 timestamps are not verified by cilock yet; the certificate is checked at the current time"
-            ));
-        }
         let mut inters = Vec::new();
         for p in &sig.intermediates {
             match x509::cert_der_from_pem_or_der(p) {
@@ -413,19 +422,51 @@ fn check_envelope(
                 Err(e) => problems.push(format!("signature {i}: intermediate: {e}")),
             }
         }
-        match x509::verify_chain(&leaf, &inters, &policy.roots, now) {
-            Ok(root_id) => {
-                let subject = x509_parser::parse_x509_certificate(&leaf)
-                    .map(|(_, c)| c.subject().to_string())
-                    .unwrap_or_default();
-                signers.push(SignerInfo::Cert {
-                    keyid: v.key_id().to_string(),
-                    leaf,
-                    root_id,
-                    subject,
-                });
+        // As go-witness: with timestamp authorities in the policy, the chain
+        // is checked at the genTime of each verified timestamp (and a
+        // signature without one fails); otherwise at `now`.
+        let mut times: Vec<(OffsetDateTime, Option<timestamp::VerifiedTimestamp>)> = Vec::new();
+        if policy.timestamp_authorities.is_empty() {
+            times.push((now, None));
+        } else {
+            if sig.timestamps.is_empty() {
+                problems.push(format!(
+                    "signature {i}: the policy has timestamp authorities but the signature has no timestamp"
+                ));
             }
-            Err(e) => problems.push(format!("signature {i}: {e}")),
+            for (j, ts) in sig.timestamps.iter().enumerate() {
+                match timestamp::verify(ts, &sig.sig, &policy.timestamp_authorities) {
+                    Ok(t) => times.push((t.gen_time, Some(t))),
+                    Err(e) => problems.push(format!("signature {i}: timestamp {j}: {e}")),
+                }
+            }
+        }
+        for (at, ts) in times {
+            match x509::verify_chain(&leaf, &inters, &policy.roots, at) {
+                Ok(root_id) => {
+                    let subject = x509_parser::parse_x509_certificate(&leaf)
+                        .map(|(_, c)| c.subject().to_string())
+                        .unwrap_or_default();
+                    signers.push(SignerInfo::Cert {
+                        keyid: v.key_id().to_string(),
+                        leaf,
+                        root_id,
+                        subject,
+                        timestamp: ts,
+                    });
+                    break;
+                }
+                Err(e) => problems.push(format!(
+                    "signature {i}: {e}{}",
+                    match &ts {
+                        Some(t) => format!(
+                            " (checked at the timestamp {})",
+                            crate::timefmt::rfc3339(t.gen_time)
+                        ),
+                        None => String::new(),
+                    }
+                )),
+            }
         }
     }
     if signers.is_empty() {
@@ -601,12 +642,34 @@ fn backrefs(c: &Candidate) -> Vec<String> {
 
 type Artifacts = BTreeMap<String, Option<DigestSet>>;
 
-/// Materials (`type` material) or products (`type` product) of a collection,
-/// in the v0.1 map shapes.
+/// Materials (`kind` material) or products (`kind` product) of a
+/// collection: the v0.1 map shapes (Witness and CI/lock) and CI/lock's v0.3
+/// Merkle-tree shape (`leaves[{path, fileDigest}]`, witness-compat §4.6).
 fn artifacts(coll: &Collection, kind: &str) -> Option<Artifacts> {
     let type_uri = collection::witness_type(kind);
+    let tree_uri = format!("https://aflock.ai/attestations/{kind}/v0.3");
     let mut found = false;
     let mut out = BTreeMap::new();
+    for a in coll.of_type(&tree_uri) {
+        found = true;
+        let leaves = a
+            .attestation
+            .get("leaves")
+            .and_then(|l| l.as_array())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for leaf in leaves {
+            let Some(path) = leaf.get("path").and_then(|p| p.as_str()) else {
+                continue;
+            };
+            let digest = leaf
+                .get("fileDigest")
+                .and_then(|d| d.as_str())
+                .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(|d| DigestSet::sha256(d.to_ascii_lowercase()));
+            out.insert(path.to_string(), digest);
+        }
+    }
     for a in coll.of_type(&type_uri) {
         found = true;
         let Some(map) = a.attestation.as_object() else {
