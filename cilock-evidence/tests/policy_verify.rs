@@ -714,3 +714,116 @@ fn two_step_chain_fails_on_digest_mismatch() {
         pkg.collections[0].reasons
     );
 }
+
+// CI/lock v0.3 material/product trees (witness-compat §4.6) in artifactsFrom.
+fn tree_chain(app_in_package: &str) -> (Signer, Envelope, Envelope, String) {
+    let (key, _) = Signer::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let sha = |s: &str| {
+        DigestSet::from_bytes(s.as_bytes(), &[cilock_evidence::HashAlg::Sha256])
+            .get_sha256()
+            .unwrap()
+            .to_string()
+    };
+    let (main_c, app, tarball) = (sha("int main"), sha("app binary"), sha("tarball"));
+    let commit = "0b6e1b5c0d7a1c2b3d4e5f60718293a4b5c6d7e8";
+    let git_subject = Subject {
+        name: format!("https://witness.dev/attestations/git/v0.1/commithash:{commit}"),
+        digest: [("sha1".to_string(), commit.to_string())].into(),
+    };
+    let tree = |kind: &str, leaves: Value| CollectionAttestation {
+        type_: format!("https://aflock.ai/attestations/{kind}/v0.3"),
+        attestation: json!({"merkleRoot": "00", "treeSize": 1, "hashAlgorithm": "sha256",
+            "construction": "RFC6962", "leaves": leaves}),
+        starttime: "2026-08-01T10:00:00Z".into(),
+        endtime: "2026-08-01T10:00:01Z".into(),
+    };
+    let build = step_envelope(
+        &key,
+        "build",
+        vec![
+            tree(
+                "material",
+                json!([{"path": "main.c", "fileDigest": main_c, "leafHash": "00"}]),
+            ),
+            tree(
+                "product",
+                json!([{"path": "app", "fileDigest": app, "leafHash": "00"}]),
+            ),
+        ],
+        vec![git_subject.clone()],
+    );
+    let package = step_envelope(
+        &key,
+        "package",
+        vec![
+            tree(
+                "material",
+                json!([{"path": "app", "fileDigest": app_in_package, "leafHash": "00"},
+                       {"path": "notes.txt", "fileDigest": sha("notes"), "leafHash": "00"}]),
+            ),
+            tree(
+                "product",
+                json!([{"path": "app.tgz", "fileDigest": tarball, "leafHash": "00"}]),
+            ),
+        ],
+        vec![
+            Subject::new(
+                "https://aflock.ai/attestations/product/v0.3/file:app.tgz",
+                &DigestSet::sha256(tarball.clone()),
+            ),
+            git_subject,
+        ],
+    );
+    (key, build, package, tarball)
+}
+
+#[test]
+fn artifacts_from_reads_cilock_v03_trees() {
+    let app = DigestSet::from_bytes(b"app binary", &[cilock_evidence::HashAlg::Sha256]);
+    for (app_in_package, pass) in [
+        (app.get_sha256().unwrap().to_string(), true),
+        ("ab".repeat(32), false),
+    ] {
+        let (key, build, package, tarball) = tree_chain(&app_in_package);
+        let b = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+        let step = |name: &str, from: Vec<&str>| {
+            json!({
+                "name": name,
+                "functionaries": [{"type": "publickey", "publickeyid": key.key_id()}],
+                "attestations": [
+                    {"type": "https://aflock.ai/attestations/material/v0.3"},
+                    {"type": "https://aflock.ai/attestations/product/v0.3"}
+                ],
+                "artifactsFrom": from
+            })
+        };
+        let policy = serde_json::to_vec(&json!({
+            "expires": "2099-01-01T00:00:00Z",
+            "publickeys": {key.key_id(): {"keyid": key.key_id(), "key": b(key.public_key_pem().as_bytes())}},
+            "steps": {"build": step("build", vec![]), "package": step("package", vec!["build"])}
+        }))
+        .unwrap();
+        let (pkey, _) = Signer::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let r = run(
+            sign_policy(&policy, &pkey),
+            &pkey.verifier().unwrap(),
+            vec![("build.json", build), ("package.json", package)],
+            &[&tarball],
+        )
+        .unwrap();
+        assert_eq!(r.passed, pass, "{r:#?}");
+        let pkg = r.steps.iter().find(|s| s.name == "package").unwrap();
+        let build = r.steps.iter().find(|s| s.name == "build").unwrap();
+        assert!(build.passed, "{r:#?}");
+        if pass {
+            assert!(pkg.passed);
+        } else {
+            assert_eq!(
+                pkg.collections[0].reasons,
+                [format!(
+                    "artifactsFrom \"build\": against build.json: material \"app\" differs from the upstream artifact's digest"
+                )]
+            );
+        }
+    }
+}
