@@ -5,6 +5,7 @@
 //! service, its config, key, group and runner hooks). Shared helpers live in
 //! [`util`].
 
+mod bench;
 mod demo;
 mod install;
 mod setup;
@@ -40,6 +41,9 @@ enum Task {
     /// Remove what `install` installed (config and key are kept unless
     /// --purge).
     Uninstall(uninstall::UninstallArgs),
+    /// Overhead benchmark suite: workloads untraced, under eBPF, ptrace and
+    /// strace, interleaved; writes bench/RESULTS.md (`--quick`: CI smoke run).
+    Bench(bench::BenchArgs),
     /// Run the capture tests on real distribution kernels under QEMU
     /// (Debian 12's 6.1 and 6.12) and natively on this host's kernel.
     VmTest(vm_test::VmTestArgs),
@@ -53,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo(a) => demo::run(a),
         Task::Test(a) => test::run(a),
         Task::Uninstall(a) => uninstall::run(a),
+        Task::Bench(a) => bench::run(a),
         Task::VmTest(a) => vm_test::run(a),
     };
     match result {
