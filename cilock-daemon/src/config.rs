@@ -13,6 +13,8 @@
 //! | `step_timeout`         | seconds, or `"6h"`, `"1h 30m"`, `"90s"` | `"6h"`             |
 //! | `cgroup_parent`        | relative cgroup path      | `cilock.steps`                   |
 //! | `default_attestations` | list of attestor names    | `[]`                             |
+//! | `step_idle_timeout`    | duration, as above        | `"10m"`                          |
+//! | `state_dir`            | absolute path             | `/var/lib/cilock`                |
 //! | `log_level`            | tracing filter directive  | `info`                           |
 //!
 //! `CILOCK_SOCKET` (and the daemon's `--socket`) override `socket`; `--key`
@@ -63,6 +65,12 @@ pub struct DaemonConfig {
     pub cgroup_parent: String,
     /// Attestors every step runs besides command-run, material and product.
     pub default_attestations: Vec<String>,
+    /// A step whose processes are all gone for this long is ended by the
+    /// daemon (its attestation kept in `state_dir/reaped/`).
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub step_idle_timeout: Duration,
+    /// The daemon's state directory.
+    pub state_dir: PathBuf,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// `tracing-subscriber` directive such as `info,cilock_daemon=debug`).
     pub log_level: String,
@@ -78,6 +86,8 @@ impl Default for DaemonConfig {
             backend: engine.backend,
             step_timeout: engine.step_timeout,
             cgroup_parent: engine.cgroup_parent,
+            step_idle_timeout: engine.idle_timeout,
+            state_dir: engine.state_dir,
             default_attestations: engine.default_attestations,
             log_level: DEFAULT_LOG_LEVEL.to_string(),
         }
@@ -211,6 +221,12 @@ impl DaemonConfig {
         if self.step_timeout.is_zero() {
             return Err(invalid("step_timeout", "must be greater than zero".into()));
         }
+        if self.step_idle_timeout.is_zero() {
+            return Err(invalid("step_idle_timeout", "must be greater than zero".into()));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir", format!("{} is not an absolute path", self.state_dir.display())));
+        }
         if let Err(m) = valid_cgroup_parent(&self.cgroup_parent) {
             return Err(invalid("cgroup_parent", m));
         }
@@ -242,6 +258,8 @@ impl DaemonConfig {
             step_timeout: self.step_timeout,
             cgroup_parent: self.cgroup_parent.clone(),
             default_attestations: self.default_attestations.clone(),
+            idle_timeout: self.step_idle_timeout,
+            state_dir: self.state_dir.clone(),
         }
     }
 }

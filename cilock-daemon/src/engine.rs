@@ -41,6 +41,11 @@ pub struct EngineConfig {
     pub cgroup_parent: String,
     /// Attestors every step runs besides command-run, material and product.
     pub default_attestations: Vec<String>,
+    /// A step whose cgroup has had no process for this long is ended.
+    pub idle_timeout: Duration,
+    /// Where the daemon keeps state: attestations of steps it had to end
+    /// itself go to `<state_dir>/reaped/`.
+    pub state_dir: PathBuf,
 }
 
 impl Default for EngineConfig {
@@ -50,8 +55,20 @@ impl Default for EngineConfig {
             step_timeout: Duration::from_secs(6 * 3600),
             cgroup_parent: "cilock.steps".to_string(),
             default_attestations: Vec::new(),
+            idle_timeout: Duration::from_secs(10 * 60),
+            state_dir: PathBuf::from("/var/lib/cilock"),
         }
     }
+}
+
+/// Why the engine ends a step on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reap {
+    /// Steps older than the step timeout (killed) and steps idle for the
+    /// idle timeout.
+    Expired,
+    /// Every step (the daemon is stopping; processes keep running).
+    All,
 }
 
 /// Why an engine operation failed.
@@ -152,6 +169,8 @@ struct Step {
     ctx: AttestationContext,
     cmd: Vec<String>,
     follower: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// Since when the step's cgroup has been seen empty.
+    empty_since: Option<Instant>,
 }
 
 /// The tracing engine: one per daemon (or per `cilock run` without one).
@@ -189,7 +208,7 @@ impl Engine {
     /// (removing leftovers of a previous run), and loads the backend.
     pub fn start(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
         let hier = Hierarchy::find().map_err(internal)?;
-        if !valid_step_name(&cfg.cgroup_parent) {
+        if cfg.cgroup_parent.split('/').any(|c| !valid_step_name(c)) {
             return Err(EngineError::BadRequest(format!(
                 "invalid cgroup parent name {:?}",
                 cfg.cgroup_parent
@@ -245,17 +264,6 @@ impl Engine {
             serial: AtomicU64::new(0),
             kernel: kernel_release(),
         });
-        let weak = Arc::downgrade(&engine);
-        std::thread::Builder::new()
-            .name("cilock-reaper".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(5));
-                match weak.upgrade() {
-                    Some(e) => e.reap_expired(),
-                    None => return,
-                }
-            })
-            .map_err(internal)?;
         Ok(engine)
     }
 
@@ -377,6 +385,7 @@ impl Engine {
             ctx,
             cmd: spec.cmd,
             follower,
+            empty_since: None,
         };
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         if steps.contains_key(&spec.name) {
@@ -414,10 +423,10 @@ impl Engine {
             }
             steps.remove(name).ok_or_else(|| EngineError::NotFound(name.to_string()))?
         };
-        self.finish(step, end, false)
+        self.finish(step, end, "step end")
     }
 
-    fn finish(&self, mut step: Step, end: EndSpec, reaped: bool) -> Result<StepOutcome, EngineError> {
+    fn finish(&self, mut step: Step, end: EndSpec, ended_by: &str) -> Result<StepOutcome, EngineError> {
         if end.kill {
             if let Err(e) = step.cgroup.kill_all(Duration::from_secs(10)) {
                 tracing::warn!("step {}: {e}", step.name);
@@ -429,7 +438,8 @@ impl Engine {
             reason: self.reason.clone(),
             hooks: self.hooks.clone(),
             kernel: self.kernel.clone(),
-            reaped,
+            reaped: ended_by != "step end",
+            ended_by: ended_by.to_string(),
             ..Default::default()
         };
         match &self.backend {
@@ -469,29 +479,48 @@ impl Engine {
         .finish(&self.cache, end)
     }
 
-    /// Ends (with kill) every step older than the timeout; their evidence is
-    /// logged as reaped and dropped.
-    pub fn reap_expired(&self) {
-        let expired: Vec<Step> = {
+    /// Ends the steps nobody ended: with `Reap::Expired`, steps older than
+    /// the step timeout (their processes are killed) and steps whose cgroup
+    /// has stayed empty for the idle timeout; with `Reap::All`, every step
+    /// (its processes keep running, untraced). Returns each step's outcome.
+    pub fn reap(&self, which: Reap) -> Vec<(String, Result<StepOutcome, EngineError>)> {
+        let taken: Vec<(Step, &'static str, bool)> = {
             let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-            let names: Vec<String> = steps
-                .iter()
-                .filter(|(_, s)| s.started.elapsed() > self.cfg.step_timeout)
-                .map(|(n, _)| n.clone())
-                .collect();
-            names.iter().filter_map(|n| steps.remove(n)).collect()
+            let mut chosen = Vec::new();
+            for (name, s) in steps.iter_mut() {
+                let why = match which {
+                    Reap::All => Some(("daemon shutdown", false)),
+                    Reap::Expired if s.started.elapsed() > self.cfg.step_timeout => Some(("timeout", true)),
+                    Reap::Expired => {
+                        if s.cgroup.populated() {
+                            s.empty_since = None;
+                            None
+                        } else {
+                            let since = *s.empty_since.get_or_insert_with(Instant::now);
+                            (since.elapsed() >= self.cfg.idle_timeout).then_some(("idle", false))
+                        }
+                    }
+                };
+                if let Some((why, kill)) = why {
+                    chosen.push((name.clone(), why, kill));
+                }
+            }
+            chosen
+                .into_iter()
+                .filter_map(|(n, why, kill)| steps.remove(&n).map(|s| (s, why, kill)))
+                .collect()
         };
-        for s in expired {
+        let mut out = Vec::new();
+        for (s, why, kill) in taken {
             let name = s.name.clone();
-            tracing::warn!(step = %name, "step not ended within the timeout: reaping it");
+            tracing::warn!(step = %name, reason = why, "ending a step nobody ended");
             let end = EndSpec {
-                kill: true,
+                kill,
                 ..Default::default()
             };
-            if let Err(e) = self.finish(s, end, true) {
-                tracing::warn!(step = %name, "reaping: {e}");
-            }
+            out.push((name, self.finish(s, end, why)));
         }
+        out
     }
 
     /// Removes the (empty) parent cgroup of the steps (embedded engines use
@@ -500,7 +529,8 @@ impl Engine {
         let _ = std::fs::remove_dir(&self.parent);
     }
 
-    /// Ends every active step (daemon shutdown).
+    /// Drops every active step without attesting it (embedded engines after
+    /// an error).
     pub fn shutdown(&self) {
         let all: Vec<Step> = {
             let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
@@ -672,18 +702,78 @@ pub fn uid_of(pid: u32) -> Option<u32> {
 pub struct DaemonService {
     engine: Arc<Engine>,
     signer: Signer,
+    reaped_dir: PathBuf,
 }
 
 impl DaemonService {
-    /// Starts the engine and holds the key.
+    /// Starts the engine, holds the key, and starts the reaper (steps nobody
+    /// ends are ended after the step or idle timeout; their signed
+    /// attestations are kept in `<state_dir>/reaped/`).
     pub fn new(cfg: EngineConfig, signer: Signer) -> anyhow::Result<Arc<DaemonService>> {
+        let reaped_dir = cfg.state_dir.join("reaped");
         let engine = Engine::start(cfg)?;
-        Ok(Arc::new(DaemonService { engine, signer }))
+        let svc = Arc::new(DaemonService {
+            engine,
+            signer,
+            reaped_dir,
+        });
+        let weak = Arc::downgrade(&svc);
+        std::thread::Builder::new()
+            .name("cilock-reaper".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                match weak.upgrade() {
+                    Some(s) => s.reap(Reap::Expired),
+                    None => return,
+                }
+            })?;
+        Ok(svc)
     }
 
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Ends steps nobody ended and keeps their signed attestations.
+    pub fn reap(&self, which: Reap) {
+        for (name, outcome) in self.engine.reap(which) {
+            match outcome.and_then(|o| sign_statement(&o.statement, &self.signer)) {
+                Ok(env) => match self.keep(&name, &env) {
+                    Ok(p) => tracing::warn!(step = %name, file = %p.display(), "attestation of an unended step kept"),
+                    Err(e) => tracing::error!(step = %name, "cannot keep the attestation of an unended step: {e}"),
+                },
+                Err(e) => tracing::error!(step = %name, "cannot attest an unended step: {e}"),
+            }
+        }
+    }
+
+    fn keep(&self, name: &str, env: &Envelope) -> std::io::Result<PathBuf> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.reaped_dir)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // The name was validated (no '/'), so it cannot leave the directory.
+        let path = self.reaped_dir.join(format!("{name}.{stamp}.json"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(&env.to_json())?;
+        Ok(path)
+    }
+}
+
+impl Drop for DaemonService {
+    fn drop(&mut self) {
+        self.reap(Reap::All);
+        self.engine.remove_parent();
     }
 }
 

@@ -205,9 +205,13 @@ pub struct TraceInfo {
     /// Kernel release the trace ran on.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kernel: String,
-    /// True when the step was reaped after its timeout instead of ended.
+    /// True when the step was not ended by `step end` (see `endedBy`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub reaped: bool,
+    /// What ended the step: `step end`, `run`, `timeout`, `idle` (no process
+    /// left for the idle timeout) or `daemon shutdown`.
+    #[serde(default, rename = "endedBy", skip_serializing_if = "String::is_empty")]
+    pub ended_by: String,
 }
 
 /// Captured and lost events of one kind.
