@@ -26,7 +26,13 @@ pub fn bin(name: &str) -> PathBuf {
         .to_path_buf();
     let p = dir.join(name);
     static BUILD: std::sync::Once = std::sync::Once::new();
+    // CILOCK_E2E_PREBUILT=1: the binaries were built beforehand (the kernel
+    // matrix runs these tests in VMs, where there is no cargo).
+    let prebuilt = std::env::var_os("CILOCK_E2E_PREBUILT").is_some_and(|v| v == "1");
     BUILD.call_once(|| {
+        if prebuilt {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let profile_release = dir.file_name().is_some_and(|n| n == "release");
         let mut c = Command::new(cargo);
@@ -70,6 +76,8 @@ pub struct Daemon {
     pub pubkey: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// Its state directory.
+    pub state: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -77,7 +85,16 @@ impl Daemon {
     /// Starts a daemon with the given backend (`auto`, `ebpf`, `ptrace`)
     /// and waits until its socket answers.
     pub fn start(backend: &str) -> Daemon {
+        Self::start_with(backend, "")
+    }
+
+    /// Like [`Daemon::start`], with extra TOML lines for its config. The
+    /// daemon's directory is world-traversable (other users reach the
+    /// socket; its mode and group decide); the key stays 0600.
+    pub fn start_with(backend: &str, extra: &str) -> Daemon {
         let dir = tempdir();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let (key, pubkey) = keygen(dir.path());
         let socket = dir.path().join("cilock.sock");
         let log = dir.path().join("daemon.log");
@@ -87,10 +104,11 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "socket = {:?}\nkey = {:?}\nbackend = {:?}\ncgroup_parent = \"cilock.test.{unique}\"\nstep_timeout = \"10m\"\nlog_level = \"info,cilock_daemon=debug\"\n",
+                "socket = {:?}\nkey = {:?}\nbackend = {:?}\ncgroup_parent = \"cilock.test.{unique}\"\nstate_dir = {:?}\nlog_level = \"info,cilock_daemon=debug\"\n{extra}\n",
                 socket.display().to_string(),
                 key.display().to_string(),
-                backend
+                backend,
+                dir.path().join("state").display().to_string(),
             ),
         )
         .unwrap();
@@ -108,6 +126,7 @@ impl Daemon {
             socket,
             pubkey,
             log,
+            state: dir.path().join("state"),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -188,6 +207,25 @@ pub fn attestation<'a>(stmt: &'a Value, type_suffix: &str) -> &'a Value {
         .find(|a| a["type"].as_str().is_some_and(|t| t.ends_with(type_suffix)))
         .map(|a| &a["attestation"])
         .unwrap_or_else(|| panic!("no {type_suffix} attestation"))
+}
+
+/// Checks the eBPF file-open hook a command-run attestation records
+/// (`trace.hooks["file-open"]`): prints it as a `CILOCK-HOOK file-open=...`
+/// line (collected by `cargo xtask vm-test` for its report) and, when
+/// `CILOCK_E2E_EXPECT_FILE_OPEN_HOOK` is set (`fexit` or `tracepoint`),
+/// asserts the hook is of that kind. The kernel matrix sets it to `fexit`
+/// for kernels that allow BPF trampolines.
+pub fn check_file_open_hook(command_run: &Value) {
+    let hook = command_run["trace"]["hooks"]["file-open"].as_str().unwrap_or("").to_string();
+    println!("CILOCK-HOOK file-open={hook}");
+    if let Ok(want) = std::env::var("CILOCK_E2E_EXPECT_FILE_OPEN_HOOK") {
+        if !want.is_empty() {
+            assert!(
+                hook.starts_with(&format!("{want}:")),
+                "file-open hook is {hook:?}, expected {want}"
+            );
+        }
+    }
 }
 
 /// Verifies an envelope's signature with Python `cryptography` (an

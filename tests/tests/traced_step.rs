@@ -110,6 +110,9 @@ fn traced_step_matches_strace_and_verifies_independently() {
     let cr = command_run(&stmt);
     let procs = cr["processes"].as_array().unwrap();
 
+    // The hook chosen for this kernel (fexit where allowed, else tracepoints).
+    check_file_open_hook(cr);
+
     // No event lost.
     let trace = &cr["trace"];
     assert_eq!(trace["backend"], "ebpf");

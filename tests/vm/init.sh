@@ -1,0 +1,74 @@
+#!/.vm/busybox sh
+# /init of the kernel-matrix guest (`cargo xtask vm-test`). Runs as PID 1
+# from the initramfs the harness writes; busybox is /.vm/busybox. The guest's
+# userland is the host's own, shared read-only over virtio-9p, so the tests
+# run the same binaries (daemon, cilock, strace, python3, sh, ...) as on the
+# host, only on another kernel.
+#
+# Channels: ttyS0 = console (kernel log, this script's progress);
+# ttyS1 = results (each test's output between VMTEST markers);
+# isa-debug-exit port 0xf4 = the overall exit code.
+B=/.vm/busybox
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+log() { echo "vmtest: $*"; }
+die() {
+	log "FATAL: $*"
+	echo "VMTEST-EXIT 99" > /dev/ttyS1
+	exit_qemu 99
+}
+exit_qemu() {
+	# QEMU exits with (rc << 1) | 1.
+	printf "\\$(printf %03o "$1")" | $B dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2>/dev/null
+	$B poweroff -f
+}
+
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B mount -t devtmpfs devtmpfs /dev
+$B mkdir -p /dev/pts /dev/shm
+$B mount -t devpts devpts /dev/pts
+$B mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+$B mount -t tmpfs -o mode=1777 tmpfs /tmp
+$B mount -t tmpfs -o mode=755 tmpfs /run
+$B mount -t tracefs tracefs /sys/kernel/tracing || die "tracefs"
+$B mount -t debugfs debugfs /sys/kernel/debug
+$B mount -t bpf bpf /sys/fs/bpf || die "bpffs"
+$B mount -t cgroup2 cgroup2 /sys/fs/cgroup || die "cgroup2"
+$B mount -t securityfs securityfs /sys/kernel/security
+$B ip link set lo up || die "lo up"
+$B hostname vmtest
+
+# virtio + 9p modules, in dependency order (built-in ones are not listed).
+for m in $($B cat /.vm/modules.order); do
+	$B insmod "/.vm/modules/$m" || die "insmod $m"
+done
+$B mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /.vm/host \
+	|| die "mounting the host's root over 9p"
+for d in $($B cat /.vm/binds); do
+	$B mount --bind "/.vm/host/$d" "/$d" || die "bind /$d"
+done
+
+read -r up _ < /proc/uptime
+log "userland ready at ${up}s: $($B uname -r), lsm=$($B cat /sys/kernel/security/lsm 2>/dev/null)"
+
+# Each line of /.vm/tests.list: NAME<TAB>COMMAND.
+# /.vm/env: the test environment (KEY=VALUE lines).
+rc_all=0
+exec 3< /.vm/tests.list
+while IFS="$(printf '\t')" read -r name command <&3; do
+	[ -n "$name" ] || continue
+	read -r t0 _ < /proc/uptime
+	echo "VMTEST-BEGIN $name" > /dev/ttyS1
+	log "running $name"
+	(cd /tmp && $B env -i $($B cat /.vm/env) $B timeout -s KILL "$($B cat /.vm/test-timeout)" $B sh -c "$command") > /dev/ttyS1 2>&1
+	rc=$?
+	read -r t1 _ < /proc/uptime
+	secs=$($B awk "BEGIN { printf \"%.1f\", $t1 - $t0 }")
+	echo "VMTEST-RESULT $name rc=$rc secs=$secs" > /dev/ttyS1
+	log "$name rc=$rc (${secs}s)"
+	[ "$rc" -eq 0 ] || rc_all=1
+done
+exec 3<&-
+echo "VMTEST-EXIT $rc_all" > /dev/ttyS1
+exit_qemu "$rc_all"
