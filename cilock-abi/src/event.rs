@@ -14,8 +14,18 @@ pub mod kind {
     pub const OPEN: u32 = 4;
     /// A step process was moved to a cgroup outside its step: [`super::CgroupMoveEvent`].
     pub const CGROUP_MOVE: u32 = 5;
+    /// A connect/sendto/bind of a step process: [`super::NetEvent`].
+    pub const NET: u32 = 6;
+    /// Payload bytes of a step socket (DNS datagrams, the first bytes of a
+    /// TCP stream): [`super::PayloadEvent`] + bytes.
+    pub const PAYLOAD: u32 = 7;
+    /// A suspicious syscall: [`super::SyscallRecord`] + strings + path.
+    pub const SYSCALL: u32 = 8;
     /// Number of kinds (array sizes); kinds are `1..COUNT`.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 9;
+    /// Mask the kernel applies to a kind before indexing counters (the
+    /// next power of two minus one above every kind).
+    pub const MASK: u32 = 15;
 
     /// Human-readable name of a kind, as used in attestation counters.
     pub const fn name(kind: u32) -> &'static str {
@@ -25,6 +35,9 @@ pub mod kind {
             EXIT => "exit",
             OPEN => "open",
             CGROUP_MOVE => "cgroup_move",
+            NET => "net",
+            PAYLOAD => "payload",
+            SYSCALL => "syscall",
             _ => "unknown",
         }
     }
@@ -223,8 +236,202 @@ pub struct StepLoss {
     pub lost: [u64; kind::COUNT],
 }
 
+/// What a [`NetEvent`] is.
+pub mod net_call {
+    /// connect(2) (also io_uring connects, seen by the cgroup hooks).
+    pub const CONNECT: u32 = 1;
+    /// sendto(2)/sendmsg(2) with a destination address.
+    pub const SENDTO: u32 = 2;
+    /// bind(2).
+    pub const BIND: u32 = 3;
+}
+
+/// Where a [`NetEvent`]'s address comes from.
+pub mod net_source {
+    /// The kernel's copy (cgroup `connect4|6`, `sendmsg4|6`, `bind4|6`
+    /// hooks): `addr` holds a `sockaddr_in`/`sockaddr_in6` built from it.
+    pub const KERNEL: u32 = 1;
+    /// The caller's memory at syscall entry (families without cgroup hooks,
+    /// such as AF_UNIX): `addr` holds the first `addr_len` bytes as passed.
+    pub const USER: u32 = 2;
+}
+
+/// Byte budget of a socket address (`sizeof(struct sockaddr_storage)`).
+pub const SOCKADDR_MAX: usize = 128;
+
+/// `kind::NET`: a connect, sendto or bind by a step process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetEvent {
+    /// Common header.
+    pub hdr: Header,
+    /// One of [`net_call`].
+    pub call: u32,
+    /// The socket fd in the calling process (-1 when unknown, e.g. an
+    /// io_uring connect).
+    pub fd: i32,
+    /// `bpf_get_socket_cookie()` of the socket (0 when unknown).
+    pub cookie: u64,
+    /// One of [`net_source`].
+    pub source: u32,
+    /// Valid bytes of `addr`.
+    pub addr_len: u32,
+    /// A `struct sockaddr` (native-endian family, network-order port).
+    pub addr: [u8; SOCKADDR_MAX],
+}
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 48 + 24 + 128);
+
+/// Flags of a [`PayloadEvent`].
+pub mod payload_flags {
+    /// Sent by the process (cgroup_skb egress); else received.
+    pub const EGRESS: u32 = 1 << 0;
+    /// TCP (a stream: `stream_off` is meaningful); else UDP.
+    pub const TCP: u32 = 1 << 1;
+    /// IPv6 addresses; else IPv4 in the first 4 bytes.
+    pub const IPV6: u32 = 1 << 2;
+}
+
+/// Byte budget of one payload record.
+pub const PAYLOAD_MAX: usize = 8192;
+/// Bytes of a TCP stream captured from its start (per direction).
+pub const STREAM_CAPTURE: u32 = 8192;
+
+/// `kind::PAYLOAD`: bytes of a packet of a socket a step process
+/// connected or sent on, captured at the step cgroup's `cgroup_skb` hook
+/// (before segmentation). Followed by `len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PayloadEvent {
+    /// Common header (`tgid` is the process that last connected or sent
+    /// with an address on the socket; `tid` and `comm` are zero).
+    pub hdr: Header,
+    /// Socket cookie.
+    pub cookie: u64,
+    /// That process's fd for the socket (-1 when unknown).
+    pub fd: i32,
+    /// [`payload_flags`].
+    pub flags: u32,
+    /// TCP: offset of the first byte in the stream (0 = the first payload
+    /// byte after the handshake); UDP: zero.
+    pub stream_off: u32,
+    /// Bytes that follow.
+    pub len: u32,
+    /// Source address (network order).
+    pub saddr: [u8; 16],
+    /// Destination address (network order).
+    pub daddr: [u8; 16],
+    /// Source port (host order).
+    pub sport: u16,
+    /// Destination port (host order).
+    pub dport: u16,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 48 + 24 + 40);
+
+/// Which syscall a [`SyscallRecord`] is (stable numbers, independent of
+/// the architecture's syscall numbers).
+pub mod sys_what {
+    #![allow(missing_docs)]
+    pub const PTRACE: u32 = 1;
+    pub const MEMFD_CREATE: u32 = 2;
+    pub const MOUNT: u32 = 3;
+    pub const FSMOUNT: u32 = 4;
+    pub const MOVE_MOUNT: u32 = 5;
+    pub const OPEN_TREE: u32 = 6;
+    pub const FSOPEN: u32 = 7;
+    pub const UNSHARE: u32 = 8;
+    pub const SETNS: u32 = 9;
+    pub const CLONE: u32 = 10;
+    pub const CLONE3: u32 = 11;
+    pub const BPF: u32 = 12;
+    pub const INIT_MODULE: u32 = 13;
+    pub const FINIT_MODULE: u32 = 14;
+    pub const IO_URING_SETUP: u32 = 15;
+    pub const PROCESS_VM_READV: u32 = 16;
+    pub const PROCESS_VM_WRITEV: u32 = 17;
+    pub const KILL: u32 = 18;
+    pub const TKILL: u32 = 19;
+    pub const TGKILL: u32 = 20;
+    pub const PIDFD_SEND_SIGNAL: u32 = 21;
+
+    /// The syscall's name.
+    pub const fn name(what: u32) -> &'static str {
+        match what {
+            PTRACE => "ptrace",
+            MEMFD_CREATE => "memfd_create",
+            MOUNT => "mount",
+            FSMOUNT => "fsmount",
+            MOVE_MOUNT => "move_mount",
+            OPEN_TREE => "open_tree",
+            FSOPEN => "fsopen",
+            UNSHARE => "unshare",
+            SETNS => "setns",
+            CLONE => "clone",
+            CLONE3 => "clone3",
+            BPF => "bpf",
+            INIT_MODULE => "init_module",
+            FINIT_MODULE => "finit_module",
+            IO_URING_SETUP => "io_uring_setup",
+            PROCESS_VM_READV => "process_vm_readv",
+            PROCESS_VM_WRITEV => "process_vm_writev",
+            KILL => "kill",
+            TKILL => "tkill",
+            TGKILL => "tgkill",
+            PIDFD_SEND_SIGNAL => "pidfd_send_signal",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Byte budget of each string argument of a [`SyscallRecord`].
+pub const SYS_STR_MAX: usize = 256;
+
+/// `kind::SYSCALL`: a suspicious syscall at entry. Followed by
+/// `str_len[0]`, `str_len[1]`, `str_len[2]` bytes of string arguments
+/// (which arguments depends on `what`), then `path.len` bytes of the
+/// walked path of an fd argument (finit_module, setns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallRecord {
+    /// Common header.
+    pub hdr: Header,
+    /// One of [`sys_what`].
+    pub what: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The six raw arguments.
+    pub args: [u64; 6],
+    /// A value read through a pointer argument (clone3: `clone_args.flags`;
+    /// bpf: `attr->prog_type`), zero otherwise.
+    pub extra: u64,
+    /// Lengths of the string arguments that follow.
+    pub str_len: [u32; 3],
+    /// Bit i set: string i could not be read.
+    pub str_fault: u32,
+    /// The walked path of the fd argument (zero length if none).
+    pub path: PathInfo,
+}
+const _: () = assert!(core::mem::size_of::<SyscallRecord>() == 48 + 8 + 48 + 8 + 16 + 16);
+
+/// `.rodata` constants of the network and syscall programs, set by the
+/// loader (kept apart from [`crate::Offsets`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SysConfig {
+    /// Offset of the first argument in a `syscalls/sys_enter_*` record.
+    pub tp_enter_args: u32,
+    /// tgid of the daemon (signals aimed at it are recorded).
+    pub daemon_tgid: u32,
+    /// Inode number of a pidfd of the daemon (pidfs gives every pidfd of
+    /// one process the same inode; 0 = unknown).
+    pub daemon_pidfd_ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<SysConfig>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::SysConfig {}
     // SAFETY: all of these are repr(C), padding-free (asserted above) and
     // valid for every bit pattern.
     unsafe impl aya::Pod for super::StepLoss {}

@@ -15,13 +15,19 @@
 //! syscall just installed, so they are absolute and canonical regardless of
 //! dirfd, cwd or symlinks. Struct offsets come from BTF at load time
 //! (`OFFSETS`), because Rust eBPF has no CO-RE.
+//!
+//! Network calls (`net.rs`), packet payloads for DNS/TLS (`skb.rs`) and
+//! suspicious syscalls (`syscalls.rs`) have their own modules.
 #![no_std]
 #![no_main]
 
 mod maps;
+mod net;
 mod path;
 mod probes;
 mod read;
+mod skb;
+mod syscalls;
 
 #[cfg(not(test))]
 #[panic_handler]

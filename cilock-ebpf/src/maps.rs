@@ -167,7 +167,7 @@ pub fn emit(buf: *const u8, size: usize, record_kind: u32, step: u64) {
         BPF_RB_NO_WAKEUP
     } as u64;
     let data = unsafe { core::slice::from_raw_parts(buf, size) };
-    let k = record_kind & 7;
+    let k = record_kind & kind::MASK;
     if EVENTS.output::<[u8]>(data, flags).is_ok() {
         bump(k * 2);
     } else {

@@ -69,6 +69,9 @@ pub struct Recorder {
     hello: HashMap<(u32, i32), Vec<u8>>,
     /// Pending TCP DNS bytes per (pid, fd).
     dns_tcp: HashMap<(u32, i32), Vec<u8>>,
+    /// DNS lookups awaiting answers: (pid, transaction id) → (process
+    /// index, lookup indexes).
+    dns_open: HashMap<(u32, u16), (usize, Vec<usize>)>,
     /// pid of the daemon (signals and ptrace aimed at it are flagged).
     daemon_pid: Option<u32>,
 }
@@ -234,6 +237,7 @@ impl Recorder {
                 }
                 self.hello.retain(|k, _| k.0 != pid);
                 self.dns_tcp.retain(|k, _| k.0 != pid);
+                self.dns_open.retain(|k, _| k.0 != pid);
             }
             TraceEvent::Comm { pid, comm } => {
                 let i = self.proc_mut(pid, None);
@@ -272,8 +276,9 @@ impl Recorder {
                 };
                 let conns = &mut self.procs[i].net.connections;
                 // One record per distinct (call, fd, address): a UDP socket
-                // sending many datagrams to one peer is one connection.
-                if !conns.iter().any(|c| {
+                // sending many datagrams to one peer is one connection. Every
+                // connect is a connection of its own (fds are reused).
+                if call == NetCall::Connect || !conns.iter().any(|c| {
                     c.syscall == conn.syscall
                         && c.fd == conn.fd
                         && c.address == conn.address
@@ -347,13 +352,24 @@ impl Recorder {
         // DNS: UDP datagrams, or TCP to port 53 (length-prefixed).
         if !stream || port == Some(53) {
             let queries = if stream {
+                // Complete length-prefixed messages; keep a partial one.
                 let buf = self.dns_tcp.entry((pid, fd)).or_default();
                 buf.extend_from_slice(&bytes);
-                let q = net::parse_dns_queries(buf, true);
-                if q.is_some() {
+                let mut qs: Option<Vec<net::DnsQuery>> = None;
+                while buf.len() >= 2 {
+                    let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+                    if buf.len() < 2 + len {
+                        break;
+                    }
+                    let msg: Vec<u8> = buf.drain(..2 + len).skip(2).collect();
+                    if let Some(q) = net::parse_dns_queries(&msg, false) {
+                        qs.get_or_insert_with(Vec::new).extend(q);
+                    }
+                }
+                if buf.is_empty() {
                     self.dns_tcp.remove(&(pid, fd));
                 }
-                q
+                qs
             } else {
                 net::parse_dns_queries(&bytes, false)
             };
@@ -362,6 +378,12 @@ impl Recorder {
                     .map(|d| (d.ip().to_string(), d.port()))
                     .unwrap_or_default();
                 for q in qs {
+                    let n = self.procs[i].net.dns_lookups.len();
+                    let open = self.dns_open.entry((pid, q.id)).or_insert_with(|| (i, Vec::new()));
+                    if open.0 != i {
+                        *open = (i, Vec::new());
+                    }
+                    open.1.push(n);
                     self.procs[i].net.dns_lookups.push(DnsLookup {
                         server_address: server_address.clone(),
                         server_port,
@@ -421,6 +443,39 @@ impl Recorder {
                             alpn,
                         });
                     }
+                }
+            }
+        }
+    }
+
+    /// A packet a step process received on a socket it used: DNS answers
+    /// are added to the lookups they answer (same process, same
+    /// transaction id, from the server the query went to).
+    pub fn ingress(
+        &mut self,
+        pid: u32,
+        src: std::net::SocketAddr,
+        stream: bool,
+        bytes: &[u8],
+        _time: SystemTime,
+    ) {
+        if stream || bytes.len() < 2 {
+            return;
+        }
+        let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+        let Some((i, idx)) = self.dns_open.remove(&(pid, id)) else {
+            return;
+        };
+        let Some(answers) = net::parse_dns_answers(bytes, false) else {
+            return;
+        };
+        let Some(p) = self.procs.get_mut(i) else {
+            return;
+        };
+        for j in idx {
+            if let Some(l) = p.net.dns_lookups.get_mut(j) {
+                if l.server_address == src.ip().to_string() && l.server_port == src.port() {
+                    l.answers.extend(answers.iter().map(|a| format!("{} {}", a.rtype, a.data)));
                 }
             }
         }

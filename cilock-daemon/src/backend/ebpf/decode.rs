@@ -8,11 +8,11 @@ use std::mem::size_of;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cilock_abi::{
-    kind, path_flags, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent, Header, InodeStamp,
-    OpenEvent, PathInfo,
+    kind, net_call, path_flags, payload_flags, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent,
+    Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent, SyscallRecord,
 };
 
-use crate::trace::{FileStamp, TraceEvent};
+use crate::trace::{FileStamp, NetCall, TraceEvent};
 
 /// A decoded record.
 #[derive(Debug, PartialEq)]
@@ -40,6 +40,36 @@ pub enum Record {
         /// When.
         time: SystemTime,
     },
+    /// Payload bytes of a step socket (see [`Payload`]).
+    Payload(Payload),
+}
+
+/// Bytes captured from a step socket at the step cgroup's `cgroup_skb`
+/// hook; TCP payloads are placed in their stream by `stream_off`.
+#[derive(Debug, PartialEq)]
+pub struct Payload {
+    /// The step cgroup id.
+    pub step_cgroup: u64,
+    /// The process that last connected or sent with an address on the socket.
+    pub pid: u32,
+    /// Its fd for the socket (-1 when unknown).
+    pub fd: i32,
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Sent (else received).
+    pub egress: bool,
+    /// TCP (else UDP).
+    pub tcp: bool,
+    /// TCP: offset of `bytes` in the stream.
+    pub stream_off: u32,
+    /// Source of the packet.
+    pub src: std::net::SocketAddr,
+    /// Destination of the packet.
+    pub dst: std::net::SocketAddr,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// When.
+    pub time: SystemTime,
 }
 
 /// Why a record could not be decoded.
@@ -277,6 +307,91 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
                 dst: e.dst_cgroup,
                 time,
             })
+        }
+        kind::NET => {
+            let e: NetEvent = read(b, k)?;
+            let n = (e.addr_len as usize).min(e.addr.len());
+            let Some(addr) = crate::backend::ptrace::sockaddr::decode(&e.addr[..n]) else {
+                return Err(DecodeError {
+                    kind: k,
+                    len: b.len(),
+                    what: "socket address too short",
+                });
+            };
+            let call = match e.call {
+                net_call::CONNECT => NetCall::Connect,
+                net_call::SENDTO => NetCall::SendTo,
+                net_call::BIND => NetCall::Bind,
+                _ => {
+                    return Err(DecodeError {
+                        kind: k,
+                        len: b.len(),
+                        what: "unknown network call",
+                    })
+                }
+            };
+            Ok(ev(TraceEvent::Net {
+                pid: hdr.tgid,
+                call,
+                fd: e.fd,
+                addr,
+                time,
+            }))
+        }
+        kind::PAYLOAD => {
+            let e: PayloadEvent = read(b, k)?;
+            let bytes = slice(b, size_of::<PayloadEvent>(), e.len as usize, k)?;
+            let v6 = e.flags & payload_flags::IPV6 != 0;
+            let ip = |a: &[u8; 16]| -> std::net::IpAddr {
+                if v6 {
+                    std::net::Ipv6Addr::from(*a).into()
+                } else {
+                    std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+                }
+            };
+            Ok(Record::Payload(Payload {
+                step_cgroup: hdr.step_cgroup,
+                pid: hdr.tgid,
+                fd: e.fd,
+                cookie: e.cookie,
+                egress: e.flags & payload_flags::EGRESS != 0,
+                tcp: e.flags & payload_flags::TCP != 0,
+                stream_off: e.stream_off,
+                src: std::net::SocketAddr::new(ip(&e.saddr), e.sport),
+                dst: std::net::SocketAddr::new(ip(&e.daddr), e.dport),
+                bytes: bytes.to_vec(),
+                time,
+            }))
+        }
+        kind::SYSCALL => {
+            let e: SyscallRecord = read(b, k)?;
+            let mut p = size_of::<SyscallRecord>();
+            let mut strs: [Option<String>; 3] = [None, None, None];
+            for (i, s) in strs.iter_mut().enumerate() {
+                let bytes = slice(b, p, e.str_len[i] as usize, k)?;
+                p += bytes.len();
+                if e.str_len[i] > 0 || e.str_fault & (1 << i) == 0 {
+                    *s = Some(String::from_utf8_lossy(bytes).into_owned());
+                }
+            }
+            let path_b = slice(b, p, e.path.len as usize, k)?;
+            let fd_path = (e.path.len > 0).then(|| {
+                if e.path.flags & path_flags::ESCAPED != 0 {
+                    // nsfs, anon inodes: the name is the whole story.
+                    String::from_utf8_lossy(path_b).trim_end_matches('/').to_string()
+                } else {
+                    rebuild_path(&e.path, path_b, 0).0
+                }
+            });
+            let (name, detail, args, path) = super::syscalls::describe(&e, strs, fd_path, hdr.tgid);
+            Ok(ev(TraceEvent::Syscall {
+                pid: hdr.tgid,
+                name,
+                detail,
+                args,
+                path,
+                time,
+            }))
         }
         _ => Err(DecodeError {
             kind: k,

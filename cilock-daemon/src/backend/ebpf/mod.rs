@@ -4,7 +4,9 @@
 
 pub mod btf;
 pub mod decode;
+pub mod network;
 pub mod offsets;
+pub mod syscalls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
@@ -93,6 +95,8 @@ struct Route {
     recorder: Arc<Mutex<Recorder>>,
     cgroup: PathBuf,
     counts: Arc<StepCounts>,
+    streams: Mutex<network::Streams>,
+    _links: Option<network::StepLinks>,
 }
 
 type Routes = Arc<RwLock<HashMap<u64, Route>>>;
@@ -112,7 +116,8 @@ struct Flush {
 
 /// The loaded, attached probes.
 pub struct EbpfBackend {
-    _ebpf: Ebpf,
+    ebpf: Mutex<Ebpf>,
+    net: bool,
     maps: Mutex<Maps>,
     routes: Routes,
     flush: Arc<Flush>,
@@ -152,6 +157,7 @@ impl EbpfBackend {
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
             .override_global("STEP_LEVEL", &step_level, true)
+            .override_global("SYS_CONFIG", &network::sys_config(&tracefs)?, true)
             .load(OBJECT)?;
 
         let mut hooks = BTreeMap::new();
@@ -191,6 +197,11 @@ impl EbpfBackend {
             p.attach(hook).map_err(prog_err(format!("attach raw_tp {hook}")))?;
             hooks.insert(concern.to_string(), format!("raw_tp:{hook}"));
         }
+        let net = network::enabled();
+        if net {
+            network::load(&mut ebpf, &tracefs, &mut hooks)?;
+        }
+        let logger = network::logger(&mut ebpf);
         hooks.insert(
             "step-filter".to_string(),
             format!("bpf_get_current_ancestor_cgroup_id({step_level}) in STEPS"),
@@ -221,11 +232,12 @@ impl EbpfBackend {
             let (routes, flush, stop) = (routes.clone(), flush.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("cilock-ringbuf".into())
-                .spawn(move || consume(ring, routes, flush, stop))
+                .spawn(move || consume(ring, logger, routes, flush, stop))
                 .map_err(EbpfError::Thread)?
         };
         Ok(EbpfBackend {
-            _ebpf: ebpf,
+            ebpf: Mutex::new(ebpf),
+            net,
             maps: Mutex::new(maps),
             routes,
             flush,
@@ -253,6 +265,13 @@ impl EbpfBackend {
         recorder: Arc<Mutex<Recorder>>,
     ) -> Result<Arc<StepCounts>, EbpfError> {
         let counts = Arc::new(StepCounts::default());
+        // Socket hooks and packet capture belong to the step cgroup.
+        let links = if self.net {
+            let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+            Some(network::attach_step(&mut ebpf, cgroup.path())?)
+        } else {
+            None
+        };
         if let Ok(mut r) = self.routes.write() {
             r.insert(
                 cgroup.id(),
@@ -260,6 +279,8 @@ impl EbpfBackend {
                     recorder,
                     cgroup: cgroup.path().to_path_buf(),
                     counts: counts.clone(),
+                    streams: Mutex::default(),
+                    _links: links,
                 },
             );
         }
@@ -393,10 +414,20 @@ fn probe_fentry() -> String {
     }
 }
 
-fn consume(mut ring: RingBuf<MapData>, routes: Routes, flush: Arc<Flush>, stop: Arc<AtomicBool>) {
+fn consume(
+    mut ring: RingBuf<MapData>,
+    mut logger: Option<network::Logger>,
+    routes: Routes,
+    flush: Arc<Flush>,
+    stop: Arc<AtomicBool>,
+) {
     let clock = Clock::now();
     let fd = ring.as_raw_fd();
+    let log_fd = logger.as_ref().map_or(-1, network::logger_fd);
     loop {
+        if let Some(l) = logger.as_mut() {
+            l.flush();
+        }
         let req = flush.requested.load(Ordering::SeqCst);
         {
             let routes = routes.read().unwrap_or_else(|e| e.into_inner());
@@ -414,15 +445,51 @@ fn consume(mut ring: RingBuf<MapData>, routes: Routes, flush: Arc<Flush>, stop: 
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: log_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         // Wakeups are batched in the kernel; the timeout bounds latency.
         let timeout = if flush.requested.load(Ordering::SeqCst) > req { 0 } else { 20 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, timeout) };
+        // SAFETY: valid pollfds (a negative fd is ignored by poll).
+        unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout) };
+    }
+}
+
+/// Hands captured payload to the step's recorder: TCP stream bytes in
+/// order (once each), datagrams as they are.
+fn deliver_payload(r: &Route, p: decode::Payload) {
+    tracing::trace!(pid = p.pid, fd = p.fd, dst = %p.dst, tcp = p.tcp, egress = p.egress, off = p.stream_off, len = p.bytes.len(), "payload");
+    let (bytes, stream) = if p.tcp {
+        let mut s = r.streams.lock().unwrap_or_else(|e| e.into_inner());
+        match s.push(&p) {
+            Some(b) if !b.is_empty() => (b, true),
+            _ => return,
+        }
+    } else {
+        (p.bytes, false)
+    };
+    if let Ok(mut rec) = r.recorder.lock() {
+        if p.egress {
+            rec.push(TraceEvent::Egress {
+                pid: p.pid,
+                fd: p.fd,
+                dst: Some(p.dst),
+                stream,
+                bytes,
+                time: p.time,
+            });
+        } else {
+            rec.ingress(p.pid, p.src, stream, &bytes, p.time);
+        }
     }
 }
 
@@ -463,6 +530,12 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                         });
                     }
                 }
+            }
+        }
+        Ok(Record::Payload(p)) => {
+            if let Some(r) = routes.get(&p.step_cgroup) {
+                r.counts.captured[kind::PAYLOAD as usize].fetch_add(1, Ordering::Relaxed);
+                deliver_payload(r, p);
             }
         }
         Err(e) => {

@@ -1,0 +1,158 @@
+//! Suspicious-syscall records (`kind::SYSCALL`) → the name, detail, numeric
+//! arguments and path of a [`crate::trace::TraceEvent::Syscall`]. The shapes
+//! (which arguments, in which order) are the ptrace backend's, so policies
+//! and tests read the same evidence from both backends; `detail` is free
+//! text.
+
+use cilock_abi::{sys_what, SyscallRecord};
+
+use crate::backend::ptrace::syscalls::clone_new_names;
+
+/// `BPF_PROG_LOAD`.
+const BPF_PROG_LOAD: u64 = 5;
+
+/// Name, detail, args and path of a syscall record. `strs` are its string
+/// arguments (see `cilock-ebpf/src/syscalls.rs` for which), `fd_path` the
+/// file behind its fd argument, `pid` the caller.
+pub fn describe(
+    e: &SyscallRecord,
+    strs: [Option<String>; 3],
+    fd_path: Option<String>,
+    pid: u32,
+) -> (String, String, Vec<i64>, Option<String>) {
+    let a = e.args;
+    let i32a = |i: usize| a[i] as i32 as i64;
+    let name = sys_what::name(e.what).to_string();
+    let [s0, s1, s2] = strs;
+    let daemon = std::process::id() as i64;
+    let (detail, args, path) = match e.what {
+        sys_what::PTRACE => (
+            format!("ptrace request={} target_pid={}", a[0] as i64, i32a(1)),
+            vec![a[0] as i64, i32a(1)],
+            None,
+        ),
+        sys_what::MEMFD_CREATE => {
+            let n = s0.unwrap_or_default();
+            (
+                format!("anonymous memory file: {n} (flags: {})", a[1] as u32),
+                vec![a[1] as u32 as i64],
+                Some(n),
+            )
+        }
+        sys_what::MOUNT => (
+            format!(
+                "mount source={} type={} flags={:#x}",
+                s0.unwrap_or_default(),
+                s2.unwrap_or_default(),
+                a[3]
+            ),
+            vec![a[3] as i64],
+            s1,
+        ),
+        sys_what::FSOPEN => (
+            format!("fsopen {}", s0.unwrap_or_default()),
+            vec![a[1] as u32 as i64],
+            None,
+        ),
+        sys_what::FSMOUNT => (
+            format!("fsmount fsfd={} flags={:#x}", i32a(0), a[1] as u32),
+            vec![i32a(0), a[1] as u32 as i64],
+            None,
+        ),
+        sys_what::MOVE_MOUNT => (
+            format!(
+                "move_mount from={:?} flags={:#x}",
+                s0.unwrap_or_default(),
+                a[4] as u32
+            ),
+            vec![a[4] as u32 as i64],
+            s1,
+        ),
+        sys_what::OPEN_TREE => (
+            format!("open_tree flags={:#x}", a[2] as u32),
+            vec![a[2] as u32 as i64],
+            s0,
+        ),
+        sys_what::UNSHARE => (
+            format!("unshare {}", clone_new_names(a[0]).join("|")),
+            vec![a[0] as i64],
+            None,
+        ),
+        sys_what::SETNS => (
+            format!("setns nstype={:#x}", a[1] as u32),
+            vec![i32a(0), a[1] as u32 as i64],
+            fd_path,
+        ),
+        sys_what::CLONE => (
+            format!("clone with {}", clone_new_names(a[0]).join("|")),
+            vec![a[0] as i64],
+            None,
+        ),
+        sys_what::CLONE3 => (
+            format!("clone3 with {}", clone_new_names(e.extra).join("|")),
+            vec![e.extra as i64],
+            None,
+        ),
+        sys_what::BPF => (
+            if a[0] == BPF_PROG_LOAD {
+                format!("bpf BPF_PROG_LOAD prog_type={}", e.extra as u32)
+            } else {
+                format!("bpf cmd={}", a[0] as i64)
+            },
+            vec![a[0] as i64],
+            None,
+        ),
+        sys_what::INIT_MODULE => (
+            format!("init_module len={} params={:?}", a[1], s0.unwrap_or_default()),
+            vec![a[1] as i64],
+            None,
+        ),
+        sys_what::FINIT_MODULE => (
+            format!("finit_module flags={:#x} params={:?}", a[2] as u32, s0.unwrap_or_default()),
+            vec![i32a(0), a[2] as u32 as i64],
+            fd_path,
+        ),
+        sys_what::IO_URING_SETUP => (
+            format!(
+                "io_uring_setup entries={}: operations submitted through io_uring (opens, reads, writes) \
+                 do not pass the syscall tracepoints and are not recorded (its connects and packets still \
+                 pass the cgroup socket hooks)",
+                a[0] as u32
+            ),
+            vec![a[0] as u32 as i64],
+            None,
+        ),
+        sys_what::PROCESS_VM_READV | sys_what::PROCESS_VM_WRITEV => (
+            format!("{name} target_pid={}", i32a(0)),
+            vec![i32a(0)],
+            None,
+        ),
+        sys_what::KILL | sys_what::TKILL | sys_what::TGKILL => {
+            let target = i32a(0);
+            let sig = if e.what == sys_what::TGKILL { i32a(2) } else { i32a(1) };
+            let detail = if target == -1 {
+                format!("{name} signal {sig} to every process (the cilock daemon included)")
+            } else {
+                format!("{name} signal {sig} aimed at the cilock daemon (pid {target})")
+            };
+            (detail, vec![target, sig], None)
+        }
+        sys_what::PIDFD_SEND_SIGNAL => {
+            // The kernel matched the pidfd's inode against the daemon's
+            // (pidfs); without pidfs ask /proc which pid the fd refers to.
+            let target = crate::backend::ptrace::paths::pidfd_target(pid, i32a(0))
+                .unwrap_or(if e.extra != 0 { daemon } else { -1 });
+            (
+                format!(
+                    "pidfd_send_signal signal {} to pid {target}{}",
+                    i32a(1),
+                    if target == daemon { " (the cilock daemon)" } else { "" }
+                ),
+                vec![target, i32a(1)],
+                None,
+            )
+        }
+        _ => (format!("syscall {}", e.what), a.iter().map(|&x| x as i64).collect(), None),
+    };
+    (name, detail, args, path)
+}
