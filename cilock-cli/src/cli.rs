@@ -164,6 +164,12 @@ pub struct SignArgs {
     /// Payload type.
     #[arg(short = 't', long = "datatype", default_value = "https://witness.testifysec.com/policy/v0.1")]
     pub datatype: String,
+    /// Certificate of the signing key (PEM or DER): the signature carries it, for `root` functionaries.
+    #[arg(long = "certificate", alias = "signer-file-cert-path")]
+    pub certificate: Option<PathBuf>,
+    /// Intermediate certificates to carry with --certificate (comma-separated or repeated).
+    #[arg(long = "intermediates", alias = "signer-file-intermediate-paths", value_delimiter = ',', requires = "certificate")]
+    pub intermediates: Vec<PathBuf>,
 }
 
 /// Key algorithms `keygen` can make.
