@@ -57,6 +57,17 @@ fn command_run(stmt: &Value) -> &Value {
 
 #[test]
 fn traced_step_matches_strace_and_verifies_independently() {
+    ground_truth("ebpf");
+}
+
+/// The same workload and assertions with the ptrace fallback behind
+/// `step begin/end` (the daemon follows the step's shell with PTRACE_SEIZE).
+#[test]
+fn traced_step_on_the_ptrace_fallback_matches_strace() {
+    ground_truth("ptrace");
+}
+
+fn ground_truth(backend: &str) {
     let work = tempdir();
     let w = work.path();
     prepare(w);
@@ -66,7 +77,7 @@ fn traced_step_matches_strace_and_verifies_independently() {
     let truth = strace_truth(&["sh", "./workload.sh"], w);
     assert!(truth.execs.len() >= 4, "strace saw too little: {truth:?}");
 
-    let daemon = Daemon::start("ebpf");
+    let daemon = Daemon::start(backend);
     // A process outside the step, busy at the same time (outside the
     // workdir too, which the material attestor records).
     let elsewhere = tempdir();
@@ -115,7 +126,7 @@ fn traced_step_matches_strace_and_verifies_independently() {
 
     // No event lost.
     let trace = &cr["trace"];
-    assert_eq!(trace["backend"], "ebpf");
+    assert_eq!(trace["backend"], backend);
     for (kind, c) in trace["events"].as_object().unwrap() {
         assert_eq!(c["lost"], 0, "lost {kind} events");
     }
