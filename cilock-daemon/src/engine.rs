@@ -427,12 +427,13 @@ impl Engine {
     }
 
     fn finish(&self, mut step: Step, end: EndSpec, ended_by: &str) -> Result<StepOutcome, EngineError> {
+        // Still running at the end: listed as such (and killed with --kill).
+        let alive = step.cgroup.pids_recursive();
         if end.kill {
             if let Err(e) = step.cgroup.kill_all(Duration::from_secs(10)) {
                 tracing::warn!("step {}: {e}", step.name);
             }
         }
-        let alive = step.cgroup.pids_recursive();
         let mut trace = TraceInfo {
             backend: self.backend_name().to_string(),
             reason: self.reason.clone(),

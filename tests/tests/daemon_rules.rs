@@ -190,3 +190,54 @@ fn steps_nobody_ends_are_ended_and_kept_signed() {
     let o = d.cilock(&["step", "end", "--step", "forgotten", "-o", "/dev/null"]);
     assert!(stderr(&o).contains("no active step"), "{}", stderr(&o));
 }
+
+#[test]
+fn end_with_kill_lists_and_kills_what_is_still_running() {
+    let d = Daemon::start("ebpf");
+    let w = tempdir();
+    let mut job = Command::new("sh")
+        .arg("-c")
+        .arg("read go; (setsid sleep 300 </dev/null >/dev/null 2>&1 &); sleep 300")
+        .current_dir(w.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = d.cilock(&["step", "begin", "--step", "k", "--pid", &job.id().to_string(), "--workdir", w.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    // Wait until both sleeps run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sleeps_here = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "sleep")
+                    && std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c == w.path())
+            })
+            .count()
+    };
+    while sleeps_here() < 2 {
+        assert!(Instant::now() < deadline, "sleeps did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let att = w.path().join("k.json");
+    let o = d.cilock(&["step", "end", "--step", "k", "--kill", "-o", att.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The job's shell was killed too.
+    let st = job.wait().unwrap();
+    assert!(!st.success());
+    let stmt = statement(&att);
+    let cr = attestation(&stmt, "/command-run/v0.1");
+    let sleeps: Vec<_> = cr["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["program"].as_str().is_some_and(|x| x.ends_with("/sleep")))
+        .collect();
+    assert_eq!(sleeps.len(), 2, "{cr}");
+    for s in sleeps {
+        assert_eq!(s["aliveAtEnd"], true, "{s}");
+        assert_eq!(s["exitcode"], 137, "killed with SIGKILL: {s}");
+    }
+}

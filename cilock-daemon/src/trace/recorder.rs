@@ -311,7 +311,7 @@ impl Recorder {
                 if let Some(dp) = self.daemon_pid {
                     let aimed = matches!(name.as_str(), "kill" | "tgkill" | "tkill" | "ptrace" | "pidfd_send_signal")
                         && args.iter().any(|&a| a == dp as i64);
-                    if aimed {
+                    if aimed && !detail.contains("cilock daemon") {
                         detail = format!("{detail} (aimed at the cilock daemon)");
                     }
                 }
@@ -511,7 +511,8 @@ impl Recorder {
                 comm: p.comm.clone(),
                 cmdline: p.argv.join(" "),
                 exitcode: p.exit.filter(|&c| c >= 0),
-                alive_at_end: p.exit.is_none() && alive.contains(&p.pid),
+                // Alive when the step ended (a --kill then shows in exitcode).
+                alive_at_end: alive.contains(&p.pid) && p.exit.is_none_or(|c| c >= 128),
                 left_step: p.left_step,
                 syscall_events: p.syscalls.clone(),
                 ..Default::default()
