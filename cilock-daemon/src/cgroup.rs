@@ -80,7 +80,9 @@ impl Hierarchy {
                 mount: PathBuf::from(unescape(f[4])),
             };
             let is_root = h.root == Path::new("/");
-            if best.is_none() || (is_root && best.as_ref().is_some_and(|b| b.root != Path::new("/"))) {
+            if best.is_none()
+                || (is_root && best.as_ref().is_some_and(|b| b.root != Path::new("/")))
+            {
                 best = Some(h);
             }
         }
@@ -90,7 +92,11 @@ impl Hierarchy {
     /// The level (depth below the hierarchy root) of a path under the mount.
     pub fn level_of(&self, path: &Path) -> Option<u32> {
         let rel = path.strip_prefix(&self.mount).ok()?;
-        let depth = |p: &Path| p.components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+        let depth = |p: &Path| {
+            p.components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .count()
+        };
         Some((depth(&self.root) + depth(rel)) as u32)
     }
 }
@@ -276,7 +282,9 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(io_err("rmdir", dir)(last.unwrap_or_else(|| io::Error::other("busy"))))
+    Err(io_err("rmdir", dir)(
+        last.unwrap_or_else(|| io::Error::other("busy")),
+    ))
 }
 
 /// The cgroup (within the hierarchy) a process is in, from /proc/PID/cgroup.

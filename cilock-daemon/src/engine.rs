@@ -196,8 +196,7 @@ fn kernel_release() -> String {
 pub fn valid_step_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'+'))
         && s != "."
         && s != ".."
@@ -330,7 +329,9 @@ impl Engine {
             .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;
 
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
-        let cg_path = self.parent.join(format!("{}.{}.{}", spec.name, std::process::id(), n));
+        let cg_path = self
+            .parent
+            .join(format!("{}.{}.{}", spec.name, std::process::id(), n));
         let cgroup = Cgroup::create(&cg_path).map_err(internal)?;
         let recorder = Arc::new(Mutex::new(Recorder::new(Some(std::process::id()))));
         let mut follower = None;
@@ -421,12 +422,19 @@ impl Engine {
                     s.owner_uid
                 )));
             }
-            steps.remove(name).ok_or_else(|| EngineError::NotFound(name.to_string()))?
+            steps
+                .remove(name)
+                .ok_or_else(|| EngineError::NotFound(name.to_string()))?
         };
         self.finish(step, end, "step end")
     }
 
-    fn finish(&self, mut step: Step, end: EndSpec, ended_by: &str) -> Result<StepOutcome, EngineError> {
+    fn finish(
+        &self,
+        mut step: Step,
+        end: EndSpec,
+        ended_by: &str,
+    ) -> Result<StepOutcome, EngineError> {
         // Still running at the end: listed as such (and killed with --kill).
         let alive = step.cgroup.pids_recursive();
         if end.kill {
@@ -464,9 +472,8 @@ impl Engine {
         if let Err(e) = step.cgroup.remove(&self.parent) {
             tracing::warn!("step {}: {e}", step.name);
         }
-        let recorder = std::mem::take(
-            &mut *step.recorder.lock().unwrap_or_else(|e| e.into_inner()),
-        );
+        let recorder =
+            std::mem::take(&mut *step.recorder.lock().unwrap_or_else(|e| e.into_inner()));
         tracing::info!(step = %step.name, seconds = step.started.elapsed().as_secs_f64(), "step stopped");
         PendingStep {
             name: step.name,
@@ -491,7 +498,9 @@ impl Engine {
             for (name, s) in steps.iter_mut() {
                 let why = match which {
                     Reap::All => Some(("daemon shutdown", false)),
-                    Reap::Expired if s.started.elapsed() > self.cfg.step_timeout => Some(("timeout", true)),
+                    Reap::Expired if s.started.elapsed() > self.cfg.step_timeout => {
+                        Some(("timeout", true))
+                    }
                     Reap::Expired => {
                         if s.cgroup.populated() {
                             s.empty_since = None;
@@ -605,7 +614,10 @@ pub fn run_ptrace(
     on_spawn: impl FnOnce(&mut std::process::Child),
 ) -> Result<(i32, PendingStep), EngineError> {
     if !valid_step_name(&spec.name) {
-        return Err(EngineError::BadRequest(format!("invalid step name {:?}", spec.name)));
+        return Err(EngineError::BadRequest(format!(
+            "invalid step name {:?}",
+            spec.name
+        )));
     }
     let mut lifecycle = Lifecycle::new(&spec.attestations, spec.options.clone())
         .map_err(|e| EngineError::BadRequest(e.to_string()))?;
@@ -741,8 +753,12 @@ impl DaemonService {
         for (name, outcome) in self.engine.reap(which) {
             match outcome.and_then(|o| sign_statement(&o.statement, &self.signer)) {
                 Ok(env) => match self.keep(&name, &env) {
-                    Ok(p) => tracing::warn!(step = %name, file = %p.display(), "attestation of an unended step kept"),
-                    Err(e) => tracing::error!(step = %name, "cannot keep the attestation of an unended step: {e}"),
+                    Ok(p) => {
+                        tracing::warn!(step = %name, file = %p.display(), "attestation of an unended step kept")
+                    }
+                    Err(e) => {
+                        tracing::error!(step = %name, "cannot keep the attestation of an unended step: {e}")
+                    }
                 },
                 Err(e) => tracing::error!(step = %name, "cannot attest an unended step: {e}"),
             }
@@ -797,13 +813,17 @@ impl api::StepService for DaemonService {
         if peer.uid != 0 && owner != peer.uid {
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
-                format!("pid {} belongs to uid {owner}, not to uid {}", req.pid, peer.uid),
+                format!(
+                    "pid {} belongs to uid {owner}, not to uid {}",
+                    req.pid, peer.uid
+                ),
             ));
         }
         let workdir = match &req.workdir {
             Some(w) => PathBuf::from(w),
-            None => std::fs::read_link(format!("/proc/{}/cwd", req.pid))
-                .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("cwd of {}: {e}", req.pid)))?,
+            None => std::fs::read_link(format!("/proc/{}/cwd", req.pid)).map_err(|e| {
+                ApiError::new(ErrorKind::BadRequest, format!("cwd of {}: {e}", req.pid))
+            })?,
         };
         check_workdir(&workdir, peer.uid)?;
         let spec = StepSpec {
@@ -855,7 +875,10 @@ fn check_workdir(dir: &Path, uid: u32) -> Result<(), ApiError> {
         ));
     }
     let md = std::fs::metadata(dir).map_err(|e| {
-        ApiError::new(ErrorKind::BadRequest, format!("workdir {}: {e}", dir.display()))
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!("workdir {}: {e}", dir.display()),
+        )
     })?;
     if !md.is_dir() {
         return Err(ApiError::new(

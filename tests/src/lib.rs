@@ -63,7 +63,11 @@ pub fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
         .arg(&key)
         .output()
         .expect("keygen");
-    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (key.clone(), PathBuf::from(format!("{}.pub", key.display())))
 }
 
@@ -99,7 +103,10 @@ impl Daemon {
         let socket = dir.path().join("cilock.sock");
         let log = dir.path().join("daemon.log");
         let n = std::process::id();
-        let unique = format!("{n}.{}", COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let unique = format!(
+            "{n}.{}",
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let config = dir.path().join("cilock.toml");
         std::fs::write(
             &config,
@@ -136,7 +143,11 @@ impl Daemon {
             if String::from_utf8_lossy(&out.stderr).contains("no active step") {
                 break;
             }
-            assert!(Instant::now() < deadline, "daemon did not come up: {}", d.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                d.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         d
@@ -216,7 +227,10 @@ pub fn attestation<'a>(stmt: &'a Value, type_suffix: &str) -> &'a Value {
 /// asserts the hook is of that kind. The kernel matrix sets it to `fexit`
 /// for kernels that allow BPF trampolines.
 pub fn check_file_open_hook(command_run: &Value) {
-    let hook = command_run["trace"]["hooks"]["file-open"].as_str().unwrap_or("").to_string();
+    let hook = command_run["trace"]["hooks"]["file-open"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     println!("CILOCK-HOOK file-open={hook}");
     if let Ok(want) = std::env::var("CILOCK_E2E_EXPECT_FILE_OPEN_HOOK") {
         if !want.is_empty() {
@@ -292,7 +306,16 @@ pub fn strace_truth(cmd: &[&str], cwd: &Path) -> StraceTruth {
     let dir = tempdir();
     let out_file = dir.path().join("strace.txt");
     let st = Command::new("strace")
-        .args(["-f", "-qq", "-y", "-s", "4096", "-e", "trace=open,openat,openat2,creat,execve,execveat,clone,clone3,fork,vfork", "-o"])
+        .args([
+            "-f",
+            "-qq",
+            "-y",
+            "-s",
+            "4096",
+            "-e",
+            "trace=open,openat,openat2,creat,execve,execveat,clone,clone3,fork,vfork",
+            "-o",
+        ])
         .arg(&out_file)
         .args(cmd)
         .current_dir(cwd)
@@ -313,18 +336,24 @@ fn parse_strace(text: &str, cwd: &Path) -> StraceTruth {
     let mut children = 0usize;
     let mut pending: BTreeMap<String, String> = BTreeMap::new();
     for line in text.lines() {
-        let Some((pid, rest)) = line.split_once(' ') else { continue };
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
         let mut rest = rest.trim_start().to_string();
         if rest.ends_with("<unfinished ...>") {
             pending.insert(pid.to_string(), rest);
             continue;
         }
         if rest.starts_with("<... ") {
-            let Some(first) = pending.remove(pid) else { continue };
+            let Some(first) = pending.remove(pid) else {
+                continue;
+            };
             let tail = rest.split_once("resumed>").map(|x| x.1).unwrap_or("");
             rest = format!("{}{}", first.trim_end_matches("<unfinished ...>"), tail);
         }
-        let is_fork = ["clone(", "clone3(", "fork(", "vfork("].iter().any(|c| rest.starts_with(c));
+        let is_fork = ["clone(", "clone3(", "fork(", "vfork("]
+            .iter()
+            .any(|c| rest.starts_with(c));
         if is_fork {
             let ret = rest.rsplit("= ").next().unwrap_or("").trim();
             if ret.parse::<u32>().is_ok_and(|n| n > 0) && !rest.contains("CLONE_THREAD") {
@@ -336,16 +365,27 @@ fn parse_strace(text: &str, cwd: &Path) -> StraceTruth {
             if !rest.trim_end().ends_with("= 0") {
                 continue;
             }
-            let Some(path) = rest.split('"').nth(1) else { continue };
+            let Some(path) = rest.split('"').nth(1) else {
+                continue;
+            };
             let p = Path::new(path);
-            let abs = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
-            let canon = std::fs::canonicalize(&abs).unwrap_or(abs).display().to_string();
+            let abs = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            };
+            let canon = std::fs::canonicalize(&abs)
+                .unwrap_or(abs)
+                .display()
+                .to_string();
             *t.execs.entry(canon.clone()).or_default() += 1;
             t.files.insert(canon);
             continue;
         }
         // openat(...) = 3</abs/path> or = 3</abs/path>(deleted)
-        let Some(idx) = rest.rfind(" = ") else { continue };
+        let Some(idx) = rest.rfind(" = ") else {
+            continue;
+        };
         let ret = &rest[idx + 3..];
         let Some(lt) = ret.find('<') else { continue };
         let Some(gt) = ret.rfind('>') else { continue };
@@ -366,7 +406,11 @@ fn parse_strace(text: &str, cwd: &Path) -> StraceTruth {
 /// Runs a shell snippet and returns its stdout (asserting success).
 pub fn sh(script: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -412,7 +456,10 @@ mod tests {
         assert!(t.files.contains("/proc/self/environ"));
         assert!(t.files.contains("/tmp/y"));
         assert_eq!(t.processes, 3);
-        let truep = std::fs::canonicalize("/bin/true").unwrap().display().to_string();
+        let truep = std::fs::canonicalize("/bin/true")
+            .unwrap()
+            .display()
+            .to_string();
         assert_eq!(t.execs[&truep], 2);
     }
 }

@@ -21,7 +21,10 @@ struct Group {
 impl Group {
     fn create() -> Group {
         let name = format!("clk{}", std::process::id());
-        let st = Command::new("groupadd").arg(&name).status().expect("groupadd");
+        let st = Command::new("groupadd")
+            .arg(&name)
+            .status()
+            .expect("groupadd");
         assert!(st.success(), "groupadd {name}");
         let line = sh(&format!("getent group {name}"));
         let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
@@ -43,7 +46,11 @@ fn shared_cilock() -> std::path::PathBuf {
         let d = tempdir();
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::copy(bin("cilock"), d.path().join("cilock")).unwrap();
-        std::fs::set_permissions(d.path().join("cilock"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            d.path().join("cilock"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         d
     });
     dir.path().join("cilock")
@@ -53,7 +60,8 @@ fn shared_cilock() -> std::path::PathBuf {
 fn cilock_as(d: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
     let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
     let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}"));
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
     if groups.is_empty() {
         c.arg("--clear-groups");
     } else {
@@ -99,7 +107,14 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
 
     // A process of alice's, waiting to be traced.
     let mut target = Command::new("setpriv")
-        .args([&format!("--reuid={alice}"), &format!("--regid={}", g.gid), "--clear-groups", "sh", "-c", "read go; cat /etc/hostname"])
+        .args([
+            &format!("--reuid={alice}"),
+            &format!("--regid={}", g.gid),
+            "--clear-groups",
+            "sh",
+            "-c",
+            "read go; cat /etc/hostname",
+        ])
         .current_dir(w.path())
         .stdin(Stdio::piped())
         .spawn()
@@ -108,30 +123,87 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
     let wd = w.path().to_str().unwrap();
 
     // bob (in the group) may not trace alice's process.
-    let o = cilock_as(&d, bob, g.gid, &[g.gid], &["step", "begin", "--step", "stolen", "--pid", &pid, "--workdir", wd]);
+    let o = cilock_as(
+        &d,
+        bob,
+        g.gid,
+        &[g.gid],
+        &[
+            "step",
+            "begin",
+            "--step",
+            "stolen",
+            "--pid",
+            &pid,
+            "--workdir",
+            wd,
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("belongs to uid"), "{}", stderr(&o));
 
     // alice may.
-    let o = cilock_as(&d, alice, g.gid, &[g.gid], &["step", "begin", "--step", "owned", "--pid", &pid, "--workdir", wd]);
+    let o = cilock_as(
+        &d,
+        alice,
+        g.gid,
+        &[g.gid],
+        &[
+            "step",
+            "begin",
+            "--step",
+            "owned",
+            "--pid",
+            &pid,
+            "--workdir",
+            wd,
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
     // mallory (not in the group) cannot even talk to the daemon.
-    let o = cilock_as(&d, mallory, mallory, &[], &["step", "end", "--step", "owned", "-o", "/tmp/never.json"]);
+    let o = cilock_as(
+        &d,
+        mallory,
+        mallory,
+        &[],
+        &["step", "end", "--step", "owned", "-o", "/tmp/never.json"],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(!Path::new("/tmp/never.json").exists());
 
     // bob may not end alice's step.
     let bob_out = w.path().join("bob.json");
-    let o = cilock_as(&d, bob, g.gid, &[g.gid], &["step", "end", "--step", "owned", "-o", bob_out.to_str().unwrap()]);
+    let o = cilock_as(
+        &d,
+        bob,
+        g.gid,
+        &[g.gid],
+        &[
+            "step",
+            "end",
+            "--step",
+            "owned",
+            "-o",
+            bob_out.to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("may not end it"), "{}", stderr(&o));
     assert!(!bob_out.exists());
 
     // Garbage on the socket gets an error reply, not a crash.
-    for body in [&b"{not json"[..], br#"{"request":"no-such-request"}"#, br#"{"request":"begin-step","step":"../../etc","pid":1}"#] {
+    for body in [
+        &b"{not json"[..],
+        br#"{"request":"no-such-request"}"#,
+        br#"{"request":"begin-step","step":"../../etc","pid":1}"#,
+    ] {
         let reply = String::from_utf8(raw_request(&d.socket, body)).unwrap();
-        assert!(reply.contains("\"error\""), "reply to {:?}: {reply}", String::from_utf8_lossy(body));
+        assert!(
+            reply.contains("\"error\""),
+            "reply to {:?}: {reply}",
+            String::from_utf8_lossy(body)
+        );
     }
     let o = d.cilock(&["step", "begin", "--step", "bad/name", "--pid", &pid]);
     assert_eq!(o.status.code(), Some(2));
@@ -141,7 +213,20 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
     target.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(target.wait().unwrap().success());
     let att = w.path().join("owned.json");
-    let o = cilock_as(&d, alice, g.gid, &[g.gid], &["step", "end", "--step", "owned", "-o", att.to_str().unwrap()]);
+    let o = cilock_as(
+        &d,
+        alice,
+        g.gid,
+        &[g.gid],
+        &[
+            "step",
+            "end",
+            "--step",
+            "owned",
+            "-o",
+            att.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     verify_with_python(&att, &d.pubkey);
     let stmt = statement(&att);
@@ -164,7 +249,16 @@ fn steps_nobody_ends_are_ended_and_kept_signed() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    let o = d.cilock(&["step", "begin", "--step", "forgotten", "--pid", &job.id().to_string(), "--workdir", w.path().to_str().unwrap()]);
+    let o = d.cilock(&[
+        "step",
+        "begin",
+        "--step",
+        "forgotten",
+        "--pid",
+        &job.id().to_string(),
+        "--workdir",
+        w.path().to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     job.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(job.wait().unwrap().success());
@@ -172,20 +266,40 @@ fn steps_nobody_ends_are_ended_and_kept_signed() {
     let reaped = d.state.join("reaped");
     let deadline = Instant::now() + Duration::from_secs(30);
     let file = loop {
-        if let Some(f) = std::fs::read_dir(&reaped).ok().and_then(|mut r| r.next()).and_then(|e| e.ok()) {
+        if let Some(f) = std::fs::read_dir(&reaped)
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(|e| e.ok())
+        {
             break f.path();
         }
-        assert!(Instant::now() < deadline, "no reaped attestation: {}", d.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no reaped attestation: {}",
+            d.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(file.file_name().unwrap().to_str().unwrap().starts_with("forgotten."));
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(file
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("forgotten."));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     verify_with_python(&file, &d.pubkey);
     let stmt = statement(&file);
     let cr = attestation(&stmt, "/command-run/v0.1");
     assert_eq!(cr["trace"]["endedBy"], "idle");
     assert_eq!(cr["trace"]["reaped"], true);
-    assert!(cr["processes"].as_array().unwrap().iter().any(|p| p["openedfiles"].get("/etc/hostname").is_some()));
+    assert!(cr["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["openedfiles"].get("/etc/hostname").is_some()));
     // The step is gone.
     let o = d.cilock(&["step", "end", "--step", "forgotten", "-o", "/dev/null"]);
     assert!(stderr(&o).contains("no active step"), "{}", stderr(&o));
@@ -202,7 +316,16 @@ fn end_with_kill_lists_and_kills_what_is_still_running() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    let o = d.cilock(&["step", "begin", "--step", "k", "--pid", &job.id().to_string(), "--workdir", w.path().to_str().unwrap()]);
+    let o = d.cilock(&[
+        "step",
+        "begin",
+        "--step",
+        "k",
+        "--pid",
+        &job.id().to_string(),
+        "--workdir",
+        w.path().to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     job.stdin.take().unwrap().write_all(b"go\n").unwrap();
     // Wait until both sleeps run.
@@ -222,7 +345,15 @@ fn end_with_kill_lists_and_kills_what_is_still_running() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let att = w.path().join("k.json");
-    let o = d.cilock(&["step", "end", "--step", "k", "--kill", "-o", att.to_str().unwrap()]);
+    let o = d.cilock(&[
+        "step",
+        "end",
+        "--step",
+        "k",
+        "--kill",
+        "-o",
+        att.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // The job's shell was killed too.
     let st = job.wait().unwrap();

@@ -11,9 +11,20 @@ use serde_json::Value;
 const SCRIPT: &str = "echo to-stdout; echo to-stderr >&2; cat /etc/hostname > /dev/null; exit 3";
 
 fn check(out: &Output, att: &std::path::Path, pubkey: &std::path::Path, backend: &str) -> Value {
-    assert_eq!(out.status.code(), Some(3), "exit status: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("to-stdout"), "stdout not passed through");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "stderr not passed through");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("to-stdout"),
+        "stdout not passed through"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("to-stderr"),
+        "stderr not passed through"
+    );
     verify_with_python(att, pubkey);
     let stmt = statement(att);
     let cr = attestation(&stmt, "/command-run/v0.1").clone();
@@ -24,7 +35,9 @@ fn check(out: &Output, att: &std::path::Path, pubkey: &std::path::Path, backend:
     assert_eq!(cr["trace"]["backend"], backend);
     let procs = cr["processes"].as_array().unwrap();
     assert!(
-        procs.iter().any(|p| p["openedfiles"].get("/etc/hostname").is_some()),
+        procs
+            .iter()
+            .any(|p| p["openedfiles"].get("/etc/hostname").is_some()),
         "the traced open is missing: {procs:?}"
     );
     cr
@@ -37,7 +50,17 @@ fn through_the_daemon() {
     let att = w.path().join("a.json");
     let out = d
         .command()
-        .args(["run", "--step", "r", "-o", att.to_str().unwrap(), "--", "sh", "-c", SCRIPT])
+        .args([
+            "run",
+            "--step",
+            "r",
+            "-o",
+            att.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            SCRIPT,
+        ])
         .current_dir(w.path())
         .output()
         .unwrap();
@@ -51,8 +74,24 @@ fn embedded_ebpf_and_ptrace() {
     for backend in ["ebpf", "ptrace"] {
         let att = w.path().join(format!("{backend}.json"));
         let out = Command::new(bin("cilock"))
-            .args(["run", "--no-daemon", "-k", key.to_str().unwrap(), "--backend", backend])
-            .args(["--step", "r", "-o", att.to_str().unwrap(), "--", "sh", "-c", SCRIPT])
+            .args([
+                "run",
+                "--no-daemon",
+                "-k",
+                key.to_str().unwrap(),
+                "--backend",
+                backend,
+            ])
+            .args([
+                "--step",
+                "r",
+                "-o",
+                att.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                SCRIPT,
+            ])
             .env("CILOCK_SOCKET", w.path().join("none.sock"))
             .current_dir(w.path())
             .output()
@@ -74,13 +113,32 @@ fn unprivileged_uses_ptrace() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&exe)
-        .args(["run", "-k", key.to_str().unwrap(), "--step", "r", "-o", att.to_str().unwrap(), "--", "sh", "-c", SCRIPT])
+        .args([
+            "run",
+            "-k",
+            key.to_str().unwrap(),
+            "--step",
+            "r",
+            "-o",
+            att.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            SCRIPT,
+        ])
         .env("CILOCK_SOCKET", w.path().join("none.sock"))
         .current_dir(w.path())
         .output()
         .unwrap();
     let cr = check(&out, &att, &pubkey, "ptrace");
-    assert!(cr["trace"]["reason"].as_str().unwrap().contains("not privileged"), "{}", cr["trace"]);
+    assert!(
+        cr["trace"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not privileged"),
+        "{}",
+        cr["trace"]
+    );
 }
 
 #[test]
@@ -89,26 +147,65 @@ fn signal_deaths_and_missing_keys() {
     let (key, _) = keygen(w.path());
     let att = w.path().join("k.json");
     let out = Command::new(bin("cilock"))
-        .args(["run", "--no-daemon", "-k", key.to_str().unwrap(), "--step", "k", "-o", att.to_str().unwrap(), "--", "sh", "-c", "kill -9 $$"])
+        .args([
+            "run",
+            "--no-daemon",
+            "-k",
+            key.to_str().unwrap(),
+            "--step",
+            "k",
+            "-o",
+            att.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "kill -9 $$",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(137));
-    assert_eq!(attestation(&statement(&att), "/command-run/v0.1")["exitcode"], 137);
+    assert_eq!(
+        attestation(&statement(&att), "/command-run/v0.1")["exitcode"],
+        137
+    );
 
     // No daemon and no key: a clear usage error, nothing run.
     let marker = w.path().join("ran");
     let out = Command::new(bin("cilock"))
-        .args(["run", "--step", "k", "-o", "/dev/null", "--", "touch", marker.to_str().unwrap()])
+        .args([
+            "run",
+            "--step",
+            "k",
+            "-o",
+            "/dev/null",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
         .env("CILOCK_SOCKET", w.path().join("none.sock"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-k KEY"));
-    assert!(!marker.exists(), "the command ran without a way to attest it");
+    assert!(
+        !marker.exists(),
+        "the command ran without a way to attest it"
+    );
 
     // A command that does not exist: cilock says so and fails.
     let out = Command::new(bin("cilock"))
-        .args(["run", "--no-daemon", "-k", key.to_str().unwrap(), "--step", "k", "-o", att.to_str().unwrap(), "--", "/nonexistent/cmd"])
+        .args([
+            "run",
+            "--no-daemon",
+            "-k",
+            key.to_str().unwrap(),
+            "--step",
+            "k",
+            "-o",
+            att.to_str().unwrap(),
+            "--",
+            "/nonexistent/cmd",
+        ])
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));

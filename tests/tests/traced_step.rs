@@ -42,7 +42,9 @@ fn wait_for_sleep(cwd: &Path) {
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let p = e.path();
             let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
-            if cmd == b"/bin/sleep\x004\x00" && std::fs::read_link(p.join("cwd")).is_ok_and(|c| c == cwd) {
+            if cmd == b"/bin/sleep\x004\x00"
+                && std::fs::read_link(p.join("cwd")).is_ok_and(|c| c == cwd)
+            {
                 return;
             }
         }
@@ -72,7 +74,12 @@ fn ground_truth(backend: &str) {
     let w = work.path();
     prepare(w);
     // Warm up (caches), then take the ground truth.
-    assert!(Command::new("sh").arg("./workload.sh").current_dir(w).status().unwrap().success());
+    assert!(Command::new("sh")
+        .arg("./workload.sh")
+        .current_dir(w)
+        .status()
+        .unwrap()
+        .success());
     std::thread::sleep(Duration::from_secs(5));
     let truth = strace_truth(&["sh", "./workload.sh"], w);
     assert!(truth.execs.len() >= 4, "strace saw too little: {truth:?}");
@@ -81,7 +88,11 @@ fn ground_truth(backend: &str) {
     // A process outside the step, busy at the same time (outside the
     // workdir too, which the material attestor records).
     let elsewhere = tempdir();
-    std::fs::write(elsewhere.path().join("outside.txt"), b"not part of the step\n").unwrap();
+    std::fs::write(
+        elsewhere.path().join("outside.txt"),
+        b"not part of the step\n",
+    )
+    .unwrap();
     let outside = Command::new("sh")
         .arg("-c")
         .arg("i=0; while [ $i -lt 400 ]; do cat ./outside.txt > /dev/null; i=$((i+1)); done")
@@ -97,9 +108,20 @@ fn ground_truth(backend: &str) {
         .spawn()
         .unwrap();
     let out = daemon.cilock(&[
-        "step", "begin", "--step", "e2e", "--pid", &job.id().to_string(), "--workdir", w.to_str().unwrap(),
+        "step",
+        "begin",
+        "--step",
+        "e2e",
+        "--pid",
+        &job.id().to_string(),
+        "--workdir",
+        w.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "begin: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "begin: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     job.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(job.wait().unwrap().success());
     // The background grandchild execs on its own schedule: end the step
@@ -107,7 +129,12 @@ fn ground_truth(backend: &str) {
     wait_for_sleep(&w.join("sub"));
     let att = w.join("e2e.att.json");
     let out = daemon.cilock(&["step", "end", "--step", "e2e", "-o", att.to_str().unwrap()]);
-    assert!(out.status.success(), "end: {}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log_text());
+    assert!(
+        out.status.success(),
+        "end: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log_text()
+    );
     let outside_pid = outside.id() as i64;
     let mut outside = outside;
     let _ = outside.wait();
@@ -116,7 +143,10 @@ fn ground_truth(backend: &str) {
     verify_with_python(&att, &daemon.pubkey);
 
     let stmt = statement(&att);
-    assert_eq!(stmt["predicateType"], "https://witness.testifysec.com/attestation-collection/v0.1");
+    assert_eq!(
+        stmt["predicateType"],
+        "https://witness.testifysec.com/attestation-collection/v0.1"
+    );
     assert_eq!(stmt["predicate"]["name"], "e2e");
     let cr = command_run(&stmt);
     let procs = cr["processes"].as_array().unwrap();
@@ -133,10 +163,17 @@ fn ground_truth(backend: &str) {
 
     // The job's shell is the root; everything else was started in the step.
     let job_pid = procs[0]["processid"].as_i64().unwrap();
-    let inner: Vec<&Value> = procs.iter().filter(|p| p["processid"].as_i64() != Some(job_pid)).collect();
+    let inner: Vec<&Value> = procs
+        .iter()
+        .filter(|p| p["processid"].as_i64() != Some(job_pid))
+        .collect();
 
     // Processes: same number, same programs exec'd, as strace saw.
-    assert_eq!(inner.len(), truth.processes, "process count differs from strace");
+    assert_eq!(
+        inner.len(),
+        truth.processes,
+        "process count differs from strace"
+    );
     let mut execs: BTreeMap<String, usize> = BTreeMap::new();
     for p in &inner {
         for e in p["execs"].as_array().into_iter().flatten() {
@@ -154,9 +191,21 @@ fn ground_truth(backend: &str) {
     }
     let missing: Vec<_> = truth.files.difference(&files).collect();
     let extra: Vec<_> = files.difference(&truth.files).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "files differ from strace:\n missing {missing:?}\n extra {extra:?}");
-    for needed in ["/etc/hostname", "data/a.txt", "data/b.txt", "data/c.txt", "sub/out-rel.txt"] {
-        assert!(files.iter().any(|f| f.ends_with(needed)), "{needed} not recorded");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "files differ from strace:\n missing {missing:?}\n extra {extra:?}"
+    );
+    for needed in [
+        "/etc/hostname",
+        "data/a.txt",
+        "data/b.txt",
+        "data/c.txt",
+        "sub/out-rel.txt",
+    ] {
+        assert!(
+            files.iter().any(|f| f.ends_with(needed)),
+            "{needed} not recorded"
+        );
     }
 
     // Digests equal sha256sum; only non-regular files lack one.
@@ -171,7 +220,8 @@ fn ground_truth(backend: &str) {
                         .map(|u| u["reason"].as_str().unwrap_or("").to_string())
                         .unwrap_or_default();
                     assert!(
-                        ["directory", "character device", "pseudo filesystem"].contains(&reason.as_str()),
+                        ["directory", "character device", "pseudo filesystem"]
+                            .contains(&reason.as_str()),
                         "{path} has no digest: {reason:?}"
                     );
                 }
@@ -181,16 +231,25 @@ fn ground_truth(backend: &str) {
 
     // The daemonized grandchild was still running, and is listed as such.
     assert!(
-        procs.iter().any(|p| p["aliveAtEnd"] == true && p["program"].as_str().is_some_and(|x| x.ends_with("/sleep"))),
+        procs.iter().any(|p| p["aliveAtEnd"] == true
+            && p["program"].as_str().is_some_and(|x| x.ends_with("/sleep"))),
         "the daemonized sleep is not listed as alive at the end"
     );
     // Exit codes of the children are recorded.
-    assert!(inner.iter().filter(|p| p["program"].as_str().is_some_and(|x| x.ends_with("/true"))).all(|p| p["exitcode"] == 0));
+    assert!(inner
+        .iter()
+        .filter(|p| p["program"].as_str().is_some_and(|x| x.ends_with("/true")))
+        .all(|p| p["exitcode"] == 0));
 
     // Nothing from outside the step.
     let text = serde_json::to_string(&stmt).unwrap();
-    assert!(!text.contains("outside.txt"), "an outside process's open leaked into the step");
-    assert!(procs.iter().all(|p| p["processid"].as_i64() != Some(outside_pid)));
+    assert!(
+        !text.contains("outside.txt"),
+        "an outside process's open leaked into the step"
+    );
+    assert!(procs
+        .iter()
+        .all(|p| p["processid"].as_i64() != Some(outside_pid)));
 }
 
 #[test]
@@ -205,9 +264,28 @@ fn eight_concurrent_steps_never_mix() {
         let script = format!(
             "read go; j=0; while [ $j -lt 30 ]; do cat only-{i}.txt > /dev/null; /bin/true; j=$((j+1)); done"
         );
-        let mut job = Command::new("sh").arg("-c").arg(script).current_dir(&d).stdin(Stdio::piped()).spawn().unwrap();
-        let out = daemon.cilock(&["step", "begin", "--step", &format!("job-{i}"), "--pid", &job.id().to_string(), "--workdir", d.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut job = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&d)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = daemon.cilock(&[
+            "step",
+            "begin",
+            "--step",
+            &format!("job-{i}"),
+            "--pid",
+            &job.id().to_string(),
+            "--workdir",
+            d.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdin = job.stdin.take().unwrap();
         jobs.push((i, d, job, stdin));
     }
@@ -218,21 +296,47 @@ fn eight_concurrent_steps_never_mix() {
     for (i, d, mut job, _) in jobs {
         assert!(job.wait().unwrap().success());
         let att = d.join("att.json");
-        let out = daemon.cilock(&["step", "end", "--step", &format!("job-{i}"), "-o", att.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = daemon.cilock(&[
+            "step",
+            "end",
+            "--step",
+            &format!("job-{i}"),
+            "-o",
+            att.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stmt = statement(&att);
         let cr = command_run(&stmt);
         let mut mine = 0;
         for p in cr["processes"].as_array().unwrap() {
             for (path, _) in p["openedfiles"].as_object().into_iter().flatten() {
                 if let Some(pos) = path.find("only-") {
-                    assert_eq!(&path[pos..], format!("only-{i}.txt"), "step {i} saw another step's file");
+                    assert_eq!(
+                        &path[pos..],
+                        format!("only-{i}.txt"),
+                        "step {i} saw another step's file"
+                    );
                     mine += 1;
                 }
             }
         }
-        assert_eq!(mine, 30, "step {i} must record its own file in each of its 30 cat processes");
-        let trues = cr["processes"].as_array().unwrap().iter().filter(|p| p["program"].as_str().is_some_and(|x| x.ends_with("/true"))).count();
-        assert_eq!(trues, 30, "step {i}: every /bin/true of the step and no other");
+        assert_eq!(
+            mine, 30,
+            "step {i} must record its own file in each of its 30 cat processes"
+        );
+        let trues = cr["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["program"].as_str().is_some_and(|x| x.ends_with("/true")))
+            .count();
+        assert_eq!(
+            trues, 30,
+            "step {i}: every /bin/true of the step and no other"
+        );
     }
 }

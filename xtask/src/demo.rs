@@ -42,7 +42,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         crate::setup::run(crate::setup::SetupArgs { check: false })?;
     }
     step("building cilock and cilock-daemon (release)");
-    exec(cargo().args(["build", "--release", "-p", "cilock-cli", "-p", "cilock-daemon"]))?;
+    exec(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "cilock-cli",
+        "-p",
+        "cilock-daemon",
+    ]))?;
     let bin = target_dir().join("release");
     let cilock = bin.join("cilock");
     let daemon_bin = bin.join("cilock-daemon");
@@ -88,7 +95,10 @@ fn demo(dir: &Path, cilock: &Path, daemon_bin: &Path) -> anyhow::Result<()> {
     let r = (|| -> anyhow::Result<()> {
         wait_ready(cilock, &socket, &mut daemon, &log)?;
         std::fs::write(work.join("hello.c"), HELLO_C)?;
-        std::fs::write(work.join("greeting.h"), "#define GREETING \"hello from a traced CI step\"\n")?;
+        std::fs::write(
+            work.join("greeting.h"),
+            "#define GREETING \"hello from a traced CI step\"\n",
+        )?;
 
         step("a CI job's shell: `cilock step begin`, a small build, `cilock step end`");
         let mut job = Command::new("sh")
@@ -103,13 +113,29 @@ fn demo(dir: &Path, cilock: &Path, daemon_bin: &Path) -> anyhow::Result<()> {
             c.args(args).env("CILOCK_SOCKET", &socket);
             c
         };
-        exec(&mut cl(&["step", "begin", "--step", "demo", "--pid", &pid, "-a", "environment,git,secretscan"]))?;
+        exec(&mut cl(&[
+            "step",
+            "begin",
+            "--step",
+            "demo",
+            "--pid",
+            &pid,
+            "-a",
+            "environment,git,secretscan",
+        ]))?;
         job.stdin.take().context("job stdin")?.write_all(b"go\n")?;
         if !job.wait()?.success() {
             bail!("the demo workload failed");
         }
         let att = dir.join("demo.attestation.json");
-        exec(&mut cl(&["step", "end", "--step", "demo", "-o", att.to_str().unwrap_or_default()]))?;
+        exec(&mut cl(&[
+            "step",
+            "end",
+            "--step",
+            "demo",
+            "-o",
+            att.to_str().unwrap_or_default(),
+        ]))?;
         step("the signed attestation (`cilock inspect`)");
         let pubkey = PathBuf::from(format!("{}.pub", key.display()));
         exec(
@@ -119,7 +145,11 @@ fn demo(dir: &Path, cilock: &Path, daemon_bin: &Path) -> anyhow::Result<()> {
                 .arg(&pubkey)
                 .arg(&att),
         )?;
-        note(format!("full statement: {} inspect --json {}", cilock.display(), att.display()));
+        note(format!(
+            "full statement: {} inspect --json {}",
+            cilock.display(),
+            att.display()
+        ));
         Ok(())
     })();
     // SIGTERM: the daemon shuts down cleanly and removes its socket.
@@ -127,19 +157,37 @@ fn demo(dir: &Path, cilock: &Path, daemon_bin: &Path) -> anyhow::Result<()> {
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
     if r.is_err() {
-        eprintln!("--- daemon log ---\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        eprintln!(
+            "--- daemon log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
     r
 }
 
-fn wait_ready(cilock: &Path, socket: &Path, daemon: &mut std::process::Child, log: &Path) -> anyhow::Result<()> {
+fn wait_ready(
+    cilock: &Path,
+    socket: &Path,
+    daemon: &mut std::process::Child,
+    log: &Path,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(Some(st)) = daemon.try_wait() {
-            bail!("cilock-daemon exited ({st}):\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            bail!(
+                "cilock-daemon exited ({st}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         let out = Command::new(cilock)
-            .args(["step", "end", "--step", "-readiness-probe-", "-o", "/dev/null"])
+            .args([
+                "step",
+                "end",
+                "--step",
+                "-readiness-probe-",
+                "-o",
+                "/dev/null",
+            ])
             .env("CILOCK_SOCKET", socket)
             .output()?;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -152,4 +200,3 @@ fn wait_ready(cilock: &Path, socket: &Path, daemon: &mut std::process::Child, lo
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-

@@ -109,9 +109,7 @@ fn via_daemon(a: &RunArgs) -> anyhow::Result<u8> {
             failure,
         } => {
             output::write_envelope(&a.outfile, &envelope)?;
-            if lost_events > 0 {
-                eprintln!("cilock: warning: {lost_events} trace events were lost (recorded in the attestation)");
-            }
+            output::warn_lost(lost_events);
             Ok(finish_code(code, failure.as_deref()))
         }
         other => bail!("unexpected reply from the daemon: {other:?}"),
@@ -144,7 +142,9 @@ fn embedded(a: &RunArgs) -> anyhow::Result<u8> {
             cgroup_parent: format!("cilock.run.{}", std::process::id()),
             ..Default::default()
         };
-        let engine = Engine::start(cfg).map_err(|e| anyhow!(e)).context("starting the trace engine")?;
+        let engine = Engine::start(cfg)
+            .map_err(|e| anyhow!(e))
+            .context("starting the trace engine")?;
         if engine.backend_name() == "ebpf" {
             let r = run_with_engine(&engine, spec, &signer, a);
             engine.shutdown();
@@ -164,7 +164,12 @@ fn embedded(a: &RunArgs) -> anyhow::Result<u8> {
     run_with_ptrace(spec, &signer, a, reason)
 }
 
-fn run_with_engine(engine: &Engine, mut spec: StepSpec, signer: &Signer, a: &RunArgs) -> anyhow::Result<u8> {
+fn run_with_engine(
+    engine: &Engine,
+    mut spec: StepSpec,
+    signer: &Signer,
+    a: &RunArgs,
+) -> anyhow::Result<u8> {
     let mut child = GatedChild::spawn(&a.cmd)?;
     spec.pid = child.pid.as_raw() as u32;
     if let Err(e) = engine.begin(spec) {
@@ -172,27 +177,39 @@ fn run_with_engine(engine: &Engine, mut spec: StepSpec, signer: &Signer, a: &Run
         return Err(anyhow!(e)).context("beginning the step");
     }
     let (code, stdout, stderr) = child.release_and_wait()?;
-    let out = engine
-        .end(
-            &a.step,
-            0,
-            EndSpec {
-                kill: false,
-                exitcode: Some(code),
-                stdout,
-                stderr,
-            },
-        )
-        .map_err(|e| anyhow!(e))?;
+    let out = engine.end(&a.step, 0, end_spec(code, stdout, stderr));
+    sign_and_write(out, code, signer, a)
+}
+
+fn end_spec(code: i32, stdout: String, stderr: String) -> EndSpec {
+    EndSpec {
+        kill: false,
+        exitcode: Some(code),
+        stdout,
+        stderr,
+    }
+}
+
+/// Signs an in-process step's statement, writes it, and returns the exit code.
+fn sign_and_write(
+    out: Result<engine::StepOutcome, engine::EngineError>,
+    code: i32,
+    signer: &Signer,
+    a: &RunArgs,
+) -> anyhow::Result<u8> {
+    let out = out.map_err(|e| anyhow!(e))?;
     let env = engine::sign_statement(&out.statement, signer).map_err(|e| anyhow!(e))?;
     output::write_bytes(&a.outfile, &env.to_json())?;
-    if out.lost_events > 0 {
-        eprintln!("cilock: warning: {} trace events were lost (recorded in the attestation)", out.lost_events);
-    }
+    output::warn_lost(out.lost_events);
     Ok(finish_code(code, out.failure.as_deref()))
 }
 
-fn run_with_ptrace(spec: StepSpec, signer: &Signer, a: &RunArgs, reason: String) -> anyhow::Result<u8> {
+fn run_with_ptrace(
+    spec: StepSpec,
+    signer: &Signer,
+    a: &RunArgs,
+    reason: String,
+) -> anyhow::Result<u8> {
     let mut cmd = std::process::Command::new(&a.cmd[0]);
     cmd.args(&a.cmd[1..])
         .stdout(std::process::Stdio::piped())
@@ -209,24 +226,15 @@ fn run_with_ptrace(spec: StepSpec, signer: &Signer, a: &RunArgs, reason: String)
         None => (String::new(), String::new()),
     };
     let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
-    let out = pending
-        .finish(
-            &cache,
-            EndSpec {
-                kill: false,
-                exitcode: Some(code),
-                stdout,
-                stderr,
-            },
-        )
-        .map_err(|e| anyhow!(e))?;
-    let env = engine::sign_statement(&out.statement, signer).map_err(|e| anyhow!(e))?;
-    output::write_bytes(&a.outfile, &env.to_json())?;
-    Ok(finish_code(code, out.failure.as_deref()))
+    let out = pending.finish(&cache, end_spec(code, stdout, stderr));
+    sign_and_write(out, code, signer, a)
 }
 
 /// Copies a child's output to ours while keeping (a bounded prefix of) it.
-fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to: W) -> JoinHandle<String> {
+fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(
+    mut from: R,
+    mut to: W,
+) -> JoinHandle<String> {
     std::thread::spawn(move || {
         let mut kept = Vec::new();
         let mut dropped = 0usize;
@@ -246,7 +254,9 @@ fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to:
         }
         let mut s = String::from_utf8_lossy(&kept).into_owned();
         if dropped > 0 {
-            s.push_str(&format!("\n[cilock: {dropped} more bytes of output not captured]\n"));
+            s.push_str(&format!(
+                "\n[cilock: {dropped} more bytes of output not captured]\n"
+            ));
         }
         s
     })
@@ -283,7 +293,12 @@ impl GatedChild {
             ForkResult::Child => unsafe {
                 let (g, e) = (gate_r.as_raw_fd(), err_w.as_raw_fd());
                 // Keep only our ends: the gate must see EOF if cilock dies.
-                for fd in [gate_w.as_raw_fd(), err_r.as_raw_fd(), out_r.as_raw_fd(), eo_r.as_raw_fd()] {
+                for fd in [
+                    gate_w.as_raw_fd(),
+                    err_r.as_raw_fd(),
+                    out_r.as_raw_fd(),
+                    eo_r.as_raw_fd(),
+                ] {
                     libc::close(fd);
                 }
                 libc::dup2(out_w.as_raw_fd(), 1);
@@ -325,8 +340,14 @@ impl GatedChild {
 
     /// Lets the child exec, passes its output through, waits for it.
     fn release_and_wait(&mut self) -> anyhow::Result<(i32, String, String)> {
-        let out = tee(std::fs::File::from(self.out_r.take().context("stdout taken")?), std::io::stdout());
-        let err = tee(std::fs::File::from(self.errout_r.take().context("stderr taken")?), std::io::stderr());
+        let out = tee(
+            std::fs::File::from(self.out_r.take().context("stdout taken")?),
+            std::io::stdout(),
+        );
+        let err = tee(
+            std::fs::File::from(self.errout_r.take().context("stderr taken")?),
+            std::io::stderr(),
+        );
         if let Some(g) = self.gate.take() {
             nix::unistd::write(&g, b"1").context("releasing the command")?;
         }

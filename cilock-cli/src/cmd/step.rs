@@ -12,7 +12,9 @@ use crate::cmd::output;
 /// Moves the calling shell (or `--pid`) into a new traced step.
 pub fn begin(a: StepBeginArgs) -> anyhow::Result<u8> {
     // By default the process that ran us: the CI job's shell.
-    let pid = a.pid.unwrap_or_else(|| nix::unistd::getppid().as_raw() as u32);
+    let pid = a
+        .pid
+        .unwrap_or_else(|| nix::unistd::getppid().as_raw() as u32);
     let workdir = match a.workdir {
         Some(w) => w,
         None => std::env::current_dir().context("current directory")?,
@@ -29,7 +31,10 @@ pub fn begin(a: StepBeginArgs) -> anyhow::Result<u8> {
     });
     match client::request(&req).with_context(|| format!("step begin {:?}", a.step))? {
         Reply::Begun { cgroup } => {
-            eprintln!("cilock: step {:?} begun: pid {pid} and what it starts are traced ({cgroup})", a.step);
+            eprintln!(
+                "cilock: step {:?} begun: pid {pid} and what it starts are traced ({cgroup})",
+                a.step
+            );
             Ok(0)
         }
         other => bail!("unexpected reply from the daemon: {other:?}"),
@@ -53,10 +58,13 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
         } => {
             output::write_envelope(&a.outfile, &envelope)?;
             let mut err = std::io::stderr();
-            let _ = writeln!(err, "cilock: step {:?} ended; attestation written to {}", a.step, a.outfile.display());
-            if lost_events > 0 {
-                let _ = writeln!(err, "cilock: warning: {lost_events} trace events were lost (recorded in the attestation)");
-            }
+            let _ = writeln!(
+                err,
+                "cilock: step {:?} ended; attestation written to {}",
+                a.step,
+                a.outfile.display()
+            );
+            output::warn_lost(lost_events);
             if let Some(f) = failure {
                 let _ = writeln!(err, "cilock: step failed: {f}");
                 return Ok(1);

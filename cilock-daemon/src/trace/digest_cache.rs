@@ -180,7 +180,8 @@ fn open_no_symlinks(path: &Path) -> std::io::Result<File> {
         resolve: u64,
     }
     const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let flags =
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let how = OpenHow {

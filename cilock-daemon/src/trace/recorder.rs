@@ -151,10 +151,7 @@ impl Recorder {
     pub fn push(&mut self, ev: TraceEvent) {
         match ev {
             TraceEvent::Fork { parent, child, .. } => {
-                let parent_state = self
-                    .live
-                    .get(&parent)
-                    .map(|&i| self.procs[i].clone());
+                let parent_state = self.live.get(&parent).map(|&i| self.procs[i].clone());
                 // A fork whose child pid is still listed as alive means we
                 // missed its exit; start a new incarnation anyway.
                 if let Some(&i) = self.live.get(&child) {
@@ -258,7 +255,9 @@ impl Recorder {
                         Some(sa.port()),
                     ),
                     SockAddr::Unix(p) => ("AF_UNIX".to_string(), p.clone(), None),
-                    SockAddr::Other(f, raw) => (format!("AF_{f}"), format!("raw:{}", hex::encode(raw)), None),
+                    SockAddr::Other(f, raw) => {
+                        (format!("AF_{f}"), format!("raw:{}", hex::encode(raw)), None)
+                    }
                 };
                 let syscall = match call {
                     NetCall::Connect => "connect",
@@ -278,12 +277,14 @@ impl Recorder {
                 // One record per distinct (call, fd, address): a UDP socket
                 // sending many datagrams to one peer is one connection. Every
                 // connect is a connection of its own (fds are reused).
-                if call == NetCall::Connect || !conns.iter().any(|c| {
-                    c.syscall == conn.syscall
-                        && c.fd == conn.fd
-                        && c.address == conn.address
-                        && c.port == conn.port
-                }) {
+                if call == NetCall::Connect
+                    || !conns.iter().any(|c| {
+                        c.syscall == conn.syscall
+                            && c.fd == conn.fd
+                            && c.address == conn.address
+                            && c.port == conn.port
+                    })
+                {
                     conns.push(conn);
                 }
                 if call == NetCall::Connect {
@@ -309,8 +310,10 @@ impl Recorder {
             } => {
                 let i = self.proc_mut(pid, None);
                 if let Some(dp) = self.daemon_pid {
-                    let aimed = matches!(name.as_str(), "kill" | "tgkill" | "tkill" | "ptrace" | "pidfd_send_signal")
-                        && args.iter().any(|&a| a == dp as i64);
+                    let aimed = matches!(
+                        name.as_str(),
+                        "kill" | "tgkill" | "tkill" | "ptrace" | "pidfd_send_signal"
+                    ) && args.iter().any(|&a| a == dp as i64);
                     if aimed && !detail.contains("cilock daemon") {
                         detail = format!("{detail} (aimed at the cilock daemon)");
                     }
@@ -379,7 +382,10 @@ impl Recorder {
                     .unwrap_or_default();
                 for q in qs {
                     let n = self.procs[i].net.dns_lookups.len();
-                    let open = self.dns_open.entry((pid, q.id)).or_insert_with(|| (i, Vec::new()));
+                    let open = self
+                        .dns_open
+                        .entry((pid, q.id))
+                        .or_insert_with(|| (i, Vec::new()));
                     if open.0 != i {
                         *open = (i, Vec::new());
                     }
@@ -475,7 +481,8 @@ impl Recorder {
         for j in idx {
             if let Some(l) = p.net.dns_lookups.get_mut(j) {
                 if l.server_address == src.ip().to_string() && l.server_port == src.port() {
-                    l.answers.extend(answers.iter().map(|a| format!("{} {}", a.rtype, a.data)));
+                    l.answers
+                        .extend(answers.iter().map(|a| format!("{} {}", a.rtype, a.data)));
                 }
             }
         }
@@ -569,7 +576,10 @@ fn digest_for(
                     tracing::debug!(path, ?then, ?now, "file identity changed after open");
                     return (
                         DigestSet::default(),
-                        Some("modified after it was opened; its content at open time is unknown".into()),
+                        Some(
+                            "modified after it was opened; its content at open time is unknown"
+                                .into(),
+                        ),
                     );
                 }
             }
@@ -655,7 +665,11 @@ mod tests {
         std::fs::write(&f, b"hello\n").unwrap();
         let f = f.display().to_string();
         let mut r = Recorder::new(None);
-        r.push(TraceEvent::Fork { parent: 10, child: 11, time: t() });
+        r.push(TraceEvent::Fork {
+            parent: 10,
+            child: 11,
+            time: t(),
+        });
         r.push(TraceEvent::Exec {
             pid: 11,
             ppid: Some(10),
@@ -683,11 +697,21 @@ mod tests {
             unresolved: None,
             time: t(),
         });
-        r.push(TraceEvent::Exit { pid: 11, code: 3, time: t() });
+        r.push(TraceEvent::Exit {
+            pid: 11,
+            code: 3,
+            time: t(),
+        });
         let out = r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[]);
         let cat = out.processes.iter().find(|p| p.processid == 11).unwrap();
         assert_eq!(cat.parentpid, 10);
-        assert_eq!(cat.program, std::fs::canonicalize("/bin/cat").unwrap().display().to_string());
+        assert_eq!(
+            cat.program,
+            std::fs::canonicalize("/bin/cat")
+                .unwrap()
+                .display()
+                .to_string()
+        );
         assert_eq!(cat.cmdline, format!("cat {f}"));
         assert_eq!(cat.exitcode, Some(3));
         assert_eq!(
@@ -695,7 +719,10 @@ mod tests {
             Some("5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03")
         );
         assert!(cat.openedfiles.contains_key("/proc/self/environ"));
-        assert!(cat.syscall_events.iter().any(|s| s.detail.contains("own environment")));
+        assert!(cat
+            .syscall_events
+            .iter()
+            .any(|s| s.detail.contains("own environment")));
         assert!(cat.programdigest.is_some() && cat.exedigest.is_some());
     }
 
@@ -710,7 +737,14 @@ mod tests {
         std::fs::write(&f, b"two, longer").unwrap();
         let mut r = Recorder::new(None);
         let path = f.display().to_string();
-        r.push(TraceEvent::Open { pid: 5, path: path.clone(), flags: 0, stamp: Some(then), unresolved: None, time: t() });
+        r.push(TraceEvent::Open {
+            pid: 5,
+            path: path.clone(),
+            flags: 0,
+            stamp: Some(then),
+            unresolved: None,
+            time: t(),
+        });
         let out = r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[5]);
         let p = &out.processes[0];
         assert!(p.openedfiles[&path].is_empty());
@@ -720,9 +754,15 @@ mod tests {
 
     #[test]
     fn proc_self_normalization() {
-        assert_eq!(normalize_proc_self("/proc/42/environ", 42), "/proc/self/environ");
+        assert_eq!(
+            normalize_proc_self("/proc/42/environ", 42),
+            "/proc/self/environ"
+        );
         assert_eq!(normalize_proc_self("/proc/42", 42), "/proc/self");
-        assert_eq!(normalize_proc_self("/proc/43/environ", 42), "/proc/43/environ");
+        assert_eq!(
+            normalize_proc_self("/proc/43/environ", 42),
+            "/proc/43/environ"
+        );
         assert_eq!(normalize_proc_self("/proc/420/x", 42), "/proc/420/x");
     }
 }

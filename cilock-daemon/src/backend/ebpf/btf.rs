@@ -61,9 +61,7 @@ pub struct Btf {
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
-    let s = b
-        .get(off..off + 4)
-        .ok_or(BtfError::Invalid("truncated"))?;
+    let s = b.get(off..off + 4).ok_or(BtfError::Invalid("truncated"))?;
     Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
@@ -124,7 +122,11 @@ impl Btf {
                         members.push(Member {
                             name: u32_at(types_b, m)?,
                             type_id: u32_at(types_b, m + 4)?,
-                            offset: if kflag == 1 { raw_off & 0xff_ffff } else { raw_off },
+                            offset: if kflag == 1 {
+                                raw_off & 0xff_ffff
+                            } else {
+                                raw_off
+                            },
                         });
                     }
                     vlen * 12

@@ -96,9 +96,7 @@ impl Clock {
     pub fn now() -> Clock {
         let rt = clock_ns(libc::CLOCK_REALTIME);
         let bt = clock_ns(libc::CLOCK_BOOTTIME);
-        Clock {
-            offset_ns: rt - bt,
-        }
+        Clock { offset_ns: rt - bt }
     }
 
     /// Wall-clock time of a boot-time timestamp.
@@ -378,7 +376,9 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
             let fd_path = (e.path.len > 0).then(|| {
                 if e.path.flags & path_flags::ESCAPED != 0 {
                     // nsfs, anon inodes: the name is the whole story.
-                    String::from_utf8_lossy(path_b).trim_end_matches('/').to_string()
+                    String::from_utf8_lossy(path_b)
+                        .trim_end_matches('/')
+                        .to_string()
                 } else {
                     rebuild_path(&e.path, path_b, 0).0
                 }
