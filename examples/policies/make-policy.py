@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Builds a Witness policy (JSON, unsigned) for one traced build step from
+the Rego modules in this directory, with the given functionary key.
+
+  make-policy.py --step build --pubkey signer.pem.pub -o policy.json
+  cilock sign -k policy-key.pem -f policy.json -o policy.signed.json
+  cilock verify -p policy.signed.json -k policy-key.pem.pub -a build.att.json -f artifact
+
+The key id is the Witness one: sha256 of the public key PEM.
+"""
+import argparse
+import base64
+import hashlib
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COMMAND_RUN = "https://witness.dev/attestations/command-run/v0.1"
+MODULES = [
+    "trace-behavioral.rego",
+    "network-allowlist.rego",
+    "dns-allowlist.rego",
+    "no-suspicious-syscalls.rego",
+]
+
+
+def module(name):
+    with open(os.path.join(HERE, name), "rb") as f:
+        return {"name": name[: -len(".rego")], "module": base64.b64encode(f.read()).decode()}
+
+
+def policy(step, pem, expires):
+    keyid = hashlib.sha256(pem).hexdigest()
+    return {
+        "expires": expires,
+        "steps": {
+            step: {
+                "name": step,
+                "attestations": [{"type": COMMAND_RUN, "regopolicies": [module(m) for m in MODULES]}],
+                "functionaries": [{"type": "publickey", "publickeyid": keyid}],
+            }
+        },
+        "publickeys": {keyid: {"keyid": keyid, "key": base64.b64encode(pem).decode()}},
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--step", default="build")
+    ap.add_argument("--pubkey", required=True, help="the public key that signs the step's attestations")
+    ap.add_argument("--expires", default="2030-01-01T00:00:00Z")
+    ap.add_argument("-o", "--out", required=True)
+    a = ap.parse_args()
+    with open(a.pubkey, "rb") as f:
+        pem = f.read()
+    with open(a.out, "w") as f:
+        json.dump(policy(a.step, pem, a.expires), f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
