@@ -148,6 +148,9 @@ fn capture(ctx: &SkBuffContext, buf: *mut u8, egress: bool) -> Option<()> {
     let mut max = DNS_MAX;
     match proto {
         IPPROTO_TCP => {
+            if !egress {
+                return None;
+            }
             if !load(ctx, l3, l4.as_mut_ptr(), 20, 32) {
                 return None;
             }
@@ -155,9 +158,6 @@ fn capture(ctx: &SkBuffContext, buf: *mut u8, egress: bool) -> Option<()> {
             let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
             let tcp_flags = l4[13];
             flags = payload_flags::TCP;
-            if !egress {
-                return None;
-            }
             let s = unsafe { &mut *sock };
             if tcp_flags & 0x02 != 0 {
                 // SYN: the stream starts after it.

@@ -22,7 +22,8 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use cilock_abi::{SYS_STR_MAX, SyscallRecord, kind, sys_what};
+use aya_log_ebpf::warn;
+use cilock_abi::{SYS_STR_MAX, SyscallRecord, kind, path_flags, sys_what};
 
 use crate::maps::{current_step, emit, off, scratch};
 use crate::net::{arg, fill_header, syscfg};
@@ -198,7 +199,10 @@ fn suspicious(
     }
     if fd_path != NONE {
         if let Some(file) = file_of(task, arg(ctx, fd_path as usize)) {
-            let _ = walk_path(file + off!(file_f_path), task, pos as u32, &mut ev.path);
+            let ok = walk_path(file + off!(file_f_path), task, pos as u32, &mut ev.path).is_some();
+            if !ok || ev.path.flags & path_flags::READ_ERR != 0 {
+                warn!(ctx, "cilock: path walk of the fd of syscall record {} failed", what);
+            }
         }
     }
     let size = (pos & 0x7ff) + (ev.path.len as usize & 0xfff);

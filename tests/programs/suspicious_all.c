@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -107,6 +108,12 @@ int main(int argc, char **argv) {
         syscall(SYS_pidfd_send_signal, cpfd, 0, NULL, 0);
         close(cpfd);
     }
+
+    /* A connect whose sockaddr cannot be read (EFAULT): the kernel-side
+     * aya-log warning path. */
+    int bad = socket(AF_INET, SOCK_STREAM, 0);
+    connect(bad, (struct sockaddr *)1, 16);
+    close(bad);
 
     close(p[1]);
     waitpid(child, NULL, 0);

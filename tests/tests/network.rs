@@ -110,7 +110,9 @@ fn connects_dns_and_tls_per_process() {
     let w = work.path();
     let netns = format!("cilock-net-{}", std::process::id());
     let _ = Command::new("ip").args(["netns", "del", &netns]).status();
-    sh(&format!("ip netns add {netns} && ip netns exec {netns} ip link set lo mtu 1280 up"));
+    sh(&format!(
+        "ip netns add {netns} && ip netns exec {netns} ip link set lo mtu 1280 up"
+    ));
     struct DelNs(String);
     impl Drop for DelNs {
         fn drop(&mut self) {
@@ -122,7 +124,10 @@ fn connects_dns_and_tls_per_process() {
     // Peers, all outside the step.
     let l4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let l6 = std::net::TcpListener::bind("[::1]:0").unwrap();
-    let (p4, p6) = (l4.local_addr().unwrap().port(), l6.local_addr().unwrap().port());
+    let (p4, p6) = (
+        l4.local_addr().unwrap().port(),
+        l6.local_addr().unwrap().port(),
+    );
     accept_forever(l4);
     accept_forever(l6);
     let upath = w.join("peer.sock");
@@ -139,11 +144,22 @@ fn connects_dns_and_tls_per_process() {
     std::fs::write(w.join("client.py"), CLIENT).unwrap();
     std::fs::write(w.join("outside.py"), OUTSIDE).unwrap();
     // A process outside the step doing the same kind of things meanwhile.
-    let mut outside = Command::new(python()).arg("outside.py").arg(p4.to_string()).arg("127.0.0.77").current_dir(w).spawn().unwrap();
+    let mut outside = Command::new(python())
+        .arg("outside.py")
+        .arg(p4.to_string())
+        .arg("127.0.0.77")
+        .current_dir(w)
+        .spawn()
+        .unwrap();
 
-    let alpn_long: Vec<String> = (0..80).map(|i| format!("ossl-{i:03}-{}", "y".repeat(18))).collect();
+    let alpn_long: Vec<String> = (0..80)
+        .map(|i| format!("ossl-{i:03}-{}", "y".repeat(18)))
+        .collect();
     let alpn_arg = alpn_long.join(",");
-    assert!(alpn_arg.len() > 1460, "the large openssl hello must exceed one MSS");
+    assert!(
+        alpn_arg.len() > 1460,
+        "the large openssl hello must exceed one MSS"
+    );
     let script = format!(
         "set -e\n\
          {py} client.py {p4} {p6} {upath} {tlsp} 127.0.0.77\n\
@@ -162,25 +178,65 @@ fn connects_dns_and_tls_per_process() {
         .find_map(|l| l.strip_prefix("hello_len "))
         .and_then(|v| v.trim().parse().ok())
         .expect("hello length printed");
-    assert!(hello_len > 1460, "the two-piece ClientHello must exceed one MSS ({hello_len} bytes)");
+    assert!(
+        hello_len > 1460,
+        "the two-piece ClientHello must exceed one MSS ({hello_len} bytes)"
+    );
 
     verify_with_python(&att, &daemon.pubkey);
     let cr = command_run(&att);
     assert_nothing_lost(&cr);
     let procs = processes(&cr);
-    let py = find_proc(&procs, |p| p["cmdline"].as_str().is_some_and(|c| c.contains("client.py")), "python client");
-    let ossl = find_proc(&procs, |p| p["cmdline"].as_str().is_some_and(|c| c.contains("ossl.sni.cilock.test") && !c.contains("big-ossl")), "openssl");
-    let ossl_big = find_proc(&procs, |p| p["cmdline"].as_str().is_some_and(|c| c.contains("big-ossl.sni.cilock.test")), "openssl in the netns");
+    let py = find_proc(
+        &procs,
+        |p| {
+            p["cmdline"]
+                .as_str()
+                .is_some_and(|c| c.contains("client.py"))
+        },
+        "python client",
+    );
+    let ossl = find_proc(
+        &procs,
+        |p| {
+            p["cmdline"]
+                .as_str()
+                .is_some_and(|c| c.contains("ossl.sni.cilock.test") && !c.contains("big-ossl"))
+        },
+        "openssl",
+    );
+    let ossl_big = find_proc(
+        &procs,
+        |p| {
+            p["cmdline"]
+                .as_str()
+                .is_some_and(|c| c.contains("big-ossl.sni.cilock.test"))
+        },
+        "openssl in the netns",
+    );
 
     // Connects: each once, by the process that made it, nowhere else.
     let upath_s = upath.display().to_string();
-    for (addr, port, fam) in [("127.0.0.1", Some(p4), "AF_INET"), ("::1", Some(p6), "AF_INET6"), (upath_s.as_str(), None, "AF_UNIX")] {
+    for (addr, port, fam) in [
+        ("127.0.0.1", Some(p4), "AF_INET"),
+        ("::1", Some(p6), "AF_INET6"),
+        (upath_s.as_str(), None, "AF_UNIX"),
+    ] {
         let c = conns(py, "connect", addr, port);
-        assert_eq!(c.len(), 1, "connect to {addr} {port:?}: {}", serde_json::to_string_pretty(&py["network"]).unwrap());
+        assert_eq!(
+            c.len(),
+            1,
+            "connect to {addr} {port:?}: {}",
+            serde_json::to_string_pretty(&py["network"]).unwrap()
+        );
         assert_eq!(c[0]["family"], fam);
         assert!(c[0]["fd"].as_i64().unwrap() >= 3, "fd of connect to {addr}");
         for other in procs.iter().filter(|p| p["processid"] != py["processid"]) {
-            assert!(conns(other, "connect", addr, port).is_empty(), "connect to {addr} also on {}", other["processid"]);
+            assert!(
+                conns(other, "connect", addr, port).is_empty(),
+                "connect to {addr} also on {}",
+                other["processid"]
+            );
         }
     }
 
@@ -193,47 +249,94 @@ fn connects_dns_and_tls_per_process() {
         ("tcp-a.cilock.test", "A", "tcp"),
         ("tcp-txt.cilock.test", "TXT", "tcp"),
     ] {
-        assert!(log.contains(&format!("{qtype} {name}\n")), "the resolver did not see {qtype} {name}: {log}");
+        assert!(
+            log.contains(&format!("{qtype} {name}\n")),
+            "the resolver did not see {qtype} {name}: {log}"
+        );
         let l = dns(py, name);
-        assert_eq!(l.len(), 1, "{name}: {}", serde_json::to_string_pretty(&py["network"]).unwrap());
+        assert_eq!(
+            l.len(),
+            1,
+            "{name}: {}",
+            serde_json::to_string_pretty(&py["network"]).unwrap()
+        );
         assert_eq!(l[0]["type"], qtype, "{name}");
         assert_eq!(l[0]["transport"], transport, "{name}");
         assert_eq!(l[0]["serverAddress"], "127.0.0.77");
         assert_eq!(l[0]["serverPort"], 53);
         if transport == "udp" {
-            let answers: Vec<&str> = l[0]["answers"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+            let answers: Vec<&str> = l[0]["answers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
             let want = match qtype {
                 "A" => "A 127.0.0.88",
                 "AAAA" => "AAAA ::1",
                 _ => "TXT",
             };
-            assert!(answers.iter().any(|a| a.starts_with(want)), "{name} answers {answers:?}");
+            assert!(
+                answers.iter().any(|a| a.starts_with(want)),
+                "{name} answers {answers:?}"
+            );
         }
     }
-    let all_dns: usize = procs.iter().map(|p| p["network"]["dnsLookups"].as_array().map_or(0, |a| a.len())).sum();
+    let all_dns: usize = procs
+        .iter()
+        .map(|p| p["network"]["dnsLookups"].as_array().map_or(0, |a| a.len()))
+        .sum();
     assert_eq!(all_dns, 5, "no other lookups");
 
     // TLS: SNI and ALPN on the right connection of the right process.
     let tls = |p: &Value, port: u16| -> Vec<(String, usize)> {
         conns(p, "connect", "127.0.0.1", Some(port))
             .iter()
-            .map(|c| (c["hostname"].as_str().unwrap_or("").to_string(), c["alpn"].as_array().map_or(0, |a| a.len())))
+            .map(|c| {
+                (
+                    c["hostname"].as_str().unwrap_or("").to_string(),
+                    c["alpn"].as_array().map_or(0, |a| a.len()),
+                )
+            })
             .collect()
     };
     let mut py_tls = tls(py, tlsp);
     py_tls.sort();
-    assert_eq!(py_tls, vec![("big.sni.cilock.test".to_string(), 81), ("py.sni.cilock.test".to_string(), 2)]);
-    assert_eq!(tls(ossl, tlsp), vec![("ossl.sni.cilock.test".to_string(), 1)]);
-    assert_eq!(tls(ossl_big, 8443), vec![("big-ossl.sni.cilock.test".to_string(), 80)]);
+    assert_eq!(
+        py_tls,
+        vec![
+            ("big.sni.cilock.test".to_string(), 81),
+            ("py.sni.cilock.test".to_string(), 2)
+        ]
+    );
+    assert_eq!(
+        tls(ossl, tlsp),
+        vec![("ossl.sni.cilock.test".to_string(), 1)]
+    );
+    assert_eq!(
+        tls(ossl_big, 8443),
+        vec![("big-ossl.sni.cilock.test".to_string(), 80)]
+    );
 
     // Nothing from the concurrent outside process.
     let text = serde_json::to_string(&cr).unwrap();
-    assert!(!text.contains("outside.cilock.test"), "an outside DNS query leaked into the step");
-    assert!(procs.iter().all(|p| p["processid"].as_i64() != Some(outside_pid)));
-    assert!(log.contains("A outside.cilock.test"), "the outside process did run its queries");
+    assert!(
+        !text.contains("outside.cilock.test"),
+        "an outside DNS query leaked into the step"
+    );
+    assert!(procs
+        .iter()
+        .all(|p| p["processid"].as_i64() != Some(outside_pid)));
+    assert!(
+        log.contains("A outside.cilock.test"),
+        "the outside process did run its queries"
+    );
 
     // The hooks are named in the trace.
     let hooks = &cr["trace"]["hooks"];
     assert!(hooks["network"].as_str().unwrap().contains("cgroup/"));
-    assert!(hooks["dns-tls"].as_str().unwrap().contains("cgroup_skb/egress"));
+    assert!(hooks["dns-tls"]
+        .as_str()
+        .unwrap()
+        .contains("cgroup_skb/egress"));
 }

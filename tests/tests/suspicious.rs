@@ -196,6 +196,12 @@ fn each_suspicious_syscall_once_with_the_right_pid() {
         .as_str()
         .unwrap()
         .contains("sys_enter_{ptrace"));
+    // The unreadable sockaddr reached the daemon's log through aya-log.
+    let log = daemon.log_text();
+    assert!(
+        log.contains("cilock: reading a sockaddr of 16 bytes failed"),
+        "kernel-side warning not forwarded:\n{log}"
+    );
 }
 
 /// The cgroup2 mount point.

@@ -27,9 +27,20 @@ pub fn run_step(daemon: &Daemon, name: &str, dir: &Path, script: &str) -> PathBu
         .spawn()
         .unwrap();
     let out = daemon.cilock(&[
-        "step", "begin", "--step", name, "--pid", &job.id().to_string(), "--workdir", dir.to_str().unwrap(),
+        "step",
+        "begin",
+        "--step",
+        name,
+        "--pid",
+        &job.id().to_string(),
+        "--workdir",
+        dir.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "begin: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "begin: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     job.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut stdout = String::new();
     std::io::Read::read_to_string(job.stdout.as_mut().unwrap(), &mut stdout).unwrap();
@@ -38,7 +49,12 @@ pub fn run_step(daemon: &Daemon, name: &str, dir: &Path, script: &str) -> PathBu
     std::fs::write(dir.join(format!("{name}.stdout")), &stdout).unwrap();
     let att = dir.join(format!("{name}.att.json"));
     let out = daemon.cilock(&["step", "end", "--step", name, "-o", att.to_str().unwrap()]);
-    assert!(out.status.success(), "end: {}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log_text());
+    assert!(
+        out.status.success(),
+        "end: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log_text()
+    );
     att
 }
 
@@ -58,7 +74,12 @@ pub fn by_pid(cr: &Value, pid: i64) -> Value {
     processes(cr)
         .into_iter()
         .find(|p| p["processid"].as_i64() == Some(pid))
-        .unwrap_or_else(|| panic!("no process {pid} in {}", serde_json::to_string_pretty(cr).unwrap()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no process {pid} in {}",
+                serde_json::to_string_pretty(cr).unwrap()
+            )
+        })
 }
 
 /// No event of the trace was lost.
@@ -74,7 +95,9 @@ pub fn daemon_pid(daemon: &Daemon) -> u32 {
     let config = daemon.socket.parent().unwrap().join("cilock.toml");
     let want = config.to_str().unwrap().as_bytes().to_vec();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         if cmd.split(|&b| b == 0).any(|a| a == want.as_slice()) {
             return pid;
@@ -85,10 +108,22 @@ pub fn daemon_pid(daemon: &Daemon) -> u32 {
 
 /// Compiles a C program of `tests/programs` into `dir`.
 pub fn cc(name: &str, dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("programs")
+        .join(format!("{name}.c"));
     let out = dir.join(name);
-    let o = Command::new("cc").arg("-O1").arg("-o").arg(&out).arg(&src).output().expect("cc");
-    assert!(o.status.success(), "cc {name}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("cc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("cc");
+    assert!(
+        o.status.success(),
+        "cc {name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     out
 }
 
@@ -176,7 +211,11 @@ threading.Event().wait()
 
 /// Spawns `cmd` and waits for a line "ready" on its stdout.
 pub fn spawn_ready(cmd: &mut Command) -> Bg {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap());
     let mut l = String::new();
     lines.read_line(&mut l).unwrap();
@@ -188,7 +227,17 @@ pub fn spawn_ready(cmd: &mut Command) -> Bg {
 pub fn self_signed(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let o = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
         .arg("-subj")
         .arg(format!("/CN={cn}"))
         .arg("-keyout")
@@ -212,37 +261,48 @@ pub fn tls_server(addr: &str, port: u16, cert: &Path, key: &Path, netns: Option<
         }
         None => Command::new("openssl"),
     };
-    c.args(["s_server", "-quiet", "-naccept", "100", "-alpn", "h2,http/1.1"])
-        .arg("-accept")
-        .arg(format!("{addr}:{port}"))
-        .arg("-cert")
-        .arg(cert)
-        .arg("-key")
-        .arg(key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    c.args([
+        "s_server",
+        "-quiet",
+        "-naccept",
+        "100",
+        "-alpn",
+        "h2,http/1.1",
+    ])
+    .arg("-accept")
+    .arg(format!("{addr}:{port}"))
+    .arg("-cert")
+    .arg(cert)
+    .arg("-key")
+    .arg(key)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let child = c.spawn().unwrap();
     // Wait until it accepts.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ok = match netns {
-            Some(ns) => Command::new("ip")
-                .args(["netns", "exec", ns, "sh", "-c"])
-                .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-                || Command::new("ip")
-                    .args(["netns", "exec", ns])
-                    .arg(python())
-                    .arg("-c")
-                    .arg(format!("import socket; socket.create_connection(({addr:?}, {port}), 1)"))
+            Some(ns) => {
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "sh", "-c"])
+                    .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
                     .stderr(Stdio::null())
                     .status()
                     .map(|s| s.success())
-                    .unwrap_or(false),
+                    .unwrap_or(false)
+                    || Command::new("ip")
+                        .args(["netns", "exec", ns])
+                        .arg(python())
+                        .arg("-c")
+                        .arg(format!(
+                            "import socket; socket.create_connection(({addr:?}, {port}), 1)"
+                        ))
+                        .stderr(Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false)
+            }
             None => std::net::TcpStream::connect((addr, port)).is_ok(),
         };
         if ok {
@@ -256,7 +316,11 @@ pub fn tls_server(addr: &str, port: u16, cert: &Path, key: &Path, netns: Option<
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The connections of a process with this syscall, address and port.
