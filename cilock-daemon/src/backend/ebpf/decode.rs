@@ -445,6 +445,85 @@ mod tests {
         assert_eq!(exit_code(0x80 | 11), 139);
     }
 
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a padding-free repr(C) record.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_network_payload_and_syscall_records() {
+        use cilock_abi::{sys_what, SOCKADDR_MAX};
+        let clock = Clock::now();
+        let mut e = NetEvent {
+            hdr: Header::default(),
+            call: net_call::CONNECT,
+            fd: 5,
+            cookie: 9,
+            source: cilock_abi::net_source::KERNEL,
+            addr_len: 16,
+            addr: [0; SOCKADDR_MAX],
+        };
+        e.hdr.kind = kind::NET;
+        e.hdr.tgid = 7;
+        e.addr[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        e.addr[2..4].copy_from_slice(&443u16.to_be_bytes());
+        e.addr[4..8].copy_from_slice(&[10, 0, 0, 1]);
+        match decode(&bytes_of(&e), &clock).unwrap() {
+            Record::Event {
+                event: TraceEvent::Net { pid, call, fd, addr, .. },
+                ..
+            } => {
+                assert_eq!((pid, call, fd), (7, NetCall::Connect, 5));
+                assert_eq!(addr, crate::trace::SockAddr::Ip("10.0.0.1:443".parse().unwrap()));
+            }
+            o => panic!("{o:?}"),
+        }
+        e.addr_len = 1;
+        assert!(decode(&bytes_of(&e), &clock).is_err());
+
+        let mut p = PayloadEvent::default();
+        p.hdr.kind = kind::PAYLOAD;
+        p.flags = payload_flags::EGRESS | payload_flags::TCP;
+        p.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        p.dport = 443;
+        p.stream_off = 10;
+        p.len = 3;
+        let mut b = bytes_of(&p);
+        b.extend_from_slice(b"abc");
+        match decode(&b, &clock).unwrap() {
+            Record::Payload(x) => {
+                assert!(x.egress && x.tcp);
+                assert_eq!((x.stream_off, x.bytes.as_slice()), (10, &b"abc"[..]));
+                assert_eq!(x.dst, "127.0.0.1:443".parse().unwrap());
+            }
+            o => panic!("{o:?}"),
+        }
+        b.pop();
+        assert!(decode(&b, &clock).is_err(), "payload longer than the record");
+
+        let mut s = SyscallRecord::default();
+        s.hdr.kind = kind::SYSCALL;
+        s.what = sys_what::MEMFD_CREATE;
+        s.args[1] = 1;
+        s.str_len[0] = 6;
+        let mut b = bytes_of(&s);
+        b.extend_from_slice(b"stage2");
+        match decode(&b, &clock).unwrap() {
+            Record::Event {
+                event: TraceEvent::Syscall { name, args, path, detail, .. },
+                ..
+            } => {
+                assert_eq!(name, "memfd_create");
+                assert_eq!(args, vec![1]);
+                assert_eq!(path.as_deref(), Some("stage2"));
+                assert!(detail.contains("stage2"));
+            }
+            o => panic!("{o:?}"),
+        }
+        b.truncate(b.len() - 1);
+        assert!(decode(&b, &clock).is_err(), "string longer than the record");
+    }
+
     #[test]
     fn rejects_short_and_inconsistent_records() {
         let clock = Clock::now();

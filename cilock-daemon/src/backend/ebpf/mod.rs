@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::{RawTracePoint, TracePoint};
+use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use cilock_abi::{kind, StepLoss};
 use cilock_evidence::attestors::command_run::EventCount;
@@ -153,6 +153,8 @@ impl EbpfBackend {
         let btf = btf::Btf::from_sys().map_err(EbpfError::NoBtf)?;
         let tracefs = tracefs().ok_or(EbpfError::NoTracefs)?;
         let offs = offsets::compute(&btf, &tracefs)?;
+        #[cfg(debug_assertions)]
+        let offs = inject_fault(offs);
         tracing::debug!(?offs, "kernel offsets from BTF");
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
@@ -161,27 +163,8 @@ impl EbpfBackend {
             .load(OBJECT)?;
 
         let mut hooks = BTreeMap::new();
-        {
-            let tp: &mut TracePoint = ebpf
-                .program_mut("sys_exit_open")
-                .ok_or_else(|| missing("sys_exit_open"))?
-                .try_into()
-                .map_err(prog_err("sys_exit_open"))?;
-            tp.load().map_err(prog_err("load sys_exit_open"))?;
-            let mut attached = Vec::new();
-            for name in OPEN_SYSCALLS {
-                // open/creat do not exist on every architecture.
-                if tracefs.join("events/syscalls").join(name).is_dir() {
-                    tp.attach("syscalls", name)
-                        .map_err(prog_err(format!("attach syscalls/{name}")))?;
-                    attached.push(name.trim_start_matches("sys_exit_"));
-                }
-            }
-            hooks.insert(
-                "file-open".to_string(),
-                format!("tracepoint:syscalls/sys_exit_{{{}}} + dentry walk", attached.join(",")),
-            );
-        }
+        let file_open = attach_file_open(&mut ebpf, &tracefs)?;
+        hooks.insert("file-open".to_string(), file_open);
         for (prog, hook, concern) in [
             ("sched_process_exec", "sched_process_exec", "process-exec"),
             ("sched_process_fork", "sched_process_fork", "process-fork"),
@@ -206,7 +189,9 @@ impl EbpfBackend {
             "step-filter".to_string(),
             format!("bpf_get_current_ancestor_cgroup_id({step_level}) in STEPS"),
         );
-        hooks.insert("fentry".to_string(), probe_fentry());
+        if !hooks["file-open"].starts_with("fexit:") {
+            hooks.insert("fentry".to_string(), probe_fentry());
+        }
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(EbpfError::Map {
@@ -390,6 +375,85 @@ impl Drop for EbpfBackend {
             let _ = h.join();
         }
     }
+}
+
+/// Environment variable choosing the file-open hook: `auto` (default: fexit
+/// where the kernel allows it, else tracepoints), `fexit` (fail if
+/// refused) or `tracepoint`.
+pub const FILE_OPEN_HOOK_ENV: &str = "CILOCK_EBPF_FILE_OPEN";
+
+/// Loads and attaches the file-open program; returns its `hooks` entry.
+///
+/// fexit on `security_file_open` is preferred: it sees every open that
+/// reaches the VFS (io_uring's included) at one hook. It needs BPF
+/// trampolines, which some kernels refuse (EPERM at load); then the
+/// open-syscall exit tracepoints are used, which every kernel has.
+fn attach_file_open(ebpf: &mut Ebpf, tracefs: &std::path::Path) -> Result<String, EbpfError> {
+    let want = std::env::var(FILE_OPEN_HOOK_ENV).unwrap_or_default();
+    let mut refused = None;
+    if want != "tracepoint" {
+        match attach_fexit_open(ebpf) {
+            Ok(()) => return Ok("fexit:security_file_open + dentry walk".to_string()),
+            Err(e) if want == "fexit" => return Err(e),
+            Err(e) => {
+                tracing::info!("fexit file-open hook unavailable, using tracepoints: {e}");
+                refused = Some(e.to_string());
+            }
+        }
+    }
+    let tp: &mut TracePoint = ebpf
+        .program_mut("sys_exit_open")
+        .ok_or_else(|| missing("sys_exit_open"))?
+        .try_into()
+        .map_err(prog_err("sys_exit_open"))?;
+    tp.load().map_err(prog_err("load sys_exit_open"))?;
+    let mut attached = Vec::new();
+    for name in OPEN_SYSCALLS {
+        // open/creat do not exist on every architecture.
+        if tracefs.join("events/syscalls").join(name).is_dir() {
+            tp.attach("syscalls", name)
+                .map_err(prog_err(format!("attach syscalls/{name}")))?;
+            attached.push(name.trim_start_matches("sys_exit_"));
+        }
+    }
+    let mut hook = format!(
+        "tracepoint:syscalls/sys_exit_{{{}}} + dentry walk",
+        attached.join(",")
+    );
+    if let Some(why) = refused {
+        hook.push_str(&format!(" (fexit:security_file_open refused: {why})"));
+    }
+    Ok(hook)
+}
+
+fn attach_fexit_open(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
+        what: "kernel BTF for fexit".to_string(),
+        source: aya::programs::ProgramError::Btf(e),
+    })?;
+    let p: &mut FExit = ebpf
+        .program_mut("fexit_file_open")
+        .ok_or_else(|| missing("fexit_file_open"))?
+        .try_into()
+        .map_err(prog_err("fexit_file_open"))?;
+    p.load("security_file_open", &btf)
+        .map_err(prog_err("load fexit:security_file_open"))?;
+    p.attach()
+        .map_err(prog_err("attach fexit:security_file_open"))?;
+    Ok(())
+}
+
+/// Test builds only: `CILOCK_TEST_FAULT=wrong-offset` corrupts one BTF
+/// offset (`dentry.d_name`), so every walked path is wrong. The kernel
+/// matrix (`cargo xtask vm-test --inject-fault wrong-offset`) uses it to
+/// prove the ground-truth tests catch a layout error on every kernel.
+#[cfg(debug_assertions)]
+fn inject_fault(mut offs: cilock_abi::Offsets) -> cilock_abi::Offsets {
+    if std::env::var("CILOCK_TEST_FAULT").is_ok_and(|v| v == "wrong-offset") {
+        tracing::warn!("CILOCK_TEST_FAULT=wrong-offset: corrupting the dentry.d_name offset");
+        offs.dentry_d_name += 8;
+    }
+    offs
 }
 
 fn missing(name: &str) -> EbpfError {

@@ -1,0 +1,82 @@
+//! The fexit file-open hook, used where the kernel allows BPF trampolines.
+//!
+//! | program | hook | record |
+//! |---|---|---|
+//! | `fexit_file_open` | fexit `security_file_open(struct file *)` | OPEN |
+//!
+//! `security_file_open` runs for every open that reaches `do_dentry_open`,
+//! whatever started it: the open syscalls, but also io_uring's
+//! `IORING_OP_OPENAT` (which the syscall tracepoints never see). The record is
+//! the same [`OpenEvent`] the tracepoint program emits, with the same dentry
+//! walk, so user space decodes both alike. Differences, handled here:
+//!
+//! * No fd exists yet (it is installed after the hook): `fd` is `-1` and
+//!   `syscall` is [`FEXIT_SYSCALL`].
+//! * The kernel's own opens for `execve` (the program and its ELF
+//!   interpreter, through `open_exec()`) carry `__FMODE_EXEC` in `f_flags`;
+//!   they are not opens of the process and are skipped (exec records cover
+//!   the program).
+//! * `do_dentry_open` clears `O_CREAT|O_EXCL|O_NOCTTY|O_TRUNC` only after
+//!   this hook; they are cleared here too, so `f_flags` matches the
+//!   installed file's, as the tracepoint program reads it.
+//! * A failed hook (`ret != 0`, e.g. denied by an LSM) is no open.
+
+use core::mem::size_of;
+
+use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::fexit, programs::FExitContext};
+use cilock_abi::{OpenEvent, kind};
+
+use crate::maps::{current_step, emit, off, scratch};
+use crate::path::{stamp, walk_path};
+use crate::probes::fill_header;
+use crate::read::{rd, rd_ptr};
+
+/// `OpenEvent::syscall` of records from this hook (no syscall number known).
+pub const FEXIT_SYSCALL: u32 = u32::MAX;
+
+/// `__FMODE_EXEC`: set in `f_flags` by `open_exec()` only (not a valid
+/// `open(2)` flag, so user opens never carry it).
+const FMODE_EXEC_FLAG: u32 = 0x20;
+
+/// Flags `do_dentry_open` strips after `security_file_open` returns.
+const CLEARED_AFTER_OPEN: u32 = 0o100 | 0o200 | 0o400 | 0o1000;
+
+/// A file was opened (the LSM hook returned 0).
+#[fexit(function = "security_file_open")]
+pub fn fexit_file_open(ctx: FExitContext) -> i32 {
+    let _ = try_fexit_open(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_fexit_open(ctx: &FExitContext) -> Option<()> {
+    let step = current_step()?;
+    let file: u64 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    if ret as i32 != 0 || file == 0 {
+        return None;
+    }
+    let f_flags = rd::<u32>(file + off!(file_f_flags)).unwrap_or(0);
+    if f_flags & FMODE_EXEC_FLAG != 0 {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let buf = scratch()?;
+    let ev = unsafe { &mut *(buf as *mut OpenEvent) };
+    fill_header(&mut ev.hdr, kind::OPEN, step);
+    ev.syscall = FEXIT_SYSCALL;
+    ev.fd = -1;
+    ev.f_flags = f_flags & !CLEARED_AFTER_OPEN;
+    ev._pad = 0;
+    ev.inode = Default::default();
+    if let Some(inode) = rd_ptr(file, off!(file_f_inode)) {
+        stamp(inode, &mut ev.inode);
+    }
+    ev.path = Default::default();
+    let base = size_of::<OpenEvent>() as u32;
+    walk_path(file + off!(file_f_path), task, base, &mut ev.path)?;
+    let size = size_of::<OpenEvent>() + (ev.path.len as usize & 0xfff);
+    ev.hdr.size = size as u32;
+    emit(buf, size, kind::OPEN, step);
+    Some(())
+}
