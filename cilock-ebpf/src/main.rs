@@ -25,6 +25,7 @@ mod maps;
 mod net;
 mod path;
 mod probes;
+mod probes_fexit;
 mod read;
 mod skb;
 mod syscalls;

@@ -32,7 +32,7 @@ use crate::path::{stamp, walk_path};
 use crate::read::{rd, rd_ptr};
 
 #[inline(always)]
-fn fill_header(h: &mut Header, record_kind: u32, step: u64) {
+pub(crate) fn fill_header(h: &mut Header, record_kind: u32, step: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     h.kind = record_kind;
     h.size = 0;
