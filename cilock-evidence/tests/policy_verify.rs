@@ -820,9 +820,7 @@ fn artifacts_from_reads_cilock_v03_trees() {
         } else {
             assert_eq!(
                 pkg.collections[0].reasons,
-                [format!(
-                    "artifactsFrom \"build\": against build.json: material \"app\" differs from the upstream artifact's digest"
-                )]
+                ["artifactsFrom \"build\": against build.json: material \"app\" differs from the upstream artifact's digest"]
             );
         }
     }

@@ -533,10 +533,10 @@ fn evaluate(
     for f in &step.functionaries {
         for s in &cand.signers {
             match (f.type_.as_str(), s) {
-                ("publickey", SignerInfo::Key { keyid } | SignerInfo::Cert { keyid, .. }) => {
-                    if f.publickeyid.as_deref() == Some(keyid.as_str()) {
-                        functionary_ok = true;
-                    }
+                ("publickey", SignerInfo::Key { keyid } | SignerInfo::Cert { keyid, .. })
+                    if f.publickeyid.as_deref() == Some(keyid.as_str()) =>
+                {
+                    functionary_ok = true;
                 }
                 ("root", SignerInfo::Cert { leaf, root_id, .. }) => {
                     if let Some(c) = &f.cert_constraint {

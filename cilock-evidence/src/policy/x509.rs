@@ -188,7 +188,7 @@ fn extension_value(cert: &X509Certificate<'_>, oid: &str) -> Option<String> {
         .find(|e| e.oid.to_id_string() == oid)?;
     // v2 extensions are DER UTF8String; v1 ones are raw text.
     match der::read(ext.value) {
-        Some((0x0c, s, rest)) if rest.is_empty() => std::str::from_utf8(s).ok().map(str::to_string),
+        Some((0x0c, s, [])) => std::str::from_utf8(s).ok().map(str::to_string),
         _ => std::str::from_utf8(ext.value).ok().map(str::to_string),
     }
 }
