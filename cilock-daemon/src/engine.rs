@@ -171,11 +171,16 @@ struct Step {
     follower: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// Since when the step's cgroup has been seen empty.
     empty_since: Option<Instant>,
+    /// The cgroup the traced process came from: processes still running
+    /// when the step ends go back there.
+    origin: PathBuf,
 }
 
 /// The tracing engine: one per daemon (or per `cilock run` without one).
 pub struct Engine {
     cfg: EngineConfig,
+    /// The cgroup2 mount.
+    mount: PathBuf,
     parent: PathBuf,
     backend: Backend,
     reason: String,
@@ -254,6 +259,7 @@ impl Engine {
         }
         let engine = Arc::new(Engine {
             cfg,
+            mount: hier.mount.clone(),
             parent,
             backend,
             reason,
@@ -363,11 +369,15 @@ impl Engine {
                 follower = Some((stop, h));
             }
         }
+        let origin = crate::cgroup::cgroup_of(spec.pid)
+            .map(|rel| self.mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| self.mount.clone());
         if let Err(e) = cgroup.add_pid(spec.pid) {
             if let Backend::Ebpf(b) = &self.backend {
                 let _ = b.unregister(cgroup.id());
             }
-            let _ = cgroup.remove(&self.parent);
+            let _ = cgroup.remove(&origin);
             return Err(EngineError::BadRequest(format!(
                 "cannot move pid {} into the step: {e}",
                 spec.pid
@@ -387,6 +397,7 @@ impl Engine {
             cmd: spec.cmd,
             follower,
             empty_since: None,
+            origin,
         };
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         if steps.contains_key(&spec.name) {
@@ -406,7 +417,7 @@ impl Engine {
             stop.store(true, Ordering::SeqCst);
             let _ = h.join();
         }
-        let _ = step.cgroup.remove(&self.parent);
+        let _ = step.cgroup.remove(&step.origin);
     }
 
     /// Ends the step `name` for `uid` (its owner, or root).
@@ -469,7 +480,7 @@ impl Engine {
             }
         }
         // Leave the cgroup (processes still alive go back to the parent).
-        if let Err(e) = step.cgroup.remove(&self.parent) {
+        if let Err(e) = step.cgroup.remove(&step.origin) {
             tracing::warn!("step {}: {e}", step.name);
         }
         let recorder =
