@@ -76,13 +76,25 @@ const KERNELS: &[KernelSpec] = &[
     },
 ];
 
+/// `CILOCK_E2E_CHILDREN` in the guests (children per process loop).
+const VM_CHILDREN: u32 = 10;
+
 /// Modules the guest needs for the 9p share (with their dependencies).
 const GUEST_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
 /// Host top-level directories that are not shared into the guest (the
 /// guest mounts its own, or they are irrelevant).
 const NOT_SHARED: &[&str] = &[
-    "proc", "sys", "dev", "tmp", "run", "boot", "lost+found", "mnt", "media", "old_root",
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "run",
+    "boot",
+    "lost+found",
+    "mnt",
+    "media",
+    "old_root",
 ];
 
 /// `cargo xtask vm-test` options.
@@ -192,19 +204,35 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
         note(format!("accelerator: {accel}"));
         for (spec, kernel) in &prepared {
             step(format!("{} ({}) under QEMU", spec.name, kernel.release));
-            columns.push(run_vm(spec, kernel, tools, &tests, &args, &accel, &cache, &logs)?);
+            columns.push(run_vm(
+                spec, kernel, tools, &tests, &args, &accel, &cache, &logs,
+            )?);
         }
     }
 
-    report(&columns, &args, build_secs, prep_secs, t_all.elapsed().as_secs_f64());
+    report(
+        &columns,
+        &args,
+        build_secs,
+        prep_secs,
+        t_all.elapsed().as_secs_f64(),
+    );
     let failed: Vec<&Column> = columns.iter().filter(|c| !c.pass()).collect();
     if failed.is_empty() {
         Ok(())
     } else {
         bail!(
             "kernel matrix failed on {} (logs: {})",
-            failed.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
-            failed.iter().map(|c| c.logs.display().to_string()).collect::<Vec<_>>().join(", ")
+            failed
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            failed
+                .iter()
+                .map(|c| c.logs.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 }
@@ -213,7 +241,8 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
 /// tests with their executables.
 fn build_tests(root: &Path) -> anyhow::Result<Vec<TestEntry>> {
     let list = root.join("tests/vm/tests.list");
-    let text = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+    let text =
+        std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
     let mut entries = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -222,9 +251,17 @@ fn build_tests(root: &Path) -> anyhow::Result<Vec<TestEntry>> {
         }
         let mut words = line.split_whitespace().map(str::to_string);
         let (Some(package), Some(target)) = (words.next(), words.next()) else {
-            bail!("{}: bad line {line:?} (want PACKAGE TEST-TARGET [ARGS...])", list.display());
+            bail!(
+                "{}: bad line {line:?} (want PACKAGE TEST-TARGET [ARGS...])",
+                list.display()
+            );
         };
-        entries.push(TestEntry { package, target, args: words.collect(), exe: PathBuf::new() });
+        entries.push(TestEntry {
+            package,
+            target,
+            args: words.collect(),
+            exe: PathBuf::new(),
+        });
     }
     if entries.is_empty() {
         bail!("{} lists no tests", list.display());
@@ -236,13 +273,20 @@ fn build_tests(root: &Path) -> anyhow::Result<Vec<TestEntry>> {
         c.args(["-p", &e.package, "--test", &e.target]);
     }
     note(format!("$ {}", util::show(&c)));
-    let out = c.stderr(Stdio::inherit()).output().context("running cargo test --no-run")?;
+    let out = c
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
     if !out.status.success() {
         bail!("building the test binaries failed");
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let Some(exe) = v["executable"].as_str() else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
         let name = v["target"]["name"].as_str().unwrap_or("");
         let pkg = v["package_id"].as_str().unwrap_or("");
         for e in entries.iter_mut() {
@@ -253,7 +297,11 @@ fn build_tests(root: &Path) -> anyhow::Result<Vec<TestEntry>> {
     }
     for e in &entries {
         if e.exe.as_os_str().is_empty() {
-            bail!("cargo did not report a test binary for {} --test {}", e.package, e.target);
+            bail!(
+                "cargo did not report a test binary for {} --test {}",
+                e.package,
+                e.target
+            );
         }
         note(format!("{} {} → {}", e.package, e.target, e.exe.display()));
     }
@@ -265,7 +313,10 @@ fn build_tests(root: &Path) -> anyhow::Result<Vec<TestEntry>> {
 fn package_id_matches(id: &str, package: &str) -> bool {
     id.starts_with(&format!("{package} "))
         || id.contains(&format!("#{package}@"))
-        || id.rsplit('/').next().is_some_and(|tail| tail.starts_with(&format!("{package}#")))
+        || id
+            .rsplit('/')
+            .next()
+            .is_some_and(|tail| tail.starts_with(&format!("{package}#")))
 }
 
 impl TestEntry {
@@ -291,7 +342,10 @@ impl TestEntry {
 /// the hook expectation for VM kernels).
 fn test_env(args: &VmTestArgs, expect_hook: Option<&str>) -> Vec<(String, String)> {
     let mut env = vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
         ("HOME".into(), "/root".into()),
         ("TMPDIR".into(), "/tmp".into()),
         ("LANG".into(), "C.UTF-8".into()),
@@ -300,6 +354,9 @@ fn test_env(args: &VmTestArgs, expect_hook: Option<&str>) -> Vec<(String, String
     ];
     if let Some(h) = expect_hook {
         env.push(("CILOCK_E2E_EXPECT_FILE_OPEN_HOOK".into(), h.into()));
+        // An exec costs ~80 ms under TCG: fewer children per loop, same
+        // assertions (the host column keeps each test's full count).
+        env.push(("CILOCK_E2E_CHILDREN".into(), VM_CHILDREN.to_string()));
     }
     if let Some(f) = &args.inject_fault {
         env.push(("CILOCK_TEST_FAULT".into(), f.clone()));
@@ -317,7 +374,14 @@ fn run_host(tests: &[TestEntry], args: &VmTestArgs, logs: &Path) -> anyhow::Resu
     for t in tests {
         let t0 = Instant::now();
         let mut c = cmd("timeout");
-        c.args(["-s", "KILL", &args.test_timeout.to_string(), "sh", "-c", &t.command_line()]);
+        c.args([
+            "-s",
+            "KILL",
+            &args.test_timeout.to_string(),
+            "sh",
+            "-c",
+            &t.command_line(),
+        ]);
         c.env_clear().current_dir("/tmp");
         for (k, v) in test_env(args, None) {
             c.env(k, v);
@@ -330,8 +394,18 @@ fn run_host(tests: &[TestEntry], args: &VmTestArgs, logs: &Path) -> anyhow::Resu
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        all.push_str(&format!("VMTEST-BEGIN {}\n{text}VMTEST-RESULT {} rc={} secs={secs:.1}\n", t.name(), t.name(), out.status.code().unwrap_or(-1)));
-        results.push(judge(&t.name(), out.status.code().unwrap_or(-1), secs, &text));
+        all.push_str(&format!(
+            "VMTEST-BEGIN {}\n{text}VMTEST-RESULT {} rc={} secs={secs:.1}\n",
+            t.name(),
+            t.name(),
+            out.status.code().unwrap_or(-1)
+        ));
+        results.push(judge(
+            &t.name(),
+            out.status.code().unwrap_or(-1),
+            secs,
+            &text,
+        ));
     }
     std::fs::write(logs.join("results.txt"), &all)?;
     Ok(Column {
@@ -348,7 +422,10 @@ fn run_host(tests: &[TestEntry], args: &VmTestArgs, logs: &Path) -> anyhow::Resu
 fn judge(name: &str, rc: i32, secs: f64, text: &str) -> TestResult {
     let hook = text
         .lines()
-        .filter_map(|l| l.split_once("CILOCK-HOOK file-open=").map(|x| x.1.trim().to_string()))
+        .filter_map(|l| {
+            l.split_once("CILOCK-HOOK file-open=")
+                .map(|x| x.1.trim().to_string())
+        })
         .next()
         .unwrap_or_default();
     let detail = if rc == 0 {
@@ -358,7 +435,13 @@ fn judge(name: &str, rc: i32, secs: f64, text: &str) -> TestResult {
     } else {
         first_failure(text)
     };
-    TestResult { test: name.to_string(), pass: rc == 0, detail, secs, hook }
+    TestResult {
+        test: name.to_string(),
+        pass: rc == 0,
+        detail,
+        secs,
+        hook,
+    }
 }
 
 /// libtest's `test result: ...` line.
@@ -372,7 +455,10 @@ fn summary_line(text: &str) -> Option<String> {
 fn first_failure(text: &str) -> String {
     let failed: Vec<&str> = text
         .lines()
-        .filter_map(|l| l.strip_prefix("test ").and_then(|r| r.strip_suffix(" ... FAILED")))
+        .filter_map(|l| {
+            l.strip_prefix("test ")
+                .and_then(|r| r.strip_suffix(" ... FAILED"))
+        })
         .collect();
     let panic = text
         .lines()
@@ -388,7 +474,10 @@ fn first_failure(text: &str) -> String {
 }
 
 fn uname_r() -> String {
-    output(cmd("uname").arg("-r")).unwrap_or_default().trim().to_string()
+    output(cmd("uname").arg("-r"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -413,8 +502,17 @@ impl Tools {
             .or_else(|| which("qemu-system-x86_64"));
         let static_busybox = busybox_candidates.iter().find(|p| is_static(p)).cloned();
         if let (Some(qemu), Some(busybox)) = (&system_qemu, &static_busybox) {
-            note(format!("QEMU {} (system), busybox {}", qemu.display(), busybox.display()));
-            return Ok(Tools { qemu: qemu.clone(), firmware: Vec::new(), lib_path: None, busybox: busybox.clone() });
+            note(format!(
+                "QEMU {} (system), busybox {}",
+                qemu.display(),
+                busybox.display()
+            ));
+            return Ok(Tools {
+                qemu: qemu.clone(),
+                firmware: Vec::new(),
+                lib_path: None,
+                busybox: busybox.clone(),
+            });
         }
         let done = cache.join("qemu/.complete");
         if !done.exists() {
@@ -435,8 +533,17 @@ impl Tools {
             ),
         };
         let busybox = static_busybox.unwrap_or_else(|| root.join("bin/busybox"));
-        note(format!("QEMU {}, busybox {}", qemu.display(), busybox.display()));
-        Ok(Tools { qemu, firmware, lib_path, busybox })
+        note(format!(
+            "QEMU {}, busybox {}",
+            qemu.display(),
+            busybox.display()
+        ));
+        Ok(Tools {
+            qemu,
+            firmware,
+            lib_path,
+            busybox,
+        })
     }
 
     fn command(&self) -> Command {
@@ -462,7 +569,13 @@ fn fetch_qemu(cache: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
     note("resolving qemu-system-x86 + busybox-static with apt-get -s (nothing is installed)");
     let sim = Command::new("apt-get")
-        .args(["-s", "install", "--no-install-recommends", "qemu-system-x86", "busybox-static"])
+        .args([
+            "-s",
+            "install",
+            "--no-install-recommends",
+            "qemu-system-x86",
+            "busybox-static",
+        ])
         .output()
         .context("running apt-get -s")?;
     let text = String::from_utf8_lossy(&sim.stdout);
@@ -479,8 +592,17 @@ fn fetch_qemu(cache: &Path) -> anyhow::Result<()> {
             String::from_utf8_lossy(&sim.stderr)
         );
     }
-    note(format!("fetching {} packages: {}", pkgs.len(), pkgs.join(" ")));
-    exec(Command::new("apt-get").arg("download").args(&pkgs).current_dir(&debs))?;
+    note(format!(
+        "fetching {} packages: {}",
+        pkgs.len(),
+        pkgs.join(" ")
+    ));
+    exec(
+        Command::new("apt-get")
+            .arg("download")
+            .args(&pkgs)
+            .current_dir(&debs),
+    )?;
     for e in std::fs::read_dir(&debs)? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "deb") {
@@ -500,7 +622,9 @@ fn which(name: &str) -> Option<PathBuf> {
 
 /// Whether `path` is a statically linked ELF (no `PT_INTERP`).
 fn is_static(path: &Path) -> bool {
-    let Ok(b) = std::fs::read(path) else { return false };
+    let Ok(b) = std::fs::read(path) else {
+        return false;
+    };
     if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
         return false;
     }
@@ -539,21 +663,31 @@ fn prepare_kernel(spec: &KernelSpec, cache: &Path) -> anyhow::Result<Kernel> {
         note(format!("{}: fetching {pkg}", spec.name));
         let debs = cache.join("debs");
         std::fs::create_dir_all(&debs)?;
-        exec(Command::new("apt-get").args(["download", &pkg]).current_dir(&debs))?;
+        exec(
+            Command::new("apt-get")
+                .args(["download", &pkg])
+                .current_dir(&debs),
+        )?;
         let deb = std::fs::read_dir(&debs)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| {
                 p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
             })
-            .with_context(|| format!("apt-get download {pkg} left no .deb in {}", debs.display()))?;
+            .with_context(|| {
+                format!("apt-get download {pkg} left no .deb in {}", debs.display())
+            })?;
         unpack_kernel(&deb, &release, &dir)?;
         // The .deb is large and everything needed is unpacked.
         std::fs::remove_file(&deb)?;
         std::fs::write(&done, b"")?;
     }
     let vmlinux = dir.join("vmlinux");
-    let image = if vmlinux.exists() { vmlinux } else { dir.join("vmlinuz") };
+    let image = if vmlinux.exists() {
+        vmlinux
+    } else {
+        dir.join("vmlinuz")
+    };
     let order = std::fs::read_to_string(dir.join("modules/order")).unwrap_or_default();
     let modules = order
         .lines()
@@ -561,7 +695,11 @@ fn prepare_kernel(spec: &KernelSpec, cache: &Path) -> anyhow::Result<Kernel> {
         .map(|l| dir.join("modules").join(l))
         .collect();
     note(format!("{}: {release} ({})", spec.name, image.display()));
-    Ok(Kernel { release, image, modules })
+    Ok(Kernel {
+        release,
+        image,
+        modules,
+    })
 }
 
 fn resolve_package(spec: &KernelSpec) -> anyhow::Result<String> {
@@ -594,7 +732,11 @@ fn resolve_package(spec: &KernelSpec) -> anyhow::Result<String> {
                 );
             }
             // Newest version first; the signed image before `-unsigned`.
-            names.sort_by(|a, b| version_key(b).cmp(&version_key(a)).then(a.len().cmp(&b.len())));
+            names.sort_by(|a, b| {
+                version_key(b)
+                    .cmp(&version_key(a))
+                    .then(a.len().cmp(&b.len()))
+            });
             Ok(names.remove(0))
         }
     }
@@ -639,7 +781,14 @@ fn unpack_kernel(deb: &Path, release: &str, dir: &Path) -> anyhow::Result<()> {
             decompress_module(&path, &out)?;
             names.push(file);
         }
-        note(format!("modules: {}", if names.is_empty() { "(all built in)".into() } else { names.join(" ") }));
+        note(format!(
+            "modules: {}",
+            if names.is_empty() {
+                "(all built in)".into()
+            } else {
+                names.join(" ")
+            }
+        ));
         std::fs::write(dir.join("modules/order"), names.join("\n") + "\n")?;
         Ok(())
     })();
@@ -690,7 +839,9 @@ fn module_order(moddir: &Path, config: &str) -> anyhow::Result<Vec<(String, Path
         if order.iter().any(|(n, _)| n == name) || depth > 32 {
             return Ok(());
         }
-        let Some(path) = files.get(name) else { return Ok(()) };
+        let Some(path) = files.get(name) else {
+            return Ok(());
+        };
         for dep in module_depends(path)? {
             visit(&dep, files, order, depth + 1)?;
         }
@@ -755,7 +906,9 @@ fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
 fn module_depends(path: &Path) -> anyhow::Result<Vec<String>> {
     let data = read_module(path)?;
     let key = b"depends=";
-    let Some(at) = data.windows(key.len()).position(|w| w == key) else { return Ok(Vec::new()) };
+    let Some(at) = data.windows(key.len()).position(|w| w == key) else {
+        return Ok(Vec::new());
+    };
     let rest = &data[at + key.len()..];
     let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
     Ok(String::from_utf8_lossy(&rest[..end])
@@ -808,7 +961,10 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Cpio {
-        Cpio { out: Vec::new(), ino: 1 }
+        Cpio {
+            out: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
@@ -878,14 +1034,26 @@ fn initramfs(
         .with_context(|| format!("reading {}", tools.busybox.display()))?;
     let mut c = Cpio::new();
     c.file("init", 0o755, &init);
-    for d in ["proc", "sys", "dev", "tmp", "run", ".vm", ".vm/host", ".vm/modules"] {
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        ".vm",
+        ".vm/host",
+        ".vm/modules",
+    ] {
         c.dir(d);
     }
     c.entry("dev/console", 0o020600, &[], (5, 1));
     c.file(".vm/busybox", 0o755, &busybox);
     let mut order = String::new();
     for m in &kernel.modules {
-        let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = m
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         c.file(&format!(".vm/modules/{name}"), 0o644, &std::fs::read(m)?);
         order.push_str(&name);
         order.push('\n');
@@ -902,7 +1070,10 @@ fn initramfs(
         if ft.is_symlink() {
             let target = std::fs::read_link(e.path())?;
             c.symlink(&name, &target.to_string_lossy());
-        } else if ft.is_dir() && !NOT_SHARED.contains(&name.as_str()) && !name.contains(char::is_whitespace) {
+        } else if ft.is_dir()
+            && !NOT_SHARED.contains(&name.as_str())
+            && !name.contains(char::is_whitespace)
+        {
             c.dir(&name);
             binds.push_str(&name);
             binds.push('\n');
@@ -928,7 +1099,11 @@ fn initramfs(
     c.file(".vm/tests.list", 0o644, list.as_bytes());
     let env_text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     c.file(".vm/env", 0o644, env_text.as_bytes());
-    c.file(".vm/test-timeout", 0o644, format!("{test_timeout}\n").as_bytes());
+    c.file(
+        ".vm/test-timeout",
+        0o644,
+        format!("{test_timeout}\n").as_bytes(),
+    );
     Ok(c.finish())
 }
 
@@ -949,12 +1124,25 @@ fn run_vm(
     std::fs::create_dir_all(&dir)?;
     let env = test_env(args, Some(spec.expect_file_open_hook));
     let initrd = dir.join("initramfs.cpio");
-    std::fs::write(&initrd, initramfs(kernel, tools, tests, &env, args.test_timeout)?)?;
+    std::fs::write(
+        &initrd,
+        initramfs(kernel, tools, tests, &env, args.test_timeout)?,
+    )?;
     let _ = cache;
     let console = dir.join("console.log");
     let results = dir.join("results.txt");
     let mut c = tools.command();
-    c.args(["-nographic", "-no-reboot", "-nodefaults", "-net", "none", "-m", "2G", "-smp", "2"]);
+    c.args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-net",
+        "none",
+        "-m",
+        "2G",
+        "-smp",
+        "2",
+    ]);
     if accel == "kvm" {
         c.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
@@ -963,7 +1151,10 @@ fn run_vm(
     c.arg("-serial").arg(format!("file:{}", console.display()));
     c.arg("-serial").arg(format!("file:{}", results.display()));
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-    c.args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]);
+    c.args([
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    ]);
     c.arg("-kernel").arg(&kernel.image);
     c.arg("-initrd").arg(&initrd);
     c.args(["-append", "console=ttyS0 panic=-1 loglevel=4 rdinit=/init"]);
@@ -986,8 +1177,10 @@ fn run_vm(
     };
     let secs = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&initrd);
-    let res_text = String::from_utf8_lossy(&std::fs::read(&results).unwrap_or_default()).replace('\r', "");
-    let con_text = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).replace('\r', "");
+    let res_text =
+        String::from_utf8_lossy(&std::fs::read(&results).unwrap_or_default()).replace('\r', "");
+    let con_text =
+        String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).replace('\r', "");
     let mut problems = Vec::new();
     match status {
         None => problems.push(format!("QEMU timed out after {}s", limit.as_secs())),
@@ -996,7 +1189,10 @@ fn run_vm(
             Some(0) => problems.push("the guest powered off without reporting".into()),
             Some(n) if n % 2 == 1 && n / 2 == 99 => problems.push(format!(
                 "guest setup failed: {}",
-                con_text.lines().find(|l| l.contains("vmtest: FATAL")).unwrap_or("see console.log")
+                con_text
+                    .lines()
+                    .find(|l| l.contains("vmtest: FATAL"))
+                    .unwrap_or("see console.log")
             )),
             Some(n) => problems.push(format!("QEMU exited {n} (see qemu.stderr)")),
             None => problems.push("QEMU was killed by a signal".into()),
@@ -1054,10 +1250,13 @@ fn run_vm(
 
 fn report(columns: &[Column], args: &VmTestArgs, build: f64, prep: f64, total: f64) {
     println!();
-    println!("kernel matrix{}:", match &args.inject_fault {
-        Some(f) => format!(" (fault injected: {f})"),
-        None => String::new(),
-    });
+    println!(
+        "kernel matrix{}:",
+        match &args.inject_fault {
+            Some(f) => format!(" (fault injected: {f})"),
+            None => String::new(),
+        }
+    );
     for c in columns {
         println!(
             "  {:<12} {:<28} {}  ({:.1}s; logs {})",
