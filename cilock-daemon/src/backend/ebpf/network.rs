@@ -82,7 +82,7 @@ pub fn sys_config(tracefs: &Path) -> Result<SysConfig, EbpfError> {
     Ok(SysConfig {
         tp_enter_args: args,
         daemon_tgid: std::process::id(),
-        daemon_pidfd_ino: own_pidfd_inode().unwrap_or(0),
+        daemon_pidfd_ino: daemon_pidfd_inode().unwrap_or(0),
     })
 }
 
@@ -103,6 +103,12 @@ fn first_arg_offset(text: &str) -> Option<u32> {
         after_nr = name == "__syscall_nr";
     }
     None
+}
+
+/// [`own_pidfd_inode`], computed once.
+pub fn daemon_pidfd_inode() -> Option<u64> {
+    static INO: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *INO.get_or_init(own_pidfd_inode)
 }
 
 /// The inode of a pidfd of this process when pidfds live on pidfs (where

@@ -138,10 +138,14 @@ pub fn describe(
             (detail, vec![target, sig], None)
         }
         sys_what::PIDFD_SEND_SIGNAL => {
-            // The kernel matched the pidfd's inode against the daemon's
-            // (pidfs); without pidfs ask /proc which pid the fd refers to.
-            let target = crate::backend::ptrace::paths::pidfd_target(pid, i32a(0))
-                .unwrap_or(if e.extra != 0 { daemon } else { -1 });
+            // On pidfs the kernel matched the pidfd's inode (in `extra`)
+            // against the daemon's: that is the target. Without pidfs ask
+            // /proc which pid the fd refers to (the fd may be gone by now).
+            let target = if e.extra != 0 && Some(e.extra) == super::network::daemon_pidfd_inode() {
+                daemon
+            } else {
+                crate::backend::ptrace::paths::pidfd_target(pid, i32a(0)).unwrap_or(-1)
+            };
             (
                 format!(
                     "pidfd_send_signal signal {} to pid {target}{}",
