@@ -180,9 +180,15 @@ impl EbpfBackend {
             p.attach(hook).map_err(prog_err(format!("attach raw_tp {hook}")))?;
             hooks.insert(concern.to_string(), format!("raw_tp:{hook}"));
         }
-        let net = network::enabled();
+        let mut net = network::enabled();
         if net {
-            network::load(&mut ebpf, &tracefs, &mut hooks)?;
+            // Without them the file and process trace still works: say so
+            // in the hooks rather than fall back to ptrace.
+            if let Err(e) = network::load(&mut ebpf, &tracefs, &mut hooks) {
+                tracing::warn!("network and suspicious-syscall probes unavailable: {e}");
+                hooks.insert("network".to_string(), format!("unavailable: {e}"));
+                net = false;
+            }
         }
         let logger = network::logger(&mut ebpf);
         hooks.insert(
