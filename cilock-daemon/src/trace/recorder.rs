@@ -469,7 +469,7 @@ impl Recorder {
             return;
         }
         let id = u16::from_be_bytes([bytes[0], bytes[1]]);
-        let Some((i, idx)) = self.dns_open.remove(&(pid, id)) else {
+        let Some((i, idx)) = self.dns_open.get(&(pid, id)).cloned() else {
             return;
         };
         let Some(answers) = net::parse_dns_answers(bytes, false) else {
@@ -478,13 +478,19 @@ impl Recorder {
         let Some(p) = self.procs.get_mut(i) else {
             return;
         };
+        // Only from the server the query went to; the first answer wins.
+        let mut answered = false;
         for j in idx {
             if let Some(l) = p.net.dns_lookups.get_mut(j) {
                 if l.server_address == src.ip().to_string() && l.server_port == src.port() {
                     l.answers
                         .extend(answers.iter().map(|a| format!("{} {}", a.rtype, a.data)));
+                    answered = true;
                 }
             }
+        }
+        if answered {
+            self.dns_open.remove(&(pid, id));
         }
     }
 
@@ -750,6 +756,61 @@ mod tests {
         assert!(p.openedfiles[&path].is_empty());
         assert!(p.unhashed_opens[0].reason.contains("modified after"));
         assert!(p.alive_at_end);
+    }
+
+    fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+        let mut m = id.to_be_bytes().to_vec();
+        m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for l in name.split('.') {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.push(0);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&1u16.to_be_bytes());
+        m
+    }
+
+    #[test]
+    fn network_connects_dns_over_tcp_and_answers() {
+        let mut r = Recorder::new(None);
+        let srv: std::net::SocketAddr = "10.0.0.53:53".parse().unwrap();
+        let web = SockAddr::Ip("10.0.0.1:443".parse().unwrap());
+        // Two connections on the same fd to the same peer are two records.
+        for _ in 0..2 {
+            r.push(TraceEvent::Net { pid: 9, call: NetCall::Connect, fd: 4, addr: web.clone(), time: t() });
+        }
+        // Repeated datagrams to one peer are one record.
+        for _ in 0..3 {
+            r.push(TraceEvent::Net { pid: 9, call: NetCall::SendTo, fd: 5, addr: SockAddr::Ip(srv), time: t() });
+        }
+        // UDP query and its answer (matched by id and server).
+        r.push(TraceEvent::Egress { pid: 9, fd: 5, dst: Some(srv), stream: false, bytes: dns_query(7, "a.example", 1), time: t() });
+        let mut ans = dns_query(7, "a.example", 1);
+        ans[2] = 0x81;
+        ans[3] = 0x80;
+        ans[7] = 1;
+        ans.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 9]);
+        r.ingress(9, "10.0.0.99:53".parse().unwrap(), false, &ans, t()); // another server: ignored
+        r.ingress(9, srv, false, &ans, t());
+        // Two TCP messages split across chunks at arbitrary points.
+        let mut stream = Vec::new();
+        for (id, name, qt) in [(8u16, "b.example", 16u16), (9, "c.example", 28)] {
+            let q = dns_query(id, name, qt);
+            stream.extend_from_slice(&(q.len() as u16).to_be_bytes());
+            stream.extend(q);
+        }
+        for chunk in [&stream[..5], &stream[5..30], &stream[30..]] {
+            r.push(TraceEvent::Egress { pid: 9, fd: 6, dst: Some(srv), stream: true, bytes: chunk.to_vec(), time: t() });
+        }
+        let out = r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[9]);
+        let net = out.processes[0].network.clone().unwrap();
+        assert_eq!(net.connections.iter().filter(|c| c.syscall == "connect").count(), 2);
+        assert_eq!(net.connections.iter().filter(|c| c.syscall == "sendto").count(), 1);
+        let l: Vec<(&str, &str, &str)> =
+            net.dns_lookups.iter().map(|l| (l.name.as_str(), l.qtype.as_str(), l.transport.as_str())).collect();
+        assert_eq!(l, vec![("a.example", "A", "udp"), ("b.example", "TXT", "tcp"), ("c.example", "AAAA", "tcp")]);
+        assert_eq!(net.dns_lookups[0].answers, vec!["A 10.0.0.9".to_string()]);
     }
 
     #[test]
