@@ -837,14 +837,24 @@ impl Daemon {
         // SIGTERM for a clean shutdown (it removes its cgroups), then SIGKILL.
         unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut exited = false;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The daemon removes its step cgroups but leaves their (empty)
+        // parent: remove it so no cgroup is left behind.
+        let parent = format!("cilock.bench.{}", std::process::id());
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+            let _ = std::fs::remove_dir(Path::new(root).join(&parent));
+        }
     }
 }
 
