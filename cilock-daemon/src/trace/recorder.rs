@@ -412,44 +412,59 @@ impl Recorder {
             return;
         }
         buf.extend_from_slice(&bytes[..bytes.len().min(MAX_HELLO - buf.len())]);
-        match net::parse_client_hello(buf) {
-            ClientHello::Incomplete => {}
+        // Through an HTTP proxy the stream starts with "CONNECT host:port
+        // HTTP/1.1 …\r\n\r\n", then the ClientHello for that host.
+        let (proxy, start) = match http_connect(buf) {
+            Connect::Incomplete => return,
+            Connect::No => (None, 0),
+            Connect::Target(host, end) => (Some(host), end),
+        };
+        let found = match net::parse_client_hello(&buf[start..]) {
+            ClientHello::Incomplete => {
+                // The proxy target is known already; the hello may follow.
+                proxy.map(|h| (h, Vec::new()))
+            }
             ClientHello::NotTls => {
                 // Keep a marker so later writes on this stream are ignored.
                 buf.resize(MAX_HELLO, 0);
+                proxy.map(|h| (h, Vec::new()))
             }
             ClientHello::Hello { sni, alpn } => {
                 buf.resize(MAX_HELLO, 0);
-                let conns = &mut self.procs[i].net.connections;
-                let target = conns
-                    .iter_mut()
-                    .rev()
-                    .find(|c| c.syscall == "connect" && c.fd == fd as i64);
-                match target {
-                    Some(c) => {
-                        c.hostname = sni.unwrap_or_default();
-                        c.alpn = alpn;
-                    }
-                    None => {
-                        // The connect was not seen (e.g. made before the
-                        // step began): record the TLS peer anyway.
-                        let (family, address) = match dst {
-                            Some(d) if d.is_ipv4() => ("AF_INET".to_string(), d.ip().to_string()),
-                            Some(d) => ("AF_INET6".to_string(), d.ip().to_string()),
-                            None => ("AF_UNSPEC".to_string(), String::new()),
-                        };
-                        conns.push(NetworkConnection {
-                            syscall: "connect".into(),
-                            family,
-                            address,
-                            port,
-                            fd: fd as i64,
-                            timestamp: ts(time),
-                            hostname: sni.unwrap_or_default(),
-                            alpn,
-                        });
-                    }
-                }
+                Some((sni.or(proxy).unwrap_or_default(), alpn))
+            }
+        };
+        let Some((hostname, alpn)) = found else {
+            return;
+        };
+        let conns = &mut self.procs[i].net.connections;
+        let target = conns
+            .iter_mut()
+            .rev()
+            .find(|c| c.syscall == "connect" && c.fd == fd as i64);
+        match target {
+            Some(c) => {
+                c.hostname = hostname;
+                c.alpn = alpn;
+            }
+            None => {
+                // The connect was not seen (e.g. made before the step
+                // began): record the TLS peer anyway.
+                let (family, address) = match dst {
+                    Some(d) if d.is_ipv4() => ("AF_INET".to_string(), d.ip().to_string()),
+                    Some(d) => ("AF_INET6".to_string(), d.ip().to_string()),
+                    None => ("AF_UNSPEC".to_string(), String::new()),
+                };
+                conns.push(NetworkConnection {
+                    syscall: "connect".into(),
+                    family,
+                    address,
+                    port,
+                    fd: fd as i64,
+                    timestamp: ts(time),
+                    hostname,
+                    alpn,
+                });
             }
         }
     }
@@ -620,6 +635,40 @@ fn program_path(filename: &str, cwd: Option<&str>, exe: Option<&str>) -> String 
     }
     exe.map(str::to_string)
         .unwrap_or_else(|| filename.to_string())
+}
+
+/// Whether a TCP stream starts with an HTTP proxy `CONNECT` request.
+#[derive(Debug, PartialEq, Eq)]
+enum Connect {
+    /// It does not.
+    No,
+    /// Maybe: the request line or headers are not complete yet.
+    Incomplete,
+    /// The target host, and where the tunnelled bytes start.
+    Target(String, usize),
+}
+
+fn http_connect(buf: &[u8]) -> Connect {
+    const VERB: &[u8] = b"CONNECT ";
+    if buf.len() < VERB.len() {
+        return if VERB.starts_with(buf) { Connect::Incomplete } else { Connect::No };
+    }
+    if !buf.starts_with(VERB) {
+        return Connect::No;
+    }
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() >= 8192 { Connect::No } else { Connect::Incomplete };
+    };
+    let line = String::from_utf8_lossy(&buf[VERB.len()..end]);
+    let target = line.split_whitespace().next().unwrap_or("");
+    let host = match target.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => target.rsplit_once(':').map_or(target, |(h, _)| h),
+    };
+    if host.is_empty() {
+        return Connect::No;
+    }
+    Connect::Target(host.to_string(), end + 4)
 }
 
 /// `/proc/<own pid>/…` → `/proc/self/…`, the spelling policies match on.
@@ -811,6 +860,35 @@ mod tests {
             net.dns_lookups.iter().map(|l| (l.name.as_str(), l.qtype.as_str(), l.transport.as_str())).collect();
         assert_eq!(l, vec![("a.example", "A", "udp"), ("b.example", "TXT", "tcp"), ("c.example", "AAAA", "tcp")]);
         assert_eq!(net.dns_lookups[0].answers, vec!["A 10.0.0.9".to_string()]);
+    }
+
+    #[test]
+    fn tls_through_an_http_proxy() {
+        assert_eq!(http_connect(b"CONN"), Connect::Incomplete);
+        assert_eq!(http_connect(b"\x16\x03\x01"), Connect::No);
+        assert_eq!(http_connect(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a"), Connect::Incomplete);
+        assert_eq!(
+            http_connect(b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\n\r\nX"),
+            Connect::Target("2001:db8::1".into(), 38)
+        );
+        let mut r = Recorder::new(None);
+        let proxy = SockAddr::Ip("10.0.0.3:3128".parse().unwrap());
+        for fd in [4, 5] {
+            r.push(TraceEvent::Net { pid: 9, call: NetCall::Connect, fd, addr: proxy.clone(), time: t() });
+        }
+        let dst = Some("10.0.0.3:3128".parse().unwrap());
+        let req = b"CONNECT registry.example:443 HTTP/1.1\r\nHost: registry.example:443\r\n\r\n".to_vec();
+        // fd 4: the CONNECT alone (hello not sent yet); fd 5: CONNECT then a
+        // non-TLS tunnel.
+        r.push(TraceEvent::Egress { pid: 9, fd: 4, dst, stream: true, bytes: req[..10].to_vec(), time: t() });
+        r.push(TraceEvent::Egress { pid: 9, fd: 4, dst, stream: true, bytes: req[10..].to_vec(), time: t() });
+        let mut plain = req.clone();
+        plain.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        r.push(TraceEvent::Egress { pid: 9, fd: 5, dst, stream: true, bytes: plain, time: t() });
+        let out = r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[9]);
+        let c = &out.processes[0].network.as_ref().unwrap().connections;
+        assert_eq!(c[0].hostname, "registry.example");
+        assert_eq!(c[1].hostname, "registry.example");
     }
 
     #[test]
