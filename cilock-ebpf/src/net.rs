@@ -262,8 +262,9 @@ fn sock_hook(ctx: &SockAddrContext, call: u32, family: u16) -> Option<()> {
     // The fd, from the entry tracepoint of the same call.
     let mut fd: i32 = -1;
     if let Some(p) = unsafe { PENDING.get(&pid_tgid) } {
-        if p.family == family && p.port == port && p.call == call && now - p.ktime < 1_000_000_000
-        {
+        // sendto(MSG_FASTOPEN) connects: its entry was a sendto.
+        let same_call = p.call == call || (call == net_call::CONNECT && p.call == net_call::SENDTO);
+        if p.family == family && p.port == port && same_call && now - p.ktime < 1_000_000_000 {
             fd = p.fd;
         }
         let _ = PENDING.remove(&pid_tgid);

@@ -160,15 +160,16 @@ fn capture(ctx: &SkBuffContext, buf: *mut u8, egress: bool) -> Option<()> {
             flags = payload_flags::TCP;
             let s = unsafe { &mut *sock };
             if tcp_flags & 0x02 != 0 {
-                // SYN: the stream starts after it.
+                // SYN: the stream starts after it (TCP Fast Open data in
+                // the SYN is the stream's first bytes).
                 s.isn = seq;
                 s.flags |= SOCK_HAVE_ISN;
-                return None;
             }
             payload_off = l3 + doff;
             if payload_off >= skb_len {
                 return None;
             }
+            let seq = if tcp_flags & 0x02 != 0 { seq.wrapping_add(1) } else { seq };
             if s.flags & SOCK_HAVE_ISN == 0 {
                 // Connected before we saw the SYN: count from here.
                 s.isn = seq.wrapping_sub(1);
