@@ -55,6 +55,9 @@ pub struct Offsets {
     pub sb_s_magic: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    pub task_group_leader: u32,
+    pub task_start_time: u32,
+    pub inode_i_generation: u32,
     /// `__syscall_nr` in the `syscalls/sys_exit_*` tracepoint record (from its format file).
     pub tp_exit_nr: u32,
     /// `ret` in the `syscalls/sys_exit_*` tracepoint record (from its format file).

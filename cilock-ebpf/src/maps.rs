@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_get_current_ancestor_cgroup_id,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use cilock_abi::{COUNTER_SLOTS, Offsets, StepLoss, kind};
 
@@ -25,7 +25,29 @@ pub static STEPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
 
 /// Events to the daemon.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// What identifies one open for de-duplication: the same process (incarnation)
+/// of the same step opening the same file (path and inode) the same way.
+#[repr(C)]
+pub struct SeenKey {
+    pub step: u64,
+    /// Start time of the thread-group leader: tells reused pids apart.
+    pub leader_start: u64,
+    pub dentry: u64,
+    pub mnt: u64,
+    pub ino: u64,
+    pub tgid: u32,
+    pub generation: u32,
+    pub write: u32,
+    pub _pad: u32,
+}
+
+/// Opens already reported. A repeated open (a build reading the same header
+/// again, an open storm) costs a lookup instead of a path walk and a record.
+/// An evicted entry only means the open is reported again.
+#[map]
+pub static SEEN: LruHashMap<SeenKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Record scratch space.
 #[map]
@@ -41,56 +63,9 @@ pub static STEP_LOSS: PerCpuHashMap<u64, StepLoss> = PerCpuHashMap::with_max_ent
 
 /// Struct member offsets of the running kernel (set by the loader).
 #[unsafe(no_mangle)]
-pub static OFFSETS: Offsets = Offsets {
-    task_files: 0,
-    task_fs: 0,
-    task_mm: 0,
-    task_tgid: 0,
-    task_pid: 0,
-    task_real_parent: 0,
-    task_signal: 0,
-    task_exit_code: 0,
-    signal_live: 0,
-    files_fdt: 0,
-    fdtable_fd: 0,
-    file_f_path: 0,
-    file_f_flags: 0,
-    file_f_inode: 0,
-    path_mnt: 0,
-    path_dentry: 0,
-    dentry_d_parent: 0,
-    dentry_d_name: 0,
-    dentry_d_inode: 0,
-    dentry_d_sb: 0,
-    dentry_d_hash_pprev: 0,
-    qstr_len: 0,
-    qstr_name: 0,
-    vfsmount_mnt_root: 0,
-    mount_mnt_parent: 0,
-    mount_mnt_mountpoint: 0,
-    mount_mnt: 0,
-    fs_root: 0,
-    fs_pwd: 0,
-    mm_exe_file: 0,
-    mm_arg_start: 0,
-    mm_arg_end: 0,
-    bprm_file: 0,
-    bprm_filename: 0,
-    inode_i_ino: 0,
-    inode_i_mode: 0,
-    inode_i_size: 0,
-    inode_i_sb: 0,
-    inode_mtime_sec: 0,
-    inode_mtime_nsec: 0,
-    inode_ctime_sec: 0,
-    inode_ctime_nsec: 0,
-    sb_s_dev: 0,
-    sb_s_magic: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
-    tp_exit_nr: 0,
-    tp_exit_ret: 0,
-};
+// SAFETY: all-zero is a valid Offsets (plain u32 fields); the loader
+// overrides it before the programs load.
+pub static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
 
 /// cgroup level of step cgroups (their depth below the cgroup2 root).
 #[unsafe(no_mangle)]
@@ -153,12 +128,12 @@ fn bump(slot: u32) {
 }
 
 /// Sends `size` bytes of `buf` as one record of `kind` for `step`, counting
-/// it as emitted or lost.
+/// it as emitted or lost; true when it was sent.
 #[inline(always)]
-pub fn emit(buf: *const u8, size: usize, record_kind: u32, step: u64) {
+pub fn emit(buf: *const u8, size: usize, record_kind: u32, step: u64) -> bool {
     let size = size & (SCRATCH_SIZE - 1);
     if size == 0 {
-        return;
+        return false;
     }
     let pending = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
     let flags = if pending >= ro(&WAKEUP_BYTES) {
@@ -170,9 +145,11 @@ pub fn emit(buf: *const u8, size: usize, record_kind: u32, step: u64) {
     let k = record_kind & kind::MASK;
     if EVENTS.output::<[u8]>(data, flags).is_ok() {
         bump(k * 2);
+        true
     } else {
         bump(k * 2 + 1);
         record_loss(step, k);
+        false
     }
 }
 

@@ -27,7 +27,7 @@ use cilock_abi::{
     OpenEvent, kind,
 };
 
-use crate::maps::{current_step, emit, off, scratch};
+use crate::maps::{SEEN, SeenKey, current_step, emit, off, scratch};
 use crate::path::{stamp, walk_path};
 use crate::read::{rd, rd_ptr};
 
@@ -63,23 +63,60 @@ fn try_open(ctx: &TracePointContext) -> Option<()> {
     let fdt = rd_ptr(files, off!(files_fdt))?;
     let fds = rd_ptr(fdt, off!(fdtable_fd))?;
     let file = rd_ptr(fds, (ret as u64 & 0xf_ffff) * 8)?;
+    let f_flags = rd::<u32>(file + off!(file_f_flags)).unwrap_or(0);
+    report_open(step, task, file, nr as u32, ret as i32, f_flags)
+}
+
+/// `O_WRONLY | O_RDWR | O_APPEND`: an open that may change the file.
+const WRITE_FLAGS: u32 = 0o1 | 0o2 | 0o2000;
+
+/// Reports the open of `file` by the current task, unless the same process
+/// already reported the same file opened the same way in this step (see
+/// `SEEN`). Shared by every file-open hook.
+#[inline(always)]
+pub fn report_open(step: u64, task: u64, file: u64, syscall: u32, fd: i32, f_flags: u32) -> Option<()> {
+    let f_path = file + off!(file_f_path);
+    let inode = rd_ptr(file, off!(file_f_inode));
+    let key = SeenKey {
+        step,
+        leader_start: match rd_ptr(task, off!(task_group_leader)) {
+            Some(l) => rd::<u64>(l + off!(task_start_time)).unwrap_or(0),
+            None => 0,
+        },
+        dentry: rd::<u64>(f_path + off!(path_dentry)).unwrap_or(0),
+        mnt: rd::<u64>(f_path + off!(path_mnt)).unwrap_or(0),
+        ino: inode.and_then(|i| rd::<u64>(i + off!(inode_i_ino))).unwrap_or(0),
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        generation: inode
+            .and_then(|i| rd::<u32>(i + off!(inode_i_generation)))
+            .unwrap_or(0),
+        write: (f_flags & WRITE_FLAGS != 0) as u32,
+        _pad: 0,
+    };
+    if unsafe { SEEN.get(&key) }.is_some() {
+        return None;
+    }
     let buf = scratch()?;
     let ev = unsafe { &mut *(buf as *mut OpenEvent) };
     fill_header(&mut ev.hdr, kind::OPEN, step);
-    ev.syscall = nr as u32;
-    ev.fd = ret as i32;
-    ev.f_flags = rd::<u32>(file + off!(file_f_flags)).unwrap_or(0);
+    ev.syscall = syscall;
+    ev.fd = fd;
+    ev.f_flags = f_flags;
     ev._pad = 0;
     ev.inode = Default::default();
-    if let Some(inode) = rd_ptr(file, off!(file_f_inode)) {
+    if let Some(inode) = inode {
         stamp(inode, &mut ev.inode);
     }
     ev.path = Default::default();
     let base = size_of::<OpenEvent>() as u32;
-    walk_path(file + off!(file_f_path), task, base, &mut ev.path)?;
+    walk_path(f_path, task, base, &mut ev.path)?;
     let size = size_of::<OpenEvent>() + (ev.path.len as usize & 0xfff);
     ev.hdr.size = size as u32;
-    emit(buf, size, kind::OPEN, step);
+    // Only what was delivered counts as seen: a lost record is retried at
+    // the next open.
+    if emit(buf, size, kind::OPEN, step) {
+        let _ = SEEN.insert(&key, &1, 0);
+    }
     Some(())
 }
 

@@ -21,15 +21,10 @@
 //!   installed file's, as the tracepoint program reads it.
 //! * A failed hook (`ret != 0`, e.g. denied by an LSM) is no open.
 
-use core::mem::size_of;
-
 use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::fexit, programs::FExitContext};
-use cilock_abi::{OpenEvent, kind};
-
-use crate::maps::{current_step, emit, off, scratch};
-use crate::path::{stamp, walk_path};
-use crate::probes::fill_header;
-use crate::read::{rd, rd_ptr};
+use crate::maps::{current_step, off};
+use crate::probes::report_open;
+use crate::read::rd;
 
 /// `OpenEvent::syscall` of records from this hook (no syscall number known).
 pub const FEXIT_SYSCALL: u32 = u32::MAX;
@@ -61,22 +56,5 @@ fn try_fexit_open(ctx: &FExitContext) -> Option<()> {
         return None;
     }
     let task = unsafe { bpf_get_current_task() };
-    let buf = scratch()?;
-    let ev = unsafe { &mut *(buf as *mut OpenEvent) };
-    fill_header(&mut ev.hdr, kind::OPEN, step);
-    ev.syscall = FEXIT_SYSCALL;
-    ev.fd = -1;
-    ev.f_flags = f_flags & !CLEARED_AFTER_OPEN;
-    ev._pad = 0;
-    ev.inode = Default::default();
-    if let Some(inode) = rd_ptr(file, off!(file_f_inode)) {
-        stamp(inode, &mut ev.inode);
-    }
-    ev.path = Default::default();
-    let base = size_of::<OpenEvent>() as u32;
-    walk_path(file + off!(file_f_path), task, base, &mut ev.path)?;
-    let size = size_of::<OpenEvent>() + (ev.path.len as usize & 0xfff);
-    ev.hdr.size = size as u32;
-    emit(buf, size, kind::OPEN, step);
-    Some(())
+    report_open(step, task, file, FEXIT_SYSCALL, -1, f_flags & !CLEARED_AFTER_OPEN)
 }

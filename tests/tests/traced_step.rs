@@ -353,3 +353,67 @@ fn eight_concurrent_steps_never_mix() {
         );
     }
 }
+
+/// Repeated opens are de-duplicated in the kernel — per process, step and
+/// access mode — without losing what the evidence needs.
+#[test]
+fn repeated_opens_are_reported_once_per_process_step_and_mode() {
+    let daemon = Daemon::start("ebpf");
+    let work = tempdir();
+    let w = work.path();
+    std::fs::write(w.join("data.txt"), b"same file\n").unwrap();
+    // One shell, two steps in a row: each step must see the shell's opens.
+    let mut job = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "read a; i=0; while [ $i -lt 2000 ]; do read x < data.txt; i=$((i+1)); done; echo appended >> data.txt; echo one > done1; \
+             read b; read x < data.txt; echo two > done2",
+        )
+        .current_dir(w)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = job.id().to_string();
+    let mut stdin = job.stdin.take().unwrap();
+    let wd = w.to_str().unwrap();
+    let wait_for = |f: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !w.join(f).exists() {
+            assert!(std::time::Instant::now() < deadline, "{f} never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut captured_opens = Vec::new();
+    let mut stmts = Vec::new();
+    for (i, (go, done)) in [("a\n", "done1"), ("b\n", "done2")].into_iter().enumerate() {
+        let step = format!("dedup-{i}");
+        let out = daemon.cilock(&["step", "begin", "--step", &step, "--pid", &pid, "--workdir", wd]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        stdin.write_all(go.as_bytes()).unwrap();
+        wait_for(done);
+        let att = w.join(format!("{step}.json"));
+        let out = daemon.cilock(&["step", "end", "--step", &step, "-o", att.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stmt = statement(&att);
+        let cr = command_run(&stmt);
+        captured_opens.push(cr["trace"]["events"]["open"]["captured"].as_u64().unwrap());
+        stmts.push(stmt);
+    }
+    assert!(job.wait().unwrap().success());
+    let data = w.join("data.txt").display().to_string();
+    for (i, stmt) in stmts.iter().enumerate() {
+        let cr = command_run(stmt);
+        let shell = &cr["processes"][0];
+        assert!(
+            shell["openedfiles"].get(&data).is_some(),
+            "step {i}: the shell's open of data.txt is missing: {shell}"
+        );
+    }
+    // Step 0: 2000 read-only opens and one append → two records, not 2001
+    // (plus the done marker).
+    assert!(
+        captured_opens[0] <= 4,
+        "repeated opens were not de-duplicated: {} open records",
+        captured_opens[0]
+    );
+}

@@ -156,6 +156,8 @@ impl EbpfBackend {
         #[cfg(debug_assertions)]
         let offs = inject_fault(offs);
         tracing::debug!(?offs, "kernel offsets from BTF");
+        // The parsed BTF (tens of MiB) is not needed any more.
+        drop(btf);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
             .override_global("STEP_LEVEL", &step_level, true)
@@ -226,6 +228,10 @@ impl EbpfBackend {
                 .spawn(move || consume(ring, logger, routes, flush, stop))
                 .map_err(EbpfError::Thread)?
         };
+        // Loading (BTF parse, ELF relocation) leaves freed heap behind: give
+        // it back so the idle daemon stays small.
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
         Ok(EbpfBackend {
             ebpf: Mutex::new(ebpf),
             net,

@@ -94,6 +94,9 @@ pub fn compute(btf: &Btf, tracefs: &Path) -> Result<Offsets, OffsetsError> {
         sb_s_magic: o("super_block", "s_magic")?,
         cgroup_kn: o("cgroup", "kn")?,
         kernfs_node_id: o("kernfs_node", "id")?,
+        task_group_leader: o("task_struct", "group_leader")?,
+        task_start_time: o("task_struct", "start_time")?,
+        inode_i_generation: o("inode", "i_generation")?,
         tp_exit_nr,
         tp_exit_ret,
     })
