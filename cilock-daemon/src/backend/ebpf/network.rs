@@ -130,6 +130,19 @@ fn own_pidfd_inode() -> Option<u64> {
     }
 }
 
+/// What the network and syscall probes cannot see (for `trace.limitations`).
+pub fn limitations() -> Vec<String> {
+    [
+        "sockets created before the step began (in another cgroup) pass no step socket hook: their connects, sends and packets are not recorded",
+        "DNS lookups a resolver outside the step makes on its behalf (systemd-resolved over varlink or D-Bus) are not packets of the step; queries to its 127.0.0.53 stub are",
+        "DNS over TCP is parsed on port 53 only; TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
+        "io_uring opens, reads and writes do not pass the syscall tracepoints (io_uring_setup is recorded; its connects and packets pass the socket hooks)",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Loads and attaches the global programs (syscall tracepoints) and loads
 /// the per-step cgroup programs; fills `hooks`.
 pub fn load(
