@@ -142,6 +142,9 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_sendmsg(ctx: &TracePointContext) -> Option<()> {
+    // sendmsg is frequent machine-wide: the step lookup before any user
+    // memory read.
+    current_step()?;
     let msg = arg(ctx, 1);
     // struct user_msghdr { void *msg_name; int msg_namelen; ... }
     let name = unsafe { aya_ebpf::helpers::bpf_probe_read_user(msg as *const u64) }.ok()?;
