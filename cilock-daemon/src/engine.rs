@@ -465,11 +465,7 @@ impl Engine {
         match &self.backend {
             Backend::Ebpf(b) => {
                 trace.events = b.unregister(step.cgroup.id()).map_err(internal)?;
-                trace.limitations = vec![
-                    "io_uring opens (IORING_OP_OPENAT) do not pass syscall tracepoints and are not recorded".into(),
-                    "processes that left the step's cgroup are not traced after they left".into(),
-                    "memory-mapped reads of already-open files are not separate events".into(),
-                ];
+                trace.limitations = b.limitations();
             }
             Backend::Ptrace => {
                 if let Some((stop, h)) = step.follower.take() {

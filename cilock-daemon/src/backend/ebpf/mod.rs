@@ -245,6 +245,22 @@ impl EbpfBackend {
         })
     }
 
+    /// What this backend, with the hooks it got, cannot see (attested).
+    pub fn limitations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.hooks.get("file-open").is_some_and(|h| h.starts_with("fexit:")) {
+            v.push("io_uring opens (IORING_OP_OPENAT) do not pass the syscall tracepoints and are not recorded (io_uring_setup is)".to_string());
+        }
+        v.push("a process moved out of the step's cgroup is not traced after the move (the move is recorded: leftStep)".to_string());
+        v.push("reads and writes through memory mappings or already-open descriptors are not separate events".to_string());
+        if self.net {
+            v.extend(network::limitations());
+        } else {
+            v.push("network, DNS, TLS and suspicious-syscall probes are not loaded (see trace.hooks.network)".to_string());
+        }
+        v
+    }
+
     /// Hooks in use, per concern.
     pub fn hooks(&self) -> &BTreeMap<String, String> {
         &self.hooks
