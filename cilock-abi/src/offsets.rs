@@ -58,6 +58,11 @@ pub struct Offsets {
     pub task_group_leader: u32,
     pub task_start_time: u32,
     pub inode_i_generation: u32,
+    /// `inode.i_private`, `ns_common.ops`, `proc_ns_operations.name`: the
+    /// type of a namespace file (nsfs dentries have no name).
+    pub inode_i_private: u32,
+    pub ns_common_ops: u32,
+    pub proc_ns_operations_name: u32,
     /// `__syscall_nr` in the `syscalls/sys_exit_*` tracepoint record (from its format file).
     pub tp_exit_nr: u32,
     /// `ret` in the `syscalls/sys_exit_*` tracepoint record (from its format file).

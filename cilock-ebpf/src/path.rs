@@ -87,6 +87,14 @@ pub fn walk_path(path: u64, task: u64, base: u32, info: &mut PathInfo) -> Option
     if w.done == 0 {
         w.flags |= path_flags::TRUNC_STEPS;
     }
+    // nsfs dentries have no useful name (empty, or "/" on newer kernels):
+    // the kernel prints `<type>:[inode]`, the type being the namespace's
+    // `ops->name`.
+    if w.flags & path_flags::ESCAPED != 0 && magic == NSFS_MAGIC {
+        if let Some(n) = ns_type_name(dentry, base) {
+            w.off = n;
+        }
+    }
     info.flags = w.flags;
     info.len = w.off;
     info.root_off = w.root_off;
@@ -111,10 +119,7 @@ unsafe extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
 /// One step of the walk; `Some(false)` ends it.
 #[inline(always)]
 fn step(w: &mut Walk) -> Option<bool> {
-    if w.dentry == w.root_dentry
-        && w.vfsmnt == w.root_mnt
-        && w.flags & path_flags::TASK_ROOT == 0
-    {
+    if w.dentry == w.root_dentry && w.vfsmnt == w.root_mnt && w.flags & path_flags::TASK_ROOT == 0 {
         w.flags |= path_flags::TASK_ROOT;
         w.root_off = w.off;
     }
@@ -148,6 +153,37 @@ fn step(w: &mut Walk) -> Option<bool> {
     Some(true)
 }
 
+const NSFS_MAGIC: u32 = 0x6e73_6673;
+
+/// Writes the namespace type of an nsfs dentry (`mnt`, `uts`, …) followed by
+/// `/` at `scratch[base..]`; returns the bytes written.
+#[inline(always)]
+fn ns_type_name(dentry: u64, base: u32) -> Option<u32> {
+    if off!(proc_ns_operations_name) == cilock_abi::Offsets::ABSENT as u64 {
+        return None;
+    }
+    let inode = rd_ptr(dentry, off!(dentry_d_inode))?;
+    let ns = rd_ptr(inode, off!(inode_i_private))?;
+    let ops = rd_ptr(ns, off!(ns_common_ops))?;
+    let name = rd_ptr(ops, off!(proc_ns_operations_name))?;
+    let buf = scratch()?;
+    let pos = (base & BASE_MASK) as usize;
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
+            buf.add(pos) as *mut c_void,
+            32,
+            name as *const c_void,
+        )
+    };
+    if r <= 1 {
+        return None;
+    }
+    // The NUL the helper wrote becomes the component separator.
+    let len = ((r - 1) as u32) & 31;
+    unsafe { *buf.add(pos + len as usize) = b'/' };
+    Some(len + 1)
+}
+
 /// Appends the current dentry's name and a `/`; `Some(false)` when the byte
 /// budget is exhausted.
 #[inline(always)]
@@ -164,9 +200,8 @@ fn append(w: &mut Walk) -> Option<bool> {
     let pos = ((w.base & BASE_MASK) + (w.off & 0xfff)) as usize;
     if len > 0 {
         let n = ((len - 1) & 0xff) + 1;
-        let r = unsafe {
-            bpf_probe_read_kernel(buf.add(pos) as *mut c_void, n, name as *const c_void)
-        };
+        let r =
+            unsafe { bpf_probe_read_kernel(buf.add(pos) as *mut c_void, n, name as *const c_void) };
         if r != 0 {
             return None;
         }

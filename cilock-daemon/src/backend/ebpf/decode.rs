@@ -149,6 +149,7 @@ pub fn exit_code(status: u32) -> i32 {
 const PIPEFS_MAGIC: u32 = 0x5049_5045;
 const SOCKFS_MAGIC: u32 = 0x534f_434b;
 const ANON_INODE_FS_MAGIC: u32 = 0x0904_1934;
+const NSFS_MAGIC: u32 = 0x6e73_6673;
 
 /// Rebuilds a path from leaf-first components. Returns the path and, when
 /// it is not a plain absolute path, why.
@@ -162,6 +163,7 @@ pub fn rebuild_path(info: &PathInfo, bytes: &[u8], ino: u64) -> (String, Option<
             PIPEFS_MAGIC => format!("pipe:[{ino}]"),
             SOCKFS_MAGIC => format!("socket:[{ino}]"),
             ANON_INODE_FS_MAGIC => format!("anon_inode:{name}"),
+            NSFS_MAGIC => format!("{name}:[{ino}]"),
             _ => format!("/{name} (deleted)"),
         };
         return (p, Some("pseudo file".to_string()));
@@ -435,6 +437,9 @@ mod tests {
         let mut pi = info(path_flags::ESCAPED, 0);
         pi.magic = PIPEFS_MAGIC;
         assert_eq!(rebuild_path(&pi, b"", 77).0, "pipe:[77]");
+        let mut ns = info(path_flags::ESCAPED, 4);
+        ns.magic = NSFS_MAGIC;
+        assert_eq!(rebuild_path(&ns, b"uts/", 4026531838).0, "uts:[4026531838]");
     }
 
     #[test]
@@ -470,11 +475,21 @@ mod tests {
         e.addr[4..8].copy_from_slice(&[10, 0, 0, 1]);
         match decode(&bytes_of(&e), &clock).unwrap() {
             Record::Event {
-                event: TraceEvent::Net { pid, call, fd, addr, .. },
+                event:
+                    TraceEvent::Net {
+                        pid,
+                        call,
+                        fd,
+                        addr,
+                        ..
+                    },
                 ..
             } => {
                 assert_eq!((pid, call, fd), (7, NetCall::Connect, 5));
-                assert_eq!(addr, crate::trace::SockAddr::Ip("10.0.0.1:443".parse().unwrap()));
+                assert_eq!(
+                    addr,
+                    crate::trace::SockAddr::Ip("10.0.0.1:443".parse().unwrap())
+                );
             }
             o => panic!("{o:?}"),
         }
@@ -499,7 +514,10 @@ mod tests {
             o => panic!("{o:?}"),
         }
         b.pop();
-        assert!(decode(&b, &clock).is_err(), "payload longer than the record");
+        assert!(
+            decode(&b, &clock).is_err(),
+            "payload longer than the record"
+        );
 
         let mut s = SyscallRecord::default();
         s.hdr.kind = kind::SYSCALL;
@@ -510,7 +528,14 @@ mod tests {
         b.extend_from_slice(b"stage2");
         match decode(&b, &clock).unwrap() {
             Record::Event {
-                event: TraceEvent::Syscall { name, args, path, detail, .. },
+                event:
+                    TraceEvent::Syscall {
+                        name,
+                        args,
+                        path,
+                        detail,
+                        ..
+                    },
                 ..
             } => {
                 assert_eq!(name, "memfd_create");

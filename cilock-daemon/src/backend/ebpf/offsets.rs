@@ -97,6 +97,15 @@ pub fn compute(btf: &Btf, tracefs: &Path) -> Result<Offsets, OffsetsError> {
         task_group_leader: o("task_struct", "group_leader")?,
         task_start_time: o("task_struct", "start_time")?,
         inode_i_generation: o("inode", "i_generation")?,
+        inode_i_private: btf
+            .try_offset("inode", "i_private")
+            .unwrap_or(Offsets::ABSENT),
+        ns_common_ops: btf
+            .try_offset("ns_common", "ops")
+            .unwrap_or(Offsets::ABSENT),
+        proc_ns_operations_name: btf
+            .try_offset("proc_ns_operations", "name")
+            .unwrap_or(Offsets::ABSENT),
         tp_exit_nr,
         tp_exit_ret,
     })
