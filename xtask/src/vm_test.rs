@@ -202,11 +202,31 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
     if let Some(tools) = &tools {
         let accel = choose_accel(&args.kvm)?;
         note(format!("accelerator: {accel}"));
-        for (spec, kernel) in &prepared {
-            step(format!("{} ({}) under QEMU", spec.name, kernel.release));
-            columns.push(run_vm(
-                spec, kernel, tools, &tests, &args, &accel, &cache, &logs,
-            )?);
+        // Each guest is one host thread (single-threaded TCG): boot them side
+        // by side, one per CPU, and report in matrix order.
+        let names: Vec<String> = prepared
+            .iter()
+            .map(|(spec, kernel)| format!("{} ({})", spec.name, kernel.release))
+            .collect();
+        step(format!("under QEMU, in parallel: {}", names.join(", ")));
+        let results: Vec<anyhow::Result<Column>> = std::thread::scope(|s| {
+            let handles: Vec<_> = prepared
+                .iter()
+                .map(|(spec, kernel)| {
+                    let (tests, args, accel, cache, logs) = (&tests, &args, &accel, &cache, &logs);
+                    s.spawn(move || run_vm(spec, kernel, tools, tests, args, accel, cache, logs))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the VM runner panicked")))
+                })
+                .collect()
+        });
+        for r in results {
+            columns.push(r?);
         }
     }
 
