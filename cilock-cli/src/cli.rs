@@ -162,13 +162,22 @@ pub struct SignArgs {
     #[arg(short = 'o', long = "outfile")]
     pub outfile: PathBuf,
     /// Payload type.
-    #[arg(short = 't', long = "datatype", default_value = "https://witness.testifysec.com/policy/v0.1")]
+    #[arg(
+        short = 't',
+        long = "datatype",
+        default_value = "https://witness.testifysec.com/policy/v0.1"
+    )]
     pub datatype: String,
     /// Certificate of the signing key (PEM or DER): the signature carries it, for `root` functionaries.
     #[arg(long = "certificate", alias = "signer-file-cert-path")]
     pub certificate: Option<PathBuf>,
     /// Intermediate certificates to carry with --certificate (comma-separated or repeated).
-    #[arg(long = "intermediates", alias = "signer-file-intermediate-paths", value_delimiter = ',', requires = "certificate")]
+    #[arg(
+        long = "intermediates",
+        alias = "signer-file-intermediate-paths",
+        value_delimiter = ',',
+        requires = "certificate"
+    )]
     pub intermediates: Vec<PathBuf>,
 }
 

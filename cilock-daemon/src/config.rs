@@ -222,10 +222,16 @@ impl DaemonConfig {
             return Err(invalid("step_timeout", "must be greater than zero".into()));
         }
         if self.step_idle_timeout.is_zero() {
-            return Err(invalid("step_idle_timeout", "must be greater than zero".into()));
+            return Err(invalid(
+                "step_idle_timeout",
+                "must be greater than zero".into(),
+            ));
         }
         if !self.state_dir.is_absolute() {
-            return Err(invalid("state_dir", format!("{} is not an absolute path", self.state_dir.display())));
+            return Err(invalid(
+                "state_dir",
+                format!("{} is not an absolute path", self.state_dir.display()),
+            ));
         }
         if let Err(m) = valid_cgroup_parent(&self.cgroup_parent) {
             return Err(invalid("cgroup_parent", m));

@@ -159,7 +159,9 @@ fn record_loss(step: u64, k: u32) {
     if let Some(l) = STEP_LOSS.get_ptr_mut(&step) {
         unsafe { (*l).lost[idx] += 1 };
     } else {
-        let mut v = StepLoss { lost: [0; kind::COUNT] };
+        let mut v = StepLoss {
+            lost: [0; kind::COUNT],
+        };
         v.lost[idx] = 1;
         let _ = STEP_LOSS.insert(&step, &v, 0);
     }

@@ -15,6 +15,7 @@ use core::ffi::c_void;
 use core::mem::size_of;
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_user},
@@ -22,7 +23,6 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, map, tracepoint},
     maps::LruHashMap,
     programs::{SockAddrContext, TracePointContext},
-    EbpfContext,
 };
 use aya_log_ebpf::warn;
 use cilock_abi::{Header, NetEvent, SOCKADDR_MAX, SysConfig, kind, net_call, net_source};
@@ -115,13 +115,25 @@ pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = sock_call(&ctx, net_call::CONNECT, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    let _ = sock_call(
+        &ctx,
+        net_call::CONNECT,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+    );
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
-    let _ = sock_call(&ctx, net_call::BIND, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    let _ = sock_call(
+        &ctx,
+        net_call::BIND,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+    );
     0
 }
 
@@ -164,18 +176,21 @@ fn sock_call(ctx: &TracePointContext, call: u32, fd: u64, uaddr: u64, ulen: u64)
     let step = current_step()?;
     let buf = scratch()?;
     let ev = unsafe { &mut *(buf as *mut NetEvent) };
-    let len = if ulen > SOCKADDR_MAX as u64 { SOCKADDR_MAX as u64 } else { ulen };
+    let len = if ulen > SOCKADDR_MAX as u64 {
+        SOCKADDR_MAX as u64
+    } else {
+        ulen
+    };
     let n = (((len - 1) as u32) & (SOCKADDR_MAX as u32 - 1)) + 1;
     let r = unsafe {
-        bpf_probe_read_user(
-            (&raw mut ev.addr) as *mut c_void,
-            n,
-            uaddr as *const c_void,
-        )
+        bpf_probe_read_user((&raw mut ev.addr) as *mut c_void, n, uaddr as *const c_void)
     };
     if r != 0 {
         // The caller's page is not resident (or the pointer is bad).
-        warn!(ctx, "cilock: reading a sockaddr of {} bytes failed: {}", n, r);
+        warn!(
+            ctx,
+            "cilock: reading a sockaddr of {} bytes failed: {}", n, r
+        );
         return None;
     }
     let family = u16::from_ne_bytes([ev.addr[0], ev.addr[1]]);

@@ -74,7 +74,14 @@ const WRITE_FLAGS: u32 = 0o1 | 0o2 | 0o2000;
 /// already reported the same file opened the same way in this step (see
 /// `SEEN`). Shared by every file-open hook.
 #[inline(always)]
-pub fn report_open(step: u64, task: u64, file: u64, syscall: u32, fd: i32, f_flags: u32) -> Option<()> {
+pub fn report_open(
+    step: u64,
+    task: u64,
+    file: u64,
+    syscall: u32,
+    fd: i32,
+    f_flags: u32,
+) -> Option<()> {
     let f_path = file + off!(file_f_path);
     let inode = rd_ptr(file, off!(file_f_inode));
     let key = SeenKey {
@@ -85,7 +92,9 @@ pub fn report_open(step: u64, task: u64, file: u64, syscall: u32, fd: i32, f_fla
         },
         dentry: rd::<u64>(f_path + off!(path_dentry)).unwrap_or(0),
         mnt: rd::<u64>(f_path + off!(path_mnt)).unwrap_or(0),
-        ino: inode.and_then(|i| rd::<u64>(i + off!(inode_i_ino))).unwrap_or(0),
+        ino: inode
+            .and_then(|i| rd::<u64>(i + off!(inode_i_ino)))
+            .unwrap_or(0),
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         generation: inode
             .and_then(|i| rd::<u32>(i + off!(inode_i_generation)))

@@ -21,10 +21,10 @@
 //!   installed file's, as the tracepoint program reads it.
 //! * A failed hook (`ret != 0`, e.g. denied by an LSM) is no open.
 
-use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::fexit, programs::FExitContext};
 use crate::maps::{current_step, off};
 use crate::probes::report_open;
 use crate::read::rd;
+use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::fexit, programs::FExitContext};
 
 /// `OpenEvent::syscall` of records from this hook (no syscall number known).
 pub const FEXIT_SYSCALL: u32 = u32::MAX;
@@ -56,5 +56,12 @@ fn try_fexit_open(ctx: &FExitContext) -> Option<()> {
         return None;
     }
     let task = unsafe { bpf_get_current_task() };
-    report_open(step, task, file, FEXIT_SYSCALL, -1, f_flags & !CLEARED_AFTER_OPEN)
+    report_open(
+        step,
+        task,
+        file,
+        FEXIT_SYSCALL,
+        -1,
+        f_flags & !CLEARED_AFTER_OPEN,
+    )
 }

@@ -92,7 +92,8 @@ fn with_buf(ctx: &SkBuffContext, egress: bool) {
 fn load(ctx: &SkBuffContext, off: u32, dst: *mut u8, len: u32, cap: u32) -> bool {
     // The verifier needs a size it can prove is in [1, cap].
     let n = ((len.wrapping_sub(1)) & (cap - 1)) + 1;
-    let r = unsafe { bpf_skb_load_bytes(ctx.as_ptr() as *const c_void, off, dst as *mut c_void, n) };
+    let r =
+        unsafe { bpf_skb_load_bytes(ctx.as_ptr() as *const c_void, off, dst as *mut c_void, n) };
     r == 0
 }
 
@@ -169,7 +170,11 @@ fn capture(ctx: &SkBuffContext, buf: *mut u8, egress: bool) -> Option<()> {
             if payload_off >= skb_len {
                 return None;
             }
-            let seq = if tcp_flags & 0x02 != 0 { seq.wrapping_add(1) } else { seq };
+            let seq = if tcp_flags & 0x02 != 0 {
+                seq.wrapping_add(1)
+            } else {
+                seq
+            };
             if s.flags & SOCK_HAVE_ISN == 0 {
                 // Connected before we saw the SYN: count from here.
                 s.isn = seq.wrapping_sub(1);
@@ -222,11 +227,15 @@ fn capture(ctx: &SkBuffContext, buf: *mut u8, egress: bool) -> Option<()> {
         return None;
     }
     // Bounds the verifier can see (LLVM would drop a plain mask as redundant).
-    let n = (unsafe { core::ptr::read_volatile(&n) }.wrapping_sub(1) & (PAYLOAD_MAX as u32 - 1)) + 1;
+    let n =
+        (unsafe { core::ptr::read_volatile(&n) }.wrapping_sub(1) & (PAYLOAD_MAX as u32 - 1)) + 1;
     let base = size_of::<PayloadEvent>();
     let data = unsafe { buf.add(base) };
     if !load(ctx, payload_off, data, n, PAYLOAD_MAX as u32) {
-        warn!(ctx, "cilock: capturing {} payload bytes of a step socket failed", n);
+        warn!(
+            ctx,
+            "cilock: capturing {} payload bytes of a step socket failed", n
+        );
         return None;
     }
     let s = unsafe { &*sock };

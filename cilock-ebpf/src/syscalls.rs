@@ -34,8 +34,14 @@ use crate::read::{rd, rd_ptr};
 const NONE: u8 = 0xff;
 
 /// `CLONE_NEW*` (NS, CGROUP, UTS, IPC, USER, PID, NET, TIME).
-const CLONE_NEW_MASK: u64 =
-    0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000 | 0x80;
+const CLONE_NEW_MASK: u64 = 0x0002_0000
+    | 0x0200_0000
+    | 0x0400_0000
+    | 0x0800_0000
+    | 0x1000_0000
+    | 0x2000_0000
+    | 0x4000_0000
+    | 0x80;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Extra {
@@ -54,7 +60,9 @@ enum Filter {
     /// `extra` has a `CLONE_NEW*` flag.
     Clone3Flags,
     /// Argument 0 is the daemon's tgid (`kill`: or -1, every process).
-    AtDaemon { all: bool },
+    AtDaemon {
+        all: bool,
+    },
     /// Argument 0 is a pidfd of the daemon.
     PidfdAtDaemon,
 }
@@ -69,27 +77,195 @@ macro_rules! sus {
     };
 }
 
-sus!(sys_enter_ptrace, sys_what::PTRACE, 4, [NONE, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_memfd_create, sys_what::MEMFD_CREATE, 2, [0, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_mount, sys_what::MOUNT, 5, [0, 1, 2], NONE, Extra::None, Filter::None);
-sus!(sys_enter_fsmount, sys_what::FSMOUNT, 3, [NONE, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_move_mount, sys_what::MOVE_MOUNT, 5, [1, 3, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_open_tree, sys_what::OPEN_TREE, 3, [1, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_fsopen, sys_what::FSOPEN, 2, [0, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_unshare, sys_what::UNSHARE, 1, [NONE, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_setns, sys_what::SETNS, 2, [NONE, NONE, NONE], 0, Extra::None, Filter::None);
-sus!(sys_enter_clone, sys_what::CLONE, 5, [NONE, NONE, NONE], NONE, Extra::None, Filter::CloneFlags);
-sus!(sys_enter_clone3, sys_what::CLONE3, 2, [NONE, NONE, NONE], NONE, Extra::U64At(0), Filter::Clone3Flags);
-sus!(sys_enter_bpf, sys_what::BPF, 3, [NONE, NONE, NONE], NONE, Extra::U32At(1), Filter::None);
-sus!(sys_enter_init_module, sys_what::INIT_MODULE, 3, [2, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_finit_module, sys_what::FINIT_MODULE, 3, [1, NONE, NONE], 0, Extra::None, Filter::None);
-sus!(sys_enter_io_uring_setup, sys_what::IO_URING_SETUP, 2, [NONE, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_process_vm_readv, sys_what::PROCESS_VM_READV, 6, [NONE, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_process_vm_writev, sys_what::PROCESS_VM_WRITEV, 6, [NONE, NONE, NONE], NONE, Extra::None, Filter::None);
-sus!(sys_enter_kill, sys_what::KILL, 2, [NONE, NONE, NONE], NONE, Extra::None, Filter::AtDaemon { all: true });
-sus!(sys_enter_tkill, sys_what::TKILL, 2, [NONE, NONE, NONE], NONE, Extra::None, Filter::AtDaemon { all: false });
-sus!(sys_enter_tgkill, sys_what::TGKILL, 3, [NONE, NONE, NONE], NONE, Extra::None, Filter::AtDaemon { all: false });
-sus!(sys_enter_pidfd_send_signal, sys_what::PIDFD_SEND_SIGNAL, 4, [NONE, NONE, NONE], NONE, Extra::None, Filter::PidfdAtDaemon);
+sus!(
+    sys_enter_ptrace,
+    sys_what::PTRACE,
+    4,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_memfd_create,
+    sys_what::MEMFD_CREATE,
+    2,
+    [0, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_mount,
+    sys_what::MOUNT,
+    5,
+    [0, 1, 2],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_fsmount,
+    sys_what::FSMOUNT,
+    3,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_move_mount,
+    sys_what::MOVE_MOUNT,
+    5,
+    [1, 3, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_open_tree,
+    sys_what::OPEN_TREE,
+    3,
+    [1, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_fsopen,
+    sys_what::FSOPEN,
+    2,
+    [0, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_unshare,
+    sys_what::UNSHARE,
+    1,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_setns,
+    sys_what::SETNS,
+    2,
+    [NONE, NONE, NONE],
+    0,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_clone,
+    sys_what::CLONE,
+    5,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::CloneFlags
+);
+sus!(
+    sys_enter_clone3,
+    sys_what::CLONE3,
+    2,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::U64At(0),
+    Filter::Clone3Flags
+);
+sus!(
+    sys_enter_bpf,
+    sys_what::BPF,
+    3,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::U32At(1),
+    Filter::None
+);
+sus!(
+    sys_enter_init_module,
+    sys_what::INIT_MODULE,
+    3,
+    [2, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_finit_module,
+    sys_what::FINIT_MODULE,
+    3,
+    [1, NONE, NONE],
+    0,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_io_uring_setup,
+    sys_what::IO_URING_SETUP,
+    2,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_process_vm_readv,
+    sys_what::PROCESS_VM_READV,
+    6,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_process_vm_writev,
+    sys_what::PROCESS_VM_WRITEV,
+    6,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::None
+);
+sus!(
+    sys_enter_kill,
+    sys_what::KILL,
+    2,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::AtDaemon { all: true }
+);
+sus!(
+    sys_enter_tkill,
+    sys_what::TKILL,
+    2,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::AtDaemon { all: false }
+);
+sus!(
+    sys_enter_tgkill,
+    sys_what::TGKILL,
+    3,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::AtDaemon { all: false }
+);
+sus!(
+    sys_enter_pidfd_send_signal,
+    sys_what::PIDFD_SEND_SIGNAL,
+    4,
+    [NONE, NONE, NONE],
+    NONE,
+    Extra::None,
+    Filter::PidfdAtDaemon
+);
 
 /// The `struct file` of fd `fd` of the current task.
 #[inline(always)]
@@ -201,7 +377,10 @@ fn suspicious(
         if let Some(file) = file_of(task, arg(ctx, fd_path as usize)) {
             let ok = walk_path(file + off!(file_f_path), task, pos as u32, &mut ev.path).is_some();
             if !ok || ev.path.flags & path_flags::READ_ERR != 0 {
-                warn!(ctx, "cilock: path walk of the fd of syscall record {} failed", what);
+                warn!(
+                    ctx,
+                    "cilock: path walk of the fd of syscall record {} failed", what
+                );
             }
         }
     }

@@ -200,7 +200,12 @@ mod tests {
 
     #[test]
     fn known_vectors() {
-        let all = [HashAlg::Sha256, HashAlg::Sha1, HashAlg::GitoidSha256, HashAlg::GitoidSha1];
+        let all = [
+            HashAlg::Sha256,
+            HashAlg::Sha1,
+            HashAlg::GitoidSha256,
+            HashAlg::GitoidSha1,
+        ];
         let d = DigestSet::from_bytes(b"", &all);
         assert_eq!(
             d.0[&HashAlg::Sha256],
@@ -221,7 +226,9 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_accepts_null() {
         assert!(serde_json::from_str::<DigestSet>(r#"{"sha512":"00"}"#).is_err());
-        assert!(serde_json::from_str::<DigestSet>("null").unwrap().is_empty());
+        assert!(serde_json::from_str::<DigestSet>("null")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -80,7 +80,11 @@ fn signed_policy(dir: &Path, pubkey: &Path) -> (PathBuf, PathBuf) {
         .arg(&signed)
         .output()
         .unwrap();
-    assert!(o.status.success(), "sign: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "sign: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     (signed, ppub)
 }
 
@@ -98,13 +102,23 @@ fn verify(policy: &Path, ppub: &Path, att: &Path, artifact: &Path) -> (i32, Stri
         .unwrap();
     (
         o.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
     )
 }
 
 /// Runs the build step (named `build`) in a fresh workdir: writes the
 /// artifact, then runs the Python part with `name`.
-fn build_step(daemon: &Daemon, root: &Path, tag: &str, name: &str, tls_port: u16) -> (PathBuf, PathBuf) {
+fn build_step(
+    daemon: &Daemon,
+    root: &Path,
+    tag: &str,
+    name: &str,
+    tls_port: u16,
+) -> (PathBuf, PathBuf) {
     let w = root.join(tag);
     std::fs::create_dir_all(w.join("dist")).unwrap();
     std::fs::write(w.join("stealer.py"), STEALER).unwrap();
@@ -136,11 +150,20 @@ fn stealer_replay_is_denied_and_a_clean_build_passes() {
     // The stealer replay.
     let typo = "scan.aquasecurtiy.org";
     let (att, artifact) = build_step(&daemon, root, "stealer", typo, port);
-    assert!(dns_log.exists() && std::fs::read_to_string(&dns_log).unwrap().contains(&format!("A {typo}")));
+    assert!(
+        dns_log.exists()
+            && std::fs::read_to_string(&dns_log)
+                .unwrap()
+                .contains(&format!("A {typo}"))
+    );
     let cr = command_run(&att);
     let py = processes(&cr)
         .into_iter()
-        .find(|p| p["cmdline"].as_str().is_some_and(|c| c.contains("stealer.py")))
+        .find(|p| {
+            p["cmdline"]
+                .as_str()
+                .is_some_and(|c| c.contains("stealer.py"))
+        })
         .expect("the stealer process");
     let pid = py["processid"].as_i64().unwrap();
     let program = py["program"].as_str().unwrap().to_string();
@@ -175,13 +198,21 @@ fn stealer_replay_is_denied_and_a_clean_build_passes() {
 fn example_policy_json_embeds_the_rego_files() {
     use base64::Engine as _;
     let p: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(examples().join("build-step-policy.json")).unwrap()).unwrap();
-    let mods = p["steps"]["build"]["attestations"][0]["regopolicies"].as_array().unwrap();
+        serde_json::from_slice(&std::fs::read(examples().join("build-step-policy.json")).unwrap())
+            .unwrap();
+    let mods = p["steps"]["build"]["attestations"][0]["regopolicies"]
+        .as_array()
+        .unwrap();
     assert_eq!(mods.len(), 4);
     for m in mods {
         let name = m["name"].as_str().unwrap();
-        let src = base64::engine::general_purpose::STANDARD.decode(m["module"].as_str().unwrap()).unwrap();
+        let src = base64::engine::general_purpose::STANDARD
+            .decode(m["module"].as_str().unwrap())
+            .unwrap();
         let file = std::fs::read(examples().join(format!("{name}.rego"))).unwrap();
-        assert_eq!(src, file, "{name}.rego differs from build-step-policy.json (rerun make-policy.py)");
+        assert_eq!(
+            src, file,
+            "{name}.rego differs from build-step-policy.json (rerun make-policy.py)"
+        );
     }
 }

@@ -387,13 +387,30 @@ fn repeated_opens_are_reported_once_per_process_step_and_mode() {
     let mut stmts = Vec::new();
     for (i, (go, done)) in [("a\n", "done1"), ("b\n", "done2")].into_iter().enumerate() {
         let step = format!("dedup-{i}");
-        let out = daemon.cilock(&["step", "begin", "--step", &step, "--pid", &pid, "--workdir", wd]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = daemon.cilock(&[
+            "step",
+            "begin",
+            "--step",
+            &step,
+            "--pid",
+            &pid,
+            "--workdir",
+            wd,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         stdin.write_all(go.as_bytes()).unwrap();
         wait_for(done);
         let att = w.join(format!("{step}.json"));
         let out = daemon.cilock(&["step", "end", "--step", &step, "-o", att.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stmt = statement(&att);
         let cr = command_run(&stmt);
         captured_opens.push(cr["trace"]["events"]["open"]["captured"].as_u64().unwrap());

@@ -1356,7 +1356,10 @@ fn evidence(ctx: &Ctx, w: Wl, sc: Sc, stmt: &Value, r: &mut Run) -> anyhow::Resu
             let tree = format!("{}/", ctx.work.join("tree").display());
             let n = opened.iter().filter(|p| p.starts_with(&tree)).count() as u64;
             if n + 1 < s.tree_dirs() {
-                bail!("{n} tree directories recorded, find opened {}", s.tree_dirs());
+                bail!(
+                    "{n} tree directories recorded, find opened {}",
+                    s.tree_dirs()
+                );
             }
         }
         _ => {}

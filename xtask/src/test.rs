@@ -68,7 +68,10 @@ fn run_counting(c: &mut std::process::Command) -> anyhow::Result<(u64, u64)> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run cargo test: {e}"))?;
-    let out = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut stdout = std::io::stdout();
     for line in BufReader::new(out).lines() {
@@ -76,7 +79,10 @@ fn run_counting(c: &mut std::process::Command) -> anyhow::Result<(u64, u64)> {
         let _ = writeln!(stdout, "{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split(';') {
-                let part = part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ");
+                let part = part
+                    .trim()
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ");
                 if let Some(n) = part.strip_suffix(" passed") {
                     passed += n.trim().parse::<u64>().unwrap_or(0);
                 } else if let Some(n) = part.strip_suffix(" failed") {

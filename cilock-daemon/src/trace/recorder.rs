@@ -651,13 +651,21 @@ enum Connect {
 fn http_connect(buf: &[u8]) -> Connect {
     const VERB: &[u8] = b"CONNECT ";
     if buf.len() < VERB.len() {
-        return if VERB.starts_with(buf) { Connect::Incomplete } else { Connect::No };
+        return if VERB.starts_with(buf) {
+            Connect::Incomplete
+        } else {
+            Connect::No
+        };
     }
     if !buf.starts_with(VERB) {
         return Connect::No;
     }
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() >= 8192 { Connect::No } else { Connect::Incomplete };
+        return if buf.len() >= 8192 {
+            Connect::No
+        } else {
+            Connect::Incomplete
+        };
     };
     let line = String::from_utf8_lossy(&buf[VERB.len()..end]);
     let target = line.split_whitespace().next().unwrap_or("");
@@ -827,14 +835,33 @@ mod tests {
         let web = SockAddr::Ip("10.0.0.1:443".parse().unwrap());
         // Two connections on the same fd to the same peer are two records.
         for _ in 0..2 {
-            r.push(TraceEvent::Net { pid: 9, call: NetCall::Connect, fd: 4, addr: web.clone(), time: t() });
+            r.push(TraceEvent::Net {
+                pid: 9,
+                call: NetCall::Connect,
+                fd: 4,
+                addr: web.clone(),
+                time: t(),
+            });
         }
         // Repeated datagrams to one peer are one record.
         for _ in 0..3 {
-            r.push(TraceEvent::Net { pid: 9, call: NetCall::SendTo, fd: 5, addr: SockAddr::Ip(srv), time: t() });
+            r.push(TraceEvent::Net {
+                pid: 9,
+                call: NetCall::SendTo,
+                fd: 5,
+                addr: SockAddr::Ip(srv),
+                time: t(),
+            });
         }
         // UDP query and its answer (matched by id and server).
-        r.push(TraceEvent::Egress { pid: 9, fd: 5, dst: Some(srv), stream: false, bytes: dns_query(7, "a.example", 1), time: t() });
+        r.push(TraceEvent::Egress {
+            pid: 9,
+            fd: 5,
+            dst: Some(srv),
+            stream: false,
+            bytes: dns_query(7, "a.example", 1),
+            time: t(),
+        });
         let mut ans = dns_query(7, "a.example", 1);
         ans[2] = 0x81;
         ans[3] = 0x80;
@@ -850,15 +877,44 @@ mod tests {
             stream.extend(q);
         }
         for chunk in [&stream[..5], &stream[5..30], &stream[30..]] {
-            r.push(TraceEvent::Egress { pid: 9, fd: 6, dst: Some(srv), stream: true, bytes: chunk.to_vec(), time: t() });
+            r.push(TraceEvent::Egress {
+                pid: 9,
+                fd: 6,
+                dst: Some(srv),
+                stream: true,
+                bytes: chunk.to_vec(),
+                time: t(),
+            });
         }
         let out = r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[9]);
         let net = out.processes[0].network.clone().unwrap();
-        assert_eq!(net.connections.iter().filter(|c| c.syscall == "connect").count(), 2);
-        assert_eq!(net.connections.iter().filter(|c| c.syscall == "sendto").count(), 1);
-        let l: Vec<(&str, &str, &str)> =
-            net.dns_lookups.iter().map(|l| (l.name.as_str(), l.qtype.as_str(), l.transport.as_str())).collect();
-        assert_eq!(l, vec![("a.example", "A", "udp"), ("b.example", "TXT", "tcp"), ("c.example", "AAAA", "tcp")]);
+        assert_eq!(
+            net.connections
+                .iter()
+                .filter(|c| c.syscall == "connect")
+                .count(),
+            2
+        );
+        assert_eq!(
+            net.connections
+                .iter()
+                .filter(|c| c.syscall == "sendto")
+                .count(),
+            1
+        );
+        let l: Vec<(&str, &str, &str)> = net
+            .dns_lookups
+            .iter()
+            .map(|l| (l.name.as_str(), l.qtype.as_str(), l.transport.as_str()))
+            .collect();
+        assert_eq!(
+            l,
+            vec![
+                ("a.example", "A", "udp"),
+                ("b.example", "TXT", "tcp"),
+                ("c.example", "AAAA", "tcp")
+            ]
+        );
         assert_eq!(net.dns_lookups[0].answers, vec!["A 10.0.0.9".to_string()]);
     }
 
@@ -866,7 +922,10 @@ mod tests {
     fn tls_through_an_http_proxy() {
         assert_eq!(http_connect(b"CONN"), Connect::Incomplete);
         assert_eq!(http_connect(b"\x16\x03\x01"), Connect::No);
-        assert_eq!(http_connect(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a"), Connect::Incomplete);
+        assert_eq!(
+            http_connect(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a"),
+            Connect::Incomplete
+        );
         assert_eq!(
             http_connect(b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\n\r\nX"),
             Connect::Target("2001:db8::1".into(), 38)
@@ -874,17 +933,45 @@ mod tests {
         let mut r = Recorder::new(None);
         let proxy = SockAddr::Ip("10.0.0.3:3128".parse().unwrap());
         for fd in [4, 5] {
-            r.push(TraceEvent::Net { pid: 9, call: NetCall::Connect, fd, addr: proxy.clone(), time: t() });
+            r.push(TraceEvent::Net {
+                pid: 9,
+                call: NetCall::Connect,
+                fd,
+                addr: proxy.clone(),
+                time: t(),
+            });
         }
         let dst = Some("10.0.0.3:3128".parse().unwrap());
-        let req = b"CONNECT registry.example:443 HTTP/1.1\r\nHost: registry.example:443\r\n\r\n".to_vec();
+        let req =
+            b"CONNECT registry.example:443 HTTP/1.1\r\nHost: registry.example:443\r\n\r\n".to_vec();
         // fd 4: the CONNECT alone (hello not sent yet); fd 5: CONNECT then a
         // non-TLS tunnel.
-        r.push(TraceEvent::Egress { pid: 9, fd: 4, dst, stream: true, bytes: req[..10].to_vec(), time: t() });
-        r.push(TraceEvent::Egress { pid: 9, fd: 4, dst, stream: true, bytes: req[10..].to_vec(), time: t() });
+        r.push(TraceEvent::Egress {
+            pid: 9,
+            fd: 4,
+            dst,
+            stream: true,
+            bytes: req[..10].to_vec(),
+            time: t(),
+        });
+        r.push(TraceEvent::Egress {
+            pid: 9,
+            fd: 4,
+            dst,
+            stream: true,
+            bytes: req[10..].to_vec(),
+            time: t(),
+        });
         let mut plain = req.clone();
         plain.extend_from_slice(b"GET / HTTP/1.1\r\n");
-        r.push(TraceEvent::Egress { pid: 9, fd: 5, dst, stream: true, bytes: plain, time: t() });
+        r.push(TraceEvent::Egress {
+            pid: 9,
+            fd: 5,
+            dst,
+            stream: true,
+            bytes: plain,
+            time: t(),
+        });
         let out = r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[9]);
         let c = &out.processes[0].network.as_ref().unwrap().connections;
         assert_eq!(c[0].hostname, "registry.example");

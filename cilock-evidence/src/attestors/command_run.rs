@@ -66,13 +66,21 @@ pub struct ProcessInfo {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub openedfiles: BTreeMap<String, DigestSet>,
     /// Opened files without a trustworthy digest, and why.
-    #[serde(default, rename = "unhashedOpens", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "unhashedOpens",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub unhashed_opens: Vec<UnhashedOpen>,
     /// Network activity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
     /// Suspicious syscalls.
-    #[serde(default, rename = "syscallEvents", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "syscallEvents",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub syscall_events: Vec<SyscallEvent>,
     /// Exit code (128+signal for a signal death); absent while alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -152,7 +152,10 @@ pub fn into_collection(
     let mut attestations = Vec::new();
     for c in &ctx.completed {
         for (name, d) in &c.subjects {
-            subjects.push(crate::intoto::Subject::new(format!("{}/{}", c.type_uri, name), d));
+            subjects.push(crate::intoto::Subject::new(
+                format!("{}/{}", c.type_uri, name),
+                d,
+            ));
         }
         attestations.push(CollectionAttestation {
             type_: c.type_uri.clone(),

@@ -179,7 +179,8 @@ impl EbpfBackend {
                 .try_into()
                 .map_err(prog_err(prog))?;
             p.load().map_err(prog_err(format!("load {prog}")))?;
-            p.attach(hook).map_err(prog_err(format!("attach raw_tp {hook}")))?;
+            p.attach(hook)
+                .map_err(prog_err(format!("attach raw_tp {hook}")))?;
             hooks.insert(concern.to_string(), format!("raw_tp:{hook}"));
         }
         let mut net = network::enabled();
@@ -248,7 +249,11 @@ impl EbpfBackend {
     /// What this backend, with the hooks it got, cannot see (attested).
     pub fn limitations(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if !self.hooks.get("file-open").is_some_and(|h| h.starts_with("fexit:")) {
+        if !self
+            .hooks
+            .get("file-open")
+            .is_some_and(|h| h.starts_with("fexit:"))
+        {
             v.push("io_uring opens (IORING_OP_OPENAT) do not pass the syscall tracepoints and are not recorded (io_uring_setup is)".to_string());
         }
         v.push("a process moved out of the step's cgroup is not traced after the move (the move is recorded: leftStep)".to_string());
@@ -550,7 +555,11 @@ fn consume(
             },
         ];
         // Wakeups are batched in the kernel; the timeout bounds latency.
-        let timeout = if flush.requested.load(Ordering::SeqCst) > req { 0 } else { 20 };
+        let timeout = if flush.requested.load(Ordering::SeqCst) > req {
+            0
+        } else {
+            20
+        };
         // SAFETY: valid pollfds (a negative fd is ignored by poll).
         unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout) };
     }
@@ -643,4 +652,3 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
         }
     }
 }
-

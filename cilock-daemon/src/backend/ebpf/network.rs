@@ -50,7 +50,9 @@ pub const SUSPICIOUS: [&str; 21] = [
 ];
 
 /// sock_addr programs attached to each step cgroup.
-const SOCK_ADDR: [&str; 6] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6"];
+const SOCK_ADDR: [&str; 6] = [
+    "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
+];
 
 /// Environment variable that leaves the network and suspicious-syscall
 /// probes out (`CILOCK_EBPF_NET=off`), for overhead comparisons.
@@ -296,7 +298,9 @@ impl Streams {
             return None; // a retransmission
         }
         if p.stream_off > s.next {
-            s.pending.entry(p.stream_off).or_insert_with(|| p.bytes.clone());
+            s.pending
+                .entry(p.stream_off)
+                .or_insert_with(|| p.bytes.clone());
             return None;
         }
         let mut out = p.bytes[(s.next - p.stream_off) as usize..].to_vec();
