@@ -84,7 +84,10 @@ pub fn sys_config(tracefs: &Path) -> Result<SysConfig, EbpfError> {
     Ok(SysConfig {
         tp_enter_args: args,
         daemon_tgid: std::process::id(),
-        daemon_pidfd_ino: daemon_pidfd_inode().unwrap_or(0),
+        // Without pidfs (< 6.9) every pidfd shares one anonymous inode, so
+        // the inode cannot tell the daemon's pidfd from another: match none
+        // rather than all (stated in the limitations).
+        daemon_pidfd_ino: daemon_pidfd_inode().unwrap_or(u64::MAX),
     })
 }
 
@@ -138,6 +141,7 @@ pub fn limitations() -> Vec<String> {
         "sockets created before the step began (in another cgroup) pass no step socket hook: their connects, sends and packets are not recorded",
         "DNS lookups a resolver outside the step makes on its behalf (systemd-resolved over varlink or D-Bus) are not packets of the step; queries to its 127.0.0.53 stub are",
         "DNS over TCP is parsed on port 53 only; TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
+        "pidfd_send_signal aimed at the daemon is recognised on kernels with pidfs (6.9 and later) only",
         "io_uring opens, reads and writes do not pass the syscall tracepoints (io_uring_setup is recorded; its connects and packets pass the socket hooks)",
     ]
     .iter()
