@@ -17,7 +17,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid,
         generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_user},
     },
     macros::{cgroup_sock_addr, map, tracepoint},
@@ -25,9 +25,10 @@ use aya_ebpf::{
     programs::{SockAddrContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
-use cilock_abi::{Header, NetEvent, SOCKADDR_MAX, SysConfig, kind, net_call, net_source};
+use cilock_abi::{NetEvent, SOCKADDR_MAX, SysConfig, kind, net_call, net_source};
 
 use crate::maps::{current_step, emit, scratch};
+use crate::probes::fill_header;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -92,19 +93,6 @@ pub const SOCK_HAVE_LAST: u32 = 2;
 /// Socket cookie → who uses it (filled by the sock_addr hooks).
 #[map]
 pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
-
-/// Fills a record header for the current task.
-#[inline(always)]
-pub fn fill_header(h: &mut Header, record_kind: u32, step: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    h.kind = record_kind;
-    h.size = 0;
-    h.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
-    h.step_cgroup = step;
-    h.tgid = (pid_tgid >> 32) as u32;
-    h.tid = pid_tgid as u32;
-    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-}
 
 /// Argument `i` of a `syscalls/sys_enter_*` record.
 #[inline(always)]

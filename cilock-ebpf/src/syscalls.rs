@@ -26,8 +26,9 @@ use aya_log_ebpf::warn;
 use cilock_abi::{SYS_STR_MAX, SyscallRecord, kind, path_flags, sys_what};
 
 use crate::maps::{current_step, emit, off, scratch};
-use crate::net::{arg, fill_header, syscfg};
+use crate::net::{arg, syscfg};
 use crate::path::walk_path;
+use crate::probes::fill_header;
 use crate::read::{rd, rd_ptr};
 
 /// No argument.
