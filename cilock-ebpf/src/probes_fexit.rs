@@ -23,7 +23,7 @@
 
 use crate::maps::{current_step, off};
 use crate::probes::report_open;
-use crate::read::rd;
+use crate::read::{rd, rd_ptr};
 use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::fexit, programs::FExitContext};
 
 /// `OpenEvent::syscall` of records from this hook (no syscall number known).
@@ -32,6 +32,9 @@ pub const FEXIT_SYSCALL: u32 = u32::MAX;
 /// `__FMODE_EXEC`: set in `f_flags` by `open_exec()` only (not a valid
 /// `open(2)` flag, so user opens never carry it).
 const FMODE_EXEC_FLAG: u32 = 0x20;
+
+/// `PID_FS_MAGIC`: pidfds on kernels with pidfs (6.9 and later).
+const PIDFS_MAGIC: u32 = 0x5049_4446;
 
 /// Flags `do_dentry_open` strips after `security_file_open` returns.
 const CLEARED_AFTER_OPEN: u32 = 0o100 | 0o200 | 0o400 | 0o1000;
@@ -54,6 +57,15 @@ fn try_fexit_open(ctx: &FExitContext) -> Option<()> {
     let f_flags = rd::<u32>(file + off!(file_f_flags)).unwrap_or(0);
     if f_flags & FMODE_EXEC_FLAG != 0 {
         return None;
+    }
+    // pidfd_open() on kernels with pidfs opens its file through the same
+    // hook: that is a pidfd, not an open of the process.
+    if let Some(inode) = rd_ptr(file, off!(file_f_inode)) {
+        if let Some(sb) = rd_ptr(inode, off!(inode_i_sb)) {
+            if rd::<u64>(sb + off!(sb_s_magic)).unwrap_or(0) as u32 == PIDFS_MAGIC {
+                return None;
+            }
+        }
     }
     let task = unsafe { bpf_get_current_task() };
     report_open(

@@ -46,6 +46,7 @@ done
 $B mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /.vm/host \
 	|| die "mounting the host's root over 9p"
 for d in $($B cat /.vm/binds); do
+	$B mkdir -p "/$d"
 	$B mount --bind "/.vm/host/$d" "/$d" || die "bind /$d"
 done
 

@@ -1112,6 +1112,21 @@ fn initramfs(
             binds.push('\n');
         }
     }
+    // A checkout under a directory the guest does not share (/tmp, /run)
+    // is bound on its own, after those are mounted fresh.
+    if let Ok(rel) = root.strip_prefix("/") {
+        let top = rel
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if NOT_SHARED.contains(&top.as_str())
+            && !rel.to_string_lossy().contains(char::is_whitespace)
+        {
+            binds.push_str(&rel.to_string_lossy());
+            binds.push('\n');
+        }
+    }
     c.file(".vm/binds", 0o644, binds.as_bytes());
     let mut list = String::new();
     for t in tests {
