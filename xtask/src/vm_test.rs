@@ -1112,19 +1112,29 @@ fn initramfs(
             binds.push('\n');
         }
     }
-    // A checkout under a directory the guest does not share (/tmp, /run)
-    // is bound on its own, after those are mounted fresh.
-    if let Ok(rel) = root.strip_prefix("/") {
+    // A checkout (or target dir) under a directory the guest does not share
+    // (/tmp, /run) is bound on its own, after those are mounted fresh.
+    let mut extra: Vec<std::path::PathBuf> = Vec::new();
+    for dir in [root.clone(), util::target_dir()] {
+        let Ok(rel) = dir.strip_prefix("/") else {
+            continue;
+        };
         let top = rel
             .components()
             .next()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .unwrap_or_default();
-        if NOT_SHARED.contains(&top.as_str())
-            && !rel.to_string_lossy().contains(char::is_whitespace)
-        {
+        let inside_known = extra.iter().any(|e| dir.starts_with(e));
+        if NOT_SHARED.contains(&top.as_str()) && !inside_known {
+            if rel.to_string_lossy().contains(char::is_whitespace) {
+                bail!(
+                    "{} contains white space; the guest cannot bind it",
+                    dir.display()
+                );
+            }
             binds.push_str(&rel.to_string_lossy());
             binds.push('\n');
+            extra.push(dir);
         }
     }
     c.file(".vm/binds", 0o644, binds.as_bytes());
@@ -1136,7 +1146,7 @@ fn initramfs(
             .nth(1)
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .unwrap_or_default();
-        if NOT_SHARED.contains(&first.as_str()) {
+        if NOT_SHARED.contains(&first.as_str()) && !extra.iter().any(|e| t.exe.starts_with(e)) {
             bail!(
                 "{} is under /{first}, which the guest does not share; use a CARGO_TARGET_DIR elsewhere",
                 t.exe.display()
