@@ -129,11 +129,12 @@ fn stealer_output_yields_each_secret_with_its_encoding_path() {
 #[test]
 fn real_cilock_fixture_digests_match() {
     // Secrets of the real CI/lock envelope: same digests as CI/lock recorded.
+    // The repository's copy of the fixture (tests/fixtures, with its
+    // attribution README).
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/cilock/attestation-with-findings.json"
+        "/../tests/fixtures/cilock/attestation-with-findings.json"
     );
-    // shared/ sits beside the repository (also in CI).
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("fixture {path}: {e}"));
     let env: Value = serde_json::from_str(&text).unwrap();
     let payload = base64::engine::general_purpose::STANDARD

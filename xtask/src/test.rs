@@ -47,7 +47,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     step("running the test suite");
     let mut c = cargo();
-    c.arg("test");
+    // Every test binary runs even after a failure, so the summary is whole.
+    c.args(["test", "--no-fail-fast"]);
     c.args(&args.cargo_args);
     let (passed, failed) = run_counting(&mut c)?;
     // One closing line for the whole suite (cargo's last line belongs to
