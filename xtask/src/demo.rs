@@ -120,6 +120,8 @@ fn demo(dir: &Path, cilock: &Path, daemon_bin: &Path) -> anyhow::Result<()> {
             "demo",
             "--pid",
             &pid,
+            "--workdir",
+            work.to_str().unwrap_or_default(),
             "-a",
             "environment,git,secretscan",
         ]))?;
@@ -184,7 +186,7 @@ fn wait_ready(
                 "step",
                 "end",
                 "--step",
-                "-readiness-probe-",
+                "readiness-probe",
                 "-o",
                 "/dev/null",
             ])
