@@ -3,13 +3,28 @@
 //! parents and tree, the working-tree status, refs and annotated tags
 //! pointing at HEAD, the branch and the remotes (credentials stripped).
 //!
-//! Data comes from the `git` binary (no git library). Outside a repository,
-//! and in a repository without commits, the predicate is `{}` and there are
-//! no subjects.
+//! Data comes from the repository files, read with the `gix` library (as
+//! Witness reads them with go-git): **no program is ever run** — no `git`
+//! binary (neither the job's nor the system's), no hooks, no
+//! `core.fsmonitor`, no filter drivers, no credential helpers. The
+//! repository is opened isolated: only its own configuration is read
+//! (no system/global/`$HOME` configuration, no `include`s, no `GIT_*`
+//! environment), with reduced trust so that no configuration section of the
+//! repository can name a command that gix would run, and without a
+//! `safe.directory` check (the repository belongs to the job; nothing in it
+//! is executed, so it does not need to be trusted).
+//!
+//! A repository is job-controlled: the refs and tags examined, the status
+//! entries and remotes recorded, and the sizes of commit/tag objects,
+//! messages and signatures are bounded; truncation is marked in the
+//! attestation (`refsTruncated`, `statusTruncated`, …), never silent.
+//!
+//! Outside a repository, and in a repository without commits, the predicate
+//! is `{}` and there are no subjects.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +34,22 @@ use crate::digest::{DigestSet, HashAlg};
 /// Attestor name.
 pub const NAME: &str = "git";
 
-/// What `gittool` says: cilock reads git data with the git binary only.
-pub const GIT_TOOL: &str = "git-bin";
+/// What `gittool` says: cilock reads git data with the `gix` library only
+/// (Witness says `go-git` when it uses no git binary; `gitbinpath` and
+/// `gitbinhash` are absent because no binary runs).
+pub const GIT_TOOL: &str = "gix";
+
+/// At most this many refs are examined (for `refs` and annotated `tags`).
+pub const MAX_REFS: usize = 100_000;
+/// At most this many paths are recorded in `status`.
+pub const MAX_STATUS_ENTRIES: usize = 100_000;
+/// At most this many remote URLs are recorded.
+pub const MAX_REMOTES: usize = 10_000;
+/// Commit messages, commit signatures, tag messages and tag signatures are
+/// cut at this many bytes.
+pub const MAX_TEXT: usize = 1 << 20;
+/// A HEAD commit or annotated tag object larger than this is refused.
+pub const MAX_OBJECT_SIZE: u64 = 16 << 20;
 
 /// Staging and worktree state of one path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,10 +86,10 @@ pub struct GitAttestation {
     /// How the data was read.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub gittool: String,
-    /// Path of the git binary used.
+    /// Path of the git binary used (always empty: no binary runs).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub gitbinpath: String,
-    /// Digest of the git binary used.
+    /// Digest of the git binary used (always absent: no binary runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gitbinhash: Option<DigestSet>,
     /// HEAD commit id.
@@ -80,7 +109,7 @@ pub struct GitAttestation {
     /// Paths that are not unmodified in both index and worktree.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub status: BTreeMap<String, Status>,
-    /// `{"sha1": commithash}`.
+    /// `{"sha1": commithash}` (`{"sha256": …}` in a sha256 repository).
     #[serde(default, skip_serializing_if = "DigestSet::is_empty")]
     pub commitdigest: DigestSet,
     /// Commit signature (`gpgsig` header), if signed.
@@ -104,20 +133,49 @@ pub struct GitAttestation {
     /// Checked-out branch (short name), empty when detached.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub branch: String,
+    /// More than [`MAX_REFS`] refs: `refs` and `tags` are incomplete.
+    #[serde(rename = "refsTruncated", default, skip_serializing_if = "is_false")]
+    pub refs_truncated: bool,
+    /// More than [`MAX_STATUS_ENTRIES`] paths: `status` is incomplete.
+    #[serde(rename = "statusTruncated", default, skip_serializing_if = "is_false")]
+    pub status_truncated: bool,
+    /// More than [`MAX_REMOTES`] remote URLs: `remotes` is incomplete.
+    #[serde(rename = "remotesTruncated", default, skip_serializing_if = "is_false")]
+    pub remotes_truncated: bool,
+    /// `commitmessage` was cut at [`MAX_TEXT`] bytes.
+    #[serde(
+        rename = "commitmessageTruncated",
+        default,
+        skip_serializing_if = "is_false"
+    )]
+    pub commitmessage_truncated: bool,
+    /// `signature` was cut at [`MAX_TEXT`] bytes.
+    #[serde(
+        rename = "signatureTruncated",
+        default,
+        skip_serializing_if = "is_false"
+    )]
+    pub signature_truncated: bool,
+    /// A tag's `message` or `pgpsignature` was cut at [`MAX_TEXT`] bytes.
+    #[serde(rename = "tagsTruncated", default, skip_serializing_if = "is_false")]
+    pub tags_truncated: bool,
 }
 
-/// Finds an executable named `name` in `path_var` (a `PATH` value).
-pub fn find_in_path(name: &str, path_var: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
-        let p = Path::new(dir).join(name);
-        if let Ok(m) = std::fs::metadata(&p) {
-            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                return Some(p);
-            }
-        }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary); true if cut.
+fn cap_text(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
     }
-    None
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    s.truncate(i);
+    true
 }
 
 /// Removes userinfo (`user:password@`) from a remote URL. For scp-like
@@ -138,65 +196,6 @@ pub fn strip_credentials(url: &str) -> String {
         }
     }
     url.to_string()
-}
-
-struct Git {
-    bin: PathBuf,
-    dir: PathBuf,
-}
-
-impl Git {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("-C")
-            .arg(&self.dir)
-            .args(["-c", "safe.directory=*", "-c", "core.quotepath=off"])
-            .args(args)
-            .env("GIT_OPTIONAL_LOCKS", "0")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
-            .stdin(std::process::Stdio::null());
-        for v in [
-            "GIT_DIR",
-            "GIT_WORK_TREE",
-            "GIT_INDEX_FILE",
-            "GIT_OBJECT_DIRECTORY",
-            "GIT_COMMON_DIR",
-            "GIT_NAMESPACE",
-            "GIT_CEILING_DIRECTORIES",
-        ] {
-            c.env_remove(v);
-        }
-        c
-    }
-
-    /// Runs git; Ok(None) when it exits non-zero.
-    fn try_run(&self, args: &[&str]) -> Result<Option<Vec<u8>>, AttestError> {
-        let out = self.cmd(args).output().map_err(|e| AttestError::Io {
-            what: format!("running {} {}", self.bin.display(), args.join(" ")),
-            source: e,
-        })?;
-        if out.status.success() {
-            Ok(Some(out.stdout))
-        } else {
-            Ok(None)
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Result<Vec<u8>, AttestError> {
-        let out = self.cmd(args).output().map_err(|e| AttestError::Io {
-            what: format!("running git {}", args.join(" ")),
-            source: e,
-        })?;
-        if !out.status.success() {
-            return Err(AttestError::Invalid(format!(
-                "git {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(out.stdout)
-    }
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -400,33 +399,6 @@ fn status_name(c: u8) -> &'static str {
     }
 }
 
-/// Parses `git status --porcelain=v1 -z`.
-pub fn parse_status(out: &[u8]) -> BTreeMap<String, Status> {
-    let mut m = BTreeMap::new();
-    let mut it = out.split(|b| *b == 0).filter(|e| !e.is_empty());
-    while let Some(e) = it.next() {
-        if e.len() < 4 {
-            continue;
-        }
-        let (x, y) = (e[0], e[1]);
-        let path = lossy(&e[3..]);
-        if x == b'R' || x == b'C' {
-            it.next(); // the source path
-        }
-        if x == b'!' {
-            continue;
-        }
-        m.insert(
-            path,
-            Status {
-                staging: status_name(x).to_string(),
-                worktree: status_name(y).to_string(),
-            },
-        );
-    }
-    m
-}
-
 /// The git attestor.
 #[derive(Debug, Default)]
 pub struct GitAttestor {
@@ -444,46 +416,38 @@ impl GitAttestor {
         self.data.as_ref()
     }
 
-    /// Observes the repository containing `dir`. `path_var` is searched for
-    /// the git binary. Ok(None) outside a repository or without commits.
-    pub fn observe(
-        dir: &Path,
-        path_var: &str,
-        hashes: &[HashAlg],
-    ) -> Result<Option<GitAttestation>, AttestError> {
-        let bin = find_in_path("git", path_var)
-            .or_else(|| find_in_path("git", "/usr/bin:/bin:/usr/local/bin"))
-            .ok_or_else(|| AttestError::Invalid("git: no git binary found in PATH".into()))?;
-        let g = Git {
-            bin: bin.clone(),
-            dir: dir.to_path_buf(),
-        };
-        if g.try_run(&["rev-parse", "--git-dir"])?.is_none() {
+    /// Observes the repository containing `dir` (searched upwards, like
+    /// `git -C dir`). Ok(None) outside a repository or without commits.
+    /// Runs no program.
+    pub fn observe(dir: &Path) -> Result<Option<GitAttestation>, AttestError> {
+        let Some(repo) = open_repository(dir)? else {
             return Ok(None); // not a repository
-        }
-        let head = match g.try_run(&["rev-parse", "--verify", "-q", "HEAD^{commit}"])? {
-            Some(h) => lossy(&h).trim().to_string(),
-            None => return Ok(None), // no commits yet
         };
+        let mut head = repo.head().map_err(|e| gix_err("reading HEAD", e))?;
+        if head.is_unborn() {
+            return Ok(None); // no commits yet
+        }
+        let branch_ref = head.referent_name().map(|n| lossy(n.as_bstr()));
+        let head_id = head
+            .peel_to_commit()
+            .map_err(|e| gix_err("resolving HEAD to a commit", e))?
+            .id;
+        let head_hex = head_id.to_string();
         let mut a = GitAttestation {
             gittool: GIT_TOOL.to_string(),
-            gitbinpath: bin.to_string_lossy().into_owned(),
-            gitbinhash: {
-                let hs: Vec<HashAlg> = hashes
-                    .iter()
-                    .copied()
-                    .filter(|h| *h != HashAlg::DirHash)
-                    .collect();
-                let real = std::fs::canonicalize(&bin).unwrap_or(bin.clone());
-                DigestSet::from_file(&real, &hs).ok()
-            },
-            commithash: head.clone(),
+            commithash: head_hex.clone(),
             ..Default::default()
         };
-        a.commitdigest.0.insert(HashAlg::Sha1, head.clone());
+        let digest_alg = match head_id.kind() {
+            gix::hash::Kind::Sha1 => HashAlg::Sha1,
+            _ => HashAlg::Sha256,
+        };
+        a.commitdigest.0.insert(digest_alg, head_hex.clone());
 
-        let raw = lossy(&g.run(&["cat-file", "commit", &head])?);
-        let (headers, msg) = parse_object(&raw);
+        let raw = read_object(&repo, head_id, gix::object::Kind::Commit, "HEAD commit")?;
+        let (headers, mut msg) = parse_object(&lossy(&raw));
+        drop(raw);
+        a.commitmessage_truncated = cap_text(&mut msg, MAX_TEXT);
         a.commitmessage = msg;
         for (k, v) in &headers {
             match k.as_str() {
@@ -501,109 +465,465 @@ impl GitAttestor {
                     a.committeremail = s.email;
                 }
                 "gpgsig" | "gpgsig-sha256" if a.signature.is_empty() => {
-                    a.signature = format!("{v}\n");
+                    let mut sig = format!("{v}\n");
+                    a.signature_truncated = cap_text(&mut sig, MAX_TEXT);
+                    a.signature = sig;
                 }
                 _ => {}
             }
         }
 
         // Refs pointing at HEAD (go-git lists HEAD itself only when detached).
-        let branch = g
-            .try_run(&["symbolic-ref", "-q", "HEAD"])?
-            .map(|b| lossy(&b).trim().to_string());
-        match &branch {
+        match &branch_ref {
             Some(full) => {
                 a.branch = full.strip_prefix("refs/heads/").unwrap_or(full).to_string();
             }
             None => a.refs.push("HEAD".to_string()),
         }
-        let refs = g.run(&["for-each-ref", "--format=%(objectname) %(refname)"])?;
-        for line in lossy(&refs).lines() {
-            if let Some((oid, name)) = line.split_once(' ') {
-                if oid == head {
-                    a.refs.push(name.to_string());
-                }
-            }
-        }
-
-        // Annotated tags whose target is HEAD.
-        let tags = g.run(&[
-            "for-each-ref",
-            "refs/tags",
-            "--format=%(objecttype) %(objectname) %(*objectname)",
-        ])?;
-        for line in lossy(&tags).lines() {
-            let parts: Vec<&str> = line.split(' ').collect();
-            if parts.len() != 3 || parts[0] != "tag" {
-                continue;
-            }
-            let raw = lossy(&g.run(&["cat-file", "tag", parts[1]])?);
-            let (headers, msg) = parse_object(&raw);
-            let target = headers
-                .iter()
-                .find(|(k, _)| k == "object")
-                .map(|(_, v)| v.as_str());
-            if target != Some(head.as_str()) {
-                continue;
-            }
-            let mut t = Tag::default();
-            for (k, v) in &headers {
-                match k.as_str() {
-                    "tag" => t.name = v.clone(),
-                    "tagger" => {
-                        let s = parse_signature(v);
-                        t.taggername = s.name;
-                        t.taggeremail = s.email;
-                        t.when = go_rfc3339(s.time, s.offset);
-                    }
-                    _ => {}
-                }
-            }
-            let sig_start = [
-                "-----BEGIN PGP SIGNATURE-----",
-                "-----BEGIN SSH SIGNATURE-----",
-            ]
-            .iter()
-            .filter_map(|m| msg.find(m))
-            .min();
-            match sig_start {
-                Some(i) => {
-                    t.message = msg[..i].to_string();
-                    t.pgpsignature = msg[i..].to_string();
-                }
-                None => t.message = msg,
-            }
-            a.tags.push(t);
-        }
-
-        // Remotes, sorted by remote name, credentials removed.
-        if let Some(out) = g.try_run(&["config", "--get-regexp", r"^remote\..*\.url$"])? {
-            let mut remotes: Vec<(String, String)> = Vec::new();
-            for line in lossy(&out).lines() {
-                if let Some((k, url)) = line.split_once(' ') {
-                    let name = k
-                        .strip_prefix("remote.")
-                        .and_then(|r| r.strip_suffix(".url"))
-                        .unwrap_or(k);
-                    remotes.push((name.to_string(), strip_credentials(url)));
-                }
-            }
-            remotes.sort_by(|a, b| a.0.cmp(&b.0));
-            a.remotes = remotes.into_iter().map(|(_, u)| u).collect();
-        }
+        read_refs(&repo, head_id, &mut a)?;
+        read_remotes(&repo, &mut a);
 
         // Working-tree status (a bare repository has none).
-        if let Some(out) = g.try_run(&[
-            "status",
-            "--porcelain=v1",
-            "-z",
-            "--untracked-files=all",
-            "--ignored=no",
-        ])? {
-            a.status = parse_status(&out);
+        if repo.workdir().is_some() {
+            let tree = gix::ObjectId::from_hex(a.treehash.as_bytes()).map_err(|e| {
+                AttestError::Invalid(format!("git: HEAD commit has a bad tree id: {e}"))
+            })?;
+            let (status, truncated) = read_status(&repo, tree)?;
+            a.status = status;
+            a.status_truncated = truncated;
         }
         Ok(Some(a))
     }
+}
+
+fn gix_err(what: &str, e: impl std::fmt::Display) -> AttestError {
+    AttestError::Invalid(format!("git: {what}: {e}"))
+}
+
+/// gix options that read the repository's own files and nothing else, and
+/// can run nothing: no git binary (installation config), no system/global
+/// configuration, no environment, no includes; reduced trust, so that the
+/// repository's configuration sections are never used for anything that
+/// names a command (filter drivers, ...), and no configuration section of
+/// the repository is accepted for such "sensitive" reads at all.
+fn isolated_options() -> gix::open::Options {
+    let mut perms = gix::open::Permissions::isolated();
+    perms.config.git_binary = false;
+    perms.config.system = false;
+    perms.config.git = false;
+    perms.config.user = false;
+    perms.config.env = false;
+    perms.config.includes = false;
+    perms.attributes.git_binary = false;
+    perms.attributes.system = false;
+    perms.attributes.git = false;
+    gix::open::Options::isolated()
+        .permissions(perms)
+        .with_enforced_trust(gix::sec::Trust::Reduced)
+        .filter_config_section(no_repository_sections)
+        .strict_config(false)
+        .configure_related_repository(|_related, opts| {
+            // Submodules and linked worktrees get the same treatment.
+            Ok(std::ops::ControlFlow::Continue(
+                opts.permissions(gix::open::Permissions::isolated())
+                    .with_enforced_trust(gix::sec::Trust::Reduced)
+                    .filter_config_section(no_repository_sections),
+            ))
+        })
+}
+
+/// The section filter for "sensitive" configuration reads (those that can
+/// name programs): nothing from the repository is eligible.
+fn no_repository_sections(meta: &gix::config::file::Metadata) -> bool {
+    meta.source.kind() != gix::config::source::Kind::Repository
+}
+
+/// The repository containing `dir`, or None when there is none.
+fn open_repository(dir: &Path) -> Result<Option<gix::Repository>, AttestError> {
+    use gix::discover::upwards;
+    let opts = upwards::Options {
+        // Ownership is irrelevant: nothing in the repository is executed.
+        trust: upwards::TrustPolicy::Assume(gix::sec::Trust::Reduced),
+        ..Default::default()
+    };
+    let (path, _trust) = match gix::discover::upwards_opts(dir, opts) {
+        Ok(found) => found,
+        Err(e) => {
+            return match e.downcast_any_ref::<upwards::Error>() {
+                Some(
+                    upwards::Error::NoGitRepository { .. }
+                    | upwards::Error::NoGitRepositoryWithinCeiling { .. }
+                    | upwards::Error::NoGitRepositoryWithinFs { .. },
+                ) => Ok(None),
+                _ => Err(gix_err("finding the repository", e)),
+            }
+        }
+    };
+    let (git_dir, worktree) = path.into_repository_and_work_tree_directories();
+    let at = worktree.unwrap_or(git_dir);
+    let repo = gix::open_opts(&at, isolated_options())
+        .map_err(|e| gix_err(&format!("opening {}", at.display()), e))?;
+    Ok(Some(repo))
+}
+
+/// The raw bytes of object `id`, which must be of `kind` and at most
+/// [`MAX_OBJECT_SIZE`] bytes.
+fn read_object(
+    repo: &gix::Repository,
+    id: gix::ObjectId,
+    kind: gix::object::Kind,
+    what: &str,
+) -> Result<Vec<u8>, AttestError> {
+    let header = repo
+        .find_header(id)
+        .map_err(|e| gix_err(&format!("reading {what} {id}"), e))?;
+    if header.kind() != kind {
+        return Err(AttestError::Invalid(format!(
+            "git: {what} {id} is a {}, not a {kind}",
+            header.kind()
+        )));
+    }
+    if header.size() > MAX_OBJECT_SIZE {
+        return Err(AttestError::Invalid(format!(
+            "git: {what} {id} is {} bytes, over the {} byte limit",
+            header.size(),
+            MAX_OBJECT_SIZE
+        )));
+    }
+    let obj = repo
+        .find_object(id)
+        .map_err(|e| gix_err(&format!("reading {what} {id}"), e))?;
+    Ok(obj.detach().data)
+}
+
+/// `refs` (refs whose direct target — symbolic refs followed, tags not
+/// peeled — is HEAD, sorted by name, like `git for-each-ref`) and `tags`
+/// (annotated tags whose object is HEAD).
+fn read_refs(
+    repo: &gix::Repository,
+    head: gix::ObjectId,
+    a: &mut GitAttestation,
+) -> Result<(), AttestError> {
+    let platform = repo.references().map_err(|e| gix_err("reading refs", e))?;
+    let iter = platform.all().map_err(|e| gix_err("reading refs", e))?;
+    let mut refs: Vec<String> = Vec::new();
+    let mut tags: Vec<(String, Tag)> = Vec::new();
+    for (examined, r) in iter.enumerate() {
+        if examined >= MAX_REFS {
+            a.refs_truncated = true;
+            break;
+        }
+        let Ok(mut r) = r else {
+            continue; // a broken ref: git for-each-ref skips it too
+        };
+        let name = lossy(r.name().as_bstr());
+        if !name.starts_with("refs/") {
+            continue;
+        }
+        let Ok(id) = r.follow_to_object() else {
+            continue; // dangling symbolic ref
+        };
+        let id = id.detach();
+        if id == head {
+            refs.push(name.clone());
+        }
+        if !name.starts_with("refs/tags/") {
+            continue;
+        }
+        let is_tag = repo
+            .find_header(id)
+            .map(|h| h.kind() == gix::object::Kind::Tag)
+            .unwrap_or(false);
+        if !is_tag {
+            continue;
+        }
+        let raw = read_object(repo, id, gix::object::Kind::Tag, "tag")?;
+        if let Some(t) = parse_tag(&lossy(&raw), &head.to_string(), &mut a.tags_truncated) {
+            tags.push((name, t));
+        }
+    }
+    refs.sort();
+    a.refs.extend(refs);
+    tags.sort_by(|x, y| x.0.cmp(&y.0));
+    a.tags = tags.into_iter().map(|(_, t)| t).collect();
+    Ok(())
+}
+
+/// A tag object whose `object` is `head`, as a [`Tag`].
+fn parse_tag(raw: &str, head: &str, truncated: &mut bool) -> Option<Tag> {
+    let (headers, msg) = parse_object(raw);
+    let target = headers
+        .iter()
+        .find(|(k, _)| k == "object")
+        .map(|(_, v)| v.as_str());
+    if target != Some(head) {
+        return None;
+    }
+    let mut t = Tag::default();
+    for (k, v) in &headers {
+        match k.as_str() {
+            "tag" => t.name = v.clone(),
+            "tagger" => {
+                let s = parse_signature(v);
+                t.taggername = s.name;
+                t.taggeremail = s.email;
+                t.when = go_rfc3339(s.time, s.offset);
+            }
+            _ => {}
+        }
+    }
+    let sig_start = [
+        "-----BEGIN PGP SIGNATURE-----",
+        "-----BEGIN SSH SIGNATURE-----",
+    ]
+    .iter()
+    .filter_map(|m| msg.find(m))
+    .min();
+    match sig_start {
+        Some(i) => {
+            t.message = msg[..i].to_string();
+            t.pgpsignature = msg[i..].to_string();
+        }
+        None => t.message = msg,
+    }
+    *truncated |= cap_text(&mut t.message, MAX_TEXT);
+    *truncated |= cap_text(&mut t.pgpsignature, MAX_TEXT);
+    Some(t)
+}
+
+/// Remote URLs (every `remote.<name>.url` value of the repository's
+/// configuration), sorted by remote name, credentials removed.
+fn read_remotes(repo: &gix::Repository, a: &mut GitAttestation) {
+    let snapshot = repo.config_snapshot();
+    let file = snapshot.plumbing();
+    let mut remotes: Vec<(String, String)> = Vec::new();
+    if let Some(sections) = file.sections_by_name("remote") {
+        'outer: for section in sections {
+            let Some(name) = section.header().subsection_name() else {
+                continue;
+            };
+            for url in section.values("url") {
+                if remotes.len() >= MAX_REMOTES {
+                    a.remotes_truncated = true;
+                    break 'outer;
+                }
+                remotes.push((lossy(name), strip_credentials(&lossy(&url))));
+            }
+        }
+    }
+    remotes.sort_by(|x, y| x.0.cmp(&y.0));
+    a.remotes = remotes.into_iter().map(|(_, u)| u).collect();
+}
+
+/// Staging (X) and worktree (Y) codes per path, as in
+/// `git status --porcelain=v1`, bounded.
+#[derive(Default)]
+struct StatusMap {
+    m: BTreeMap<String, (u8, u8)>,
+    truncated: bool,
+}
+
+impl StatusMap {
+    /// Sets the codes of `path` (None keeps the current one); false when
+    /// the map is full and `path` is new.
+    fn set(&mut self, path: String, x: Option<u8>, y: Option<u8>) -> bool {
+        if !self.m.contains_key(&path) && self.m.len() >= MAX_STATUS_ENTRIES {
+            self.truncated = true;
+            return false;
+        }
+        let e = self.m.entry(path).or_insert((b' ', b' '));
+        if let Some(x) = x {
+            e.0 = x;
+        }
+        if let Some(y) = y {
+            e.1 = y;
+        }
+        true
+    }
+}
+
+/// The index-to-worktree half of the status: worktree codes, untracked
+/// files. Stops the walk (through `stop`) once the map is full.
+struct WorktreeSink<'a, T, U> {
+    map: &'a mut StatusMap,
+    stop: &'a AtomicBool,
+    _types: std::marker::PhantomData<(T, U)>,
+}
+
+impl<'index, T, U> gix::status::plumbing::index_as_worktree_with_renames::VisitEntry<'index>
+    for WorktreeSink<'_, T, U>
+{
+    type ContentChange = T;
+    type SubmoduleStatus = U;
+
+    fn visit_entry(
+        &mut self,
+        entry: gix::status::plumbing::index_as_worktree_with_renames::Entry<'index, T, U>,
+    ) {
+        use gix::status::plumbing::index_as_worktree::{Change, Conflict, EntryStatus};
+        use gix::status::plumbing::index_as_worktree_with_renames::Entry;
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let (path, x, y) = match entry {
+            Entry::Modification {
+                rela_path, status, ..
+            } => {
+                let (x, y) = match status {
+                    EntryStatus::NeedsUpdate(_) => return, // stat only: unchanged
+                    EntryStatus::IntentToAdd => (Some(b' '), b'A'),
+                    EntryStatus::Conflict { summary, .. } => {
+                        let (x, y) = match summary {
+                            Conflict::BothDeleted => (b'D', b'D'),
+                            Conflict::AddedByUs => (b'A', b'U'),
+                            Conflict::DeletedByThem => (b'U', b'D'),
+                            Conflict::AddedByThem => (b'U', b'A'),
+                            Conflict::DeletedByUs => (b'D', b'U'),
+                            Conflict::BothAdded => (b'A', b'A'),
+                            Conflict::BothModified => (b'U', b'U'),
+                        };
+                        (Some(x), y)
+                    }
+                    EntryStatus::Change(c) => match c {
+                        Change::Removed => (None, b'D'),
+                        Change::Type { .. } => (None, b'T'),
+                        Change::Modification { .. } | Change::SubmoduleModification(_) => {
+                            (None, b'M')
+                        }
+                    },
+                };
+                (lossy(rela_path), x, Some(y))
+            }
+            Entry::DirectoryContents { entry, .. } => {
+                if entry.status != gix::dir::entry::Status::Untracked {
+                    return;
+                }
+                let mut p = lossy(entry.rela_path.as_ref());
+                if matches!(
+                    entry.disk_kind,
+                    Some(gix::dir::entry::Kind::Directory | gix::dir::entry::Kind::Repository)
+                ) && !p.ends_with('/')
+                {
+                    p.push('/'); // as git prints an untracked nested repository
+                }
+                (p, Some(b'?'), Some(b'?'))
+            }
+            Entry::Rewrite { .. } => return, // rewrite tracking is off
+        };
+        if !self.map.set(path, x, y) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `git status --porcelain=v1 --untracked-files=all --ignored=no`: HEAD's
+/// tree against the index (staging codes, renames detected), the index
+/// against the worktree (worktree codes, untracked files). Submodules are
+/// compared by commit only (their own worktrees are not examined).
+fn read_status(
+    repo: &gix::Repository,
+    head_tree: gix::ObjectId,
+) -> Result<(BTreeMap<String, Status>, bool), AttestError> {
+    let index = repo
+        .index_or_empty()
+        .map_err(|e| gix_err("reading the index", e))?;
+    let mut map = StatusMap::default();
+
+    // HEAD^{tree} against the index.
+    let mut pathspec = repo
+        .pathspec(
+            false,
+            None::<&str>,
+            true,
+            &index,
+            gix::worktree::stack::state::attributes::Source::IdMapping,
+        )
+        .map_err(|e| gix_err("status", e))?;
+    repo.tree_index_status(
+        &head_tree,
+        &index,
+        Some(&mut pathspec),
+        gix::status::tree_index::TrackRenames::Given(gix::diff::Rewrites::default()),
+        |change, _, _| {
+            use gix::diff::index::ChangeRef;
+            let (path, x) = match &change {
+                ChangeRef::Addition { location, .. } => (location, b'A'),
+                ChangeRef::Deletion { location, .. } => (location, b'D'),
+                ChangeRef::Modification { location, .. } => (location, b'M'),
+                ChangeRef::Rewrite { location, copy, .. } => {
+                    (location, if *copy { b'C' } else { b'R' })
+                }
+            };
+            Ok(if map.set(lossy(path.as_ref()), Some(x), None) {
+                gix::diff::index::Action::Continue(())
+            } else {
+                gix::diff::index::Action::Break(())
+            })
+        },
+    )
+    .map_err(|e| gix_err("status (HEAD against the index)", e))?;
+
+    // The index against the worktree, untracked files listed one by one.
+    if !map.truncated {
+        let stop = AtomicBool::new(false);
+        let dirwalk = repo
+            .dirwalk_options()
+            .map_err(|e| gix_err("status", e))?
+            .empty_patterns_match_prefix(false)
+            .emit_untracked(gix::dir::walk::EmissionMode::Matching)
+            .emit_ignored(None)
+            .emit_pruned(false)
+            .emit_tracked(false)
+            .emit_empty_directories(false)
+            .recurse_repositories(false);
+        let submodules = gix::status::index_worktree::BuiltinSubmoduleStatus::new(
+            repo.clone().into_sync(),
+            gix::status::Submodule::Given {
+                ignore: gix::submodule::config::Ignore::Dirty,
+                check_dirty: false,
+            },
+        )
+        .map_err(|e| gix_err("status", e))?;
+        let mut sink = WorktreeSink {
+            map: &mut map,
+            stop: &stop,
+            _types: std::marker::PhantomData,
+        };
+        let res = repo.index_worktree_status(
+            &index,
+            None::<&str>,
+            &mut sink,
+            gix::status::plumbing::index_as_worktree::traits::FastEq,
+            submodules,
+            &mut gix::progress::Discard,
+            &stop,
+            gix::status::index_worktree::Options {
+                sorting: None,
+                dirwalk_options: Some(dirwalk),
+                rewrites: None,
+                thread_limit: Some(1),
+            },
+        );
+        if let Err(e) = res {
+            if !stop.load(Ordering::Relaxed) {
+                return Err(gix_err("status (index against the worktree)", e));
+            }
+        }
+    }
+    let status = map
+        .m
+        .into_iter()
+        .map(|(p, (x, y))| {
+            (
+                p,
+                Status {
+                    staging: status_name(x).to_string(),
+                    worktree: status_name(y).to_string(),
+                },
+            )
+        })
+        .collect();
+    Ok((status, map.truncated))
 }
 
 fn sha256_of(s: &str) -> DigestSet {
@@ -618,14 +938,7 @@ impl Attestor for GitAttestor {
         Stage::PreMaterial
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
-        let path_var = ctx
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var("PATH").ok())
-            .unwrap_or_default();
-        self.data = Self::observe(&ctx.workdir, &path_var, &ctx.hashes)?;
+        self.data = Self::observe(&ctx.workdir)?;
         match &self.data {
             Some(d) => {
                 serde_json::to_value(d).map_err(|e| AttestError::Invalid(format!("git: {e}")))
@@ -708,16 +1021,30 @@ mod tests {
     }
 
     #[test]
-    fn status_parsing() {
-        let out = b" M a.txt\0A  b.txt\0?? c.txt\0R  new.txt\0old.txt\0D  gone\0";
-        let m = parse_status(out);
-        assert_eq!(m["a.txt"].staging, "unmodified");
-        assert_eq!(m["a.txt"].worktree, "modified");
-        assert_eq!(m["b.txt"].staging, "added");
-        assert_eq!(m["c.txt"].staging, "untracked");
-        assert_eq!(m["c.txt"].worktree, "untracked");
-        assert_eq!(m["new.txt"].staging, "renamed");
-        assert_eq!(m["gone"].staging, "deleted");
-        assert!(!m.contains_key("old.txt"));
+    fn status_codes_and_bounds() {
+        assert_eq!(status_name(b'?'), "untracked");
+        assert_eq!(status_name(b'T'), "modified");
+        assert_eq!(status_name(b'U'), "updated");
+        let mut m = StatusMap::default();
+        for i in 0..MAX_STATUS_ENTRIES {
+            assert!(m.set(format!("f{i}"), Some(b'A'), None));
+        }
+        // An existing path can still be updated; a new one is refused.
+        assert!(m.set("f0".into(), None, Some(b'M')));
+        assert_eq!(m.m["f0"], (b'A', b'M'));
+        assert!(!m.truncated);
+        assert!(!m.set("new".into(), Some(b'A'), None));
+        assert!(m.truncated);
+        assert_eq!(m.m.len(), MAX_STATUS_ENTRIES);
+    }
+
+    #[test]
+    fn text_is_cut_at_a_char_boundary() {
+        let mut s = "é".repeat(10); // 20 bytes
+        assert!(cap_text(&mut s, 5));
+        assert_eq!(s, "éé");
+        let mut t = "short".to_string();
+        assert!(!cap_text(&mut t, 5));
+        assert_eq!(t, "short");
     }
 }
