@@ -935,3 +935,112 @@ fn bare_repository_and_unborn_branch_in_a_worktree() {
     assert_eq!(j, json!({}));
     assert!(s.is_empty());
 }
+
+#[test]
+fn bounds_truncate_and_say_so() {
+    use cilock_evidence::attestors::git::Limits;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let date = "1700000000 +0000";
+    git(d, &["init", "-q"], date);
+    std::fs::write(d.join("f"), "x\n").unwrap();
+    git(d, &["add", "."], date);
+    let long_msg = format!("subject\n\n{}", "é".repeat(100));
+    git(d, &["commit", "-q", "-m", &long_msg], date);
+    for i in 0..10 {
+        git(
+            d,
+            &["tag", "-a", &format!("t{i}"), "-m", &"m".repeat(50)],
+            date,
+        );
+    }
+    for i in 0..5 {
+        git(
+            d,
+            &["remote", "add", &format!("r{i}"), &format!("https://h/{i}")],
+            date,
+        );
+    }
+    for i in 0..20 {
+        std::fs::write(d.join(format!("u{i:02}")), "u\n").unwrap();
+    }
+    // Unbounded (the defaults): everything, no truncation flag.
+    let full = GitAttestor::observe(d).unwrap().unwrap();
+    assert_eq!(full.status.len(), 20);
+    assert_eq!(full.tags.len(), 10);
+    assert_eq!(full.remotes.len(), 5);
+    let j = serde_json::to_value(&full).unwrap();
+    assert!(j
+        .as_object()
+        .unwrap()
+        .keys()
+        .all(|k| !k.ends_with("Truncated")));
+
+    let limits = Limits {
+        refs: 4,
+        status: 7,
+        remotes: 2,
+        text: 21,
+        object_size: 1 << 20,
+    };
+    let a = GitAttestor::observe_with_limits(d, limits)
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.status.len(), 7);
+    assert!(a.status_truncated);
+    // refs/heads/main + 3 tags examined.
+    assert!(a.refs_truncated);
+    assert_eq!(a.tags.len(), 3);
+    assert!(a.tags.iter().all(|t| t.message.len() <= 21));
+    assert!(a.tags_truncated);
+    assert_eq!(a.remotes.len(), 2);
+    assert!(a.remotes_truncated);
+    assert!(a.commitmessage_truncated);
+    assert!(a.commitmessage.len() <= 21 && a.commitmessage.starts_with("subject\n\n"));
+    let j = serde_json::to_value(&a).unwrap();
+    for k in [
+        "statusTruncated",
+        "refsTruncated",
+        "tagsTruncated",
+        "remotesTruncated",
+        "commitmessageTruncated",
+    ] {
+        assert_eq!(j[k], json!(true), "{k}");
+    }
+
+    // A HEAD commit object over the size limit is a clear error, not a panic.
+    let err = GitAttestor::observe_with_limits(
+        d,
+        Limits {
+            object_size: 100,
+            ..Limits::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("HEAD commit") && err.contains("over the 100 byte limit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_repository_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let date = "1700000000 +0000";
+    git(d, &["init", "-q"], date);
+    std::fs::write(d.join("f"), "x\n").unwrap();
+    git(d, &["add", "."], date);
+    git(d, &["commit", "-q", "-m", "c"], date);
+    let head = git(d, &["rev-parse", "HEAD"], date);
+    // The HEAD commit object disappears.
+    let obj = d.join(".git/objects").join(&head[..2]).join(&head[2..]);
+    std::fs::remove_file(obj).unwrap();
+    let err = GitAttestor::observe(d).unwrap_err().to_string();
+    assert!(err.starts_with("git: "), "{err}");
+    // HEAD names garbage.
+    std::fs::write(d.join(".git/HEAD"), "not a ref at all\n").unwrap();
+    let r = GitAttestor::observe(d);
+    assert!(!matches!(r, Ok(Some(_))), "{r:?}");
+}

@@ -21,6 +21,16 @@
 //!
 //! Outside a repository, and in a repository without commits, the predicate
 //! is `{}` and there are no subjects.
+//!
+//! Differences from `git` itself, all consequences of reading nothing but
+//! the repository: `remotes` come from the repository's own configuration
+//! (not from system/global files or `include`d ones); untracked files
+//! ignored only by a global excludes file are listed; a submodule is
+//! `modified` when its checked-out commit differs from the recorded one (its
+//! own worktree is not examined); `commitdigest` of a sha256 repository is
+//! `{"sha256": …}`. Memory for the index and HEAD's tree is bounded by the
+//! process limits of the attestor helper; gix caps object allocations at
+//! 16 MiB for a repository opened with reduced trust.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,6 +60,34 @@ pub const MAX_REMOTES: usize = 10_000;
 pub const MAX_TEXT: usize = 1 << 20;
 /// A HEAD commit or annotated tag object larger than this is refused.
 pub const MAX_OBJECT_SIZE: u64 = 16 << 20;
+
+/// The bounds the attestor applies (the `MAX_*` constants by default; a
+/// job cannot change them — only tests use smaller ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Refs examined ([`MAX_REFS`]).
+    pub refs: usize,
+    /// Status paths recorded ([`MAX_STATUS_ENTRIES`]).
+    pub status: usize,
+    /// Remote URLs recorded ([`MAX_REMOTES`]).
+    pub remotes: usize,
+    /// Bytes of a message or signature ([`MAX_TEXT`]).
+    pub text: usize,
+    /// Bytes of the HEAD commit or an annotated tag object ([`MAX_OBJECT_SIZE`]).
+    pub object_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            refs: MAX_REFS,
+            status: MAX_STATUS_ENTRIES,
+            remotes: MAX_REMOTES,
+            text: MAX_TEXT,
+            object_size: MAX_OBJECT_SIZE,
+        }
+    }
+}
 
 /// Staging and worktree state of one path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,6 +458,14 @@ impl GitAttestor {
     /// `git -C dir`). Ok(None) outside a repository or without commits.
     /// Runs no program.
     pub fn observe(dir: &Path) -> Result<Option<GitAttestation>, AttestError> {
+        Self::observe_with_limits(dir, Limits::default())
+    }
+
+    /// [`observe`](Self::observe) with explicit bounds.
+    pub fn observe_with_limits(
+        dir: &Path,
+        limits: Limits,
+    ) -> Result<Option<GitAttestation>, AttestError> {
         let Some(repo) = open_repository(dir)? else {
             return Ok(None); // not a repository
         };
@@ -444,10 +490,16 @@ impl GitAttestor {
         };
         a.commitdigest.0.insert(digest_alg, head_hex.clone());
 
-        let raw = read_object(&repo, head_id, gix::object::Kind::Commit, "HEAD commit")?;
+        let raw = read_object(
+            &repo,
+            head_id,
+            gix::object::Kind::Commit,
+            "HEAD commit",
+            &limits,
+        )?;
         let (headers, mut msg) = parse_object(&lossy(&raw));
         drop(raw);
-        a.commitmessage_truncated = cap_text(&mut msg, MAX_TEXT);
+        a.commitmessage_truncated = cap_text(&mut msg, limits.text);
         a.commitmessage = msg;
         for (k, v) in &headers {
             match k.as_str() {
@@ -466,7 +518,7 @@ impl GitAttestor {
                 }
                 "gpgsig" | "gpgsig-sha256" if a.signature.is_empty() => {
                     let mut sig = format!("{v}\n");
-                    a.signature_truncated = cap_text(&mut sig, MAX_TEXT);
+                    a.signature_truncated = cap_text(&mut sig, limits.text);
                     a.signature = sig;
                 }
                 _ => {}
@@ -480,15 +532,15 @@ impl GitAttestor {
             }
             None => a.refs.push("HEAD".to_string()),
         }
-        read_refs(&repo, head_id, &mut a)?;
-        read_remotes(&repo, &mut a);
+        read_refs(&repo, head_id, &mut a, &limits)?;
+        read_remotes(&repo, &mut a, &limits);
 
         // Working-tree status (a bare repository has none).
         if repo.workdir().is_some() {
             let tree = gix::ObjectId::from_hex(a.treehash.as_bytes()).map_err(|e| {
                 AttestError::Invalid(format!("git: HEAD commit has a bad tree id: {e}"))
             })?;
-            let (status, truncated) = read_status(&repo, tree)?;
+            let (status, truncated) = read_status(&repo, tree, &limits)?;
             a.status = status;
             a.status_truncated = truncated;
         }
@@ -573,6 +625,7 @@ fn read_object(
     id: gix::ObjectId,
     kind: gix::object::Kind,
     what: &str,
+    limits: &Limits,
 ) -> Result<Vec<u8>, AttestError> {
     let header = repo
         .find_header(id)
@@ -583,11 +636,11 @@ fn read_object(
             header.kind()
         )));
     }
-    if header.size() > MAX_OBJECT_SIZE {
+    if header.size() > limits.object_size {
         return Err(AttestError::Invalid(format!(
             "git: {what} {id} is {} bytes, over the {} byte limit",
             header.size(),
-            MAX_OBJECT_SIZE
+            limits.object_size
         )));
     }
     let obj = repo
@@ -603,13 +656,14 @@ fn read_refs(
     repo: &gix::Repository,
     head: gix::ObjectId,
     a: &mut GitAttestation,
+    limits: &Limits,
 ) -> Result<(), AttestError> {
     let platform = repo.references().map_err(|e| gix_err("reading refs", e))?;
     let iter = platform.all().map_err(|e| gix_err("reading refs", e))?;
     let mut refs: Vec<String> = Vec::new();
     let mut tags: Vec<(String, Tag)> = Vec::new();
     for (examined, r) in iter.enumerate() {
-        if examined >= MAX_REFS {
+        if examined >= limits.refs {
             a.refs_truncated = true;
             break;
         }
@@ -637,8 +691,9 @@ fn read_refs(
         if !is_tag {
             continue;
         }
-        let raw = read_object(repo, id, gix::object::Kind::Tag, "tag")?;
-        if let Some(t) = parse_tag(&lossy(&raw), &head.to_string(), &mut a.tags_truncated) {
+        let raw = read_object(repo, id, gix::object::Kind::Tag, "tag", limits)?;
+        let head_hex = head.to_string();
+        if let Some(t) = parse_tag(&lossy(&raw), &head_hex, limits.text, &mut a.tags_truncated) {
             tags.push((name, t));
         }
     }
@@ -650,7 +705,7 @@ fn read_refs(
 }
 
 /// A tag object whose `object` is `head`, as a [`Tag`].
-fn parse_tag(raw: &str, head: &str, truncated: &mut bool) -> Option<Tag> {
+fn parse_tag(raw: &str, head: &str, max_text: usize, truncated: &mut bool) -> Option<Tag> {
     let (headers, msg) = parse_object(raw);
     let target = headers
         .iter()
@@ -686,14 +741,14 @@ fn parse_tag(raw: &str, head: &str, truncated: &mut bool) -> Option<Tag> {
         }
         None => t.message = msg,
     }
-    *truncated |= cap_text(&mut t.message, MAX_TEXT);
-    *truncated |= cap_text(&mut t.pgpsignature, MAX_TEXT);
+    *truncated |= cap_text(&mut t.message, max_text);
+    *truncated |= cap_text(&mut t.pgpsignature, max_text);
     Some(t)
 }
 
 /// Remote URLs (every `remote.<name>.url` value of the repository's
 /// configuration), sorted by remote name, credentials removed.
-fn read_remotes(repo: &gix::Repository, a: &mut GitAttestation) {
+fn read_remotes(repo: &gix::Repository, a: &mut GitAttestation, limits: &Limits) {
     let snapshot = repo.config_snapshot();
     let file = snapshot.plumbing();
     let mut remotes: Vec<(String, String)> = Vec::new();
@@ -703,7 +758,7 @@ fn read_remotes(repo: &gix::Repository, a: &mut GitAttestation) {
                 continue;
             };
             for url in section.values("url") {
-                if remotes.len() >= MAX_REMOTES {
+                if remotes.len() >= limits.remotes {
                     a.remotes_truncated = true;
                     break 'outer;
                 }
@@ -717,9 +772,9 @@ fn read_remotes(repo: &gix::Repository, a: &mut GitAttestation) {
 
 /// Staging (X) and worktree (Y) codes per path, as in
 /// `git status --porcelain=v1`, bounded.
-#[derive(Default)]
 struct StatusMap {
     m: BTreeMap<String, (u8, u8)>,
+    max: usize,
     truncated: bool,
 }
 
@@ -727,7 +782,7 @@ impl StatusMap {
     /// Sets the codes of `path` (None keeps the current one); false when
     /// the map is full and `path` is new.
     fn set(&mut self, path: String, x: Option<u8>, y: Option<u8>) -> bool {
-        if !self.m.contains_key(&path) && self.m.len() >= MAX_STATUS_ENTRIES {
+        if !self.m.contains_key(&path) && self.m.len() >= self.max {
             self.truncated = true;
             return false;
         }
@@ -823,11 +878,16 @@ impl<'index, T, U> gix::status::plumbing::index_as_worktree_with_renames::VisitE
 fn read_status(
     repo: &gix::Repository,
     head_tree: gix::ObjectId,
+    limits: &Limits,
 ) -> Result<(BTreeMap<String, Status>, bool), AttestError> {
     let index = repo
         .index_or_empty()
         .map_err(|e| gix_err("reading the index", e))?;
-    let mut map = StatusMap::default();
+    let mut map = StatusMap {
+        m: BTreeMap::new(),
+        max: limits.status,
+        truncated: false,
+    };
 
     // HEAD^{tree} against the index.
     let mut pathspec = repo
@@ -1025,7 +1085,11 @@ mod tests {
         assert_eq!(status_name(b'?'), "untracked");
         assert_eq!(status_name(b'T'), "modified");
         assert_eq!(status_name(b'U'), "updated");
-        let mut m = StatusMap::default();
+        let mut m = StatusMap {
+            m: BTreeMap::new(),
+            max: MAX_STATUS_ENTRIES,
+            truncated: false,
+        };
         for i in 0..MAX_STATUS_ENTRIES {
             assert!(m.set(format!("f{i}"), Some(b'A'), None));
         }
