@@ -1044,3 +1044,76 @@ fn corrupt_repository_is_an_error_not_a_panic() {
     let r = GitAttestor::observe(d);
     assert!(!matches!(r, Ok(Some(_))), "{r:?}");
 }
+
+#[test]
+fn submodule_is_compared_by_commit_and_its_configuration_runs_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let date = "1700000000 +0000";
+    let lib = root.join("lib");
+    std::fs::create_dir(&lib).unwrap();
+    git(&lib, &["init", "-q"], date);
+    std::fs::write(lib.join("l.txt"), "lib\n").unwrap();
+    git(&lib, &["add", "."], date);
+    git(&lib, &["commit", "-q", "-m", "lib"], date);
+    let d = root.join("app");
+    std::fs::create_dir(&d).unwrap();
+    git(&d, &["init", "-q"], date);
+    std::fs::write(d.join("a"), "a\n").unwrap();
+    git(
+        &d,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            lib.to_str().unwrap(),
+            "sub",
+        ],
+        date,
+    );
+    git(&d, &["add", "."], date);
+    git(&d, &["commit", "-q", "-m", "app"], date);
+    // The submodule moves to a new commit: " M sub" in git status.
+    let sub = d.join("sub");
+    std::fs::write(sub.join("l.txt"), "lib 2\n").unwrap();
+    git(&sub, &["commit", "-q", "-am", "lib 2"], date);
+    let j = attest_for_comparison(&d);
+    assert_eq!(j, ground_truth(&d));
+    assert_eq!(
+        j["status"]["sub"],
+        json!({"staging": "unmodified", "worktree": "modified"})
+    );
+
+    // Hostile configuration inside the submodule, and a stat-dirty file
+    // there: nothing runs (git status would run the filter and fsmonitor).
+    let markers = root.join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let script = root.join("mark.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch '{}/ran'\ncat\n", markers.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = script.display();
+    let sub_git_dir = git(&sub, &["rev-parse", "--absolute-git-dir"], date);
+    let cfg_path = Path::new(&sub_git_dir).join("config");
+    let mut cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    cfg.push_str(&format!(
+        "[core]\n\tfsmonitor = {s}\n\thooksPath = {}\n[filter \"x\"]\n\tclean = {s}\n\tprocess = {s}\n",
+        root.display()
+    ));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    std::fs::write(sub.join(".gitattributes"), "* filter=x\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(sub.join("l.txt"), "lib 2\n").unwrap();
+    let (j, _, _) = attest(&d);
+    assert_eq!(
+        j["status"]["sub"],
+        json!({"staging": "unmodified", "worktree": "modified"})
+    );
+    assert_eq!(markers_created(&markers), Vec::<String>::new());
+}
