@@ -546,10 +546,13 @@ fn rich_repo(d: &Path, extra: &[&str]) {
         ),
         ("dir/x.txt", "x\n"),
         ("exec.sh", "#!/bin/sh\n"),
+        ("spa ce é.txt", "unicode\n"),
+        ("to-link.txt", "becomes a symlink\n"),
     ] {
         std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
         std::fs::write(d.join(f), c).unwrap();
     }
+    std::os::unix::fs::symlink("a.txt", d.join("link")).unwrap();
     git(d, &["add", "."], date);
     git(d, &["commit", "-q", "-m", "first"], date);
     git(d, &["tag", "-a", "v0", "-m", "old"], date);
@@ -613,6 +616,15 @@ fn rich_repo(d: &Path, extra: &[&str]) {
     std::fs::write(d.join("ignored.log"), "ignored\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.join("exec.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Unicode path modified; symlink retargeted; file replaced by a
+    // symlink (type change); intent-to-add.
+    std::fs::write(d.join("spa ce é.txt"), "UNICODE\n").unwrap();
+    std::fs::remove_file(d.join("link")).unwrap();
+    std::os::unix::fs::symlink("b.txt", d.join("link")).unwrap();
+    std::fs::remove_file(d.join("to-link.txt")).unwrap();
+    std::os::unix::fs::symlink("a.txt", d.join("to-link.txt")).unwrap();
+    std::fs::write(d.join("ita.txt"), "intent\n").unwrap();
+    git(d, &["add", "-N", "ita.txt"], date);
 }
 
 #[test]
@@ -637,6 +649,10 @@ fn matches_git_on_a_branch() {
         ("new2.txt", "added", "modified"),
         ("u/v/deep.txt", "untracked", "untracked"),
         ("exec.sh", "unmodified", "modified"),
+        ("spa ce é.txt", "unmodified", "modified"),
+        ("link", "unmodified", "modified"),
+        ("to-link.txt", "unmodified", "modified"),
+        ("ita.txt", "unmodified", "added"),
     ] {
         assert_eq!(st[p], json!({"staging": x, "worktree": y}), "{p}");
     }
@@ -1116,4 +1132,101 @@ fn submodule_is_compared_by_commit_and_its_configuration_runs_nothing() {
         json!({"staging": "unmodified", "worktree": "modified"})
     );
     assert_eq!(markers_created(&markers), Vec::<String>::new());
+}
+
+#[test]
+fn matches_git_with_merge_conflicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let date = "1700000000 +0000";
+    git(d, &["init", "-q"], date);
+    for f in ["both.txt", "del-ours.txt", "del-theirs.txt"] {
+        std::fs::write(d.join(f), "base\n").unwrap();
+    }
+    git(d, &["add", "."], date);
+    git(d, &["commit", "-q", "-m", "base"], date);
+    git(d, &["checkout", "-q", "-b", "other"], date);
+    std::fs::write(d.join("both.txt"), "theirs\n").unwrap();
+    std::fs::write(d.join("del-ours.txt"), "theirs\n").unwrap();
+    std::fs::remove_file(d.join("del-theirs.txt")).unwrap();
+    std::fs::write(d.join("added.txt"), "theirs\n").unwrap();
+    git(d, &["add", "-A"], date);
+    git(d, &["commit", "-q", "-m", "theirs"], date);
+    git(d, &["checkout", "-q", "main"], date);
+    std::fs::write(d.join("both.txt"), "ours\n").unwrap();
+    std::fs::remove_file(d.join("del-ours.txt")).unwrap();
+    std::fs::write(d.join("del-theirs.txt"), "ours\n").unwrap();
+    std::fs::write(d.join("added.txt"), "ours\n").unwrap();
+    git(d, &["add", "-A"], date);
+    git(d, &["commit", "-q", "-m", "ours"], date);
+    let out = Command::new("git")
+        .current_dir(d)
+        .args([
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@x",
+            "merge",
+            "-q",
+            "other",
+        ])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the merge conflicts");
+    let j = attest_for_comparison(d);
+    assert_eq!(j, ground_truth(d));
+    let st = &j["status"];
+    assert_eq!(
+        st["both.txt"],
+        json!({"staging": "updated", "worktree": "updated"})
+    );
+    assert_eq!(
+        st["added.txt"],
+        json!({"staging": "added", "worktree": "added"})
+    );
+    assert_eq!(
+        st["del-ours.txt"],
+        json!({"staging": "deleted", "worktree": "updated"})
+    );
+    assert_eq!(
+        st["del-theirs.txt"],
+        json!({"staging": "updated", "worktree": "deleted"})
+    );
+}
+
+#[test]
+fn matches_git_in_a_linked_worktree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("main");
+    std::fs::create_dir(&d).unwrap();
+    rich_repo(&d, &[]);
+    let wt = tmp.path().join("linked");
+    git(
+        &d,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "side",
+            wt.to_str().unwrap(),
+            "feature",
+        ],
+        "1700000000 +0000",
+    );
+    std::fs::write(wt.join("a.txt"), "linked change\n").unwrap();
+    std::fs::write(wt.join("only-here"), "u\n").unwrap();
+    let j = attest_for_comparison(&wt);
+    assert_eq!(j, ground_truth(&wt));
+    assert_eq!(j["branch"], "side");
+    assert_eq!(j["refs"], json!(["refs/heads/feature", "refs/heads/side"]));
+    assert_eq!(
+        j["status"],
+        json!({
+            "a.txt": {"staging": "unmodified", "worktree": "modified"},
+            "only-here": {"staging": "untracked", "worktree": "untracked"},
+        })
+    );
 }
