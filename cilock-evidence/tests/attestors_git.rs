@@ -1230,3 +1230,20 @@ fn matches_git_in_a_linked_worktree() {
         })
     );
 }
+
+#[test]
+fn workdir_given_as_an_open_directory_descriptor() {
+    // The attestor helper holds the step's workdir as an fd; the repository
+    // is then reached through /proc/self/fd/N, which must give the same
+    // attestation as the path.
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    rich_repo(d, &[]);
+    let dir = std::fs::File::open(d).unwrap();
+    let via_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let a = GitAttestor::observe(&via_fd).unwrap().unwrap();
+    let b = GitAttestor::observe(d).unwrap().unwrap();
+    assert_eq!(a, b);
+    assert!(!a.status.is_empty());
+}
