@@ -487,3 +487,121 @@ fn material_fails_cleanly_on_a_missing_workdir() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+fn gh_env(output: &Path) -> Vec<(String, String)> {
+    env(&[
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_ACTION_REPOSITORY", "a/b"),
+        ("GITHUB_ACTION_REF", "v1"),
+        ("GITHUB_OUTPUT", output.to_str().unwrap()),
+    ])
+}
+
+fn observe_github_action(
+    ws: &Path,
+    output: &Path,
+) -> cilock_evidence::attestors::github_action::GitHubActionAttestation {
+    let filter =
+        cilock_evidence::attestors::environment::SensitiveEnvFilter::new(&Default::default())
+            .unwrap();
+    let a =
+        cilock_evidence::attestors::github_action::GitHubActionAttestor::new(None, None, filter);
+    let ctx = AttestationContext::new(ws.to_path_buf(), gh_env(output));
+    a.observe(&ctx).unwrap()
+}
+
+#[test]
+fn github_output_fifo_does_not_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Without O_NONBLOCK this open would wait for a writer forever; the test
+    // runs it on a thread and gives it 20 s.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ws, f) = (tmp.path().to_path_buf(), fifo.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(observe_github_action(&ws, &f));
+    });
+    let d = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("observe blocked on a FIFO GITHUB_OUTPUT");
+    assert!(d.actionoutputs.is_empty());
+    assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
+    assert!(
+        d.notes[0].contains("not a regular file (a fifo)"),
+        "{:?}",
+        d.notes
+    );
+}
+
+#[test]
+fn github_output_is_read_bounded_regular_and_not_through_a_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A 2 GiB sparse file: at most MAX_FILE_BYTES are read.
+    let big = tmp.path().join("big");
+    std::fs::write(&big, b"first=1\nsecond=2\n").unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    f.set_len(2 << 30).unwrap();
+    drop(f);
+    let d = observe_github_action(tmp.path(), &big);
+    assert_eq!(d.actionoutputs.get("first").map(String::as_str), Some("1"));
+    assert_eq!(d.actionoutputs.get("second").map(String::as_str), Some("2"));
+    assert_eq!(d.actionoutputs.len(), 2, "{:?}", d.actionoutputs.keys());
+    assert_eq!(d.notes.len(), 1);
+    assert!(
+        d.notes[0].contains("read only the first 1048576 bytes"),
+        "{:?}",
+        d.notes
+    );
+    // A cut line is not recorded: 1 MiB of `x=` without a newline.
+    let long = tmp.path().join("long");
+    let mut content = b"ok=yes\nx=".to_vec();
+    content.resize(2 << 20, b'a');
+    std::fs::write(&long, &content).unwrap();
+    let d = observe_github_action(tmp.path(), &long);
+    assert_eq!(d.actionoutputs.keys().collect::<Vec<_>>(), vec!["ok"]);
+
+    // A symbolic link (to a file the job could not read, as root would) is
+    // not followed; nor is /proc/<pid>/environ read through one; a device
+    // is refused.
+    let secret = tmp.path().join("kv.env");
+    std::fs::write(&secret, b"DB_PASSWORD=SuperSecret\n").unwrap();
+    let link = tmp.path().join("out-link");
+    symlink(&secret, &link).unwrap();
+    let d = observe_github_action(tmp.path(), &link);
+    assert!(d.actionoutputs.is_empty());
+    assert!(d.notes[0].contains("symbolic link"), "{:?}", d.notes);
+    let d = observe_github_action(tmp.path(), Path::new("/dev/zero"));
+    assert!(d.actionoutputs.is_empty());
+    assert!(d.notes[0].contains("character device"), "{:?}", d.notes);
+}
+
+#[test]
+fn github_action_files_are_read_once_per_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("output");
+    write(&out, b"v=first\n");
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let mut ctx = AttestationContext::new(ws.clone(), gh_env(&out));
+    push_command_run(&mut ctx, "", 0);
+    // `Lifecycle::after` observes (to decide whether to record) and then
+    // attests through `run_one`: the file is read by the first observation
+    // only. Here the file changes between the two.
+    let filter =
+        cilock_evidence::attestors::environment::SensitiveEnvFilter::new(&Default::default())
+            .unwrap();
+    let mut a =
+        cilock_evidence::attestors::github_action::GitHubActionAttestor::new(None, None, filter);
+    assert_eq!(a.observe(&ctx).unwrap().actionoutputs["v"], "first");
+    write(&out, b"v=second\n");
+    cilock_evidence::attestors::run_one(&mut ctx, &mut a).unwrap();
+    assert_eq!(
+        completed(&ctx, "github-action").json["actionoutputs"]["v"],
+        "first"
+    );
+    // The next step reads the file again.
+    assert_eq!(a.observe(&ctx).unwrap().actionoutputs["v"], "second");
+}
