@@ -605,3 +605,146 @@ fn github_action_files_are_read_once_per_step() {
     // The next step reads the file again.
     assert_eq!(a.observe(&ctx).unwrap().actionoutputs["v"], "second");
 }
+
+fn open_path_dir(p: &Path) -> std::sync::Arc<std::os::fd::OwnedFd> {
+    std::sync::Arc::new(
+        nix::fcntl::open(
+            p,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap(),
+    )
+}
+
+/// A 0700 directory holding files the job must never see attested.
+fn rootonly(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    write(&p.join("kv.env"), b"DB_PASSWORD=SuperSecret-RootOnly-123\n");
+    write(&p.join("sub/secret.txt"), b"secret\n");
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn workdir_swapped_for_a_link_between_two_walks_of_the_same_fd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    write(&ws.join("m.txt"), b"material\n");
+    write(&ws.join("d/n.txt"), b"nested\n");
+    rootonly(&tmp.path().join("rootonly"));
+    let mut lc = Lifecycle::new(&[], AttestorOptions::default()).unwrap();
+    let mut ctx = AttestationContext::new(ws.clone(), vec![]);
+    ctx.workdir_fd = Some(open_path_dir(&ws));
+    lc.before(&mut ctx).unwrap();
+    assert_eq!(
+        keys(&completed(&ctx, "material").json),
+        set(&["d/n.txt", "m.txt"])
+    );
+    write(&ws.join("new.bin"), b"product\n");
+    std::fs::rename(&ws, tmp.path().join("ws.orig")).unwrap();
+    symlink(tmp.path().join("rootonly"), &ws).unwrap();
+    push_command_run(&mut ctx, "", 0);
+    lc.after(&mut ctx).unwrap();
+    // The second walk of the same descriptor sees the original tree.
+    assert_eq!(keys(&completed(&ctx, "product").json), set(&["new.bin"]));
+    assert!(lc.skipped_paths().is_empty(), "{:?}", lc.skipped_paths());
+
+    // Without a descriptor in the context, the path is opened once per
+    // walk: the swap is then seen at the start of the next walk, and that
+    // walk is a walk of the new target only (here the job could have
+    // written there itself).
+    let mut ctx2 = AttestationContext::new(ws.clone(), vec![]);
+    let mut lc2 = Lifecycle::new(&[], AttestorOptions::default()).unwrap();
+    lc2.before(&mut ctx2).unwrap();
+    assert_eq!(
+        keys(&completed(&ctx2, "material").json),
+        set(&["kv.env", "sub/secret.txt"])
+    );
+}
+
+#[test]
+fn mid_walk_swap_of_a_directory_is_not_followed() {
+    use cilock_evidence::attestors::filetree::{walk, WalkFile, WalkLimits};
+    use std::os::fd::AsFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    write(&ws.join("a/mine.txt"), b"mine\n");
+    write(&ws.join("zzz/last.txt"), b"z\n");
+    rootonly(&tmp.path().join("rootonly"));
+    let root = open_path_dir(&ws);
+    let (ws2, ro) = (ws.clone(), tmp.path().join("rootonly"));
+    // One visiting thread: the visitor runs in walk order. The walk is LIFO,
+    // so zzz/ is walked while a/ waits, listed but not yet opened; the swap
+    // happens then (security review #3, race variant).
+    let out = walk(
+        root.as_fd(),
+        &[ws.clone()],
+        &WalkLimits {
+            threads: 1,
+            ..Default::default()
+        },
+        &move |f: &WalkFile<'_>| {
+            if f.rel == "zzz/last.txt" {
+                std::fs::rename(ws2.join("a"), ws2.join("a.real")).unwrap();
+                symlink(&ro, ws2.join("a")).unwrap();
+            }
+            Ok(Some(f.meta.len()))
+        },
+    )
+    .unwrap();
+    assert_eq!(out.files.keys().collect::<Vec<_>>(), vec!["zzz/last.txt"]);
+    assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
+    assert_eq!(out.skipped[0].path, "a");
+    assert!(
+        out.skipped[0].reason.contains("changed during the walk"),
+        "{:?}",
+        out.skipped
+    );
+}
+
+#[test]
+fn a_2500_deep_chain_is_walked_to_the_depth_bound_in_linear_work() {
+    use cilock_evidence::attestors::filetree::{walk, WalkFile, WalkLimits, MAX_WALK_DEPTH};
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    use std::os::fd::{AsFd, OwnedFd};
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    write(&ws.join("top.txt"), b"top\n");
+    // Built by descriptor: the path is longer than PATH_MAX.
+    let mut cur: OwnedFd = std::fs::File::open(&ws).unwrap().into();
+    for _ in 0..2500 {
+        mkdirat(&cur, "d", Mode::from_bits_truncate(0o755)).unwrap();
+        cur = openat(
+            &cur,
+            "d",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+    }
+    drop(cur);
+    let mut lc = Lifecycle::new(&[], AttestorOptions::default()).unwrap();
+    let mut ctx = AttestationContext::new(ws.clone(), vec![]);
+    lc.before(&mut ctx).unwrap();
+    assert_eq!(keys(&completed(&ctx, "material").json), set(&["top.txt"]));
+    let skipped = lc.skipped_paths();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].1.reason.contains("deeper than 256 directories"));
+    assert_eq!(skipped[0].1.path.matches('d').count(), MAX_WALK_DEPTH + 1);
+
+    // The work: one directory open per level down to the bound.
+    let root = open_path_dir(&ws);
+    let out = walk(
+        root.as_fd(),
+        &[],
+        &WalkLimits::default(),
+        &|_f: &WalkFile<'_>| Ok(Some(())),
+    )
+    .unwrap();
+    assert_eq!(out.stats.dirs, MAX_WALK_DEPTH + 1);
+    assert!(out.stats.truncated);
+}
