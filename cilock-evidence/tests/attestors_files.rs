@@ -213,7 +213,9 @@ fn environment_filters_sensitive_variables() {
     let vars = env(&[
         ("PATH", "/usr/bin:/bin"),
         ("GITHUB_TOKEN", "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
-        ("github_token", "lowercase-is-not-matched"),
+        ("github_token", "lowercase-is-matched-too"),
+        ("DATABASE_URL", "postgres://app:DbPassw0rd@db.internal/app"),
+        ("GIT_AUTHOR_NAME", "Jane"),
         ("MY_PASSWORD", "allowed-by-option"),
         ("CUSTOM_X", "custom"),
         ("AWS_ACCESS_KEY_ID", "AKIA0000"),
@@ -244,7 +246,9 @@ fn environment_filters_sensitive_variables() {
         json!({
             "PATH": "/usr/bin:/bin",
             "GITHUB_TOKEN": "******",
-            "github_token": "lowercase-is-not-matched",
+            "github_token": "******",
+            "DATABASE_URL": "******",
+            "GIT_AUTHOR_NAME": "Jane",
             "MY_PASSWORD": "allowed-by-option",
             "CUSTOM_X": "******",
             "AWS_ACCESS_KEY_ID": "******",
@@ -257,7 +261,7 @@ fn environment_filters_sensitive_variables() {
     lc.before(&mut ctx).unwrap();
     assert_eq!(
         keys(&completed(&ctx, "environment").json["variables"]),
-        set(&["PATH", "github_token", "MY_PASSWORD"])
+        set(&["PATH", "GIT_AUTHOR_NAME", "MY_PASSWORD"])
     );
 }
 

@@ -255,7 +255,9 @@ impl SecretScanner {
     ) -> Self {
         let mut env_values: Vec<(String, String)> = env
             .iter()
-            .filter(|(k, v)| v.len() >= MIN_SENSITIVE_VALUE_LENGTH && filter.is_sensitive(k))
+            .filter(|(k, v)| {
+                v.len() >= MIN_SENSITIVE_VALUE_LENGTH && filter.is_sensitive_pair(k, v)
+            })
             .filter(|(_, v)| v.as_str() != super::environment::OBFUSCATED)
             .cloned()
             .collect();
