@@ -684,7 +684,7 @@ fn mid_walk_swap_of_a_directory_is_not_followed() {
     // happens then (security review #3, race variant).
     let out = walk(
         root.as_fd(),
-        &[ws.clone()],
+        std::slice::from_ref(&ws),
         &WalkLimits {
             threads: 1,
             ..Default::default()

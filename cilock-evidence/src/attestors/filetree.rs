@@ -905,7 +905,7 @@ mod tests {
         let (ws2, secret2) = (ws.clone(), secret.clone());
         let out = walk(
             root.as_fd(),
-            &[ws.clone()],
+            std::slice::from_ref(&ws),
             &WalkLimits {
                 threads: 1,
                 ..Default::default()

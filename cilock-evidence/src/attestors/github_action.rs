@@ -153,7 +153,7 @@ pub fn read_action_metadata_noted(dir: &Path) -> (Option<(String, String)>, Vec<
                         p.display()
                     ));
                 }
-                text = Some(String::from_utf8_lossy(&complete_lines(&bytes, more)).into_owned());
+                text = Some(String::from_utf8_lossy(complete_lines(&bytes, more)).into_owned());
                 break;
             }
             Err(e) => notes.push(format!("{}: not read: {e}", p.display())),

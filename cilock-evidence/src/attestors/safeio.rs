@@ -124,7 +124,14 @@ pub fn open_regular_nofollow(path: &Path) -> Result<(File, std::fs::Metadata), S
 
 /// Reads at most `max` bytes of `r`; the flag is true when there was more.
 pub fn read_capped(r: impl Read, max: u64) -> io::Result<(Vec<u8>, bool)> {
-    let mut buf = Vec::new();
+    read_capped_sized(r, max, 0)
+}
+
+/// [`read_capped`] with the expected size (from `fstat`) reserved up front,
+/// never more than `max`.
+pub fn read_capped_sized(r: impl Read, max: u64, size: u64) -> io::Result<(Vec<u8>, bool)> {
+    let mut buf =
+        Vec::with_capacity(size.min(max).saturating_add(1).min(usize::MAX as u64) as usize);
     r.take(max.saturating_add(1)).read_to_end(&mut buf)?;
     let more = buf.len() as u64 > max;
     if more {
@@ -136,8 +143,8 @@ pub fn read_capped(r: impl Read, max: u64) -> io::Result<(Vec<u8>, bool)> {
 /// [`open_regular_nofollow`] then [`read_capped`] (the size from `fstat`
 /// bounds the initial allocation, never above `max`).
 pub fn read_file_capped(path: &Path, max: u64) -> Result<(Vec<u8>, bool), String> {
-    let (f, _meta) = open_regular_nofollow(path)?;
-    read_capped(&f, max).map_err(|e| format!("cannot read: {e}"))
+    let (f, meta) = open_regular_nofollow(path)?;
+    read_capped_sized(&f, max, meta.len()).map_err(|e| format!("cannot read: {e}"))
 }
 
 /// True when the descriptor is on a pseudo filesystem (proc, sysfs, cgroup,

@@ -497,8 +497,13 @@ struct Layer<'t> {
 /// decoding always shrinks text, so normal inputs stay far below it; a
 /// crafted one that decodes many ways at every layer is stopped.
 pub fn decode_budget(len: usize) -> usize {
-    len.saturating_mul(32).saturating_add(1 << 20)
+    len.saturating_mul(16)
+        .saturating_add(1 << 20)
+        .min(MAX_DECODE_BUDGET)
 }
+
+/// The most decoded text [`decode_budget`] ever allows below one input.
+pub const MAX_DECODE_BUDGET: usize = 512 << 20;
 
 /// Removes duplicates, and generic findings of a secret a specific rule
 /// also found at the same place.
@@ -780,8 +785,8 @@ fn scan_file(
     if meta.len() > max {
         return Err(format!("larger than the {} byte scan limit", max));
     }
-    let (bytes, more) =
-        super::safeio::read_capped(&f, max).map_err(|e| format!("cannot read: {e}"))?;
+    let (bytes, more) = super::safeio::read_capped_sized(&f, max, meta.len())
+        .map_err(|e| format!("cannot read: {e}"))?;
     if more {
         return Err(format!("larger than the {} byte scan limit", max));
     }
