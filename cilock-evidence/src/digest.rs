@@ -57,6 +57,9 @@ impl fmt::Display for HashAlg {
     }
 }
 
+/// Largest stream [`DigestSet::from_reader`] buffers for a gitoid.
+pub const MAX_UNSIZED_GITOID_BYTES: u64 = 64 << 20;
+
 /// A set of digests of one thing, keyed by algorithm.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DigestSet(pub BTreeMap<HashAlg, String>);
@@ -102,7 +105,8 @@ impl DigestSet {
     /// Hashes everything `r` yields with each algorithm in `algs`.
     ///
     /// Gitoids need the length before the content, so with a gitoid
-    /// algorithm an unsized stream is read into memory: for files use
+    /// algorithm an unsized stream is read into memory, up to
+    /// [`MAX_UNSIZED_GITOID_BYTES`] (beyond: an error): for files use
     /// [`DigestSet::from_file_handle`] (or [`DigestSet::from_sized_reader`]),
     /// which stream.
     pub fn from_reader(mut r: impl Read, algs: &[HashAlg]) -> io::Result<Self> {
@@ -111,7 +115,17 @@ impl DigestSet {
             .any(|a| matches!(a, HashAlg::GitoidSha1 | HashAlg::GitoidSha256));
         if want_gitoid {
             let mut buf = Vec::new();
-            r.read_to_end(&mut buf)?;
+            (&mut r)
+                .take(MAX_UNSIZED_GITOID_BYTES + 1)
+                .read_to_end(&mut buf)?;
+            if buf.len() as u64 > MAX_UNSIZED_GITOID_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a gitoid of a stream of unknown length is limited to {MAX_UNSIZED_GITOID_BYTES} bytes (files are hashed with from_file_handle, which streams)"
+                    ),
+                ));
+            }
             return Ok(Self::from_bytes(&buf, algs));
         }
         let mut h = Hashers::new(algs, None);
@@ -354,6 +368,14 @@ mod tests {
         assert!(e.to_string().contains("grew"), "{e}");
         let e = DigestSet::from_sized_reader(&data[..5], 10, &all).unwrap_err();
         assert!(e.to_string().contains("shrank"), "{e}");
+        // An unsized stream is buffered for gitoids up to a bound only.
+        let zeros = std::io::repeat(0).take(MAX_UNSIZED_GITOID_BYTES + 1);
+        let e = DigestSet::from_reader(zeros, &[HashAlg::GitoidSha1]).unwrap_err();
+        assert!(e.to_string().contains("limited to"), "{e}");
+        assert_eq!(
+            DigestSet::from_reader(&data[..], &all).unwrap(),
+            DigestSet::from_bytes(&data, &all)
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, &data).unwrap();
