@@ -577,6 +577,21 @@ fn github_output_is_read_bounded_regular_and_not_through_a_link() {
     let d = observe_github_action(tmp.path(), &link);
     assert!(d.actionoutputs.is_empty());
     assert!(d.notes[0].contains("symbolic link"), "{:?}", d.notes);
+    // Another process's environment (security review #1): never read.
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG/ROOTPROCxRfiCYEXAMPLEKEY",
+        )
+        .spawn()
+        .unwrap();
+    let environ = format!("/proc/{}/environ", child.id());
+    let d = observe_github_action(tmp.path(), Path::new(&environ));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(d.actionoutputs.is_empty(), "{:?}", d.actionoutputs);
+    assert!(d.notes[0].contains("pseudo filesystem"), "{:?}", d.notes);
     let d = observe_github_action(tmp.path(), Path::new("/dev/zero"));
     assert!(d.actionoutputs.is_empty());
     assert!(d.notes[0].contains("character device"), "{:?}", d.notes);

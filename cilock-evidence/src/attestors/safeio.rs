@@ -109,16 +109,29 @@ pub fn require_regular(f: &File) -> Result<std::fs::Metadata, String> {
 }
 
 /// Opens a path chosen by the job: no symbolic link in the last component,
-/// non-blocking (a fifo opens at once and is refused), regular files only.
+/// no `/proc` magic link anywhere (`openat2(RESOLVE_NO_MAGICLINKS)`),
+/// non-blocking (a fifo opens at once and is refused), regular files only,
+/// and not on a pseudo filesystem (`/proc/<pid>/environ` is a "regular"
+/// file there).
 pub fn open_regular_nofollow(path: &Path) -> Result<(File, std::fs::Metadata), String> {
-    let fd = nix::fcntl::open(path, read_flags() | OFlag::O_NOFOLLOW, Mode::empty()).map_err(
-        |e| match e {
-            nix::errno::Errno::ELOOP => "a symbolic link (not followed)".to_string(),
-            e => format!("cannot open: {}", errno_io(e)),
-        },
-    )?;
+    let how = OpenHow::new()
+        .flags(read_flags() | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = loop {
+        match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how) {
+            Ok(fd) => break fd,
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::ELOOP) => {
+                return Err("a symbolic link (not followed) or a path through /proc".to_string())
+            }
+            Err(e) => return Err(format!("cannot open: {}", errno_io(e))),
+        }
+    };
     let f = File::from(fd);
     let meta = require_regular(&f)?;
+    if is_pseudo_fs(f.as_fd()) {
+        return Err("on a pseudo filesystem (proc, sysfs, ...): not read".to_string());
+    }
     Ok((f, meta))
 }
 
@@ -203,6 +216,10 @@ mod tests {
         assert!(open_regular_nofollow(Path::new("/dev/zero"))
             .unwrap_err()
             .contains("character device"));
+        let e = open_regular_nofollow(Path::new("/proc/self/environ")).unwrap_err();
+        assert!(e.contains("pseudo filesystem"), "{e}");
+        let e = open_regular_nofollow(Path::new("/proc/self/root/etc/hostname")).unwrap_err();
+        assert!(e.contains("/proc"), "{e}");
         assert_eq!(read_file_capped(&f, 4).unwrap(), (b"abcd".to_vec(), true));
         assert_eq!(
             read_file_capped(&f, 6).unwrap(),
