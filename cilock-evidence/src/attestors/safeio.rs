@@ -19,7 +19,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -186,11 +186,6 @@ pub fn is_pseudo_fs(fd: BorrowedFd<'_>) -> bool {
 pub fn dev_ino(fd: impl AsFd) -> io::Result<(u64, u64)> {
     let st = nix::sys::stat::fstat(fd.as_fd()).map_err(errno_io)?;
     Ok((st.st_dev as u64, st.st_ino as u64))
-}
-
-/// Device and inode of a file's metadata.
-pub fn meta_dev_ino(m: &std::fs::Metadata) -> (u64, u64) {
-    (m.dev(), m.ino())
 }
 
 #[cfg(test)]
