@@ -57,6 +57,9 @@ impl fmt::Display for HashAlg {
     }
 }
 
+/// Largest stream [`DigestSet::from_reader`] buffers for a gitoid.
+pub const MAX_UNSIZED_GITOID_BYTES: u64 = 64 << 20;
+
 /// A set of digests of one thing, keyed by algorithm.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DigestSet(pub BTreeMap<HashAlg, String>);
@@ -100,41 +103,72 @@ impl DigestSet {
     }
 
     /// Hashes everything `r` yields with each algorithm in `algs`.
+    ///
+    /// Gitoids need the length before the content, so with a gitoid
+    /// algorithm an unsized stream is read into memory, up to
+    /// [`MAX_UNSIZED_GITOID_BYTES`] (beyond: an error): for files use
+    /// [`DigestSet::from_file_handle`] (or [`DigestSet::from_sized_reader`]),
+    /// which stream.
     pub fn from_reader(mut r: impl Read, algs: &[HashAlg]) -> io::Result<Self> {
-        // Read into memory only for gitoids (they need the length up front).
         let want_gitoid = algs
             .iter()
             .any(|a| matches!(a, HashAlg::GitoidSha1 | HashAlg::GitoidSha256));
         if want_gitoid {
             let mut buf = Vec::new();
-            r.read_to_end(&mut buf)?;
+            (&mut r)
+                .take(MAX_UNSIZED_GITOID_BYTES + 1)
+                .read_to_end(&mut buf)?;
+            if buf.len() as u64 > MAX_UNSIZED_GITOID_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a gitoid of a stream of unknown length is limited to {MAX_UNSIZED_GITOID_BYTES} bytes (files are hashed with from_file_handle, which streams)"
+                    ),
+                ));
+            }
             return Ok(Self::from_bytes(&buf, algs));
         }
-        let mut s256 = Sha256::new();
-        let mut s1 = sha1::Sha1::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if algs.contains(&HashAlg::Sha256) {
-                s256.update(&buf[..n]);
-            }
-            if algs.contains(&HashAlg::Sha1) {
-                s1.update(&buf[..n]);
-            }
+        let mut h = Hashers::new(algs, None);
+        stream(r, &mut h, u64::MAX)?;
+        Ok(h.finish())
+    }
+
+    /// Hashes exactly `len` bytes of `r` in one streaming pass with every
+    /// algorithm of `algs`, gitoids included (`blob {len}\0` then the
+    /// content). Reading more or fewer than `len` bytes is an error (the file
+    /// changed while it was hashed): a digest is never given for content
+    /// other than the one measured.
+    pub fn from_sized_reader(r: impl Read, len: u64, algs: &[HashAlg]) -> io::Result<Self> {
+        let mut h = Hashers::new(algs, Some(len));
+        let n = stream(r, &mut h, len.saturating_add(1))?;
+        if n != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                if n > len {
+                    format!(
+                        "the file grew while it was hashed (more than the {len} bytes fstat gave)"
+                    )
+                } else {
+                    format!(
+                        "the file shrank while it was hashed ({n} of the {len} bytes fstat gave)"
+                    )
+                },
+            ));
         }
-        let mut m = BTreeMap::new();
-        if algs.contains(&HashAlg::Sha256) {
-            m.insert(HashAlg::Sha256, hex::encode(s256.finalize()));
+        Ok(h.finish())
+    }
+
+    /// Hashes an opened regular file from its current position, streaming:
+    /// the length comes from `fstat`, memory use does not grow with it.
+    pub fn from_file_handle(f: &std::fs::File, algs: &[HashAlg]) -> io::Result<Self> {
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
         }
-        if algs.contains(&HashAlg::Sha1) {
-            m.insert(HashAlg::Sha1, hex::encode(s1.finalize()));
-        }
-        Ok(DigestSet(m))
+        Self::from_sized_reader(f, meta.len(), algs)
     }
 
     /// Hashes `data` with each algorithm in `algs` (`dirHash` is ignored).
@@ -164,9 +198,105 @@ impl DigestSet {
     }
 
     /// Hashes the file at `path`.
+    /// Regular files stream (gitoids included); anything else is read as an
+    /// unsized stream.
     pub fn from_file(path: &Path, algs: &[HashAlg]) -> io::Result<Self> {
-        Self::from_reader(std::fs::File::open(path)?, algs)
+        let f = std::fs::File::open(path)?;
+        if f.metadata()?.is_file() {
+            Self::from_file_handle(&f, algs)
+        } else {
+            Self::from_reader(f, algs)
+        }
     }
+}
+
+/// Every hasher a digest set may need, fed in one pass.
+struct Hashers {
+    algs: Vec<HashAlg>,
+    sha256: Option<Sha256>,
+    sha1: Option<sha1::Sha1>,
+    gitoid256: Option<Sha256>,
+    gitoid1: Option<sha1::Sha1>,
+}
+
+impl Hashers {
+    /// `len`: the content length, required for gitoids (ignored without).
+    fn new(algs: &[HashAlg], len: Option<u64>) -> Self {
+        let header = len.map(|l| format!("blob {l}\0"));
+        let gitoid = |alg: HashAlg| algs.contains(&alg) && header.is_some();
+        Hashers {
+            algs: algs.to_vec(),
+            sha256: algs.contains(&HashAlg::Sha256).then(Sha256::new),
+            sha1: algs.contains(&HashAlg::Sha1).then(sha1::Sha1::new),
+            gitoid256: gitoid(HashAlg::GitoidSha256).then(|| {
+                let mut h = Sha256::new();
+                h.update(header.as_deref().unwrap_or_default().as_bytes());
+                h
+            }),
+            gitoid1: gitoid(HashAlg::GitoidSha1).then(|| {
+                let mut h = sha1::Sha1::new();
+                h.update(header.as_deref().unwrap_or_default().as_bytes());
+                h
+            }),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if let Some(h) = &mut self.sha256 {
+            h.update(data);
+        }
+        if let Some(h) = &mut self.sha1 {
+            h.update(data);
+        }
+        if let Some(h) = &mut self.gitoid256 {
+            h.update(data);
+        }
+        if let Some(h) = &mut self.gitoid1 {
+            h.update(data);
+        }
+    }
+
+    fn finish(self) -> DigestSet {
+        let mut m = BTreeMap::new();
+        for alg in &self.algs {
+            let v = match alg {
+                HashAlg::Sha256 => self.sha256.clone().map(|h| hex::encode(h.finalize())),
+                HashAlg::Sha1 => self.sha1.clone().map(|h| hex::encode(h.finalize())),
+                HashAlg::GitoidSha256 => self
+                    .gitoid256
+                    .clone()
+                    .map(|h| format!("gitoid:blob:sha256:{}", hex::encode(h.finalize()))),
+                HashAlg::GitoidSha1 => self
+                    .gitoid1
+                    .clone()
+                    .map(|h| format!("gitoid:blob:sha1:{}", hex::encode(h.finalize()))),
+                HashAlg::DirHash => None,
+            };
+            if let Some(v) = v {
+                m.insert(*alg, v);
+            }
+        }
+        DigestSet(m)
+    }
+}
+
+/// Feeds at most `max` bytes of `r` to `h` through a fixed buffer; returns
+/// how many bytes were read.
+fn stream(mut r: impl Read, h: &mut Hashers, max: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total: u64 = 0;
+    while total < max {
+        let want = (max - total).min(buf.len() as u64) as usize;
+        let n = match r.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok(total)
 }
 
 impl Serialize for DigestSet {
@@ -221,6 +351,62 @@ mod tests {
         );
         let streamed = DigestSet::from_reader(&b"hello\n"[..], &[HashAlg::Sha256]).unwrap();
         assert!(streamed.get_sha256().unwrap().starts_with("5891b5b5"));
+    }
+
+    #[test]
+    fn sized_streaming_matches_in_memory_and_checks_the_length() {
+        let all = [
+            HashAlg::Sha256,
+            HashAlg::Sha1,
+            HashAlg::GitoidSha256,
+            HashAlg::GitoidSha1,
+        ];
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        let streamed = DigestSet::from_sized_reader(&data[..], data.len() as u64, &all).unwrap();
+        assert_eq!(streamed, DigestSet::from_bytes(&data, &all));
+        let e = DigestSet::from_sized_reader(&data[..], 10, &all).unwrap_err();
+        assert!(e.to_string().contains("grew"), "{e}");
+        let e = DigestSet::from_sized_reader(&data[..5], 10, &all).unwrap_err();
+        assert!(e.to_string().contains("shrank"), "{e}");
+        // An unsized stream is buffered for gitoids up to a bound only.
+        let zeros = std::io::repeat(0).take(MAX_UNSIZED_GITOID_BYTES + 1);
+        let e = DigestSet::from_reader(zeros, &[HashAlg::GitoidSha1]).unwrap_err();
+        assert!(e.to_string().contains("limited to"), "{e}");
+        assert_eq!(
+            DigestSet::from_reader(&data[..], &all).unwrap(),
+            DigestSet::from_bytes(&data, &all)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, &data).unwrap();
+        assert_eq!(
+            DigestSet::from_file(&p, &all).unwrap(),
+            DigestSet::from_bytes(&data, &all)
+        );
+    }
+
+    #[test]
+    fn gitoid_of_a_sparse_file_streams() {
+        // 32 MiB of holes: hashed through the fixed buffer (from fstat's
+        // size), never read into a buffer of the file's size.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let f = std::fs::File::create(&p).unwrap();
+        let len: u64 = 32 << 20;
+        f.set_len(len).unwrap();
+        drop(f);
+        let f = std::fs::File::open(&p).unwrap();
+        let d = DigestSet::from_file_handle(&f, &[HashAlg::GitoidSha256]).unwrap();
+        let mut h = Sha256::new();
+        h.update(format!("blob {len}\0").as_bytes());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..32 {
+            h.update(&zeros);
+        }
+        assert_eq!(
+            d.0[&HashAlg::GitoidSha256],
+            format!("gitoid:blob:sha256:{}", hex::encode(h.finalize()))
+        );
     }
 
     #[test]

@@ -213,7 +213,9 @@ fn environment_filters_sensitive_variables() {
     let vars = env(&[
         ("PATH", "/usr/bin:/bin"),
         ("GITHUB_TOKEN", "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
-        ("github_token", "lowercase-is-not-matched"),
+        ("github_token", "lowercase-is-matched-too"),
+        ("DATABASE_URL", "postgres://app:DbPassw0rd@db.internal/app"),
+        ("GIT_AUTHOR_NAME", "Jane"),
         ("MY_PASSWORD", "allowed-by-option"),
         ("CUSTOM_X", "custom"),
         ("AWS_ACCESS_KEY_ID", "AKIA0000"),
@@ -244,7 +246,9 @@ fn environment_filters_sensitive_variables() {
         json!({
             "PATH": "/usr/bin:/bin",
             "GITHUB_TOKEN": "******",
-            "github_token": "lowercase-is-not-matched",
+            "github_token": "******",
+            "DATABASE_URL": "******",
+            "GIT_AUTHOR_NAME": "Jane",
             "MY_PASSWORD": "allowed-by-option",
             "CUSTOM_X": "******",
             "AWS_ACCESS_KEY_ID": "******",
@@ -257,7 +261,7 @@ fn environment_filters_sensitive_variables() {
     lc.before(&mut ctx).unwrap();
     assert_eq!(
         keys(&completed(&ctx, "environment").json["variables"]),
-        set(&["PATH", "github_token", "MY_PASSWORD"])
+        set(&["PATH", "GIT_AUTHOR_NAME", "MY_PASSWORD"])
     );
 }
 
@@ -486,4 +490,280 @@ fn material_fails_cleanly_on_a_missing_workdir() {
         Err(AttestError::Io { what, .. }) => assert!(what.contains("/nonexistent/cilock-test-dir")),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+fn gh_env(output: &Path) -> Vec<(String, String)> {
+    env(&[
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_ACTION_REPOSITORY", "a/b"),
+        ("GITHUB_ACTION_REF", "v1"),
+        ("GITHUB_OUTPUT", output.to_str().unwrap()),
+    ])
+}
+
+fn observe_github_action(
+    ws: &Path,
+    output: &Path,
+) -> cilock_evidence::attestors::github_action::GitHubActionAttestation {
+    let filter =
+        cilock_evidence::attestors::environment::SensitiveEnvFilter::new(&Default::default())
+            .unwrap();
+    let a =
+        cilock_evidence::attestors::github_action::GitHubActionAttestor::new(None, None, filter);
+    let ctx = AttestationContext::new(ws.to_path_buf(), gh_env(output));
+    a.observe(&ctx).unwrap()
+}
+
+#[test]
+fn github_output_fifo_does_not_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Without O_NONBLOCK this open would wait for a writer forever; the test
+    // runs it on a thread and gives it 20 s.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ws, f) = (tmp.path().to_path_buf(), fifo.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(observe_github_action(&ws, &f));
+    });
+    let d = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("observe blocked on a FIFO GITHUB_OUTPUT");
+    assert!(d.actionoutputs.is_empty());
+    assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
+    assert!(
+        d.notes[0].contains("not a regular file (a fifo)"),
+        "{:?}",
+        d.notes
+    );
+}
+
+#[test]
+fn github_output_is_read_bounded_regular_and_not_through_a_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A 2 GiB sparse file: at most MAX_FILE_BYTES are read.
+    let big = tmp.path().join("big");
+    std::fs::write(&big, b"first=1\nsecond=2\n").unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    f.set_len(2 << 30).unwrap();
+    drop(f);
+    let d = observe_github_action(tmp.path(), &big);
+    assert_eq!(d.actionoutputs.get("first").map(String::as_str), Some("1"));
+    assert_eq!(d.actionoutputs.get("second").map(String::as_str), Some("2"));
+    assert_eq!(d.actionoutputs.len(), 2, "{:?}", d.actionoutputs.keys());
+    assert_eq!(d.notes.len(), 1);
+    assert!(
+        d.notes[0].contains("read only the first 1048576 bytes"),
+        "{:?}",
+        d.notes
+    );
+    // A cut line is not recorded: 1 MiB of `x=` without a newline.
+    let long = tmp.path().join("long");
+    let mut content = b"ok=yes\nx=".to_vec();
+    content.resize(2 << 20, b'a');
+    std::fs::write(&long, &content).unwrap();
+    let d = observe_github_action(tmp.path(), &long);
+    assert_eq!(d.actionoutputs.keys().collect::<Vec<_>>(), vec!["ok"]);
+
+    // A symbolic link (to a file the job could not read, as root would) is
+    // not followed; nor is /proc/<pid>/environ read through one; a device
+    // is refused.
+    let secret = tmp.path().join("kv.env");
+    std::fs::write(&secret, b"DB_PASSWORD=SuperSecret\n").unwrap();
+    let link = tmp.path().join("out-link");
+    symlink(&secret, &link).unwrap();
+    let d = observe_github_action(tmp.path(), &link);
+    assert!(d.actionoutputs.is_empty());
+    assert!(d.notes[0].contains("symbolic link"), "{:?}", d.notes);
+    // Another process's environment (security review #1): never read.
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG/ROOTPROCxRfiCYEXAMPLEKEY",
+        )
+        .spawn()
+        .unwrap();
+    let environ = format!("/proc/{}/environ", child.id());
+    let d = observe_github_action(tmp.path(), Path::new(&environ));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(d.actionoutputs.is_empty(), "{:?}", d.actionoutputs);
+    assert!(d.notes[0].contains("pseudo filesystem"), "{:?}", d.notes);
+    let d = observe_github_action(tmp.path(), Path::new("/dev/zero"));
+    assert!(d.actionoutputs.is_empty());
+    assert!(d.notes[0].contains("character device"), "{:?}", d.notes);
+}
+
+#[test]
+fn github_action_files_are_read_once_per_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("output");
+    write(&out, b"v=first\n");
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let mut ctx = AttestationContext::new(ws.clone(), gh_env(&out));
+    push_command_run(&mut ctx, "", 0);
+    // `Lifecycle::after` observes (to decide whether to record) and then
+    // attests through `run_one`: the file is read by the first observation
+    // only. Here the file changes between the two.
+    let filter =
+        cilock_evidence::attestors::environment::SensitiveEnvFilter::new(&Default::default())
+            .unwrap();
+    let mut a =
+        cilock_evidence::attestors::github_action::GitHubActionAttestor::new(None, None, filter);
+    assert_eq!(a.observe(&ctx).unwrap().actionoutputs["v"], "first");
+    write(&out, b"v=second\n");
+    cilock_evidence::attestors::run_one(&mut ctx, &mut a).unwrap();
+    assert_eq!(
+        completed(&ctx, "github-action").json["actionoutputs"]["v"],
+        "first"
+    );
+    // The next step reads the file again.
+    assert_eq!(a.observe(&ctx).unwrap().actionoutputs["v"], "second");
+}
+
+fn open_path_dir(p: &Path) -> std::sync::Arc<std::os::fd::OwnedFd> {
+    std::sync::Arc::new(
+        nix::fcntl::open(
+            p,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap(),
+    )
+}
+
+/// A 0700 directory holding files the job must never see attested.
+fn rootonly(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    write(&p.join("kv.env"), b"DB_PASSWORD=SuperSecret-RootOnly-123\n");
+    write(&p.join("sub/secret.txt"), b"secret\n");
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn workdir_swapped_for_a_link_between_two_walks_of_the_same_fd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    write(&ws.join("m.txt"), b"material\n");
+    write(&ws.join("d/n.txt"), b"nested\n");
+    rootonly(&tmp.path().join("rootonly"));
+    let mut lc = Lifecycle::new(&[], AttestorOptions::default()).unwrap();
+    let mut ctx = AttestationContext::new(ws.clone(), vec![]);
+    ctx.workdir_fd = Some(open_path_dir(&ws));
+    lc.before(&mut ctx).unwrap();
+    assert_eq!(
+        keys(&completed(&ctx, "material").json),
+        set(&["d/n.txt", "m.txt"])
+    );
+    write(&ws.join("new.bin"), b"product\n");
+    std::fs::rename(&ws, tmp.path().join("ws.orig")).unwrap();
+    symlink(tmp.path().join("rootonly"), &ws).unwrap();
+    push_command_run(&mut ctx, "", 0);
+    lc.after(&mut ctx).unwrap();
+    // The second walk of the same descriptor sees the original tree.
+    assert_eq!(keys(&completed(&ctx, "product").json), set(&["new.bin"]));
+    assert!(lc.skipped_paths().is_empty(), "{:?}", lc.skipped_paths());
+
+    // Without a descriptor in the context, the path is opened once per
+    // walk: the swap is then seen at the start of the next walk, and that
+    // walk is a walk of the new target only (here the job could have
+    // written there itself).
+    let mut ctx2 = AttestationContext::new(ws.clone(), vec![]);
+    let mut lc2 = Lifecycle::new(&[], AttestorOptions::default()).unwrap();
+    lc2.before(&mut ctx2).unwrap();
+    assert_eq!(
+        keys(&completed(&ctx2, "material").json),
+        set(&["kv.env", "sub/secret.txt"])
+    );
+}
+
+#[test]
+fn mid_walk_swap_of_a_directory_is_not_followed() {
+    use cilock_evidence::attestors::filetree::{walk, WalkFile, WalkLimits};
+    use std::os::fd::AsFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    write(&ws.join("a/mine.txt"), b"mine\n");
+    write(&ws.join("zzz/last.txt"), b"z\n");
+    rootonly(&tmp.path().join("rootonly"));
+    let root = open_path_dir(&ws);
+    let (ws2, ro) = (ws.clone(), tmp.path().join("rootonly"));
+    // One visiting thread: the visitor runs in walk order. The walk is LIFO,
+    // so zzz/ is walked while a/ waits, listed but not yet opened; the swap
+    // happens then (security review #3, race variant).
+    let out = walk(
+        root.as_fd(),
+        std::slice::from_ref(&ws),
+        &WalkLimits {
+            threads: 1,
+            ..Default::default()
+        },
+        &move |f: &WalkFile<'_>| {
+            if f.rel == "zzz/last.txt" {
+                std::fs::rename(ws2.join("a"), ws2.join("a.real")).unwrap();
+                symlink(&ro, ws2.join("a")).unwrap();
+            }
+            Ok(Some(f.meta.len()))
+        },
+    )
+    .unwrap();
+    assert_eq!(out.files.keys().collect::<Vec<_>>(), vec!["zzz/last.txt"]);
+    assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
+    assert_eq!(out.skipped[0].path, "a");
+    assert!(
+        out.skipped[0].reason.contains("changed during the walk"),
+        "{:?}",
+        out.skipped
+    );
+}
+
+#[test]
+fn a_2500_deep_chain_is_walked_to_the_depth_bound_in_linear_work() {
+    use cilock_evidence::attestors::filetree::{walk, WalkFile, WalkLimits, MAX_WALK_DEPTH};
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    use std::os::fd::{AsFd, OwnedFd};
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    write(&ws.join("top.txt"), b"top\n");
+    // Built by descriptor: the path is longer than PATH_MAX.
+    let mut cur: OwnedFd = std::fs::File::open(&ws).unwrap().into();
+    for _ in 0..2500 {
+        mkdirat(&cur, "d", Mode::from_bits_truncate(0o755)).unwrap();
+        cur = openat(
+            &cur,
+            "d",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+    }
+    drop(cur);
+    let mut lc = Lifecycle::new(&[], AttestorOptions::default()).unwrap();
+    let mut ctx = AttestationContext::new(ws.clone(), vec![]);
+    lc.before(&mut ctx).unwrap();
+    assert_eq!(keys(&completed(&ctx, "material").json), set(&["top.txt"]));
+    let skipped = lc.skipped_paths();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].1.reason.contains("deeper than 256 directories"));
+    assert_eq!(skipped[0].1.path.matches('d').count(), MAX_WALK_DEPTH + 1);
+
+    // The work: one directory open per level down to the bound.
+    let root = open_path_dir(&ws);
+    let out = walk(
+        root.as_fd(),
+        &[],
+        &WalkLimits::default(),
+        &|_f: &WalkFile<'_>| Ok(Some(())),
+    )
+    .unwrap();
+    assert_eq!(out.stats.dirs, MAX_WALK_DEPTH + 1);
+    assert!(out.stats.truncated);
 }

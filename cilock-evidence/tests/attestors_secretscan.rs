@@ -406,3 +406,147 @@ fn other_credential_formats() {
         );
     }
 }
+
+/// `x=%2525…2541`: `n` nested percent-encodings of `A` (each layer of URL
+/// decoding removes one `25`), the input of security review #2.
+fn nested_percent(n: usize) -> String {
+    format!("x=%{}41", "25".repeat(n))
+}
+
+#[test]
+fn deep_decode_depth_is_rejected_by_the_bounds() {
+    for n in [2000, 5000] {
+        let opts = AttestorOptions {
+            secretscan: cilock_evidence::attestors::secretscan::SecretScanOptions {
+                max_decode_layers: 100_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = Lifecycle::new(&["secretscan".into()], opts).unwrap_err();
+        assert!(
+            matches!(&e, AttestError::Invalid(m) if m.contains("secretscan.max_decode_layers") && m.contains("limit of 8")),
+            "{n}: {e}"
+        );
+    }
+}
+
+#[test]
+fn nested_encodings_are_scanned_iteratively_within_the_hard_cap() {
+    // A scanner built directly with a huge depth still stops at the hard
+    // cap, and the scan uses no recursion: it runs on a 256 KiB stack (the
+    // recursive scan overflowed 2 MiB at depth 2 000).
+    let f = SensitiveEnvFilter::new(&EnvOptions::default()).unwrap();
+    for n in [2000usize, 5000] {
+        for layers in [
+            100_000usize,
+            cilock_evidence::attestors::bounds::MAX_DECODE_LAYERS,
+        ] {
+            let f = f.clone();
+            let got = std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let s = SecretScanner::new(&[], &f, layers, &[HashAlg::Sha256]);
+                    s.scan_text(&nested_percent(n), "attestation:command-run")
+                })
+                .unwrap()
+                .join()
+                .expect("the scan must not overflow its stack");
+            assert!(got.is_empty(), "{got:?}");
+        }
+    }
+    // A secret under more layers than the cap is not reached; under the cap
+    // it is, with its whole encoding path.
+    let s = SecretScanner::new(&[], &f, 100_000, &[HashAlg::Sha256]);
+    let mut text = TOKEN.to_string();
+    for _ in 0..3 {
+        text = b64(&text);
+    }
+    let got = s.scan_text(&format!("blob={text}"), "attestation:t");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].encoding_path, vec!["base64"; 3]);
+    let mut text = TOKEN.to_string();
+    for _ in 0..9 {
+        text = b64(&text);
+    }
+    assert!(s
+        .scan_text(&format!("blob={text}"), "attestation:t")
+        .is_empty());
+}
+
+#[test]
+fn deep_decode_through_the_lifecycle_at_the_maximum_depth() {
+    // The review's reproduction, with the largest depth the bounds allow:
+    // the step ends normally.
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = AttestorOptions {
+        secretscan: cilock_evidence::attestors::secretscan::SecretScanOptions {
+            max_decode_layers: cilock_evidence::attestors::bounds::MAX_DECODE_LAYERS,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut lc = Lifecycle::new(&["secretscan".into()], opts).unwrap();
+    let mut ctx = AttestationContext::new(tmp.path().to_path_buf(), vec![]);
+    lc.before(&mut ctx).unwrap();
+    push_command_run(
+        &mut ctx,
+        &format!("{}\n{}", nested_percent(2000), nested_percent(5000)),
+    );
+    lc.after(&mut ctx).unwrap();
+    assert_eq!(findings(&ctx), Value::Null);
+}
+
+#[test]
+fn products_are_scanned_through_the_workdir_descriptor() {
+    // The workdir is opened at begin (O_PATH, as the daemon does); swapping
+    // the path for a link to a root-only directory before the end changes
+    // nothing: products and secretscan read the original tree.
+    use std::os::fd::OwnedFd;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let rootonly = tmp.path().join("rootonly");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::create_dir(&rootonly).unwrap();
+    std::fs::write(ws.join("m.txt"), "material\n").unwrap();
+    std::fs::write(
+        rootonly.join("secret.txt"),
+        format!("token={TOKEN}\naws={AWS_ID}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        rootonly.join("kv.env"),
+        "DB_PASSWORD=SuperSecret-RootOnly-123\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&rootonly, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let fd: OwnedFd = nix::fcntl::open(
+        &ws,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let mut lc = Lifecycle::new(&["secretscan".into()], AttestorOptions::default()).unwrap();
+    let mut ctx = AttestationContext::new(ws.clone(), vec![]);
+    ctx.workdir_fd = Some(std::sync::Arc::new(fd));
+    lc.before(&mut ctx).unwrap();
+    // The job writes a product holding a token, then swaps the workdir.
+    std::fs::write(ws.join("out.txt"), format!("built with {AWS_ID}\n")).unwrap();
+    std::fs::rename(&ws, tmp.path().join("ws.orig")).unwrap();
+    std::os::unix::fs::symlink(&rootonly, &ws).unwrap();
+    push_command_run(&mut ctx, "done");
+    lc.after(&mut ctx).unwrap();
+    let product = ctx.completed.iter().find(|c| c.name == "product").unwrap();
+    let names: Vec<&String> = product.json.as_object().unwrap().keys().collect();
+    assert_eq!(names, vec!["out.txt"]);
+    let f = findings(&ctx);
+    let f = f.as_array().expect("the product's token is found");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["location"], "product:out.txt");
+    assert_eq!(f[0]["ruleId"], "aws-access-token");
+    let all = serde_json::to_string(&into_collection("swap", &ctx).0).unwrap();
+    for leaked in ["kv.env", "secret.txt", "SuperSecret", TOKEN] {
+        assert!(!all.contains(leaked), "{leaked} reached the collection");
+    }
+}

@@ -22,7 +22,9 @@ pub const OBFUSCATED: &str = "******";
 
 /// Witness's default sensitive list (go-witness
 /// `environment.DefaultSensitiveEnvList`): glob patterns first, then exact
-/// names. Matching is case-sensitive.
+/// names. Witness matches them case-sensitively; cilock matches them (and
+/// [`CILOCK_SENSITIVE_ENV`]) regardless of case, so `github_token` is caught
+/// like `GITHUB_TOKEN`.
 pub const DEFAULT_SENSITIVE_ENV: &[&str] = &[
     // Glob patterns
     "*TOKEN*",
@@ -115,6 +117,59 @@ pub const DEFAULT_SENSITIVE_ENV: &[&str] = &[
     "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
 ];
 
+/// cilock's additions to the default list, for what CI secrets look like in
+/// practice (matched regardless of case; `*AUTH*` does not match `AUTHOR`,
+/// as in `GIT_AUTHOR_NAME`). Besides these names, a variable whose value
+/// holds a URL with a password (`postgres://app:pw@db/x`), or a `*DSN`
+/// variable with `user:password@`, is sensitive whatever its name. Like the
+/// Witness list, all of this is turned off by `disable_default_sensitive`.
+pub const CILOCK_SENSITIVE_ENV: &[&str] = &[
+    "*PASS*",
+    "*CREDENTIAL*",
+    "*AUTH*",
+    "*KEY",
+    "*PRIVATE_KEY*",
+    "*PRIVATEKEY*",
+    "*APIKEY*",
+    "*CONFIG_DATA",
+    "*COOKIE*",
+    "*SESSION*",
+];
+
+/// True when `value` holds a URL with a password in its userinfo
+/// (`scheme://user:password@host`).
+pub fn has_url_password(value: &str) -> bool {
+    let mut rest = value;
+    while let Some(i) = rest.find("://") {
+        let after = &rest[i + 3..];
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(after.len());
+        if userinfo_has_password(&after[..end]) {
+            return true;
+        }
+        rest = after;
+    }
+    false
+}
+
+/// `user:password@host` (an authority): true when the password is not empty.
+fn userinfo_has_password(authority: &str) -> bool {
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => matches!(userinfo.split_once(':'), Some((_, pw)) if !pw.is_empty()),
+        None => false,
+    }
+}
+
+/// `*AUTH*`, except where `AUTH` begins `AUTHOR` (`GIT_AUTHOR_NAME`,
+/// `AUTHORS`, `AUTHORITY`); `AUTHORIZATION` stays sensitive.
+fn has_auth(upper: &str) -> bool {
+    upper.match_indices("AUTH").any(|(i, _)| {
+        let after = &upper[i + 4..];
+        !after.starts_with("OR") || after.starts_with("ORIZ")
+    })
+}
+
 /// Options of the sensitive-variable filter (Witness `--env-*` flags).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -130,13 +185,30 @@ pub struct EnvOptions {
     pub disable_default_sensitive: bool,
 }
 
-/// Classifies environment variable names as sensitive and filters them.
+/// Classifies environment variables as sensitive and filters them.
 #[derive(Clone, Debug)]
 pub struct SensitiveEnvFilter {
+    /// Exact names added by the user (case-sensitive, as Witness).
     exact: HashSet<String>,
+    /// Globs added by the user (case-sensitive, as Witness).
     globs: GlobSet,
+    /// The default exact names, upper-cased.
+    default_exact: HashSet<String>,
+    /// The default globs (Witness's and cilock's but `*AUTH*`), any case.
+    default_globs: GlobSet,
+    /// Whether the defaults apply.
+    defaults: bool,
     allow: HashSet<String>,
     drop: bool,
+}
+
+fn glob(p: &str, case_insensitive: bool) -> Result<globset::Glob, AttestError> {
+    GlobBuilder::new(p)
+        .case_insensitive(case_insensitive)
+        .literal_separator(false)
+        .backslash_escape(false)
+        .build()
+        .map_err(|e| AttestError::Invalid(format!("invalid sensitive-key glob {p:?}: {e}")))
 }
 
 fn is_glob(p: &str) -> bool {
@@ -148,55 +220,83 @@ impl SensitiveEnvFilter {
     pub fn new(opts: &EnvOptions) -> Result<Self, AttestError> {
         let mut exact = HashSet::new();
         let mut gb = GlobSetBuilder::new();
-        let defaults: &[&str] = if opts.disable_default_sensitive {
-            &[]
-        } else {
-            DEFAULT_SENSITIVE_ENV
-        };
-        let all = defaults
-            .iter()
-            .map(|s| s.to_string())
-            .chain(opts.add_sensitive_keys.iter().cloned());
-        for p in all {
+        for p in &opts.add_sensitive_keys {
             if p.is_empty() {
                 continue;
             }
-            if is_glob(&p) {
-                let g = GlobBuilder::new(&p)
-                    .case_insensitive(false)
-                    .literal_separator(false)
-                    .backslash_escape(false)
-                    .build()
-                    .map_err(|e| {
-                        AttestError::Invalid(format!("invalid sensitive-key glob {p:?}: {e}"))
-                    })?;
-                gb.add(g);
+            if is_glob(p) {
+                gb.add(glob(p, false)?);
             } else {
-                exact.insert(p);
+                exact.insert(p.clone());
             }
         }
-        let globs = gb
-            .build()
-            .map_err(|e| AttestError::Invalid(format!("invalid sensitive-key globs: {e}")))?;
+        let mut default_exact = HashSet::new();
+        let mut db = GlobSetBuilder::new();
+        for p in DEFAULT_SENSITIVE_ENV
+            .iter()
+            .chain(CILOCK_SENSITIVE_ENV.iter())
+            .filter(|p| **p != "*AUTH*")
+        {
+            if is_glob(p) {
+                db.add(glob(p, true)?);
+            } else {
+                default_exact.insert(p.to_ascii_uppercase());
+            }
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| AttestError::Invalid(format!("invalid sensitive-key globs: {e}")))
+        };
         Ok(SensitiveEnvFilter {
             exact,
-            globs,
+            globs: build(gb)?,
+            default_exact,
+            default_globs: build(db)?,
+            defaults: !opts.disable_default_sensitive,
             allow: opts.allow_keys.iter().cloned().collect(),
             drop: opts.filter_sensitive,
         })
     }
 
-    /// True when `key` is sensitive (and not explicitly allowed).
+    /// True when the name `key` is sensitive (and not explicitly allowed).
+    /// See [`SensitiveEnvFilter::is_sensitive_pair`] for the check that also
+    /// looks at the value.
     pub fn is_sensitive(&self, key: &str) -> bool {
         if self.allow.contains(key) {
             return false;
         }
-        self.exact.contains(key) || self.globs.is_match(key)
+        if self.exact.contains(key) || self.globs.is_match(key) {
+            return true;
+        }
+        if !self.defaults {
+            return false;
+        }
+        let upper = key.to_ascii_uppercase();
+        self.default_exact.contains(&upper) || self.default_globs.is_match(key) || has_auth(&upper)
+    }
+
+    /// True when the variable `key=value` is sensitive: by its name, or (with
+    /// the defaults) because its value holds a URL with a password, or it is
+    /// a `*DSN` with `user:password@`.
+    pub fn is_sensitive_pair(&self, key: &str, value: &str) -> bool {
+        if self.is_sensitive(key) {
+            return true;
+        }
+        if !self.defaults || self.allow.contains(key) {
+            return false;
+        }
+        if has_url_password(value) {
+            return true;
+        }
+        key.to_ascii_uppercase().ends_with("DSN")
+            && value
+                .split(|c: char| c.is_whitespace() || c == '/')
+                .any(userinfo_has_password)
     }
 
     /// The recorded value of `key` (`None` when the variable is dropped).
     pub fn filter_value<'a>(&self, key: &str, value: &'a str) -> Option<&'a str> {
-        if self.is_sensitive(key) {
+        if self.is_sensitive_pair(key, value) {
             if self.drop {
                 None
             } else {
@@ -347,16 +447,116 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_case_sensitive_globs_and_names() {
+    fn defaults_match_globs_and_names_in_any_case() {
         let f = SensitiveEnvFilter::new(&EnvOptions::default()).unwrap();
         assert!(f.is_sensitive("GITHUB_TOKEN"));
         assert!(f.is_sensitive("MY_SECRET_THING"));
         assert!(f.is_sensitive("AWS_ACCESS_KEY_ID"));
         assert!(f.is_sensitive("binance_api"));
+        assert!(f.is_sensitive("BINANCE_API"));
         assert!(f.is_sensitive("mysshKeyfile"));
-        assert!(!f.is_sensitive("github_token")); // case-sensitive
+        assert!(f.is_sensitive("MYSSHKEYFILE"));
+        assert!(f.is_sensitive("github_token"));
         assert!(!f.is_sensitive("PATH"));
-        assert!(!f.is_sensitive("BINANCE_API"));
+    }
+
+    /// Every name of security review #15, the ones Witness's list already
+    /// caught, and names that must stay in clear.
+    #[test]
+    fn ci_secret_shapes() {
+        let f = SensitiveEnvFilter::new(&EnvOptions::default()).unwrap();
+        let sensitive = [
+            ("GITHUB_TOKEN", "ghp_x"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("AWS_SESSION_TOKEN", "x"),
+            ("CI_JOB_TOKEN", "x"),
+            ("github_token", "x"),
+            (
+                "DATABASE_URL",
+                "postgres://app:DbPassw0rd@db.internal:5432/app",
+            ),
+            ("PRIVATE_KEY", "-----BEGIN"),
+            ("SSH_PASS", "x"),
+            ("PASSWORD", "x"),
+            ("DB_PASSWD", "x"),
+            ("MY_CREDENTIALS", "x"),
+            ("DOCKER_AUTH_CONFIG", "{}"),
+            ("NPM_CONFIG__AUTH", "x"),
+            ("npm_config__auth", "x"),
+            ("ARTIFACTORY_APIKEY", "x"),
+            ("KUBECONFIG_DATA", "x"),
+            ("DEPLOY_KEY", "x"),
+            ("HTTP_AUTHORIZATION", "Bearer x"),
+            ("OAUTH_CLIENT", "x"),
+            ("client_secret", "x"),
+            ("HTTPS_PROXY", "http://u:pw@proxy:3128"),
+            (
+                "PIP_INDEX_URL",
+                "https://__token__:pypi-x@upload.pypi.org/simple",
+            ),
+            ("REDIS_URI", "redis://:onlypw@cache:6379"),
+            ("SENTRY_DSN", "https://k:s@o1.ingest.sentry.io/1"),
+            ("MYSQL_DSN", "app:pw@tcp(db:3306)/app"),
+        ];
+        for (k, v) in sensitive {
+            assert!(f.is_sensitive_pair(k, v), "{k}={v} must be sensitive");
+            assert_eq!(f.filter_value(k, v), Some(OBFUSCATED), "{k}");
+        }
+        let clear = [
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/home/runner"),
+            ("GIT_AUTHOR_NAME", "Jane"),
+            ("GIT_AUTHOR_EMAIL", "jane@example.com"),
+            ("GITHUB_SERVER_URL", "https://github.com"),
+            ("CI_PROJECT_URL", "https://gitlab.com/g/p"),
+            (
+                "CI_REPOSITORY_URL_USER_ONLY",
+                "https://gitlab-ci@gitlab.com/g/p.git",
+            ),
+            ("DATABASE_URL", "postgres://app@db/app"),
+            ("GITHUB_SHA", "8e5e7e5ab8b370d6c329ec480221332ada57f0ab"),
+            ("RUNNER_OS", "Linux"),
+            ("MYSQL_DSN", "tcp(db:3306)/app"),
+        ];
+        for (k, v) in clear {
+            assert!(!f.is_sensitive_pair(k, v), "{k}={v} must stay in clear");
+        }
+        // Witness's flags keep their meaning.
+        let off = SensitiveEnvFilter::new(&EnvOptions {
+            disable_default_sensitive: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!off.is_sensitive_pair("DATABASE_URL", sensitive[5].1));
+        assert!(!off.is_sensitive_pair("SSH_PASS", "x"));
+        let allowed = SensitiveEnvFilter::new(&EnvOptions {
+            allow_keys: vec!["DATABASE_URL".into(), "SSH_PASS".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!allowed.is_sensitive_pair("DATABASE_URL", sensitive[5].1));
+        assert!(!allowed.is_sensitive_pair("SSH_PASS", "x"));
+        assert!(allowed.is_sensitive_pair("ssh_pass", "x"));
+        let dropping = SensitiveEnvFilter::new(&EnvOptions {
+            filter_sensitive: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            dropping.filter_kv_list(&["DATABASE_URL=mysql://u:p@h/d", "A=b"]),
+            vec!["A=b"]
+        );
+    }
+
+    #[test]
+    fn url_passwords() {
+        assert!(has_url_password("postgres://app:pw@h"));
+        assert!(has_url_password("x https://a:b@h/p and more"));
+        assert!(has_url_password("http://a@h/ https://u:p@h2"));
+        assert!(!has_url_password("postgres://app@h"));
+        assert!(!has_url_password("postgres://app:@h"));
+        assert!(!has_url_password("https://h/path?u=a:b@c"));
+        assert!(!has_url_password("no url here: a:b@c"));
     }
 
     #[test]

@@ -8,9 +8,17 @@
 //! the `action.yml` in `GITHUB_ACTION_PATH`; inputs from `INPUT_*` (filtered
 //! like the environment attestor); outputs from the `GITHUB_OUTPUT` file;
 //! the exit code from the command-run attestation.
+//!
+//! The files are named by the job (its environment and options), so they are
+//! opened non-blocking, without following a symbolic link in the last
+//! component, regular files only, and read up to [`MAX_FILE_BYTES`]; what
+//! could not be read, or was cut, is said in `notes`. They are read once per
+//! step: [`GitHubActionAttestor::observe`] caches what it read for the
+//! `attest` that follows.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +31,8 @@ use crate::digest::DigestSet;
 pub const NAME: &str = "github-action";
 /// Type URI (CI/lock's; there is no Witness equivalent).
 pub const TYPE_URI: &str = "https://aflock.ai/attestations/github-action/v0.1";
+/// Most bytes read from `GITHUB_OUTPUT` or `action.yml`.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// Docker container configuration of a docker action.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +100,10 @@ pub struct GitHubActionAttestation {
     /// `GITHUB_JOB`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub jobname: String,
+    /// Files that could not be read, or were cut at [`MAX_FILE_BYTES`]
+    /// (cilock extension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// cilock-action's `isRefPinned`: the text after the last `@` is exactly 40
@@ -117,9 +131,53 @@ fn unquote(s: &str) -> String {
 /// Reads `name` and `runs.using` from the action.yml/action.yaml in `dir`
 /// and maps `using` to `javascript`, `docker` or `composite`.
 pub fn read_action_metadata(dir: &Path) -> Option<(String, String)> {
-    let text = ["action.yml", "action.yaml"]
-        .iter()
-        .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())?;
+    read_action_metadata_noted(dir).0
+}
+
+/// [`read_action_metadata`], plus notes on what could not be read: the file
+/// is opened non-blocking, without following a link in its last component,
+/// regular files only, at most [`MAX_FILE_BYTES`].
+pub fn read_action_metadata_noted(dir: &Path) -> (Option<(String, String)>, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut text = None;
+    for f in ["action.yml", "action.yaml"] {
+        let p = dir.join(f);
+        if std::fs::symlink_metadata(&p).is_err() {
+            continue;
+        }
+        match super::safeio::read_file_capped(&p, MAX_FILE_BYTES) {
+            Ok((bytes, more)) => {
+                if more {
+                    notes.push(format!(
+                        "{}: read only the first {MAX_FILE_BYTES} bytes",
+                        p.display()
+                    ));
+                }
+                text = Some(String::from_utf8_lossy(complete_lines(&bytes, more)).into_owned());
+                break;
+            }
+            Err(e) => notes.push(format!("{}: not read: {e}", p.display())),
+        }
+    }
+    let Some(text) = text else {
+        return (None, notes);
+    };
+    (Some(parse_action_metadata(&text)), notes)
+}
+
+/// The bytes up to the last newline when the read was cut (`more`): a
+/// partial last line is dropped rather than recorded as a wrong value.
+fn complete_lines(bytes: &[u8], more: bool) -> &[u8] {
+    if !more {
+        return bytes;
+    }
+    match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &bytes[..=i],
+        None => &[],
+    }
+}
+
+fn parse_action_metadata(text: &str) -> (String, String) {
     let mut name = String::new();
     let mut using = String::new();
     let mut in_runs = false;
@@ -150,7 +208,29 @@ pub fn read_action_metadata(dir: &Path) -> Option<(String, String)> {
     } else {
         ""
     };
-    Some((name, kind.to_string()))
+    (name, kind.to_string())
+}
+
+/// Reads a `GITHUB_OUTPUT` file the bounded way (see the module docs) and
+/// parses it; notes say what could not be read or was cut.
+pub fn read_github_output(path: &Path) -> (BTreeMap<String, String>, Vec<String>) {
+    match super::safeio::read_file_capped(path, MAX_FILE_BYTES) {
+        Ok((bytes, more)) => {
+            let mut notes = Vec::new();
+            if more {
+                notes.push(format!(
+                    "GITHUB_OUTPUT {}: read only the first {MAX_FILE_BYTES} bytes",
+                    path.display()
+                ));
+            }
+            let text = String::from_utf8_lossy(complete_lines(&bytes, more));
+            (parse_github_output(&text), notes)
+        }
+        Err(e) => (
+            BTreeMap::new(),
+            vec![format!("GITHUB_OUTPUT {}: not read: {e}", path.display())],
+        ),
+    }
 }
 
 /// Parses a `GITHUB_OUTPUT` file: `name=value` lines and
@@ -179,6 +259,16 @@ pub fn parse_github_output(text: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// What `observe` read from files, kept for the `attest` that follows.
+#[derive(Clone, Debug)]
+struct FileReads {
+    /// (GITHUB_OUTPUT path, action dir) the reads are of.
+    key: (Option<String>, Option<PathBuf>),
+    metadata: Option<(String, String)>,
+    outputs: BTreeMap<String, String>,
+    notes: Vec<String>,
+}
+
 /// The github-action attestor.
 #[derive(Debug)]
 pub struct GitHubActionAttestor {
@@ -186,6 +276,7 @@ pub struct GitHubActionAttestor {
     action_dir: Option<PathBuf>,
     filter: SensitiveEnvFilter,
     data: Option<GitHubActionAttestation>,
+    reads: Mutex<Option<FileReads>>,
 }
 
 impl GitHubActionAttestor {
@@ -201,7 +292,44 @@ impl GitHubActionAttestor {
             action_dir,
             filter,
             data: None,
+            reads: Mutex::new(None),
         }
+    }
+
+    /// The files of the step, read once: a second call for the same paths
+    /// (`Lifecycle::after` observes, then `attest` observes again) uses what
+    /// the first one read.
+    fn file_reads(&self, output: Option<&str>, dir: Option<&Path>) -> FileReads {
+        let key = (output.map(str::to_string), dir.map(Path::to_path_buf));
+        let mut cache = match self.reads.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(r) = cache.as_ref().filter(|r| r.key == key) {
+            return r.clone();
+        }
+        let mut notes = Vec::new();
+        let metadata = dir.and_then(|d| {
+            let (m, n) = read_action_metadata_noted(d);
+            notes.extend(n);
+            m
+        });
+        let outputs = match output {
+            Some(p) => {
+                let (o, n) = read_github_output(Path::new(p));
+                notes.extend(n);
+                o
+            }
+            None => BTreeMap::new(),
+        };
+        let r = FileReads {
+            key,
+            metadata,
+            outputs,
+            notes,
+        };
+        *cache = Some(r.clone());
+        r
     }
 
     /// Builds the attestation.
@@ -229,10 +357,9 @@ impl GitHubActionAttestor {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
         });
-        let (actionname, actiontype) = dir
-            .as_deref()
-            .and_then(read_action_metadata)
-            .unwrap_or_default();
+        let output = env_get(env, "GITHUB_OUTPUT").filter(|p| !p.is_empty());
+        let reads = self.file_reads(output, dir.as_deref());
+        let (actionname, actiontype) = reads.metadata.clone().unwrap_or_default();
         let mut actioninputs = BTreeMap::new();
         for (k, v) in env {
             if let Some(name) = k.strip_prefix("INPUT_") {
@@ -244,11 +371,7 @@ impl GitHubActionAttestor {
                 }
             }
         }
-        let actionoutputs = env_get(env, "GITHUB_OUTPUT")
-            .filter(|p| !p.is_empty())
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|t| parse_github_output(&t))
-            .unwrap_or_default();
+        let actionoutputs = reads.outputs;
         let exitcode = ctx
             .completed_json(super::command_run::NAME)
             .and_then(|v| v.get("exitcode"))
@@ -269,6 +392,7 @@ impl GitHubActionAttestor {
             runid: env_get(env, "GITHUB_RUN_ID").unwrap_or("").to_string(),
             workflowname: env_get(env, "GITHUB_WORKFLOW").unwrap_or("").to_string(),
             jobname: env_get(env, "GITHUB_JOB").unwrap_or("").to_string(),
+            notes: reads.notes,
         })
     }
 }
@@ -284,7 +408,12 @@ impl Attestor for GitHubActionAttestor {
         Stage::Execute
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
-        let d = self.observe(ctx)?;
+        let d = self.observe(ctx);
+        // The next step (if the attestor is reused) reads its own files.
+        if let Ok(mut c) = self.reads.lock() {
+            *c = None;
+        }
+        let d = d?;
         let v = serde_json::to_value(&d)
             .map_err(|e| AttestError::Invalid(format!("github-action: {e}")))?;
         self.data = Some(d);

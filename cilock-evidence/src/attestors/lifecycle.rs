@@ -168,6 +168,7 @@ impl Lifecycle {
     /// split); command-run, material and product always run. An unknown name
     /// is an error listing the valid names.
     pub fn new(names: &[String], opts: AttestorOptions) -> Result<Lifecycle, AttestError> {
+        super::bounds::check_options(&opts)?;
         let mut requested: Vec<String> = ALWAYS_RUN.iter().map(|s| s.to_string()).collect();
         for n in names.iter().flat_map(|n| n.split(',')) {
             let n = n.trim();

@@ -51,7 +51,7 @@ impl Attestor for MaterialAttestor {
         Stage::Material
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
-        let snap = filetree::snapshot(&ctx.workdir, &ctx.hashes)?;
+        let snap = filetree::snapshot(ctx)?;
         let recorded: BTreeMap<&String, &DigestSet> = snap
             .files
             .iter()

@@ -57,6 +57,15 @@ pub enum AttestError {
 pub struct AttestationContext {
     /// The working directory the step ran in (materials/products root).
     pub workdir: PathBuf,
+    /// The working directory opened once (by the daemon at step begin, or
+    /// `O_PATH`/`O_DIRECTORY` by whoever builds the context). When set,
+    /// material, product and secretscan reach the working directory only
+    /// through it; when `None`, `workdir` is opened once at the start of
+    /// each walk and that descriptor is used the same way.
+    pub workdir_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Files larger than this are not hashed by material and product (they
+    /// are listed as skipped); default [`filetree::DEFAULT_MAX_HASH_FILE_SIZE`].
+    pub max_hash_file_size: u64,
     /// Hash algorithms for materials, products and subjects.
     pub hashes: Vec<HashAlg>,
     /// The environment of the step (not the daemon's).
@@ -70,6 +79,8 @@ impl AttestationContext {
     pub fn new(workdir: PathBuf, env: Vec<(String, String)>) -> Self {
         AttestationContext {
             workdir,
+            workdir_fd: None,
+            max_hash_file_size: filetree::DEFAULT_MAX_HASH_FILE_SIZE,
             hashes: vec![HashAlg::Sha256],
             env,
             completed: Vec::new(),
@@ -173,6 +184,7 @@ pub fn into_collection(
         subjects,
     )
 }
+pub mod bounds;
 pub mod environment;
 pub mod filetree;
 pub mod git;
@@ -182,4 +194,5 @@ pub mod gitlab;
 pub mod lifecycle;
 pub mod material;
 pub mod product;
+pub mod safeio;
 pub mod secretscan;

@@ -7,7 +7,6 @@
 //! predicate lists every product.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -82,41 +81,25 @@ impl Attestor for ProductAttestor {
                 None => BTreeMap::new(),
             },
         };
-        let (files, mut skipped) = filetree::list_files(&ctx.workdir)?;
-        let hashes: Vec<_> = ctx
-            .hashes
-            .iter()
-            .copied()
-            .filter(|h| *h != crate::digest::HashAlg::DirHash)
-            .collect();
-        if hashes.is_empty() {
-            return Err(AttestError::Invalid(
-                "no file hash algorithm selected".into(),
-            ));
-        }
-        let (digests, errs) = filetree::hash_files(&files, &hashes);
-        skipped.extend(errs);
-        let paths: BTreeMap<&String, &std::path::PathBuf> =
-            files.iter().map(|(r, p)| (r, p)).collect();
-        let mut products = BTreeMap::new();
-        for (rel, digest) in digests {
-            if let Some(m) = materials.get(&rel) {
+        let hashes = filetree::hashes_for_files(&ctx.hashes)?;
+        // One open per file: hashed, compared with the materials and, when
+        // it is a product, sniffed for its MIME type from the same
+        // descriptor.
+        let out = filetree::walk_workdir(ctx, &|f: &filetree::WalkFile<'_>| {
+            let digest = filetree::hash_walk_file(f, &hashes)?;
+            if let Some(m) = materials.get(f.rel) {
                 if m.matches(&digest) {
-                    continue;
+                    return Ok(None);
                 }
             }
-            let mime = paths
-                .get(&rel)
-                .map(|p| detect_mime_file(p))
-                .unwrap_or_else(|| "unknown".to_string());
-            products.insert(
-                rel,
-                Product {
-                    mime_type: mime,
-                    digest,
-                },
-            );
-        }
+            let name = f.rel.rsplit('/').next().unwrap_or(f.rel);
+            Ok(Some(Product {
+                mime_type: detect_mime_fd(f.file, name),
+                digest,
+            }))
+        })?;
+        let products = out.files;
+        let skipped = out.skipped;
         self.products = products;
         self.skipped = skipped;
         serde_json::to_value(&self.products)
@@ -133,16 +116,34 @@ impl Attestor for ProductAttestor {
 }
 
 /// MIME type of the file at `path` (`unknown` when it cannot be read, as
-/// Witness does on a detection error).
+/// Witness does on a detection error). The path is opened non-blocking,
+/// without following a link in its last component, regular files only.
 pub fn detect_mime_file(path: &Path) -> String {
-    let mut buf = Vec::with_capacity(3072);
-    match std::fs::File::open(path).and_then(|f| f.take(3072).read_to_end(&mut buf)) {
-        Ok(_) => {
+    match super::safeio::open_regular_nofollow(path) {
+        Ok((f, _)) => {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            detect_mime(&buf, name.as_deref().unwrap_or(""))
+            detect_mime_fd(&f, name.as_deref().unwrap_or(""))
         }
         Err(_) => "unknown".to_string(),
     }
+}
+
+/// MIME type of an already opened file, from its first 3 KiB read with
+/// `pread` (the file position is left alone), `unknown` on a read error.
+pub fn detect_mime_fd(f: &std::fs::File, name: &str) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 3072];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return "unknown".to_string(),
+        }
+    }
+    buf.truncate(n);
+    detect_mime(&buf, name)
 }
 
 fn elf_mime(head: &[u8]) -> &'static str {

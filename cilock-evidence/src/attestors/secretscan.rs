@@ -20,6 +20,7 @@
 pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -254,7 +255,9 @@ impl SecretScanner {
     ) -> Self {
         let mut env_values: Vec<(String, String)> = env
             .iter()
-            .filter(|(k, v)| v.len() >= MIN_SENSITIVE_VALUE_LENGTH && filter.is_sensitive(k))
+            .filter(|(k, v)| {
+                v.len() >= MIN_SENSITIVE_VALUE_LENGTH && filter.is_sensitive_pair(k, v)
+            })
             .filter(|(_, v)| v.as_str() != super::environment::OBFUSCATED)
             .cloned()
             .collect();
@@ -282,8 +285,8 @@ impl SecretScanner {
         dedup(raw).into_iter().map(|r| r.finding).collect()
     }
 
-    fn scan_into(&self, text: &str, location: &str, out: &mut Vec<Raw>) {
-        self.scan_layer(text, location, &[], None, None, out);
+    fn scan_into(&self, text: &str, location: &str, out: &mut Vec<Raw>) -> bool {
+        self.scan_layers(text, location, out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -313,16 +316,56 @@ impl SecretScanner {
         }
     }
 
-    fn scan_layer(
+    /// Scans `text` and every decoded layer below it, depth first and in
+    /// the order the candidates appear (the order of the former recursive
+    /// scan), with an explicit stack: the depth is capped by
+    /// [`bounds::MAX_DECODE_LAYERS`](super::bounds::MAX_DECODE_LAYERS)
+    /// whatever the options say, and the decoded text scanned below one input
+    /// by [`decode_budget`]. Returns false when the budget stopped decoding.
+    fn scan_layers(&self, text: &str, location: &str, out: &mut Vec<Raw>) -> bool {
+        let max_layers = self.max_layers.min(super::bounds::MAX_DECODE_LAYERS);
+        let mut budget = decode_budget(text.len());
+        let mut complete = true;
+        let mut stack: Vec<Layer<'_>> = vec![Layer {
+            text: std::borrow::Cow::Borrowed(text),
+            path: Vec::new(),
+            outer_line: None,
+            root_blob: None,
+        }];
+        while let Some(layer) = stack.pop() {
+            let children = self.scan_one_layer(&layer, location, max_layers, out);
+            for c in children.into_iter().rev() {
+                if c.text.len() > budget {
+                    complete = false;
+                    continue;
+                }
+                budget -= c.text.len();
+                stack.push(c);
+            }
+        }
+        complete
+    }
+
+    /// Scans one layer; returns its decoded children, in order.
+    fn scan_one_layer<'t>(
         &self,
-        text: &str,
+        layer: &Layer<'t>,
         location: &str,
-        path: &[String],
-        outer_line: Option<usize>,
-        root_blob: Option<&str>,
+        max_layers: usize,
         out: &mut Vec<Raw>,
-    ) {
-        let line_of = |pos: usize| outer_line.unwrap_or_else(|| text[..pos].matches('\n').count());
+    ) -> Vec<Layer<'t>> {
+        let text: &str = &layer.text;
+        let path = &layer.path;
+        let outer_line = layer.outer_line;
+        let root_blob = layer.root_blob.as_deref();
+        let newlines: std::cell::OnceCell<Vec<usize>> = std::cell::OnceCell::new();
+        let line_of = |pos: usize| {
+            outer_line.unwrap_or_else(|| {
+                newlines
+                    .get_or_init(|| text.match_indices('\n').map(|(i, _)| i).collect())
+                    .partition_point(|&n| n < pos)
+            })
+        };
         let approx = outer_line.is_some();
         let lower = text.to_ascii_lowercase();
         for rule in rules::rules() {
@@ -388,57 +431,79 @@ impl SecretScanner {
                 });
             }
         }
-        if path.len() >= self.max_layers {
-            return;
+        let mut children: Vec<Layer<'t>> = Vec::new();
+        if path.len() >= max_layers {
+            return children;
         }
         let d = decoders();
         let mut seen: HashSet<(usize, usize, &'static str)> = HashSet::new();
-        let mut decode_and_recurse =
-            |start: usize, cand: &str, enc: &'static str, bytes: Vec<u8>, out: &mut Vec<Raw>| {
-                if !seen.insert((start, cand.len(), enc)) {
+        let mut decoded_child = |start: usize, cand: &str, enc: &'static str, bytes: Vec<u8>| {
+            if !seen.insert((start, cand.len(), enc)) {
+                return;
+            }
+            if let Some(decoded) = texty(&bytes) {
+                if decoded == cand {
                     return;
                 }
-                if let Some(decoded) = texty(&bytes) {
-                    if decoded == cand {
-                        return;
-                    }
-                    let mut p = path.to_vec();
-                    p.push(enc.to_string());
-                    let blob = root_blob.unwrap_or(cand);
-                    self.scan_layer(
-                        &decoded,
-                        location,
-                        &p,
-                        Some(line_of(start)),
-                        Some(blob),
-                        out,
-                    );
-                }
-            };
+                let mut p = path.clone();
+                p.push(enc.to_string());
+                let blob = root_blob.unwrap_or(cand);
+                children.push(Layer {
+                    text: std::borrow::Cow::Owned(decoded),
+                    path: p,
+                    outer_line: Some(line_of(start)),
+                    root_blob: Some(blob.to_string()),
+                });
+            }
+        };
         let engines = b64_engines();
         for m in d.base64.find_iter(text) {
             let cand = m.as_str();
             for e in &engines {
                 if let Ok(bytes) = e.decode(cand) {
-                    decode_and_recurse(m.start(), cand, "base64", bytes, out);
+                    decoded_child(m.start(), cand, "base64", bytes);
                     break;
                 }
             }
         }
         for m in d.hex.find_iter(text) {
             if let Ok(bytes) = hex::decode(m.as_str()) {
-                decode_and_recurse(m.start(), m.as_str(), "hex", bytes, out);
+                decoded_child(m.start(), m.as_str(), "hex", bytes);
             }
         }
         if text.contains('%') {
             for m in d.url.find_iter(text) {
                 if let Some(bytes) = percent_decode(m.as_str()) {
-                    decode_and_recurse(m.start(), m.as_str(), "url", bytes, out);
+                    decoded_child(m.start(), m.as_str(), "url", bytes);
                 }
             }
         }
+        children
     }
 }
+
+/// One text to scan: the input or a decoded layer below it.
+struct Layer<'t> {
+    text: std::borrow::Cow<'t, str>,
+    /// Encodings peeled off to reach it, outermost first.
+    path: Vec<String>,
+    /// Line of the outermost encoded text, for decoded layers.
+    outer_line: Option<usize>,
+    /// The outermost encoded text (redacted with the secret).
+    root_blob: Option<String>,
+}
+
+/// Most bytes of decoded text scanned below one input of `len` bytes:
+/// decoding always shrinks text, so normal inputs stay far below it; a
+/// crafted one that decodes many ways at every layer is stopped.
+pub fn decode_budget(len: usize) -> usize {
+    len.saturating_mul(16)
+        .saturating_add(1 << 20)
+        .min(MAX_DECODE_BUDGET)
+}
+
+/// The most decoded text [`decode_budget`] ever allows below one input.
+pub const MAX_DECODE_BUDGET: usize = 512 << 20;
 
 /// Removes duplicates, and generic findings of a secret a specific rule
 /// also found at the same place.
@@ -606,25 +671,49 @@ impl Attestor for SecretScanAttestor {
             &ctx.hashes,
         );
         let mut raw: Vec<Raw> = Vec::new();
+        let mut skipped = Vec::new();
         for c in ctx.completed.iter().filter(|c| c.name != NAME) {
             let location = format!("attestation:{}", c.name);
             let mut leaves = Vec::new();
             json_leaves(&c.json, None, &mut leaves);
             for leaf in leaves {
-                scanner.scan_into(&leaf, &location, &mut raw);
+                if !scanner.scan_into(&leaf, &location, &mut raw) {
+                    skipped.push(super::filetree::SkippedPath {
+                        path: location.clone(),
+                        reason: decode_budget_note(leaf.len()),
+                    });
+                }
             }
         }
         let mut subjects = BTreeMap::new();
-        let mut skipped = Vec::new();
         if let Some(products) = ctx
             .completed_json(super::product::NAME)
             .and_then(|v| v.as_object())
+            .filter(|p| !p.is_empty())
         {
-            let max = self.opts.max_file_size_mb.saturating_mul(1024 * 1024);
+            // Products are read only through the working directory's
+            // descriptor: a swap of the path since the walk changes nothing.
+            let root = super::safeio::open_workdir(ctx)?;
+            let max = self
+                .opts
+                .max_file_size_mb
+                .min(super::bounds::MAX_FILE_SIZE_MB)
+                .saturating_mul(1024 * 1024);
+            let mut total: u64 = 0;
             for (rel, p) in products {
-                let path = ctx.workdir.join(rel);
-                match scan_file(&scanner, &path, rel, max, &mut raw) {
-                    Ok(()) => {
+                if total >= MAX_TOTAL_SCAN_BYTES {
+                    skipped.push(super::filetree::SkippedPath {
+                        path: rel.clone(),
+                        reason: format!(
+                            "not scanned: {MAX_TOTAL_SCAN_BYTES} bytes of products already scanned in this step"
+                        ),
+                    });
+                    continue;
+                }
+                let max = max.min(MAX_TOTAL_SCAN_BYTES - total);
+                match scan_file(&scanner, root.as_fd(), rel, max, &mut raw, &mut skipped) {
+                    Ok(n) => {
+                        total += n;
                         if let Some(d) = p
                             .get("digest")
                             .and_then(|d| serde_json::from_value::<DigestSet>(d.clone()).ok())
@@ -674,25 +763,54 @@ impl Attestor for SecretScanAttestor {
     }
 }
 
+/// Scans the product `rel`, opened beneath the working directory's
+/// descriptor (`RESOLVE_BENEATH`: in-tree links only), non-blocking, regular
+/// files only, at most `max` bytes (checked with `fstat` and again while
+/// reading). Returns the bytes read.
 fn scan_file(
     scanner: &SecretScanner,
-    path: &Path,
+    root: std::os::fd::BorrowedFd<'_>,
     rel: &str,
     max: u64,
     out: &mut Vec<Raw>,
-) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
+    skipped: &mut Vec<super::filetree::SkippedPath>,
+) -> Result<u64, String> {
+    let fd =
+        super::safeio::open_beneath(root, Path::new(rel)).map_err(|e| match e.raw_os_error() {
+            Some(libc::EXDEV) => "not scanned: leads outside the working directory".to_string(),
+            _ => format!("cannot open: {e}"),
+        })?;
+    let f = std::fs::File::from(fd);
+    let meta = super::safeio::require_regular(&f)?;
     if meta.len() > max {
         return Err(format!("larger than the {} byte scan limit", max));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let (bytes, more) = super::safeio::read_capped_sized(&f, max, meta.len())
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if more {
+        return Err(format!("larger than the {} byte scan limit", max));
+    }
     let text = String::from_utf8_lossy(&bytes);
-    scanner.scan_into(&text, &format!("product:{rel}"), out);
-    Ok(())
+    let location = format!("product:{rel}");
+    if !scanner.scan_into(&text, &location, out) {
+        skipped.push(super::filetree::SkippedPath {
+            path: rel.to_string(),
+            reason: decode_budget_note(bytes.len()),
+        });
+    }
+    Ok(bytes.len() as u64)
 }
+
+fn decode_budget_note(len: usize) -> String {
+    format!(
+        "decoding stopped after {} bytes of decoded text (the bound for this input); deeper layers were not scanned",
+        decode_budget(len)
+    )
+}
+
+/// Most product bytes one secretscan run reads; later products are listed
+/// as skipped.
+pub const MAX_TOTAL_SCAN_BYTES: u64 = 2 << 30;
 
 #[cfg(test)]
 mod tests {
