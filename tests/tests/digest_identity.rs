@@ -230,7 +230,12 @@ fn rename_over_after_exec(d: &Daemon, u: &User) {
     });
     let procs = processes(&cr);
     let ran: Vec<&Value> = procs.iter().filter(|p| p["program"] == tool_s).collect();
-    assert_eq!(ran.len(), 1, "{}", serde_json::to_string_pretty(&cr).unwrap());
+    assert_eq!(
+        ran.len(),
+        1,
+        "{}",
+        serde_json::to_string_pretty(&cr).unwrap()
+    );
     let p = ran[0];
     assert!(
         p.get("programdigest").is_none() && p.get("exedigest").is_none(),
@@ -240,8 +245,14 @@ fn rename_over_after_exec(d: &Daemon, u: &User) {
     assert!(why.contains("not the one"), "reason: {why:?}");
     assert!(reason(p, &tool_s).contains("not the one"));
     let text = cr.to_string();
-    assert!(!text.contains(&true_sha), "/usr/bin/true's digest is attested");
-    assert!(!text.contains(&id_sha), "the renamed-away file cannot be proven either");
+    assert!(
+        !text.contains(&true_sha),
+        "/usr/bin/true's digest is attested"
+    );
+    assert!(
+        !text.contains(&id_sha),
+        "the renamed-away file cannot be proven either"
+    );
 }
 
 /// Review §4b: exec through a symlink that the program re-points (here
@@ -270,13 +281,21 @@ fn symlink_swap(d: &Daemon, u: &User) {
                 .is_some_and(|c| c.starts_with(link.to_str().unwrap()))
         })
         .collect();
-    assert_eq!(through_link.len(), 5, "{}", serde_json::to_string_pretty(&cr).unwrap());
+    assert_eq!(
+        through_link.len(),
+        5,
+        "{}",
+        serde_json::to_string_pretty(&cr).unwrap()
+    );
     for p in &through_link {
         assert_eq!(p["program"], ln.to_str().unwrap(), "{p}");
         assert_eq!(p["programdigest"]["sha256"], ln_sha.as_str(), "{p}");
     }
     for p in &procs {
-        assert_ne!(p["program"], secret_s, "the secret is attested as a program: {p}");
+        assert_ne!(
+            p["program"], secret_s,
+            "the secret is attested as a program: {p}"
+        );
     }
     assert!(
         !cr.to_string().contains(&secret_sha),
@@ -302,7 +321,10 @@ fn o_path(d: &Daemon, u: &User) {
         (key_s, sha256sum(key_s).unwrap()),
     ] {
         let who = openers(&procs, path);
-        assert!(!who.is_empty(), "the O_PATH open of {path} was not recorded");
+        assert!(
+            !who.is_empty(),
+            "the O_PATH open of {path} was not recorded"
+        );
         for p in who {
             assert_eq!(p["openedfiles"][path], serde_json::json!({}), "{path}");
             assert_eq!(
@@ -380,7 +402,14 @@ fn sparse_over_the_cap(d: &Daemon, u: &User) {
 /// has its digest; exe and program digests of a plain binary.
 fn plain(d: &Daemon, u: &User) {
     let w = u.dir();
-    let cr = step(d, u, "plain", w.path(), "cat /etc/hostname > /dev/null\n", || {});
+    let cr = step(
+        d,
+        u,
+        "plain",
+        w.path(),
+        "cat /etc/hostname > /dev/null\n",
+        || {},
+    );
     let procs = processes(&cr);
     let cat = procs
         .iter()
