@@ -310,7 +310,7 @@ fn o_path(d: &Daemon, u: &User) {
     let key = d.socket.parent().unwrap().join("signing-key.pem");
     let key_s = key.to_str().unwrap();
     let script = format!(
-        "{py} -c 'import os\nfor p in [\"/etc/shadow\", \"{key_s}\"]: os.close(os.open(p, os.O_PATH))'\n",
+        "{py} -c 'import os\nfor p in [\"/etc/shadow\", \"{key_s}\", \"/etc/hostname\"]: os.close(os.open(p, os.O_PATH))\nos.close(os.open(\"/etc/hostname\", os.O_RDONLY))'\n",
         py = python()
     );
     let cr = step(d, u, "opath", w.path(), &script, || {});
@@ -334,6 +334,17 @@ fn o_path(d: &Daemon, u: &User) {
         }
         assert!(!text.contains(&sha), "the digest of {path} is attested");
     }
+    // An O_PATH handle, then a real open of a readable file: the real
+    // open is recorded and hashed.
+    let py = procs
+        .iter()
+        .find(|p| p["cmdline"].as_str().is_some_and(|c| c.contains("O_PATH")))
+        .expect("python");
+    assert_eq!(
+        py["openedfiles"]["/etc/hostname"]["sha256"],
+        sha256sum("/etc/hostname").unwrap().as_str(),
+        "{py}"
+    );
 }
 
 /// Review §12 / #4c: a write-open in a private user and mount namespace,
