@@ -349,13 +349,14 @@ fn o_path(d: &Daemon, u: &User) {
 
 /// Review §12 / #4c: a write-open in a private user and mount namespace,
 /// where a tmpfs hides a root-only directory, is not given the digest of
-/// the host's file at that path.
+/// the host's file at that path; nor is a program bind-mounted over
+/// another given the other's digest.
 fn private_mount_write(d: &Daemon, u: &User) {
     let w = u.dir();
     let root = open_dir();
     let (dir, secret, secret_sha) = root_only(root.path());
     let script = format!(
-        "unshare -Urm sh -c 'mount -t tmpfs none {dir} && echo hi > {secret}'\n",
+        "unshare -Urm sh -c 'mount -t tmpfs none {dir} && echo hi > {secret} && mount --bind /usr/bin/id /usr/bin/true && /usr/bin/true'\n",
         dir = dir.display(),
         secret = secret.display()
     );
@@ -376,6 +377,17 @@ fn private_mount_write(d: &Daemon, u: &User) {
         !cr.to_string().contains(&secret_sha),
         "the host's root-only file's digest is attested"
     );
+    // Review #4c: `id` bind-mounted over /usr/bin/true in the namespace is
+    // not attested as /usr/bin/true's content.
+    let t = procs
+        .iter()
+        .find(|p| p["cmdline"] == "/usr/bin/true")
+        .expect("the exec of /usr/bin/true");
+    assert!(
+        t.get("programdigest").is_none() && t.get("exedigest").is_none(),
+        "{t}"
+    );
+    assert!(!t["programUnhashedReason"].as_str().unwrap_or("").is_empty());
 }
 
 /// Review §11: a 20 GiB sparse file read by the job is not hashed beyond
