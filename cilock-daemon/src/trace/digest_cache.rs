@@ -392,9 +392,9 @@ impl DigestCache {
         };
         let d = DigestSet::from_reader(&mut r, algs);
         match (r.stop, d) {
-            (Some(Stop::Time), _) => return Hashed::OutOfTime(rules.budget),
-            (Some(Stop::Size), _) => return Hashed::ChangedWhileHashing,
-            (None, Err(e)) => return Hashed::Error(e.to_string()),
+            (Some(Stop::Time), _) => Hashed::OutOfTime(rules.budget),
+            (Some(Stop::Size), _) => Hashed::ChangedWhileHashing,
+            (None, Err(e)) => Hashed::Error(e.to_string()),
             (None, Ok(d)) => {
                 match file.metadata() {
                     Ok(after) if stamp_of(&after) == st => {}
