@@ -259,3 +259,31 @@ impl TraceInfo {
         self.events.values().map(|c| c.lost).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unhashed_reasons_and_truncation_counts_are_named_and_optional() {
+        let p = ProcessInfo {
+            program: "/w/tool".into(),
+            program_unhashed_reason: "replaced".into(),
+            exe_unhashed_reason: "replaced".into(),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["programUnhashedReason"], "replaced");
+        assert_eq!(v["exeUnhashedReason"], "replaced");
+        assert!(v.get("programdigest").is_none());
+        let plain = serde_json::to_value(ProcessInfo::default()).unwrap();
+        assert!(plain.get("programUnhashedReason").is_none());
+        let mut t = TraceInfo::default();
+        assert!(serde_json::to_value(&t).unwrap().get("truncated").is_none());
+        t.truncated.insert("processes".into(), 3);
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["truncated"]["processes"], 3);
+        let back: TraceInfo = serde_json::from_value(v).unwrap();
+        assert_eq!(back, t);
+    }
+}
