@@ -65,7 +65,10 @@ impl User {
 impl Drop for User {
     fn drop(&mut self) {
         let _ = Command::new("userdel").arg(&self.name).status();
-        let _ = Command::new("groupdel").arg(&self.name).status();
+        let _ = Command::new("groupdel")
+            .arg(&self.name)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -425,12 +428,16 @@ fn sparse_over_the_cap(d: &Daemon, u: &User) {
 /// has its digest; exe and program digests of a plain binary.
 fn plain(d: &Daemon, u: &User) {
     let w = u.dir();
+    // A program the user may execute but not read (root's, mode 0711).
+    let xonly = w.path().join("xonly");
+    std::fs::copy("/usr/bin/true", &xonly).unwrap();
+    std::fs::set_permissions(&xonly, std::fs::Permissions::from_mode(0o711)).unwrap();
     let cr = step(
         d,
         u,
         "plain",
         w.path(),
-        "cat /etc/hostname > /dev/null\n",
+        "cat /etc/hostname > /dev/null\n./xonly\n",
         || {},
     );
     let procs = processes(&cr);
@@ -445,6 +452,18 @@ fn plain(d: &Daemon, u: &User) {
     assert_eq!(
         cat["openedfiles"]["/etc/hostname"]["sha256"],
         sha256sum("/etc/hostname").unwrap().as_str()
+    );
+    let x = procs
+        .iter()
+        .find(|p| p["program"] == xonly.to_str().unwrap())
+        .expect("xonly");
+    assert!(
+        x.get("programdigest").is_none() && x.get("exedigest").is_none(),
+        "{x}"
+    );
+    assert_eq!(
+        x["programUnhashedReason"],
+        "not readable by the step's user"
     );
 }
 
