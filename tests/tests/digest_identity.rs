@@ -467,11 +467,44 @@ fn plain(d: &Daemon, u: &User) {
     );
 }
 
+/// Review §6/§10: beyond `max_processes_per_step` and
+/// `max_files_per_step` the trace counts what it leaves out, in
+/// `trace.truncated`; the attestation is still made.
+fn bounded_trace(d: &Daemon, u: &User) {
+    let w = u.dir();
+    let files = w.path().join("many");
+    std::fs::create_dir(&files).unwrap();
+    for i in 0..4000 {
+        std::fs::write(files.join(format!("f{i}")), b"x").unwrap();
+    }
+    let script = format!(
+        "i=0; while [ $i -lt 60 ]; do /usr/bin/true; i=$((i+1)); done\n\
+         for f in {}/f*; do : < $f; done\n",
+        files.display()
+    );
+    let cr = step(d, u, "bounded", w.path(), &script, || {});
+    let t = &cr["trace"]["truncated"];
+    let procs = processes(&cr);
+    assert_eq!(procs.len(), 40, "{t}");
+    assert!(t["processes"].as_u64().unwrap_or(0) >= 20, "{t}");
+    let paths: std::collections::BTreeSet<&str> = procs
+        .iter()
+        .flat_map(|p| p["openedfiles"].as_object().unwrap().keys())
+        .map(String::as_str)
+        .collect();
+    assert!(paths.len() <= 3000, "{}", paths.len());
+    assert!(t["files"].as_u64().unwrap_or(0) >= 1000, "{t}");
+}
+
 fn all_attacks(backend: &str) {
     let u = User::create(&backend[..1]);
     let d = Daemon::start_with(
         backend,
-        &format!("group = {:?}\nmax_hash_file_size = \"1GiB\"", u.name),
+        &format!(
+            "group = {:?}\nmax_hash_file_size = \"1GiB\"\n\
+             max_processes_per_step = 40\nmax_files_per_step = 3000",
+            u.name
+        ),
     );
     plain(&d, &u);
     rename_over_after_exec(&d, &u);
@@ -479,6 +512,7 @@ fn all_attacks(backend: &str) {
     o_path(&d, &u);
     private_mount_write(&d, &u);
     sparse_over_the_cap(&d, &u);
+    bounded_trace(&d, &u);
 }
 
 #[test]
