@@ -496,6 +496,48 @@ fn bounded_trace(d: &Daemon, u: &User) {
     assert!(t["files"].as_u64().unwrap_or(0) >= 1000, "{t}");
 }
 
+/// Files read through an overlay mount (containers) keep their digest:
+/// the identity check accepts the device as the kernel and `stat` see it.
+fn overlay_read(d: &Daemon, u: &User) {
+    let w = u.dir();
+    let o = open_dir();
+    for sub in ["l", "u", "w", "m"] {
+        std::fs::create_dir(o.path().join(sub)).unwrap();
+    }
+    std::fs::write(o.path().join("l/a"), b"lower\n").unwrap();
+    let m = o.path().join("m");
+    sh(&format!(
+        "mount -t overlay overlay -o lowerdir={p}/l,upperdir={p}/u,workdir={p}/w {p}/m",
+        p = o.path().display()
+    ));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _um = Unmount(m.clone());
+    let a = m.join("a");
+    let a_s = a.to_str().unwrap();
+    let cr = step(
+        d,
+        u,
+        "overlay",
+        w.path(),
+        &format!("cat {a_s} > /dev/null\n"),
+        || {},
+    );
+    let procs = processes(&cr);
+    let who = openers(&procs, a_s);
+    assert_eq!(who.len(), 1);
+    assert_eq!(
+        who[0]["openedfiles"][a_s]["sha256"],
+        sha256sum(a_s).unwrap().as_str(),
+        "{}",
+        reason(who[0], a_s)
+    );
+}
+
 fn all_attacks(backend: &str) {
     let u = User::create(&backend[..1]);
     let d = Daemon::start_with(
@@ -513,6 +555,7 @@ fn all_attacks(backend: &str) {
     private_mount_write(&d, &u);
     sparse_over_the_cap(&d, &u);
     bounded_trace(&d, &u);
+    overlay_read(&d, &u);
 }
 
 #[test]
