@@ -16,6 +16,17 @@
 //! | `step_idle_timeout`    | duration, as above        | `"10m"`                          |
 //! | `state_dir`            | absolute path             | `/var/lib/cilock`                |
 //! | `log_level`            | tracing filter directive  | `info`                           |
+//! | `max_hash_file_size`   | bytes, or `"4GiB"`, `"512MiB"`, `"1G"` | `"4GiB"`            |
+//! | `hash_time_budget`     | duration, as above        | `"5m"`                           |
+//! | `max_processes_per_step` | integer ≥ 1             | `100000`                         |
+//! | `max_files_per_step`   | integer ≥ 1               | `1000000`                        |
+//!
+//! `max_hash_file_size` and `hash_time_budget` bound the hashing of the
+//! files a step opened or exec'd (per file, and per step): a file beyond
+//! them gets no digest and says why in `unhashedOpens`. Beyond
+//! `max_processes_per_step` processes or `max_files_per_step` distinct
+//! opened paths, events are counted instead of stored
+//! (`trace.truncated` in the attestation).
 //!
 //! `CILOCK_SOCKET` (and the daemon's `--socket`) override `socket`; `--key`
 //! overrides `key`; `RUST_LOG` overrides `log_level`.
@@ -74,6 +85,16 @@ pub struct DaemonConfig {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// `tracing-subscriber` directive such as `info,cilock_daemon=debug`).
     pub log_level: String,
+    /// Largest opened/exec'd file hashed at the end of a step, in bytes.
+    #[serde(deserialize_with = "deserialize_size")]
+    pub max_hash_file_size: u64,
+    /// Time the hashing at the end of one step may take.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub hash_time_budget: Duration,
+    /// Processes recorded per step.
+    pub max_processes_per_step: usize,
+    /// Distinct opened paths recorded per step.
+    pub max_files_per_step: usize,
 }
 
 impl Default for DaemonConfig {
@@ -90,6 +111,10 @@ impl Default for DaemonConfig {
             state_dir: engine.state_dir,
             default_attestations: engine.default_attestations,
             log_level: DEFAULT_LOG_LEVEL.to_string(),
+            max_hash_file_size: engine.trace_limits.max_hash_file_size,
+            hash_time_budget: engine.trace_limits.hash_time_budget,
+            max_processes_per_step: engine.trace_limits.max_processes,
+            max_files_per_step: engine.trace_limits.max_files,
         }
     }
 }
@@ -248,6 +273,27 @@ impl DaemonConfig {
                 ));
             }
         }
+        if self.max_hash_file_size == 0 {
+            return Err(invalid(
+                "max_hash_file_size",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.hash_time_budget.is_zero() {
+            return Err(invalid(
+                "hash_time_budget",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.max_processes_per_step == 0 {
+            return Err(invalid(
+                "max_processes_per_step",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_files_per_step == 0 {
+            return Err(invalid("max_files_per_step", "must be at least 1".into()));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(invalid(
                 "log_level",
@@ -266,6 +312,12 @@ impl DaemonConfig {
             default_attestations: self.default_attestations.clone(),
             idle_timeout: self.step_idle_timeout,
             state_dir: self.state_dir.clone(),
+            trace_limits: crate::trace::recorder::TraceLimits {
+                max_hash_file_size: self.max_hash_file_size,
+                hash_time_budget: self.hash_time_budget,
+                max_processes: self.max_processes_per_step,
+                max_files: self.max_files_per_step,
+            },
         }
     }
 }
@@ -367,6 +419,60 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
             parse_duration(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Parses a size in bytes: a plain number (`"1048576"`), or a number with
+/// a unit: `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (powers of 1024),
+/// `KB`, `MB`, `GB`, `TB` (powers of 1000), `B`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let digits = s.bytes().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(format!(
+            "{text:?}: expected a number of bytes or a size such as \"4GiB\""
+        ));
+    }
+    let n: u64 = s[..digits]
+        .parse()
+        .map_err(|_| format!("{text:?}: number too large"))?;
+    let mult: u64 = match s[digits..].trim() {
+        "" | "B" | "b" => 1,
+        "K" | "k" | "KiB" | "kiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?}: size too large"))
+}
+
+fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number of bytes or a size such as \"4GiB\"")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            parse_size(v).map_err(E::custom)
         }
     }
     d.deserialize_any(V)
@@ -475,6 +581,43 @@ mod tests {
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("10").is_ok());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn sizes_and_trace_limits() {
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("64 MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        let c = DaemonConfig::from_toml_str(
+            "max_hash_file_size = \"1GiB\"\nhash_time_budget = \"90s\"\n\
+             max_processes_per_step = 10\nmax_files_per_step = 20\n",
+            "t",
+        )
+        .unwrap();
+        let l = c.engine_config().trace_limits;
+        assert_eq!(l.max_hash_file_size, 1 << 30);
+        assert_eq!(l.hash_time_budget, Duration::from_secs(90));
+        assert_eq!((l.max_processes, l.max_files), (10, 20));
+        let c = DaemonConfig::from_toml_str("max_hash_file_size = 4096\n", "t").unwrap();
+        assert_eq!(c.max_hash_file_size, 4096);
+        assert_eq!(
+            DaemonConfig::default().engine_config().trace_limits,
+            crate::trace::recorder::TraceLimits::default()
+        );
+        for bad in [
+            "max_hash_file_size = 0",
+            "hash_time_budget = 0",
+            "max_processes_per_step = 0",
+            "max_files_per_step = 0",
+            "max_hash_file_size = -1",
+        ] {
+            assert!(DaemonConfig::from_toml_str(bad, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]

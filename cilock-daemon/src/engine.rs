@@ -28,7 +28,8 @@ use crate::backend::ebpf::EbpfBackend;
 use crate::backend::{ptrace, BackendChoice};
 use crate::cgroup::{Cgroup, Hierarchy};
 use crate::trace::digest_cache::DigestCache;
-use crate::trace::recorder::Recorder;
+use crate::trace::digest_cache::Reader;
+use crate::trace::recorder::{Recorder, TraceLimits};
 
 /// Engine settings (the daemon reads them from its TOML config).
 #[derive(Clone, Debug)]
@@ -46,6 +47,8 @@ pub struct EngineConfig {
     /// Where the daemon keeps state: attestations of steps it had to end
     /// itself go to `<state_dir>/reaped/`.
     pub state_dir: PathBuf,
+    /// Bounds on each step's trace and on the hashing at its end.
+    pub trace_limits: TraceLimits,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             default_attestations: Vec::new(),
             idle_timeout: Duration::from_secs(10 * 60),
             state_dir: PathBuf::from("/var/lib/cilock"),
+            trace_limits: TraceLimits::default(),
         }
     }
 }
@@ -339,7 +343,11 @@ impl Engine {
             .parent
             .join(format!("{}.{}.{}", spec.name, std::process::id(), n));
         let cgroup = Cgroup::create(&cg_path).map_err(internal)?;
-        let recorder = Arc::new(Mutex::new(Recorder::new(Some(std::process::id()))));
+        let recorder = Arc::new(Mutex::new(Recorder::with_limits(
+            Some(std::process::id()),
+            self.cfg.trace_limits.clone(),
+            Reader::of_uid(spec.owner_uid),
+        )));
         let mut follower = None;
         match &self.backend {
             Backend::Ebpf(b) => {
@@ -577,6 +585,7 @@ impl PendingStep {
     pub fn finish(mut self, cache: &DigestCache, end: EndSpec) -> Result<StepOutcome, EngineError> {
         let algs = self.ctx.hashes.clone();
         let st = self.recorder.finish(cache, &algs, &self.alive);
+        self.trace.truncated = st.truncated;
         if self.trace.backend == "ptrace" {
             self.trace.events.insert(
                 "process".into(),
@@ -633,7 +642,7 @@ pub fn run_ptrace(
         .before(&mut ctx)
         .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;
     ptrace::probe().map_err(|e| internal(format!("ptrace unavailable: {e}")))?;
-    let mut recorder = Recorder::new(None);
+    let mut recorder = Recorder::with_limits(None, TraceLimits::default(), Reader::current());
     let cfg = ptrace::PtraceConfig::default();
     let mut root = None;
     let code = ptrace::run(

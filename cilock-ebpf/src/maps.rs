@@ -39,6 +39,7 @@ pub struct SeenKey {
     pub ino: u64,
     pub tgid: u32,
     pub generation: u32,
+    /// Bit 0: opened for writing; bit 1: opened with O_PATH.
     pub write: u32,
     pub _pad: u32,
 }

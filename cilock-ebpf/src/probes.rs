@@ -69,6 +69,8 @@ fn try_open(ctx: &TracePointContext) -> Option<()> {
 
 /// `O_WRONLY | O_RDWR | O_APPEND`: an open that may change the file.
 const WRITE_FLAGS: u32 = 0o1 | 0o2 | 0o2000;
+/// `O_PATH`: a handle without read or write access.
+const O_PATH: u32 = 0o10000000;
 
 /// Reports the open of `file` by the current task, unless the same process
 /// already reported the same file opened the same way in this step (see
@@ -99,7 +101,9 @@ pub fn report_open(
         generation: inode
             .and_then(|i| rd::<u32>(i + off!(inode_i_generation)))
             .unwrap_or(0),
-        write: (f_flags & WRITE_FLAGS != 0) as u32,
+        // An O_PATH handle and a real open of the same file are two ways:
+        // the daemon hashes only for the latter.
+        write: (f_flags & WRITE_FLAGS != 0) as u32 | ((f_flags & O_PATH != 0) as u32) << 1,
         _pad: 0,
     };
     if unsafe { SEEN.get(&key) }.is_some() {

@@ -2,10 +2,21 @@
 //! (device, inode, size, mtime, ctime) so a heavy build does not hash the
 //! same headers thousands of times across steps.
 //!
-//! Paths come from the traced job. They are opened without following
-//! symlinks (the kernel already gave canonical paths), non-blocking, and
-//! only regular files are read; a file that changes while it is hashed is
-//! reported, not given a digest.
+//! Paths come from the traced job and the daemon reads them as root, so a
+//! file is read only when every one of these holds:
+//! - it opens with `openat2(RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`,
+//!   `O_NOFOLLOW | O_NONBLOCK | O_NOCTTY` (the kernel gave canonical paths:
+//!   a symlink on the way means the path changed since);
+//! - it is a regular file, not on a pseudo filesystem;
+//! - it is the file the kernel recorded when the job opened or exec'd it
+//!   (an [`Identity`]: device and inode, plus size and times for a
+//!   read-only open);
+//! - the step's user could read it (mode bits against the user's uid, gid
+//!   and groups, see [`Reader`]);
+//! - it is no larger than the size cap, and the step's hashing time budget
+//!   has not run out (checked between files and inside long reads).
+//!
+//! A file that changes while it is hashed is reported, not given a digest.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,23 +24,227 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use cilock_evidence::digest::{DigestSet, HashAlg};
 
 use super::event::FileStamp;
 
+/// Largest file hashed when a gitoid is asked for (gitoids are computed in
+/// memory).
+pub const GITOID_MAX_FILE_SIZE: u64 = 256 << 20;
+
+/// How often a long read looks at the clock.
+const CLOCK_EVERY: u64 = 4 << 20;
+
 /// The outcome of hashing one path.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Hashed {
     /// The digest, and the file's identity when it was hashed.
-    Digest(DigestSet, FileStamp),
+    Digest(DigestSet, Seen),
+    /// The file at the path is not one the job opened (none of the
+    /// identities recorded at open/exec time matches it): not read.
+    Mismatch(Seen),
     /// Not a regular file (directory, device, fifo, socket).
     NotRegular(&'static str),
+    /// The step's user could not read it: not read.
+    Unreadable,
+    /// Larger than the cap: (size, cap).
+    TooLarge(u64, u64),
+    /// The step's hashing time budget ran out before or while reading it.
+    OutOfTime(Duration),
     /// The file changed while it was being read.
     ChangedWhileHashing,
     /// It could not be opened or read.
     Error(String),
+}
+
+/// A file as the daemon found it when hashing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// `fstat` of the open file.
+    pub stamp: FileStamp,
+    /// The device of its superblock (from the mount's `major:minor` in
+    /// mountinfo), when it differs from `stamp.dev` (btrfs subvolumes,
+    /// overlayfs) and was looked up.
+    pub sb_dev: Option<u64>,
+}
+
+/// An identity the kernel recorded for a path when the job opened or
+/// exec'd it; a digest is given only for a file that has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// A read-only open or an exec: the content must be what it was then.
+    Read(FileStamp),
+    /// A write open: the same inode (its content is what the job left).
+    Write {
+        /// Device (user-space encoding).
+        dev: u64,
+        /// Inode number.
+        ino: u64,
+    },
+}
+
+impl Identity {
+    fn dev_ino(&self) -> (u64, u64) {
+        match self {
+            Identity::Read(s) => (s.dev, s.ino),
+            Identity::Write { dev, ino } => (*dev, *ino),
+        }
+    }
+
+    /// Same device and inode as `seen` (the device as `stat` reports it,
+    /// or as the kernel's superblock has it: the eBPF backend records the
+    /// latter, which btrfs subvolumes and overlayfs report differently).
+    pub fn same_file(&self, seen: &Seen) -> bool {
+        let (dev, ino) = self.dev_ino();
+        dev != 0
+            && ino != 0
+            && ino == seen.stamp.ino
+            && (dev == seen.stamp.dev || Some(dev) == seen.sb_dev)
+    }
+
+    /// The same file, and for a read-only open the same size and times.
+    pub fn matches(&self, seen: &Seen) -> bool {
+        if !self.same_file(seen) {
+            return false;
+        }
+        match self {
+            Identity::Read(then) => {
+                let now = &seen.stamp;
+                then.size == now.size
+                    && then.mtime_ns == now.mtime_ns
+                    && then.ctime_ns == now.ctime_ns
+            }
+            Identity::Write { .. } => true,
+        }
+    }
+}
+
+/// The credentials a file must be readable with: the step owner's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reader {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Default for Reader {
+    /// `nobody`: only world-readable files.
+    fn default() -> Self {
+        Reader {
+            uid: 65534,
+            gid: 65534,
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl Reader {
+    /// Root (reads everything).
+    pub fn root() -> Self {
+        Reader {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
+    }
+
+    /// The user `uid` as the user database has it: primary gid and
+    /// supplementary groups (getgrouplist). A uid without an entry gets no
+    /// group at all.
+    pub fn of_uid(uid: u32) -> Self {
+        use nix::unistd::{getgrouplist, Uid, User};
+        if uid == 0 {
+            return Self::root();
+        }
+        match User::from_uid(Uid::from_raw(uid)) {
+            Ok(Some(u)) => {
+                let groups = std::ffi::CString::new(u.name.as_bytes())
+                    .ok()
+                    .and_then(|n| getgrouplist(&n, u.gid).ok())
+                    .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+                    .unwrap_or_default();
+                Reader {
+                    uid,
+                    gid: u.gid.as_raw(),
+                    groups,
+                }
+            }
+            _ => Reader {
+                uid,
+                gid: u32::MAX,
+                groups: Vec::new(),
+            },
+        }
+    }
+
+    /// The calling process's own credentials.
+    pub fn current() -> Self {
+        let uid = nix::unistd::geteuid().as_raw();
+        Reader {
+            uid,
+            gid: nix::unistd::getegid().as_raw(),
+            groups: nix::unistd::getgroups()
+                .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether the mode bits let this user read a file with metadata `md`
+    /// (owner bits for the owner, else group bits for a member, else the
+    /// others' bits; ACLs are not consulted, so a file readable only
+    /// through an ACL gets no digest).
+    pub fn can_read(&self, md: &std::fs::Metadata) -> bool {
+        if self.uid == 0 {
+            return true;
+        }
+        let mode = md.mode();
+        if md.uid() == self.uid {
+            mode & 0o400 != 0
+        } else if md.gid() == self.gid || self.groups.contains(&md.gid()) {
+            mode & 0o040 != 0
+        } else {
+            mode & 0o004 != 0
+        }
+    }
+}
+
+/// What one step's hashing may read and spend.
+#[derive(Clone, Debug)]
+pub struct HashRules {
+    /// Whose read permission a file needs.
+    pub reader: Reader,
+    /// Largest file hashed, in bytes.
+    pub max_file_size: u64,
+    /// The step's hashing time budget (for messages).
+    pub budget: Duration,
+    /// When the budget runs out.
+    pub deadline: Instant,
+}
+
+impl HashRules {
+    /// Rules for `reader` with a size cap and a budget starting now.
+    pub fn new(reader: Reader, max_file_size: u64, budget: Duration) -> Self {
+        let now = Instant::now();
+        HashRules {
+            reader,
+            max_file_size,
+            budget,
+            deadline: now
+                .checked_add(budget)
+                .unwrap_or(now + Duration::from_secs(86400 * 365)),
+        }
+    }
+
+    /// Root, no size cap, a day of time: for tests and tools.
+    pub fn unbounded() -> Self {
+        Self::new(Reader::root(), u64::MAX, Duration::from_secs(86400))
+    }
 }
 
 type Key = (u64, u64, i64, i128, i128);
@@ -95,8 +310,29 @@ impl DigestCache {
         )
     }
 
-    /// Hashes one path.
-    pub fn hash(&self, path: &Path, algs: &[HashAlg]) -> Hashed {
+    /// Number of digests held.
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hashes one path, if the file there has one of the identities in
+    /// `expect` and `rules` allow it (see the module documentation).
+    pub fn hash(
+        &self,
+        path: &Path,
+        algs: &[HashAlg],
+        rules: &HashRules,
+        mounts: &MountDevs,
+        expect: &[Identity],
+    ) -> Hashed {
+        if Instant::now() >= rules.deadline {
+            return Hashed::OutOfTime(rules.budget);
+        }
         let file = match open_no_symlinks(path) {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -115,41 +351,87 @@ impl DigestCache {
             return Hashed::NotRegular(kind_name(before.mode()));
         }
         let st = stamp_of(&before);
+        let mut seen = Seen {
+            stamp: st,
+            sb_dev: None,
+        };
+        if expect.iter().any(|e| e.dev_ino().0 != st.dev) {
+            seen.sb_dev = mounts.sb_dev(&file).filter(|&d| d != st.dev);
+        }
+        if !expect.iter().any(|e| e.matches(&seen)) {
+            return Hashed::Mismatch(seen);
+        }
+        if !rules.reader.can_read(&before) {
+            return Hashed::Unreadable;
+        }
+        let gitoid = algs
+            .iter()
+            .any(|a| matches!(a, HashAlg::GitoidSha1 | HashAlg::GitoidSha256));
+        let cap = if gitoid {
+            rules.max_file_size.min(GITOID_MAX_FILE_SIZE)
+        } else {
+            rules.max_file_size
+        };
+        if before.size() > cap {
+            return Hashed::TooLarge(before.size(), cap);
+        }
         if let Ok(map) = self.map.lock() {
             if let Some(d) = map.get(&key(&st)) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Hashed::Digest(d.clone(), st);
+                return Hashed::Digest(d.clone(), seen);
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let d = match hash_file(file_reader(&file), algs) {
-            Ok(d) => d,
-            Err(e) => return Hashed::Error(e.to_string()),
+        let mut r = Bounded {
+            inner: &file,
+            read: 0,
+            limit: cap,
+            next_check: CLOCK_EVERY,
+            deadline: rules.deadline,
+            stop: None,
         };
-        match file.metadata() {
-            Ok(after) if stamp_of(&after) == st => {}
-            Ok(_) => return Hashed::ChangedWhileHashing,
-            Err(e) => return Hashed::Error(e.to_string()),
-        }
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() >= self.capacity {
-                map.clear();
+        let d = DigestSet::from_reader(&mut r, algs);
+        match (r.stop, d) {
+            (Some(Stop::Time), _) => Hashed::OutOfTime(rules.budget),
+            (Some(Stop::Size), _) => Hashed::ChangedWhileHashing,
+            (None, Err(e)) => Hashed::Error(e.to_string()),
+            (None, Ok(d)) => {
+                match file.metadata() {
+                    Ok(after) if stamp_of(&after) == st => {}
+                    Ok(_) => return Hashed::ChangedWhileHashing,
+                    Err(e) => return Hashed::Error(e.to_string()),
+                }
+                if let Ok(mut map) = self.map.lock() {
+                    if map.len() >= self.capacity {
+                        map.clear();
+                    }
+                    map.insert(key(&st), d.clone());
+                }
+                Hashed::Digest(d, seen)
             }
-            map.insert(key(&st), d.clone());
         }
-        Hashed::Digest(d, st)
     }
 
-    /// Hashes many paths on `threads` threads.
-    pub fn hash_all(&self, paths: &[&str], algs: &[HashAlg], threads: usize) -> Vec<Hashed> {
+    /// Hashes many paths on `threads` threads; each path with the
+    /// identities recorded for it.
+    pub fn hash_all(
+        &self,
+        jobs: &[(&str, Vec<Identity>)],
+        algs: &[HashAlg],
+        rules: &HashRules,
+        threads: usize,
+    ) -> Vec<Hashed> {
         let next = AtomicUsize::new(0);
-        let out: Vec<Mutex<Option<Hashed>>> = paths.iter().map(|_| Mutex::new(None)).collect();
+        let mounts = MountDevs::default();
+        let out: Vec<Mutex<Option<Hashed>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|s| {
-            for _ in 0..threads.max(1).min(paths.len().max(1)) {
+            for _ in 0..threads.max(1).min(jobs.len().max(1)) {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(p) = paths.get(i) else { break };
-                    let h = self.hash(Path::new(p), algs);
+                    let Some((p, expect)) = jobs.get(i) else {
+                        break;
+                    };
+                    let h = self.hash(Path::new(p), algs, rules, &mounts, expect);
                     if let Ok(mut slot) = out[i].lock() {
                         *slot = Some(h);
                     }
@@ -167,9 +449,98 @@ impl DigestCache {
     }
 }
 
+/// Why a bounded read stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Time,
+    Size,
+}
+
+/// A reader that stops at a byte limit (the file grew) or a deadline.
+struct Bounded<'a> {
+    inner: &'a File,
+    read: u64,
+    limit: u64,
+    next_check: u64,
+    deadline: Instant,
+    stop: Option<Stop>,
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read >= self.next_check {
+            self.next_check = self.read.saturating_add(CLOCK_EVERY);
+            if Instant::now() >= self.deadline {
+                self.stop = Some(Stop::Time);
+                return Err(std::io::Error::other("hashing time budget ran out"));
+            }
+        }
+        let mut inner = self.inner;
+        let n = inner.read(buf)?;
+        self.read = self.read.saturating_add(n as u64);
+        if self.read > self.limit {
+            self.stop = Some(Stop::Size);
+            return Err(std::io::Error::other("the file grew past the size cap"));
+        }
+        Ok(n)
+    }
+}
+
+/// The superblock device of each mount of the daemon's mount namespace
+/// (`/proc/self/mountinfo`), read once when first needed.
+#[derive(Default)]
+pub struct MountDevs(OnceLock<HashMap<u64, u64>>);
+
+/// Largest mountinfo read.
+const MAX_MOUNTINFO: u64 = 16 << 20;
+
+impl MountDevs {
+    fn sb_dev(&self, f: &File) -> Option<u64> {
+        let map = self.0.get_or_init(|| {
+            let mut text = String::new();
+            if let Ok(f) = File::open("/proc/self/mountinfo") {
+                let _ = f.take(MAX_MOUNTINFO).read_to_string(&mut text);
+            }
+            parse_mountinfo(&text)
+        });
+        map.get(&mount_id(f)?).copied()
+    }
+}
+
+fn parse_mountinfo(text: &str) -> HashMap<u64, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let id = it.next()?.parse().ok()?;
+            let _parent = it.next()?;
+            let (maj, min) = it.next()?.split_once(':')?;
+            Some((id, libc::makedev(maj.parse().ok()?, min.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// The mount id of an open file (statx STATX_MNT_ID).
+fn mount_id(f: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const STATX_MNT_ID: u32 = 0x1000;
+    // SAFETY: zeroed plain struct, valid fd, empty C string, out-pointer.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    (r == 0 && st.stx_mask & STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
+}
+
 /// Opens `path` read-only without following any symlink on the way
-/// (openat2 RESOLVE_NO_SYMLINKS; O_NOFOLLOW on kernels without openat2),
-/// non-blocking so a fifo cannot stall the daemon.
+/// (openat2 RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS; O_NOFOLLOW on
+/// kernels without openat2), non-blocking so a fifo cannot stall the
+/// daemon.
 fn open_no_symlinks(path: &Path) -> std::io::Result<File> {
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
@@ -179,6 +550,7 @@ fn open_no_symlinks(path: &Path) -> std::io::Result<File> {
         mode: u64,
         resolve: u64,
     }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
     const RESOLVE_NO_SYMLINKS: u64 = 0x04;
     let flags =
         libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
@@ -187,7 +559,7 @@ fn open_no_symlinks(path: &Path) -> std::io::Result<File> {
     let how = OpenHow {
         flags: flags as u64,
         mode: 0,
-        resolve: RESOLVE_NO_SYMLINKS,
+        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
     };
     // SAFETY: valid C string and open_how of the size passed.
     let fd = unsafe {
@@ -212,7 +584,6 @@ fn open_no_symlinks(path: &Path) -> std::io::Result<File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
 }
-
 /// True for /proc, /sys and other kernel filesystems, whose contents are
 /// not files to attest (and, for /proc/PID/mem, must not be read).
 fn on_pseudo_fs(f: &File) -> bool {
@@ -237,17 +608,17 @@ fn on_pseudo_fs(f: &File) -> bool {
     PSEUDO.contains(&(st.f_type as i64))
 }
 
-fn file_reader(f: &File) -> impl Read + '_ {
-    f
-}
-
-fn hash_file(r: impl Read, algs: &[HashAlg]) -> std::io::Result<DigestSet> {
-    DigestSet::from_reader(r, algs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id_of(p: &Path) -> Identity {
+        Identity::Read(stamp_of(&std::fs::metadata(p).unwrap()))
+    }
+
+    fn h(c: &DigestCache, p: &Path, rules: &HashRules, expect: &[Identity]) -> Hashed {
+        c.hash(p, &[HashAlg::Sha256], rules, &MountDevs::default(), expect)
+    }
 
     #[test]
     fn hashes_caches_and_classifies() {
@@ -255,40 +626,211 @@ mod tests {
         let f = dir.path().join("a.txt");
         std::fs::write(&f, b"hello\n").unwrap();
         let c = DigestCache::default();
-        let algs = [HashAlg::Sha256];
-        let Hashed::Digest(d, _) = c.hash(&f, &algs) else {
+        let rules = HashRules::unbounded();
+        let Hashed::Digest(d, _) = h(&c, &f, &rules, &[id_of(&f)]) else {
             panic!("not hashed")
         };
         assert_eq!(
             d.get_sha256(),
             Some("5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03")
         );
-        assert!(matches!(c.hash(&f, &algs), Hashed::Digest(..)));
+        assert!(matches!(
+            h(&c, &f, &rules, &[id_of(&f)]),
+            Hashed::Digest(..)
+        ));
         assert_eq!(c.stats(), (1, 1));
-        // A change of content changes the identity: no stale digest.
+        // A change of content changes the identity: the old open's
+        // identity no longer matches, a write open's still does.
+        let old = id_of(&f);
         std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(&f, b"other\n").unwrap();
-        let Hashed::Digest(d2, _) = c.hash(&f, &algs) else {
+        assert!(matches!(h(&c, &f, &rules, &[old]), Hashed::Mismatch(_)));
+        let md = std::fs::metadata(&f).unwrap();
+        let w = Identity::Write {
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        let Hashed::Digest(d2, _) = h(&c, &f, &rules, &[w]) else {
             panic!()
         };
         assert_ne!(d, d2);
-        assert_eq!(c.hash(dir.path(), &algs), Hashed::NotRegular("directory"));
+        assert_eq!(
+            h(&c, dir.path(), &rules, &[id_of(dir.path())]),
+            Hashed::NotRegular("directory")
+        );
         let link = dir.path().join("l");
         std::os::unix::fs::symlink(&f, &link).unwrap();
-        assert_eq!(c.hash(&link, &algs), Hashed::NotRegular("symbolic link"));
+        assert_eq!(
+            h(&c, &link, &rules, &[w]),
+            Hashed::NotRegular("symbolic link")
+        );
+        // A symlinked directory on the way is refused as well.
+        let dlink = dir.path().join("dl");
+        std::os::unix::fs::symlink(dir.path(), &dlink).unwrap();
+        assert_eq!(
+            h(&c, &dlink.join("a.txt"), &rules, &[w]),
+            Hashed::NotRegular("symbolic link")
+        );
         assert!(matches!(
-            c.hash(&dir.path().join("missing"), &algs),
+            h(&c, &dir.path().join("missing"), &rules, &[w]),
             Hashed::Error(_)
         ));
         assert_eq!(
-            c.hash(Path::new("/dev/null"), &algs),
+            h(&c, Path::new("/dev/null"), &rules, &[w]),
             Hashed::NotRegular("character device")
         );
-        let many: Vec<String> = (0..20).map(|_| f.display().to_string()).collect();
-        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let many: Vec<(&str, Vec<Identity>)> =
+            (0..20).map(|_| (f.to_str().unwrap(), vec![w])).collect();
         assert!(c
-            .hash_all(&refs, &algs, 4)
+            .hash_all(&many, &[HashAlg::Sha256], &rules, 4)
             .iter()
             .all(|h| matches!(h, Hashed::Digest(x, _) if *x == d2)));
+    }
+
+    #[test]
+    fn no_identity_or_another_file_means_no_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let c = DigestCache::default();
+        let rules = HashRules::unbounded();
+        // Nothing recorded: nothing read.
+        assert!(matches!(h(&c, &a, &rules, &[]), Hashed::Mismatch(_)));
+        // b renamed over a after a was opened: a's identity is not b's.
+        let then = id_of(&a);
+        std::fs::rename(&b, &a).unwrap();
+        assert!(matches!(h(&c, &a, &rules, &[then]), Hashed::Mismatch(_)));
+        let Identity::Read(s) = then else { panic!() };
+        let w = Identity::Write {
+            dev: s.dev,
+            ino: s.ino,
+        };
+        assert!(matches!(h(&c, &a, &rules, &[w]), Hashed::Mismatch(_)));
+        // Another device, same inode: not the same file.
+        let md = std::fs::metadata(&a).unwrap();
+        let other_dev = Identity::Write {
+            dev: md.dev() ^ 0x55,
+            ino: md.ino(),
+        };
+        assert!(matches!(
+            h(&c, &a, &rules, &[other_dev]),
+            Hashed::Mismatch(_)
+        ));
+        assert_eq!(c.stats(), (0, 0));
+    }
+
+    #[test]
+    fn only_what_the_steps_user_could_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, b"s").unwrap();
+        std::os::unix::fs::chown(&f, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = DigestCache::default();
+        let user = Reader {
+            uid: 4242,
+            gid: 4242,
+            groups: vec![4343],
+        };
+        let rules = HashRules::new(user.clone(), u64::MAX, Duration::from_secs(60));
+        assert_eq!(h(&c, &f, &rules, &[id_of(&f)]), Hashed::Unreadable);
+        // Group bits for a supplementary group, others' bits for the rest,
+        // only the owner's bits for the owner.
+        std::os::unix::fs::chown(&f, Some(0), Some(4343)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(user.can_read(&std::fs::metadata(&f).unwrap()));
+        assert!(matches!(
+            h(&c, &f, &rules, &[id_of(&f)]),
+            Hashed::Digest(..)
+        ));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(!user.can_read(&std::fs::metadata(&f).unwrap()));
+        std::os::unix::fs::chown(&f, Some(4242), Some(0)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o077)).unwrap();
+        assert!(!user.can_read(&std::fs::metadata(&f).unwrap()));
+        // Execute-only: no digest.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o111)).unwrap();
+        assert_eq!(h(&c, &f, &rules, &[id_of(&f)]), Hashed::Unreadable);
+        assert!(Reader::root().can_read(&std::fs::metadata(&f).unwrap()));
+        // A uid without a passwd entry has no groups.
+        let nobody = Reader::of_uid(3_999_999);
+        assert!(nobody.groups.is_empty() && nobody.gid == u32::MAX);
+        assert_eq!(Reader::of_uid(0), Reader::root());
+    }
+
+    #[test]
+    fn size_cap_and_time_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("big");
+        let file = std::fs::File::create(&f).unwrap();
+        file.set_len(2 << 30).unwrap(); // sparse
+        drop(file);
+        let c = DigestCache::default();
+        let me = Reader::root();
+        let capped = HashRules::new(me.clone(), 1 << 30, Duration::from_secs(60));
+        assert_eq!(
+            h(&c, &f, &capped, &[id_of(&f)]),
+            Hashed::TooLarge(2 << 30, 1 << 30)
+        );
+        // No budget left: nothing is opened.
+        let spent = HashRules::new(me.clone(), u64::MAX, Duration::ZERO);
+        assert_eq!(
+            h(&c, &f, &spent, &[id_of(&f)]),
+            Hashed::OutOfTime(Duration::ZERO)
+        );
+        // A budget that runs out inside the read of 2 GiB of zeros.
+        let t0 = Instant::now();
+        let tiny = HashRules::new(me, u64::MAX, Duration::from_millis(30));
+        assert_eq!(
+            h(&c, &f, &tiny, &[id_of(&f)]),
+            Hashed::OutOfTime(Duration::from_millis(30))
+        );
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // gitoids are computed in memory: a lower cap.
+        let g = c.hash(
+            &f,
+            &[HashAlg::GitoidSha256],
+            &HashRules::unbounded(),
+            &MountDevs::default(),
+            &[id_of(&f)],
+        );
+        assert_eq!(g, Hashed::TooLarge(2 << 30, GITOID_MAX_FILE_SIZE));
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DigestCache::new(3);
+        let rules = HashRules::unbounded();
+        for i in 0..10 {
+            let f = dir.path().join(format!("f{i}"));
+            std::fs::write(&f, format!("{i}")).unwrap();
+            assert!(matches!(
+                h(&c, &f, &rules, &[id_of(&f)]),
+                Hashed::Digest(..)
+            ));
+            assert!(c.len() <= 3);
+        }
+    }
+
+    #[test]
+    fn superblock_devices_from_mountinfo() {
+        let m = parse_mountinfo(
+            "22 1 0:21 / /sys rw shared:7 - sysfs sysfs rw\n\
+             30 1 0:30 /@home /home\\040x rw - btrfs /dev/sda2 rw\nbad line\n",
+        );
+        assert_eq!(m[&22], libc::makedev(0, 21));
+        assert_eq!(m[&30], libc::makedev(0, 30));
+        assert_eq!(m.len(), 2);
+        // The file's own mount is found.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        std::fs::write(&f, b"x").unwrap();
+        let file = std::fs::File::open(&f).unwrap();
+        let dev = MountDevs::default().sb_dev(&file);
+        assert!(dev.is_some(), "mount id of {f:?} not in mountinfo");
     }
 }

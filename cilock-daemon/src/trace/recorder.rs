@@ -5,10 +5,20 @@
 //! Pushing an event is cheap (map updates only): it runs on the ring-buffer
 //! consumer. All file hashing happens in [`Recorder::finish`], in parallel,
 //! through the shared [`DigestCache`].
+//!
+//! What a step can make the recorder hold is bounded ([`TraceLimits`] and
+//! the per-process constants below): beyond a bound events are counted, not
+//! stored, and the counts are attested (`trace.truncated`).
+//!
+//! A digest is given for a path only when the file hashed at the end is the
+//! one the kernel recorded when the process opened or exec'd it, and the
+//! step's user could read it (see [`super::digest_cache`]); otherwise the
+//! reason is given (`unhashedOpens`, `programUnhashedReason`,
+//! `exeUnhashedReason`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use cilock_evidence::attestors::command_run::{
     DnsLookup, Network, NetworkConnection, ProcessInfo, SyscallEvent, UnhashedOpen,
@@ -16,21 +26,127 @@ use cilock_evidence::attestors::command_run::{
 use cilock_evidence::digest::{DigestSet, HashAlg};
 use cilock_evidence::timefmt;
 
-use super::digest_cache::{DigestCache, Hashed};
+use super::digest_cache::{DigestCache, HashRules, Hashed, Identity, Reader};
 use super::event::{FileStamp, NetCall, SockAddr, TraceEvent};
 use super::net::{self, ClientHello};
 
 /// Largest ClientHello prefix buffered per connection.
 const MAX_HELLO: usize = 16 * 1024;
 
+/// Largest argv kept per process (bytes, separators included).
+pub const MAX_ARGV_BYTES: usize = 128 << 10;
+/// Largest argv kept over all processes of a step.
+pub const MAX_ARGV_BYTES_PER_STEP: usize = 64 << 20;
+/// Programs listed per process (`execs`).
+pub const MAX_EXECS_PER_PROCESS: usize = 1_000;
+/// Suspicious-syscall events kept per process, and per step.
+pub const MAX_SYSCALL_EVENTS_PER_PROCESS: usize = 10_000;
+/// See [`MAX_SYSCALL_EVENTS_PER_PROCESS`].
+pub const MAX_SYSCALL_EVENTS_PER_STEP: usize = 200_000;
+/// Network connections kept per process, and per step.
+pub const MAX_CONNECTIONS_PER_PROCESS: usize = 10_000;
+/// See [`MAX_CONNECTIONS_PER_PROCESS`].
+pub const MAX_CONNECTIONS_PER_STEP: usize = 200_000;
+/// DNS lookups kept per process, and per step.
+pub const MAX_DNS_LOOKUPS_PER_PROCESS: usize = 10_000;
+/// See [`MAX_DNS_LOOKUPS_PER_PROCESS`].
+pub const MAX_DNS_LOOKUPS_PER_STEP: usize = 200_000;
+
+/// `O_PATH`: a handle without read access.
+const O_PATH: u32 = 0o10000000;
+
+/// Reason given for an open made with `O_PATH` only.
+pub const REASON_O_PATH: &str = "opened with O_PATH: the job had no read access";
+/// Reason given for a file the step's user could not read.
+pub const REASON_UNREADABLE: &str = "not readable by the step's user";
+/// Reason given when no identity was recorded at open/exec time.
+pub const REASON_NO_STAMP: &str =
+    "no identity was recorded when it was opened, so the file hashed could be another";
+/// Reason given when the path now holds another file.
+pub const REASON_REPLACED: &str = "the file now at this path is not the one the process opened or exec'd (replaced, or seen in another mount namespace)";
+/// Reason given when the same file changed after a read-only open.
+pub const REASON_MODIFIED: &str =
+    "modified after it was opened; its content at open time is unknown";
+
+/// Bounds on one step's trace and on the hashing at its end (daemon
+/// configuration: `max_hash_file_size`, `hash_time_budget`,
+/// `max_processes_per_step`, `max_files_per_step`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceLimits {
+    /// Largest file hashed, in bytes.
+    pub max_hash_file_size: u64,
+    /// Time the hashing at the end of one step may take.
+    pub hash_time_budget: Duration,
+    /// Processes recorded per step.
+    pub max_processes: usize,
+    /// Distinct opened paths recorded per step (and twice as many
+    /// (process, path) records).
+    pub max_files: usize,
+}
+
+impl Default for TraceLimits {
+    fn default() -> Self {
+        TraceLimits {
+            max_hash_file_size: 4 << 30,
+            hash_time_budget: Duration::from_secs(300),
+            max_processes: 100_000,
+            max_files: 1_000_000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct OpenRec {
+    /// Identity at the first read-only open (or at the exec).
+    read: Option<FileStamp>,
+    /// (device, inode) at the last write open.
+    write: Option<(u64, u64)>,
     /// Opened for writing (or created/truncated) at least once.
-    write: bool,
-    /// Identity at the first read-only open (to detect later changes).
-    stamp: Option<FileStamp>,
+    wrote: bool,
+    /// Opened with O_PATH at least once.
+    opath: bool,
+    /// Opened without O_PATH (or exec'd) at least once.
+    opened: bool,
     /// Why the path is not a plain absolute path.
     unresolved: Option<String>,
+}
+
+impl OpenRec {
+    /// The identity the hashed file must have.
+    fn identity(&self) -> Option<Identity> {
+        if self.wrote {
+            self.write.map(|(dev, ino)| Identity::Write { dev, ino })
+        } else {
+            self.read.map(Identity::Read)
+        }
+    }
+
+    /// Whether the daemon may try to hash the path for this record.
+    fn hashable(&self) -> bool {
+        self.unresolved.is_none() && self.opened && self.identity().is_some()
+    }
+}
+
+/// What a process runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+enum ImageKind {
+    /// `program` is the kernel's exe.
+    #[default]
+    Binary,
+    /// `program` is a script run by the interpreter `exe`; its content is
+    /// proven by the read-only open of `program` by process `opener`.
+    Script { opener: usize },
+    /// The kernel's exe path is unknown: `program` is the execve name,
+    /// proven only if the file there has the exe's identity.
+    Unnamed,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Image {
+    program: String,
+    exe: Option<String>,
+    exe_stamp: Option<FileStamp>,
+    kind: ImageKind,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -38,26 +154,28 @@ struct Proc {
     pid: u32,
     ppid: u32,
     comm: String,
-    /// Programs this process exec'd, in order (absolute).
+    /// Programs this process exec'd, in order.
     programs: Vec<String>,
-    /// The parent's program, for a child that has not exec'd.
-    inherited: Option<String>,
-    /// The binary the kernel ran for the last exec.
-    exe: Option<String>,
-    argv: Vec<String>,
+    /// What it runs (its last exec, or its parent's image).
+    image: Option<Image>,
+    argv: Arc<Vec<String>>,
     cwd: Option<String>,
-    opens: BTreeMap<String, OpenRec>,
+    opens: BTreeMap<Arc<str>, OpenRec>,
     net: Network,
     syscalls: Vec<SyscallEvent>,
     exit: Option<i32>,
     left_step: bool,
 }
 
-/// The processes of a finished step, and per-kind event counts.
+/// The processes of a finished step, and what had to be left out.
 #[derive(Debug, Default)]
 pub struct StepTrace {
-    /// Every process, in the order it appeared.
+    /// Every process recorded, in the order it appeared.
     pub processes: Vec<ProcessInfo>,
+    /// Events counted but not stored because a bound was reached, by kind
+    /// (`processes`, `files`, `argv`, `execs`, `syscallEvents`,
+    /// `connections`, `dnsLookups`). Goes to `trace.truncated`.
+    pub truncated: BTreeMap<String, u64>,
 }
 
 /// The per-step process table.
@@ -74,6 +192,19 @@ pub struct Recorder {
     dns_open: HashMap<(u32, u16), (usize, Vec<usize>)>,
     /// pid of the daemon (signals and ptrace aimed at it are flagged).
     daemon_pid: Option<u32>,
+    limits: TraceLimits,
+    reader: Reader,
+    /// Every distinct path recorded (shared by the processes' records).
+    paths: HashSet<Arc<str>>,
+    /// (process, path) records.
+    records: usize,
+    argv_bytes: usize,
+    syscall_events: usize,
+    connections: usize,
+    dns_lookups: usize,
+    /// Live pids left out because of `max_processes`.
+    dropped: HashSet<u32>,
+    truncated: BTreeMap<&'static str, u64>,
 }
 
 fn ts(t: SystemTime) -> String {
@@ -84,29 +215,54 @@ const O_ACCMODE: u32 = 3;
 const O_WRITE_LIKE: u32 = (libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u32;
 
 impl Recorder {
-    /// A recorder; `daemon_pid` is flagged as a target of signals/ptrace.
+    /// A recorder with the default limits whose files are hashed only if
+    /// root could read them; `daemon_pid` is flagged as a target of
+    /// signals/ptrace.
     pub fn new(daemon_pid: Option<u32>) -> Self {
+        Self::with_limits(daemon_pid, TraceLimits::default(), Reader::root())
+    }
+
+    /// A recorder bounded by `limits`, for a step whose user is `reader`
+    /// (only files it could read get a digest).
+    pub fn with_limits(daemon_pid: Option<u32>, limits: TraceLimits, reader: Reader) -> Self {
         Recorder {
             daemon_pid,
+            limits,
+            reader,
             ..Default::default()
         }
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.truncated.entry(what).or_default() += 1;
     }
 
     /// Registers a process that is part of the step from the start (the
     /// target moved in by `step begin`, or the command `run` spawned).
     pub fn add_root(&mut self, pid: u32) {
-        let idx = self.proc_mut(pid, None);
+        let Some(idx) = self.proc_mut(pid, None) else {
+            return;
+        };
         let p = &mut self.procs[idx];
         if p.comm.is_empty() {
             p.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
         }
-        if p.programs.is_empty() && p.inherited.is_none() {
+        if p.image.is_none() {
             if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+                // The kernel's own link: its target is the running file
+                // (stat through it), whatever is at the path now.
+                let stamp = std::fs::metadata(format!("/proc/{pid}/exe"))
+                    .ok()
+                    .map(|m| super::digest_cache::stamp_of(&m));
                 let exe = exe.display().to_string();
-                p.exe = Some(exe.clone());
-                p.inherited = Some(exe);
+                p.image = Some(Image {
+                    program: exe.clone(),
+                    exe: Some(exe),
+                    exe_stamp: stamp,
+                    kind: ImageKind::Binary,
+                });
             }
         }
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -130,12 +286,19 @@ impl Recorder {
     }
 
     /// The current process entry for `pid`, creating it (a new incarnation
-    /// if the old one exited: pids are reused).
-    fn proc_mut(&mut self, pid: u32, ppid: Option<u32>) -> usize {
+    /// if the old one exited: pids are reused). None when the step already
+    /// has `max_processes` processes (the process is counted once).
+    fn proc_mut(&mut self, pid: u32, ppid: Option<u32>) -> Option<usize> {
         if let Some(&i) = self.live.get(&pid) {
             if self.procs[i].exit.is_none() {
-                return i;
+                return Some(i);
             }
+        }
+        if self.procs.len() >= self.limits.max_processes {
+            if self.dropped.insert(pid) {
+                self.count("processes");
+            }
+            return None;
         }
         let i = self.procs.len();
         self.procs.push(Proc {
@@ -144,14 +307,82 @@ impl Recorder {
             ..Default::default()
         });
         self.live.insert(pid, i);
-        i
+        Some(i)
+    }
+
+    /// The record of `path` in process `i`, creating it within the bounds.
+    fn open_rec(&mut self, i: usize, path: &str) -> Option<&mut OpenRec> {
+        if !self.procs[i].opens.contains_key(path) {
+            let key = match self.paths.get(path) {
+                Some(k) => k.clone(),
+                None if self.paths.len() >= self.limits.max_files => {
+                    self.count("files");
+                    return None;
+                }
+                None => {
+                    let k: Arc<str> = Arc::from(path);
+                    self.paths.insert(k.clone());
+                    k
+                }
+            };
+            if self.records >= self.limits.max_files.saturating_mul(2) {
+                self.count("files");
+                return None;
+            }
+            self.records += 1;
+            self.procs[i].opens.insert(key, OpenRec::default());
+        }
+        self.procs[i].opens.get_mut(path)
+    }
+
+    /// argv cut to the per-process and per-step bounds.
+    fn bound_argv(&mut self, argv: Vec<String>) -> Vec<String> {
+        let cap = MAX_ARGV_BYTES.min(MAX_ARGV_BYTES_PER_STEP.saturating_sub(self.argv_bytes));
+        let mut used = 0usize;
+        let mut out = Vec::with_capacity(argv.len().min(1024));
+        let mut cut = false;
+        for mut a in argv {
+            let room = cap.saturating_sub(used);
+            if room == 0 {
+                cut = true;
+                break;
+            }
+            if a.len() + 1 > room {
+                let mut end = room.saturating_sub(1);
+                while !a.is_char_boundary(end) {
+                    end -= 1;
+                }
+                a.truncate(end);
+                used += a.len() + 1;
+                out.push(a);
+                cut = true;
+                break;
+            }
+            used += a.len() + 1;
+            out.push(a);
+        }
+        self.argv_bytes += used;
+        if cut {
+            self.count("argv");
+        }
+        out
+    }
+
+    fn push_syscall(&mut self, i: usize, ev: SyscallEvent) {
+        if self.syscall_events >= MAX_SYSCALL_EVENTS_PER_STEP
+            || self.procs[i].syscalls.len() >= MAX_SYSCALL_EVENTS_PER_PROCESS
+        {
+            self.count("syscallEvents");
+            return;
+        }
+        self.syscall_events += 1;
+        self.procs[i].syscalls.push(ev);
     }
 
     /// Folds one event in.
     pub fn push(&mut self, ev: TraceEvent) {
         match ev {
             TraceEvent::Fork { parent, child, .. } => {
-                let parent_state = self.live.get(&parent).map(|&i| self.procs[i].clone());
                 // A fork whose child pid is still listed as alive means we
                 // missed its exit; start a new incarnation anyway.
                 if let Some(&i) = self.live.get(&child) {
@@ -159,16 +390,26 @@ impl Recorder {
                         self.procs[i].exit = Some(-1);
                     }
                 }
-                let i = self.proc_mut(child, Some(parent));
+                let parent_state = self.live.get(&parent).map(|&i| {
+                    let ps = &self.procs[i];
+                    (
+                        ps.comm.clone(),
+                        ps.image.clone(),
+                        ps.cwd.clone(),
+                        ps.argv.clone(),
+                    )
+                });
+                let Some(i) = self.proc_mut(child, Some(parent)) else {
+                    return;
+                };
                 let p = &mut self.procs[i];
                 p.ppid = parent;
-                if let Some(ps) = parent_state {
+                if let Some((comm, image, cwd, argv)) = parent_state {
                     // Same image as the parent until it execs.
-                    p.comm = ps.comm;
-                    p.inherited = ps.programs.last().cloned().or(ps.inherited);
-                    p.exe = ps.exe;
-                    p.cwd = ps.cwd;
-                    p.argv = ps.argv;
+                    p.comm = comm;
+                    p.image = image;
+                    p.cwd = cwd;
+                    p.argv = argv;
                 }
             }
             TraceEvent::Exec {
@@ -176,25 +417,59 @@ impl Recorder {
                 ppid,
                 filename,
                 exe,
+                exe_stamp,
                 cwd,
                 argv,
                 comm,
                 ..
             } => {
-                let i = self.proc_mut(pid, ppid);
-                let p = &mut self.procs[i];
-                if p.ppid == 0 {
-                    p.ppid = ppid.unwrap_or(0);
+                let Some(i) = self.proc_mut(pid, ppid) else {
+                    return;
+                };
+                if self.procs[i].ppid == 0 {
+                    self.procs[i].ppid = ppid.unwrap_or(0);
                 }
-                let program = program_path(&filename, cwd.as_deref(), exe.as_deref());
+                let exe_stamp = exe_stamp.filter(|s| s.ino != 0);
+                let (program, kind) = program_of(&filename, cwd.as_deref(), exe.as_deref(), &argv);
+                let kind = match kind {
+                    ProgramKind::Binary => ImageKind::Binary,
+                    ProgramKind::Script => ImageKind::Script { opener: i },
+                    ProgramKind::Unnamed => ImageKind::Unnamed,
+                };
+                // The exec'd files are among the files the process opened,
+                // with the identity the kernel had at exec.
                 if let Some(e) = &exe {
-                    p.opens.entry(e.clone()).or_default();
+                    if let Some(rec) = self.open_rec(i, e) {
+                        rec.opened = true;
+                        if rec.read.is_none() {
+                            rec.read = exe_stamp;
+                        }
+                    }
                 }
-                p.opens.entry(program.clone()).or_default();
-                p.programs.push(program);
-                p.exe = exe;
+                if exe.as_deref() != Some(program.as_str()) {
+                    let unnamed = kind == ImageKind::Unnamed;
+                    if let Some(rec) = self.open_rec(i, &program) {
+                        rec.opened = true;
+                        if unnamed && rec.read.is_none() {
+                            rec.read = exe_stamp;
+                        }
+                    }
+                }
+                let argv = self.bound_argv(argv);
+                if self.procs[i].programs.len() >= MAX_EXECS_PER_PROCESS {
+                    self.count("execs");
+                } else {
+                    self.procs[i].programs.push(program.clone());
+                }
+                let p = &mut self.procs[i];
+                p.image = Some(Image {
+                    program,
+                    exe,
+                    exe_stamp,
+                    kind,
+                });
                 p.cwd = cwd;
-                p.argv = argv;
+                p.argv = Arc::new(argv);
                 p.comm = comm;
             }
             TraceEvent::Open {
@@ -205,28 +480,48 @@ impl Recorder {
                 unresolved,
                 ..
             } => {
-                let i = self.proc_mut(pid, None);
+                let Some(i) = self.proc_mut(pid, None) else {
+                    return;
+                };
                 let path = normalize_proc_self(&path, pid);
-                let write = flags & O_ACCMODE != 0 || flags & O_WRITE_LIKE != 0;
-                if let Some(what) = proc_secret_read(&path, pid) {
-                    let p = &mut self.procs[i];
-                    p.syscalls.push(SyscallEvent {
-                        syscall: "open".into(),
-                        detail: what,
-                        path: path.clone(),
-                        ..Default::default()
-                    });
+                let opath = flags & O_PATH != 0;
+                let write = !opath && (flags & O_ACCMODE != 0 || flags & O_WRITE_LIKE != 0);
+                if !opath {
+                    if let Some(what) = proc_secret_read(&path, pid) {
+                        self.push_syscall(
+                            i,
+                            SyscallEvent {
+                                syscall: "open".into(),
+                                detail: what,
+                                path: path.clone(),
+                                ..Default::default()
+                            },
+                        );
+                    }
                 }
-                let rec = self.procs[i].opens.entry(path).or_default();
-                rec.write |= write;
-                if !write && rec.stamp.is_none() {
-                    rec.stamp = stamp;
+                let stamp = stamp.filter(|s| s.ino != 0);
+                let Some(rec) = self.open_rec(i, &path) else {
+                    return;
+                };
+                if opath {
+                    rec.opath = true;
+                } else {
+                    rec.opened = true;
+                    if write {
+                        rec.wrote = true;
+                        // What the process left is in the last file it
+                        // opened for writing.
+                        rec.write = stamp.map(|s| (s.dev, s.ino));
+                    } else if rec.read.is_none() {
+                        rec.read = stamp;
+                    }
                 }
                 if rec.unresolved.is_none() {
                     rec.unresolved = unresolved;
                 }
             }
             TraceEvent::Exit { pid, code, .. } => {
+                self.dropped.remove(&pid);
                 if let Some(&i) = self.live.get(&pid) {
                     if self.procs[i].exit.is_none() {
                         self.procs[i].exit = Some(code);
@@ -237,8 +532,9 @@ impl Recorder {
                 self.dns_open.retain(|k, _| k.0 != pid);
             }
             TraceEvent::Comm { pid, comm } => {
-                let i = self.proc_mut(pid, None);
-                self.procs[i].comm = comm;
+                if let Some(i) = self.proc_mut(pid, None) {
+                    self.procs[i].comm = comm;
+                }
             }
             TraceEvent::Net {
                 pid,
@@ -247,7 +543,9 @@ impl Recorder {
                 addr,
                 time,
             } => {
-                let i = self.proc_mut(pid, None);
+                let Some(i) = self.proc_mut(pid, None) else {
+                    return;
+                };
                 let (family, address, port) = match &addr {
                     SockAddr::Ip(sa) => (
                         if sa.is_ipv4() { "AF_INET" } else { "AF_INET6" }.to_string(),
@@ -273,19 +571,26 @@ impl Recorder {
                     timestamp: ts(time),
                     ..Default::default()
                 };
-                let conns = &mut self.procs[i].net.connections;
+                let conns = &self.procs[i].net.connections;
                 // One record per distinct (call, fd, address): a UDP socket
                 // sending many datagrams to one peer is one connection. Every
                 // connect is a connection of its own (fds are reused).
-                if call == NetCall::Connect
+                let new = call == NetCall::Connect
                     || !conns.iter().any(|c| {
                         c.syscall == conn.syscall
                             && c.fd == conn.fd
                             && c.address == conn.address
                             && c.port == conn.port
-                    })
-                {
-                    conns.push(conn);
+                    });
+                if new {
+                    if conns.len() >= MAX_CONNECTIONS_PER_PROCESS
+                        || self.connections >= MAX_CONNECTIONS_PER_STEP
+                    {
+                        self.count("connections");
+                    } else {
+                        self.connections += 1;
+                        self.procs[i].net.connections.push(conn);
+                    }
                 }
                 if call == NetCall::Connect {
                     self.hello.remove(&(pid, fd));
@@ -308,7 +613,9 @@ impl Recorder {
                 path,
                 time,
             } => {
-                let i = self.proc_mut(pid, None);
+                let Some(i) = self.proc_mut(pid, None) else {
+                    return;
+                };
                 if let Some(dp) = self.daemon_pid {
                     let aimed = matches!(
                         name.as_str(),
@@ -318,25 +625,33 @@ impl Recorder {
                         detail = format!("{detail} (aimed at the cilock daemon)");
                     }
                 }
-                self.procs[i].syscalls.push(SyscallEvent {
-                    syscall: name,
-                    detail,
-                    args,
-                    timestamp: ts(time),
-                    path: path.unwrap_or_default(),
-                });
+                self.push_syscall(
+                    i,
+                    SyscallEvent {
+                        syscall: name,
+                        detail,
+                        args,
+                        timestamp: ts(time),
+                        path: path.unwrap_or_default(),
+                    },
+                );
             }
             TraceEvent::LeftStep { pid, by, time } => {
-                let i = self.proc_mut(pid, None);
-                self.procs[i].left_step = true;
-                let j = self.proc_mut(by, None);
-                self.procs[j].syscalls.push(SyscallEvent {
-                    syscall: "cgroup_leave".into(),
-                    detail: format!("moved pid {pid} out of the step's cgroup"),
-                    args: vec![pid as i64],
-                    timestamp: ts(time),
-                    path: String::new(),
-                });
+                if let Some(i) = self.proc_mut(pid, None) {
+                    self.procs[i].left_step = true;
+                }
+                if let Some(j) = self.proc_mut(by, None) {
+                    self.push_syscall(
+                        j,
+                        SyscallEvent {
+                            syscall: "cgroup_leave".into(),
+                            detail: format!("moved pid {pid} out of the step's cgroup"),
+                            args: vec![pid as i64],
+                            timestamp: ts(time),
+                            path: String::new(),
+                        },
+                    );
+                }
             }
         }
     }
@@ -350,7 +665,9 @@ impl Recorder {
         bytes: Vec<u8>,
         time: SystemTime,
     ) {
-        let i = self.proc_mut(pid, None);
+        let Some(i) = self.proc_mut(pid, None) else {
+            return;
+        };
         let port = dst.map(|d| d.port());
         // DNS: UDP datagrams, or TCP to port 53 (length-prefixed).
         if !stream || port == Some(53) {
@@ -382,6 +699,13 @@ impl Recorder {
                     .unwrap_or_default();
                 for q in qs {
                     let n = self.procs[i].net.dns_lookups.len();
+                    if n >= MAX_DNS_LOOKUPS_PER_PROCESS
+                        || self.dns_lookups >= MAX_DNS_LOOKUPS_PER_STEP
+                    {
+                        self.count("dnsLookups");
+                        continue;
+                    }
+                    self.dns_lookups += 1;
                     let open = self
                         .dns_open
                         .entry((pid, q.id))
@@ -437,6 +761,8 @@ impl Recorder {
         let Some((hostname, alpn)) = found else {
             return;
         };
+        let full = self.procs[i].net.connections.len() >= MAX_CONNECTIONS_PER_PROCESS
+            || self.connections >= MAX_CONNECTIONS_PER_STEP;
         let conns = &mut self.procs[i].net.connections;
         let target = conns
             .iter_mut()
@@ -447,7 +773,11 @@ impl Recorder {
                 c.hostname = hostname;
                 c.alpn = alpn;
             }
+            None if full => {
+                *self.truncated.entry("connections").or_default() += 1;
+            }
             None => {
+                self.connections += 1;
                 // The connect was not seen (e.g. made before the step
                 // began): record the TLS peer anyway.
                 let (family, address) = match dst {
@@ -510,29 +840,53 @@ impl Recorder {
     }
 
     /// Hashes what the step opened and builds its processes. `alive` are
-    /// the pids still running when the step ended.
+    /// the pids still running when the step ended. Hashing follows the
+    /// recorder's [`TraceLimits`] and [`Reader`].
     pub fn finish(self, cache: &DigestCache, algs: &[HashAlg], alive: &[u32]) -> StepTrace {
-        let mut paths: Vec<&str> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let rules = HashRules::new(
+            self.reader.clone(),
+            self.limits.max_hash_file_size,
+            self.limits.hash_time_budget,
+        );
+        // Each path once, with every identity recorded for it.
+        let mut wanted: Vec<(&str, Identity)> = Vec::new();
         for p in &self.procs {
             for (path, rec) in &p.opens {
-                if rec.unresolved.is_none() && seen.insert(path.as_str()) {
-                    paths.push(path.as_str());
+                if rec.hashable() {
+                    if let Some(id) = rec.identity() {
+                        wanted.push((path, id));
+                    }
+                }
+            }
+            if let Some(img) = &p.image {
+                if let (Some(e), Some(s)) = (&img.exe, img.exe_stamp) {
+                    wanted.push((e, Identity::Read(s)));
                 }
             }
         }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut jobs: Vec<(&str, Vec<Identity>)> = Vec::new();
+        for (path, id) in wanted {
+            let j = *index.entry(path).or_insert_with(|| {
+                jobs.push((path, Vec::new()));
+                jobs.len() - 1
+            });
+            let ids = &mut jobs[j].1;
+            if !ids.contains(&id) && ids.len() < 64 {
+                ids.push(id);
+            }
+        }
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let hashed = cache.hash_all(&paths, algs, threads);
-        let results: HashMap<&str, &Hashed> = paths.iter().copied().zip(hashed.iter()).collect();
+        let hashed = cache.hash_all(&jobs, algs, &rules, threads);
+        let results: HashMap<&str, &Hashed> = jobs.iter().map(|j| j.0).zip(hashed.iter()).collect();
 
         let mut out = Vec::with_capacity(self.procs.len());
         for p in &self.procs {
             let mut info = ProcessInfo {
                 program: p
-                    .programs
-                    .last()
-                    .or(p.inherited.as_ref())
-                    .cloned()
+                    .image
+                    .as_ref()
+                    .map(|i| i.program.clone())
                     .unwrap_or_default(),
                 processid: p.pid as i64,
                 parentpid: p.ppid as i64,
@@ -551,28 +905,78 @@ impl Recorder {
             info.execs = p.programs.clone();
             for (path, rec) in &p.opens {
                 let (digest, why) = digest_for(path, rec, &results);
-                info.openedfiles.insert(path.clone(), digest);
+                info.openedfiles.insert(path.to_string(), digest);
                 if let Some(reason) = why {
                     info.unhashed_opens.push(UnhashedOpen {
-                        path: path.clone(),
+                        path: path.to_string(),
                         reason,
                     });
                 }
             }
-            let digest_of = |path: &str| match results.get(path) {
-                Some(Hashed::Digest(d, _)) => Some(d.clone()),
-                _ => None,
-            };
-            info.programdigest = p
-                .programs
-                .last()
-                .or(p.inherited.as_ref())
-                .and_then(|x| digest_of(x));
-            info.exedigest = p.exe.as_deref().and_then(digest_of);
+            if let Some(img) = &p.image {
+                let exe = match (&img.exe, img.exe_stamp) {
+                    (Some(e), Some(s)) => by_identity(e, Identity::Read(s), &results),
+                    (Some(_), None) => Err(REASON_NO_STAMP.to_string()),
+                    (None, _) => Err("the kernel's path of the executed file is unknown".into()),
+                };
+                let program = match img.kind {
+                    ImageKind::Binary => exe.clone(),
+                    ImageKind::Unnamed => match img.exe_stamp {
+                        Some(s) => by_identity(&img.program, Identity::Read(s), &results),
+                        None => Err(REASON_NO_STAMP.to_string()),
+                    },
+                    ImageKind::Script { opener } => {
+                        let rec = self
+                            .procs
+                            .get(opener)
+                            .and_then(|o| o.opens.get(img.program.as_str()));
+                        match rec {
+                            Some(r) if r.identity().is_some() => {
+                                let (d, why) = digest_for(&img.program, r, &results);
+                                why.map_or(Ok(d), Err)
+                            }
+                            _ => Err("a script, and its interpreter did not open it by this path: its content is unproven".into()),
+                        }
+                    }
+                };
+                match exe {
+                    Ok(d) => info.exedigest = Some(d),
+                    Err(why) => info.exe_unhashed_reason = why,
+                }
+                match program {
+                    Ok(d) => info.programdigest = Some(d),
+                    Err(why) => info.program_unhashed_reason = why,
+                }
+            }
             out.push(info);
         }
-        StepTrace { processes: out }
+        StepTrace {
+            processes: out,
+            truncated: self
+                .truncated
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+        }
     }
+}
+
+/// The digest of `path` if the file hashed there has identity `id`.
+fn by_identity(
+    path: &str,
+    id: Identity,
+    results: &HashMap<&str, &Hashed>,
+) -> Result<DigestSet, String> {
+    let rec = OpenRec {
+        read: match id {
+            Identity::Read(s) => Some(s),
+            Identity::Write { .. } => None,
+        },
+        opened: true,
+        ..Default::default()
+    };
+    let (d, why) = digest_for(path, &rec, results);
+    why.map_or(Ok(d), Err)
 }
 
 fn digest_for(
@@ -580,61 +984,111 @@ fn digest_for(
     rec: &OpenRec,
     results: &HashMap<&str, &Hashed>,
 ) -> (DigestSet, Option<String>) {
+    let no = |why: String| (DigestSet::default(), Some(why));
     if let Some(why) = &rec.unresolved {
-        return (DigestSet::default(), Some(why.clone()));
+        return no(why.clone());
     }
-    match results.get(path) {
-        Some(Hashed::Digest(d, now)) => {
-            if let (false, Some(then)) = (rec.write, rec.stamp) {
-                // Same inode, same size and times → same content as when it
-                // was opened. The device number is not compared: some
-                // filesystems (btrfs subvolumes) report another in stat.
-                let same = then.ino == now.ino
-                    && then.size == now.size
-                    && then.mtime_ns == now.mtime_ns
-                    && then.ctime_ns == now.ctime_ns;
-                if !same {
-                    tracing::debug!(path, ?then, ?now, "file identity changed after open");
-                    return (
-                        DigestSet::default(),
-                        Some(
-                            "modified after it was opened; its content at open time is unknown"
-                                .into(),
-                        ),
-                    );
-                }
-            }
-            (d.clone(), None)
+    if rec.opath && !rec.opened {
+        return no(REASON_O_PATH.into());
+    }
+    let Some(id) = rec.identity() else {
+        return no(REASON_NO_STAMP.into());
+    };
+    let mismatch = |seen| {
+        if id.same_file(seen) {
+            REASON_MODIFIED.to_string()
+        } else {
+            REASON_REPLACED.to_string()
         }
-        Some(Hashed::NotRegular(kind)) => (DigestSet::default(), Some((*kind).to_string())),
-        Some(Hashed::ChangedWhileHashing) => (
-            DigestSet::default(),
-            Some("modified while it was being hashed".into()),
-        ),
-        Some(Hashed::Error(e)) => (DigestSet::default(), Some(format!("not hashed: {e}"))),
-        None => (DigestSet::default(), Some("not hashed".into())),
+    };
+    match results.get(path) {
+        Some(Hashed::Digest(d, seen)) => {
+            if id.matches(seen) {
+                (d.clone(), None)
+            } else {
+                tracing::debug!(path, ?id, ?seen, "file identity changed after open");
+                no(mismatch(seen))
+            }
+        }
+        Some(Hashed::Mismatch(seen)) => no(mismatch(seen)),
+        Some(Hashed::NotRegular(kind)) => no((*kind).to_string()),
+        Some(Hashed::Unreadable) => no(REASON_UNREADABLE.into()),
+        Some(Hashed::TooLarge(n, m)) => {
+            no(format!("not hashed: {n} bytes exceeds the limit of {m}"))
+        }
+        Some(Hashed::OutOfTime(b)) => no(format!(
+            "not hashed: the step's hashing time budget ({b:?}) ran out"
+        )),
+        Some(Hashed::ChangedWhileHashing) => no("modified while it was being hashed".into()),
+        Some(Hashed::Error(e)) => no(format!("not hashed: {e}")),
+        None => no("not hashed".into()),
     }
 }
 
-/// The program of an exec: the file named to execve, made absolute against
-/// the cwd and canonical; the kernel's exe when the name cannot be resolved
-/// (fexecve of /dev/fd/N, a file already gone).
-fn program_path(filename: &str, cwd: Option<&str>, exe: Option<&str>) -> String {
-    let p = Path::new(filename);
-    let abs: Option<PathBuf> = if p.is_absolute() {
-        Some(p.to_path_buf())
+/// How the program of an exec is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgramKind {
+    /// The kernel's exe.
+    Binary,
+    /// A script (the exe is its interpreter).
+    Script,
+    /// The kernel's exe path is unknown.
+    Unnamed,
+}
+
+/// The program of an exec, decided without touching the filesystem (the
+/// job's symlinks are never followed as root):
+/// - the kernel's absolute exe path when the execve name is that path
+///   (made absolute against the cwd and normalised lexically), or when it
+///   reached the same file through a symlink;
+/// - for a script (the kernel rewrote argv to `interpreter [arg] NAME …`,
+///   so NAME is argv[1] or argv[2]), the script's name made absolute
+///   lexically: its content is proven only by its interpreter's open;
+/// - the execve name, made absolute, when the kernel gave no exe path.
+fn program_of(
+    filename: &str,
+    cwd: Option<&str>,
+    exe: Option<&str>,
+    argv: &[String],
+) -> (String, ProgramKind) {
+    let fd_like = filename.starts_with("/dev/fd/") || filename.starts_with("/proc/");
+    let lexical = if fd_like {
+        None
+    } else if filename.starts_with('/') {
+        Some(lexically_normal(filename))
     } else {
-        cwd.map(|c| Path::new(c).join(p))
+        cwd.map(|c| lexically_normal(&format!("{c}/{filename}")))
     };
-    if let Some(abs) = abs {
-        if !abs.starts_with("/dev/fd") && !abs.starts_with("/proc") {
-            if let Ok(c) = std::fs::canonicalize(&abs) {
-                return c.display().to_string();
+    let Some(exe) = exe else {
+        return (
+            lexical.unwrap_or_else(|| filename.to_string()),
+            ProgramKind::Unnamed,
+        );
+    };
+    if lexical.as_deref() == Some(exe) {
+        return (exe.to_string(), ProgramKind::Binary);
+    }
+    let script =
+        !fd_like && !filename.is_empty() && argv.iter().skip(1).take(2).any(|a| a == filename);
+    match lexical {
+        Some(l) if script => (l, ProgramKind::Script),
+        _ => (exe.to_string(), ProgramKind::Binary),
+    }
+}
+
+/// `path` (absolute) with `.`, `..` and repeated `/` resolved as text.
+fn lexically_normal(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
             }
+            c => parts.push(c),
         }
     }
-    exe.map(str::to_string)
-        .unwrap_or_else(|| filename.to_string())
+    format!("/{}", parts.join("/"))
 }
 
 /// Whether a TCP stream starts with an HTTP proxy `CONNECT` request.
@@ -721,6 +1175,442 @@ mod tests {
         SystemTime::now()
     }
 
+    fn stamp(p: impl AsRef<std::path::Path>) -> FileStamp {
+        super::super::digest_cache::stamp_of(&std::fs::metadata(p).unwrap())
+    }
+
+    fn exec(pid: u32, filename: &str, exe: &str, argv: &[&str], cwd: &str) -> TraceEvent {
+        TraceEvent::Exec {
+            pid,
+            ppid: Some(1),
+            filename: filename.into(),
+            exe: Some(exe.into()),
+            exe_stamp: std::fs::metadata(exe)
+                .ok()
+                .map(|m| super::super::digest_cache::stamp_of(&m)),
+            cwd: Some(cwd.into()),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            comm: "x".into(),
+            time: t(),
+        }
+    }
+
+    fn open(pid: u32, path: &str, flags: u32) -> TraceEvent {
+        TraceEvent::Open {
+            pid,
+            path: path.into(),
+            flags,
+            stamp: std::fs::metadata(path)
+                .ok()
+                .map(|m| super::super::digest_cache::stamp_of(&m)),
+            unresolved: None,
+            time: t(),
+        }
+    }
+
+    fn sha(p: impl AsRef<std::path::Path>) -> String {
+        DigestSet::from_reader(std::fs::File::open(p).unwrap(), &[HashAlg::Sha256])
+            .unwrap()
+            .get_sha256()
+            .unwrap()
+            .to_string()
+    }
+
+    fn reason<'a>(p: &'a ProcessInfo, path: &str) -> &'a str {
+        p.unhashed_opens
+            .iter()
+            .find(|u| u.path == path)
+            .map(|u| u.reason.as_str())
+            .unwrap_or("")
+    }
+
+    fn finish(r: Recorder) -> StepTrace {
+        r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[])
+    }
+
+    #[test]
+    fn rename_over_after_exec_gives_no_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let tool = format!("{d}/tool");
+        std::fs::write(&tool, b"#real tool\n").unwrap();
+        std::fs::write(format!("{d}/.benign"), b"#benign\n").unwrap();
+        let mut r = Recorder::new(None);
+        r.push(exec(7, "./tool", &tool, &["./tool"], &d));
+        std::fs::rename(format!("{d}/.benign"), &tool).unwrap();
+        let out = finish(r);
+        let p = &out.processes[0];
+        assert_eq!(p.program, tool);
+        assert_eq!(p.programdigest, None);
+        assert_eq!(p.exedigest, None);
+        assert_eq!(p.program_unhashed_reason, REASON_REPLACED);
+        assert_eq!(p.exe_unhashed_reason, REASON_REPLACED);
+        assert!(p.openedfiles[&tool].is_empty());
+        assert_eq!(reason(p, &tool), REASON_REPLACED);
+        // Without the rename: the digest of what ran.
+        let mut r = Recorder::new(None);
+        r.push(exec(7, "./tool", &tool, &["./tool"], &d));
+        let out = finish(r);
+        let want = sha(&tool);
+        assert_eq!(
+            out.processes[0]
+                .programdigest
+                .as_ref()
+                .unwrap()
+                .get_sha256(),
+            Some(want.as_str())
+        );
+        assert_eq!(out.processes[0].exedigest, out.processes[0].programdigest);
+    }
+
+    #[test]
+    fn a_symlinked_name_never_makes_the_link_target_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let prog = format!("{d}/prog");
+        let secret = format!("{d}/secret");
+        let link = format!("{d}/link");
+        std::fs::write(&prog, b"prog").unwrap();
+        std::fs::write(&secret, b"secret").unwrap();
+        std::os::unix::fs::symlink(&prog, &link).unwrap();
+        let mut r = Recorder::new(None);
+        // The kernel ran prog through link; link then re-pointed.
+        r.push(exec(8, &link, &prog, &[&link, &secret], "/"));
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        // A path the kernel reports is canonical; one with a symlink on the
+        // way means it changed: no digest.
+        r.push(TraceEvent::Open {
+            pid: 8,
+            path: link.clone(),
+            flags: 0,
+            stamp: Some(stamp(&secret)),
+            unresolved: None,
+            time: t(),
+        });
+        let out = finish(r);
+        let p = &out.processes[0];
+        assert_eq!(p.program, prog);
+        assert_eq!(p.execs, vec![prog.clone()]);
+        assert_eq!(
+            p.programdigest.as_ref().unwrap().get_sha256(),
+            Some(sha(&prog).as_str())
+        );
+        assert_eq!(reason(p, &link), "symbolic link");
+        let text = serde_json::to_string(&out.processes).unwrap();
+        assert!(
+            !text.contains(&sha(&secret)),
+            "digest of the link target leaked"
+        );
+    }
+
+    #[test]
+    fn a_script_needs_its_interpreters_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let script = format!("{d}/s.sh");
+        std::fs::write(&script, b"#!/bin/sh\ntrue\n").unwrap();
+        let sh = std::fs::canonicalize("/bin/sh")
+            .unwrap()
+            .display()
+            .to_string();
+        // argv as the kernel rewrote it: interpreter, script name.
+        let mut r = Recorder::new(None);
+        r.push(exec(
+            9,
+            "./sub/../s.sh",
+            &sh,
+            &["/bin/sh", "./sub/../s.sh"],
+            &d,
+        ));
+        r.push(TraceEvent::Fork {
+            parent: 9,
+            child: 10,
+            time: t(),
+        });
+        let out = finish(r);
+        let p = &out.processes[0];
+        assert_eq!(p.program, script);
+        assert_eq!(p.programdigest, None);
+        assert!(p.program_unhashed_reason.contains("script"), "{p:?}");
+        assert!(
+            p.exedigest.is_some(),
+            "the interpreter is proven by its exec"
+        );
+        // The interpreter opened it read-only: proven, for the forked child too.
+        let mut r = Recorder::new(None);
+        r.push(exec(
+            9,
+            "./sub/../s.sh",
+            &sh,
+            &["/bin/sh", "./sub/../s.sh"],
+            &d,
+        ));
+        r.push(open(9, &script, 0));
+        r.push(TraceEvent::Fork {
+            parent: 9,
+            child: 10,
+            time: t(),
+        });
+        let out = finish(r);
+        for p in &out.processes {
+            assert_eq!(p.program, script);
+            assert_eq!(
+                p.programdigest.as_ref().unwrap().get_sha256(),
+                Some(sha(&script).as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn program_names_without_the_filesystem() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(lexically_normal("/a//b/./c/../d/"), "/a/b/d");
+        assert_eq!(lexically_normal("/../x"), "/x");
+        assert_eq!(
+            program_of("./t", Some("/w"), Some("/w/t"), &argv(&["./t"])),
+            ("/w/t".into(), ProgramKind::Binary)
+        );
+        // Through a symlink (/bin/cat → /usr/bin/cat): the kernel's exe.
+        assert_eq!(
+            program_of(
+                "/bin/cat",
+                Some("/"),
+                Some("/usr/bin/cat"),
+                &argv(&["cat", "x"])
+            ),
+            ("/usr/bin/cat".into(), ProgramKind::Binary)
+        );
+        assert_eq!(
+            program_of(
+                "s.sh",
+                Some("/w"),
+                Some("/usr/bin/bash"),
+                &argv(&["/bin/bash", "s.sh"])
+            ),
+            ("/w/s.sh".into(), ProgramKind::Script)
+        );
+        assert_eq!(
+            program_of(
+                "/w/s.py",
+                None,
+                Some("/usr/bin/python3.11"),
+                &argv(&["/usr/bin/env", "-S", "/w/s.py"])
+            ),
+            ("/w/s.py".into(), ProgramKind::Script)
+        );
+        assert_eq!(
+            program_of(
+                "/dev/fd/3",
+                Some("/w"),
+                Some("/w/x"),
+                &argv(&["x", "/dev/fd/3"])
+            ),
+            ("/w/x".into(), ProgramKind::Binary)
+        );
+        assert_eq!(
+            program_of("x", Some("/w"), None, &argv(&["x"])),
+            ("/w/x".into(), ProgramKind::Unnamed)
+        );
+    }
+
+    #[test]
+    fn o_path_opens_are_never_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k.pem").display().to_string();
+        std::fs::write(&f, b"key").unwrap();
+        let mut r = Recorder::new(None);
+        r.push(open(3, &f, O_PATH));
+        r.push(open(3, "/proc/3/environ", O_PATH));
+        let cache = DigestCache::default();
+        let out = r.finish(&cache, &[HashAlg::Sha256], &[]);
+        let p = &out.processes[0];
+        assert!(p.openedfiles[&f].is_empty());
+        assert_eq!(reason(p, &f), REASON_O_PATH);
+        assert!(
+            p.syscall_events.is_empty(),
+            "an O_PATH handle reads nothing"
+        );
+        assert_eq!(cache.stats(), (0, 0), "the file was read");
+        // O_PATH then a real open: the real open counts.
+        let mut r = Recorder::new(None);
+        r.push(open(3, &f, O_PATH));
+        r.push(open(3, &f, 0));
+        assert!(!finish(r).processes[0].openedfiles[&f].is_empty());
+    }
+
+    #[test]
+    fn only_files_the_steps_user_could_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret").display().to_string();
+        std::fs::write(&f, b"s").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let user = Reader {
+            uid: 4242,
+            gid: 4242,
+            groups: vec![],
+        };
+        let mut r = Recorder::with_limits(None, TraceLimits::default(), user.clone());
+        r.push(open(3, &f, 0));
+        let cache = DigestCache::default();
+        let out = r.finish(&cache, &[HashAlg::Sha256], &[]);
+        assert_eq!(reason(&out.processes[0], &f), REASON_UNREADABLE);
+        assert_eq!(cache.stats(), (0, 0));
+        // An exec'd file with --x only: neither digest.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let mut r = Recorder::with_limits(None, TraceLimits::default(), user);
+        r.push(exec(4, &f, &f, &["x"], "/"));
+        let p = &finish(r).processes[0];
+        assert_eq!((p.programdigest.clone(), p.exedigest.clone()), (None, None));
+        assert_eq!(p.program_unhashed_reason, REASON_UNREADABLE);
+    }
+
+    #[test]
+    fn write_opens_need_the_same_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("out").display().to_string();
+        std::fs::write(&f, b"").unwrap();
+        let mut r = Recorder::new(None);
+        r.push(open(3, &f, (libc::O_WRONLY | libc::O_TRUNC) as u32));
+        // The process writes: the digest is of what it left.
+        std::fs::write(&f, b"written").unwrap();
+        let out = finish(r);
+        assert_eq!(
+            out.processes[0].openedfiles[&f].get_sha256(),
+            Some(sha(&f).as_str())
+        );
+        // Another file now at the path (a rename over it, or the write went
+        // to a private mount): no digest.
+        let mut r = Recorder::new(None);
+        r.push(open(3, &f, libc::O_WRONLY as u32));
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"host file").unwrap();
+        std::fs::rename(&other, &f).unwrap();
+        let out = finish(r);
+        assert_eq!(reason(&out.processes[0], &f), REASON_REPLACED);
+        // No identity recorded at all: no digest.
+        let mut r = Recorder::new(None);
+        r.push(TraceEvent::Open {
+            pid: 3,
+            path: f.clone(),
+            flags: 0,
+            stamp: None,
+            unresolved: None,
+            time: t(),
+        });
+        let out = finish(r);
+        assert_eq!(reason(&out.processes[0], &f), REASON_NO_STAMP);
+    }
+
+    #[test]
+    fn size_cap_and_time_budget_are_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ten").display().to_string();
+        std::fs::write(&f, b"0123456789").unwrap();
+        let limits = TraceLimits {
+            max_hash_file_size: 4,
+            ..Default::default()
+        };
+        let mut r = Recorder::with_limits(None, limits, Reader::root());
+        r.push(open(3, &f, 0));
+        assert_eq!(
+            reason(&finish(r).processes[0], &f),
+            "not hashed: 10 bytes exceeds the limit of 4"
+        );
+        let limits = TraceLimits {
+            hash_time_budget: Duration::ZERO,
+            ..Default::default()
+        };
+        let mut r = Recorder::with_limits(None, limits, Reader::root());
+        r.push(open(3, &f, 0));
+        r.push(open(3, "/etc/hostname", 0));
+        let out = finish(r);
+        for path in [f.as_str(), "/etc/hostname"] {
+            assert_eq!(
+                reason(&out.processes[0], path),
+                "not hashed: the step's hashing time budget (0ns) ran out"
+            );
+        }
+    }
+
+    #[test]
+    fn bounds_are_counted_not_silent() {
+        let limits = TraceLimits {
+            max_processes: 3,
+            max_files: 5,
+            ..Default::default()
+        };
+        let mut r = Recorder::with_limits(None, limits, Reader::root());
+        for c in 2..12 {
+            r.push(TraceEvent::Fork {
+                parent: 1,
+                child: c,
+                time: t(),
+            });
+        }
+        // An exited dropped pid that comes back is counted again.
+        r.push(TraceEvent::Exit {
+            pid: 11,
+            code: 0,
+            time: t(),
+        });
+        r.push(TraceEvent::Open {
+            pid: 11,
+            path: "/x".into(),
+            flags: 0,
+            stamp: None,
+            unresolved: None,
+            time: t(),
+        });
+        for n in 0..10 {
+            r.push(TraceEvent::Open {
+                pid: 2,
+                path: format!("/f{n}"),
+                flags: 0,
+                stamp: None,
+                unresolved: None,
+                time: t(),
+            });
+        }
+        let big: Vec<String> = (0..300).map(|i| format!("{i:0>1000}")).collect();
+        r.push(TraceEvent::Exec {
+            pid: 2,
+            ppid: Some(1),
+            filename: "/bin/true".into(),
+            exe: Some("/usr/bin/true".into()),
+            exe_stamp: None,
+            cwd: None,
+            argv: big,
+            comm: "true".into(),
+            time: t(),
+        });
+        for _ in 0..MAX_SYSCALL_EVENTS_PER_PROCESS + 7 {
+            r.push(TraceEvent::Syscall {
+                pid: 2,
+                name: "ptrace".into(),
+                detail: String::new(),
+                args: vec![],
+                path: None,
+                time: t(),
+            });
+        }
+        let out = finish(r);
+        // Children 2, 3 and 4 are kept; 5…11 are counted, and 11 once more
+        // when it comes back after its exit.
+        assert_eq!(out.processes.len(), 3);
+        assert_eq!(out.truncated["processes"], 8);
+        // /f5…/f9, and the exec'd /usr/bin/true.
+        assert_eq!(out.truncated["files"], 10 - 5 + 1, "{:?}", out.truncated);
+        assert_eq!(out.truncated["argv"], 1);
+        assert_eq!(out.truncated["syscallEvents"], 7);
+        let p = out.processes.iter().find(|p| p.processid == 2).unwrap();
+        assert!(p.cmdline.len() <= MAX_ARGV_BYTES);
+        assert!(p.cmdline.len() > MAX_ARGV_BYTES - 1100);
+        assert_eq!(p.syscall_events.len(), MAX_SYSCALL_EVENTS_PER_PROCESS);
+        assert_eq!(p.openedfiles.len(), 5, "{:?}", p.openedfiles.keys());
+    }
+
     #[test]
     fn builds_a_process_tree_with_programs_and_opens() {
         let dir = tempfile::tempdir().unwrap();
@@ -738,7 +1628,7 @@ mod tests {
             ppid: Some(10),
             filename: "/bin/cat".into(),
             exe: Some("/usr/bin/cat".into()),
-            exe_stamp: None,
+            exe_stamp: Some(stamp("/usr/bin/cat")),
             cwd: Some("/".into()),
             argv: vec!["cat".into(), f.clone()],
             comm: "cat".into(),
@@ -748,7 +1638,7 @@ mod tests {
             pid: 11,
             path: f.clone(),
             flags: 0,
-            stamp: None,
+            stamp: Some(stamp(&f)),
             unresolved: None,
             time: t(),
         });

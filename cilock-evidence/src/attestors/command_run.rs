@@ -48,18 +48,35 @@ pub struct ProcessInfo {
     /// Parent process id.
     #[serde(default)]
     pub parentpid: i64,
-    /// Digest of `program`.
+    /// Digest of `program`, given only when the file hashed is the one the
+    /// process ran (for a script: the one its interpreter opened).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub programdigest: Option<DigestSet>,
+    /// Why `programdigest` is absent (cilock extension).
+    #[serde(
+        default,
+        rename = "programUnhashedReason",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub program_unhashed_reason: String,
     /// `comm` of the process.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub comm: String,
     /// Command line, arguments joined by one space.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cmdline: String,
-    /// Digest of the binary the kernel ran (the interpreter for a script).
+    /// Digest of the binary the kernel ran (the interpreter for a script),
+    /// given only when the file hashed has the identity the kernel recorded
+    /// at exec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exedigest: Option<DigestSet>,
+    /// Why `exedigest` is absent (cilock extension).
+    #[serde(
+        default,
+        rename = "exeUnhashedReason",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub exe_unhashed_reason: String,
     /// Every file the process opened successfully: absolute path → digest.
     /// An empty digest set means the file could not be hashed (see
     /// `unhashedOpens` for why).
@@ -220,6 +237,11 @@ pub struct TraceInfo {
     /// left for the idle timeout) or `daemon shutdown`.
     #[serde(default, rename = "endedBy", skip_serializing_if = "String::is_empty")]
     pub ended_by: String,
+    /// What a bound left out, by kind: events counted but not stored
+    /// (`processes`, `files`, `argv`, `execs`, `syscallEvents`,
+    /// `connections`, `dnsLookups`). Empty when nothing was left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub truncated: BTreeMap<String, u64>,
 }
 
 /// Captured and lost events of one kind.
@@ -235,5 +257,33 @@ impl TraceInfo {
     /// Total lost events over all kinds.
     pub fn total_lost(&self) -> u64 {
         self.events.values().map(|c| c.lost).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unhashed_reasons_and_truncation_counts_are_named_and_optional() {
+        let p = ProcessInfo {
+            program: "/w/tool".into(),
+            program_unhashed_reason: "replaced".into(),
+            exe_unhashed_reason: "replaced".into(),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["programUnhashedReason"], "replaced");
+        assert_eq!(v["exeUnhashedReason"], "replaced");
+        assert!(v.get("programdigest").is_none());
+        let plain = serde_json::to_value(ProcessInfo::default()).unwrap();
+        assert!(plain.get("programUnhashedReason").is_none());
+        let mut t = TraceInfo::default();
+        assert!(serde_json::to_value(&t).unwrap().get("truncated").is_none());
+        t.truncated.insert("processes".into(), 3);
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["truncated"]["processes"], 3);
+        let back: TraceInfo = serde_json::from_value(v).unwrap();
+        assert_eq!(back, t);
     }
 }
