@@ -31,10 +31,6 @@ use cilock_evidence::digest::{DigestSet, HashAlg};
 
 use super::event::FileStamp;
 
-/// Largest file hashed when a gitoid is asked for (gitoids are computed in
-/// memory).
-pub const GITOID_MAX_FILE_SIZE: u64 = 256 << 20;
-
 /// How often a long read looks at the clock.
 const CLOCK_EVERY: u64 = 4 << 20;
 
@@ -364,14 +360,8 @@ impl DigestCache {
         if !rules.reader.can_read(&before) {
             return Hashed::Unreadable;
         }
-        let gitoid = algs
-            .iter()
-            .any(|a| matches!(a, HashAlg::GitoidSha1 | HashAlg::GitoidSha256));
-        let cap = if gitoid {
-            rules.max_file_size.min(GITOID_MAX_FILE_SIZE)
-        } else {
-            rules.max_file_size
-        };
+        // Every digest (gitoids too) is computed in one streaming pass.
+        let cap = rules.max_file_size;
         if before.size() > cap {
             return Hashed::TooLarge(before.size(), cap);
         }
@@ -390,7 +380,7 @@ impl DigestCache {
             deadline: rules.deadline,
             stop: None,
         };
-        let d = DigestSet::from_reader(&mut r, algs);
+        let d = DigestSet::from_sized_reader(&mut r, before.size(), algs);
         match (r.stop, d) {
             (Some(Stop::Time), _) => Hashed::OutOfTime(rules.budget),
             (Some(Stop::Size), _) => Hashed::ChangedWhileHashing,
@@ -783,21 +773,22 @@ mod tests {
         );
         // A budget that runs out inside the read of 2 GiB of zeros.
         let t0 = Instant::now();
-        let tiny = HashRules::new(me, u64::MAX, Duration::from_millis(30));
+        let tiny = HashRules::new(me.clone(), u64::MAX, Duration::from_millis(30));
         assert_eq!(
             h(&c, &f, &tiny, &[id_of(&f)]),
             Hashed::OutOfTime(Duration::from_millis(30))
         );
-        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-        // gitoids are computed in memory: a lower cap.
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+        // gitoids stream like the other digests: the size cap applies.
+        let capped = HashRules::new(me, 1 << 30, Duration::from_secs(600));
         let g = c.hash(
             &f,
             &[HashAlg::GitoidSha256],
-            &HashRules::unbounded(),
+            &capped,
             &MountDevs::default(),
             &[id_of(&f)],
         );
-        assert_eq!(g, Hashed::TooLarge(2 << 30, GITOID_MAX_FILE_SIZE));
+        assert_eq!(g, Hashed::TooLarge(2 << 30, 1 << 30));
     }
 
     #[test]
