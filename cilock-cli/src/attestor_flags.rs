@@ -122,7 +122,10 @@ impl AttestorFlags {
             github_token_env: self.github_token_env.clone(),
             gitlab_token_env: self.gitlab_token_env.clone(),
             github_action_ref: self.github_action_ref.clone(),
-            github_action_dir: self.github_action_dir.clone(),
+            // The daemon needs an absolute path (it does not know our cwd).
+            github_action_dir: self.github_action_dir.as_ref().map(|d| {
+                std::path::absolute(d).unwrap_or_else(|_| d.clone())
+            }),
         }
     }
 }
