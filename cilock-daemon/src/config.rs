@@ -17,6 +17,17 @@
 //! | `state_dir`            | absolute path             | `/var/lib/cilock`                |
 //! | `log_level`            | tracing filter directive  | `info`                           |
 //!
+//! Table `[helper]`: the unprivileged process the attestors run in (see
+//! [`crate::attest_helper`]):
+//!
+//! | key           | type                                   | default                          |
+//! |---------------|----------------------------------------|----------------------------------|
+//! | `path`        | PATH of the helper (absolute dirs, `:`) | `/usr/local/bin:/usr/bin:/bin`   |
+//! | `timeout`     | duration, as above (wall clock, then killed) | `"10m"`                     |
+//! | `cpu_seconds` | RLIMIT_CPU, seconds (≥ 1)              | `600`                            |
+//! | `memory`      | RLIMIT_AS: bytes, or `"4GiB"`, `"512MiB"` (≥ 64 MiB) | `"4GiB"`           |
+//! | `max_reply`   | largest reply read: bytes or `"64MiB"` (1 MiB to 4 GiB) | `"64MiB"`       |
+//!
 //! `CILOCK_SOCKET` (and the daemon's `--socket`) override `socket`; `--key`
 //! overrides `key`; `RUST_LOG` overrides `log_level`.
 //!
@@ -32,6 +43,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::api::DEFAULT_SOCKET;
+use crate::attest_helper::HelperConfig;
 use crate::backend::BackendChoice;
 use crate::engine::EngineConfig;
 
@@ -74,6 +86,92 @@ pub struct DaemonConfig {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// `tracing-subscriber` directive such as `info,cilock_daemon=debug`).
     pub log_level: String,
+    /// The attestor helper (`[helper]`).
+    pub helper: HelperTable,
+}
+
+/// The `[helper]` table: how the unprivileged attestor helper runs.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HelperTable {
+    /// PATH of the helper's environment (its only variable).
+    pub path: String,
+    /// Wall-clock limit of one helper run; it is killed beyond it.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub timeout: Duration,
+    /// RLIMIT_CPU of the helper, in seconds.
+    pub cpu_seconds: u64,
+    /// RLIMIT_AS of the helper, in bytes.
+    #[serde(deserialize_with = "deserialize_size")]
+    pub memory: u64,
+    /// Largest helper reply the daemon reads, in bytes.
+    #[serde(deserialize_with = "deserialize_size")]
+    pub max_reply: u64,
+}
+
+impl Default for HelperTable {
+    fn default() -> Self {
+        let h = HelperConfig::default();
+        HelperTable {
+            path: h.path,
+            timeout: h.timeout,
+            cpu_seconds: h.cpu_seconds,
+            memory: h.memory,
+            max_reply: h.max_reply,
+        }
+    }
+}
+
+impl HelperTable {
+    /// The engine's helper settings.
+    pub fn helper_config(&self) -> HelperConfig {
+        HelperConfig {
+            path: self.path.clone(),
+            timeout: self.timeout,
+            cpu_seconds: self.cpu_seconds,
+            memory: self.memory,
+            max_reply: self.max_reply,
+            ..HelperConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.path.is_empty() || self.path.len() > 4096 {
+            return Err(("helper.path", "must have 1 to 4096 characters".into()));
+        }
+        for dir in self.path.split(':') {
+            if !dir.starts_with('/') || dir.contains('\0') {
+                return Err((
+                    "helper.path",
+                    format!(
+                        "{dir:?} is not an absolute directory (PATH entries are separated by ':')"
+                    ),
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(("helper.timeout", "must be greater than zero".into()));
+        }
+        if self.cpu_seconds == 0 {
+            return Err(("helper.cpu_seconds", "must be at least 1".into()));
+        }
+        if self.memory < 64 << 20 {
+            return Err((
+                "helper.memory",
+                format!(
+                    "{} bytes is less than the 64 MiB the helper needs",
+                    self.memory
+                ),
+            ));
+        }
+        if !(1 << 20..=4 << 30).contains(&self.max_reply) {
+            return Err((
+                "helper.max_reply",
+                format!("{} bytes is outside 1 MiB to 4 GiB", self.max_reply),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DaemonConfig {
@@ -90,6 +188,7 @@ impl Default for DaemonConfig {
             state_dir: engine.state_dir,
             default_attestations: engine.default_attestations,
             log_level: DEFAULT_LOG_LEVEL.to_string(),
+            helper: HelperTable::default(),
         }
     }
 }
@@ -248,6 +347,9 @@ impl DaemonConfig {
                 ));
             }
         }
+        if let Err((key, m)) = self.helper.validate() {
+            return Err(invalid(key, m));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(invalid(
                 "log_level",
@@ -266,6 +368,7 @@ impl DaemonConfig {
             default_attestations: self.default_attestations.clone(),
             idle_timeout: self.step_idle_timeout,
             state_dir: self.state_dir.clone(),
+            helper: Some(self.helper.helper_config()),
         }
     }
 }
@@ -367,6 +470,61 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
             parse_duration(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Parses a size: a number of bytes (`"1048576"`), or a number with a unit
+/// `B`, `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024) or `KB`, `MB`, `GB`,
+/// `TB` (powers of 1000), optionally separated by a space (`"4GiB"`,
+/// `"64 MiB"`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let digits = s.bytes().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(format!(
+            "{text:?}: expected a number of bytes or e.g. \"64MiB\""
+        ));
+    }
+    let n: u64 = s[..digits]
+        .parse()
+        .map_err(|_| format!("{text:?}: number too large"))?;
+    let mult: u64 = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?}: size too large"))
+}
+
+fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number of bytes or a size such as \"64MiB\"")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            parse_size(v).map_err(E::custom)
         }
     }
     d.deserialize_any(V)
@@ -475,6 +633,57 @@ mod tests {
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("10").is_ok());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("64 MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
+        assert!(parse_size("").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn helper_table() {
+        let c = DaemonConfig::from_toml_str(
+            "[helper]\npath = \"/usr/bin:/bin\"\ntimeout = \"30s\"\ncpu_seconds = 5\nmemory = \"1GiB\"\nmax_reply = 2097152\n",
+            "t",
+        )
+        .unwrap();
+        let h = c.engine_config().helper.unwrap();
+        assert_eq!(h.path, "/usr/bin:/bin");
+        assert_eq!(h.timeout, Duration::from_secs(30));
+        assert_eq!(
+            (h.cpu_seconds, h.memory, h.max_reply),
+            (5, 1 << 30, 2 << 20)
+        );
+        assert_eq!(
+            DaemonConfig::default()
+                .engine_config()
+                .helper
+                .unwrap()
+                .timeout,
+            Duration::from_secs(600)
+        );
+        for bad in [
+            "[helper]\npath = \"bin:/usr/bin\"",
+            "[helper]\npath = \"\"",
+            "[helper]\ntimeout = 0",
+            "[helper]\ncpu_seconds = 0",
+            "[helper]\nmemory = \"1MiB\"",
+            "[helper]\nmax_reply = 10",
+            "[helper]\nmax_reply = \"8GiB\"",
+            "[helper]\nnope = 1",
+        ] {
+            let e = DaemonConfig::from_toml_str(bad, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("helper") || e.contains("nope"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -220,6 +220,14 @@ pub struct TraceInfo {
     /// left for the idle timeout) or `daemon shutdown`.
     #[serde(default, rename = "endedBy", skip_serializing_if = "String::is_empty")]
     pub ended_by: String,
+    /// Requested attestors that were not recorded, and why (outside their
+    /// CI, or their helper process failed) (cilock extension).
+    #[serde(
+        default,
+        rename = "skippedAttestors",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub skipped_attestors: Vec<super::lifecycle::SkippedAttestor>,
 }
 
 /// Captured and lost events of one kind.

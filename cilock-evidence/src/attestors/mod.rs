@@ -63,6 +63,9 @@ pub struct AttestationContext {
     pub env: Vec<(String, String)>,
     /// Attestations completed so far, in completion order.
     pub completed: Vec<CompletedAttestation>,
+    /// The working directory, opened once (by the daemon, at step begin):
+    /// walkers read the workdir only through it when set.
+    pub workdir_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl AttestationContext {
@@ -73,6 +76,7 @@ impl AttestationContext {
             hashes: vec![HashAlg::Sha256],
             env,
             completed: Vec::new(),
+            workdir_fd: None,
         }
     }
 
