@@ -415,6 +415,22 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
 }
 
 impl HelperStep {
+    /// The settings the "after" run will use (tests shorten the timeout to
+    /// see a killed helper reported).
+    pub fn config_mut(&mut self) -> &mut HelperConfig {
+        &mut self.cfg
+    }
+
+    /// The attestations "before" recorded.
+    pub fn before_attestations(&self) -> &[CompletedAttestation] {
+        &self.completed
+    }
+
+    /// What "after" will get from "before".
+    pub fn state(&self) -> &LifecycleState {
+        &self.state
+    }
+
     /// The hash algorithms of the step.
     pub fn hashes(&self) -> &[HashAlg] {
         &self.hashes
