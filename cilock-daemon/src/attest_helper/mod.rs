@@ -547,3 +547,132 @@ pub fn environ_bounded(pid: u32) -> (Vec<(String, String)>, bool) {
         .collect();
     (vars, truncated)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn att(name: &str) -> serde_json::Value {
+        json!({"name": name, "type_uri": witness_type(name), "json": {},
+               "starttime": "2026-01-01T00:00:00Z", "endtime": "2026-01-01T00:00:00Z"})
+    }
+
+    fn reply(v: serde_json::Value) -> Vec<u8> {
+        let mut r = json!({"version": PROTOCOL_VERSION});
+        for (k, x) in v.as_object().unwrap() {
+            r[k] = x.clone();
+        }
+        serde_json::to_vec(&r).unwrap()
+    }
+
+    fn req(names: &[&str]) -> Vec<String> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        Lifecycle::new(&names, AttestorOptions::default())
+            .unwrap()
+            .attestors()
+            .to_vec()
+    }
+
+    #[test]
+    fn replies_are_checked_against_the_stage_and_the_request() {
+        let r = req(&["git"]);
+        let ok = validate(
+            &reply(json!({"attestations": [att("material"), att("git")],
+                          "state": {"materials": {"a": {"sha256": "00"}}}})),
+            Stage::Before,
+            &r,
+        )
+        .unwrap();
+        // Stage order, whatever the helper's order.
+        let names: Vec<&str> = ok.attestations.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["git", "material"]);
+        assert!(ok.skipped.is_empty());
+        assert_eq!(ok.state.materials.unwrap().len(), 1);
+
+        for (bad, why) in [
+            (
+                reply(json!({"attestations": [att("command-run")]})),
+                "unexpected",
+            ),
+            (
+                reply(json!({"attestations": [att("product")]})),
+                "unexpected",
+            ),
+            (
+                reply(json!({"attestations": [att("environment")]})),
+                "unexpected",
+            ),
+            (
+                reply(json!({"attestations": [att("material"), att("material")]})),
+                "twice",
+            ),
+            (
+                reply(
+                    json!({"attestations": [{"name": "material", "type_uri": "https://evil/x",
+                    "json": {}, "starttime": "", "endtime": ""}]}),
+                ),
+                "type",
+            ),
+            (b"{\"version\": 99}".to_vec(), "version"),
+            (b"garbage".to_vec(), "not a reply"),
+            (
+                reply(json!({"attestations": [], "surprise": 1})),
+                "not a reply",
+            ),
+        ] {
+            let e = validate(&bad, Stage::Before, &r).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_attestors_are_listed_as_skipped_and_unrequested_skips_ignored() {
+        let r = req(&["secretscan"]);
+        let v = validate(
+            &reply(json!({"attestations": [att("product")],
+                          "skipped": [{"name": "git", "reason": "x"}],
+                          "error": "boom",
+                          "failure": "ignored without secretscan"})),
+            Stage::After,
+            &r,
+        )
+        .unwrap();
+        assert_eq!(v.skipped.len(), 1);
+        assert_eq!(v.skipped[0].name, "secretscan");
+        assert!(v.skipped[0].reason.contains("boom"));
+        assert!(v.failure.is_none());
+    }
+
+    #[test]
+    fn redactions_are_bounded_and_short_strings_ignored() {
+        let r = req(&["secretscan"]);
+        let mut many: Vec<(String, String)> = (0..MAX_REDACTIONS + 50)
+            .map(|i| (format!("secret-value-{i:06}"), "rule id!".to_string()))
+            .collect();
+        many.push(("short".into(), "r".into()));
+        let v = validate(
+            &reply(json!({"attestations": [att("product"), att("secretscan")],
+                          "redactions": many, "failure": "found"})),
+            Stage::After,
+            &r,
+        )
+        .unwrap();
+        assert_eq!(v.redactions.len(), MAX_REDACTIONS);
+        assert!(v
+            .redactions
+            .iter()
+            .all(|(s, _)| s.len() >= MIN_REDACTION_CHARS));
+        assert!(v.redactions.iter().all(|(_, r)| r == "ruleid"));
+        assert_eq!(v.failure.as_deref(), Some("found"));
+    }
+
+    #[test]
+    fn subjects_are_bounded() {
+        let r = req(&[]);
+        let mut a = att("product");
+        a["subjects"] = json!({"": {"sha256": "00"}});
+        let e = validate(&reply(json!({"attestations": [a]})), Stage::After, &r).unwrap_err();
+        assert!(e.contains("subject"), "{e}");
+    }
+}
