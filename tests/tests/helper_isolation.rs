@@ -190,6 +190,12 @@ fn job_controlled_attestor_inputs_never_run_or_read_anything_as_root() {
     );
 
     // The attestors did run, on the job's data, as the job.
+    let cr = attestation(&stmt, "/command-run/v0.1");
+    let skipped = cr["trace"]["skippedAttestors"].clone();
+    assert!(
+        skipped.as_array().is_none_or(|a| a.is_empty()),
+        "attestors skipped: {skipped}"
+    );
     let gha = attestation(&stmt, "/github-action/v0.1");
     assert_eq!(gha["actionref"], "actions/checkout@v4", "{gha}");
     assert!(
@@ -202,11 +208,5 @@ fn job_controlled_attestor_inputs_never_run_or_read_anything_as_root() {
     let _scan = attestation(&stmt, "/secretscan/v0.1");
     let product = attestation(&stmt, "/product/v0.1");
     assert!(product.get("out.txt").is_some(), "{product}");
-    let cr = attestation(&stmt, "/command-run/v0.1");
-    let skipped = cr["trace"]["skippedAttestors"].clone();
-    assert!(
-        skipped.as_array().is_none_or(|a| a.is_empty()),
-        "attestors skipped: {skipped}"
-    );
     let _ = std::fs::remove_file(&envelope);
 }

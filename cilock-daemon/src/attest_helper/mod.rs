@@ -49,6 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cilock_evidence::attestors::command_run::{self, CommandRun};
+use cilock_evidence::attestors::github_action;
 use cilock_evidence::attestors::lifecycle::{
     AttestorOptions, Lifecycle, LifecycleState, SkippedAttestor,
 };
@@ -123,6 +124,15 @@ pub struct Validated {
     pub error: Option<String>,
 }
 
+/// The type URI the daemon expects for an attestor (as its `Attestor`
+/// implementation writes it).
+pub fn expected_type(name: &str) -> String {
+    match name {
+        github_action::NAME => github_action::TYPE_URI.to_string(),
+        n => witness_type(n),
+    }
+}
+
 fn clip(s: &str, max_chars: usize) -> String {
     match s.char_indices().nth(max_chars) {
         Some((i, _)) => format!("{}…", &s[..i]),
@@ -158,7 +168,7 @@ pub fn validate(raw: &[u8], stage: Stage, requested: &[String]) -> Result<Valida
         if !seen.insert(a.name.clone()) {
             return Err(format!("attestation {:?} given twice", a.name));
         }
-        if a.type_uri != witness_type(&a.name) {
+        if a.type_uri != expected_type(&a.name) {
             return Err(format!(
                 "attestation {:?} has type {:?}",
                 a.name,
@@ -554,7 +564,7 @@ mod tests {
     use serde_json::json;
 
     fn att(name: &str) -> serde_json::Value {
-        json!({"name": name, "type_uri": witness_type(name), "json": {},
+        json!({"name": name, "type_uri": expected_type(name), "json": {},
                "starttime": "2026-01-01T00:00:00Z", "endtime": "2026-01-01T00:00:00Z"})
     }
 
@@ -628,12 +638,18 @@ mod tests {
 
     #[test]
     fn missing_attestors_are_listed_as_skipped_and_unrequested_skips_ignored() {
-        let r = req(&["secretscan"]);
+        let r = req(&["secretscan", "github-action"]);
+        let mut wrong = att("github-action");
+        wrong["type_uri"] = json!(witness_type("github-action"));
+        let e = validate(&reply(json!({"attestations": [wrong]})), Stage::After, &r).unwrap_err();
+        assert!(e.contains("type"), "{e}");
         let v = validate(
-            &reply(json!({"attestations": [att("product")],
+            &reply(
+                json!({"attestations": [att("product"), att("github-action")],
                           "skipped": [{"name": "git", "reason": "x"}],
                           "error": "boom",
-                          "failure": "ignored without secretscan"})),
+                          "failure": "ignored without secretscan"}),
+            ),
             Stage::After,
             &r,
         )
