@@ -173,7 +173,9 @@ enum Backend {
     Ptrace,
 }
 
-/// Where a step's attestors run.
+/// Where a step's attestors run (one per step: the size difference of the
+/// variants does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Attest {
     /// In this process (embedded engines, as the calling user).
     InProcess {

@@ -212,7 +212,7 @@ pub fn run(
             }
             // fd 3 = the workdir; every other fd above 2 closes at exec.
             let first_closed = match wd {
-                Some(fd) if fd == 3 => {
+                Some(3) => {
                     if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
                         return Err(err());
                     }
