@@ -229,6 +229,27 @@ fn helper_runs_as_the_owner_with_nothing_else() {
         attest_helper::spawn::HELPER_NOFILE
     );
     assert_eq!(report.cwd, "/");
+    // No write anywhere, even where its uid could: Landlock, wherever this
+    // kernel has it (asked here the same way).
+    // SAFETY: the Landlock version query takes no attribute.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u64>(),
+            0usize,
+            1u32,
+        )
+    };
+    assert_eq!(report.landlock_abi, abi.max(0));
+    if abi > 0 {
+        assert!(
+            report.create_in_tmp.starts_with("denied"),
+            "{}",
+            report.create_in_tmp
+        );
+    } else {
+        eprintln!("note: no Landlock on this kernel; the write check does not apply");
+    }
     assert_eq!(
         report.fd3,
         w.path().canonicalize().unwrap().display().to_string()

@@ -1,7 +1,8 @@
 //! The helper's side: `cilock-daemon __attest-helper`. The daemon has already
 //! switched it to the step owner's identity, dropped every capability, set
 //! the limits and made fd 3 the workdir (see `spawn.rs`). It makes itself
-//! non-dumpable, forbids itself to execute programs, reads one request from
+//! non-dumpable, forbids itself to execute programs (seccomp) and to write
+//! to the file system (Landlock, where the kernel has it), reads one request from
 //! stdin, runs one lifecycle stage, and writes one reply to stdout.
 //!
 //! Nothing here parses the daemon's configuration or touches its key: the
@@ -33,6 +34,14 @@ pub fn main() -> ExitCode {
         eprintln!("attest helper: cannot forbid exec: {e}");
         return ExitCode::from(3);
     }
+    let landlock = match deny_writes() {
+        Ok(abi) => abi,
+        Err(e) => {
+            eprintln!("attest helper: cannot restrict file system writes: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let _ = LANDLOCK_ABI.set(landlock);
     let mut buf = Vec::new();
     if let Err(e) = std::io::stdin().take(MAX_REQUEST).read_to_end(&mut buf) {
         eprintln!("attest helper: reading the request: {e}");
@@ -65,6 +74,83 @@ pub fn main() -> ExitCode {
 }
 
 static HOLD_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+static LANDLOCK_ABI: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+/// Landlock (where the kernel has it): the helper may read what its uid
+/// can read, but not write, create, remove, rename, truncate or execute
+/// any file. Returns the Landlock ABI version in force (0: none, the
+/// kernel lacks Landlock; the seccomp filter and RLIMIT_FSIZE=0 remain).
+fn deny_writes() -> std::io::Result<i64> {
+    const CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the version query takes no attribute.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u64>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    if abi <= 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    // EXECUTE, WRITE_FILE, REMOVE_DIR, REMOVE_FILE, MAKE_* (ABI 1); REFER
+    // (2); TRUNCATE (3); IOCTL_DEV (5). READ_FILE and READ_DIR stay free.
+    let mut handled: u64 = (1 << 0) | (1 << 1) | (0x1ff << 4);
+    if abi >= 2 {
+        handled |= 1 << 13;
+    }
+    if abi >= 3 {
+        handled |= 1 << 14;
+    }
+    if abi >= 5 {
+        handled |= 1 << 15;
+    }
+    // struct landlock_ruleset_attr's first field (the ABI 1 size).
+    let attr: u64 = handled;
+    // SAFETY: `attr` is valid for its 8-byte size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const u64,
+            std::mem::size_of::<u64>(),
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the ruleset just created; no_new_privs is set.
+    let r = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd as libc::c_int, 0u32) };
+    let e = std::io::Error::last_os_error();
+    // SAFETY: closing the ruleset fd we own.
+    unsafe { libc::close(fd as libc::c_int) };
+    if r != 0 {
+        return Err(e);
+    }
+    Ok(abi)
+}
+
+/// Tries to create a file in /tmp (world-writable): what the probe says
+/// about the write restriction.
+fn try_create_in_tmp() -> String {
+    let p = format!("/tmp/.cilock-helper-probe-{}", std::process::id());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&p);
+            "created".into()
+        }
+        Err(e) => format!("denied: {e}"),
+    }
+}
 
 fn error_reply(msg: String) -> Reply {
     Reply {
@@ -243,6 +329,8 @@ fn probe() -> ProbeReport {
         cwd: std::env::current_dir()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
+        landlock_abi: LANDLOCK_ABI.get().copied().unwrap_or(0),
+        create_in_tmp: try_create_in_tmp(),
         cgroup: std::fs::read_to_string("/proc/self/cgroup")
             .unwrap_or_default()
             .trim()

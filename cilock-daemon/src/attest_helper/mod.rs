@@ -9,7 +9,8 @@
 //! step owner (uid, primary gid, supplementary groups from the passwd and
 //! group databases), with no capability (bounding and ambient sets
 //! cleared too), `no_new_privs`, non-dumpable, a seccomp filter that forbids
-//! `execve`, rlimits (CPU, address space, file size 0, open files, no core),
+//! `execve`, Landlock (where the kernel has it) forbidding every write,
+//! creation, removal and execution in the file system, rlimits (CPU, address space, file size 0, open files, no core),
 //! an empty environment but `PATH` from the daemon's configuration, `/` as
 //! its directory, in the daemon's cgroup (not the step's: its work is not the
 //! job's), and a wall-clock timeout after which it is killed. Its only

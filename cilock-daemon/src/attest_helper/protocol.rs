@@ -169,6 +169,10 @@ pub struct ProbeReport {
     pub fd3: String,
     /// The current directory.
     pub cwd: String,
-    /// Whether the helper shares the daemon's cgroup (`/proc/self/cgroup`).
+    /// The helper's cgroup (`/proc/self/cgroup`): the daemon's, not a step's.
     pub cgroup: String,
+    /// Landlock ABI version restricting the helper's writes (0: none).
+    pub landlock_abi: i64,
+    /// What happened when it tried to create a file in /tmp.
+    pub create_in_tmp: String,
 }
