@@ -669,6 +669,22 @@ mod tests {
                 .timeout,
             Duration::from_secs(600)
         );
+        // The shipped file's [helper] block, uncommented, is the defaults.
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/cilock.toml"))
+                .unwrap();
+        let block: String = shipped
+            .split("#[helper]")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(block.lines().count(), 5, "{block}");
+        let c = DaemonConfig::from_toml_str(&format!("[helper]\n{block}"), "shipped").unwrap();
+        assert_eq!(c.helper, HelperTable::default());
         for bad in [
             "[helper]\npath = \"bin:/usr/bin\"",
             "[helper]\npath = \"\"",
