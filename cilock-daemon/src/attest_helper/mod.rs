@@ -35,10 +35,14 @@
 //! `trace.skippedAttestors` with the reason and the step is still signed;
 //! at begin the begin fails with the reason.
 //!
-//! Known limit: between the helper's `execve` and its first instruction
-//! (`PR_SET_DUMPABLE 0`) a process of the same uid could `ptrace`-attach it
-//! where Yama does not restrict ptrace; such a job can only falsify what it
-//! could already change (its own files), never reach the daemon or the key.
+//! Known limits: the helper runs as the job's uid, so the job can signal it
+//! (SIGKILL, SIGSTOP) or lower its rlimits (`prlimit`): the affected
+//! attestors are then listed as skipped (killed, or timed out), never
+//! silently missing. Between the helper's `execve` and its first
+//! instruction (`PR_SET_DUMPABLE 0`) a process of the same uid could
+//! `ptrace`-attach it where Yama does not restrict ptrace; such a job can
+//! only falsify what it could already change (its own files' attestations),
+//! never reach the daemon, its memory or the key.
 
 pub mod child;
 pub mod protocol;
