@@ -469,3 +469,74 @@ fn stages_read_only_what_the_owner_can_and_report_failures() {
     );
     assert!(skipped[0].1.contains("was killed"), "{skipped:?}");
 }
+
+#[test]
+fn a_failed_before_stage_is_a_clear_error() {
+    if !is_root() {
+        return;
+    }
+    let u = TestUser::create("c");
+    let w = workdir(&u);
+    let names = vec!["environment".to_string()];
+    let run = |cfg: &HelperConfig| {
+        attest_helper::before(BeforeSpec {
+            cfg,
+            who: Identity::of(u.uid, u.gid),
+            workdir: w.path(),
+            workdir_fd: Arc::new(open_dir(w.path())),
+            names: &names,
+            options: AttestorOptions::default(),
+            env: vec![],
+            notes: vec![],
+        })
+    };
+    let e = run(&HelperConfig {
+        timeout: Duration::from_millis(1),
+        ..config()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            attest_helper::BeforeError::Helper(HelperError::Timeout(_))
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("attestors before the step: the attestor helper ran longer than"),
+        "{e}"
+    );
+
+    let e = run(&HelperConfig {
+        exe: PathBuf::from("/nonexistent/cilock-daemon"),
+        ..config()
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("cannot start the attestor helper"),
+        "{e}"
+    );
+
+    // An unknown attestor is the client's error, found before any helper.
+    let e = attest_helper::before(BeforeSpec {
+        cfg: &config(),
+        who: Identity::of(u.uid, u.gid),
+        workdir: w.path(),
+        workdir_fd: Arc::new(open_dir(w.path())),
+        names: &["no-such".to_string()],
+        options: AttestorOptions::default(),
+        env: vec![],
+        notes: vec![],
+    })
+    .unwrap_err();
+    assert!(matches!(e, attest_helper::BeforeError::Invalid(_)), "{e}");
+
+    // A memory limit the helper cannot live with: it dies, the error says so.
+    let e = run(&HelperConfig {
+        memory: 8 << 20,
+        ..config()
+    })
+    .unwrap_err();
+    assert!(matches!(e, attest_helper::BeforeError::Helper(_)), "{e}");
+}
