@@ -28,6 +28,17 @@
 //! opened paths, events are counted instead of stored
 //! (`trace.truncated` in the attestation).
 //!
+//! Table `[helper]`: the unprivileged process the attestors run in (see
+//! [`crate::attest_helper`]):
+//!
+//! | key           | type                                   | default                          |
+//! |---------------|----------------------------------------|----------------------------------|
+//! | `path`        | PATH of the helper (absolute dirs, `:`) | `/usr/local/bin:/usr/bin:/bin`   |
+//! | `timeout`     | duration, as above (wall clock, then killed) | `"10m"`                     |
+//! | `cpu_seconds` | RLIMIT_CPU, seconds (≥ 1)              | `600`                            |
+//! | `memory`      | RLIMIT_AS: bytes, or `"4GiB"`, `"512MiB"` (≥ 64 MiB) | `"4GiB"`           |
+//! | `max_reply`   | largest reply read: bytes or `"64MiB"` (1 MiB to 4 GiB) | `"64MiB"`       |
+//!
 //! `CILOCK_SOCKET` (and the daemon's `--socket`) override `socket`; `--key`
 //! overrides `key`; `RUST_LOG` overrides `log_level`.
 //!
@@ -43,6 +54,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::api::DEFAULT_SOCKET;
+use crate::attest_helper::HelperConfig;
 use crate::backend::BackendChoice;
 use crate::engine::EngineConfig;
 
@@ -95,6 +107,92 @@ pub struct DaemonConfig {
     pub max_processes_per_step: usize,
     /// Distinct opened paths recorded per step.
     pub max_files_per_step: usize,
+    /// The attestor helper (`[helper]`).
+    pub helper: HelperTable,
+}
+
+/// The `[helper]` table: how the unprivileged attestor helper runs.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HelperTable {
+    /// PATH of the helper's environment (its only variable).
+    pub path: String,
+    /// Wall-clock limit of one helper run; it is killed beyond it.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub timeout: Duration,
+    /// RLIMIT_CPU of the helper, in seconds.
+    pub cpu_seconds: u64,
+    /// RLIMIT_AS of the helper, in bytes.
+    #[serde(deserialize_with = "deserialize_size")]
+    pub memory: u64,
+    /// Largest helper reply the daemon reads, in bytes.
+    #[serde(deserialize_with = "deserialize_size")]
+    pub max_reply: u64,
+}
+
+impl Default for HelperTable {
+    fn default() -> Self {
+        let h = HelperConfig::default();
+        HelperTable {
+            path: h.path,
+            timeout: h.timeout,
+            cpu_seconds: h.cpu_seconds,
+            memory: h.memory,
+            max_reply: h.max_reply,
+        }
+    }
+}
+
+impl HelperTable {
+    /// The engine's helper settings.
+    pub fn helper_config(&self) -> HelperConfig {
+        HelperConfig {
+            path: self.path.clone(),
+            timeout: self.timeout,
+            cpu_seconds: self.cpu_seconds,
+            memory: self.memory,
+            max_reply: self.max_reply,
+            ..HelperConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.path.is_empty() || self.path.len() > 4096 {
+            return Err(("helper.path", "must have 1 to 4096 characters".into()));
+        }
+        for dir in self.path.split(':') {
+            if !dir.starts_with('/') || dir.contains('\0') {
+                return Err((
+                    "helper.path",
+                    format!(
+                        "{dir:?} is not an absolute directory (PATH entries are separated by ':')"
+                    ),
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(("helper.timeout", "must be greater than zero".into()));
+        }
+        if self.cpu_seconds == 0 {
+            return Err(("helper.cpu_seconds", "must be at least 1".into()));
+        }
+        if self.memory < 64 << 20 {
+            return Err((
+                "helper.memory",
+                format!(
+                    "{} bytes is less than the 64 MiB the helper needs",
+                    self.memory
+                ),
+            ));
+        }
+        if !(1 << 20..=4 << 30).contains(&self.max_reply) {
+            return Err((
+                "helper.max_reply",
+                format!("{} bytes is outside 1 MiB to 4 GiB", self.max_reply),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DaemonConfig {
@@ -115,6 +213,7 @@ impl Default for DaemonConfig {
             hash_time_budget: engine.trace_limits.hash_time_budget,
             max_processes_per_step: engine.trace_limits.max_processes,
             max_files_per_step: engine.trace_limits.max_files,
+            helper: HelperTable::default(),
         }
     }
 }
@@ -294,6 +393,9 @@ impl DaemonConfig {
         if self.max_files_per_step == 0 {
             return Err(invalid("max_files_per_step", "must be at least 1".into()));
         }
+        if let Err((key, m)) = self.helper.validate() {
+            return Err(invalid(key, m));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(invalid(
                 "log_level",
@@ -318,6 +420,7 @@ impl DaemonConfig {
                 max_processes: self.max_processes_per_step,
                 max_files: self.max_files_per_step,
             },
+            helper: Some(self.helper.helper_config()),
         }
     }
 }
@@ -424,30 +527,31 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::
     d.deserialize_any(V)
 }
 
-/// Parses a size in bytes: a plain number (`"1048576"`), or a number with
-/// a unit: `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (powers of 1024),
-/// `KB`, `MB`, `GB`, `TB` (powers of 1000), `B`.
+/// Parses a size: a number of bytes (`"1048576"`), or a number with a unit
+/// `B`, `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024) or `KB`, `MB`, `GB`,
+/// `TB` (powers of 1000), optionally separated by a space (`"4GiB"`,
+/// `"64 MiB"`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
     let digits = s.bytes().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
         return Err(format!(
-            "{text:?}: expected a number of bytes or a size such as \"4GiB\""
+            "{text:?}: expected a number of bytes or e.g. \"64MiB\""
         ));
     }
     let n: u64 = s[..digits]
         .parse()
         .map_err(|_| format!("{text:?}: number too large"))?;
-    let mult: u64 = match s[digits..].trim() {
-        "" | "B" | "b" => 1,
-        "K" | "k" | "KiB" | "kiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "T" | "TiB" => 1 << 40,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
+    let mult: u64 = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         other => {
             return Err(format!(
                 "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
@@ -463,7 +567,7 @@ fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     impl Visitor<'_> for V {
         type Value = u64;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a number of bytes or a size such as \"4GiB\"")
+            f.write_str("a number of bytes or a size such as \"64MiB\"")
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
             u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
@@ -617,6 +721,73 @@ mod tests {
             "max_hash_file_size = -1",
         ] {
             assert!(DaemonConfig::from_toml_str(bad, "t").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("64 MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
+        assert!(parse_size("").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn helper_table() {
+        let c = DaemonConfig::from_toml_str(
+            "[helper]\npath = \"/usr/bin:/bin\"\ntimeout = \"30s\"\ncpu_seconds = 5\nmemory = \"1GiB\"\nmax_reply = 2097152\n",
+            "t",
+        )
+        .unwrap();
+        let h = c.engine_config().helper.unwrap();
+        assert_eq!(h.path, "/usr/bin:/bin");
+        assert_eq!(h.timeout, Duration::from_secs(30));
+        assert_eq!(
+            (h.cpu_seconds, h.memory, h.max_reply),
+            (5, 1 << 30, 2 << 20)
+        );
+        assert_eq!(
+            DaemonConfig::default()
+                .engine_config()
+                .helper
+                .unwrap()
+                .timeout,
+            Duration::from_secs(600)
+        );
+        // The shipped file's [helper] block, uncommented, is the defaults.
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/cilock.toml"))
+                .unwrap();
+        let block: String = shipped
+            .split("#[helper]")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(block.lines().count(), 5, "{block}");
+        let c = DaemonConfig::from_toml_str(&format!("[helper]\n{block}"), "shipped").unwrap();
+        assert_eq!(c.helper, HelperTable::default());
+        for bad in [
+            "[helper]\npath = \"bin:/usr/bin\"",
+            "[helper]\npath = \"\"",
+            "[helper]\ntimeout = 0",
+            "[helper]\ncpu_seconds = 0",
+            "[helper]\nmemory = \"1MiB\"",
+            "[helper]\nmax_reply = 10",
+            "[helper]\nmax_reply = \"8GiB\"",
+            "[helper]\nnope = 1",
+        ] {
+            let e = DaemonConfig::from_toml_str(bad, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("helper") || e.contains("nope"), "{bad}: {e}");
         }
     }
 

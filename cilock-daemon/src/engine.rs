@@ -7,6 +7,7 @@
 //! was opened, runs the attestors after the command, and signs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{self, CommandRun, EventCount, TraceInfo};
-use cilock_evidence::attestors::lifecycle::{AttestorOptions, Lifecycle};
+use cilock_evidence::attestors::lifecycle::{AttestorOptions, Lifecycle, SkippedAttestor};
 use cilock_evidence::attestors::{
     into_collection, run_one, AttestError, AttestationContext, Attestor, Stage,
 };
@@ -24,6 +25,7 @@ use cilock_evidence::intoto::{Statement, PAYLOAD_TYPE};
 use cilock_evidence::keys::Signer;
 
 use crate::api::{self, ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, StatusReply};
+use crate::attest_helper::{self, HelperConfig, HelperStep, Identity};
 use crate::backend::ebpf::EbpfBackend;
 use crate::backend::{ptrace, BackendChoice};
 use crate::cgroup::{Cgroup, Hierarchy};
@@ -49,6 +51,10 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     /// Bounds on each step's trace and on the hashing at its end.
     pub trace_limits: TraceLimits,
+    /// Run the attestors in an unprivileged helper process per stage (the
+    /// daemon). `None`: in this process, as the calling user (the embedded
+    /// engine of `cilock run`).
+    pub helper: Option<HelperConfig>,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +67,7 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(10 * 60),
             state_dir: PathBuf::from("/var/lib/cilock"),
             trace_limits: TraceLimits::default(),
+            helper: None,
         }
     }
 }
@@ -132,6 +139,13 @@ pub struct StepSpec {
     pub cmd: Vec<String>,
     /// Environment of the step (for the environment attestor).
     pub env: Vec<(String, String)>,
+    /// The owner's gid (the helper's gid when the uid has no passwd entry).
+    pub owner_gid: u32,
+    /// The workdir, opened by the daemon at begin (required when the
+    /// attestors run in a helper; it is the helper's only way in).
+    pub workdir_fd: Option<Arc<OwnedFd>>,
+    /// Notes for the trace (e.g. the environment was truncated).
+    pub notes: Vec<String>,
 }
 
 /// How a step ends.
@@ -163,14 +177,26 @@ enum Backend {
     Ptrace,
 }
 
+/// Where a step's attestors run (one per step: the size difference of the
+/// variants does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Attest {
+    /// In this process (embedded engines, as the calling user).
+    InProcess {
+        lifecycle: Lifecycle,
+        ctx: AttestationContext,
+    },
+    /// In an unprivileged helper process per stage (the daemon).
+    Helper(HelperStep),
+}
+
 struct Step {
     name: String,
     owner_uid: u32,
     cgroup: Cgroup,
     recorder: Arc<Mutex<Recorder>>,
     started: Instant,
-    lifecycle: Lifecycle,
-    ctx: AttestationContext,
+    attest: Attest,
     cmd: Vec<String>,
     follower: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// Since when the step's cgroup has been seen empty.
@@ -331,12 +357,29 @@ impl Engine {
                 names.push(n.clone());
             }
         }
-        let mut lifecycle = Lifecycle::new(&names, spec.options.clone())
-            .map_err(|e| EngineError::BadRequest(e.to_string()))?;
-        let mut ctx = AttestationContext::new(spec.workdir.clone(), spec.env.clone());
-        lifecycle
-            .before(&mut ctx)
-            .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;
+        let attest = match &self.cfg.helper {
+            Some(hcfg) => {
+                let fd = spec.workdir_fd.clone().ok_or_else(|| {
+                    internal("the attestor helper needs the workdir opened at begin")
+                })?;
+                let step = attest_helper::before(attest_helper::BeforeSpec {
+                    cfg: hcfg,
+                    who: Identity::of(spec.owner_uid, spec.owner_gid),
+                    workdir: &spec.workdir,
+                    workdir_fd: fd,
+                    names: &names,
+                    options: spec.options.clone(),
+                    env: spec.env.clone(),
+                    notes: spec.notes.clone(),
+                })
+                .map_err(|e| match e {
+                    attest_helper::BeforeError::Helper(_) => internal(e),
+                    _ => EngineError::BadRequest(e.to_string()),
+                })?;
+                Attest::Helper(step)
+            }
+            None => in_process_before(&names, &spec)?,
+        };
 
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
         let cg_path = self
@@ -400,8 +443,7 @@ impl Engine {
             cgroup,
             recorder,
             started: Instant::now(),
-            lifecycle,
-            ctx,
+            attest,
             cmd: spec.cmd,
             follower,
             empty_since: None,
@@ -492,8 +534,7 @@ impl Engine {
         tracing::info!(step = %step.name, seconds = step.started.elapsed().as_secs_f64(), "step stopped");
         PendingStep {
             name: step.name,
-            lifecycle: step.lifecycle,
-            ctx: step.ctx,
+            attest: step.attest,
             cmd: step.cmd,
             recorder,
             trace,
@@ -571,8 +612,7 @@ impl Engine {
 /// statement are what is left.
 pub struct PendingStep {
     name: String,
-    lifecycle: Lifecycle,
-    ctx: AttestationContext,
+    attest: Attest,
     cmd: Vec<String>,
     recorder: Recorder,
     trace: TraceInfo,
@@ -583,7 +623,10 @@ impl PendingStep {
     /// Hashes what was opened, runs the remaining attestors and builds the
     /// statement.
     pub fn finish(mut self, cache: &DigestCache, end: EndSpec) -> Result<StepOutcome, EngineError> {
-        let algs = self.ctx.hashes.clone();
+        let algs = match &self.attest {
+            Attest::InProcess { ctx, .. } => ctx.hashes.clone(),
+            Attest::Helper(h) => h.hashes().to_vec(),
+        };
         let st = self.recorder.finish(cache, &algs, &self.alive);
         self.trace.truncated = st.truncated;
         if self.trace.backend == "ptrace" {
@@ -604,14 +647,24 @@ impl PendingStep {
             processes: st.processes,
             trace: Some(self.trace),
         };
-        let json = serde_json::to_value(&run).map_err(internal)?;
-        run_one(&mut self.ctx, &mut CommandRunAttestor(Some(json))).map_err(internal)?;
-        let failure = match self.lifecycle.after(&mut self.ctx) {
-            Ok(()) => None,
-            Err(AttestError::Failed(msg)) => Some(msg),
-            Err(e) => return Err(internal(format!("attestors after the step: {e}"))),
+        let (ctx, failure) = match self.attest {
+            Attest::Helper(h) => h.after(run),
+            Attest::InProcess {
+                mut lifecycle,
+                mut ctx,
+            } => {
+                let json = serde_json::to_value(&run).map_err(internal)?;
+                run_one(&mut ctx, &mut CommandRunAttestor(Some(json))).map_err(internal)?;
+                let failure = match lifecycle.after(&mut ctx) {
+                    Ok(()) => None,
+                    Err(AttestError::Failed(msg)) => Some(msg),
+                    Err(e) => return Err(internal(format!("attestors after the step: {e}"))),
+                };
+                record_skipped(&mut ctx, lifecycle.skipped());
+                (ctx, failure)
+            }
         };
-        let (collection, subjects) = into_collection(&self.name, &self.ctx);
+        let (collection, subjects) = into_collection(&self.name, &ctx);
         Ok(StepOutcome {
             statement: Statement::new(COLLECTION_TYPE, subjects, collection),
             lost_events,
@@ -635,12 +688,7 @@ pub fn run_ptrace(
             spec.name
         )));
     }
-    let mut lifecycle = Lifecycle::new(&spec.attestations, spec.options.clone())
-        .map_err(|e| EngineError::BadRequest(e.to_string()))?;
-    let mut ctx = AttestationContext::new(spec.workdir.clone(), spec.env.clone());
-    lifecycle
-        .before(&mut ctx)
-        .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;
+    let attest = in_process_before(&spec.attestations, &spec)?;
     ptrace::probe().map_err(|e| internal(format!("ptrace unavailable: {e}")))?;
     let mut recorder = Recorder::with_limits(None, TraceLimits::default(), Reader::current());
     let cfg = ptrace::PtraceConfig::default();
@@ -667,8 +715,7 @@ pub fn run_ptrace(
         code,
         PendingStep {
             name: spec.name,
-            lifecycle,
-            ctx,
+            attest,
             cmd: spec.cmd,
             recorder,
             trace,
@@ -677,8 +724,39 @@ pub fn run_ptrace(
     ))
 }
 
+/// Runs the "before" attestors in this process (embedded engines).
+fn in_process_before(names: &[String], spec: &StepSpec) -> Result<Attest, EngineError> {
+    let mut lifecycle = Lifecycle::new(names, spec.options.clone())
+        .map_err(|e| EngineError::BadRequest(e.to_string()))?;
+    let mut ctx = AttestationContext::new(spec.workdir.clone(), spec.env.clone());
+    ctx.workdir_fd = spec.workdir_fd.clone();
+    lifecycle
+        .before(&mut ctx)
+        .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;
+    Ok(Attest::InProcess { lifecycle, ctx })
+}
+
+/// Lists `skipped` in the command-run's `trace.skippedAttestors`.
+fn record_skipped(ctx: &mut AttestationContext, skipped: &[SkippedAttestor]) {
+    if skipped.is_empty() {
+        return;
+    }
+    let Some(c) = ctx
+        .completed
+        .iter_mut()
+        .find(|c| c.name == command_run::NAME)
+    else {
+        return;
+    };
+    if let (Some(t), Ok(v)) = (c.json.get_mut("trace"), serde_json::to_value(skipped)) {
+        if let Some(t) = t.as_object_mut() {
+            t.insert("skippedAttestors".into(), v);
+        }
+    }
+}
+
 /// Wraps the engine's command-run JSON as an attestor for the lifecycle.
-struct CommandRunAttestor(Option<serde_json::Value>);
+pub(crate) struct CommandRunAttestor(pub(crate) Option<serde_json::Value>);
 
 impl Attestor for CommandRunAttestor {
     fn name(&self) -> &'static str {
@@ -703,19 +781,10 @@ pub fn sign_statement(
     dsse::sign(PAYLOAD_TYPE, payload, signer).map_err(internal)
 }
 
-/// The environment of a process (`KEY=VALUE` pairs of /proc/PID/environ).
+/// The environment of a process (`KEY=VALUE` pairs of /proc/PID/environ,
+/// at most [`attest_helper::MAX_ENVIRON`] bytes of it).
 pub fn environ_of(pid: u32) -> Vec<(String, String)> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter_map(|kv| {
-                    let s = String::from_utf8_lossy(kv);
-                    let (k, v) = s.split_once('=')?;
-                    Some((k.to_string(), v.to_string()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    attest_helper::environ_bounded(pid).0
 }
 
 /// The real uid owning `pid`.
@@ -841,7 +910,17 @@ impl api::StepService for DaemonService {
                 ApiError::new(ErrorKind::BadRequest, format!("cwd of {}: {e}", req.pid))
             })?,
         };
-        check_workdir(&workdir, peer.uid)?;
+        let workdir_fd = open_workdir(&workdir, peer.uid)?;
+        let (env, truncated) = attest_helper::environ_bounded(req.pid);
+        let mut notes = Vec::new();
+        if truncated {
+            notes.push(format!(
+                "the environment of pid {} is larger than {} bytes: only the variables in the first {} bytes were recorded",
+                req.pid,
+                attest_helper::MAX_ENVIRON,
+                attest_helper::MAX_ENVIRON
+            ));
+        }
         let spec = StepSpec {
             name: req.step,
             pid: req.pid,
@@ -850,7 +929,10 @@ impl api::StepService for DaemonService {
             options: req.options.unwrap_or_default(),
             workdir,
             cmd: req.cmd,
-            env: environ_of(req.pid),
+            env,
+            owner_gid: peer.gid,
+            workdir_fd: Some(Arc::new(workdir_fd)),
+            notes,
         };
         let cg = self.engine.begin(spec)?;
         Ok(Reply::Begun {
@@ -880,17 +962,35 @@ impl api::StepService for DaemonService {
     }
 }
 
-/// The working directory must be absolute, exist, and (unless the peer is
-/// root) belong to the peer: the daemon hashes what is in it.
-fn check_workdir(dir: &Path, uid: u32) -> Result<(), ApiError> {
-    use std::os::unix::fs::MetadataExt;
+/// Opens the working directory once, as the daemon (`O_PATH|O_DIRECTORY`):
+/// it must be absolute, a directory, and (unless the peer is root) belong
+/// to the peer. The attestors read the workdir only through this
+/// descriptor (the helper gets it as fd 3), so swapping the path later
+/// changes nothing.
+fn open_workdir(dir: &Path, uid: u32) -> Result<OwnedFd, ApiError> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     if !dir.is_absolute() {
         return Err(ApiError::new(
             ErrorKind::BadRequest,
             format!("workdir {} is not absolute", dir.display()),
         ));
     }
-    let md = std::fs::metadata(dir).map_err(|e| {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| {
+            let what = if e.raw_os_error() == Some(libc::ENOTDIR) {
+                "is not a directory".to_string()
+            } else {
+                e.to_string()
+            };
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!("workdir {}: {what}", dir.display()),
+            )
+        })?;
+    let md = f.metadata().map_err(|e| {
         ApiError::new(
             ErrorKind::BadRequest,
             format!("workdir {}: {e}", dir.display()),
@@ -908,5 +1008,5 @@ fn check_workdir(dir: &Path, uid: u32) -> Result<(), ApiError> {
             format!("workdir {} is not owned by uid {uid}", dir.display()),
         ));
     }
-    Ok(())
+    Ok(OwnedFd::from(f))
 }

@@ -1,6 +1,8 @@
 //! cilock's tracing engine and daemon.
 //!
 //! - [`api`]: the daemon ↔ CLI contract (requests, replies, the service trait).
+//! - [`attest_helper`]: the unprivileged helper process the daemon runs the
+//!   attestors in (as the step owner, no capabilities, limits, timeout).
 //! - [`cgroup`]: cgroup v2 discovery and per-step cgroups.
 //! - [`trace`]: the backend-neutral event model, the per-step recorder that
 //!   builds the process table, and the digest cache.
@@ -15,6 +17,7 @@
 //! when no daemon answers.
 
 pub mod api;
+pub mod attest_helper;
 pub mod backend;
 pub mod cgroup;
 pub mod client;

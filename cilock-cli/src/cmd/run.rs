@@ -128,6 +128,9 @@ fn embedded(a: &RunArgs) -> anyhow::Result<u8> {
         workdir: wd,
         cmd: a.cmd.clone(),
         env: std::env::vars().collect(),
+        owner_gid: nix::unistd::getgid().as_raw(),
+        workdir_fd: None,
+        notes: Vec::new(),
     };
     let privileged = nix::unistd::geteuid().is_root();
     let choice = match a.backend {

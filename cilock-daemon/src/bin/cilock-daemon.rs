@@ -46,6 +46,15 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The attestor helper: dispatched before any argument, configuration or
+    // key is read (the key must never be in the helper's memory).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            cilock_daemon::attest_helper::protocol::HELPER_ARG,
+        ))
+    {
+        return cilock_daemon::attest_helper::child::main();
+    }
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,6 +170,14 @@ fn print_summary(
         } else {
             cfg.default_attestations.join(", ")
         }
+    );
+    println!(
+        "helper:        PATH {}; timeout {} s; cpu {} s; memory {} bytes; max reply {} bytes",
+        cfg.helper.path,
+        cfg.helper.timeout.as_secs(),
+        cfg.helper.cpu_seconds,
+        cfg.helper.memory,
+        cfg.helper.max_reply
     );
     println!("log_level:     {}", cfg.log_level);
     println!("configuration OK");

@@ -242,6 +242,14 @@ pub struct TraceInfo {
     /// `connections`, `dnsLookups`). Empty when nothing was left out.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub truncated: BTreeMap<String, u64>,
+    /// Requested attestors that were not recorded, and why (outside their
+    /// CI, or their helper process failed) (cilock extension).
+    #[serde(
+        default,
+        rename = "skippedAttestors",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub skipped_attestors: Vec<super::lifecycle::SkippedAttestor>,
 }
 
 /// Captured and lost events of one kind.

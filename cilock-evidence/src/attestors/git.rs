@@ -998,7 +998,15 @@ impl Attestor for GitAttestor {
         Stage::PreMaterial
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
-        self.data = Self::observe(&ctx.workdir)?;
+        // The workdir the daemon opened at step begin, when there is one: a
+        // later swap of the path changes nothing.
+        self.data = match &ctx.workdir_fd {
+            Some(fd) => {
+                use std::os::fd::AsRawFd as _;
+                Self::observe(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))?
+            }
+            None => Self::observe(&ctx.workdir)?,
+        };
         match &self.data {
             Some(d) => {
                 serde_json::to_value(d).map_err(|e| AttestError::Invalid(format!("git: {e}")))

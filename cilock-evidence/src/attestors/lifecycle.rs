@@ -10,10 +10,16 @@
 //! lc.after(&mut ctx)?;           // github-action, product, secretscan
 //! ```
 //!
+//! The two halves may run in different processes (the daemon runs each in
+//! an unprivileged helper): [`Lifecycle::state`] after `before()` is what
+//! `after()` needs, and [`Lifecycle::resume`] gives it to a fresh
+//! `Lifecycle` built with the same names and options.
+//!
 //! command-run, material and product always run. A CI attestor requested
 //! outside its CI (github, gitlab, github-action) is not recorded; the
 //! reason is kept in [`Lifecycle::skipped`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +34,7 @@ use super::material::MaterialAttestor;
 use super::product::ProductAttestor;
 use super::secretscan::{SecretScanAttestor, SecretScanOptions};
 use super::{run_one, AttestError, AttestationContext, Attestor};
-use crate::digest::HashAlg;
+use crate::digest::{DigestSet, HashAlg};
 
 /// Every attestor name `-a` accepts.
 pub const VALID_ATTESTORS: &[&str] = &[
@@ -139,6 +145,18 @@ pub struct SkippedAttestor {
     pub reason: String,
 }
 
+/// What `after()` needs from `before()` when the two run on different
+/// `Lifecycle`s (in different processes): serializable.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleState {
+    /// The full (unfiltered) material snapshot: products are files that are
+    /// new or changed since.
+    pub materials: Option<BTreeMap<String, DigestSet>>,
+    /// Attestors `before()` did not record, and why.
+    pub skipped: Vec<SkippedAttestor>,
+}
+
 /// The attestors of one step, run in stage order.
 pub struct Lifecycle {
     hashes: Vec<HashAlg>,
@@ -235,6 +253,33 @@ impl Lifecycle {
     /// Requested attestors that were not recorded, and why.
     pub fn skipped(&self) -> &[SkippedAttestor] {
         &self.skipped
+    }
+
+    /// What `after()` needs from `before()` (see [`Lifecycle::resume`]).
+    pub fn state(&self) -> LifecycleState {
+        LifecycleState {
+            materials: self.material.snapshot().map(|s| s.files.clone()),
+            skipped: self.skipped.clone(),
+        }
+    }
+
+    /// Prepares a fresh `Lifecycle` (same names and options as the one that
+    /// ran `before()`) to run `after()` with the state `before()` left.
+    pub fn resume(&mut self, state: LifecycleState) {
+        if let Some(m) = state.materials {
+            self.product.set_materials(m);
+        }
+        self.skipped = state.skipped;
+    }
+
+    /// The `(secret, rule)` strings secretscan masked in the other
+    /// attestations during `after()` (empty without secretscan or with
+    /// redaction off). Holds the secrets.
+    pub fn redactions(&self) -> &[(String, String)] {
+        self.secretscan
+            .as_ref()
+            .map(|s| s.redactions())
+            .unwrap_or(&[])
     }
 
     /// Files material/product/secretscan could not record or scan.

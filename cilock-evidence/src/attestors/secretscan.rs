@@ -564,6 +564,12 @@ fn json_leaves(v: &serde_json::Value, key: Option<&str>, out: &mut Vec<String>) 
     }
 }
 
+/// Replaces each `(secret, rule)`'s secret by `[REDACTED:<rule>]` in every
+/// string and key of `v` (what `redact_completed` does to one attestation).
+pub fn redact_json(v: &mut serde_json::Value, secrets: &[(String, String)]) {
+    redact_value(v, secrets)
+}
+
 fn redact_value(v: &mut serde_json::Value, secrets: &[(String, String)]) {
     let fix = |s: &str| -> Option<String> {
         let mut cur: Option<String> = None;
@@ -642,6 +648,12 @@ impl SecretScanAttestor {
     /// The options.
     pub fn options(&self) -> &SecretScanOptions {
         &self.opts
+    }
+
+    /// The strings `redact_completed` masks, longest first, with the rule
+    /// that found each (empty when redaction is off). Holds the secrets.
+    pub fn redactions(&self) -> &[(String, String)] {
+        &self.redactions
     }
 
     /// Replaces every found secret (and the encoded text it came from) by
