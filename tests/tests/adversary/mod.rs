@@ -795,7 +795,15 @@ impl World {
         cgroups_below(&self.parent)
     }
 
+    /// True when the daemon process runs now and a second later (a
+    /// process that aborted may still be writing its core for a moment).
     pub fn alive(&mut self) -> bool {
+        for _ in 0..10 {
+            if !self.daemon_mut().alive() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.daemon_mut().alive()
     }
 }
