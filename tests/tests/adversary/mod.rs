@@ -142,6 +142,13 @@ pub fn shared_cilock() -> PathBuf {
             }
         }
         std::fs::create_dir_all(&d).unwrap();
+        // Removed when the test process exits (the harness ends with
+        // exit(), which runs atexit handlers).
+        extern "C" fn remove_copy() {
+            let _ =
+                std::fs::remove_dir_all(format!("/tmp/cilock-e2e.adv-bin.{}", std::process::id()));
+        }
+        unsafe { libc::atexit(remove_copy) };
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::copy(bin("cilock"), d.join("cilock")).unwrap();
         std::fs::set_permissions(d.join("cilock"), std::fs::Permissions::from_mode(0o755)).unwrap();
