@@ -46,32 +46,55 @@ fn line_after<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-/// Opens a FIFO for reading and writing again and again, so that every
-/// reader blocked on it (the daemon or its helper, reading a job's
-/// `GITHUB_OUTPUT`) gets through and then sees EOF. Runs at drop too.
-struct FifoRelease(std::path::PathBuf);
+/// Opens a FIFO for reading and writing again and again in a background
+/// thread, so that every reader blocked on it (the daemon or its helper,
+/// reading a job's `GITHUB_OUTPUT`), now or later, gets through and then
+/// sees EOF. Stops (and removes the FIFO) at drop.
+struct FifoRelease {
+    path: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 impl FifoRelease {
-    fn release(&self) {
-        for _ in 0..30 {
-            if let Ok(f) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&self.0)
-            {
-                std::thread::sleep(Duration::from_millis(60));
-                drop(f);
+    fn start(path: &Path) -> FifoRelease {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, st) = (path.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: at most 10 minutes.
+            for _ in 0..6000 {
+                if st.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(f) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&p)
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                    drop(f);
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(40));
+        });
+        FifoRelease {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
         }
     }
 }
 
 impl Drop for FifoRelease {
     fn drop(&mut self) {
-        self.release();
-        let _ = std::fs::remove_file(&self.0);
+        // A last second of releases for readers still blocked, then stop.
+        std::thread::sleep(Duration::from_secs(1));
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -526,7 +549,6 @@ fn a07_hung_ends_do_not_lock_out_root_or_other_users() {
     let fifo = base.path().join("fifo");
     sh(&format!("mkfifo '{}'", fifo.display()));
     std::os::unix::fs::chown(&fifo, Some(m.uid), Some(m.gid)).unwrap();
-    let release = FifoRelease(fifo.clone());
     let script = r#"
 wd = sys.argv[1]
 counts = {}; timeouts = 0
@@ -562,8 +584,7 @@ print("COUNTS", json.dumps(counts), flush=True)
     ck.check(rr.is_ok(), || format!("{rr:?}"));
     let br = w.user_round_trip(&w.bob, "bobstep", T20);
     ck.check(br.is_ok(), || format!("{br:?}"));
-    release.release();
-    drop(release);
+    let _release = FifoRelease::start(&fifo);
     let st = root_status(&w, T20);
     ck.check(st.is_ok(), || {
         format!("root's status after the FIFO was released: {st:?}")
@@ -1381,6 +1402,20 @@ fn z_after_a_battery_of_attacks_the_daemon_serves_all_and_leaks_nothing() {
     }
     let r = w.root_round_trip("warmroot", T60);
     ck.check(r.is_ok(), || format!("warm-up: {r:?}"));
+    // A burst of concurrent steps (the daemon's threads and arenas grow to
+    // their working size).
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|i| {
+                let w = &w;
+                sc.spawn(move || w.user_round_trip(&w.bob, &format!("burst{i}"), T60))
+            })
+            .collect();
+        for h in hs {
+            let r = h.join().unwrap();
+            ck.check(r.is_ok(), || format!("warm-up: {r:?}"));
+        }
+    });
     std::thread::sleep(Duration::from_millis(500));
     let fd0 = w.fds();
     let rss0 = proc_status_kb(w.pid, "VmRSS");
@@ -1435,22 +1470,14 @@ fn z_after_a_battery_of_attacks_the_daemon_serves_all_and_leaks_nothing() {
     ck.check(!r.all_text().contains(&sha_key), || {
         "#12 leaked the key's digest".into()
     });
-    // #7 ends hung on a FIFO (40 of them), #2 deep input, #8 idle
-    // connections, #9 steps up to the cap: all from one script.
+    // #2 deep input, #8 idle connections, #9 steps up to the cap (then
+    // ended), #7 ends hung on a FIFO (40 of them): all from one script.
     let fifo = base.path().join("fifo");
     sh(&format!("mkfifo '{}'", fifo.display()));
     std::os::unix::fs::chown(&fifo, Some(m.uid), Some(m.gid)).unwrap();
-    let release = FifoRelease(fifo.clone());
     let script = r#"
 wd = sys.argv[1]
 summary = {}
-for i in range(40):
-    r = req({"request": "begin-step", "step": "hang%d" % i, "pid": os.getpid(), "workdir": wd,
-             "attestations": ["github-action"]}, 3)
-    if kind(r) != "begun": summary["hang-stop"] = kind(r); break
-    try:
-        s = conn(3); send(s, {"request": "end-step", "step": "hang%d" % i}); time.sleep(0.02); s.close()
-    except Exception: pass
 r = req({"request": "begin-step", "step": "deep", "pid": os.getpid(), "workdir": wd,
          "attestations": ["secretscan"], "options": {"secretscan": {"max_decode_layers": 100000}}}, 10)
 summary["deep-begin"] = kind(r)
@@ -1469,6 +1496,13 @@ for i in range(300):
 for s in idle: s.close()
 for n in began: req({"request": "end-step", "step": n}, 30)
 summary["flood"] = len(began)
+for i in range(40):
+    r = req({"request": "begin-step", "step": "hang%d" % i, "pid": os.getpid(), "workdir": wd,
+             "attestations": ["github-action"]}, 3)
+    if kind(r) != "begun": summary["hang-stop"] = kind(r); break
+    try:
+        s = conn(3); send(s, {"request": "end-step", "step": "hang%d" % i}); time.sleep(0.02); s.close()
+    except Exception: pass
 print("SUMMARY", json.dumps(summary), flush=True)
 "#;
     let mut c = py_as(m, &w, script, &[&b]);
@@ -1483,8 +1517,7 @@ print("SUMMARY", json.dumps(summary), flush=True)
     ck.check(st.is_ok(), || {
         format!("root's status during the battery: {st:?}")
     });
-    release.release();
-    drop(release);
+    let _release = FifoRelease::start(&fifo);
 
     // After: everyone is served, nothing leaked.
     let st = root_status(&w, T20);
