@@ -1532,7 +1532,7 @@ print("SUMMARY", json.dumps(summary), flush=True)
     ck.check(r.is_ok(), || format!("after the battery: {r:?}"));
     // The hung steps end once their FIFO is released (or are ended by
     // the daemon); give it a bounded time, then compare with the baseline.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let measure = |w: &World| {
         (
             w.fds(),
