@@ -1556,7 +1556,10 @@ print("SUMMARY", json.dumps(summary), flush=True)
         format!("{steps} steps still active after the battery")
     });
     ck.check(cgs <= cg0, || {
-        format!("{cgs} cgroups under the daemon's parent (baseline {cg0})")
+        format!(
+            "{cgs} cgroups under the daemon's parent (baseline {cg0}): {:?}",
+            w.cgroups().iter().take(5).collect::<Vec<_>>()
+        )
     });
     ck.check(fds <= fd0 + 16, || {
         format!("daemon fds {fds} (baseline {fd0})")
