@@ -578,7 +578,14 @@ pub struct World {
     pgids: Mutex<Vec<i32>>,
     /// Root-owned children started by the test (killed at drop).
     root_children: Mutex<Vec<std::process::Child>>,
+    /// Held for the whole test: the attacks of this suite run one at a
+    /// time even when the harness runs tests in parallel (they measure the
+    /// daemon's memory, fds and pids, and flood the machine). Last field:
+    /// released after everything else is cleaned up.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 impl std::ops::Deref for World {
     type Target = Daemon;
@@ -590,6 +597,7 @@ impl std::ops::Deref for World {
 impl World {
     /// A world with an eBPF daemon and `extra` TOML lines in its config.
     pub fn new(extra: &str) -> World {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let group = Group::create();
         let mallory = User::create("m", Some(&group));
         let bob = User::create("b", Some(&group));
@@ -615,6 +623,7 @@ impl World {
             parent: Path::new(CGROUP_ROOT).join(parent_rel),
             pgids: Mutex::new(Vec::new()),
             root_children: Mutex::new(Vec::new()),
+            _serial: serial,
         }
     }
 
