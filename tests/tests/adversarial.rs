@@ -1354,6 +1354,59 @@ print("OUT", json.dumps(out), flush=True)
         format!("root's step after mallory's attempt: {}", re.text())
     });
 
+    // #21 the daemon's /proc files, signals; #22 special files opened in
+    // a step; #24 symlinks out of the workdir.
+    let ro = RootOnly::create();
+    let sha_shadow = sha256sum("/etc/shadow").unwrap();
+    let wd3 = w.workdir(m);
+    let w3 = wd3.path().display().to_string();
+    std::os::unix::fs::symlink("/etc/shadow", wd3.path().join("l_shadow")).unwrap();
+    std::os::unix::fs::symlink(ro.dir.path(), wd3.path().join("l_rootdir")).unwrap();
+    std::os::unix::fs::symlink(&ro.secret_txt, wd3.path().join("l_secret")).unwrap();
+    std::os::unix::fs::symlink(wd3.path().join("l_loop"), wd3.path().join("l_loop")).unwrap();
+    chown_r(m, wd3.path());
+    sh(&format!("chown -h {}:{} {w3}/l_*", m.uid, m.gid));
+    let dp = w.pid;
+    let body3 = format!(
+        r#"for f in environ maps mem fd/0 stack syscall; do cat /proc/{dp}/$f >/dev/null 2>&1 && echo READ-{dp}-$f; done
+kill -0 {dp} 2>/dev/null && echo SIGNALLED
+head -c1 /dev/zero >/dev/null; cat /proc/self/status >/dev/null; ls /sys >/dev/null
+"#
+    );
+    let out3 = tempdir();
+    std::fs::set_permissions(out3.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out3f = out3.path().join("special.json");
+    let r = w.user_step_full(m, "special2", wd3.path(), &out3f, "", "", &[], &body3, T60);
+    ck.check(
+        !r.ran.stdout.contains("READ-") && !r.ran.stdout.contains("SIGNALLED"),
+        || {
+            format!(
+                "the job reached the daemon's /proc files or signalled it: {}",
+                r.ran.stdout
+            )
+        },
+    );
+    let text = r.all_text();
+    let mut forbidden = ro.forbidden();
+    forbidden.push(sha_shadow.clone());
+    forbidden.retain(|f| !f.starts_with("rootonly-")); // names: the links' targets may be listed
+    let l = leaked(&text, &forbidden);
+    ck.check(l.is_empty(), || {
+        format!("symlinks out of the workdir: leaked {l:?}")
+    });
+    match r.statement() {
+        None => ck.fail(format!("special files: no envelope: {}", r.ran.text())),
+        Some(stmt) => {
+            for p in processes(&stmt) {
+                if let Some(d) = p["openedfiles"].get("/dev/zero") {
+                    ck.check(d.as_object().is_some_and(|o| o.is_empty()), || {
+                        format!("/dev/zero has a digest: {d}")
+                    });
+                }
+            }
+        }
+    }
+
     // #20 leaving the step cgroup.
     let parent_rel = w
         .parent
