@@ -387,43 +387,60 @@ fn a03_workdir_swap_and_walk_race_never_reach_root_only_files() {
         eprintln!("swap: no envelope: {}", r.ran.text());
     }
 
-    // (b) Walk race: a directory `a` swapped again and again with a symlink
-    // to the root-only dir while begin and end walk the tree (a deep chain
-    // is walked first, so `a` waits on the walk's stack).
+    // (b) Walk race: directories a0..a7 swapped again and again with a
+    // symlink to the root-only dir while begin and end walk the tree (deep
+    // chains named to be walked first keep the a* entries waiting between
+    // their listing and their reading).
     let base2 = w.workdir(m);
     let wr = base2.path().join("wr");
-    mkdir_owned(m, &wr.join("a"));
-    write_owned(m, &wr.join("a/mine.txt"), "mine\n");
-    let mut deep = wr.join("zzz");
-    for _ in 0..300 {
-        deep.push("d");
+    for i in 0..8 {
+        mkdir_owned(m, &wr.join(format!("a{i}")));
+        write_owned(m, &wr.join(format!("a{i}/mine.txt")), "mine\n");
     }
-    std::fs::create_dir_all(&deep).unwrap();
+    for chain in ["zz0", "zz1", "zz2", "zz3"] {
+        let mut deep = wr.join(chain);
+        for _ in 0..200 {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+    }
     chown_r(m, &wr);
     let stop = base2.path().join("stop");
+    let started = base2.path().join("started");
     let toggler = format!(
         r#"
-import os, time
-a, real, target, stop = "{wr}/a", "{wr}/a.real", "{ro}", "{stop}"
+import os, time, random
+wr, target, stop, started = "{wr}", "{ro}", "{stop}", "{started}"
+open(started, "w").close()
 end = time.time() + 60
 n = 0
-while time.time() < end and not os.path.exists(stop) and n < 200000:
+while time.time() < end and not os.path.exists(stop) and n < 100000:
+    i = random.randrange(8)
+    a, real = "%s/a%d" % (wr, i), "%s/a%d.real" % (wr, i)
     try:
-        os.rename(a, real); os.symlink(target, a); time.sleep(0.002)
-        os.unlink(a); os.rename(real, a); time.sleep(0.002)
+        if os.path.islink(a):
+            os.unlink(a); os.rename(real, a)
+        else:
+            os.rename(a, real); os.symlink(target, a)
     except OSError:
         pass
+    time.sleep(0.001)
     n += 1
 "#,
         wr = wr.display(),
         ro = ro.dir.path().display(),
-        stop = stop.display()
+        stop = stop.display(),
+        started = started.display()
     );
     let mut tc = m.command(python());
     tc.arg("-c").arg(toggler);
     let mut tog = w.spawn_bg(tc);
     let out2 = base2.path().join("race.att.json");
-    let r2 = w.user_step_full(m, "walkrace", &wr, &out2, "", "", &[], "sleep 1", T120);
+    let pre = format!(
+        "i=0; while [ ! -e {} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done",
+        started.display()
+    );
+    let r2 = w.user_step_full(m, "walkrace", &wr, &out2, &pre, "", &[], "sleep 1", T120);
     write_owned(m, &stop, "");
     let _ = tog.wait();
     let text2 = r2.all_text();
