@@ -128,7 +128,7 @@ impl Daemon {
             .stderr(logf)
             .spawn()
             .expect("start cilock-daemon");
-        let d = Daemon {
+        let mut d = Daemon {
             child,
             socket,
             pubkey,
@@ -143,6 +143,8 @@ impl Daemon {
             if String::from_utf8_lossy(&out.stderr).contains("no active step") {
                 break;
             }
+            // A daemon that exited (e.g. refused its config) never answers.
+            assert!(d.alive(), "daemon exited during start: {}", d.log_text());
             assert!(
                 Instant::now() < deadline,
                 "daemon did not come up: {}",
