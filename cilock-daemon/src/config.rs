@@ -16,6 +16,9 @@
 //! | `step_idle_timeout`    | duration, as above        | `"10m"`                          |
 //! | `state_dir`            | absolute path             | `/var/lib/cilock`                |
 //! | `log_level`            | tracing filter directive  | `info`                           |
+//! | `max_steps_per_user`   | integer ≥ 1 (root exempt) | `32`                             |
+//! | `max_connections_per_user` | integer ≥ 1 (root exempt) | `16`                         |
+//! | `max_request`          | bytes, or `"64MiB"`, `"1GiB"` (≤ 256 MiB) | `"64MiB"`        |
 //!
 //! `CILOCK_SOCKET` (and the daemon's `--socket`) override `socket`; `--key`
 //! overrides `key`; `RUST_LOG` overrides `log_level`.
@@ -31,7 +34,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::api::DEFAULT_SOCKET;
+use crate::api::{DEFAULT_MAX_REQUEST, DEFAULT_SOCKET, MAX_MESSAGE};
 use crate::backend::BackendChoice;
 use crate::engine::EngineConfig;
 
@@ -74,6 +77,13 @@ pub struct DaemonConfig {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// `tracing-subscriber` directive such as `info,cilock_daemon=debug`).
     pub log_level: String,
+    /// Active steps one non-root uid may have at once.
+    pub max_steps_per_user: usize,
+    /// Connections one non-root uid may hold at once (idle ones included).
+    pub max_connections_per_user: usize,
+    /// Largest request accepted, in bytes.
+    #[serde(deserialize_with = "deserialize_size")]
+    pub max_request: u64,
 }
 
 impl Default for DaemonConfig {
@@ -90,6 +100,9 @@ impl Default for DaemonConfig {
             state_dir: engine.state_dir,
             default_attestations: engine.default_attestations,
             log_level: DEFAULT_LOG_LEVEL.to_string(),
+            max_steps_per_user: engine.max_steps_per_user,
+            max_connections_per_user: 16,
+            max_request: DEFAULT_MAX_REQUEST as u64,
         }
     }
 }
@@ -248,6 +261,24 @@ impl DaemonConfig {
                 ));
             }
         }
+        if self.max_steps_per_user == 0 || self.max_steps_per_user > crate::engine::MAX_STEPS {
+            return Err(invalid(
+                "max_steps_per_user",
+                format!("must be between 1 and {}", crate::engine::MAX_STEPS),
+            ));
+        }
+        if self.max_connections_per_user == 0 || self.max_connections_per_user > 100_000 {
+            return Err(invalid(
+                "max_connections_per_user",
+                "must be between 1 and 100000".into(),
+            ));
+        }
+        if self.max_request < 4096 || self.max_request > MAX_MESSAGE as u64 {
+            return Err(invalid(
+                "max_request",
+                format!("must be between 4096 bytes and {MAX_MESSAGE} bytes (256MiB)"),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(invalid(
                 "log_level",
@@ -266,7 +297,16 @@ impl DaemonConfig {
             default_attestations: self.default_attestations.clone(),
             idle_timeout: self.step_idle_timeout,
             state_dir: self.state_dir.clone(),
+            max_steps_per_user: self.max_steps_per_user,
         }
+    }
+
+    /// The socket server settings this configuration selects.
+    pub fn server_config(&self) -> crate::server::ServerConfig {
+        let mut s = crate::server::ServerConfig::new(self.socket.clone(), self.group.clone());
+        s.max_connections_per_user = self.max_connections_per_user;
+        s.max_message = usize::try_from(self.max_request).unwrap_or(MAX_MESSAGE);
+        s
     }
 }
 
@@ -367,6 +407,56 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
             parse_duration(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Parses a size: a number of bytes (`"4096"`), or a number with a unit
+/// (`"64MiB"`, `"4 GiB"`, `"512k"`): `B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`,
+/// `G`/`GB`/`GiB`, `T`/`TB`/`TiB`, all powers of 1024, case-insensitive.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let digits = s.bytes().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(format!(
+            "{text:?}: expected a number of bytes such as \"64MiB\""
+        ));
+    }
+    let n: u64 = s[..digits]
+        .parse()
+        .map_err(|_| format!("{text:?}: number too large"))?;
+    let mult: u64 = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?}: size too large"))
+}
+
+fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number of bytes or a size such as \"64MiB\"")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            parse_size(v).map_err(E::custom)
         }
     }
     d.deserialize_any(V)
@@ -475,6 +565,36 @@ mod tests {
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("10").is_ok());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn sizes_and_limits() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1 gib").unwrap(), 1 << 30);
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        let c = DaemonConfig::from_toml_str(
+            "max_request = \"1MiB\"\nmax_steps_per_user = 3\nmax_connections_per_user = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.max_request, 1 << 20);
+        assert_eq!(c.engine_config().max_steps_per_user, 3);
+        let s = c.server_config();
+        assert_eq!((s.max_message, s.max_connections_per_user), (1 << 20, 2));
+        let d = DaemonConfig::default();
+        assert_eq!(
+            (
+                d.max_request,
+                d.max_steps_per_user,
+                d.max_connections_per_user
+            ),
+            (64 << 20, 32, 16)
+        );
+        assert!(DaemonConfig::from_toml_str("max_request = \"1GiB\"", "t").is_err());
+        assert!(DaemonConfig::from_toml_str("max_steps_per_user = 0", "t").is_err());
     }
 
     #[test]

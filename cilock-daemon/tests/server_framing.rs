@@ -50,6 +50,7 @@ fn begin(step: &str) -> Request {
 fn end(step: &str) -> Request {
     Request::EndStep(EndStep {
         step: step.into(),
+        owner_uid: None,
         kill: false,
         exitcode: Some(0),
         stdout: None,

@@ -18,7 +18,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cilock_daemon::api::{
-    ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, Request, StatusReply, StepService,
+    ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, Request, RequestCtx, StatusReply,
+    StepService,
 };
 use cilock_daemon::server::{Server, ServerConfig};
 
@@ -27,25 +28,41 @@ use cilock_daemon::server::{Server, ServerConfig};
 pub struct StandInService {
     /// Active steps and who began them.
     pub steps: Mutex<BTreeMap<String, Peer>>,
+    /// `hang*` begins that returned, and whether they saw the client gone.
+    pub gone_seen: Mutex<Vec<(String, bool)>>,
 }
 
 impl StepService for StandInService {
-    fn status(&self) -> StatusReply {
+    fn status(&self, _peer: Peer) -> StatusReply {
         StatusReply {
             version: "test".into(),
             backend: "none".into(),
             hooks: BTreeMap::new(),
             steps: self.steps.lock().unwrap().keys().cloned().collect(),
+            active: Vec::new(),
             keyid: "test-key".into(),
         }
     }
 
-    fn begin(&self, peer: Peer, req: BeginStep) -> Result<Reply, ApiError> {
+    fn begin(&self, peer: Peer, req: BeginStep, cx: &RequestCtx) -> Result<Reply, ApiError> {
         match req.step.as_str() {
             // A service bug: the server must turn it into an Internal reply.
             "panic" => panic!("stand-in service panics on purpose"),
             // A slow call: must not block other connections.
             "slow" => std::thread::sleep(Duration::from_millis(1500)),
+            // A call that runs until its client hangs up (or 60 s): records
+            // whether the server said so.
+            s if s.starts_with("hang") => {
+                let t = std::time::Instant::now();
+                while !cx.client_gone() && t.elapsed() < Duration::from_secs(60) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                self.gone_seen
+                    .lock()
+                    .unwrap()
+                    .push((req.step.clone(), cx.client_gone()));
+                return Err(ApiError::new(ErrorKind::BadRequest, "client gone"));
+            }
             _ => {}
         }
         let mut steps = self.steps.lock().unwrap();
@@ -61,7 +78,7 @@ impl StepService for StandInService {
         })
     }
 
-    fn end(&self, peer: Peer, req: EndStep) -> Result<Reply, ApiError> {
+    fn end(&self, peer: Peer, req: EndStep, _cx: &RequestCtx) -> Result<Reply, ApiError> {
         let began = self
             .steps
             .lock()
