@@ -50,6 +50,8 @@ impl StepService for StandInService {
             "panic" => panic!("stand-in service panics on purpose"),
             // A slow call: must not block other connections.
             "slow" => std::thread::sleep(Duration::from_millis(1500)),
+            // Runs 20 s whatever happens (a stuck call).
+            "stuck" => std::thread::sleep(Duration::from_secs(20)),
             // A call that runs until its client hangs up (or 60 s): records
             // whether the server said so.
             s if s.starts_with("hang") => {
@@ -101,6 +103,8 @@ impl StepService for StandInService {
 pub struct TestServer {
     pub path: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The stand-in service it dispatches to.
+    pub service: Arc<StandInService>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
@@ -132,7 +136,8 @@ impl TestServer {
     /// Serves an already bound server on a thread.
     pub fn run(server: Server, dir: tempfile::TempDir, path: PathBuf) -> TestServer {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let service: Arc<dyn StepService> = Arc::new(StandInService::default());
+        let stand_in = Arc::new(StandInService::default());
+        let service: Arc<dyn StepService> = stand_in.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -147,6 +152,7 @@ impl TestServer {
         TestServer {
             path,
             dir,
+            service: stand_in,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -176,8 +182,11 @@ impl Drop for TestServer {
 
 /// Writes one raw frame.
 pub fn write_frame(s: &mut UnixStream, body: &[u8]) {
-    s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // One write: a server that refuses after the header must not make the
+    // body's write fail (EPIPE) when the whole frame fits the buffer.
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    s.write_all(&frame).unwrap();
 }
 
 /// Reads one reply frame; `None` on a clean EOF.
