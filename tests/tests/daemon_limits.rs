@@ -551,6 +551,9 @@ fn failing_begins_leak_no_descriptor_and_no_cgroup() {
     root_round_trip(&d, "after");
 }
 
+/// Size of each of the two sparse files of [`slow_workdir`].
+const SLOW_FILE_SIZE: u64 = 512 << 20;
+
 /// A workdir whose material walk takes a while: sparse files are hashed in
 /// full.
 fn slow_workdir(uid: u32, gid: u32) -> tempfile::TempDir {
