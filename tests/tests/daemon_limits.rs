@@ -467,11 +467,20 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     for step in ["a1", "a2", "a4"] {
+        let att = wa.path().join(format!("{step}.json"));
         let o = cilock_as(
             &d,
             ALICE,
             g.gid,
-            &["step", "end", "--step", step, "--kill", "-o", "/dev/null"],
+            &[
+                "step",
+                "end",
+                "--step",
+                step,
+                "--kill",
+                "-o",
+                att.to_str().unwrap(),
+            ],
         );
         assert!(o.status.success(), "{step}: {}", stderr(&o));
     }
