@@ -660,3 +660,137 @@ fn a_reused_pid_is_never_moved_into_a_users_step() {
     let st = request_as(&d, Some((ALICE, g.gid)), &json!({"request": "status"}));
     assert_eq!(st["steps"], json!([]), "{st}");
 }
+
+/// The first file in the daemon's `reaped/` whose name starts with `prefix`.
+fn wait_reaped(d: &Daemon, prefix: &str, secs: u64) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(p) = std::fs::read_dir(d.state.join("reaped"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+        {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no kept attestation {prefix}*: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_end_whose_client_left_is_completed_and_kept() {
+    let d = Daemon::start("ebpf");
+    let w = tempdir();
+    let wd = w.path().to_str().unwrap();
+    let job = Command::new("sleep").arg("300").spawn().unwrap();
+    let o = d.cilock(&begin_args("kept", &job.id().to_string(), wd));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Products made during the step: hashing them at the end takes a while.
+    for i in 0..2 {
+        std::fs::File::create(w.path().join(format!("big{i}")))
+            .unwrap()
+            .set_len(SLOW_FILE_SIZE)
+            .unwrap();
+    }
+    let req = json!({"request": "end-step", "step": "kept", "kill": true});
+    let st = Command::new(python())
+        .arg(shared_dir().join("cl.py"))
+        .args(["begin-close", &req.to_string(), "0.3"])
+        .env("CILOCK_SOCKET", &d.socket)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let kept = wait_reaped(&d, "kept.", 600);
+    // Written whole before it is looked at: wait for a valid envelope.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while serde_json::from_slice::<Value>(&std::fs::read(&kept).unwrap()).is_err() {
+        assert!(Instant::now() < deadline, "kept file never complete");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    verify_with_python(&kept, &d.pubkey);
+    assert!(d.log_text().contains("hung up"), "{}", d.log_text());
+    let stmt = statement(&kept);
+    assert!(stmt["subject"].to_string().contains("big0"), "{stmt}");
+    let st = request_as(&d, None, &json!({"request": "status"}));
+    assert_eq!(st["steps"], json!([]), "{st}");
+    kill(job);
+}
+
+#[test]
+fn the_daemon_stops_in_time_while_a_request_is_stuck() {
+    let d = Daemon::start("ebpf");
+    let dpid = daemon_pid(&d);
+    let w = tempdir();
+    let wd = w.path().to_str().unwrap();
+    let job = Command::new("sleep").arg("300").spawn().unwrap();
+    let o = d.cilock(&begin_args("stuck", &job.id().to_string(), wd));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Products that take minutes to hash: the end's thread is busy.
+    for i in 0..16 {
+        std::fs::File::create(w.path().join(format!("huge{i}")))
+            .unwrap()
+            .set_len(4 << 30)
+            .unwrap();
+    }
+    let mut end = d
+        .command()
+        .args(["step", "end", "--step", "stuck", "-o"])
+        .arg(w.path().join("stuck.json"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_log(&d, "request=\"end-step\"", 60);
+    std::thread::sleep(Duration::from_secs(2));
+    // A second step, active at shutdown: it is ended and kept.
+    let job2 = Command::new("sleep").arg("300").spawn().unwrap();
+    let w2 = tempdir();
+    let o = d.cilock(&begin_args(
+        "active",
+        &job2.id().to_string(),
+        w2.path().to_str().unwrap(),
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = Instant::now();
+    unsafe { libc::kill(dpid as i32, libc::SIGTERM) };
+    // TimeoutStopSec of the shipped unit is 60 s.
+    let exited = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z "))
+    };
+    while !exited(dpid) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the daemon did not stop within 60 s:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("stopped after {:?}", t.elapsed());
+    // The end was still running when the daemon stopped.
+    assert!(!w.path().join("stuck.json").exists());
+    assert!(
+        d.log_text()
+            .contains("still running after the shutdown grace"),
+        "{}",
+        d.log_text()
+    );
+    let kept = wait_reaped(&d, "active.", 5);
+    verify_with_python(&kept, &d.pubkey);
+    let _ = end.kill();
+    let _ = end.wait();
+    kill(job);
+    kill(job2);
+}
