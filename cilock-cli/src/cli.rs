@@ -75,6 +75,10 @@ pub struct StepEndArgs {
     /// Kill processes still alive in the step (they are listed either way).
     #[arg(long)]
     pub kill: bool,
+    /// Whose step (root only; needed when several users have a step of
+    /// that name).
+    #[arg(long, value_name = "UID")]
+    pub owner: Option<u32>,
 }
 
 /// Which trace backend to use.

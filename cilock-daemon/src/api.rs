@@ -3,7 +3,9 @@
 //!
 //! Wire format: each message is a 4-byte big-endian length followed by that
 //! many bytes of JSON (one request per connection is typical, but a
-//! connection may carry several). Messages over [`MAX_MESSAGE`] are refused.
+//! connection may carry several). Requests over the daemon's `max_request`
+//! (default [`DEFAULT_MAX_REQUEST`]) and replies over [`MAX_MESSAGE`] are
+//! refused.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +13,11 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SOCKET: &str = "/run/cilock/cilock.sock";
 /// Environment variable naming the socket.
 pub const SOCKET_ENV: &str = "CILOCK_SOCKET";
-/// Largest request or reply accepted (replies carry envelopes with stdout).
+/// Largest reply sent or accepted (replies carry envelopes with stdout);
+/// also the ceiling of the daemon's `max_request`.
 pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Default largest request the daemon accepts (`max_request`).
+pub const DEFAULT_MAX_REQUEST: usize = 64 * 1024 * 1024;
 
 /// The socket path in effect (`CILOCK_SOCKET` or the default).
 pub fn socket_path() -> std::path::PathBuf {
@@ -60,6 +65,10 @@ pub struct BeginStep {
 pub struct EndStep {
     /// Step name.
     pub step: String,
+    /// Whose step (root only; steps are keyed by owner uid and name). When
+    /// absent, root ends its own step of that name, or the only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
     /// Kill processes still alive in the step.
     #[serde(default)]
     pub kill: bool,
@@ -109,10 +118,22 @@ pub struct StatusReply {
     pub backend: String,
     /// Hook choices.
     pub hooks: std::collections::BTreeMap<String, String>,
-    /// Names of active steps.
+    /// Names of active steps (a non-root peer sees only its own).
     pub steps: Vec<String>,
+    /// The same steps with their owners.
+    #[serde(default)]
+    pub active: Vec<ActiveStep>,
     /// Signing key id.
     pub keyid: String,
+}
+
+/// An active step and the uid that began it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ActiveStep {
+    /// Step name.
+    pub step: String,
+    /// Owner uid.
+    pub owner_uid: u32,
 }
 
 /// Why a request failed.
@@ -137,6 +158,8 @@ pub enum ErrorKind {
     NotFound,
     /// A step of that name is already active.
     Conflict,
+    /// A limit was reached (connections or steps per user, steps in all).
+    TooMany,
     /// The daemon failed.
     Internal,
 }
@@ -162,13 +185,49 @@ pub struct Peer {
     pub pid: u32,
 }
 
+/// What the server tells the service about the request in progress.
+#[derive(Clone, Debug, Default)]
+pub struct RequestCtx {
+    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RequestCtx {
+    /// A context whose client is present.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once the server saw the client hang up: a begin must not be
+    /// carried out, an end's envelope must be kept instead of returned.
+    pub fn client_gone(&self) -> bool {
+        self.gone.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks the client as gone (the server does this).
+    pub fn set_client_gone(&self) {
+        self.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// What the socket server dispatches authenticated requests to. Calls may
 /// block (ending a step hashes files): the server runs them off the runtime.
 pub trait StepService: Send + Sync + 'static {
-    /// Daemon status.
-    fn status(&self) -> StatusReply;
-    /// Begin a step for `peer`.
-    fn begin(&self, peer: Peer, req: BeginStep) -> Result<Reply, ApiError>;
-    /// End a step for `peer`.
-    fn end(&self, peer: Peer, req: EndStep) -> Result<Reply, ApiError>;
+    /// Daemon status as `peer` may see it (its own steps unless root).
+    fn status(&self, peer: Peer) -> StatusReply;
+    /// Begin a step for `peer`; not carried out once `cx.client_gone()`.
+    fn begin(&self, peer: Peer, req: BeginStep, cx: &RequestCtx) -> Result<Reply, ApiError>;
+    /// End a step for `peer`; the step ends even when the client is gone.
+    fn end(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Reply, ApiError>;
+    /// Keeps a success reply of `step` (owned by `peer`) that could not be
+    /// delivered (the client hung up, or the reply is too large); returns
+    /// where it was kept. The default keeps nothing.
+    fn keep_undelivered(
+        &self,
+        peer: Peer,
+        step: &str,
+        reply: &Reply,
+    ) -> Result<Option<std::path::PathBuf>, String> {
+        let _ = (peer, step, reply);
+        Ok(None)
+    }
 }

@@ -287,6 +287,57 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     ))
 }
 
+/// A process pinned by a pidfd: its pid cannot be reused for another
+/// process without [`PidFd::exited`] saying so (a pidfd becomes readable
+/// when its process exits).
+#[derive(Debug)]
+pub struct PidFd {
+    fd: std::os::fd::OwnedFd,
+    pid: u32,
+}
+
+impl PidFd {
+    /// `pidfd_open(pid)`: pins the process that has `pid` now.
+    pub fn open(pid: u32) -> io::Result<PidFd> {
+        use std::os::fd::FromRawFd as _;
+        let p = libc::pid_t::try_from(pid)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+        // SAFETY: plain syscall; the flags are 0.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new descriptor we own (O_CLOEXEC is
+        // implied for pidfds).
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        Ok(PidFd { fd, pid })
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// True when the pinned process has exited (zombies included), so its
+    /// pid may now name another process. Errors count as exited.
+    pub fn exited(&self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one pollfd, no wait.
+            let r = unsafe { libc::poll(&mut p, 1, 0) };
+            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return r != 0;
+        }
+    }
+}
+
 /// The cgroup (within the hierarchy) a process is in, from /proc/PID/cgroup.
 pub fn cgroup_of(pid: u32) -> Option<PathBuf> {
     let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;

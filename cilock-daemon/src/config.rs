@@ -16,6 +16,9 @@
 //! | `step_idle_timeout`    | duration, as above        | `"10m"`                          |
 //! | `state_dir`            | absolute path             | `/var/lib/cilock`                |
 //! | `log_level`            | tracing filter directive  | `info`                           |
+//! | `max_steps_per_user`   | integer ≥ 1 (root exempt) | `32`                             |
+//! | `max_connections_per_user` | integer ≥ 1 (root exempt) | `16`                         |
+//! | `max_request`          | bytes, or `"64MiB"`, `"1GiB"` (≤ 256 MiB) | `"64MiB"`        |
 //! | `max_hash_file_size`   | bytes, or `"4GiB"`, `"512MiB"`, `"1G"` | `"4GiB"`            |
 //! | `hash_time_budget`     | duration, as above        | `"5m"`                           |
 //! | `max_processes_per_step` | integer ≥ 1             | `100000`                         |
@@ -53,7 +56,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::api::DEFAULT_SOCKET;
+use crate::api::{DEFAULT_MAX_REQUEST, DEFAULT_SOCKET, MAX_MESSAGE};
 use crate::attest_helper::HelperConfig;
 use crate::backend::BackendChoice;
 use crate::engine::EngineConfig;
@@ -97,6 +100,13 @@ pub struct DaemonConfig {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// `tracing-subscriber` directive such as `info,cilock_daemon=debug`).
     pub log_level: String,
+    /// Active steps one non-root uid may have at once.
+    pub max_steps_per_user: usize,
+    /// Connections one non-root uid may hold at once (idle ones included).
+    pub max_connections_per_user: usize,
+    /// Largest request accepted, in bytes.
+    #[serde(deserialize_with = "deserialize_size")]
+    pub max_request: u64,
     /// Largest opened/exec'd file hashed at the end of a step, in bytes.
     #[serde(deserialize_with = "deserialize_size")]
     pub max_hash_file_size: u64,
@@ -214,6 +224,9 @@ impl Default for DaemonConfig {
             max_processes_per_step: engine.trace_limits.max_processes,
             max_files_per_step: engine.trace_limits.max_files,
             helper: HelperTable::default(),
+            max_steps_per_user: engine.max_steps_per_user,
+            max_connections_per_user: 16,
+            max_request: DEFAULT_MAX_REQUEST as u64,
         }
     }
 }
@@ -396,6 +409,24 @@ impl DaemonConfig {
         if let Err((key, m)) = self.helper.validate() {
             return Err(invalid(key, m));
         }
+        if self.max_steps_per_user == 0 || self.max_steps_per_user > crate::engine::MAX_STEPS {
+            return Err(invalid(
+                "max_steps_per_user",
+                format!("must be between 1 and {}", crate::engine::MAX_STEPS),
+            ));
+        }
+        if self.max_connections_per_user == 0 || self.max_connections_per_user > 100_000 {
+            return Err(invalid(
+                "max_connections_per_user",
+                "must be between 1 and 100000".into(),
+            ));
+        }
+        if self.max_request < 4096 || self.max_request > MAX_MESSAGE as u64 {
+            return Err(invalid(
+                "max_request",
+                format!("must be between 4096 bytes and {MAX_MESSAGE} bytes (256MiB)"),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(invalid(
                 "log_level",
@@ -421,7 +452,16 @@ impl DaemonConfig {
                 max_files: self.max_files_per_step,
             },
             helper: Some(self.helper.helper_config()),
+            max_steps_per_user: self.max_steps_per_user,
         }
+    }
+
+    /// The socket server settings this configuration selects.
+    pub fn server_config(&self) -> crate::server::ServerConfig {
+        let mut s = crate::server::ServerConfig::new(self.socket.clone(), self.group.clone());
+        s.max_connections_per_user = self.max_connections_per_user;
+        s.max_message = usize::try_from(self.max_request).unwrap_or(MAX_MESSAGE);
+        s
     }
 }
 
@@ -789,6 +829,36 @@ mod tests {
                 .to_string();
             assert!(e.contains("helper") || e.contains("nope"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn sizes_and_limits() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1 gib").unwrap(), 1 << 30);
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        let c = DaemonConfig::from_toml_str(
+            "max_request = \"1MiB\"\nmax_steps_per_user = 3\nmax_connections_per_user = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.max_request, 1 << 20);
+        assert_eq!(c.engine_config().max_steps_per_user, 3);
+        let s = c.server_config();
+        assert_eq!((s.max_message, s.max_connections_per_user), (1 << 20, 2));
+        let d = DaemonConfig::default();
+        assert_eq!(
+            (
+                d.max_request,
+                d.max_steps_per_user,
+                d.max_connections_per_user
+            ),
+            (64 << 20, 32, 16)
+        );
+        assert!(DaemonConfig::from_toml_str("max_request = \"1GiB\"", "t").is_err());
+        assert!(DaemonConfig::from_toml_str("max_steps_per_user = 0", "t").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! follows the step's processes. Ending a step stops the trace, hashes what
 //! was opened, runs the attestors after the command, and signs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,11 +24,13 @@ use cilock_evidence::dsse::{self, Envelope};
 use cilock_evidence::intoto::{Statement, PAYLOAD_TYPE};
 use cilock_evidence::keys::Signer;
 
-use crate::api::{self, ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, StatusReply};
 use crate::attest_helper::{self, HelperConfig, HelperStep, Identity};
+use crate::api::{
+    self, ActiveStep, ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, RequestCtx, StatusReply,
+};
 use crate::backend::ebpf::EbpfBackend;
 use crate::backend::{ptrace, BackendChoice};
-use crate::cgroup::{Cgroup, Hierarchy};
+use crate::cgroup::{Cgroup, Hierarchy, PidFd};
 use crate::trace::digest_cache::DigestCache;
 use crate::trace::digest_cache::Reader;
 use crate::trace::recorder::{Recorder, TraceLimits};
@@ -55,7 +57,15 @@ pub struct EngineConfig {
     /// daemon). `None`: in this process, as the calling user (the embedded
     /// engine of `cilock run`).
     pub helper: Option<HelperConfig>,
+    /// Active steps one non-root uid may have at once.
+    pub max_steps_per_user: usize,
 }
+
+/// Active steps at most, all users together: below the size of the eBPF
+/// `STEPS` map (1 024 entries, `cilock-ebpf/src/maps.rs`).
+pub const MAX_STEPS: usize = 1000;
+/// Of [`MAX_STEPS`], how many only root may begin.
+pub const ROOT_STEP_RESERVE: usize = 40;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -68,6 +78,7 @@ impl Default for EngineConfig {
             state_dir: PathBuf::from("/var/lib/cilock"),
             trace_limits: TraceLimits::default(),
             helper: None,
+            max_steps_per_user: 32,
         }
     }
 }
@@ -98,6 +109,9 @@ pub enum EngineError {
     /// Step already active.
     #[error("a step named {0:?} is already active")]
     Conflict(String),
+    /// A limit on active steps was reached.
+    #[error("{0}")]
+    TooMany(String),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -110,6 +124,7 @@ impl From<EngineError> for ApiError {
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::TooMany(_) => ErrorKind::TooMany,
             EngineError::Internal(_) => ErrorKind::Internal,
         };
         ApiError::new(kind, e.to_string())
@@ -216,9 +231,31 @@ pub struct Engine {
     reason: String,
     hooks: BTreeMap<String, String>,
     cache: DigestCache,
-    steps: Mutex<HashMap<String, Step>>,
+    /// Active steps by (owner uid, name).
+    steps: Mutex<HashMap<StepKey, Step>>,
+    /// Steps being begun (counted against the caps; lock after `steps`).
+    pending: Mutex<HashSet<StepKey>>,
     serial: AtomicU64,
     kernel: String,
+}
+
+/// Steps are keyed by owner uid and name: two users may both have `build`.
+type StepKey = (u32, String);
+
+/// A step being begun: counted against the caps until dropped.
+struct Reservation<'a> {
+    engine: &'a Engine,
+    key: StepKey,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 fn kernel_release() -> String {
@@ -296,6 +333,7 @@ impl Engine {
             hooks,
             cache: DigestCache::default(),
             steps: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashSet::new()),
             serial: AtomicU64::new(0),
             kernel: kernel_release(),
         });
@@ -315,12 +353,64 @@ impl Engine {
         &self.hooks
     }
 
-    /// Names of active steps.
+    /// Names of active steps (all owners).
     pub fn step_names(&self) -> Vec<String> {
         let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<String> = steps.keys().cloned().collect();
+        let mut v: Vec<String> = steps.keys().map(|(_, n)| n.clone()).collect();
         v.sort();
         v
+    }
+
+    /// Active steps `viewer` may see: its own, or every step for root.
+    pub fn active_steps(&self, viewer: u32) -> Vec<ActiveStep> {
+        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<ActiveStep> = steps
+            .keys()
+            .filter(|(uid, _)| viewer == 0 || *uid == viewer)
+            .map(|(uid, n)| ActiveStep {
+                step: n.clone(),
+                owner_uid: *uid,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Reserves `key` for a begin: refuses a name the owner already uses
+    /// and applies the caps (per user, root exempt; in all, with a reserve
+    /// only root may use).
+    fn reserve(&self, key: &StepKey) -> Result<Reservation<'_>, EngineError> {
+        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if steps.contains_key(key) || pending.contains(key) {
+            return Err(EngineError::Conflict(key.1.clone()));
+        }
+        let uid = key.0;
+        let total = steps.len() + pending.len();
+        if uid != 0 {
+            let mine = steps.keys().filter(|k| k.0 == uid).count()
+                + pending.iter().filter(|k| k.0 == uid).count();
+            if mine >= self.cfg.max_steps_per_user {
+                return Err(EngineError::TooMany(format!(
+                    "uid {uid} already has {mine} active steps (max_steps_per_user = {})",
+                    self.cfg.max_steps_per_user
+                )));
+            }
+            if total >= MAX_STEPS - ROOT_STEP_RESERVE {
+                return Err(EngineError::TooMany(format!(
+                    "{total} steps are active, the most the daemon begins for users other than root"
+                )));
+            }
+        } else if total >= MAX_STEPS {
+            return Err(EngineError::TooMany(format!(
+                "{total} steps are active, the most the daemon can trace"
+            )));
+        }
+        pending.insert(key.clone());
+        Ok(Reservation {
+            engine: self,
+            key: key.clone(),
+        })
     }
 
     /// Attestors every step runs by default.
@@ -331,6 +421,23 @@ impl Engine {
     /// Begins a step: creates its cgroup, registers it with the backend,
     /// records materials, and moves `spec.pid` in. Returns the cgroup path.
     pub fn begin(&self, spec: StepSpec) -> Result<PathBuf, EngineError> {
+        self.begin_with(spec, None, &|| false)
+    }
+
+    /// [`Engine::begin`] with the target pinned by `pin` (a pidfd opened
+    /// before its owner was checked; opened here when `None`), and
+    /// `cancelled` asked right before the point of no return (moving the
+    /// process in): when it says the client is gone, everything is undone.
+    /// The target must belong to `spec.owner_uid` (any uid when that is 0):
+    /// checked at the start and again right before the move; after the move
+    /// the pidfd proves the process moved is still the one pinned. Every
+    /// error leaves no cgroup, descriptor or map entry behind.
+    pub fn begin_with(
+        &self,
+        spec: StepSpec,
+        pin: Option<PidFd>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<PathBuf, EngineError> {
         if !valid_step_name(&spec.name) {
             return Err(EngineError::BadRequest(format!(
                 "invalid step name {:?}: use letters, digits and - _ . @ + (at most 128)",
@@ -343,13 +450,19 @@ impl Engine {
                 spec.pid
             )));
         }
-        if self
-            .steps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&spec.name)
-        {
-            return Err(EngineError::Conflict(spec.name));
+        let pin = match pin {
+            Some(p) => p,
+            None => PidFd::open(spec.pid)
+                .map_err(|e| EngineError::BadRequest(format!("no process {}: {e}", spec.pid)))?,
+        };
+        if pin.pid() != spec.pid {
+            return Err(internal("the pinned process is not the step's"));
+        }
+        check_target(spec.pid, spec.owner_uid)?;
+        let key: StepKey = (spec.owner_uid, spec.name.clone());
+        let reservation = self.reserve(&key)?;
+        if cancelled() {
+            return Err(gone());
         }
         let mut names = self.cfg.default_attestations.clone();
         for n in &spec.attestations {
@@ -382,20 +495,60 @@ impl Engine {
         };
 
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
-        let cg_path = self
-            .parent
-            .join(format!("{}.{}.{}", spec.name, std::process::id(), n));
+        // Unique per step: owner, name, daemon, serial.
+        let cg_path = self.parent.join(format!(
+            "u{}.{}.{}.{}",
+            spec.owner_uid,
+            spec.name,
+            std::process::id(),
+            n
+        ));
         let cgroup = Cgroup::create(&cg_path).map_err(internal)?;
         let recorder = Arc::new(Mutex::new(Recorder::with_limits(
             Some(std::process::id()),
             self.cfg.trace_limits.clone(),
             Reader::of_uid(spec.owner_uid),
         )));
+        // Nothing of the step exists outside the daemon until the move: undo
+        // is unregistering and removing the (empty) cgroup.
+        let undo = |cgroup: &Cgroup, origin: &Path| {
+            if let Backend::Ebpf(b) = &self.backend {
+                let _ = b.unregister(cgroup.id());
+            }
+            if let Err(e) = cgroup.remove(origin) {
+                tracing::warn!("undoing the begin of step {:?}: {e}", spec.name);
+            }
+        };
+        if let Backend::Ebpf(b) = &self.backend {
+            if let Err(e) = b.register(&cgroup, recorder.clone()) {
+                // register rolls its own part back.
+                let _ = cgroup.remove(&self.mount);
+                return Err(internal(e));
+            }
+        }
+        // The point of no return is next: the client must still be there,
+        // the pinned process alive and still the owner's.
+        let last_check = if cancelled() {
+            Err(gone())
+        } else if pin.exited() {
+            Err(EngineError::BadRequest(format!(
+                "process {} exited before the step began",
+                spec.pid
+            )))
+        } else {
+            check_target(spec.pid, spec.owner_uid)
+        };
+        if let Err(e) = last_check {
+            undo(&cgroup, &self.mount);
+            return Err(e);
+        }
+        let origin = crate::cgroup::cgroup_of(spec.pid)
+            .map(|rel| self.mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| self.mount.clone());
         let mut follower = None;
         match &self.backend {
-            Backend::Ebpf(b) => {
-                b.register(&cgroup, recorder.clone()).map_err(internal)?;
-            }
+            Backend::Ebpf(_) => {}
             Backend::Ptrace => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let rec = recorder.clone();
@@ -416,21 +569,34 @@ impl Engine {
                             tracing::warn!("ptrace follower for pid {pid}: {e}");
                         }
                     })
-                    .map_err(internal)?;
+                    .map_err(|e| {
+                        undo(&cgroup, &origin);
+                        internal(e)
+                    })?;
                 follower = Some((stop, h));
             }
         }
-        let origin = crate::cgroup::cgroup_of(spec.pid)
-            .map(|rel| self.mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(|| self.mount.clone());
-        if let Err(e) = cgroup.add_pid(spec.pid) {
-            if let Backend::Ebpf(b) = &self.backend {
-                let _ = b.unregister(cgroup.id());
+        let stop_follower = |follower: Option<(Arc<AtomicBool>, JoinHandle<()>)>| {
+            if let Some((stop, h)) = follower {
+                stop.store(true, Ordering::SeqCst);
+                let _ = h.join();
             }
-            let _ = cgroup.remove(&origin);
+        };
+        if let Err(e) = cgroup.add_pid(spec.pid) {
+            stop_follower(follower);
+            undo(&cgroup, &origin);
             return Err(EngineError::BadRequest(format!(
                 "cannot move pid {} into the step: {e}",
+                spec.pid
+            )));
+        }
+        if pin.exited() {
+            // The pid written may already name another process: whatever
+            // it is goes back out, and the step is not begun.
+            stop_follower(follower);
+            undo(&cgroup, &origin);
+            return Err(EngineError::BadRequest(format!(
+                "process {} exited while the step began",
                 spec.pid
             )));
         }
@@ -450,12 +616,14 @@ impl Engine {
             origin,
         };
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-        if steps.contains_key(&spec.name) {
+        if steps.contains_key(&key) {
             drop(steps);
             self.discard(step);
             return Err(EngineError::Conflict(spec.name));
         }
-        steps.insert(spec.name, step);
+        steps.insert(key, step);
+        drop(steps);
+        drop(reservation);
         Ok(cg_path)
     }
 
@@ -472,19 +640,51 @@ impl Engine {
 
     /// Ends the step `name` for `uid` (its owner, or root).
     pub fn end(&self, name: &str, uid: u32, end: EndSpec) -> Result<StepOutcome, EngineError> {
+        self.end_as(name, uid, None, end)
+    }
+
+    /// Ends the step `name` of `owner` for `caller`. A non-root caller ends
+    /// only its own steps. Root without an owner ends its own step of that
+    /// name, else the only step of that name; when several users have one,
+    /// it must name the owner.
+    pub fn end_as(
+        &self,
+        name: &str,
+        caller: u32,
+        owner: Option<u32>,
+        end: EndSpec,
+    ) -> Result<StepOutcome, EngineError> {
         let step = {
             let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(s) = steps.get(name) else {
-                return Err(EngineError::NotFound(name.to_string()));
+            let key: StepKey = match (caller, owner) {
+                (0, Some(o)) => (o, name.to_string()),
+                (c, Some(o)) if o != c => {
+                    return Err(EngineError::Forbidden(format!(
+                        "uid {c} may only end its own steps, not those of uid {o}"
+                    )))
+                }
+                (0, None) if !steps.contains_key(&(0, name.to_string())) => {
+                    let mut owners: Vec<u32> = steps
+                        .keys()
+                        .filter(|(_, n)| n == name)
+                        .map(|(u, _)| *u)
+                        .collect();
+                    owners.sort_unstable();
+                    match owners[..] {
+                        [] => return Err(EngineError::NotFound(name.to_string())),
+                        [o] => (o, name.to_string()),
+                        _ => {
+                            return Err(EngineError::BadRequest(format!(
+                                "several users have an active step named {name:?} (uids {}): name the owner (--owner UID)",
+                                owners.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                            )))
+                        }
+                    }
+                }
+                (c, _) => (c, name.to_string()),
             };
-            if uid != 0 && s.owner_uid != uid {
-                return Err(EngineError::Forbidden(format!(
-                    "step {name:?} was begun by uid {}; uid {uid} may not end it",
-                    s.owner_uid
-                )));
-            }
             steps
-                .remove(name)
+                .remove(&key)
                 .ok_or_else(|| EngineError::NotFound(name.to_string()))?
         };
         self.finish(step, end, "step end")
@@ -551,7 +751,7 @@ impl Engine {
         let taken: Vec<(Step, &'static str, bool)> = {
             let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
             let mut chosen = Vec::new();
-            for (name, s) in steps.iter_mut() {
+            for (key, s) in steps.iter_mut() {
                 let why = match which {
                     Reap::All => Some(("daemon shutdown", false)),
                     Reap::Expired if s.started.elapsed() > self.cfg.step_timeout => {
@@ -568,7 +768,7 @@ impl Engine {
                     }
                 };
                 if let Some((why, kill)) = why {
-                    chosen.push((name.clone(), why, kill));
+                    chosen.push((key.clone(), why, kill));
                 }
             }
             chosen
@@ -579,7 +779,7 @@ impl Engine {
         let mut out = Vec::new();
         for (s, why, kill) in taken {
             let name = s.name.clone();
-            tracing::warn!(step = %name, reason = why, "ending a step nobody ended");
+            tracing::warn!(step = %name, owner = s.owner_uid, reason = why, "ending a step nobody ended");
             let end = EndSpec {
                 kill,
                 ..Default::default()
@@ -671,6 +871,24 @@ impl PendingStep {
             failure,
         })
     }
+}
+
+/// The target of a begin must belong to `owner` (any uid when `owner` is 0).
+fn check_target(pid: u32, owner: u32) -> Result<(), EngineError> {
+    let uid = uid_of(pid).ok_or_else(|| EngineError::BadRequest(format!("no process {pid}")))?;
+    if owner != 0 && uid != owner {
+        return Err(EngineError::Forbidden(format!(
+            "pid {pid} belongs to uid {uid}, not to uid {owner}"
+        )));
+    }
+    Ok(())
+}
+
+/// The error of a begin whose client hung up.
+fn gone() -> EngineError {
+    EngineError::BadRequest(
+        "the client hung up before the step began; nothing was done".to_string(),
+    )
 }
 
 /// Runs `cmd` under the ptrace backend without cgroups or a daemon (works
@@ -801,7 +1019,12 @@ pub struct DaemonService {
     engine: Arc<Engine>,
     signer: Signer,
     reaped_dir: PathBuf,
+    kept: AtomicU64,
 }
+
+/// Largest signed envelope returned in a reply (room left for the rest of
+/// the reply); larger ones are kept in `<state_dir>/reaped/`.
+const MAX_REPLY_ENVELOPE: usize = api::MAX_MESSAGE - 64 * 1024;
 
 impl DaemonService {
     /// Starts the engine, holds the key, and starts the reaper (steps nobody
@@ -814,6 +1037,7 @@ impl DaemonService {
             engine,
             signer,
             reaped_dir,
+            kept: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&svc);
         std::thread::Builder::new()
@@ -851,6 +1075,12 @@ impl DaemonService {
     }
 
     fn keep(&self, name: &str, env: &Envelope) -> std::io::Result<PathBuf> {
+        self.keep_bytes(name, &env.to_json())
+    }
+
+    /// Writes a signed envelope to `<state_dir>/reaped/` (0600, never
+    /// overwriting) and returns its path.
+    fn keep_bytes(&self, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
         use std::io::Write as _;
         use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
         std::fs::DirBuilder::new()
@@ -861,13 +1091,14 @@ impl DaemonService {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         // The name was validated (no '/'), so it cannot leave the directory.
-        let path = self.reaped_dir.join(format!("{name}.{stamp}.json"));
+        let n = self.kept.fetch_add(1, Ordering::Relaxed);
+        let path = self.reaped_dir.join(format!("{name}.{stamp}.{n}.json"));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        f.write_all(&env.to_json())?;
+        f.write_all(bytes)?;
         Ok(path)
     }
 }
@@ -880,17 +1111,27 @@ impl Drop for DaemonService {
 }
 
 impl api::StepService for DaemonService {
-    fn status(&self) -> StatusReply {
+    fn status(&self, peer: Peer) -> StatusReply {
+        let active = self.engine.active_steps(peer.uid);
         StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             backend: self.engine.backend_name().to_string(),
             hooks: self.engine.hooks().clone(),
-            steps: self.engine.step_names(),
+            steps: active.iter().map(|a| a.step.clone()).collect(),
+            active,
             keyid: self.signer.key_id().to_string(),
         }
     }
 
-    fn begin(&self, peer: Peer, req: BeginStep) -> Result<Reply, ApiError> {
+    fn begin(&self, peer: Peer, req: BeginStep, cx: &RequestCtx) -> Result<Reply, ApiError> {
+        // Pin the target before checking whose it is: its pid cannot then
+        // name another process unnoticed (the engine checks again).
+        let pin = PidFd::open(req.pid).map_err(|e| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!("no process {}: {e}", req.pid),
+            )
+        })?;
         // The target must be the peer's own process (or the peer is root).
         let owner = uid_of(req.pid).ok_or_else(|| {
             ApiError::new(ErrorKind::BadRequest, format!("no process {}", req.pid))
@@ -934,16 +1175,28 @@ impl api::StepService for DaemonService {
             workdir_fd: Some(Arc::new(workdir_fd)),
             notes,
         };
-        let cg = self.engine.begin(spec)?;
+        let cg = self
+            .engine
+            .begin_with(spec, Some(pin), &|| cx.client_gone())?;
         Ok(Reply::Begun {
             cgroup: cg.display().to_string(),
         })
     }
 
-    fn end(&self, peer: Peer, req: EndStep) -> Result<Reply, ApiError> {
-        let out = self.engine.end(
+    fn keep_undelivered(
+        &self,
+        _peer: Peer,
+        step: &str,
+        reply: &Reply,
+    ) -> Result<Option<PathBuf>, String> {
+        self.keep_reply(step, reply)
+    }
+
+    fn end(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Reply, ApiError> {
+        let out = self.engine.end_as(
             &req.step,
             peer.uid,
+            req.owner_uid,
             EndSpec {
                 kill: req.kill,
                 exitcode: req.exitcode,
@@ -952,13 +1205,60 @@ impl api::StepService for DaemonService {
             },
         )?;
         let env = sign_statement(&out.statement, &self.signer)?;
-        let envelope = serde_json::from_slice(&env.to_json())
+        let bytes = env.to_json();
+        // Evidence is never dropped: kept when it cannot be returned.
+        let why = if cx.client_gone() {
+            Some("the client hung up".to_string())
+        } else if bytes.len() > MAX_REPLY_ENVELOPE {
+            Some(format!(
+                "the signed attestation ({} bytes) exceeds the reply limit ({MAX_REPLY_ENVELOPE} bytes)",
+                bytes.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(match self.keep_bytes(&req.step, &bytes) {
+                Ok(p) => {
+                    tracing::warn!(step = %req.step, uid = peer.uid, file = %p.display(), "{why}: attestation kept");
+                    ApiError::new(
+                        ErrorKind::Internal,
+                        format!("{why}; the attestation is kept in {}", p.display()),
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(step = %req.step, "{why}, and keeping the attestation failed: {e}");
+                    ApiError::new(
+                        ErrorKind::Internal,
+                        format!("{why}, and keeping the attestation failed: {e}"),
+                    )
+                }
+            });
+        }
+        let envelope = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         Ok(Reply::Ended {
             envelope,
             lost_events: out.lost_events,
             failure: out.failure,
         })
+    }
+}
+
+impl DaemonService {
+    fn keep_reply(&self, step: &str, reply: &Reply) -> Result<Option<PathBuf>, String> {
+        match reply {
+            Reply::Ended { envelope, .. } => {
+                if !valid_step_name(step) {
+                    return Err(format!("invalid step name {step:?}"));
+                }
+                let bytes = serde_json::to_vec(envelope).map_err(|e| e.to_string())?;
+                self.keep_bytes(step, &bytes)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(None),
+        }
     }
 }
 

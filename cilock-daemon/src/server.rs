@@ -12,34 +12,53 @@
 //!   read: root and members of the group (primary or supplementary, see
 //!   [`auth`]) are served; anyone else gets one [`ErrorKind::Forbidden`]
 //!   reply, a log line, and the connection is closed.
+//! - Limits are applied right after authentication, never before `accept`:
+//!   the accept loop never waits for a permit. A non-root uid may hold at
+//!   most [`ServerConfig::max_connections_per_user`] connections at once
+//!   (idle ones included), and all non-root peers together at most
+//!   `max_connections - root_reserve`; root is exempt from the per-user cap
+//!   and may use the reserve, so one user's load never locks root out, and
+//!   never another user. A refused peer gets one [`ErrorKind::TooMany`]
+//!   reply and the connection is closed.
 //! - Framing is the [`crate::api`] one (4-byte big-endian length + JSON).
 //!   Each frame must arrive within [`ServerConfig::read_timeout`]; a frame
-//!   longer than [`ServerConfig::max_message`] is refused with a
-//!   [`ErrorKind::BadRequest`] reply before its body is read; malformed JSON
-//!   and unknown requests get a `BadRequest` reply and the connection stays
-//!   usable. Nothing a peer sends can panic the server, and one peer never
-//!   blocks another: each connection is its own task, and service calls run
-//!   on the blocking pool.
+//!   longer than [`ServerConfig::max_message`] (the `max_request` setting)
+//!   is refused with a [`ErrorKind::BadRequest`] reply before its body is
+//!   read; malformed JSON and unknown requests get a `BadRequest` reply and
+//!   the connection stays usable. Nothing a peer sends can panic the server,
+//!   and one peer never blocks another: each connection is its own task, and
+//!   service calls run on the blocking pool.
+//! - While a request runs, the server watches the connection: when the
+//!   client hangs up, its global connection slot is released at once and the
+//!   service is told ([`RequestCtx::client_gone`]): a begin is not carried
+//!   out, an end completes and its signed envelope is kept by the service
+//!   ([`StepService::keep_undelivered`]). The uid's own slot stays taken
+//!   until the abandoned work is over, so abandoned requests count against
+//!   their user only. Envelopes that cannot be delivered (client gone, write
+//!   failed, reply over [`MAX_MESSAGE`]) are kept the same way.
 
 pub mod auth;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::os::unix::fs::{
     DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
 };
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
 use tokio::net::UnixStream;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{ApiError, ErrorKind, Peer, Reply, Request, StepService, MAX_MESSAGE};
+use crate::api::{
+    ApiError, ErrorKind, Peer, Reply, Request, RequestCtx, StepService, DEFAULT_MAX_REQUEST,
+    MAX_MESSAGE,
+};
 
 pub use auth::Access;
 
@@ -55,26 +74,34 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Time allowed for writing one reply.
     pub write_timeout: Duration,
-    /// Largest request accepted, in bytes (at most [`MAX_MESSAGE`]).
+    /// Largest request accepted, in bytes (the `max_request` setting; at
+    /// most [`MAX_MESSAGE`]).
     pub max_message: usize,
-    /// Connections served at once; further ones wait in the listen backlog.
+    /// Connections served at once, all peers together.
     pub max_connections: usize,
+    /// Of `max_connections`, how many only root may take.
+    pub root_reserve: usize,
+    /// Connections one non-root uid may hold at once (idle ones included).
+    pub max_connections_per_user: usize,
     /// On shutdown, how long in-flight requests may still run.
     pub shutdown_grace: Duration,
 }
 
 impl ServerConfig {
     /// Defaults for `socket` and `group`: 30 s read and write timeouts,
-    /// [`MAX_MESSAGE`], 128 connections, 30 s shutdown grace.
+    /// [`DEFAULT_MAX_REQUEST`], 128 connections of which 16 are reserved
+    /// for root, 16 per user, 20 s shutdown grace.
     pub fn new(socket: impl Into<PathBuf>, group: impl Into<String>) -> Self {
         ServerConfig {
             socket: socket.into(),
             group: group.into(),
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
-            max_message: MAX_MESSAGE,
+            max_message: DEFAULT_MAX_REQUEST,
             max_connections: 128,
-            shutdown_grace: Duration::from_secs(30),
+            root_reserve: 16,
+            max_connections_per_user: 16,
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -260,6 +287,7 @@ impl Server {
         } = self;
         let listener =
             tokio::net::UnixListener::from_std(listener).map_err(ServerError::Runtime)?;
+        let total = cfg.max_connections.max(1);
         let ctx = Arc::new(Ctx {
             service,
             access,
@@ -267,11 +295,18 @@ impl Server {
             read_timeout: cfg.read_timeout,
             write_timeout: cfg.write_timeout,
             max_message: cfg.max_message.min(MAX_MESSAGE),
+            slots: Arc::new(Slots {
+                total,
+                reserve: cfg.root_reserve.min(total - 1),
+                per_user: cfg.max_connections_per_user.max(1),
+                state: Mutex::default(),
+            }),
         });
-        let permits = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         info!(socket = %guard.path.display(), access = ?ctx.access, "listening");
+        // Accepting never waits for a permit: limits are applied per peer
+        // once it is authenticated (see the module docs).
         loop {
             tokio::select! {
                 biased;
@@ -283,29 +318,16 @@ impl Server {
                         }
                     }
                 }
-                permit = permits.clone().acquire_owned() => {
-                    let Ok(permit) = permit else { break };
-                    let accepted = tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        r = listener.accept() => r,
-                    };
-                    match accepted {
-                        Ok((stream, _)) => {
-                            let ctx = ctx.clone();
-                            tasks.spawn(async move {
-                                handle_connection(stream, ctx).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(e) => {
-                            drop(permit);
-                            warn!("accept failed: {e}");
-                            // Out of descriptors and similar: do not spin.
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tasks.spawn(handle_connection(stream, ctx.clone()));
                     }
-                }
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        // Out of descriptors and similar: do not spin.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
             }
         }
         drop(listener);
@@ -443,6 +465,91 @@ struct Ctx {
     read_timeout: Duration,
     write_timeout: Duration,
     max_message: usize,
+    slots: Arc<Slots>,
+}
+
+/// Connection slots: all peers together, and per non-root uid.
+#[derive(Debug)]
+struct Slots {
+    total: usize,
+    reserve: usize,
+    per_user: usize,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    used: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+impl Slots {
+    /// Takes a slot for `uid`, or says which limit is reached.
+    fn take(self: &Arc<Self>, uid: u32) -> Result<Slot, String> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if uid != 0 {
+            let mine = st.by_uid.get(&uid).copied().unwrap_or(0);
+            if mine >= self.per_user {
+                return Err(format!(
+                    "uid {uid} already holds {mine} connections (max_connections_per_user = {})",
+                    self.per_user
+                ));
+            }
+            if st.used >= self.total - self.reserve {
+                return Err(format!(
+                    "the daemon is serving {} connections, the most it takes from users other than root",
+                    st.used
+                ));
+            }
+            *st.by_uid.entry(uid).or_insert(0) += 1;
+        } else if st.used >= self.total {
+            return Err(format!(
+                "the daemon is serving {} connections, its maximum",
+                st.used
+            ));
+        }
+        st.used += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            uid,
+            global: true,
+        })
+    }
+}
+
+/// A taken connection slot; released on drop.
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+    /// Whether the global slot is still held (the per-uid one always is).
+    global: bool,
+}
+
+impl Slot {
+    /// Gives back the global slot now (the client is gone); the uid's own
+    /// slot stays taken until the slot is dropped.
+    fn release_global(&mut self) {
+        if std::mem::take(&mut self.global) {
+            let mut st = self.slots.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.used = st.used.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release_global();
+        if self.uid != 0 {
+            let mut st = self.slots.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = st.by_uid.get_mut(&self.uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    st.by_uid.remove(&self.uid);
+                }
+            }
+        }
+    }
 }
 
 /// Why reading a frame stopped.
@@ -501,14 +608,28 @@ async fn read_frame(
 /// Serialises `reply` as one frame. A reply over [`MAX_MESSAGE`] (or one
 /// that cannot be serialised) is replaced by an `Internal` error.
 fn encode_reply(reply: &Reply) -> Vec<u8> {
+    encode_reply_noting(reply, &mut None)
+}
+
+/// [`encode_reply`]; for a reply over the limit, `kept` names where its
+/// content was kept (mentioned in the error).
+fn encode_reply_noting(reply: &Reply, kept: &mut Option<Result<PathBuf, String>>) -> Vec<u8> {
     let body = match serde_json::to_vec(reply) {
-        Ok(b) if b.len() <= MAX_MESSAGE => b,
+        Ok(b) if b.len() <= MAX_MESSAGE => {
+            *kept = None;
+            b
+        }
         Ok(b) => {
             error!(bytes = b.len(), "reply exceeds the message limit");
+            let note = match kept {
+                Some(Ok(p)) => format!("; the signed envelope is kept in {}", p.display()),
+                Some(Err(e)) => format!("; keeping it failed: {e}"),
+                None => String::new(),
+            };
             serde_json::to_vec(&Reply::Error(ApiError::new(
                 ErrorKind::Internal,
                 format!(
-                    "the reply ({} bytes) exceeds the {MAX_MESSAGE}-byte message limit",
+                    "the reply ({} bytes) exceeds the {MAX_MESSAGE}-byte message limit{note}",
                     b.len()
                 ),
             )))
@@ -530,7 +651,10 @@ fn encode_reply(reply: &Reply) -> Vec<u8> {
 }
 
 async fn write_reply(stream: &mut UnixStream, reply: &Reply, timeout: Duration) -> io::Result<()> {
-    let frame = encode_reply(reply);
+    write_frame(stream, encode_reply(reply), timeout).await
+}
+
+async fn write_frame(stream: &mut UnixStream, frame: Vec<u8>, timeout: Duration) -> io::Result<()> {
     let write = async {
         stream.write_all(&frame).await?;
         stream.flush().await
@@ -575,6 +699,16 @@ async fn handle_connection(mut stream: UnixStream, ctx: Arc<Ctx>) {
         let _ = write_reply(&mut stream, &reply, ctx.write_timeout).await;
         return;
     }
+    // Caps come after authentication: the peer's uid is known.
+    let mut slot = match ctx.slots.take(peer.uid) {
+        Ok(s) => s,
+        Err(why) => {
+            info!(uid = peer.uid, pid = peer.pid, "refused connection: {why}");
+            let reply = Reply::Error(ApiError::new(ErrorKind::TooMany, why));
+            let _ = write_reply(&mut stream, &reply, ctx.write_timeout).await;
+            return;
+        }
+    };
     debug!(
         uid = peer.uid,
         gid = peer.gid,
@@ -628,16 +762,115 @@ async fn handle_connection(mut stream: UnixStream, ctx: Arc<Ctx>) {
                 return;
             }
         };
-        let reply = match serde_json::from_slice::<Request>(&body) {
-            Ok(req) => dispatch(&ctx, peer, req).await,
+        let (reply, step) = match serde_json::from_slice::<Request>(&body) {
+            Ok(req) => {
+                let step = request_step(&req);
+                match dispatch(&ctx, peer, req, &mut stream, &mut slot).await {
+                    Some(r) => (r, step),
+                    // The client is gone; what had to be kept is kept.
+                    None => return,
+                }
+            }
             Err(e) => {
                 debug!(pid = peer.pid, "malformed request: {e}");
-                bad_request(format!("invalid request: {e}"))
+                (bad_request(format!("invalid request: {e}")), String::new())
             }
         };
-        if let Err(e) = write_reply(&mut stream, &reply, ctx.write_timeout).await {
-            debug!(pid = peer.pid, "cannot send reply: {e}");
+        if !deliver(&ctx, peer, &step, &mut stream, reply).await {
             return;
+        }
+    }
+}
+
+/// Sends `reply`; an `Ended` reply that is too large or cannot be sent is
+/// kept by the service. False when the connection is unusable.
+async fn deliver(ctx: &Ctx, peer: Peer, step: &str, stream: &mut UnixStream, reply: Reply) -> bool {
+    let ended = matches!(reply, Reply::Ended { .. });
+    let mut kept = None;
+    let mut frame = encode_reply_noting(&reply, &mut kept);
+    if ended
+        && frame.len() > 4
+        && !matches!(
+            serde_json::from_slice::<Reply>(&frame[4..]),
+            Ok(Reply::Ended { .. })
+        )
+    {
+        // Replaced by an error: keep the envelope and say where.
+        kept = Some(keep(ctx, peer, step, &reply).await);
+        frame = encode_reply_noting(&reply, &mut kept);
+    }
+    match write_frame(stream, frame, ctx.write_timeout).await {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(pid = peer.pid, "cannot send reply: {e}");
+            if ended && kept.is_none() {
+                let _ = keep(ctx, peer, step, &reply).await;
+            }
+            false
+        }
+    }
+}
+
+/// Has the service keep an undelivered reply (logged either way).
+async fn keep(ctx: &Ctx, peer: Peer, step: &str, reply: &Reply) -> Result<PathBuf, String> {
+    let service = ctx.service.clone();
+    let (step2, reply2) = (step.to_string(), reply.clone());
+    let r = tokio::task::spawn_blocking(move || service.keep_undelivered(peer, &step2, &reply2))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match r {
+        Ok(Some(p)) => {
+            warn!(uid = peer.uid, step = %step, file = %p.display(), "undelivered attestation kept");
+            Ok(p)
+        }
+        Ok(None) => Err("the service keeps no undelivered replies".into()),
+        Err(e) => {
+            error!(uid = peer.uid, step = %step, "cannot keep an undelivered attestation: {e}");
+            Err(e)
+        }
+    }
+}
+
+fn request_step(req: &Request) -> String {
+    match req {
+        Request::Status => String::new(),
+        Request::BeginStep(b) => b.step.clone(),
+        Request::EndStep(e) => e.step.clone(),
+    }
+}
+
+/// Resolves when the peer has hung up (EOF or a reset); never resolves when
+/// it sends more data instead (pipelined requests are read afterwards).
+async fn hung_up(stream: &UnixStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let fd = stream.as_raw_fd();
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let mut b = 0u8;
+            // SAFETY: one byte into a local buffer; MSG_PEEK leaves it queued.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    (&mut b as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n)
+            }
+        });
+        match peeked {
+            Ok(0) => return,
+            Ok(_) => return std::future::pending().await,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
         }
     }
 }
@@ -650,22 +883,46 @@ fn request_name(req: &Request) -> &'static str {
     }
 }
 
-async fn dispatch(ctx: &Ctx, peer: Peer, req: Request) -> Reply {
+/// Runs `req` on the blocking pool while watching the connection. `None`
+/// when the client hung up meanwhile (nothing to send; an end's envelope
+/// has been kept).
+async fn dispatch(
+    ctx: &Ctx,
+    peer: Peer,
+    req: Request,
+    stream: &mut UnixStream,
+    slot: &mut Slot,
+) -> Option<Reply> {
     let name = request_name(&req);
-    let step = match &req {
-        Request::Status => String::new(),
-        Request::BeginStep(b) => b.step.clone(),
-        Request::EndStep(e) => e.step.clone(),
-    };
+    let step = request_step(&req);
     info!(uid = peer.uid, pid = peer.pid, request = name, step = %step, "request");
     let service = ctx.service.clone();
-    let result = tokio::task::spawn_blocking(move || match req {
-        Request::Status => Ok(Reply::Status(service.status())),
-        Request::BeginStep(b) => service.begin(peer, b),
-        Request::EndStep(e) => service.end(peer, e),
-    })
-    .await;
-    match result {
+    let cx = RequestCtx::new();
+    let cx2 = cx.clone();
+    let mut job = tokio::task::spawn_blocking(move || match req {
+        Request::Status => Ok(Reply::Status(service.status(peer))),
+        Request::BeginStep(b) => service.begin(peer, b, &cx2),
+        Request::EndStep(e) => service.end(peer, e, &cx2),
+    });
+    let result = tokio::select! {
+        r = &mut job => r,
+        () = hung_up(stream) => {
+            cx.set_client_gone();
+            slot.release_global();
+            info!(uid = peer.uid, pid = peer.pid, request = name, step = %step, "the client hung up while its request runs; its connection slot is released");
+            let r = job.await;
+            match r {
+                Ok(Ok(reply @ Reply::Ended { .. })) => {
+                    let _ = keep(ctx, peer, &step, &reply).await;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => info!(uid = peer.uid, request = name, step = %step, "request of a departed client failed: {e}"),
+                Err(e) => error!(request = name, step = %step, "the service failed while handling the request: {e}"),
+            }
+            return None;
+        }
+    };
+    Some(match result {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => {
             info!(uid = peer.uid, pid = peer.pid, request = name, step = %step, "request failed: {e}");
@@ -678,5 +935,5 @@ async fn dispatch(ctx: &Ctx, peer: Peer, req: Request) -> Reply {
                 format!("the daemon failed while handling the {name} request"),
             ))
         }
-    }
+    })
 }

@@ -50,6 +50,7 @@ fn begin(step: &str) -> Request {
 fn end(step: &str) -> Request {
     Request::EndStep(EndStep {
         step: step.into(),
+        owner_uid: None,
         kill: false,
         exitcode: Some(0),
         stdout: None,
@@ -276,8 +277,18 @@ fn many_concurrent_clients() {
             let path = srv.path.clone();
             std::thread::spawn(move || {
                 let step = format!("s{i}");
-                client::request_at(&path, &begin(&step)).unwrap();
-                client::request_at(&path, &end(&step)).unwrap();
+                // Over the connection limit a client is refused (too-many)
+                // at once, never queued: it retries.
+                let retry = |req: &Request| loop {
+                    match client::request_at(&path, req) {
+                        Err(ClientError::Daemon(e)) if e.kind == ErrorKind::TooMany => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        r => break r.unwrap(),
+                    }
+                };
+                retry(&begin(&step));
+                retry(&end(&step));
             })
         })
         .collect();

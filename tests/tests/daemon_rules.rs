@@ -172,7 +172,7 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
     assert_eq!(o.status.code(), Some(2));
     assert!(!Path::new("/tmp/never.json").exists());
 
-    // bob may not end alice's step.
+    // bob may not end alice's step (to him it does not exist).
     let bob_out = w.path().join("bob.json");
     let o = cilock_as(
         &d,
@@ -188,8 +188,9 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
             bob_out.to_str().unwrap(),
         ],
     );
+    // Steps are keyed by owner: bob has no step of that name.
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("may not end it"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no active step"), "{}", stderr(&o));
     assert!(!bob_out.exists());
 
     // Garbage on the socket gets an error reply, not a crash.

@@ -97,6 +97,7 @@ fn via_daemon(a: &RunArgs) -> anyhow::Result<u8> {
     let (code, stdout, stderr) = child.release_and_wait()?;
     let req = Request::EndStep(EndStep {
         step: a.step.clone(),
+        owner_uid: None,
         kill: false,
         exitcode: Some(code),
         stdout: Some(stdout),

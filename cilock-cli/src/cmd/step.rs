@@ -45,6 +45,7 @@ pub fn begin(a: StepBeginArgs) -> anyhow::Result<u8> {
 pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
     let req = Request::EndStep(EndStep {
         step: a.step.clone(),
+        owner_uid: a.owner,
         kill: a.kill,
         exitcode: None,
         stdout: None,

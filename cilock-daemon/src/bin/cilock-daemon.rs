@@ -7,8 +7,12 @@
 //! accessible to group/others, load it, start the engine, bind the socket,
 //! then tell systemd `READY=1`. `WATCHDOG=1` pings follow when systemd asks
 //! for them (`WatchdogSec=`), each after checking that the engine answers.
-//! SIGTERM/SIGINT: `STOPPING=1`, stop accepting, finish requests in flight,
-//! remove the socket, exit 0.
+//! SIGTERM/SIGINT: `STOPPING=1`, stop accepting, finish requests in flight
+//! (for at most the server's shutdown grace), remove the socket, end every
+//! active step and keep its signed attestation in `state_dir/reaped/`, exit
+//! 0. A request stuck in a blocking call never holds the exit up: the
+//! runtime is shut down with a timeout, well within the unit's
+//! `TimeoutStopSec`.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -21,10 +25,10 @@ use clap::Parser;
 use sd_notify::NotifyState;
 use tracing::{debug, error, info, warn};
 
-use cilock_daemon::api::StepService;
+use cilock_daemon::api::{Peer, StepService};
 use cilock_daemon::config::{check_key_file, DaemonConfig, DEFAULT_CONFIG_PATH};
-use cilock_daemon::engine::EngineConfig;
-use cilock_daemon::server::{Access, Server, ServerConfig};
+use cilock_daemon::engine::{DaemonService, EngineConfig, Reap};
+use cilock_daemon::server::{Access, Server};
 use cilock_evidence::keys::Signer;
 
 /// cilock-daemon: traces CI steps and signs their attestations.
@@ -106,8 +110,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         .thread_name("cilock-daemon")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(cfg, signer))
+    let result = runtime.block_on(serve(cfg, signer));
+    // Blocking-pool threads stuck in a call (a FIFO, a slow file system)
+    // must not keep the daemon alive: they are abandoned.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
+
+/// How long the runtime waits for blocking threads at exit.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
+/// How long ending the remaining steps at shutdown may take.
+const REAP_AT_SHUTDOWN: Duration = Duration::from_secs(30);
+/// The peer the daemon's own status queries run as.
+const ROOT: Peer = Peer {
+    uid: 0,
+    gid: 0,
+    pid: 0,
+};
 
 fn init_logging(level: &str) {
     let filter = std::env::var("RUST_LOG")
@@ -185,9 +204,8 @@ fn print_summary(
 }
 
 /// Builds the engine-backed service.
-fn build_service(cfg: EngineConfig, signer: Signer) -> anyhow::Result<Arc<dyn StepService>> {
-    let service = cilock_daemon::engine::DaemonService::new(cfg, signer)?;
-    Ok(service)
+fn build_service(cfg: EngineConfig, signer: Signer) -> anyhow::Result<Arc<DaemonService>> {
+    DaemonService::new(cfg, signer)
 }
 
 fn notify(states: &[NotifyState<'_>]) {
@@ -214,11 +232,13 @@ async fn serve(cfg: DaemonConfig, signer: Signer) -> anyhow::Result<()> {
     .await
     .context("the engine start-up task failed")?
     .context("starting the tracing engine")?;
+    let daemon_service = service.clone();
+    let service: Arc<dyn StepService> = service;
 
-    let server = Server::bind(ServerConfig::new(cfg.socket.clone(), cfg.group.clone()))?;
+    let server = Server::bind(cfg.server_config())?;
     let status = {
         let s = service.clone();
-        tokio::task::spawn_blocking(move || s.status())
+        tokio::task::spawn_blocking(move || s.status(ROOT))
             .await
             .context("querying the engine's status")?
     };
@@ -259,6 +279,20 @@ async fn serve(cfg: DaemonConfig, signer: Signer) -> anyhow::Result<()> {
             server_task.await
         }
     };
+    drop(service);
+    // End every step still active and keep its attestation, within a bound.
+    notify(&[NotifyState::Status("ending active steps")]);
+    let reap = tokio::task::spawn_blocking(move || {
+        daemon_service.reap(Reap::All);
+        daemon_service.engine().remove_parent();
+    });
+    match tokio::time::timeout(REAP_AT_SHUTDOWN, reap).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!("ending the active steps failed: {e}"),
+        Err(_) => {
+            error!("ending the active steps took longer than {REAP_AT_SHUTDOWN:?}; exiting anyway")
+        }
+    }
     match served {
         Ok(Ok(())) => {
             info!("stopped");
@@ -294,7 +328,7 @@ async fn watchdog_loop(service: Arc<dyn StepService>, period: Duration) {
     loop {
         tick.tick().await;
         let s = service.clone();
-        let probe = tokio::task::spawn_blocking(move || s.status());
+        let probe = tokio::task::spawn_blocking(move || s.status(ROOT));
         match tokio::time::timeout(period, probe).await {
             Ok(Ok(status)) => {
                 let line = match status.steps.len() {

@@ -18,7 +18,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cilock_daemon::api::{
-    ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, Request, StatusReply, StepService,
+    ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, Request, RequestCtx, StatusReply,
+    StepService,
 };
 use cilock_daemon::server::{Server, ServerConfig};
 
@@ -27,25 +28,43 @@ use cilock_daemon::server::{Server, ServerConfig};
 pub struct StandInService {
     /// Active steps and who began them.
     pub steps: Mutex<BTreeMap<String, Peer>>,
+    /// `hang*` begins that returned, and whether they saw the client gone.
+    pub gone_seen: Mutex<Vec<(String, bool)>>,
 }
 
 impl StepService for StandInService {
-    fn status(&self) -> StatusReply {
+    fn status(&self, _peer: Peer) -> StatusReply {
         StatusReply {
             version: "test".into(),
             backend: "none".into(),
             hooks: BTreeMap::new(),
             steps: self.steps.lock().unwrap().keys().cloned().collect(),
+            active: Vec::new(),
             keyid: "test-key".into(),
         }
     }
 
-    fn begin(&self, peer: Peer, req: BeginStep) -> Result<Reply, ApiError> {
+    fn begin(&self, peer: Peer, req: BeginStep, cx: &RequestCtx) -> Result<Reply, ApiError> {
         match req.step.as_str() {
             // A service bug: the server must turn it into an Internal reply.
             "panic" => panic!("stand-in service panics on purpose"),
             // A slow call: must not block other connections.
             "slow" => std::thread::sleep(Duration::from_millis(1500)),
+            // Runs 20 s whatever happens (a stuck call).
+            "stuck" => std::thread::sleep(Duration::from_secs(20)),
+            // A call that runs until its client hangs up (or 60 s): records
+            // whether the server said so.
+            s if s.starts_with("hang") => {
+                let t = std::time::Instant::now();
+                while !cx.client_gone() && t.elapsed() < Duration::from_secs(60) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                self.gone_seen
+                    .lock()
+                    .unwrap()
+                    .push((req.step.clone(), cx.client_gone()));
+                return Err(ApiError::new(ErrorKind::BadRequest, "client gone"));
+            }
             _ => {}
         }
         let mut steps = self.steps.lock().unwrap();
@@ -61,7 +80,7 @@ impl StepService for StandInService {
         })
     }
 
-    fn end(&self, peer: Peer, req: EndStep) -> Result<Reply, ApiError> {
+    fn end(&self, peer: Peer, req: EndStep, _cx: &RequestCtx) -> Result<Reply, ApiError> {
         let began = self
             .steps
             .lock()
@@ -84,6 +103,8 @@ impl StepService for StandInService {
 pub struct TestServer {
     pub path: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The stand-in service it dispatches to.
+    pub service: Arc<StandInService>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
@@ -115,7 +136,8 @@ impl TestServer {
     /// Serves an already bound server on a thread.
     pub fn run(server: Server, dir: tempfile::TempDir, path: PathBuf) -> TestServer {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let service: Arc<dyn StepService> = Arc::new(StandInService::default());
+        let stand_in = Arc::new(StandInService::default());
+        let service: Arc<dyn StepService> = stand_in.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -130,6 +152,7 @@ impl TestServer {
         TestServer {
             path,
             dir,
+            service: stand_in,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -159,8 +182,11 @@ impl Drop for TestServer {
 
 /// Writes one raw frame.
 pub fn write_frame(s: &mut UnixStream, body: &[u8]) {
-    s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // One write: a server that refuses after the header must not make the
+    // body's write fail (EPIPE) when the whole frame fits the buffer.
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    s.write_all(&frame).unwrap();
 }
 
 /// Reads one reply frame; `None` on a clean EOF.

@@ -302,22 +302,43 @@ impl EbpfBackend {
                 },
             );
         }
-        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = maps.loss.remove(&cgroup.id());
-        maps.steps
-            .insert(cgroup.id(), 1, 0)
-            .map_err(map_err("STEPS insert"))?;
+        let inserted = {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = maps.loss.remove(&cgroup.id());
+            maps.steps
+                .insert(cgroup.id(), 1, 0)
+                .map_err(map_err("STEPS insert"))
+        };
+        if let Err(e) = inserted {
+            // Roll everything back: the route (and with it the step's
+            // cgroup links, detached when dropped) and the loss entry.
+            if let Ok(mut r) = self.routes.write() {
+                r.remove(&cgroup.id());
+            }
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = maps.loss.remove(&cgroup.id());
+            return Err(e);
+        }
         Ok(counts)
     }
 
     /// Stops tracing the step, delivers everything it emitted to its
     /// recorder, and returns captured/lost counts per kind.
     pub fn unregister(&self, cgroup_id: u64) -> Result<BTreeMap<String, EventCount>, EbpfError> {
-        {
+        let removed = {
             let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
             maps.steps
                 .remove(&cgroup_id)
-                .map_err(map_err("STEPS remove"))?;
+                .map_err(map_err("STEPS remove"))
+        };
+        if let Err(e) = removed {
+            // Never leave the route (and its links) behind.
+            if let Ok(mut r) = self.routes.write() {
+                r.remove(&cgroup_id);
+            }
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = maps.loss.remove(&cgroup_id);
+            return Err(e);
         }
         // Programs that passed the filter before the removal finish within
         // microseconds; then everything they emitted is in the ring.
