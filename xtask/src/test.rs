@@ -1,10 +1,19 @@
 //! `cargo xtask test`: everything CI checks, from a fresh machine: setup,
-//! the kernel matrix (QEMU), the benchmark smoke run, and the whole test
-//! suite (unit, integration, end-to-end as root with eBPF).
+//! the fuzz smoke run (every cargo-fuzz target for a bounded time), the
+//! kernel matrix (QEMU), the benchmark smoke run, and the whole test suite
+//! (unit, integration, end-to-end as root with eBPF).
 
 use clap::Args;
 
-use crate::util::{cargo, exec, step};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::util::{cargo, cmd, exec, note, output, step};
+
+/// The toolchain cargo-fuzz runs with (the pinned nightly the eBPF build
+/// uses; `-Zsanitizer`/coverage flags need a nightly).
+pub const FUZZ_TOOLCHAIN: &str = "+nightly";
 
 /// `cargo xtask test` options.
 #[derive(Debug, Args)]
@@ -18,6 +27,12 @@ pub struct TestArgs {
     /// Skip the benchmark smoke run.
     #[arg(long)]
     pub no_bench: bool,
+    /// Skip the fuzz smoke run.
+    #[arg(long)]
+    pub no_fuzz: bool,
+    /// Seconds each fuzz target runs in the fuzz smoke run.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub fuzz_time: u64,
     /// Extra arguments for `cargo test` (after `--`).
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
@@ -30,6 +45,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     step("building");
     exec(cargo().args(["build", "--all-targets"]))?;
+    if !args.no_fuzz {
+        fuzz_smoke(args.fuzz_time)?;
+    }
     if !args.no_vm {
         step("kernel matrix (cargo xtask vm-test)");
         exec(cargo().args(["xtask", "vm-test"]))?;
@@ -97,4 +115,107 @@ fn run_counting(c: &mut std::process::Command) -> anyhow::Result<(u64, u64)> {
         anyhow::bail!("cargo test failed ({status})");
     }
     Ok((passed, failed))
+}
+
+/// The fuzz workspace (`fuzz/`).
+fn fuzz_dir() -> PathBuf {
+    crate::util::workspace_root().join("fuzz")
+}
+
+/// `cargo +nightly fuzz …` in `fuzz/`.
+fn cargo_fuzz() -> std::process::Command {
+    let mut c = cmd("cargo");
+    c.arg(FUZZ_TOOLCHAIN).arg("fuzz").current_dir(fuzz_dir());
+    c
+}
+
+/// The fuzz targets (`cargo fuzz list`).
+fn fuzz_targets() -> anyhow::Result<Vec<String>> {
+    let out = output(cargo_fuzz().arg("list")).context(
+        "`cargo +nightly fuzz list` failed: is cargo-fuzz installed (`cargo xtask setup`)?",
+    )?;
+    let targets: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if targets.is_empty() {
+        anyhow::bail!(
+            "`cargo fuzz list` found no fuzz target in {}",
+            fuzz_dir().display()
+        );
+    }
+    Ok(targets)
+}
+
+/// Runs every fuzz target for `secs` seconds (no sanitizer: libFuzzer's
+/// coverage and Rust's own checks; debug assertions on). The seeds in
+/// `fuzz/seeds/<target>/` are read, new inputs go to a corpus under the
+/// target dir (so the seeds in git stay as they are), and a crash, leak,
+/// timeout or out-of-memory fails the run with the reproducer's path.
+pub fn fuzz_smoke(secs: u64) -> anyhow::Result<()> {
+    step(format!(
+        "fuzz smoke run: every fuzz target for {secs} s (cargo-fuzz, no sanitizer)"
+    ));
+    let targets = fuzz_targets()?;
+    note(format!("targets: {}", targets.join(" ")));
+    exec(cargo_fuzz().args(["build", "--sanitizer", "none"]))?;
+    let work = crate::util::target_dir().join("fuzz-smoke");
+    let mut failed = Vec::new();
+    for t in &targets {
+        let corpus = work.join("corpus").join(t);
+        let artifacts = work.join("artifacts").join(t);
+        for d in [&corpus, &artifacts] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let before = artifact_files(&artifacts);
+        let seeds = fuzz_dir().join("seeds").join(t);
+        let mut c = cargo_fuzz();
+        c.args(["run", "--sanitizer", "none", t]).arg(&corpus);
+        if seeds.is_dir() {
+            c.arg(&seeds);
+        }
+        c.arg("--")
+            .arg(format!("-max_total_time={secs}"))
+            // One input taking a minute is a finding (a job could stall
+            // the daemon with it), not a slow machine.
+            .arg("-timeout=60")
+            .arg(format!("-artifact_prefix={}/", artifacts.display()));
+        if let Err(e) = exec(&mut c) {
+            let new: Vec<PathBuf> = artifact_files(&artifacts)
+                .into_iter()
+                .filter(|p| !before.contains(p))
+                .collect();
+            if new.is_empty() {
+                failed.push(format!("{t}: {e:#}"));
+            }
+            for p in new {
+                failed.push(format!(
+                    "{t}: reproducer {} (reproduce: cd fuzz && cargo {FUZZ_TOOLCHAIN} fuzz run --sanitizer none {t} {})",
+                    p.display(),
+                    p.display()
+                ));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        step("fuzz smoke run failed:");
+        for f in &failed {
+            note(f);
+        }
+        anyhow::bail!("{} fuzz target(s) failed", failed.len());
+    }
+    note(format!(
+        "{} fuzz targets ran {secs} s each without a finding",
+        targets.len()
+    ));
+    Ok(())
+}
+
+/// Files in a libFuzzer artifact directory.
+fn artifact_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
 }
