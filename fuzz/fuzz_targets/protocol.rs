@@ -65,7 +65,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(before >= 1 && before <= MAX.max(4));
             match dec.push(c) {
                 Ok((n, f)) => {
-                    assert!(n >= 1 && n <= c.len() && n <= before);
+                    // Everything is consumed unless a frame ended inside.
+                    assert!(n >= 1 && n <= c.len());
+                    assert!(f.is_some() || n == c.len());
+                    // Only a body completes a frame that a header began.
+                    assert!(f.is_none() || n >= before.min(c.len()));
                     got.extend(f);
                     c = &c[n..];
                 }

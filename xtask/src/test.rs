@@ -38,6 +38,14 @@ pub struct TestArgs {
     pub cargo_args: Vec<String>,
 }
 
+/// `cargo xtask fuzz` options.
+#[derive(Debug, Args)]
+pub struct FuzzArgs {
+    /// Seconds each fuzz target runs.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub time: u64,
+}
+
 /// Runs the suite.
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if !args.no_setup {
@@ -126,6 +134,27 @@ fn fuzz_dir() -> PathBuf {
 fn cargo_fuzz() -> std::process::Command {
     let mut c = cmd("cargo");
     c.arg(FUZZ_TOOLCHAIN).arg("fuzz").current_dir(fuzz_dir());
+    // Drop what `cargo run` set for xtask itself: cargo fingerprints the
+    // variables a crate reads with `env!` (CARGO_PKG_VERSION, …) from its
+    // own environment, so leaving them would rebuild the fuzz workspace
+    // whenever it is built once from a shell and once from here.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k == "CARGO"
+            || k == "RUSTUP_TOOLCHAIN"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+        {
+            c.env_remove(k.as_ref());
+        }
+    }
     c
 }
 
