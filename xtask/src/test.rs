@@ -198,7 +198,7 @@ pub fn fuzz_smoke(secs: u64) -> anyhow::Result<()> {
         for d in [&corpus, &artifacts] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let before = artifact_files(&artifacts);
+        let started = std::time::SystemTime::now();
         let seeds = fuzz_dir().join("seeds").join(t);
         let mut c = cargo_fuzz();
         c.args(["run", "--sanitizer", "none", t]).arg(&corpus);
@@ -212,10 +212,9 @@ pub fn fuzz_smoke(secs: u64) -> anyhow::Result<()> {
             .arg("-timeout=60")
             .arg(format!("-artifact_prefix={}/", artifacts.display()));
         if let Err(e) = exec(&mut c) {
-            let new: Vec<PathBuf> = artifact_files(&artifacts)
-                .into_iter()
-                .filter(|p| !before.contains(p))
-                .collect();
+            // libFuzzer names a reproducer after its content: the same
+            // finding again rewrites the same file, so look at the times.
+            let new = artifact_files(&artifacts, started);
             if new.is_empty() {
                 failed.push(format!("{t}: {e:#}"));
             }
@@ -242,9 +241,17 @@ pub fn fuzz_smoke(secs: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Files in a libFuzzer artifact directory.
-fn artifact_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
+/// Files in a libFuzzer artifact directory written since `since`.
+fn artifact_files(dir: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
+    let Ok(d) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    d.flatten()
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        })
+        .map(|e| e.path())
+        .collect()
 }
