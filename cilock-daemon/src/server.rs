@@ -470,9 +470,14 @@ async fn read_frame(
         // frame); the body grows with the data received, not the declared
         // length.
         let mut dec = frame::FrameDecoder::new(max);
-        let mut chunk = vec![0u8; 64 * 1024];
+        // Grown to what is wanted (at most 64 KiB): an idle connection
+        // waiting for a header holds 4 bytes.
+        let mut chunk = Vec::new();
         loop {
-            let want = dec.wanted().min(chunk.len());
+            let want = dec.wanted().min(64 * 1024);
+            if chunk.len() < want {
+                chunk.resize(want, 0);
+            }
             match stream.read(&mut chunk[..want]).await {
                 Ok(0) if dec.is_idle() => return Ok(None),
                 Ok(0) => return Err(FrameError::Truncated(dec.received())),

@@ -157,10 +157,13 @@ impl Drop for TestServer {
     }
 }
 
-/// Writes one raw frame.
+/// Writes one raw frame, header and body in one write (a server that
+/// refuses the header and hangs up must not turn the body's write into a
+/// racy EPIPE).
 pub fn write_frame(s: &mut UnixStream, body: &[u8]) {
-    s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    s.write_all(&f).unwrap();
 }
 
 /// Reads one reply frame; `None` on a clean EOF.
