@@ -3,13 +3,18 @@
 //!
 //! `CILOCK_SKIP_EBPF=1` writes an empty object instead (for building the
 //! user-space code on a machine without bpf-linker); the engine then reports
-//! eBPF as unavailable at run time and falls back to ptrace.
+//! eBPF as unavailable at run time and falls back to ptrace. A fuzzing build
+//! (`cargo fuzz` sets `--cfg fuzzing`) does the same: the fuzz targets use
+//! the parsers only, and the sanitizer/coverage flags do not apply to the BPF
+//! target.
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=CILOCK_SKIP_EBPF");
     let out_dir = std::env::var("OUT_DIR")?;
-    if std::env::var_os("CILOCK_SKIP_EBPF").is_some_and(|v| v == "1") {
+    if std::env::var_os("CILOCK_SKIP_EBPF").is_some_and(|v| v == "1")
+        || std::env::var_os("CARGO_CFG_FUZZING").is_some()
+    {
         std::fs::write(format!("{out_dir}/cilock"), b"")?;
         return Ok(());
     }

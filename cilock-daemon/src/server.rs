@@ -38,6 +38,7 @@
 //!   failed, reply over [`MAX_MESSAGE`]) are kept the same way.
 
 pub mod auth;
+pub mod frame;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -572,32 +573,30 @@ async fn read_frame(
     timeout: Duration,
 ) -> Result<Option<Vec<u8>>, FrameError> {
     let read = async {
-        let mut hdr = [0u8; 4];
-        let mut got = 0;
-        while got < 4 {
-            match stream.read(&mut hdr[got..]).await {
-                Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err(FrameError::Truncated(got)),
-                Ok(n) => got += n,
+        // Reads at most what the current frame still needs (never the next
+        // frame); the body grows with the data received, not the declared
+        // length.
+        let mut dec = frame::FrameDecoder::new(max);
+        // Grown to what is wanted (at most 64 KiB): an idle connection
+        // waiting for a header holds 4 bytes.
+        let mut chunk = Vec::new();
+        loop {
+            let want = dec.wanted().min(64 * 1024);
+            if chunk.len() < want {
+                chunk.resize(want, 0);
+            }
+            match stream.read(&mut chunk[..want]).await {
+                Ok(0) if dec.is_idle() => return Ok(None),
+                Ok(0) => return Err(FrameError::Truncated(dec.received())),
+                Ok(n) => match dec.push(&chunk[..n]) {
+                    Ok((_, Some(body))) => return Ok(Some(body)),
+                    Ok((_, None)) => {}
+                    Err(frame::TooLarge(len)) => return Err(FrameError::TooLarge(len)),
+                },
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(FrameError::Io(e)),
             }
         }
-        let len = u32::from_be_bytes(hdr) as usize;
-        if len > max {
-            return Err(FrameError::TooLarge(len));
-        }
-        // Grow with the data actually received, not with the declared length.
-        let mut body = Vec::with_capacity(len.min(64 * 1024));
-        let n = (&mut *stream)
-            .take(len as u64)
-            .read_to_end(&mut body)
-            .await
-            .map_err(FrameError::Io)?;
-        if n < len {
-            return Err(FrameError::Truncated(4 + n));
-        }
-        Ok(Some(body))
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(r) => r,

@@ -38,6 +38,9 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Set up, then run every test (needs root: eBPF, cgroups).
     Test(test::TestArgs),
+    /// The fuzz smoke run alone: every cargo-fuzz target for a bounded
+    /// time (what `test` runs before the suite).
+    Fuzz(test::FuzzArgs),
     /// Remove what `install` installed (config and key are kept unless
     /// --purge).
     Uninstall(uninstall::UninstallArgs),
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Task::Install(a) => install::run(a),
         Task::Demo(a) => demo::run(a),
         Task::Test(a) => test::run(a),
+        Task::Fuzz(a) => test::fuzz_smoke(a.time),
         Task::Uninstall(a) => uninstall::run(a),
         Task::Bench(a) => bench::run(a),
         Task::VmTest(a) => vm_test::run(a),

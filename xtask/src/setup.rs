@@ -6,7 +6,9 @@
 //!    updated);
 //! 3. `bpf-linker` 0.13.0 built against LLVM 22 (skipped when
 //!    `bpf-linker --version` already reports 0.13.0);
-//! 4. tracefs at `/sys/kernel/tracing`, bpffs at `/sys/fs/bpf`, and a cgroup2
+//! 4. `cargo-fuzz` 0.13.1 (for the fuzz smoke run of `cargo xtask test`;
+//!    skipped when `cargo fuzz --version` already reports it);
+//! 5. tracefs at `/sys/kernel/tracing`, bpffs at `/sys/fs/bpf`, and a cgroup2
 //!    hierarchy (at `/sys/fs/cgroup` when that is empty, else at
 //!    `/sys/fs/cgroup/unified`), each only when missing.
 
@@ -50,6 +52,7 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     apt(&args, &mut missing)?;
     rust_src(&args, &mut missing)?;
     bpf_linker(&args, &mut missing)?;
+    cargo_fuzz(&args, &mut missing)?;
     mounts(&args, &mut missing)?;
     if args.check {
         if missing.is_empty() {
@@ -184,6 +187,34 @@ fn bpf_linker(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()>
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
             .env("PATH", path),
     )
+}
+
+/// The cargo-fuzz version the fuzz smoke run is pinned to (builds with the
+/// stable toolchain; runs the targets with the nightly).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+fn cargo_fuzz(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
+    step(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    // `cargo-fuzz --version` answers without going through a toolchain.
+    let current = output(cmd("cargo-fuzz").arg("--version"));
+    if let Some(v) = &current {
+        if v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION) {
+            note(format!("already installed: {}", v.trim()));
+            return Ok(());
+        }
+        note(format!("found {}, want {CARGO_FUZZ_VERSION}", v.trim()));
+    } else {
+        note("not installed");
+    }
+    if args.check {
+        missing.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
+        return Ok(());
+    }
+    exec(util::cargo().args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
 }
 
 /// A mount from `/proc/self/mountinfo`.

@@ -180,13 +180,13 @@ impl Drop for TestServer {
     }
 }
 
-/// Writes one raw frame.
+/// Writes one raw frame, header and body in one write (a server that
+/// refuses the header and hangs up must not turn the body's write into a
+/// racy EPIPE).
 pub fn write_frame(s: &mut UnixStream, body: &[u8]) {
-    // One write: a server that refuses after the header must not make the
-    // body's write fail (EPIPE) when the whole frame fits the buffer.
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(body);
-    s.write_all(&frame).unwrap();
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    s.write_all(&f).unwrap();
 }
 
 /// Reads one reply frame; `None` on a clean EOF.

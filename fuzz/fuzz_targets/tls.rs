@@ -1,0 +1,58 @@
+//! TLS ClientHellos as a traced job can write them: SNI/ALPN extraction over
+//! the whole input, the same answer whatever write boundaries the bytes
+//! arrive in (the recorder and the ptrace backend call again while the
+//! answer is `Incomplete`), and the recorder's reassembly, direct and behind
+//! an HTTP `CONNECT` proxy request. Nothing here may panic.
+#![no_main]
+
+use std::time::SystemTime;
+
+use cilock_daemon::trace::digest_cache::DigestCache;
+use cilock_daemon::trace::event::TraceEvent;
+use cilock_daemon::trace::net::{parse_client_hello, ClientHello};
+use cilock_daemon::trace::recorder::Recorder;
+use cilock_evidence::digest::HashAlg;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&step, bytes)) = data.split_first() else {
+        return;
+    };
+    let whole = parse_client_hello(bytes);
+    // A decided prefix decides the whole stream the same way.
+    let step = step as usize + 1;
+    let mut end = 0;
+    while end < bytes.len() {
+        end = (end + step).min(bytes.len());
+        let r = parse_client_hello(&bytes[..end]);
+        if r != ClientHello::Incomplete {
+            assert_eq!(r, whole, "prefix of {end} bytes decides differently");
+            break;
+        }
+    }
+    let time = SystemTime::UNIX_EPOCH;
+    let mut r = Recorder::new(None);
+    let mut proxied = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec();
+    proxied.extend_from_slice(bytes);
+    for (fd, port, stream) in [(3, 443, &bytes[..]), (4, 3128, &proxied[..])] {
+        let dst = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        r.push(TraceEvent::Net {
+            pid: 4242,
+            call: cilock_daemon::trace::event::NetCall::Connect,
+            fd,
+            addr: cilock_daemon::trace::event::SockAddr::Ip(dst),
+            time,
+        });
+        for part in stream.chunks(step) {
+            r.push(TraceEvent::Egress {
+                pid: 4242,
+                fd,
+                dst: Some(dst),
+                stream: true,
+                bytes: part.to_vec(),
+                time,
+            });
+        }
+    }
+    let _ = r.finish(&DigestCache::new(4), &[HashAlg::Sha256], &[]);
+});
