@@ -31,7 +31,7 @@ pub struct TestArgs {
     #[arg(long)]
     pub no_fuzz: bool,
     /// Seconds each fuzz target runs in the fuzz smoke run.
-    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub fuzz_time: u64,
     /// Extra arguments for `cargo test` (after `--`).
     #[arg(last = true)]
