@@ -42,7 +42,7 @@ pub struct TestArgs {
 #[derive(Debug, Args)]
 pub struct FuzzArgs {
     /// Seconds each fuzz target runs.
-    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub time: u64,
 }
 
