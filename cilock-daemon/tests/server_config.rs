@@ -201,3 +201,24 @@ fn key_file_missing_or_not_a_file() {
     let err = check_key_file(dir.path()).unwrap_err();
     assert!(matches!(err, KeyFileError::NotRegular { .. }), "{err:?}");
 }
+
+/// Every commented-out top-level key of the shipped file, uncommented, is
+/// the default it claims to be.
+#[test]
+fn the_shipped_files_commented_values_are_the_defaults() {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/cilock.toml"))
+            .unwrap();
+    let top = shipped.split("#[helper]").next().unwrap();
+    let lines: Vec<&str> = top
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter(|l| {
+            l.split_once(" = ")
+                .is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        })
+        .collect();
+    assert!(lines.len() >= 17, "{lines:?}");
+    let cfg = DaemonConfig::from_toml_str(&lines.join("\n"), "shipped").unwrap();
+    assert_eq!(cfg, DaemonConfig::default());
+}
