@@ -627,6 +627,17 @@ impl Engine {
         Ok(cg_path)
     }
 
+    /// Where the processes still in a step go when it ends: the cgroup they
+    /// came from, or the cgroup2 root when that one is gone (a process that
+    /// was in another step, ended since).
+    fn return_to(&self, origin: &Path) -> PathBuf {
+        if origin.is_dir() {
+            origin.to_path_buf()
+        } else {
+            self.mount.clone()
+        }
+    }
+
     fn discard(&self, step: Step) {
         if let Backend::Ebpf(b) = &self.backend {
             let _ = b.unregister(step.cgroup.id());
@@ -635,7 +646,7 @@ impl Engine {
             stop.store(true, Ordering::SeqCst);
             let _ = h.join();
         }
-        let _ = step.cgroup.remove(&step.origin);
+        let _ = step.cgroup.remove(&self.return_to(&step.origin));
     }
 
     /// Ends the step `name` for `uid` (its owner, or root).
@@ -726,7 +737,7 @@ impl Engine {
             }
         }
         // Leave the cgroup (processes still alive go back to the parent).
-        if let Err(e) = step.cgroup.remove(&step.origin) {
+        if let Err(e) = step.cgroup.remove(&self.return_to(&step.origin)) {
             tracing::warn!("step {}: {e}", step.name);
         }
         let recorder =
