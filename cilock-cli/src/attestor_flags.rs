@@ -123,9 +123,10 @@ impl AttestorFlags {
             gitlab_token_env: self.gitlab_token_env.clone(),
             github_action_ref: self.github_action_ref.clone(),
             // The daemon needs an absolute path (it does not know our cwd).
-            github_action_dir: self.github_action_dir.as_ref().map(|d| {
-                std::path::absolute(d).unwrap_or_else(|_| d.clone())
-            }),
+            github_action_dir: self
+                .github_action_dir
+                .as_ref()
+                .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
         }
     }
 }

@@ -24,10 +24,10 @@ use cilock_evidence::dsse::{self, Envelope};
 use cilock_evidence::intoto::{Statement, PAYLOAD_TYPE};
 use cilock_evidence::keys::Signer;
 
-use crate::attest_helper::{self, HelperConfig, HelperStep, Identity};
 use crate::api::{
     self, ActiveStep, ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, RequestCtx, StatusReply,
 };
+use crate::attest_helper::{self, HelperConfig, HelperStep, Identity};
 use crate::backend::ebpf::EbpfBackend;
 use crate::backend::{ptrace, BackendChoice};
 use crate::cgroup::{Cgroup, Hierarchy, PidFd};

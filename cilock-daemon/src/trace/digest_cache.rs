@@ -336,7 +336,9 @@ impl DigestCache {
             }
             Err(e) => return Hashed::Error(e.to_string()),
         };
-        if on_pseudo_fs(&file) {
+        // /proc, /sys and other kernel filesystems hold no files to attest
+        // (and /proc/PID/mem must never be read).
+        if cilock_evidence::attestors::safeio::is_pseudo_fs(std::os::fd::AsFd::as_fd(&file)) {
             return Hashed::NotRegular("pseudo filesystem");
         }
         let before = match file.metadata() {
@@ -573,29 +575,6 @@ fn open_no_symlinks(path: &Path) -> std::io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-}
-/// True for /proc, /sys and other kernel filesystems, whose contents are
-/// not files to attest (and, for /proc/PID/mem, must not be read).
-fn on_pseudo_fs(f: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and out-pointer.
-    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
-        return false;
-    }
-    const PSEUDO: [i64; 10] = [
-        0x9fa0,      // proc
-        0x6265_6572, // sysfs
-        0x6367_7270, // cgroup2
-        0x0027_e0eb, // cgroup
-        0x6462_6720, // debugfs
-        0x7472_6163, // tracefs
-        0x1cd1,      // devpts
-        0x7363_6673, // securityfs
-        0xcafe_4a11, // bpf
-        0x6e73_6673, // nsfs
-    ];
-    PSEUDO.contains(&(st.f_type as i64))
 }
 
 #[cfg(test)]
