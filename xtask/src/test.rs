@@ -179,7 +179,8 @@ fn fuzz_targets() -> anyhow::Result<Vec<String>> {
 }
 
 /// Runs every fuzz target for `secs` seconds (no sanitizer: libFuzzer's
-/// coverage and Rust's own checks; debug assertions on). The seeds in
+/// coverage and Rust's own checks; a dev build, so debug assertions and
+/// overflow checks are on and CI does not spend minutes optimising). The seeds in
 /// `fuzz/seeds/<target>/` are read, new inputs go to a corpus under the
 /// target dir (so the seeds in git stay as they are), and a crash, leak,
 /// timeout or out-of-memory fails the run with the reproducer's path.
@@ -189,7 +190,7 @@ pub fn fuzz_smoke(secs: u64) -> anyhow::Result<()> {
     ));
     let targets = fuzz_targets()?;
     note(format!("targets: {}", targets.join(" ")));
-    exec(cargo_fuzz().args(["build", "--sanitizer", "none"]))?;
+    exec(cargo_fuzz().args(["build", "--dev", "--sanitizer", "none"]))?;
     let work = crate::util::target_dir().join("fuzz-smoke");
     let mut failed = Vec::new();
     for t in &targets {
@@ -201,7 +202,7 @@ pub fn fuzz_smoke(secs: u64) -> anyhow::Result<()> {
         let started = std::time::SystemTime::now();
         let seeds = fuzz_dir().join("seeds").join(t);
         let mut c = cargo_fuzz();
-        c.args(["run", "--sanitizer", "none", t]).arg(&corpus);
+        c.args(["run", "--dev", "--sanitizer", "none", t]).arg(&corpus);
         if seeds.is_dir() {
             c.arg(&seeds);
         }
@@ -220,7 +221,7 @@ pub fn fuzz_smoke(secs: u64) -> anyhow::Result<()> {
             }
             for p in new {
                 failed.push(format!(
-                    "{t}: reproducer {} (reproduce: cd fuzz && cargo {FUZZ_TOOLCHAIN} fuzz run --sanitizer none {t} {})",
+                    "{t}: reproducer {} (reproduce: cd fuzz && cargo {FUZZ_TOOLCHAIN} fuzz run --dev --sanitizer none {t} {})",
                     p.display(),
                     p.display()
                 ));
