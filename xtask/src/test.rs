@@ -202,7 +202,8 @@ pub fn fuzz_smoke(secs: u64) -> anyhow::Result<()> {
         let started = std::time::SystemTime::now();
         let seeds = fuzz_dir().join("seeds").join(t);
         let mut c = cargo_fuzz();
-        c.args(["run", "--dev", "--sanitizer", "none", t]).arg(&corpus);
+        c.args(["run", "--dev", "--sanitizer", "none", t])
+            .arg(&corpus);
         if seeds.is_dir() {
             c.arg(&seeds);
         }
