@@ -32,6 +32,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-cryptography",
     "openssl",
     "iproute2",
+    // The git attestor's tests compare gix with the git CLI; the adversarial
+    // and limits tests use setpriv, unshare, useradd/groupadd.
+    "git",
+    "util-linux",
+    "passwd",
 ];
 
 /// The bpf-linker version the eBPF build is pinned to.
