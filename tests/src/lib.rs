@@ -55,6 +55,43 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
+/// The per-binary shared directory (see [`shared_dir`]).
+static SHARED_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+extern "C" fn remove_shared_dir() {
+    if let Some(d) = SHARED_DIR.get() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A directory every user can traverse (0755), shared by the tests of one
+/// test binary and removed when the binary exits. (A `TempDir` kept in a
+/// static is never dropped: it would be left in /tmp after every run.)
+pub fn shared_dir() -> &'static Path {
+    SHARED_DIR.get_or_init(|| {
+        let d = tempdir().keep();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod shared dir");
+        // SAFETY: registers a plain extern "C" function with no arguments.
+        unsafe { libc::atexit(remove_shared_dir) };
+        d
+    })
+}
+
+/// A copy of `cilock` every user can execute, in [`shared_dir`] (the
+/// checkout may sit in a directory other users cannot traverse).
+pub fn shared_cilock() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let p = shared_dir().join("cilock");
+        std::fs::copy(bin("cilock"), &p).expect("copy cilock");
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod cilock");
+        p
+    })
+    .clone()
+}
+
 /// A signing key pair made with `cilock keygen`.
 pub fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
     let key = dir.join("signing-key.pem");

@@ -44,21 +44,16 @@ impl Drop for Group {
 }
 
 /// Files other users can read and execute: a copy of `cilock` and the
-/// Python client below.
-fn shared_dir() -> &'static Path {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = tempdir();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::copy(bin("cilock"), d.path().join("cilock")).unwrap();
-        std::fs::write(d.path().join("cl.py"), CLIENT_PY).unwrap();
-        for f in ["cilock", "cl.py"] {
-            std::fs::set_permissions(d.path().join(f), std::fs::Permissions::from_mode(0o755))
-                .unwrap();
-        }
-        d
-    })
-    .path()
+/// Python client below, in the binary's shared directory.
+fn test_files() -> &'static Path {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        shared_cilock();
+        let py = shared_dir().join("cl.py");
+        std::fs::write(&py, CLIENT_PY).unwrap();
+        std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+    shared_dir()
 }
 
 /// A raw socket client: `req JSON` (one request, prints the reply),
@@ -130,7 +125,7 @@ fn as_user(uid: u32, gid: u32) -> Command {
 
 fn cilock_as(d: &Daemon, uid: u32, gid: u32, args: &[&str]) -> Output {
     as_user(uid, gid)
-        .arg(shared_dir().join("cilock"))
+        .arg(test_files().join("cilock"))
         .args(args)
         .env("CILOCK_SOCKET", &d.socket)
         .output()
@@ -145,7 +140,7 @@ fn request_as(d: &Daemon, user: Option<(u32, u32)>, req: &Value) -> Value {
     };
     let o = c
         .arg(python())
-        .arg(shared_dir().join("cl.py"))
+        .arg(test_files().join("cl.py"))
         .arg("req")
         .arg(req.to_string())
         .env("CILOCK_SOCKET", &d.socket)
@@ -308,7 +303,7 @@ fn one_users_connection_flood_stops_neither_root_nor_another_user() {
     // alice: 200 idle connections and 128 keep-alive ones.
     let mut flood = as_user(ALICE, g.gid)
         .arg(python())
-        .arg(shared_dir().join("cl.py"))
+        .arg(test_files().join("cl.py"))
         .args(["flood", "200", "128"])
         .env("CILOCK_SOCKET", &d.socket)
         .stdin(Stdio::piped())
@@ -597,7 +592,7 @@ fn a_begin_whose_client_left_leaves_no_step() {
     let req = json!({"request": "begin-step", "step": "left", "pid": job.id(),
                      "workdir": w.path().to_str().unwrap()});
     let st = Command::new(python())
-        .arg(shared_dir().join("cl.py"))
+        .arg(test_files().join("cl.py"))
         .args(["begin-close", &req.to_string(), "0.5"])
         .env("CILOCK_SOCKET", &d.socket)
         .status()
@@ -627,7 +622,7 @@ fn a_reused_pid_is_never_moved_into_a_users_step() {
                          "pid": p, "workdir": wd});
         let client = as_user(ALICE, g.gid)
             .arg(python())
-            .arg(shared_dir().join("cl.py"))
+            .arg(test_files().join("cl.py"))
             .arg("req")
             .arg(req.to_string())
             .env("CILOCK_SOCKET", &d.socket)
@@ -704,7 +699,7 @@ fn an_end_whose_client_left_is_completed_and_kept() {
     }
     let req = json!({"request": "end-step", "step": "kept", "kill": true});
     let st = Command::new(python())
-        .arg(shared_dir().join("cl.py"))
+        .arg(test_files().join("cl.py"))
         .args(["begin-close", &req.to_string(), "0.3"])
         .env("CILOCK_SOCKET", &d.socket)
         .status()

@@ -38,24 +38,6 @@ impl Drop for Group {
     }
 }
 
-/// A copy of `cilock` other users can execute (the checkout may sit in a
-/// directory they cannot traverse).
-fn shared_cilock() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = tempdir();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::copy(bin("cilock"), d.path().join("cilock")).unwrap();
-        std::fs::set_permissions(
-            d.path().join("cilock"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        d
-    });
-    dir.path().join("cilock")
-}
-
 /// Runs cilock as `uid` with the given supplementary groups.
 fn cilock_as(d: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
     let groups: Vec<String> = groups.iter().map(u32::to_string).collect();

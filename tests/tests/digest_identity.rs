@@ -72,23 +72,6 @@ impl Drop for User {
     }
 }
 
-/// A copy of `cilock` other users can execute.
-fn shared_cilock() -> PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = tempdir();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::copy(bin("cilock"), d.path().join("cilock")).unwrap();
-        std::fs::set_permissions(
-            d.path().join("cilock"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        d
-    });
-    dir.path().join("cilock")
-}
-
 fn cilock_as(d: &Daemon, u: &User, args: &[&str]) -> Output {
     u.command(&shared_cilock())
         .args(args)

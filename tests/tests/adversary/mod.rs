@@ -125,38 +125,6 @@ impl Drop for User {
     }
 }
 
-/// A copy of `cilock` other users can execute.
-pub fn shared_cilock() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        // Kept for the whole test process: a OnceLock is never dropped, so
-        // keep it under a directory named after this process and remove
-        // stale copies of earlier runs.
-        let d = PathBuf::from(format!("/tmp/cilock-e2e.adv-bin.{}", std::process::id()));
-        for e in std::fs::read_dir("/tmp").unwrap().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = n.strip_prefix("cilock-e2e.adv-bin.") {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        std::fs::create_dir_all(&d).unwrap();
-        // Removed when the test process exits (the harness ends with
-        // exit(), which runs atexit handlers).
-        extern "C" fn remove_copy() {
-            let _ =
-                std::fs::remove_dir_all(format!("/tmp/cilock-e2e.adv-bin.{}", std::process::id()));
-        }
-        unsafe { libc::atexit(remove_copy) };
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::copy(bin("cilock"), d.join("cilock")).unwrap();
-        std::fs::set_permissions(d.join("cilock"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        d.join("cilock")
-    })
-    .clone()
-}
-
 /// What a command did within its time limit.
 #[derive(Debug)]
 pub struct Ran {
