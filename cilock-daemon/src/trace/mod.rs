@@ -6,4 +6,7 @@ pub mod net;
 pub mod pathname;
 pub mod recorder;
 
+#[cfg(test)]
+mod names_tests;
+
 pub use event::{FileStamp, NetCall, SockAddr, TraceEvent};
