@@ -92,7 +92,7 @@ pub fn long_fd_path(tid: u32, fd: i64) -> Option<Resolved> {
     // Keep the last components within MAX_LONG_PATH.
     let mut len = 0;
     let mut keep = names.len();
-    while keep > 0 && len + names[keep - 1].len() + 1 <= MAX_LONG_PATH {
+    while keep > 0 && len + names[keep - 1].len() < MAX_LONG_PATH {
         len += names[keep - 1].len() + 1;
         keep -= 1;
     }
