@@ -401,6 +401,47 @@ mod tests {
     }
 
     #[test]
+    fn paths_longer_than_path_max_are_rebuilt_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(tmp.path()).unwrap();
+        let me = std::process::id();
+        let mut dir: OwnedFd = std::fs::File::open(&base).unwrap().into();
+        let mut names = Vec::new();
+        for i in 0..110 {
+            let n = format!("{i:03}{}", "q".repeat(37));
+            let c = std::ffi::CString::new(n.clone()).unwrap();
+            assert_eq!(
+                unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) },
+                0
+            );
+            dir = open_at(dir.as_raw_fd(), &c, libc::O_RDONLY | libc::O_DIRECTORY).unwrap();
+            names.push(n);
+        }
+        // A leaf name with a backslash and a non-UTF-8 byte.
+        let leaf = open_at(
+            dir.as_raw_fd(),
+            c"le\\af\xff",
+            libc::O_WRONLY | libc::O_CREAT,
+        )
+        .unwrap();
+        let whole = format!("{}/{}", base.display(), names.join("/"));
+        assert!(whole.len() > 4096);
+        assert!(
+            fd_path(me, dir.as_raw_fd() as i64).is_none(),
+            "readlink fails"
+        );
+        let r = long_fd_path(me, dir.as_raw_fd() as i64).unwrap();
+        assert_eq!(r.path, whole);
+        assert!(r.unresolved.unwrap().contains("PATH_MAX"));
+        let r = long_fd_path(me, leaf.as_raw_fd() as i64).unwrap();
+        assert_eq!(r.path, format!("{whole}/le\\\\af\\xff"));
+        // Short paths are not this function's business.
+        let f = std::fs::File::open(&base).unwrap();
+        assert_eq!(long_fd_path(me, f.as_raw_fd() as i64), None);
+        drop((dir, leaf));
+    }
+
+    #[test]
     fn own_proc_info() {
         let me = std::process::id();
         assert!(auxv_execfn(me).is_some());
