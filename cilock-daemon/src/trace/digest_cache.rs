@@ -423,7 +423,12 @@ impl DigestCache {
                     let Some((p, expect)) = jobs.get(i) else {
                         break;
                     };
-                    let h = self.hash(Path::new(p), algs, rules, &mounts, expect);
+                    // Paths are recorded escaped (trace::pathname): open
+                    // the real bytes, never a lossy spelling of them.
+                    let h = match super::pathname::to_path(p) {
+                        Some(path) => self.hash(&path, algs, rules, &mounts, expect),
+                        None => Hashed::Error("the recorded path is not in escaped form".into()),
+                    };
                     if let Ok(mut slot) = out[i].lock() {
                         *slot = Some(h);
                     }

@@ -3,6 +3,10 @@
 pub mod digest_cache;
 pub mod event;
 pub mod net;
+pub mod pathname;
 pub mod recorder;
+
+#[cfg(test)]
+mod names_tests;
 
 pub use event::{FileStamp, NetCall, SockAddr, TraceEvent};

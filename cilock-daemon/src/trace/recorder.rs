@@ -67,6 +67,16 @@ pub const REASON_REPLACED: &str = "the file now at this path is not the one the 
 /// Reason given when the same file changed after a read-only open.
 pub const REASON_MODIFIED: &str =
     "modified after it was opened; its content at open time is unknown";
+/// Reason given for a fileless program (an exec of a `memfd_create` fd).
+pub const REASON_FILELESS: &str = "a fileless program: executed from a memfd (memfd_create), not from a file; there is no file to hash";
+
+/// Whether `exe` is the kernel's name of a memfd, `/memfd:NAME (deleted)`,
+/// as both backends give it for an exec of a memfd (eBPF: a disconnected
+/// shmem dentry; ptrace: /proc/PID/exe). A deleted file really named
+/// `/memfd:…` is indistinguishable by name and is unhashable anyway.
+pub fn is_fileless(exe: &str) -> bool {
+    exe.starts_with("/memfd:") && exe.ends_with(" (deleted)")
+}
 
 /// Bounds on one step's trace and on the hashing at its end (daemon
 /// configuration: `max_hash_file_size`, `hash_time_budget`,
@@ -256,7 +266,7 @@ impl Recorder {
                 let stamp = std::fs::metadata(format!("/proc/{pid}/exe"))
                     .ok()
                     .map(|m| super::digest_cache::stamp_of(&m));
-                let exe = exe.display().to_string();
+                let exe = crate::trace::pathname::escape_os(exe);
                 p.image = Some(Image {
                     program: exe.clone(),
                     exe: Some(exe),
@@ -421,6 +431,7 @@ impl Recorder {
                 cwd,
                 argv,
                 comm,
+                time,
                 ..
             } => {
                 let Some(i) = self.proc_mut(pid, ppid) else {
@@ -445,6 +456,19 @@ impl Recorder {
                             rec.read = exe_stamp;
                         }
                     }
+                }
+                if let Some(e) = exe.as_deref().filter(|e| is_fileless(e)) {
+                    if let Some(rec) = self.open_rec(i, e) {
+                        rec.unresolved = Some(REASON_FILELESS.to_string());
+                    }
+                    let ev = SyscallEvent {
+                        syscall: "fileless_exec".into(),
+                        detail: format!("executed a memfd, not a file: {e}"),
+                        path: e.to_string(),
+                        timestamp: ts(time),
+                        ..Default::default()
+                    };
+                    self.push_syscall(i, ev);
                 }
                 if exe.as_deref() != Some(program.as_str()) {
                     let unnamed = kind == ImageKind::Unnamed;
@@ -860,7 +884,9 @@ impl Recorder {
             }
             if let Some(img) = &p.image {
                 if let (Some(e), Some(s)) = (&img.exe, img.exe_stamp) {
-                    wanted.push((e, Identity::Read(s)));
+                    if !is_fileless(e) {
+                        wanted.push((e, Identity::Read(s)));
+                    }
                 }
             }
         }
@@ -915,6 +941,7 @@ impl Recorder {
             }
             if let Some(img) = &p.image {
                 let exe = match (&img.exe, img.exe_stamp) {
+                    (Some(e), _) if is_fileless(e) => Err(REASON_FILELESS.to_string()),
                     (Some(e), Some(s)) => by_identity(e, Identity::Read(s), &results),
                     (Some(_), None) => Err(REASON_NO_STAMP.to_string()),
                     (None, _) => Err("the kernel's path of the executed file is unknown".into()),
@@ -994,8 +1021,16 @@ fn digest_for(
     let Some(id) = rec.identity() else {
         return no(REASON_NO_STAMP.into());
     };
-    let mismatch = |seen| {
-        if id.same_file(seen) {
+    // "Modified" only for the same inode whose change time moved on: an
+    // inode number reused by another file (its ctime older than at the
+    // open), another mount's or namespace's file, another spelling of a
+    // name — all are another file, never a modification.
+    let mismatch = |seen: &crate::trace::digest_cache::Seen| {
+        let moved_on = match id {
+            Identity::Read(then) => seen.stamp.ctime_ns >= then.ctime_ns,
+            Identity::Write { .. } => true,
+        };
+        if id.same_file(seen) && moved_on {
             REASON_MODIFIED.to_string()
         } else {
             REASON_REPLACED.to_string()

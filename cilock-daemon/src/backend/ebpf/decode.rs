@@ -12,6 +12,7 @@ use cilock_abi::{
     Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent, SyscallRecord,
 };
 
+use crate::trace::pathname::escape;
 use crate::trace::{FileStamp, NetCall, TraceEvent};
 
 /// A decoded record.
@@ -133,7 +134,7 @@ fn read<T: Copy>(b: &[u8], k: u32) -> Result<T, DecodeError> {
 
 fn comm(c: &[u8; 16]) -> String {
     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-    String::from_utf8_lossy(&c[..end]).into_owned()
+    escape(&c[..end])
 }
 
 /// `status` as the kernel keeps it → the exit code a shell reports.
@@ -154,11 +155,16 @@ const NSFS_MAGIC: u32 = 0x6e73_6673;
 /// Rebuilds a path from leaf-first components. Returns the path and, when
 /// it is not a plain absolute path, why.
 pub fn rebuild_path(info: &PathInfo, bytes: &[u8], ino: u64) -> (String, Option<String>) {
-    let text = String::from_utf8_lossy(bytes);
-    let mut comps: Vec<&str> = text.split('/').filter(|c| !c.is_empty()).collect();
+    // Each component losslessly (`trace::pathname`): a `/` is never part
+    // of a component, so splitting the bytes first is exact.
+    let mut comps: Vec<String> = bytes
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(escape)
+        .collect();
     comps.reverse();
     if info.flags & path_flags::ESCAPED != 0 && comps.len() <= 1 {
-        let name = comps.first().copied().unwrap_or("");
+        let name = comps.first().map(String::as_str).unwrap_or("");
         let p = match info.magic {
             PIPEFS_MAGIC => format!("pipe:[{ino}]"),
             SOCKFS_MAGIC => format!("socket:[{ino}]"),
@@ -183,7 +189,7 @@ pub fn rebuild_path(info: &PathInfo, bytes: &[u8], ino: u64) -> (String, Option<
     }
     let mut why = None;
     if truncated {
-        why = Some("path truncated".to_string());
+        why = Some(truncation_reason(info.flags));
     } else if info.flags & path_flags::ESCAPED != 0 {
         why = Some("disconnected dentry".to_string());
     } else if info.flags & path_flags::NS_ROOT == 0 {
@@ -194,6 +200,31 @@ pub fn rebuild_path(info: &PathInfo, bytes: &[u8], ino: u64) -> (String, Option<
         why.get_or_insert_with(|| "deleted at open".to_string());
     }
     (path, why)
+}
+
+/// The kernel's name of a memfd (`/memfd:NAME (deleted)`, as `d_path`
+/// and `/proc/PID/exe` print it) when the walk ended at a disconnected
+/// dentry named `memfd:…` (memfd_create's files are pseudo dentries on the
+/// internal shmem or hugetlbfs mount; NAME may contain `/`).
+pub fn memfd_name(info: &PathInfo, bytes: &[u8]) -> Option<String> {
+    if info.flags & path_flags::ESCAPED == 0 {
+        return None;
+    }
+    // An escaped walk stops at the pseudo dentry: its name is all there is.
+    let name = bytes.strip_suffix(b"/").unwrap_or(bytes);
+    name.starts_with(b"memfd:")
+        .then(|| format!("/{} (deleted)", escape(name)))
+}
+
+/// Why a path was cut (`/…/` in front of what was kept).
+fn truncation_reason(flags: u32) -> String {
+    if flags & path_flags::TRUNC_LEN != 0 {
+        "path truncated: longer than PATH_MAX (4096 bytes); its leading components are elided as /…/".into()
+    } else if flags & path_flags::TRUNC_STEPS != 0 {
+        "path truncated: deeper than the in-kernel walk's step limit; its leading components are elided as /…/".into()
+    } else {
+        "path truncated: the in-kernel walk could not read a component; its leading components are elided as /…/".into()
+    }
 }
 
 /// Kernel `dev_t` (major << 20 | minor) → user-space `st_dev`.
@@ -260,12 +291,13 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
             let exe_b = slice(b, p, e.exe.len as usize, k)?;
             p += exe_b.len();
             let cwd_b = slice(b, p, e.cwd.len as usize, k)?;
-            let (exe, exe_why) = rebuild_path(&e.exe, exe_b, e.exe_inode.ino);
+            let (mut exe, mut exe_why) = rebuild_path(&e.exe, exe_b, e.exe_inode.ino);
+            if let Some(m) = memfd_name(&e.exe, exe_b) {
+                // A fileless program: named as the kernel names it.
+                (exe, exe_why) = (m, None);
+            }
             let (cwd, cwd_why) = rebuild_path(&e.cwd, cwd_b, 0);
-            let mut argv: Vec<String> = args
-                .split(|&c| c == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
+            let mut argv: Vec<String> = args.split(|&c| c == 0).map(escape).collect();
             // argv ends with a NUL: drop the empty tail it leaves.
             if argv.last().is_some_and(|a| a.is_empty()) {
                 argv.pop();
@@ -273,7 +305,7 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
             Ok(ev(TraceEvent::Exec {
                 pid: hdr.tgid,
                 ppid: (e.ppid != 0).then_some(e.ppid),
-                filename: String::from_utf8_lossy(fname).into_owned(),
+                filename: escape(fname),
                 exe: (e.exe.len > 0 && exe_why.is_none()).then_some(exe),
                 exe_stamp: (e.exe_inode.ino != 0).then(|| file_stamp(&e.exe_inode)),
                 cwd: (e.cwd.len > 0 && cwd_why.is_none()).then_some(cwd),
@@ -371,16 +403,14 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
                 let bytes = slice(b, p, e.str_len[i] as usize, k)?;
                 p += bytes.len();
                 if e.str_len[i] > 0 || e.str_fault & (1 << i) == 0 {
-                    *s = Some(String::from_utf8_lossy(bytes).into_owned());
+                    *s = Some(escape(bytes));
                 }
             }
             let path_b = slice(b, p, e.path.len as usize, k)?;
             let fd_path = (e.path.len > 0).then(|| {
                 if e.path.flags & path_flags::ESCAPED != 0 {
                     // nsfs, anon inodes: the name is the whole story.
-                    String::from_utf8_lossy(path_b)
-                        .trim_end_matches('/')
-                        .to_string()
+                    escape(path_b).trim_end_matches('/').to_string()
                 } else {
                     rebuild_path(&e.path, path_b, 0).0
                 }
@@ -433,7 +463,27 @@ mod tests {
         assert!(why.is_some());
         let (p, why) = rebuild_path(&info(path_flags::TRUNC_STEPS, 4), b"c/b/", 1);
         assert_eq!(p, "/…/b/c");
-        assert_eq!(why.as_deref(), Some("path truncated"));
+        assert!(why.unwrap().starts_with("path truncated: deeper"));
+        let (p, why) = rebuild_path(&info(path_flags::TRUNC_LEN, 4), b"c/b/", 1);
+        assert_eq!(p, "/…/b/c");
+        assert!(why.unwrap().contains("longer than PATH_MAX"));
+        // Non-UTF-8 components, losslessly; the U+FFFD decoy stays apart.
+        let b = b"coll-\xff.bin/w/";
+        let (p, _) = rebuild_path(&info(path_flags::NS_ROOT, b.len()), b, 1);
+        assert_eq!(p, "/w/coll-\\xff.bin");
+        let raw: &[u8] = &[b'c', 0xff, b'/', b'w', b'/'];
+        let (p, _) = rebuild_path(&info(path_flags::NS_ROOT, raw.len()), raw, 1);
+        assert_eq!(p, "/w/c\\xff");
+        let raw: &[u8] = "c\u{fffd}/w/".as_bytes();
+        let (p, _) = rebuild_path(&info(path_flags::NS_ROOT, raw.len()), raw, 1);
+        assert_eq!(p, "/w/c\u{fffd}");
+        // A memfd exe.
+        let m = b"memfd:a/b/";
+        assert_eq!(
+            memfd_name(&info(path_flags::ESCAPED, m.len()), m).as_deref(),
+            Some("/memfd:a/b (deleted)")
+        );
+        assert_eq!(memfd_name(&info(path_flags::NS_ROOT, m.len()), m), None);
         let mut pi = info(path_flags::ESCAPED, 0);
         pi.magic = PIPEFS_MAGIC;
         assert_eq!(rebuild_path(&pi, b"", 77).0, "pipe:[77]");

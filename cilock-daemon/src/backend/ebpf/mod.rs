@@ -258,6 +258,7 @@ impl EbpfBackend {
         }
         v.push("a process moved out of the step's cgroup is not traced after the move (the move is recorded: leftStep)".to_string());
         v.push("reads and writes through memory mappings or already-open descriptors are not separate events".to_string());
+        v.push("paths longer than PATH_MAX (4096 bytes) keep only their last components behind /…/ and are not hashed (unhashedOpens: path truncated); two such paths whose kept tails agree share one entry".to_string());
         if self.net {
             v.extend(network::limitations());
         } else {

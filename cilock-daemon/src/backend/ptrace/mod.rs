@@ -185,6 +185,7 @@ pub fn limitations() -> Vec<String> {
         "cgroup.procs writes are detected only on the fd returned by the open (not after dup2, e.g. shell redirections)",
         "follow mode stops on every syscall (no seccomp filter can be added to a running process): large slowdown",
         "processes that leave the traced tree via a daemon (docker, systemd-run) are not followed",
+        "paths longer than PATH_MAX (4096 bytes), which /proc cannot show, are rebuilt by walking up their directories (up to 16 KiB, else truncated behind /…/) and are not hashed; a file opened there by a multi-component name whose directory is no open fd of the process keeps only its inode (/…/?(inode N))",
     ]
     .iter()
     .map(|s| s.to_string())

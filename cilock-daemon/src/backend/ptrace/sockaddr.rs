@@ -39,10 +39,10 @@ pub fn decode(b: &[u8]) -> Option<SockAddr> {
                 // Abstract namespace: the name is the remaining bytes (may
                 // contain NULs), rendered with '@'.
                 let name = &path[1..];
-                SockAddr::Unix(format!("@{}", String::from_utf8_lossy(name)))
+                SockAddr::Unix(format!("@{}", crate::trace::pathname::escape(name)))
             } else {
                 let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
-                SockAddr::Unix(String::from_utf8_lossy(&path[..end]).into_owned())
+                SockAddr::Unix(crate::trace::pathname::escape(&path[..end]))
             }
         }
         _ => SockAddr::Other(fam, b[2..].to_vec()),

@@ -456,7 +456,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         let filename = paths::auxv_execfn(tgid)
             .map(|a| {
                 let (b, _) = read_cstr(tgid, a, 4096);
-                String::from_utf8_lossy(&b).into_owned()
+                crate::trace::pathname::escape(&b)
             })
             .unwrap_or_default();
         let (exe, exe_stamp) = paths::exe(tgid);
@@ -502,7 +502,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             return None;
         }
         let (b, _) = read_cstr(tid, addr, 4096);
-        Some(String::from_utf8_lossy(&b).into_owned())
+        Some(crate::trace::pathname::escape(&b))
     }
 
     /// A syscall entry (seccomp stop or syscall-entry stop).
@@ -788,13 +788,14 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 if rval < 0 {
                     return;
                 }
-                let (path, unresolved) = match paths::fd_path(tid, rval) {
-                    Some(r) => (r.path, r.unresolved),
-                    None => (
-                        String::new(),
-                        Some("fd vanished before it could be resolved".to_string()),
-                    ),
-                };
+                let (path, unresolved) =
+                    match paths::fd_path(tid, rval).or_else(|| paths::long_fd_path(tid, rval)) {
+                        Some(r) => (r.path, r.unresolved),
+                        None => (
+                            String::new(),
+                            Some("fd vanished before it could be resolved".to_string()),
+                        ),
+                    };
                 let stamp = if unresolved.is_none() {
                     paths::fd_stamp(tid, rval)
                 } else {
