@@ -68,6 +68,12 @@ pub const REASON_REPLACED: &str = "the file now at this path is not the one the 
 pub const REASON_MODIFIED: &str =
     "modified after it was opened; its content at open time is unknown";
 
+/// `joinedFrom` of a process that was neither forked by a step process nor
+/// registered as a root (its arrival was not observed, or a record was
+/// lost): it is not attested as one of the step's own.
+pub const REASON_ORIGIN_UNKNOWN: &str =
+    "unknown: it was neither forked by a step process nor a root of the step";
+
 /// Bounds on one step's trace and on the hashing at its end (daemon
 /// configuration: `max_hash_file_size`, `hash_time_budget`,
 /// `max_processes_per_step`, `max_files_per_step`).
@@ -165,6 +171,13 @@ struct Proc {
     syscalls: Vec<SyscallEvent>,
     exit: Option<i32>,
     left_step: bool,
+    /// Came into the step from outside (see `joinedStep`).
+    joined: bool,
+    /// Where it came from.
+    joined_from: String,
+    /// Forked by a step process or registered as a root: one of the
+    /// step's own. A process never seen so is attested `joinedStep`.
+    origin_known: bool,
 }
 
 /// The processes of a finished step, and what had to be left out.
@@ -244,6 +257,7 @@ impl Recorder {
             return;
         };
         let p = &mut self.procs[idx];
+        p.origin_known = true;
         if p.comm.is_empty() {
             p.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|s| s.trim().to_string())
@@ -399,11 +413,19 @@ impl Recorder {
                         ps.argv.clone(),
                     )
                 });
+                let parent_joined = self.joined_origin(parent);
                 let Some(i) = self.proc_mut(child, Some(parent)) else {
                     return;
                 };
                 let p = &mut self.procs[i];
                 p.ppid = parent;
+                p.origin_known = true;
+                if let Some(from) = parent_joined {
+                    // A child of a process that came from outside is not
+                    // one of the step's own either.
+                    p.joined = true;
+                    p.joined_from = from;
+                }
                 if let Some((comm, image, cwd, argv)) = parent_state {
                     // Same image as the parent until it execs.
                     p.comm = comm;
@@ -640,20 +662,132 @@ impl Recorder {
                 if let Some(i) = self.proc_mut(pid, None) {
                     self.procs[i].left_step = true;
                 }
-                if let Some(j) = self.proc_mut(by, None) {
-                    self.push_syscall(
-                        j,
-                        SyscallEvent {
-                            syscall: "cgroup_leave".into(),
-                            detail: format!("moved pid {pid} out of the step's cgroup"),
-                            args: vec![pid as i64],
-                            timestamp: ts(time),
-                            path: String::new(),
-                        },
-                    );
+                // The event goes to the mover when it is a step process
+                // (never invent a process for an outsider or the daemon).
+                let mover = self.live.get(&by).copied().filter(|&j| self.procs[j].exit.is_none());
+                let (target, detail) = match mover {
+                    Some(j) if by == pid => (Some(j), format!("moved itself (pid {pid}) out of the step's cgroup")),
+                    Some(j) => (Some(j), format!("moved pid {pid} out of the step's cgroup")),
+                    None => (
+                        self.live.get(&pid).copied(),
+                        format!("moved out of the step's cgroup by pid {by}, not a process of this step"),
+                    ),
+                };
+                if let Some(j) = target {
+                    // ptrace already reported the write itself.
+                    let dup = self.procs[j].syscalls.last().is_some_and(|e| {
+                        e.syscall == "cgroup_leave" && e.args.first() == Some(&(pid as i64))
+                    });
+                    if !dup {
+                        self.push_syscall(
+                            j,
+                            SyscallEvent {
+                                syscall: "cgroup_leave".into(),
+                                detail,
+                                args: vec![pid as i64],
+                                timestamp: ts(time),
+                                path: String::new(),
+                            },
+                        );
+                    }
                 }
             }
+            TraceEvent::BornOutside { pid, parent, time } => self.born_outside(pid, parent, time),
+            TraceEvent::JoinedStep {
+                pid,
+                by,
+                from,
+                at_birth,
+                time,
+            } => self.joined(pid, by, from, at_birth, time),
         }
+    }
+
+    /// Where the live process `pid` came from, if it joined the step.
+    fn joined_origin(&self, pid: u32) -> Option<String> {
+        let &i = self.live.get(&pid)?;
+        let p = &self.procs[i];
+        (p.exit.is_none() && p.joined).then(|| format!("forked in the step by pid {pid}, which came from {}", p.joined_from))
+    }
+
+    /// Marks `pid` as a root of the step when its process table entry
+    /// exists (embedded ptrace runs, whose root is known only by pid).
+    pub fn mark_root(&mut self, pid: u32) {
+        if let Some(&i) = self.live.get(&pid) {
+            self.procs[i].origin_known = true;
+        }
+    }
+
+    /// A step process `parent` created `pid` outside the step's cgroup.
+    fn born_outside(&mut self, pid: u32, parent: u32, time: SystemTime) {
+        if let Some(i) = self.proc_mut(pid, Some(parent)) {
+            let p = &mut self.procs[i];
+            p.left_step = true;
+            if p.ppid == 0 {
+                p.ppid = parent;
+            }
+        }
+        if let Some(j) = self.live.get(&parent).copied() {
+            self.push_syscall(
+                j,
+                SyscallEvent {
+                    syscall: "cgroup_leave".into(),
+                    detail: format!(
+                        "created pid {pid} directly in a cgroup outside the step (clone3 CLONE_INTO_CGROUP)"
+                    ),
+                    args: vec![pid as i64],
+                    timestamp: ts(time),
+                    path: String::new(),
+                },
+            );
+        }
+    }
+
+    /// `pid` came into the step from `from`, moved (or created) by `by`.
+    fn joined(&mut self, pid: u32, by: u32, from: String, at_birth: bool, time: SystemTime) {
+        let Some(i) = self.proc_mut(pid, at_birth.then_some(by)) else {
+            return;
+        };
+        let p = &mut self.procs[i];
+        p.joined = true;
+        p.joined_from = from.clone();
+        if p.image.is_none() && !at_birth {
+            // What it runs, from the kernel's own link (as for a root).
+            if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+                let stamp = std::fs::metadata(format!("/proc/{pid}/exe"))
+                    .ok()
+                    .map(|m| super::digest_cache::stamp_of(&m));
+                let exe = exe.display().to_string();
+                p.image = Some(Image {
+                    program: exe.clone(),
+                    exe: Some(exe),
+                    exe_stamp: stamp,
+                    kind: ImageKind::Binary,
+                });
+            }
+            if p.comm.is_empty() {
+                p.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default();
+            }
+        }
+        let detail = if at_birth {
+            format!("created in the step's cgroup by pid {by} from {from} (clone3 CLONE_INTO_CGROUP)")
+        } else if by == pid {
+            format!("moved itself into the step's cgroup from {from}")
+        } else {
+            format!("moved into the step's cgroup by pid {by} from {from}")
+        };
+        self.push_syscall(
+            i,
+            SyscallEvent {
+                syscall: "cgroup_join".into(),
+                detail,
+                args: vec![pid as i64, by as i64],
+                timestamp: ts(time),
+                path: String::new(),
+            },
+        );
     }
 
     fn egress(
@@ -896,6 +1030,14 @@ impl Recorder {
                 // Alive when the step ended (a --kill then shows in exitcode).
                 alive_at_end: alive.contains(&p.pid) && p.exit.is_none_or(|c| c >= 128),
                 left_step: p.left_step,
+                joined_step: p.joined || !p.origin_known,
+                joined_from: if p.joined {
+                    p.joined_from.clone()
+                } else if !p.origin_known {
+                    REASON_ORIGIN_UNKNOWN.to_string()
+                } else {
+                    String::new()
+                },
                 syscall_events: p.syscalls.clone(),
                 ..Default::default()
             };

@@ -8,7 +8,7 @@ use std::mem::size_of;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cilock_abi::{
-    kind, net_call, path_flags, payload_flags, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent,
+    kind, net_call, path_flags, payload_flags, CgroupJoinEvent, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent,
     Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent, SyscallRecord,
 };
 
@@ -26,8 +26,9 @@ pub enum Record {
         /// The event.
         event: TraceEvent,
     },
-    /// A step process moved `moved` into cgroup `dst` (the caller decides
-    /// whether `dst` is outside the step).
+    /// A process of the step was moved into cgroup `dst`, outside the step
+    /// (with `move_flags::DST_UNKNOWN` the caller decides whether `dst` is
+    /// outside; with `move_flags::AT_FORK` it was created there by `by`).
     CgroupMove {
         /// The step cgroup id.
         step_cgroup: u64,
@@ -37,6 +38,26 @@ pub enum Record {
         by: u32,
         /// Destination cgroup id.
         dst: u64,
+        /// When.
+        time: SystemTime,
+        /// `cilock_abi::move_flags`.
+        flags: u32,
+    },
+    /// A process came into the step from outside it: moved into cgroup
+    /// `dst` by `by`, or created there by `by` (`move_flags::AT_FORK`).
+    CgroupJoin {
+        /// The step cgroup id (the step it joined).
+        step_cgroup: u64,
+        /// The tgid that came in.
+        moved: u32,
+        /// The tgid that moved (or created) it.
+        by: u32,
+        /// Destination cgroup id.
+        dst: u64,
+        /// The step it came from (0: none).
+        src_step: u64,
+        /// `cilock_abi::move_flags`.
+        flags: u32,
         /// When.
         time: SystemTime,
     },
@@ -305,6 +326,19 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
                 moved: e.moved_tgid,
                 by: hdr.tgid,
                 dst: e.dst_cgroup,
+                time,
+                flags: e.flags,
+            })
+        }
+        kind::CGROUP_JOIN => {
+            let e: CgroupJoinEvent = read(b, k)?;
+            Ok(Record::CgroupJoin {
+                step_cgroup: hdr.step_cgroup,
+                moved: e.moved_tgid,
+                by: hdr.tgid,
+                dst: e.dst_cgroup,
+                src_step: e.src_step,
+                flags: e.flags,
                 time,
             })
         }

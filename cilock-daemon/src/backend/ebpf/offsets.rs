@@ -108,6 +108,29 @@ pub fn compute(btf: &Btf, tracefs: &Path) -> Result<Offsets, OffsetsError> {
             .unwrap_or(Offsets::ABSENT),
         tp_exit_nr,
         tp_exit_ret,
+        // Leaving and joining steps: without these the kernel cannot place
+        // a cgroup in a step and user space decides (see `move_flags`).
+        task_cgroups: btf
+            .try_offset("task_struct", "cgroups")
+            .unwrap_or(Offsets::ABSENT),
+        css_set_dfl_cgrp: btf
+            .try_offset("css_set", "dfl_cgrp")
+            .unwrap_or(Offsets::ABSENT),
+        cgroup_level: btf
+            .try_offset("cgroup", "level")
+            .unwrap_or(Offsets::ABSENT),
+        cgroup_ancestors: btf
+            .try_offset("cgroup", "ancestors")
+            .unwrap_or(Offsets::ABSENT),
+        cgroup_ancestor_ids: btf
+            .try_offset("cgroup", "ancestor_ids")
+            .unwrap_or(Offsets::ABSENT),
+        cgroup_root: btf
+            .try_offset("cgroup", "root")
+            .unwrap_or(Offsets::ABSENT),
+        cgroup_root_hierarchy_id: btf
+            .try_offset("cgroup_root", "hierarchy_id")
+            .unwrap_or(Offsets::ABSENT),
     })
 }
 
