@@ -18,11 +18,9 @@
 use core::mem::size_of;
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::HashMap};
-use cilock_abi::{
-    CgroupJoinEvent, CgroupMoveEvent, Offsets, ProcStep, kind, move_flags,
-};
+use cilock_abi::{CgroupJoinEvent, CgroupMoveEvent, Offsets, ProcStep, kind, move_flags};
 
-use crate::maps::{STEPS, STEP_LEVEL, emit, off, record_loss, ro, scratch};
+use crate::maps::{STEP_LEVEL, STEPS, emit, off, record_loss, ro, scratch};
 use crate::probes::fill_header;
 use crate::read::{rd, rd_ptr};
 

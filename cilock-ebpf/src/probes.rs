@@ -23,12 +23,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use cilock_abi::{
-    ARGS_MAX_BYTES, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, ForkEvent, Header,
-    OpenEvent, kind,
+    ARGS_MAX_BYTES, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, ForkEvent, Header, OpenEvent, kind,
 };
 
-use crate::moves;
 use crate::maps::{SEEN, SeenKey, current_step, emit, off, scratch};
+use crate::moves;
 use crate::path::{stamp, walk_path};
 use crate::read::{rd, rd_ptr};
 

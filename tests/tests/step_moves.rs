@@ -127,9 +127,7 @@ fn begin_waiting(daemon: &Daemon, name: &str, w: &Path, first: &str) -> Job {
     let sh = w.join(format!("{name}.sh"));
     write_script(
         &sh,
-        &format!(
-            "{first}\nwhile [ ! -e {name}.done ]; do sleep 0.02; done\n",
-        ),
+        &format!("{first}\nwhile [ ! -e {name}.done ]; do sleep 0.02; done\n",),
     );
     let mut child = Command::new("sh")
         .arg("-c")
@@ -148,7 +146,11 @@ fn begin_waiting(daemon: &Daemon, name: &str, w: &Path, first: &str) -> Job {
         "--workdir",
         w.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "begin: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "begin: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     Job {
         child,
@@ -160,7 +162,14 @@ fn end_waiting(daemon: &Daemon, mut job: Job, w: &Path) -> Value {
     std::fs::write(w.join(format!("{}.done", job.name)), b"").unwrap();
     assert!(job.child.wait().unwrap().success());
     let att = w.join(format!("{}.att.json", job.name));
-    let out = daemon.cilock(&["step", "end", "--step", &job.name, "-o", att.to_str().unwrap()]);
+    let out = daemon.cilock(&[
+        "step",
+        "end",
+        "--step",
+        &job.name,
+        "-o",
+        att.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "end: {}\n{}",
@@ -237,21 +246,23 @@ fn assert_left_ebpf(cr: &Value, w: &Path, with_parent_move: bool) {
     let py = by_pid(cr, pid_file(w, "py.pid"));
     assert_eq!(py["leftStep"], true, "{py}");
     assert!(opened(&py, &w.join("pre-py.txt")), "{py}");
-    assert!(
-        opened(&py, &cgroup_mount().join("cgroup.procs")),
-        "{py}"
-    );
+    assert!(opened(&py, &cgroup_mount().join("cgroup.procs")), "{py}");
     let leave = events(&py, "cgroup_leave");
     assert_eq!(leave.len(), 1, "{py}");
     assert_eq!(leave[0]["args"][0], py["processid"]);
     assert!(
-        leave[0]["detail"].as_str().unwrap().contains("moved itself"),
+        leave[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("moved itself"),
         "{py}"
     );
     let sh = by_pid(cr, pid_file(w, "sh.pid"));
     assert_eq!(sh["leftStep"], true, "{sh}");
     assert_eq!(events(&sh, "cgroup_leave").len(), 1, "{sh}");
-    assert!(processes(cr).iter().any(|p| opened(p, &w.join("pre-sh.txt"))));
+    assert!(processes(cr)
+        .iter()
+        .any(|p| opened(p, &w.join("pre-sh.txt"))));
     let clone_out = std::fs::read_to_string(w.join("clone.out")).unwrap();
     let cloner = by_pid(cr, field(&clone_out, "cloner"));
     let clone = by_pid(cr, field(&clone_out, "clone"));
@@ -294,9 +305,9 @@ fn assert_left_ebpf(cr: &Value, w: &Path, with_parent_move: bool) {
     }
     // Nor the `cat` the moved Python ran afterwards.
     assert!(
-        !processes(cr)
-            .iter()
-            .any(|p| p["cmdline"].as_str().is_some_and(|c| c.starts_with("cat after-"))),
+        !processes(cr).iter().any(|p| p["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("cat after-"))),
         "{}",
         pretty(cr)
     );
@@ -318,7 +329,12 @@ fn leaving_and_joining_steps_on_ebpf() {
     let daemon = Daemon::start("ebpf");
 
     // D1, parent moves child, clone3 out of the step.
-    let att = run_step(&daemon, "leave", w, &leave_script(w, &sib, &clone_into, true));
+    let att = run_step(
+        &daemon,
+        "leave",
+        w,
+        &leave_script(w, &sib, &clone_into, true),
+    );
     let cr = command_run(&att);
     assert_left_ebpf(&cr, &w, true);
 
@@ -327,12 +343,23 @@ fn leaving_and_joining_steps_on_ebpf() {
     let bw = w.join("b");
     std::fs::create_dir(&bw).unwrap();
     marker(&bw, "b-own.txt");
-    let b = begin_waiting(&daemon, "b", &bw, "cat b-own.txt > /dev/null; echo $$ > bshell.pid");
+    let b = begin_waiting(
+        &daemon,
+        "b",
+        &bw,
+        "cat b-own.txt > /dev/null; echo $$ > bshell.pid",
+    );
     let bcg = cgroup_of(b.child.id());
     assert!(bcg.starts_with(cgroup_mount()) && bcg != cgroup_mount());
     let aw = w.join("a");
     std::fs::create_dir(&aw).unwrap();
-    for m in ["pre-x.txt", "cross.txt", "clone-b.txt", "outsider.txt", "outsider-clone.txt"] {
+    for m in [
+        "pre-x.txt",
+        "cross.txt",
+        "clone-b.txt",
+        "outsider.txt",
+        "outsider-clone.txt",
+    ] {
         marker(&aw, m);
     }
     let script = format!(
@@ -366,7 +393,11 @@ open(\"cross.txt\").read()'\n\
         .current_dir(&aw)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let oc_text = String::from_utf8_lossy(&out.stdout).to_string();
     let b_cr = end_waiting(&daemon, b, &bw);
 
@@ -379,7 +410,11 @@ open(\"cross.txt\").read()'\n\
     assert_eq!(events(&xa, "cgroup_leave").len(), 1, "{xa}");
     assert_eq!(by_pid(&a, clone)["leftStep"], true);
     assert!(!opened_by_any(&a, &aw.join("cross.txt")), "{}", pretty(&a));
-    assert!(!opened_by_any(&a, &aw.join("clone-b.txt")), "{}", pretty(&a));
+    assert!(
+        !opened_by_any(&a, &aw.join("clone-b.txt")),
+        "{}",
+        pretty(&a)
+    );
     none_joined(&a);
     assert_eq!(a["trace"]["events"]["cgroup_move"]["captured"], 2);
 
@@ -393,14 +428,20 @@ open(\"cross.txt\").read()'\n\
     let xb = by_pid(&b_cr, x);
     assert_eq!(xb["joinedStep"], true, "{xb}");
     assert!(
-        xb["joinedFrom"].as_str().unwrap().starts_with("another step (cgroup "),
+        xb["joinedFrom"]
+            .as_str()
+            .unwrap()
+            .starts_with("another step (cgroup "),
         "{xb}"
     );
     assert!(opened(&xb, &aw.join("cross.txt")), "{xb}");
     assert!(!b_pids.contains(&xb["parentpid"].as_i64().unwrap()), "{xb}");
     let j = events(&xb, "cgroup_join");
     assert_eq!(j.len(), 1, "{xb}");
-    assert!(j[0]["detail"].as_str().unwrap().starts_with("moved itself into the step's cgroup from another step"));
+    assert!(j[0]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("moved itself into the step's cgroup from another step"));
     let cb = by_pid(&b_cr, clone);
     assert_eq!(cb["joinedStep"], true, "{cb}");
     assert_eq!(cb["parentpid"], cloner);
@@ -452,8 +493,24 @@ fn leaving_in_embedded_runs() {
         let script = leave_script(&bw, &sib, &clone_into, false);
         let att = bw.join("att.json");
         let out = Command::new(bin("cilock"))
-            .args(["run", "--no-daemon", "-k", key.to_str().unwrap(), "--backend", backend])
-            .args(["--step", "r", "-o", att.to_str().unwrap(), "--", "sh", "-c", &script])
+            .args([
+                "run",
+                "--no-daemon",
+                "-k",
+                key.to_str().unwrap(),
+                "--backend",
+                backend,
+            ])
+            .args([
+                "--step",
+                "r",
+                "-o",
+                att.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
             .env("CILOCK_SOCKET", w.join("none.sock"))
             .current_dir(&bw)
             .output()
@@ -484,7 +541,9 @@ fn leaving_in_embedded_runs() {
         // limitations say so), but everything it did is recorded.
         let sh = by_pid(&cr, pid_file(&bw, "sh.pid"));
         assert!(sh.get("leftStep").is_none(), "{sh}");
-        assert!(processes(&cr).iter().any(|p| opened(p, &bw.join("after-sh.txt"))));
+        assert!(processes(&cr)
+            .iter()
+            .any(|p| opened(p, &bw.join("after-sh.txt"))));
         // clone3(CLONE_INTO_CGROUP): followed like any child, not marked.
         let clone_out = std::fs::read_to_string(bw.join("clone.out")).unwrap();
         let clone = by_pid(&cr, field(&clone_out, "clone"));

@@ -664,7 +664,11 @@ impl Recorder {
                 }
                 // The event goes to the mover when it is a step process
                 // (never invent a process for an outsider or the daemon).
-                let mover = self.live.get(&by).copied().filter(|&j| self.procs[j].exit.is_none());
+                let mover = self
+                    .live
+                    .get(&by)
+                    .copied()
+                    .filter(|&j| self.procs[j].exit.is_none());
                 let (target, detail) = match mover {
                     Some(j) if by == pid => (Some(j), format!("moved itself (pid {pid}) out of the step's cgroup")),
                     Some(j) => (Some(j), format!("moved pid {pid} out of the step's cgroup")),
@@ -707,7 +711,12 @@ impl Recorder {
     fn joined_origin(&self, pid: u32) -> Option<String> {
         let &i = self.live.get(&pid)?;
         let p = &self.procs[i];
-        (p.exit.is_none() && p.joined).then(|| format!("forked in the step by pid {pid}, which came from {}", p.joined_from))
+        (p.exit.is_none() && p.joined).then(|| {
+            format!(
+                "forked in the step by pid {pid}, which came from {}",
+                p.joined_from
+            )
+        })
     }
 
     /// Marks `pid` as a root of the step when its process table entry
@@ -772,7 +781,9 @@ impl Recorder {
             }
         }
         let detail = if at_birth {
-            format!("created in the step's cgroup by pid {by} from {from} (clone3 CLONE_INTO_CGROUP)")
+            format!(
+                "created in the step's cgroup by pid {by} from {from} (clone3 CLONE_INTO_CGROUP)"
+            )
         } else if by == pid {
             format!("moved itself into the step's cgroup from {from}")
         } else {
@@ -2022,5 +2033,192 @@ mod tests {
             "/proc/43/environ"
         );
         assert_eq!(normalize_proc_self("/proc/420/x", 42), "/proc/420/x");
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use super::*;
+
+    fn t() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn fork(r: &mut Recorder, parent: u32, child: u32) {
+        r.push(TraceEvent::Fork {
+            parent,
+            child,
+            time: t(),
+        });
+    }
+
+    fn finish(r: Recorder) -> Vec<ProcessInfo> {
+        r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[])
+            .processes
+    }
+
+    fn get(ps: &[ProcessInfo], pid: i64) -> &ProcessInfo {
+        ps.iter().find(|p| p.processid == pid).expect("process")
+    }
+
+    #[test]
+    fn roots_and_their_children_are_the_steps_own() {
+        let mut r = Recorder::new(None);
+        r.add_root(10);
+        fork(&mut r, 10, 11);
+        fork(&mut r, 11, 12);
+        // An embedded ptrace root, known only by pid.
+        r.push(TraceEvent::Comm {
+            pid: 20,
+            comm: "sh".into(),
+        });
+        r.mark_root(20);
+        for p in finish(r) {
+            assert!(!p.joined_step && p.joined_from.is_empty(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_process_of_unknown_origin_is_marked_joined() {
+        // Its fork record was lost, or it came in unseen: never one of the
+        // step's own.
+        let mut r = Recorder::new(None);
+        r.add_root(10);
+        r.push(TraceEvent::Open {
+            pid: 99,
+            path: "/x".into(),
+            flags: 0,
+            stamp: None,
+            unresolved: None,
+            time: t(),
+        });
+        let ps = finish(r);
+        let p = get(&ps, 99);
+        assert!(p.joined_step);
+        assert_eq!(p.joined_from, REASON_ORIGIN_UNKNOWN);
+        assert!(!get(&ps, 10).joined_step);
+    }
+
+    #[test]
+    fn joined_processes_and_their_children_are_marked_with_their_origin() {
+        let mut r = Recorder::new(None);
+        r.add_root(10);
+        r.push(TraceEvent::JoinedStep {
+            pid: 50,
+            by: 50,
+            from: "another step (cgroup /cg/a)".into(),
+            at_birth: false,
+            time: t(),
+        });
+        fork(&mut r, 50, 51);
+        r.push(TraceEvent::JoinedStep {
+            pid: 60,
+            by: 7,
+            from: "outside the daemon's steps".into(),
+            at_birth: true,
+            time: t(),
+        });
+        let ps = finish(r);
+        let j = get(&ps, 50);
+        assert!(j.joined_step);
+        assert_eq!(j.joined_from, "another step (cgroup /cg/a)");
+        assert_eq!(j.parentpid, 0);
+        assert_eq!(j.syscall_events.len(), 1);
+        assert_eq!(j.syscall_events[0].syscall, "cgroup_join");
+        assert_eq!(
+            j.syscall_events[0].detail,
+            "moved itself into the step's cgroup from another step (cgroup /cg/a)"
+        );
+        let c = get(&ps, 51);
+        assert!(c.joined_step);
+        assert_eq!(
+            c.joined_from,
+            "forked in the step by pid 50, which came from another step (cgroup /cg/a)"
+        );
+        let b = get(&ps, 60);
+        assert!(b.joined_step);
+        assert_eq!(b.parentpid, 7);
+        assert!(b.syscall_events[0].detail.contains("CLONE_INTO_CGROUP"));
+        assert!(!get(&ps, 10).joined_step);
+        // The mover of 60 is not a process of the step: not invented.
+        assert!(ps.iter().all(|p| p.processid != 7));
+    }
+
+    #[test]
+    fn leaving_events_go_to_step_processes_only_and_once() {
+        let mut r = Recorder::new(None);
+        r.add_root(10);
+        fork(&mut r, 10, 11);
+        fork(&mut r, 10, 12);
+        fork(&mut r, 10, 13);
+        // 11 moves itself; 10 moves 12; the daemon (pid 1) moves 13;
+        // 10 creates 14 outside the step.
+        r.push(TraceEvent::LeftStep {
+            pid: 11,
+            by: 11,
+            time: t(),
+        });
+        r.push(TraceEvent::LeftStep {
+            pid: 12,
+            by: 10,
+            time: t(),
+        });
+        r.push(TraceEvent::LeftStep {
+            pid: 13,
+            by: 1,
+            time: t(),
+        });
+        fork(&mut r, 10, 14);
+        r.push(TraceEvent::BornOutside {
+            pid: 14,
+            parent: 10,
+            time: t(),
+        });
+        // ptrace reports the write itself, then the move: one event.
+        r.push(TraceEvent::Syscall {
+            pid: 11,
+            name: "cgroup_leave".into(),
+            detail: "wrote pid 0 into /cg/cgroup.procs".into(),
+            args: vec![11],
+            path: Some("/cg/cgroup.procs".into()),
+            time: t(),
+        });
+        r.push(TraceEvent::LeftStep {
+            pid: 11,
+            by: 11,
+            time: t(),
+        });
+        let ps = finish(r);
+        assert!(ps.iter().all(|p| p.processid != 1));
+        for pid in [11, 12, 13, 14] {
+            assert!(get(&ps, pid).left_step, "{pid}");
+            assert!(!get(&ps, pid).joined_step, "{pid}");
+        }
+        let ev = |pid: i64| -> Vec<String> {
+            get(&ps, pid)
+                .syscall_events
+                .iter()
+                .map(|e| e.detail.clone())
+                .collect()
+        };
+        assert_eq!(
+            ev(11),
+            [
+                "moved itself (pid 11) out of the step's cgroup",
+                "wrote pid 0 into /cg/cgroup.procs"
+            ]
+        );
+        assert_eq!(
+            ev(10),
+            [
+                "moved pid 12 out of the step's cgroup",
+                "created pid 14 directly in a cgroup outside the step (clone3 CLONE_INTO_CGROUP)"
+            ]
+        );
+        assert_eq!(
+            ev(13),
+            ["moved out of the step's cgroup by pid 1, not a process of this step"]
+        );
+        assert_eq!(get(&ps, 14).parentpid, 10);
     }
 }

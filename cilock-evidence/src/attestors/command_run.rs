@@ -122,7 +122,11 @@ pub struct ProcessInfo {
     #[serde(default, rename = "joinedStep", skip_serializing_if = "is_false")]
     pub joined_step: bool,
     /// Where a `joinedStep` process came from, as observed.
-    #[serde(default, rename = "joinedFrom", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "joinedFrom",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub joined_from: String,
 }
 

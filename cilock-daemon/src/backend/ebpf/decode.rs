@@ -8,8 +8,9 @@ use std::mem::size_of;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cilock_abi::{
-    kind, net_call, path_flags, payload_flags, CgroupJoinEvent, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent,
-    Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent, SyscallRecord,
+    kind, net_call, path_flags, payload_flags, CgroupJoinEvent, CgroupMoveEvent, ExecEvent,
+    ExitEvent, ForkEvent, Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent,
+    SyscallRecord,
 };
 
 use crate::trace::{FileStamp, NetCall, TraceEvent};
@@ -581,6 +582,54 @@ mod tests {
         }
         b.truncate(b.len() - 1);
         assert!(decode(&b, &clock).is_err(), "string longer than the record");
+    }
+
+    #[test]
+    fn decodes_move_and_join_records() {
+        use cilock_abi::move_flags;
+        let clock = Clock::now();
+        let mut m = CgroupMoveEvent::default();
+        m.hdr.kind = kind::CGROUP_MOVE;
+        m.hdr.step_cgroup = 5;
+        m.hdr.tgid = 7;
+        m.dst_cgroup = 9;
+        m.moved_tgid = 8;
+        m.flags = move_flags::AT_FORK;
+        match decode(&bytes_of(&m), &clock).unwrap() {
+            Record::CgroupMove {
+                step_cgroup,
+                moved,
+                by,
+                dst,
+                flags,
+                ..
+            } => assert_eq!((step_cgroup, moved, by, dst, flags), (5, 8, 7, 9, 1)),
+            r => panic!("{r:?}"),
+        }
+        let mut j = CgroupJoinEvent::default();
+        j.hdr.kind = kind::CGROUP_JOIN;
+        j.hdr.step_cgroup = 6;
+        j.hdr.tgid = 7;
+        j.dst_cgroup = 10;
+        j.src_step = 5;
+        j.moved_tgid = 8;
+        match decode(&bytes_of(&j), &clock).unwrap() {
+            Record::CgroupJoin {
+                step_cgroup,
+                moved,
+                by,
+                dst,
+                src_step,
+                flags,
+                ..
+            } => assert_eq!(
+                (step_cgroup, moved, by, dst, src_step, flags),
+                (6, 8, 7, 10, 5, 0)
+            ),
+            r => panic!("{r:?}"),
+        }
+        // A short join record is refused.
+        assert!(decode(&bytes_of(&j)[..64], &clock).is_err());
     }
 
     #[test]

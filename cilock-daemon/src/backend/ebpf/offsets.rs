@@ -116,18 +116,14 @@ pub fn compute(btf: &Btf, tracefs: &Path) -> Result<Offsets, OffsetsError> {
         css_set_dfl_cgrp: btf
             .try_offset("css_set", "dfl_cgrp")
             .unwrap_or(Offsets::ABSENT),
-        cgroup_level: btf
-            .try_offset("cgroup", "level")
-            .unwrap_or(Offsets::ABSENT),
+        cgroup_level: btf.try_offset("cgroup", "level").unwrap_or(Offsets::ABSENT),
         cgroup_ancestors: btf
             .try_offset("cgroup", "ancestors")
             .unwrap_or(Offsets::ABSENT),
         cgroup_ancestor_ids: btf
             .try_offset("cgroup", "ancestor_ids")
             .unwrap_or(Offsets::ABSENT),
-        cgroup_root: btf
-            .try_offset("cgroup", "root")
-            .unwrap_or(Offsets::ABSENT),
+        cgroup_root: btf.try_offset("cgroup", "root").unwrap_or(Offsets::ABSENT),
         cgroup_root_hierarchy_id: btf
             .try_offset("cgroup_root", "hierarchy_id")
             .unwrap_or(Offsets::ABSENT),
