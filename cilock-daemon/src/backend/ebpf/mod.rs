@@ -262,7 +262,7 @@ impl EbpfBackend {
         {
             v.push("io_uring opens (IORING_OP_OPENAT) do not pass the syscall tracepoints and are not recorded (io_uring_setup is)".to_string());
         }
-        v.push("a process moved out of the step's cgroup (by itself, by another process, or created outside it with clone3(CLONE_INTO_CGROUP)) is marked leftStep, with a cgroup_leave event on the process that moved or created it; it is not traced after the move: what it does afterwards is not in this step (in another active step it is recorded there, marked joinedStep)".to_string());
+        v.push("a process moved out of the step's cgroup (by itself, by another process, or created outside it with clone3(CLONE_INTO_CGROUP)) is marked leftStep, with a cgroup_leave event on the process that moved or created it; it is not traced after the move: what it does afterwards is not in this step (in another active step it is recorded there, marked joinedStep); the kernel remembers the step of up to 65536 live step processes, and a process beyond that is counted in trace.events.cgroup_move.lost (its move may go unrecorded)".to_string());
         v.push("a process that comes into the step's cgroup from outside is traced from its arrival and marked joinedStep (joinedFrom says from where); what it did before is not in this step".to_string());
         if !self.moves_in_kernel {
             v.push("this kernel's BTF lacks cgroup.level/ancestors: moves are placed in user space (a move into a cgroup removed before the daemon looked counts as leaving), and a process joining the step is marked joinedStep only as of unknown origin".to_string());
