@@ -168,6 +168,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn this_kernel_places_moves_in_the_kernel() {
+        // Leaving and joining steps read a task's cgroup2 cgroup and a
+        // cgroup's ancestor at the step level (pointers from 6.0, ids
+        // before); each is optional (ABSENT), but every kernel cilock
+        // targets has one of them.
+        let btf = Btf::from_sys().expect("this test needs /sys/kernel/btf/vmlinux");
+        for (s, m) in [
+            ("task_struct", "cgroups"),
+            ("css_set", "dfl_cgrp"),
+            ("cgroup", "level"),
+            ("cgroup", "root"),
+            ("cgroup_root", "hierarchy_id"),
+        ] {
+            assert!(btf.try_offset(s, m).is_some(), "{s}.{m}");
+        }
+        assert!(
+            btf.try_offset("cgroup", "ancestors").is_some()
+                || btf.try_offset("cgroup", "ancestor_ids").is_some()
+        );
+        assert!(btf.try_offset("cgroup", "no_such_member").is_none());
+    }
+
+    #[test]
     fn parses_exit_format() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("format");
