@@ -227,7 +227,7 @@ os.system(\"cat after-py-exec.txt > /dev/null\")'\n\
     );
     if with_parent_move {
         s.push_str(&format!(
-            "sh -c 'sleep 0.4; cat after-child.txt > /dev/null' > /dev/null 2>&1 &\n\
+            "sh -c 'i=0; until grep -q cilock-moves- /proc/$$/cgroup || [ $i -ge 1000 ]; do sleep 0.01; i=$((i+1)); done; cat after-child.txt > /dev/null' > /dev/null 2>&1 &\n\
              child=$!\n\
              echo $child > {sib}\n\
              echo $child > child.pid\n\
