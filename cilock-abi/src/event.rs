@@ -21,8 +21,13 @@ pub mod kind {
     pub const PAYLOAD: u32 = 7;
     /// A suspicious syscall: [`super::SyscallRecord`] + strings + path.
     pub const SYSCALL: u32 = 8;
+    /// A process came into a step from outside it (moved into the step's
+    /// cgroup, or created there by `clone3(CLONE_INTO_CGROUP)` from
+    /// outside): [`super::CgroupJoinEvent`], `step_cgroup` = the step it
+    /// joined.
+    pub const CGROUP_JOIN: u32 = 9;
     /// Number of kinds (array sizes); kinds are `1..COUNT`.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// Mask the kernel applies to a kind before indexing counters (the
     /// next power of two minus one above every kind).
     pub const MASK: u32 = 15;
@@ -38,6 +43,7 @@ pub mod kind {
             NET => "net",
             PAYLOAD => "payload",
             SYSCALL => "syscall",
+            CGROUP_JOIN => "cgroup_join",
             _ => "unknown",
         }
     }
@@ -198,8 +204,21 @@ pub struct ExitEvent {
 }
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 56);
 
-/// `kind::CGROUP_MOVE`: a task of a step was moved into another cgroup by a
-/// step process (an attempt to leave the step).
+/// Flags of a [`CgroupMoveEvent`] / [`CgroupJoinEvent`].
+pub mod move_flags {
+    /// The process was created directly in the destination cgroup
+    /// (`clone3(CLONE_INTO_CGROUP)`); the header is its parent's.
+    pub const AT_FORK: u32 = 1 << 0;
+    /// The kernel could not tell the destination's step (cgroup offsets
+    /// absent on this kernel): user space decides.
+    pub const DST_UNKNOWN: u32 = 1 << 1;
+}
+
+/// `kind::CGROUP_MOVE`: a process of the step `hdr.step_cgroup` was moved
+/// into a cgroup outside the step (by itself, by another process, or at
+/// birth by `clone3(CLONE_INTO_CGROUP)`). The header is the mover's
+/// (current), which after a self-move is no longer in the step: the source
+/// step comes from the kernel's table of step processes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CgroupMoveEvent {
@@ -209,10 +228,42 @@ pub struct CgroupMoveEvent {
     pub dst_cgroup: u64,
     /// The moved task's tgid.
     pub moved_tgid: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// [`move_flags`].
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<CgroupMoveEvent>() == 64);
+
+/// `kind::CGROUP_JOIN`: a process came into the step `hdr.step_cgroup` from
+/// outside it. The header is the mover's (current).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CgroupJoinEvent {
+    /// Common header (of the task doing the move, or the parent).
+    pub hdr: Header,
+    /// The destination cgroup id (in the step).
+    pub dst_cgroup: u64,
+    /// The step the process came from (0: not a step process).
+    pub src_step: u64,
+    /// The moved (or created) process's tgid.
+    pub moved_tgid: u32,
+    /// [`move_flags`].
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<CgroupJoinEvent>() == 72);
+
+/// What the kernel remembers of a step process (value of the `PROCS` map,
+/// keyed by tgid), so that the step a process leaves is known even when the
+/// mover is the moved process (already outside the step when the
+/// `cgroup_attach_task` tracepoint fires).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcStep {
+    /// The step cgroup id.
+    pub step: u64,
+    /// Start time of the thread-group leader (tells reused pids apart).
+    pub leader_start: u64,
+}
+const _: () = assert!(core::mem::size_of::<ProcStep>() == 16);
 
 /// Largest record the kernel side emits (fixed part + variable bytes).
 pub const MAX_RECORD: usize = 16 * 1024;

@@ -67,6 +67,22 @@ pub struct Offsets {
     pub tp_exit_nr: u32,
     /// `ret` in the `syscalls/sys_exit_*` tracepoint record (from its format file).
     pub tp_exit_ret: u32,
+    /// `task_struct.cgroups` (the task's `css_set`).
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (the task's cgroup2 cgroup).
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.level` (depth below the hierarchy root).
+    pub cgroup_level: u32,
+    /// `cgroup.ancestors` (≥6.0: `struct cgroup *[]`, indexed by level),
+    /// ABSENT before.
+    pub cgroup_ancestors: u32,
+    /// `cgroup.ancestor_ids` (<6.0: `u64[]` of kernfs ids, indexed by
+    /// level), ABSENT from 6.0.
+    pub cgroup_ancestor_ids: u32,
+    /// `cgroup.root` and `cgroup_root.hierarchy_id` (0 = cgroup2): moves
+    /// in cgroup v1 hierarchies do not change a task's step.
+    pub cgroup_root: u32,
+    pub cgroup_root_hierarchy_id: u32,
 }
 
 impl Offsets {

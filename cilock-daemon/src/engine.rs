@@ -932,6 +932,9 @@ pub fn run_ptrace(
         |ev| recorder.push(ev),
     )
     .map_err(|e| internal(format!("ptrace: {e}")))?;
+    if let Some(pid) = root {
+        recorder.mark_root(pid);
+    }
     let trace = TraceInfo {
         backend: "ptrace".into(),
         reason,

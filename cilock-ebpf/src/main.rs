@@ -22,6 +22,7 @@
 #![no_main]
 
 mod maps;
+mod moves;
 mod net;
 mod path;
 mod probes;

@@ -155,7 +155,7 @@ pub fn emit(buf: *const u8, size: usize, record_kind: u32, step: u64) -> bool {
 }
 
 #[inline(always)]
-fn record_loss(step: u64, k: u32) {
+pub fn record_loss(step: u64, k: u32) {
     let idx = (k as usize) % kind::COUNT;
     if let Some(l) = STEP_LOSS.get_ptr_mut(&step) {
         unsafe { (*l).lost[idx] += 1 };

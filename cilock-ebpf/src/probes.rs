@@ -6,7 +6,7 @@
 //! | `sched_process_exec` | raw_tp `sched_process_exec` (task, old_pid, bprm) | EXEC |
 //! | `sched_process_fork` | raw_tp `sched_process_fork` (parent, child) | FORK |
 //! | `sched_process_exit` | raw_tp `sched_process_exit` (task, …) | EXIT |
-//! | `cgroup_attach_task` | raw_tp `cgroup_attach_task` (dst, path, task, threadgroup) | CGROUP_MOVE |
+//! | `cgroup_attach_task` | raw_tp `cgroup_attach_task` (dst, path, task, threadgroup) | CGROUP_MOVE, CGROUP_JOIN |
 
 use core::ffi::c_void;
 use core::mem::size_of;
@@ -23,11 +23,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use cilock_abi::{
-    ARGS_MAX_BYTES, CgroupMoveEvent, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, ForkEvent, Header,
-    OpenEvent, kind,
+    ARGS_MAX_BYTES, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, ForkEvent, Header, OpenEvent, kind,
 };
 
 use crate::maps::{SEEN, SeenKey, current_step, emit, off, scratch};
+use crate::moves;
 use crate::path::{stamp, walk_path};
 use crate::read::{rd, rd_ptr};
 
@@ -220,6 +220,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
     let size = p3 + (ev.cwd.len as usize & 0xfff);
     ev.hdr.size = size as u32;
     emit(buf, size, kind::EXEC, step);
+    moves::on_exec(step, task);
     Some(())
 }
 
@@ -232,20 +233,25 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
-    let step = current_step()?;
+    let step = current_step();
     let child: u64 = ctx.arg(1);
     let tgid = rd::<u32>(child + off!(task_tgid))?;
     let pid = rd::<u32>(child + off!(task_pid))?;
     if tgid != pid {
         return None;
     }
-    let buf = scratch()?;
-    let ev = unsafe { &mut *(buf as *mut ForkEvent) };
-    fill_header(&mut ev.hdr, kind::FORK, step);
-    ev.child_tgid = tgid;
-    ev._pad = 0;
-    ev.hdr.size = size_of::<ForkEvent>() as u32;
-    emit(buf, size_of::<ForkEvent>(), kind::FORK, step);
+    if let Some(step) = step {
+        let buf = scratch()?;
+        let ev = unsafe { &mut *(buf as *mut ForkEvent) };
+        fill_header(&mut ev.hdr, kind::FORK, step);
+        ev.child_tgid = tgid;
+        ev._pad = 0;
+        ev.hdr.size = size_of::<ForkEvent>() as u32;
+        emit(buf, size_of::<ForkEvent>(), kind::FORK, step);
+    }
+    // Where the child was born (clone3(CLONE_INTO_CGROUP) may put it
+    // outside the parent's step, or into another step).
+    moves::on_fork(step, child, tgid);
     Some(())
 }
 
@@ -258,13 +264,14 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_exit(ctx: &RawTracePointContext) -> Option<()> {
-    let step = current_step()?;
     let task: u64 = ctx.arg(0);
     let signal = rd_ptr(task, off!(task_signal))?;
     let live = rd::<i32>(signal + off!(signal_live))?;
     if live != 0 {
         return None;
     }
+    moves::forget((bpf_get_current_pid_tgid() >> 32) as u32);
+    let step = current_step()?;
     let code = rd::<u32>(task + off!(task_exit_code)).unwrap_or(0);
     let buf = scratch()?;
     let ev = unsafe { &mut *(buf as *mut ExitEvent) };
@@ -276,8 +283,8 @@ fn try_exit(ctx: &RawTracePointContext) -> Option<()> {
     Some(())
 }
 
-/// A step process moves a task into a cgroup (user space decides whether the
-/// destination is outside the step).
+/// A task is moved into a cgroup: a step process leaving its step, or a
+/// process joining one (see `moves`).
 #[raw_tracepoint(tracepoint = "cgroup_attach_task")]
 pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
     let _ = try_cgroup_attach(&ctx);
@@ -286,18 +293,9 @@ pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_cgroup_attach(ctx: &RawTracePointContext) -> Option<()> {
-    let step = current_step()?;
     let dst: u64 = ctx.arg(0);
     let task: u64 = ctx.arg(2);
-    let kn = rd_ptr(dst, off!(cgroup_kn))?;
-    let id = rd::<u64>(kn + off!(kernfs_node_id))?;
-    let buf = scratch()?;
-    let ev = unsafe { &mut *(buf as *mut CgroupMoveEvent) };
-    fill_header(&mut ev.hdr, kind::CGROUP_MOVE, step);
-    ev.dst_cgroup = id;
-    ev.moved_tgid = rd::<u32>(task + off!(task_tgid)).unwrap_or(0);
-    ev._pad = 0;
-    ev.hdr.size = size_of::<CgroupMoveEvent>() as u32;
-    emit(buf, size_of::<CgroupMoveEvent>(), kind::CGROUP_MOVE, step);
-    Some(())
+    // The moved task's step comes from PROCS: after a self-move the current
+    // task is already outside it.
+    moves::on_attach(dst, task)
 }

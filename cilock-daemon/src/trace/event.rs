@@ -166,6 +166,30 @@ pub enum TraceEvent {
         /// When.
         time: SystemTime,
     },
+    /// A step process created `pid` directly in a cgroup outside the step
+    /// (`clone3(CLONE_INTO_CGROUP)`): it left the step at birth.
+    BornOutside {
+        /// tgid of the new process.
+        pid: u32,
+        /// tgid of its parent (a step process).
+        parent: u32,
+        /// When.
+        time: SystemTime,
+    },
+    /// A process came into the step from outside it (moved into the step's
+    /// cgroup, or created there by a process outside the step).
+    JoinedStep {
+        /// tgid of the process.
+        pid: u32,
+        /// tgid of the process that moved (or created) it.
+        by: u32,
+        /// Where it came from, as observed.
+        from: String,
+        /// Created in the step by `by` (`clone3(CLONE_INTO_CGROUP)`).
+        at_birth: bool,
+        /// When.
+        time: SystemTime,
+    },
 }
 
 impl TraceEvent {
@@ -180,7 +204,9 @@ impl TraceEvent {
             | TraceEvent::Net { pid, .. }
             | TraceEvent::Egress { pid, .. }
             | TraceEvent::Syscall { pid, .. }
-            | TraceEvent::LeftStep { pid, .. } => *pid,
+            | TraceEvent::LeftStep { pid, .. }
+            | TraceEvent::BornOutside { pid, .. }
+            | TraceEvent::JoinedStep { pid, .. } => *pid,
         }
     }
 }

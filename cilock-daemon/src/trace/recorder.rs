@@ -78,6 +78,12 @@ pub fn is_fileless(exe: &str) -> bool {
     exe.starts_with("/memfd:") && exe.ends_with(" (deleted)")
 }
 
+/// `joinedFrom` of a process that was neither forked by a step process nor
+/// registered as a root (its arrival was not observed, or a record was
+/// lost): it is not attested as one of the step's own.
+pub const REASON_ORIGIN_UNKNOWN: &str =
+    "unknown: it was neither forked by a step process nor a root of the step";
+
 /// Bounds on one step's trace and on the hashing at its end (daemon
 /// configuration: `max_hash_file_size`, `hash_time_budget`,
 /// `max_processes_per_step`, `max_files_per_step`).
@@ -175,6 +181,13 @@ struct Proc {
     syscalls: Vec<SyscallEvent>,
     exit: Option<i32>,
     left_step: bool,
+    /// Came into the step from outside (see `joinedStep`).
+    joined: bool,
+    /// Where it came from.
+    joined_from: String,
+    /// Forked by a step process or registered as a root: one of the
+    /// step's own. A process never seen so is attested `joinedStep`.
+    origin_known: bool,
 }
 
 /// The processes of a finished step, and what had to be left out.
@@ -254,6 +267,7 @@ impl Recorder {
             return;
         };
         let p = &mut self.procs[idx];
+        p.origin_known = true;
         if p.comm.is_empty() {
             p.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|s| s.trim().to_string())
@@ -409,11 +423,19 @@ impl Recorder {
                         ps.argv.clone(),
                     )
                 });
+                let parent_joined = self.joined_origin(parent);
                 let Some(i) = self.proc_mut(child, Some(parent)) else {
                     return;
                 };
                 let p = &mut self.procs[i];
                 p.ppid = parent;
+                p.origin_known = true;
+                if let Some(from) = parent_joined {
+                    // A child of a process that came from outside is not
+                    // one of the step's own either.
+                    p.joined = true;
+                    p.joined_from = from;
+                }
                 if let Some((comm, image, cwd, argv)) = parent_state {
                     // Same image as the parent until it execs.
                     p.comm = comm;
@@ -664,20 +686,143 @@ impl Recorder {
                 if let Some(i) = self.proc_mut(pid, None) {
                     self.procs[i].left_step = true;
                 }
-                if let Some(j) = self.proc_mut(by, None) {
-                    self.push_syscall(
-                        j,
-                        SyscallEvent {
-                            syscall: "cgroup_leave".into(),
-                            detail: format!("moved pid {pid} out of the step's cgroup"),
-                            args: vec![pid as i64],
-                            timestamp: ts(time),
-                            path: String::new(),
-                        },
-                    );
+                // The event goes to the mover when it is a step process
+                // (never invent a process for an outsider or the daemon).
+                let mover = self
+                    .live
+                    .get(&by)
+                    .copied()
+                    .filter(|&j| self.procs[j].exit.is_none());
+                let (target, detail) = match mover {
+                    Some(j) if by == pid => (Some(j), format!("moved itself (pid {pid}) out of the step's cgroup")),
+                    Some(j) => (Some(j), format!("moved pid {pid} out of the step's cgroup")),
+                    None => (
+                        self.live.get(&pid).copied(),
+                        format!("moved out of the step's cgroup by pid {by}, not a process of this step"),
+                    ),
+                };
+                if let Some(j) = target {
+                    // ptrace already reported the write itself.
+                    let dup = self.procs[j].syscalls.last().is_some_and(|e| {
+                        e.syscall == "cgroup_leave" && e.args.first() == Some(&(pid as i64))
+                    });
+                    if !dup {
+                        self.push_syscall(
+                            j,
+                            SyscallEvent {
+                                syscall: "cgroup_leave".into(),
+                                detail,
+                                args: vec![pid as i64],
+                                timestamp: ts(time),
+                                path: String::new(),
+                            },
+                        );
+                    }
                 }
             }
+            TraceEvent::BornOutside { pid, parent, time } => self.born_outside(pid, parent, time),
+            TraceEvent::JoinedStep {
+                pid,
+                by,
+                from,
+                at_birth,
+                time,
+            } => self.joined(pid, by, from, at_birth, time),
         }
+    }
+
+    /// Where the live process `pid` came from, if it joined the step.
+    fn joined_origin(&self, pid: u32) -> Option<String> {
+        let &i = self.live.get(&pid)?;
+        let p = &self.procs[i];
+        (p.exit.is_none() && p.joined).then(|| {
+            format!(
+                "forked in the step by pid {pid}, which came from {}",
+                p.joined_from
+            )
+        })
+    }
+
+    /// Marks `pid` as a root of the step when its process table entry
+    /// exists (embedded ptrace runs, whose root is known only by pid).
+    pub fn mark_root(&mut self, pid: u32) {
+        if let Some(&i) = self.live.get(&pid) {
+            self.procs[i].origin_known = true;
+        }
+    }
+
+    /// A step process `parent` created `pid` outside the step's cgroup.
+    fn born_outside(&mut self, pid: u32, parent: u32, time: SystemTime) {
+        if let Some(i) = self.proc_mut(pid, Some(parent)) {
+            let p = &mut self.procs[i];
+            p.left_step = true;
+            if p.ppid == 0 {
+                p.ppid = parent;
+            }
+        }
+        if let Some(j) = self.live.get(&parent).copied() {
+            self.push_syscall(
+                j,
+                SyscallEvent {
+                    syscall: "cgroup_leave".into(),
+                    detail: format!(
+                        "created pid {pid} directly in a cgroup outside the step (clone3 CLONE_INTO_CGROUP)"
+                    ),
+                    args: vec![pid as i64],
+                    timestamp: ts(time),
+                    path: String::new(),
+                },
+            );
+        }
+    }
+
+    /// `pid` came into the step from `from`, moved (or created) by `by`.
+    fn joined(&mut self, pid: u32, by: u32, from: String, at_birth: bool, time: SystemTime) {
+        let Some(i) = self.proc_mut(pid, at_birth.then_some(by)) else {
+            return;
+        };
+        let p = &mut self.procs[i];
+        p.joined = true;
+        p.joined_from = from.clone();
+        if p.image.is_none() && !at_birth {
+            // What it runs, from the kernel's own link (as for a root).
+            if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+                let stamp = std::fs::metadata(format!("/proc/{pid}/exe"))
+                    .ok()
+                    .map(|m| super::digest_cache::stamp_of(&m));
+                let exe = exe.display().to_string();
+                p.image = Some(Image {
+                    program: exe.clone(),
+                    exe: Some(exe),
+                    exe_stamp: stamp,
+                    kind: ImageKind::Binary,
+                });
+            }
+            if p.comm.is_empty() {
+                p.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default();
+            }
+        }
+        let detail = if at_birth {
+            format!(
+                "created in the step's cgroup by pid {by} from {from} (clone3 CLONE_INTO_CGROUP)"
+            )
+        } else if by == pid {
+            format!("moved itself into the step's cgroup from {from}")
+        } else {
+            format!("moved into the step's cgroup by pid {by} from {from}")
+        };
+        self.push_syscall(
+            i,
+            SyscallEvent {
+                syscall: "cgroup_join".into(),
+                detail,
+                args: vec![pid as i64, by as i64],
+                timestamp: ts(time),
+                path: String::new(),
+            },
+        );
     }
 
     fn egress(
@@ -922,6 +1067,14 @@ impl Recorder {
                 // Alive when the step ended (a --kill then shows in exitcode).
                 alive_at_end: alive.contains(&p.pid) && p.exit.is_none_or(|c| c >= 128),
                 left_step: p.left_step,
+                joined_step: p.joined || !p.origin_known,
+                joined_from: if p.joined {
+                    p.joined_from.clone()
+                } else if !p.origin_known {
+                    REASON_ORIGIN_UNKNOWN.to_string()
+                } else {
+                    String::new()
+                },
                 syscall_events: p.syscalls.clone(),
                 ..Default::default()
             };
@@ -1915,5 +2068,192 @@ mod tests {
             "/proc/43/environ"
         );
         assert_eq!(normalize_proc_self("/proc/420/x", 42), "/proc/420/x");
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use super::*;
+
+    fn t() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn fork(r: &mut Recorder, parent: u32, child: u32) {
+        r.push(TraceEvent::Fork {
+            parent,
+            child,
+            time: t(),
+        });
+    }
+
+    fn finish(r: Recorder) -> Vec<ProcessInfo> {
+        r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[])
+            .processes
+    }
+
+    fn get(ps: &[ProcessInfo], pid: i64) -> &ProcessInfo {
+        ps.iter().find(|p| p.processid == pid).expect("process")
+    }
+
+    #[test]
+    fn roots_and_their_children_are_the_steps_own() {
+        let mut r = Recorder::new(None);
+        r.add_root(10);
+        fork(&mut r, 10, 11);
+        fork(&mut r, 11, 12);
+        // An embedded ptrace root, known only by pid.
+        r.push(TraceEvent::Comm {
+            pid: 20,
+            comm: "sh".into(),
+        });
+        r.mark_root(20);
+        for p in finish(r) {
+            assert!(!p.joined_step && p.joined_from.is_empty(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_process_of_unknown_origin_is_marked_joined() {
+        // Its fork record was lost, or it came in unseen: never one of the
+        // step's own.
+        let mut r = Recorder::new(None);
+        r.add_root(10);
+        r.push(TraceEvent::Open {
+            pid: 99,
+            path: "/x".into(),
+            flags: 0,
+            stamp: None,
+            unresolved: None,
+            time: t(),
+        });
+        let ps = finish(r);
+        let p = get(&ps, 99);
+        assert!(p.joined_step);
+        assert_eq!(p.joined_from, REASON_ORIGIN_UNKNOWN);
+        assert!(!get(&ps, 10).joined_step);
+    }
+
+    #[test]
+    fn joined_processes_and_their_children_are_marked_with_their_origin() {
+        let mut r = Recorder::new(None);
+        r.add_root(10);
+        r.push(TraceEvent::JoinedStep {
+            pid: 50,
+            by: 50,
+            from: "another step (cgroup /cg/a)".into(),
+            at_birth: false,
+            time: t(),
+        });
+        fork(&mut r, 50, 51);
+        r.push(TraceEvent::JoinedStep {
+            pid: 60,
+            by: 7,
+            from: "outside the daemon's steps".into(),
+            at_birth: true,
+            time: t(),
+        });
+        let ps = finish(r);
+        let j = get(&ps, 50);
+        assert!(j.joined_step);
+        assert_eq!(j.joined_from, "another step (cgroup /cg/a)");
+        assert_eq!(j.parentpid, 0);
+        assert_eq!(j.syscall_events.len(), 1);
+        assert_eq!(j.syscall_events[0].syscall, "cgroup_join");
+        assert_eq!(
+            j.syscall_events[0].detail,
+            "moved itself into the step's cgroup from another step (cgroup /cg/a)"
+        );
+        let c = get(&ps, 51);
+        assert!(c.joined_step);
+        assert_eq!(
+            c.joined_from,
+            "forked in the step by pid 50, which came from another step (cgroup /cg/a)"
+        );
+        let b = get(&ps, 60);
+        assert!(b.joined_step);
+        assert_eq!(b.parentpid, 7);
+        assert!(b.syscall_events[0].detail.contains("CLONE_INTO_CGROUP"));
+        assert!(!get(&ps, 10).joined_step);
+        // The mover of 60 is not a process of the step: not invented.
+        assert!(ps.iter().all(|p| p.processid != 7));
+    }
+
+    #[test]
+    fn leaving_events_go_to_step_processes_only_and_once() {
+        let mut r = Recorder::new(None);
+        r.add_root(10);
+        fork(&mut r, 10, 11);
+        fork(&mut r, 10, 12);
+        fork(&mut r, 10, 13);
+        // 11 moves itself; 10 moves 12; the daemon (pid 1) moves 13;
+        // 10 creates 14 outside the step.
+        r.push(TraceEvent::LeftStep {
+            pid: 11,
+            by: 11,
+            time: t(),
+        });
+        r.push(TraceEvent::LeftStep {
+            pid: 12,
+            by: 10,
+            time: t(),
+        });
+        r.push(TraceEvent::LeftStep {
+            pid: 13,
+            by: 1,
+            time: t(),
+        });
+        fork(&mut r, 10, 14);
+        r.push(TraceEvent::BornOutside {
+            pid: 14,
+            parent: 10,
+            time: t(),
+        });
+        // ptrace reports the write itself, then the move: one event.
+        r.push(TraceEvent::Syscall {
+            pid: 11,
+            name: "cgroup_leave".into(),
+            detail: "wrote pid 0 into /cg/cgroup.procs".into(),
+            args: vec![11],
+            path: Some("/cg/cgroup.procs".into()),
+            time: t(),
+        });
+        r.push(TraceEvent::LeftStep {
+            pid: 11,
+            by: 11,
+            time: t(),
+        });
+        let ps = finish(r);
+        assert!(ps.iter().all(|p| p.processid != 1));
+        for pid in [11, 12, 13, 14] {
+            assert!(get(&ps, pid).left_step, "{pid}");
+            assert!(!get(&ps, pid).joined_step, "{pid}");
+        }
+        let ev = |pid: i64| -> Vec<String> {
+            get(&ps, pid)
+                .syscall_events
+                .iter()
+                .map(|e| e.detail.clone())
+                .collect()
+        };
+        assert_eq!(
+            ev(11),
+            [
+                "moved itself (pid 11) out of the step's cgroup",
+                "wrote pid 0 into /cg/cgroup.procs"
+            ]
+        );
+        assert_eq!(
+            ev(10),
+            [
+                "moved pid 12 out of the step's cgroup",
+                "created pid 14 directly in a cgroup outside the step (clone3 CLONE_INTO_CGROUP)"
+            ]
+        );
+        assert_eq!(
+            ev(13),
+            ["moved out of the step's cgroup by pid 1, not a process of this step"]
+        );
+        assert_eq!(get(&ps, 14).parentpid, 10);
     }
 }

@@ -109,10 +109,25 @@ pub struct ProcessInfo {
     /// Set when the process was still running when the step ended.
     #[serde(default, rename = "aliveAtEnd", skip_serializing_if = "is_false")]
     pub alive_at_end: bool,
-    /// Set when the process moved itself (or was moved by a step process)
-    /// out of the step's cgroup; it is not traced after that.
+    /// Set when the process moved itself (or was moved by another process,
+    /// or was created by a step process with `clone3(CLONE_INTO_CGROUP)`)
+    /// out of the step's cgroup. On eBPF it is not traced after that; ptrace
+    /// follows the process tree and keeps tracing it (see `limitations`).
     #[serde(default, rename = "leftStep", skip_serializing_if = "is_false")]
     pub left_step: bool,
+    /// Set when the process came into this step from outside (moved into
+    /// the step's cgroup, or created in it by a process outside the step),
+    /// not by fork or exec of a step process, or when its origin is
+    /// unknown: it is not one of the step's own.
+    #[serde(default, rename = "joinedStep", skip_serializing_if = "is_false")]
+    pub joined_step: bool,
+    /// Where a `joinedStep` process came from, as observed.
+    #[serde(
+        default,
+        rename = "joinedFrom",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub joined_from: String,
 }
 
 fn is_false(b: &bool) -> bool {

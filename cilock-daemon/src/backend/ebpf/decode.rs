@@ -8,8 +8,9 @@ use std::mem::size_of;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cilock_abi::{
-    kind, net_call, path_flags, payload_flags, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent,
-    Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent, SyscallRecord,
+    kind, net_call, path_flags, payload_flags, CgroupJoinEvent, CgroupMoveEvent, ExecEvent,
+    ExitEvent, ForkEvent, Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent,
+    SyscallRecord,
 };
 
 use crate::trace::pathname::escape;
@@ -27,8 +28,9 @@ pub enum Record {
         /// The event.
         event: TraceEvent,
     },
-    /// A step process moved `moved` into cgroup `dst` (the caller decides
-    /// whether `dst` is outside the step).
+    /// A process of the step was moved into cgroup `dst`, outside the step
+    /// (with `move_flags::DST_UNKNOWN` the caller decides whether `dst` is
+    /// outside; with `move_flags::AT_FORK` it was created there by `by`).
     CgroupMove {
         /// The step cgroup id.
         step_cgroup: u64,
@@ -38,6 +40,26 @@ pub enum Record {
         by: u32,
         /// Destination cgroup id.
         dst: u64,
+        /// When.
+        time: SystemTime,
+        /// `cilock_abi::move_flags`.
+        flags: u32,
+    },
+    /// A process came into the step from outside it: moved into cgroup
+    /// `dst` by `by`, or created there by `by` (`move_flags::AT_FORK`).
+    CgroupJoin {
+        /// The step cgroup id (the step it joined).
+        step_cgroup: u64,
+        /// The tgid that came in.
+        moved: u32,
+        /// The tgid that moved (or created) it.
+        by: u32,
+        /// Destination cgroup id.
+        dst: u64,
+        /// The step it came from (0: none).
+        src_step: u64,
+        /// `cilock_abi::move_flags`.
+        flags: u32,
         /// When.
         time: SystemTime,
     },
@@ -338,6 +360,19 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
                 by: hdr.tgid,
                 dst: e.dst_cgroup,
                 time,
+                flags: e.flags,
+            })
+        }
+        kind::CGROUP_JOIN => {
+            let e: CgroupJoinEvent = read(b, k)?;
+            Ok(Record::CgroupJoin {
+                step_cgroup: hdr.step_cgroup,
+                moved: e.moved_tgid,
+                by: hdr.tgid,
+                dst: e.dst_cgroup,
+                src_step: e.src_step,
+                flags: e.flags,
+                time,
             })
         }
         kind::NET => {
@@ -597,6 +632,54 @@ mod tests {
         }
         b.truncate(b.len() - 1);
         assert!(decode(&b, &clock).is_err(), "string longer than the record");
+    }
+
+    #[test]
+    fn decodes_move_and_join_records() {
+        use cilock_abi::move_flags;
+        let clock = Clock::now();
+        let mut m = CgroupMoveEvent::default();
+        m.hdr.kind = kind::CGROUP_MOVE;
+        m.hdr.step_cgroup = 5;
+        m.hdr.tgid = 7;
+        m.dst_cgroup = 9;
+        m.moved_tgid = 8;
+        m.flags = move_flags::AT_FORK;
+        match decode(&bytes_of(&m), &clock).unwrap() {
+            Record::CgroupMove {
+                step_cgroup,
+                moved,
+                by,
+                dst,
+                flags,
+                ..
+            } => assert_eq!((step_cgroup, moved, by, dst, flags), (5, 8, 7, 9, 1)),
+            r => panic!("{r:?}"),
+        }
+        let mut j = CgroupJoinEvent::default();
+        j.hdr.kind = kind::CGROUP_JOIN;
+        j.hdr.step_cgroup = 6;
+        j.hdr.tgid = 7;
+        j.dst_cgroup = 10;
+        j.src_step = 5;
+        j.moved_tgid = 8;
+        match decode(&bytes_of(&j), &clock).unwrap() {
+            Record::CgroupJoin {
+                step_cgroup,
+                moved,
+                by,
+                dst,
+                src_step,
+                flags,
+                ..
+            } => assert_eq!(
+                (step_cgroup, moved, by, dst, src_step, flags),
+                (6, 8, 7, 10, 5, 0)
+            ),
+            r => panic!("{r:?}"),
+        }
+        // A short join record is refused.
+        assert!(decode(&bytes_of(&j)[..64], &clock).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use cilock_abi::{kind, StepLoss};
+use cilock_abi::{kind, move_flags, StepLoss};
 use cilock_evidence::attestors::command_run::EventCount;
 
 use crate::cgroup::Cgroup;
@@ -125,6 +125,8 @@ pub struct EbpfBackend {
     consumer: Option<JoinHandle<()>>,
     hooks: BTreeMap<String, String>,
     step_level: u32,
+    /// The kernel places moves itself (cgroup level and ancestors in BTF).
+    moves_in_kernel: bool,
 }
 
 fn tracefs() -> Option<PathBuf> {
@@ -156,6 +158,9 @@ impl EbpfBackend {
         #[cfg(debug_assertions)]
         let offs = inject_fault(offs);
         tracing::debug!(?offs, "kernel offsets from BTF");
+        let moves_in_kernel = offs.cgroup_level != cilock_abi::Offsets::ABSENT
+            && (offs.cgroup_ancestors != cilock_abi::Offsets::ABSENT
+                || offs.cgroup_ancestor_ids != cilock_abi::Offsets::ABSENT);
         // The parsed BTF (tens of MiB) is not needed any more.
         drop(btf);
         let mut ebpf = EbpfLoader::new()
@@ -243,6 +248,7 @@ impl EbpfBackend {
             consumer: Some(consumer),
             hooks,
             step_level,
+            moves_in_kernel,
         })
     }
 
@@ -256,7 +262,11 @@ impl EbpfBackend {
         {
             v.push("io_uring opens (IORING_OP_OPENAT) do not pass the syscall tracepoints and are not recorded (io_uring_setup is)".to_string());
         }
-        v.push("a process moved out of the step's cgroup is not traced after the move (the move is recorded: leftStep)".to_string());
+        v.push("a process moved out of the step's cgroup (by itself, by another process, or created outside it with clone3(CLONE_INTO_CGROUP)) is marked leftStep, with a cgroup_leave event on the process that moved or created it; it is not traced after the move: what it does afterwards is not in this step (in another active step it is recorded there, marked joinedStep); the kernel remembers the step of up to 65536 live step processes, and a process beyond that is counted in trace.events.cgroup_move.lost (its move may go unrecorded)".to_string());
+        v.push("a process that comes into the step's cgroup from outside is traced from its arrival and marked joinedStep (joinedFrom says from where); what it did before is not in this step".to_string());
+        if !self.moves_in_kernel {
+            v.push("this kernel's BTF lacks cgroup.level/ancestors: moves are placed in user space (a move into a cgroup removed before the daemon looked counts as leaving), and a process joining the step is marked joinedStep only as of unknown origin".to_string());
+        }
         v.push("reads and writes through memory mappings or already-open descriptors are not separate events".to_string());
         v.push("paths longer than PATH_MAX (4096 bytes) keep only their last components behind /…/ and are not hashed (unhashedOpens: path truncated); two such paths whose kept tails agree share one entry".to_string());
         if self.net {
@@ -638,20 +648,65 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
             by,
             dst,
             time,
+            flags,
         }) => {
             if let Some(r) = routes.get(&step_cgroup) {
                 r.counts.captured[kind::CGROUP_MOVE as usize].fetch_add(1, Ordering::Relaxed);
-                let inside = Cgroup::open(&r.cgroup)
-                    .map(|c| c.subtree_ids().contains(&dst))
-                    .unwrap_or(false);
+                // The kernel placed the destination outside the step, unless
+                // it could not tell.
+                let inside = flags & move_flags::DST_UNKNOWN != 0
+                    && Cgroup::open(&r.cgroup)
+                        .map(|c| c.subtree_ids().contains(&dst))
+                        .unwrap_or(false);
                 if !inside {
                     if let Ok(mut rec) = r.recorder.lock() {
-                        rec.push(TraceEvent::LeftStep {
-                            pid: moved,
-                            by,
-                            time,
+                        rec.push(if flags & move_flags::AT_FORK != 0 {
+                            TraceEvent::BornOutside {
+                                pid: moved,
+                                parent: by,
+                                time,
+                            }
+                        } else {
+                            TraceEvent::LeftStep {
+                                pid: moved,
+                                by,
+                                time,
+                            }
                         });
                     }
+                }
+            }
+        }
+        Ok(Record::CgroupJoin {
+            step_cgroup,
+            moved,
+            by,
+            dst: _,
+            src_step,
+            flags,
+            time,
+        }) => {
+            if let Some(r) = routes.get(&step_cgroup) {
+                // The daemon's own moves (a step's root at begin, processes
+                // returned at a step's end) are not joins: roots are
+                // registered by the engine.
+                if by == std::process::id() {
+                    return;
+                }
+                r.counts.captured[kind::CGROUP_JOIN as usize].fetch_add(1, Ordering::Relaxed);
+                let from = match routes.get(&src_step) {
+                    _ if src_step == 0 => "outside the daemon's steps".to_string(),
+                    Some(src) => format!("another step (cgroup {})", src.cgroup.display()),
+                    None => format!("a step that has ended (cgroup id {src_step})"),
+                };
+                if let Ok(mut rec) = r.recorder.lock() {
+                    rec.push(TraceEvent::JoinedStep {
+                        pid: moved,
+                        by,
+                        from,
+                        at_birth: flags & move_flags::AT_FORK != 0,
+                        time,
+                    });
                 }
             }
         }

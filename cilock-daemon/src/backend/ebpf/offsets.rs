@@ -108,6 +108,25 @@ pub fn compute(btf: &Btf, tracefs: &Path) -> Result<Offsets, OffsetsError> {
             .unwrap_or(Offsets::ABSENT),
         tp_exit_nr,
         tp_exit_ret,
+        // Leaving and joining steps: without these the kernel cannot place
+        // a cgroup in a step and user space decides (see `move_flags`).
+        task_cgroups: btf
+            .try_offset("task_struct", "cgroups")
+            .unwrap_or(Offsets::ABSENT),
+        css_set_dfl_cgrp: btf
+            .try_offset("css_set", "dfl_cgrp")
+            .unwrap_or(Offsets::ABSENT),
+        cgroup_level: btf.try_offset("cgroup", "level").unwrap_or(Offsets::ABSENT),
+        cgroup_ancestors: btf
+            .try_offset("cgroup", "ancestors")
+            .unwrap_or(Offsets::ABSENT),
+        cgroup_ancestor_ids: btf
+            .try_offset("cgroup", "ancestor_ids")
+            .unwrap_or(Offsets::ABSENT),
+        cgroup_root: btf.try_offset("cgroup", "root").unwrap_or(Offsets::ABSENT),
+        cgroup_root_hierarchy_id: btf
+            .try_offset("cgroup_root", "hierarchy_id")
+            .unwrap_or(Offsets::ABSENT),
     })
 }
 
@@ -147,6 +166,29 @@ fn exit_format(path: &Path) -> Result<(u32, u32), OffsetsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_kernel_places_moves_in_the_kernel() {
+        // Leaving and joining steps read a task's cgroup2 cgroup and a
+        // cgroup's ancestor at the step level (pointers from 6.0, ids
+        // before); each is optional (ABSENT), but every kernel cilock
+        // targets has one of them.
+        let btf = Btf::from_sys().expect("this test needs /sys/kernel/btf/vmlinux");
+        for (s, m) in [
+            ("task_struct", "cgroups"),
+            ("css_set", "dfl_cgrp"),
+            ("cgroup", "level"),
+            ("cgroup", "root"),
+            ("cgroup_root", "hierarchy_id"),
+        ] {
+            assert!(btf.try_offset(s, m).is_some(), "{s}.{m}");
+        }
+        assert!(
+            btf.try_offset("cgroup", "ancestors").is_some()
+                || btf.try_offset("cgroup", "ancestor_ids").is_some()
+        );
+        assert!(btf.try_offset("cgroup", "no_such_member").is_none());
+    }
 
     #[test]
     fn parses_exit_format() {

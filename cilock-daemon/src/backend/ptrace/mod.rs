@@ -183,6 +183,7 @@ pub fn limitations() -> Vec<String> {
         "32-bit (int 0x80) syscalls: only opens, connect/bind and the main suspicious calls are decoded; socketcall(2)-multiplexed network calls are not",
         "egress capture sees write/sendto/sendmsg/sendmmsg on sockets connected in the same process; writev/pwritev/splice/sendfile payloads and sockets inherited across fork are not captured",
         "cgroup.procs writes are detected only on the fd returned by the open (not after dup2, e.g. shell redirections)",
+        "ptrace keeps tracing a process that moves to another cgroup (it follows the process tree, not the cgroup): leftStep marks a move seen as a write of its pid to cgroup.procs, and what it does afterwards is still recorded; a child created with clone3(CLONE_INTO_CGROUP) is traced like any child and not marked; processes that enter the step's cgroup from outside are not seen",
         "follow mode stops on every syscall (no seccomp filter can be added to a running process): large slowdown",
         "processes that leave the traced tree via a daemon (docker, systemd-run) are not followed",
         "paths longer than PATH_MAX (4096 bytes), which /proc cannot show, are rebuilt by walking up their directories (up to 16 KiB, else truncated behind /…/) and are not hashed; a file opened there by a multi-component name whose directory is no open fd of the process keeps only its inode (/…/?(inode N))",
@@ -284,6 +285,18 @@ pub fn event_to_json(ev: &TraceEvent) -> serde_json::Value {
         }
         TraceEvent::LeftStep { pid, by, time } => {
             json!({"type": "left_step", "pid": pid, "by": by, "time": t(time)})
+        }
+        TraceEvent::BornOutside { pid, parent, time } => {
+            json!({"type": "born_outside", "pid": pid, "parent": parent, "time": t(time)})
+        }
+        TraceEvent::JoinedStep {
+            pid,
+            by,
+            from,
+            at_birth,
+            time,
+        } => {
+            json!({"type": "joined_step", "pid": pid, "by": by, "from": from, "at_birth": at_birth, "time": t(time)})
         }
     }
 }

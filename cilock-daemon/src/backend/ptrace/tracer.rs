@@ -955,6 +955,13 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                             vec![moved_tgid as i64],
                             Some(path),
                         );
+                        // Still traced (ptrace follows the tree), but no
+                        // longer in the cgroup it was in: leftStep.
+                        self.emit(TraceEvent::LeftStep {
+                            pid: moved_tgid,
+                            by: tgid,
+                            time: now(),
+                        });
                     }
                 }
             } else if let Some(p) = self.procs.get_mut(&tgid) {
