@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use cilock_evidence::attestors::command_run::{
     DnsLookup, Network, NetworkConnection, ProcessInfo, SyscallEvent, UnhashedOpen,
 };
+use cilock_evidence::attestors::product::StepWrites;
 use cilock_evidence::digest::{DigestSet, HashAlg};
 use cilock_evidence::timefmt;
 
@@ -165,6 +166,17 @@ struct Proc {
     syscalls: Vec<SyscallEvent>,
     exit: Option<i32>,
     left_step: bool,
+    /// argv of the first exec seen (the command a root process ran).
+    first_argv: Option<Arc<Vec<String>>>,
+}
+
+/// What the trace saw of a root process of the step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RootSeen {
+    /// Its exit code (128+signal), when the trace saw it exit.
+    pub exit: Option<i32>,
+    /// argv of its first exec during the step, as the kernel recorded it.
+    pub argv: Option<Vec<String>>,
 }
 
 /// The processes of a finished step, and what had to be left out.
@@ -274,6 +286,39 @@ impl Recorder {
                 p.ppid = pp;
             }
         }
+    }
+
+    /// What the trace saw of the root process `pid` (its first incarnation
+    /// in the step): its exit and the argv of its first exec.
+    pub fn root_seen(&self, pid: u32) -> RootSeen {
+        let Some(p) = self.procs.iter().find(|p| p.pid == pid) else {
+            return RootSeen::default();
+        };
+        RootSeen {
+            // -1: a later process took the pid before its exit was seen.
+            exit: p.exit.filter(|&c| c >= 0),
+            argv: p.first_argv.as_ref().map(|a| a.to_vec()),
+        }
+    }
+
+    /// What the step's processes opened for writing: the identity of each
+    /// file at its last write open, or the path when that is unknown.
+    pub fn written(&self) -> StepWrites {
+        let mut w = StepWrites::default();
+        for p in &self.procs {
+            for (path, rec) in p.opens.iter().filter(|(_, r)| r.wrote && r.opened) {
+                match rec.write {
+                    Some(id) if id.1 != 0 => {
+                        w.files.insert(id);
+                    }
+                    _ if rec.unresolved.is_none() => {
+                        w.paths.insert(path.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        w
     }
 
     /// The pids seen so far that have not exited.
@@ -471,6 +516,9 @@ impl Recorder {
                 p.cwd = cwd;
                 p.argv = Arc::new(argv);
                 p.comm = comm;
+                if p.first_argv.is_none() {
+                    p.first_argv = Some(p.argv.clone());
+                }
             }
             TraceEvent::Open {
                 pid,
