@@ -584,6 +584,9 @@ impl Engine {
                         undo(&cgroup, &origin);
                         internal(e)
                     })?;
+                // Begin returns once the tracer holds the process: what it
+                // does right after (an exec, its exit) is then in the trace.
+                wait_traced(spec.pid, &h, Duration::from_secs(5));
                 follower = Some((stop, h));
             }
         }
@@ -995,6 +998,25 @@ fn observe(
     let out = "the daemon does not capture output: what the client sent is in claimed";
     trace.unobserved.insert("stdout".into(), out.into());
     trace.unobserved.insert("stderr".into(), out.into());
+}
+
+/// Waits (at most `limit`) until `pid` is ptrace-attached (`TracerPid` of
+/// its status, the follower thread's tid), or its follower thread `h`
+/// ended (attach failed, the process is gone).
+fn wait_traced(pid: u32, h: &JoinHandle<()>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !h.is_finished() {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return;
+        };
+        if s.lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .is_some_and(|v| v.trim() != "0")
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The target of a begin must belong to `owner` (any uid when `owner` is 0).
