@@ -1929,4 +1929,60 @@ mod tests {
         );
         assert_eq!(normalize_proc_self("/proc/420/x", 42), "/proc/420/x");
     }
+
+    #[test]
+    fn root_seen_and_written_files() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        std::fs::write(&out, b"x").unwrap();
+        let out_s = out.to_str().unwrap();
+        let mut r = Recorder::new(None);
+        r.add_root(4242);
+        // Nothing seen yet.
+        assert_eq!(r.root_seen(4242), RootSeen::default());
+        r.push(exec(
+            4242,
+            "/bin/sh",
+            "/bin/sh",
+            &["sh", "-c", "exec true"],
+            "/",
+        ));
+        r.push(exec(4242, "/bin/true", "/bin/true", &["true"], "/"));
+        r.push(open(
+            4242,
+            out_s,
+            libc::O_WRONLY as u32 | libc::O_CREAT as u32,
+        ));
+        r.push(open(4242, "/etc/hostname", 0));
+        let mut unknown = open(4242, "/w/no-identity", libc::O_WRONLY as u32);
+        if let TraceEvent::Open { stamp, .. } = &mut unknown {
+            *stamp = None;
+        }
+        r.push(unknown);
+        r.push(TraceEvent::Exit {
+            pid: 4242,
+            code: 3,
+            time: t(),
+        });
+        // The argv of the first exec (the command), the exit status.
+        assert_eq!(
+            r.root_seen(4242),
+            RootSeen {
+                exit: Some(3),
+                argv: Some(vec!["sh".into(), "-c".into(), "exec true".into()]),
+            }
+        );
+        let w = r.written();
+        let m = std::fs::metadata(&out).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(
+            w.files.iter().copied().collect::<Vec<_>>(),
+            [(m.dev(), m.ino())]
+        );
+        assert_eq!(
+            w.paths.iter().cloned().collect::<Vec<_>>(),
+            ["/w/no-identity"]
+        );
+        assert_eq!(r.root_seen(1), RootSeen::default());
+    }
 }
