@@ -235,16 +235,14 @@ fn embedded_ptrace() {
     let dir = w.path();
     let (key, _pubkey) = keygen(dir);
     let att = dir.join("embedded.att.json");
-    let script = format!(
-        "echo built > built.bin; echo tmp > r.tmp; mv r.tmp renamed.bin; i=0; \
-         while [ ! -e dropped.txt ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo out; exit 3"
-    );
+    let script = "echo built > built.bin; echo tmp > r.tmp; mv r.tmp renamed.bin; i=0; \
+         while [ ! -e dropped.txt ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo out; exit 3";
     let child = Command::new(bin("cilock"))
         .args(["run", "--no-daemon", "--backend", "ptrace", "-k"])
         .arg(&key)
         .args(["--step", "embedded", "-o"])
         .arg(&att)
-        .args(["--", "sh", "-c", &script])
+        .args(["--", "sh", "-c", script])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .spawn()
