@@ -79,6 +79,11 @@ pub struct StepEndArgs {
     /// that name).
     #[arg(long, value_name = "UID")]
     pub owner: Option<u32>,
+    /// The job's result as the caller reports it (e.g. `$?` of its last
+    /// command). Recorded under command-run `claimed.exitcode`, apart from
+    /// what the daemon observed.
+    #[arg(long, value_name = "CODE", allow_negative_numbers = true)]
+    pub exitcode: Option<i32>,
 }
 
 /// Which trace backend to use.

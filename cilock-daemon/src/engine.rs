@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cilock_evidence::attestors::command_run::{self, CommandRun, EventCount, TraceInfo};
+use cilock_evidence::attestors::command_run::{
+    self, Claimed, CommandRun, EventCount, TraceInfo, EXITCODE_UNKNOWN,
+};
 use cilock_evidence::attestors::lifecycle::{AttestorOptions, Lifecycle, SkippedAttestor};
 use cilock_evidence::attestors::{
     into_collection, run_one, AttestError, AttestationContext, Attestor, Stage,
@@ -174,6 +176,13 @@ pub struct EndSpec {
     pub stdout: String,
     /// Captured output.
     pub stderr: String,
+    /// Set only by an embedded engine (`cilock run` without a daemon: the
+    /// process that traces is the one that signs): it spawned the command,
+    /// captured its output and waited for it itself, so the step's `cmd`,
+    /// `exitcode`, `stdout` and `stderr` are observed. Unset (the daemon):
+    /// they are a client's claims and go under command-run `claimed`; the
+    /// observed `cmd` and `exitcode` come from the trace of the root.
+    pub observed: bool,
 }
 
 /// The unsigned result of a step.
@@ -213,6 +222,8 @@ struct Step {
     started: Instant,
     attest: Attest,
     cmd: Vec<String>,
+    /// The process the step began with (`run`'s command, `step begin`'s shell).
+    root: u32,
     follower: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// Since when the step's cgroup has been seen empty.
     empty_since: Option<Instant>,
@@ -573,6 +584,9 @@ impl Engine {
                         undo(&cgroup, &origin);
                         internal(e)
                     })?;
+                // Begin returns once the tracer holds the process: what it
+                // does right after (an exec, its exit) is then in the trace.
+                wait_traced(spec.pid, &h, Duration::from_secs(5));
                 follower = Some((stop, h));
             }
         }
@@ -611,6 +625,7 @@ impl Engine {
             started: Instant::now(),
             attest,
             cmd: spec.cmd,
+            root: spec.pid,
             follower,
             empty_since: None,
             origin,
@@ -747,6 +762,7 @@ impl Engine {
             name: step.name,
             attest: step.attest,
             cmd: step.cmd,
+            root: Some(step.root),
             recorder,
             trace,
             alive,
@@ -825,6 +841,8 @@ pub struct PendingStep {
     name: String,
     attest: Attest,
     cmd: Vec<String>,
+    /// The step's root process, when known.
+    root: Option<u32>,
     recorder: Recorder,
     trace: TraceInfo,
     alive: Vec<u32>,
@@ -838,6 +856,11 @@ impl PendingStep {
             Attest::InProcess { ctx, .. } => ctx.hashes.clone(),
             Attest::Helper(h) => h.hashes().to_vec(),
         };
+        let seen = self
+            .root
+            .map(|pid| self.recorder.root_seen(pid))
+            .unwrap_or_default();
+        let writes = self.recorder.written();
         let st = self.recorder.finish(cache, &algs, &self.alive);
         self.trace.truncated = st.truncated;
         if self.trace.backend == "ptrace" {
@@ -850,20 +873,27 @@ impl PendingStep {
             );
         }
         let lost_events = self.trace.total_lost();
-        let run = CommandRun {
-            cmd: self.cmd.clone(),
-            stdout: end.stdout,
-            stderr: end.stderr,
-            exitcode: end.exitcode.unwrap_or(0),
+        let mut run = CommandRun {
             processes: st.processes,
-            trace: Some(self.trace),
+            ..Default::default()
         };
+        observe(
+            &mut run,
+            &mut self.trace,
+            end,
+            self.cmd.clone(),
+            self.root,
+            seen,
+            &self.alive,
+        );
+        run.trace = Some(self.trace);
         let (ctx, failure) = match self.attest {
-            Attest::Helper(h) => h.after(run),
+            Attest::Helper(h) => h.after(run, writes),
             Attest::InProcess {
                 mut lifecycle,
                 mut ctx,
             } => {
+                ctx.step_writes = Some(writes);
                 let json = serde_json::to_value(&run).map_err(internal)?;
                 run_one(&mut ctx, &mut CommandRunAttestor(Some(json))).map_err(internal)?;
                 let failure = match lifecycle.after(&mut ctx) {
@@ -881,6 +911,111 @@ impl PendingStep {
             lost_events,
             failure,
         })
+    }
+}
+
+/// Fills command-run's `cmd`, `exitcode`, `stdout` and `stderr` with what
+/// was observed, and `claimed` with what a client reported.
+///
+/// - Embedded engine (`end.observed`): this process spawned the command,
+///   captured its output and waited for it: all four are observed.
+/// - Daemon: `exitcode` is the root process's exit as the trace saw it
+///   (128+signal for a signal), `cmd` the argv the kernel recorded at the
+///   root's first exec during the step; when the trace did not see them,
+///   `exitcode` is [`EXITCODE_UNKNOWN`], `cmd` empty, and
+///   `trace.unobserved` says why. The daemon captures no output.
+///   Everything the client sent (begin's `cmd`, end's `exitcode`,
+///   `stdout`, `stderr`) goes to `claimed`, never to the fields above.
+///
+/// `trace.observed` lists the fields that hold observed values.
+fn observe(
+    run: &mut CommandRun,
+    trace: &mut TraceInfo,
+    end: EndSpec,
+    cmd: Vec<String>,
+    root: Option<u32>,
+    seen: crate::trace::recorder::RootSeen,
+    alive: &[u32],
+) {
+    if end.observed {
+        run.cmd = cmd;
+        trace.observed.push("cmd".into());
+        match end.exitcode {
+            Some(c) => {
+                run.exitcode = c;
+                trace.observed.push("exitcode".into());
+            }
+            None => {
+                run.exitcode = EXITCODE_UNKNOWN;
+                trace
+                    .unobserved
+                    .insert("exitcode".into(), "the command was not waited for".into());
+            }
+        }
+        run.stdout = end.stdout;
+        run.stderr = end.stderr;
+        trace.observed.push("stdout".into());
+        trace.observed.push("stderr".into());
+        return;
+    }
+    run.claimed = Claimed {
+        cmd,
+        stdout: end.stdout,
+        stderr: end.stderr,
+        exitcode: end.exitcode,
+    };
+    let who = match root {
+        Some(pid) => format!("the step's root process (pid {pid})"),
+        None => "the step's root process".to_string(),
+    };
+    match seen.argv {
+        Some(argv) => {
+            run.cmd = argv;
+            trace.observed.push("cmd".into());
+        }
+        None => {
+            trace.unobserved.insert(
+                "cmd".into(),
+                format!("{who} did not exec during the step: its command line was set before the step began"),
+            );
+        }
+    }
+    match seen.exit {
+        Some(c) => {
+            run.exitcode = c;
+            trace.observed.push("exitcode".into());
+        }
+        None => {
+            run.exitcode = EXITCODE_UNKNOWN;
+            let why = if root.is_some_and(|p| alive.contains(&p)) {
+                format!("{who} was still running when the step ended")
+            } else {
+                format!("the trace did not see {who} exit")
+            };
+            trace.unobserved.insert("exitcode".into(), why);
+        }
+    }
+    let out = "the daemon does not capture output: what the client sent is in claimed";
+    trace.unobserved.insert("stdout".into(), out.into());
+    trace.unobserved.insert("stderr".into(), out.into());
+}
+
+/// Waits (at most `limit`) until `pid` is ptrace-attached (`TracerPid` of
+/// its status, the follower thread's tid), or its follower thread `h`
+/// ended (attach failed, the process is gone).
+fn wait_traced(pid: u32, h: &JoinHandle<()>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !h.is_finished() {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return;
+        };
+        if s.lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .is_some_and(|v| v.trim() != "0")
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -949,6 +1084,7 @@ pub fn run_ptrace(
             name: spec.name,
             attest,
             cmd: spec.cmd,
+            root,
             recorder,
             trace,
             alive: Vec::new(),
@@ -1216,6 +1352,8 @@ impl api::StepService for DaemonService {
                 exitcode: req.exitcode,
                 stdout: req.stdout.unwrap_or_default(),
                 stderr: req.stderr.unwrap_or_default(),
+                // A client's word: recorded under `claimed`.
+                observed: false,
             },
         )?;
         let env = sign_statement(&out.statement, &self.signer)?;

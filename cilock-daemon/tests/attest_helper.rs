@@ -423,7 +423,7 @@ fn stages_read_only_what_the_owner_can_and_report_failures() {
         }),
         ..Default::default()
     };
-    let (ctx, failure) = step2.after(run.clone());
+    let (ctx, failure) = step2.after(run.clone(), Default::default());
     assert!(failure.is_none());
     let names_out: Vec<&str> = ctx.completed.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
@@ -447,7 +447,7 @@ fn stages_read_only_what_the_owner_can_and_report_failures() {
     // after-stage attestors are listed as skipped with the reason.
     let mut step = step;
     step.config_mut().timeout = Duration::from_millis(1);
-    let (ctx, failure) = step.after(run);
+    let (ctx, failure) = step.after(run, Default::default());
     assert!(failure.is_none());
     let names_out: Vec<&str> = ctx.completed.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names_out, ["environment", "material", "command-run"]);

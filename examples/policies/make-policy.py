@@ -16,6 +16,7 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMMAND_RUN = "https://witness.dev/attestations/command-run/v0.1"
+PRODUCT = "https://witness.dev/attestations/product/v0.1"
 MODULES = [
     "trace-behavioral.rego",
     "network-allowlist.rego",
@@ -29,14 +30,18 @@ def module(name):
         return {"name": name[: -len(".rego")], "module": base64.b64encode(f.read()).decode()}
 
 
-def policy(step, pem, expires):
+def policy(step, pem, expires, require_success=False, built_products=False):
     keyid = hashlib.sha256(pem).hexdigest()
+    modules = MODULES + (["command-succeeded.rego"] if require_success else [])
+    attestations = [{"type": COMMAND_RUN, "regopolicies": [module(m) for m in modules]}]
+    if built_products:
+        attestations.append({"type": PRODUCT, "regopolicies": [module("products-built-by-step.rego")]})
     return {
         "expires": expires,
         "steps": {
             step: {
                 "name": step,
-                "attestations": [{"type": COMMAND_RUN, "regopolicies": [module(m) for m in MODULES]}],
+                "attestations": attestations,
                 "functionaries": [{"type": "publickey", "publickeyid": keyid}],
             }
         },
@@ -49,12 +54,16 @@ def main():
     ap.add_argument("--step", default="build")
     ap.add_argument("--pubkey", required=True, help="the public key that signs the step's attestations")
     ap.add_argument("--expires", default="2030-01-01T00:00:00Z")
+    ap.add_argument("--require-success", action="store_true",
+                    help="also require the observed exit status 0 (command-succeeded.rego)")
+    ap.add_argument("--built-products", action="store_true",
+                    help="also require every product to be written by the step (products-built-by-step.rego)")
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
     with open(a.pubkey, "rb") as f:
         pem = f.read()
     with open(a.out, "w") as f:
-        json.dump(policy(a.step, pem, a.expires), f, indent=2)
+        json.dump(policy(a.step, pem, a.expires, a.require_success, a.built_products), f, indent=2)
         f.write("\n")
 
 

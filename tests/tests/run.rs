@@ -10,7 +10,13 @@ use serde_json::Value;
 
 const SCRIPT: &str = "echo to-stdout; echo to-stderr >&2; cat /etc/hostname > /dev/null; exit 3";
 
-fn check(out: &Output, att: &std::path::Path, pubkey: &std::path::Path, backend: &str) -> Value {
+fn check(
+    out: &Output,
+    att: &std::path::Path,
+    pubkey: &std::path::Path,
+    backend: &str,
+    via_daemon: bool,
+) -> Value {
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -28,10 +34,33 @@ fn check(out: &Output, att: &std::path::Path, pubkey: &std::path::Path, backend:
     verify_with_python(att, pubkey);
     let stmt = statement(att);
     let cr = attestation(&stmt, "/command-run/v0.1").clone();
+    // exitcode and cmd are observed in every mode (through the daemon: the
+    // root's exit and exec argv from the trace).
     assert_eq!(cr["exitcode"], 3);
-    assert_eq!(cr["stdout"], "to-stdout\n");
-    assert_eq!(cr["stderr"], "to-stderr\n");
     assert_eq!(cr["cmd"], serde_json::json!(["sh", "-c", SCRIPT]));
+    if via_daemon {
+        // The output is the client's capture: a claim, kept apart.
+        assert!(cr.get("stdout").is_none(), "{cr}");
+        assert_eq!(cr["claimed"]["stdout"], "to-stdout\n");
+        assert_eq!(cr["claimed"]["stderr"], "to-stderr\n");
+        assert_eq!(cr["claimed"]["exitcode"], 3);
+        assert_eq!(
+            cr["claimed"]["cmd"],
+            serde_json::json!(["sh", "-c", SCRIPT])
+        );
+        assert_eq!(
+            cr["trace"]["observed"],
+            serde_json::json!(["cmd", "exitcode"])
+        );
+    } else {
+        assert_eq!(cr["stdout"], "to-stdout\n");
+        assert_eq!(cr["stderr"], "to-stderr\n");
+        assert!(cr.get("claimed").is_none(), "{cr}");
+        assert_eq!(
+            cr["trace"]["observed"],
+            serde_json::json!(["cmd", "exitcode", "stdout", "stderr"])
+        );
+    }
     assert_eq!(cr["trace"]["backend"], backend);
     let procs = cr["processes"].as_array().unwrap();
     assert!(
@@ -64,7 +93,7 @@ fn through_the_daemon() {
         .current_dir(w.path())
         .output()
         .unwrap();
-    check(&out, &att, &d.pubkey, "ebpf");
+    check(&out, &att, &d.pubkey, "ebpf", true);
 }
 
 #[test]
@@ -96,7 +125,7 @@ fn embedded_ebpf_and_ptrace() {
             .current_dir(w.path())
             .output()
             .unwrap();
-        check(&out, &att, &pubkey, backend);
+        check(&out, &att, &pubkey, backend, false);
     }
 }
 
@@ -130,7 +159,7 @@ fn unprivileged_uses_ptrace() {
         .current_dir(w.path())
         .output()
         .unwrap();
-    let cr = check(&out, &att, &pubkey, "ptrace");
+    let cr = check(&out, &att, &pubkey, "ptrace", false);
     assert!(
         cr["trace"]["reason"]
             .as_str()

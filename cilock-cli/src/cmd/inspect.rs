@@ -146,9 +146,54 @@ fn command_run_summary(o: &mut String, cr: &Value) {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let _ = writeln!(o, "command:        {}", cmd.join(" "));
+    let trace = cr.get("trace");
+    let observed = |f: &str| {
+        trace
+            .and_then(|t| t.get("observed"))
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v == f))
+    };
+    let unobserved = |f: &str| {
+        trace
+            .and_then(|t| t.get("unobserved"))
+            .and_then(|u| u.get(f))
+            .and_then(Value::as_str)
+            .map(|why| format!(" (not observed: {why})"))
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        o,
+        "command:        {}{}",
+        cmd.join(" "),
+        if observed("cmd") {
+            String::new()
+        } else {
+            unobserved("cmd")
+        }
+    );
     if let Some(code) = cr.get("exitcode") {
-        let _ = writeln!(o, "exit code:      {code}");
+        let why = if observed("exitcode") {
+            String::new()
+        } else {
+            unobserved("exitcode")
+        };
+        let _ = writeln!(o, "exit code:      {code}{why}");
+    }
+    if let Some(c) = cr.get("claimed").and_then(Value::as_object) {
+        let mut parts = Vec::new();
+        if let Some(cmd) = c.get("cmd").and_then(Value::as_array) {
+            let cmd: Vec<&str> = cmd.iter().filter_map(Value::as_str).collect();
+            parts.push(format!("command {:?}", cmd.join(" ")));
+        }
+        if let Some(code) = c.get("exitcode") {
+            parts.push(format!("exit code {code}"));
+        }
+        for k in ["stdout", "stderr"] {
+            if let Some(t) = c.get(k).and_then(Value::as_str) {
+                parts.push(format!("{k} {} bytes", t.len()));
+            }
+        }
+        let _ = writeln!(o, "claimed:        {} (client's word)", parts.join(", "));
     }
     let procs = cr
         .get("processes")

@@ -185,12 +185,15 @@ fn run_with_engine(
     sign_and_write(out, code, signer, a)
 }
 
+/// The end of an embedded step: this process spawned the command, captured
+/// its output and waited for it, so these are observed, not claimed.
 fn end_spec(code: i32, stdout: String, stderr: String) -> EndSpec {
     EndSpec {
         kill: false,
         exitcode: Some(code),
         stdout,
         stderr,
+        observed: true,
     }
 }
 

@@ -47,7 +47,7 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
         step: a.step.clone(),
         owner_uid: a.owner,
         kill: a.kill,
-        exitcode: None,
+        exitcode: a.exitcode,
         stdout: None,
         stderr: None,
     });

@@ -58,6 +58,7 @@ use cilock_evidence::attestors::github_action;
 use cilock_evidence::attestors::lifecycle::{
     AttestorOptions, Lifecycle, LifecycleState, SkippedAttestor,
 };
+use cilock_evidence::attestors::product::StepWrites;
 use cilock_evidence::attestors::secretscan::redact_json;
 use cilock_evidence::attestors::{run_one, AttestationContext, CompletedAttestation};
 use cilock_evidence::collection::witness_type;
@@ -307,6 +308,7 @@ pub fn probe(
         state: None,
         completed: Vec::new(),
         hold_ms,
+        step_writes: None,
     };
     let body = serde_json::to_vec(&req).map_err(|e| HelperError::Io(e.into()))?;
     let raw = spawn::run(cfg, who, workdir.map(|f| f.as_fd()), &body, on_spawn)?;
@@ -396,6 +398,7 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         state: None,
         completed: Vec::new(),
         hold_ms: 0,
+        step_writes: None,
     };
     let v = run_stage(
         spec.cfg,
@@ -455,8 +458,14 @@ impl HelperStep {
     /// Never fails: a helper failure lists the after-stage attestors as
     /// skipped (in `trace.skippedAttestors`). Returns the context with every
     /// attestation (before, command-run, after) and secretscan's
-    /// fail-on-detection message.
-    pub fn after(self, mut run: CommandRun) -> (AttestationContext, Option<String>) {
+    /// fail-on-detection message. `writes` (what the step's processes
+    /// wrote) goes to the product attestor, which marks each product
+    /// `writtenByStep` from the file it hashed.
+    pub fn after(
+        self,
+        mut run: CommandRun,
+        writes: StepWrites,
+    ) -> (AttestationContext, Option<String>) {
         if let Some(t) = run.trace.as_mut() {
             t.limitations.extend(self.notes.iter().cloned());
         }
@@ -478,6 +487,7 @@ impl HelperStep {
             state: Some(self.state.clone()),
             completed: ctx.completed.iter().map(WireAttestation::from).collect(),
             hold_ms: 0,
+            step_writes: Some(writes),
         };
         let mut skipped = self.state.skipped.clone();
         let mut failure = None;

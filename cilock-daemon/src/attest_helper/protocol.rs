@@ -115,6 +115,10 @@ pub struct Request {
     /// Probe: how long to wait after reporting (milliseconds).
     #[serde(default)]
     pub hold_ms: u64,
+    /// After: what the step's processes wrote (the product attestor marks
+    /// each product `writtenByStep` from it).
+    #[serde(default)]
+    pub step_writes: Option<cilock_evidence::attestors::product::StepWrites>,
 }
 
 /// The helper's reply.

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use cilock_evidence::attestors::command_run::{
     DnsLookup, Network, NetworkConnection, ProcessInfo, SyscallEvent, UnhashedOpen,
 };
+use cilock_evidence::attestors::product::StepWrites;
 use cilock_evidence::digest::{DigestSet, HashAlg};
 use cilock_evidence::timefmt;
 
@@ -188,6 +189,17 @@ struct Proc {
     /// Forked by a step process or registered as a root: one of the
     /// step's own. A process never seen so is attested `joinedStep`.
     origin_known: bool,
+    /// argv of the first exec seen (the command a root process ran).
+    first_argv: Option<Arc<Vec<String>>>,
+}
+
+/// What the trace saw of a root process of the step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RootSeen {
+    /// Its exit code (128+signal), when the trace saw it exit.
+    pub exit: Option<i32>,
+    /// argv of its first exec during the step, as the kernel recorded it.
+    pub argv: Option<Vec<String>>,
 }
 
 /// The processes of a finished step, and what had to be left out.
@@ -298,6 +310,39 @@ impl Recorder {
                 p.ppid = pp;
             }
         }
+    }
+
+    /// What the trace saw of the root process `pid` (its first incarnation
+    /// in the step): its exit and the argv of its first exec.
+    pub fn root_seen(&self, pid: u32) -> RootSeen {
+        let Some(p) = self.procs.iter().find(|p| p.pid == pid) else {
+            return RootSeen::default();
+        };
+        RootSeen {
+            // -1: a later process took the pid before its exit was seen.
+            exit: p.exit.filter(|&c| c >= 0),
+            argv: p.first_argv.as_ref().map(|a| a.to_vec()),
+        }
+    }
+
+    /// What the step's processes opened for writing: the identity of each
+    /// file at its last write open, or the path when that is unknown.
+    pub fn written(&self) -> StepWrites {
+        let mut w = StepWrites::default();
+        for p in &self.procs {
+            for (path, rec) in p.opens.iter().filter(|(_, r)| r.wrote && r.opened) {
+                match rec.write {
+                    Some(id) if id.1 != 0 => {
+                        w.files.insert(id);
+                    }
+                    _ if rec.unresolved.is_none() => {
+                        w.paths.insert(path.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        w
     }
 
     /// The pids seen so far that have not exited.
@@ -517,6 +562,9 @@ impl Recorder {
                 p.cwd = cwd;
                 p.argv = Arc::new(argv);
                 p.comm = comm;
+                if p.first_argv.is_none() {
+                    p.first_argv = Some(p.argv.clone());
+                }
             }
             TraceEvent::Open {
                 pid,
@@ -2068,6 +2116,62 @@ mod tests {
             "/proc/43/environ"
         );
         assert_eq!(normalize_proc_self("/proc/420/x", 42), "/proc/420/x");
+    }
+
+    #[test]
+    fn root_seen_and_written_files() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        std::fs::write(&out, b"x").unwrap();
+        let out_s = out.to_str().unwrap();
+        let mut r = Recorder::new(None);
+        r.add_root(4242);
+        // Nothing seen yet.
+        assert_eq!(r.root_seen(4242), RootSeen::default());
+        r.push(exec(
+            4242,
+            "/bin/sh",
+            "/bin/sh",
+            &["sh", "-c", "exec true"],
+            "/",
+        ));
+        r.push(exec(4242, "/bin/true", "/bin/true", &["true"], "/"));
+        r.push(open(
+            4242,
+            out_s,
+            libc::O_WRONLY as u32 | libc::O_CREAT as u32,
+        ));
+        r.push(open(4242, "/etc/hostname", 0));
+        let mut unknown = open(4242, "/w/no-identity", libc::O_WRONLY as u32);
+        if let TraceEvent::Open { stamp, .. } = &mut unknown {
+            *stamp = None;
+        }
+        r.push(unknown);
+        r.push(TraceEvent::Exit {
+            pid: 4242,
+            code: 3,
+            time: t(),
+        });
+        // The argv of the first exec (the command), the exit status.
+        assert_eq!(
+            r.root_seen(4242),
+            RootSeen {
+                exit: Some(3),
+                argv: Some(vec!["sh".into(), "-c".into(), "exec true".into()]),
+            }
+        );
+        let w = r.written();
+        let m = std::fs::metadata(&out).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(
+            w.files.iter().copied().collect::<Vec<_>>(),
+            [(m.dev(), m.ino())]
+        );
+        assert_eq!(
+            w.paths.iter().cloned().collect::<Vec<_>>(),
+            ["/w/no-identity"]
+        );
+        assert_eq!(r.root_seen(1), RootSeen::default());
     }
 }
 

@@ -34,6 +34,46 @@ pub struct CommandRun {
     /// How the trace was taken (cilock extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceInfo>,
+    /// What a client reported and the tracer did not observe (cilock
+    /// extension): the command line it says it ran, the output it
+    /// captured, the result it reports. Never copied into `cmd`, `stdout`,
+    /// `stderr` or `exitcode`, which hold only what the tracer observed
+    /// (see `trace.observed`). Omitted when nothing was claimed.
+    #[serde(default, skip_serializing_if = "Claimed::is_empty")]
+    pub claimed: Claimed,
+}
+
+/// `exitcode` when the tracer did not see the command's root process exit
+/// (a `step begin/end` whose shell was still running, an exit lost): never
+/// a real exit status (0–255, 128+signal), so a rule requiring 0 fails.
+/// The reason is in `trace.unobserved.exitcode`.
+pub const EXITCODE_UNKNOWN: i32 = -1;
+
+/// What a client reported about its command (`claimed` in command-run).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claimed {
+    /// The command line the client says it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// Standard output the client says it captured.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    /// Standard error the client says it captured.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+    /// The exit code (or job result) the client reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exitcode: Option<i32>,
+}
+
+impl Claimed {
+    /// Nothing was claimed.
+    pub fn is_empty(&self) -> bool {
+        self.cmd.is_empty()
+            && self.stdout.is_empty()
+            && self.stderr.is_empty()
+            && self.exitcode.is_none()
+    }
 }
 
 /// One process of the step.
@@ -265,6 +305,15 @@ pub struct TraceInfo {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub skipped_attestors: Vec<super::lifecycle::SkippedAttestor>,
+    /// The top-level command-run fields (`cmd`, `exitcode`, `stdout`,
+    /// `stderr`) whose values the tracer observed itself. A field not
+    /// listed is empty (`exitcode`: [`EXITCODE_UNKNOWN`]); see `unobserved`
+    /// for why, and `claimed` for what a client reported instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<String>,
+    /// Why an observable field is unknown: field name → reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unobserved: BTreeMap<String, String>,
 }
 
 /// Captured and lost events of one kind.
@@ -308,5 +357,63 @@ mod tests {
         assert_eq!(v["truncated"]["processes"], 3);
         let back: TraceInfo = serde_json::from_value(v).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn claimed_is_apart_camel_case_and_omitted_when_empty() {
+        let mut run = CommandRun {
+            exitcode: 3,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&run).unwrap();
+        assert!(v.get("claimed").is_none(), "{v}");
+        assert_eq!(v["exitcode"], 3);
+        run.claimed = Claimed {
+            cmd: vec!["make".into(), "test".into()],
+            stdout: "All 412 tests passed\n".into(),
+            stderr: String::new(),
+            exitcode: Some(0),
+        };
+        let mut t = TraceInfo {
+            observed: vec!["cmd".into(), "exitcode".into()],
+            ..Default::default()
+        };
+        t.unobserved
+            .insert("stdout".into(), "captured by the client".into());
+        run.trace = Some(t);
+        let v = serde_json::to_value(&run).unwrap();
+        assert_eq!(
+            v["claimed"],
+            serde_json::json!({"cmd": ["make", "test"], "stdout": "All 412 tests passed\n", "exitcode": 0})
+        );
+        // The observed fields keep the Witness shape: cmd a list, exitcode an int.
+        assert_eq!(v["exitcode"], 3);
+        assert_eq!(v["cmd"], serde_json::json!([]));
+        assert!(v.get("stdout").is_none());
+        assert_eq!(
+            v["trace"]["observed"],
+            serde_json::json!(["cmd", "exitcode"])
+        );
+        assert_eq!(v["trace"]["unobserved"]["stdout"], "captured by the client");
+        let back: CommandRun = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back.claimed, run.claimed);
+        // A claim of 0 alone is still a claim.
+        let only = Claimed {
+            exitcode: Some(0),
+            ..Default::default()
+        };
+        assert!(!only.is_empty());
+        // Witness's reader (cmd, stdout, stderr, exitcode; unknown fields
+        // ignored) sees only the observed values.
+        #[derive(Deserialize)]
+        struct WitnessCommandRun {
+            cmd: Vec<String>,
+            #[serde(default)]
+            stdout: String,
+            exitcode: i32,
+        }
+        let w: WitnessCommandRun = serde_json::from_value(v).unwrap();
+        assert_eq!((w.cmd.len(), w.stdout.as_str(), w.exitcode), (0, "", 3));
+        const { assert!(EXITCODE_UNKNOWN < 0) };
     }
 }

@@ -72,6 +72,10 @@ pub struct AttestationContext {
     pub env: Vec<(String, String)>,
     /// Attestations completed so far, in completion order.
     pub completed: Vec<CompletedAttestation>,
+    /// What the traced step's processes wrote (set by the engine before
+    /// the product stage): products are marked `writtenByStep` from it.
+    /// `None`: no trace, products carry no mark.
+    pub step_writes: Option<product::StepWrites>,
 }
 
 impl AttestationContext {
@@ -84,6 +88,7 @@ impl AttestationContext {
             hashes: vec![HashAlg::Sha256],
             env,
             completed: Vec::new(),
+            step_writes: None,
         }
     }
 

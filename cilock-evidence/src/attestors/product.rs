@@ -5,8 +5,16 @@
 //! Subjects are `file:<relpath>`, filtered by the include/exclude globs.
 //! As in Witness (go-witness PR #66), the globs filter subjects only: the
 //! predicate lists every product.
+//!
+//! When the step was traced, each product says whether a step process
+//! wrote it (`writtenByStep`, a cilock extension Witness readers ignore):
+//! `true` when the file hashed is one a step process opened for writing
+//! (same device and inode: a file written under a temporary name and
+//! renamed into place counts), `false` for a file that appeared or changed
+//! in the workdir without any step process writing it (another process,
+//! outside the step, put it there). Absent when there was no trace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +33,40 @@ pub struct Product {
     pub mime_type: String,
     /// Digest of the file.
     pub digest: DigestSet,
+    /// Whether a process of the traced step wrote this file (cilock
+    /// extension; absent when the step was not traced).
+    #[serde(
+        default,
+        rename = "writtenByStep",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub written_by_step: Option<bool>,
+}
+
+/// What the processes of a traced step wrote, as the tracer saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepWrites {
+    /// (device, inode) of every file a step process opened for writing
+    /// (at its last write open of that path). The device is `st_dev`, or
+    /// the superblock's device where the tracer recorded that one.
+    #[serde(default)]
+    pub files: BTreeSet<(u64, u64)>,
+    /// Absolute paths a step process opened for writing whose identity the
+    /// tracer could not record: a product there counts as written.
+    #[serde(default)]
+    pub paths: BTreeSet<String>,
+}
+
+impl StepWrites {
+    /// Whether the file with `meta` (found at `abs`, whose mount's
+    /// superblock device is `sb_dev`) was written by the step.
+    pub fn wrote(&self, meta: &std::fs::Metadata, sb_dev: Option<u64>, abs: &str) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = meta.ino();
+        self.files.contains(&(meta.dev(), ino))
+            || sb_dev.is_some_and(|d| self.files.contains(&(d, ino)))
+            || self.paths.contains(abs)
+    }
 }
 
 /// The product attestor.
@@ -82,6 +124,13 @@ impl Attestor for ProductAttestor {
             },
         };
         let hashes = filetree::hashes_for_files(&ctx.hashes)?;
+        let writes = ctx.step_writes.as_ref();
+        let mounts = std::sync::OnceLock::new();
+        let root = ctx
+            .workdir
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
         // One open per file: hashed, compared with the materials and, when
         // it is a product, sniffed for its MIME type from the same
         // descriptor.
@@ -93,9 +142,20 @@ impl Attestor for ProductAttestor {
                 }
             }
             let name = f.rel.rsplit('/').next().unwrap_or(f.rel);
+            let written_by_step = writes.map(|w| {
+                let sb = mount_id(f.file).and_then(|id| {
+                    mounts
+                        .get_or_init(read_mountinfo)
+                        .get(&id)
+                        .copied()
+                        .filter(|&d| d != std::os::unix::fs::MetadataExt::dev(f.meta))
+                });
+                w.wrote(f.meta, sb, &format!("{root}/{}", f.rel))
+            });
             Ok(Some(Product {
                 mime_type: detect_mime_fd(f.file, name),
                 digest,
+                written_by_step,
             }))
         })?;
         let products = out.files;
@@ -113,6 +173,43 @@ impl Attestor for ProductAttestor {
             .map(|(rel, p)| (format!("file:{rel}"), p.digest.clone()))
             .collect()
     }
+}
+
+/// Mount id → superblock device (`major:minor` of `/proc/self/mountinfo`,
+/// at most 16 MiB of it read).
+fn read_mountinfo() -> HashMap<u64, u64> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open("/proc/self/mountinfo") {
+        let _ = f.take(16 << 20).read_to_string(&mut text);
+    }
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let id = it.next()?.parse().ok()?;
+            let _parent = it.next()?;
+            let (maj, min) = it.next()?.split_once(':')?;
+            Some((id, libc::makedev(maj.parse().ok()?, min.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// The mount id of an open file (statx `STATX_MNT_ID`).
+fn mount_id(f: &std::fs::File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const STATX_MNT_ID: u32 = 0x1000;
+    // SAFETY: zeroed plain struct, valid fd, empty C string, out-pointer.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    (r == 0 && st.stx_mask & STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
 }
 
 /// MIME type of the file at `path` (`unknown` when it cannot be read, as
@@ -293,6 +390,53 @@ fn json_kind(t: &str, complete: bool) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn products_are_marked_written_by_the_step_or_not() {
+        use std::os::unix::fs::MetadataExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path();
+        std::fs::write(w.join("built"), b"by the step\n").unwrap();
+        std::fs::write(w.join("dropped"), b"by an outsider\n").unwrap();
+        std::fs::write(w.join("by-path"), b"identity unknown\n").unwrap();
+        let built = std::fs::metadata(w.join("built")).unwrap();
+        let run = |writes: Option<StepWrites>| {
+            let mut ctx = AttestationContext::new(w.to_path_buf(), Vec::new());
+            ctx.step_writes = writes;
+            let mut a = ProductAttestor::new(PathFilter::new(&[], &[]).unwrap());
+            let v = a.attest(&ctx).unwrap();
+            (v, a.products().clone())
+        };
+        // Not traced: no mark at all (Witness's shape exactly).
+        let (v, _) = run(None);
+        assert_eq!(
+            v["built"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["digest", "mime_type"]
+        );
+        let mut writes = StepWrites::default();
+        writes.files.insert((built.dev(), built.ino()));
+        // A written file whose identity is another one's: not this file.
+        writes.files.insert((
+            built.dev() + 1,
+            std::fs::metadata(w.join("dropped")).unwrap().ino(),
+        ));
+        writes.paths.insert(format!("{}/by-path", w.display()));
+        let (v, p) = run(Some(writes));
+        assert_eq!(v["built"]["writtenByStep"], true);
+        assert_eq!(v["dropped"]["writtenByStep"], false);
+        assert_eq!(v["by-path"]["writtenByStep"], true);
+        assert_eq!(p["dropped"].written_by_step, Some(false));
+        // Witness's product reader ({mime_type, digest}) still reads it.
+        #[derive(Deserialize)]
+        struct WitnessProduct {
+            #[allow(dead_code)]
+            mime_type: String,
+            digest: BTreeMap<String, String>,
+        }
+        let back: BTreeMap<String, WitnessProduct> = serde_json::from_value(v).unwrap();
+        assert_eq!(back.len(), 3);
+        assert!(back["dropped"].digest.contains_key("sha256"));
+    }
 
     #[test]
     fn mime_types() {
