@@ -67,6 +67,12 @@ pub struct Offsets {
     pub tp_exit_nr: u32,
     /// `ret` in the `syscalls/sys_exit_*` tracepoint record (from its format file).
     pub tp_exit_ret: u32,
+    /// `qstr.hash` (the name hash of a dentry's `d_name`; ABSENT: not
+    /// part of the de-duplication key).
+    pub qstr_hash: u32,
+    /// `fdtable.max_fds` (ABSENT: fds are not bounds-checked and files
+    /// open at exit are not stamped).
+    pub fdtable_max_fds: u32,
 }
 
 impl Offsets {

@@ -8,8 +8,8 @@ use std::mem::size_of;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cilock_abi::{
-    kind, net_call, path_flags, payload_flags, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent,
-    Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent, SyscallRecord,
+    kind, net_call, path_flags, payload_flags, CgroupMoveEvent, CloseEvent, ExecEvent, ExitEvent,
+    ForkEvent, Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent, SyscallRecord,
 };
 
 use crate::trace::{FileStamp, NetCall, TraceEvent};
@@ -279,6 +279,14 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
                 cwd: (e.cwd.len > 0 && cwd_why.is_none()).then_some(cwd),
                 argv,
                 comm: comm(&hdr.comm),
+                time,
+            }))
+        }
+        kind::CLOSE => {
+            let e: CloseEvent = read(b, k)?;
+            Ok(ev(TraceEvent::Close {
+                pid: hdr.tgid,
+                stamp: file_stamp(&e.inode),
                 time,
             }))
         }

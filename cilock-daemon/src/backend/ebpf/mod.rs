@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod decode;
+pub mod files;
 pub mod network;
 pub mod offsets;
 pub mod syscalls;
@@ -183,6 +184,7 @@ impl EbpfBackend {
                 .map_err(prog_err(format!("attach raw_tp {hook}")))?;
             hooks.insert(concern.to_string(), format!("raw_tp:{hook}"));
         }
+        files::load(&mut ebpf, &tracefs, &mut hooks);
         let mut net = network::enabled();
         if net {
             // Without them the file and process trace still works: say so
@@ -258,6 +260,14 @@ impl EbpfBackend {
         }
         v.push("a process moved out of the step's cgroup is not traced after the move (the move is recorded: leftStep)".to_string());
         v.push("reads and writes through memory mappings or already-open descriptors are not separate events".to_string());
+        if self
+            .hooks
+            .get("written-files")
+            .is_none_or(|h| h.starts_with("unavailable"))
+        {
+            v.push("closes of written files are not observed: written files get no digest (unhashedOpens says so)".to_string());
+        }
+        v.push("a written file closed by close-on-exec at an exec, or held at an fd above 65535 at exit, has no observable close: it gets no digest (unhashedOpens says so)".to_string());
         if self.net {
             v.extend(network::limitations());
         } else {
@@ -364,6 +374,9 @@ impl EbpfBackend {
         }
         let mut out = BTreeMap::new();
         for k in 1..kind::COUNT as u32 {
+            if kind::name(k) == "unknown" {
+                continue;
+            }
             out.insert(
                 kind::name(k).to_string(),
                 EventCount {
@@ -404,6 +417,9 @@ impl EbpfBackend {
         let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = BTreeMap::new();
         for k in 1..kind::COUNT as u32 {
+            if kind::name(k) == "unknown" {
+                continue;
+            }
             let sum = |i: u32| {
                 maps.counters
                     .get(&i, 0)

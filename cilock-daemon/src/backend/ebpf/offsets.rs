@@ -108,6 +108,10 @@ pub fn compute(btf: &Btf, tracefs: &Path) -> Result<Offsets, OffsetsError> {
             .unwrap_or(Offsets::ABSENT),
         tp_exit_nr,
         tp_exit_ret,
+        qstr_hash: btf.try_offset("qstr", "hash").unwrap_or(Offsets::ABSENT),
+        fdtable_max_fds: btf
+            .try_offset("fdtable", "max_fds")
+            .unwrap_or(Offsets::ABSENT),
     })
 }
 
