@@ -166,6 +166,16 @@ pub enum TraceEvent {
         /// When.
         time: SystemTime,
     },
+    /// A process let go of a regular file it had open for writing (close,
+    /// dup2/dup3 over the fd, close_range, exit): the file as it left it.
+    Close {
+        /// tgid.
+        pid: u32,
+        /// The file's identity at that moment.
+        stamp: FileStamp,
+        /// When.
+        time: SystemTime,
+    },
 }
 
 impl TraceEvent {
@@ -180,7 +190,8 @@ impl TraceEvent {
             | TraceEvent::Net { pid, .. }
             | TraceEvent::Egress { pid, .. }
             | TraceEvent::Syscall { pid, .. }
-            | TraceEvent::LeftStep { pid, .. } => *pid,
+            | TraceEvent::LeftStep { pid, .. }
+            | TraceEvent::Close { pid, .. } => *pid,
         }
     }
 }
