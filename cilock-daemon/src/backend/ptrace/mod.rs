@@ -153,6 +153,10 @@ pub fn hooks() -> BTreeMap<String, String> {
         "ptrace+seccomp:connect,bind,sendto,sendmsg,sendmmsg (sockaddr via process_vm_readv)",
     );
     put(
+        "written-files",
+        "ptrace+seccomp:close,dup2,dup3,close_range (syscall entry) + PTRACE_EVENT_EXIT: stat /proc/TID/fd/N of the fds the process opened for writing",
+    );
+    put(
         "egress",
         "ptrace+seccomp:write,sendto,sendmsg,sendmmsg payload prefixes (DNS to port 53/UDP; TCP until a TLS ClientHello is complete)",
     );
@@ -185,6 +189,7 @@ pub fn limitations() -> Vec<String> {
         "cgroup.procs writes are detected only on the fd returned by the open (not after dup2, e.g. shell redirections)",
         "follow mode stops on every syscall (no seccomp filter can be added to a running process): large slowdown",
         "processes that leave the traced tree via a daemon (docker, systemd-run) are not followed",
+        "a written file is closed by close-on-exec at an exec without an observable close: it gets no digest (unhashedOpens says so); only fds a process opened itself are followed (not dups made with fcntl F_DUPFD, nor fds inherited across fork)",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -283,6 +288,9 @@ pub fn event_to_json(ev: &TraceEvent) -> serde_json::Value {
         }
         TraceEvent::LeftStep { pid, by, time } => {
             json!({"type": "left_step", "pid": pid, "by": by, "time": t(time)})
+        }
+        TraceEvent::Close { pid, stamp, time } => {
+            json!({"type": "close", "pid": pid, "ino": stamp.ino, "size": stamp.size, "time": t(time)})
         }
     }
 }
