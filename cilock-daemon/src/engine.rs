@@ -840,6 +840,7 @@ impl PendingStep {
         };
         let st = self.recorder.finish(cache, &algs, &self.alive);
         self.trace.truncated = st.truncated;
+        let written = st.written;
         if self.trace.backend == "ptrace" {
             self.trace.events.insert(
                 "process".into(),
@@ -875,6 +876,8 @@ impl PendingStep {
                 (ctx, failure)
             }
         };
+        let mut ctx = ctx;
+        crate::trace::products::flag(&mut ctx, &written);
         let (collection, subjects) = into_collection(&self.name, &ctx);
         Ok(StepOutcome {
             statement: Statement::new(COLLECTION_TYPE, subjects, collection),

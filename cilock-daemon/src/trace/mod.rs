@@ -3,6 +3,7 @@
 pub mod digest_cache;
 pub mod event;
 pub mod net;
+pub mod products;
 pub mod recorder;
 
 pub use event::{FileStamp, NetCall, SockAddr, TraceEvent};
