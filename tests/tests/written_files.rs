@@ -121,6 +121,9 @@ fn written(backend: &str) {
          {py} -c 'f=open(\"inplace.txt\",\"r+\"); f.write(\"BAD!\\n\")' second-writer\n\
          # What the process left, unchanged: the digest.\n\
          {py} -c 'open(\"good.txt\",\"w\").write(\"good output\\n\")' good-writer\n\
+         # Left open at exit (no close call), and closed by close-on-exec at an exec.\n\
+         {py} -c 'import os; fd=os.open(\"exit.txt\",os.O_WRONLY|os.O_CREAT|os.O_TRUNC); os.write(fd,b\"left at exit\\n\"); os._exit(0)' exit-writer\n\
+         {py} -c 'import os; fd=os.open(\"exec.txt\",os.O_WRONLY|os.O_CREAT|os.O_TRUNC|os.O_CLOEXEC); os.write(fd,b\"then exec\\n\"); os.execv(\"/bin/true\",[\"true\"])' exec-writer\n\
          # A shell builtin and an external command writing through a redirection.\n\
          echo builtin-output > builtin.txt\n\
          cat benign.src > catout.txt\n\
@@ -207,6 +210,26 @@ fn written(backend: &str) {
             reason(who[0], &path)
         );
     }
+
+    // Written and left open at exit: the exit is the close.
+    let ew = the(&procs, "exit-writer", &cr);
+    assert_eq!(
+        ew["openedfiles"][p("exit.txt")]["sha256"],
+        sha_of("left at exit\n").as_str(),
+        "{ew}"
+    );
+    // Closed by close-on-exec at an exec: no close was observable.
+    let exec_txt = p("exec.txt");
+    let who = with(&exec_txt);
+    assert_eq!(
+        who.len(),
+        1,
+        "{}",
+        serde_json::to_string_pretty(&cr).unwrap()
+    );
+    assert_eq!(who[0]["openedfiles"][&exec_txt], serde_json::json!({}));
+    let why = reason(who[0], &exec_txt);
+    assert!(why.contains("not seen closing"), "exec reason: {why:?}");
 
     // D2: both names of the renamed file and of the file in the renamed
     // directory are recorded; the new names with their digests.

@@ -536,8 +536,13 @@ impl Recorder {
                         rec.write = stamp.map(|s| (s.dev, s.ino));
                         // Created or truncated without write access: it
                         // cannot change the file after the open, so what it
-                        // left is the file as the open left it.
-                        rec.closed = (flags & O_ACCMODE == 0).then_some(stamp).flatten();
+                        // left is the file as the open left it. Not a
+                        // regular file (a device, a fifo): there is no
+                        // content to leave, and no close is recorded.
+                        let regular = stamp.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFREG);
+                        rec.closed = (flags & O_ACCMODE == 0 || !regular)
+                            .then_some(stamp)
+                            .flatten();
                     } else if rec.read.is_none() {
                         rec.read = stamp;
                     }
@@ -1599,6 +1604,11 @@ mod tests {
         std::fs::rename(&other, &f).unwrap();
         let out = finish(r);
         assert_eq!(reason(&out.processes[0], &f), REASON_WRITE_OTHER);
+        // Written, not a regular file: no close needed, it is what it is.
+        let mut r = Recorder::new(None);
+        r.push(open(3, "/dev/null", libc::O_WRONLY as u32));
+        let out = finish(r);
+        assert_eq!(reason(&out.processes[0], "/dev/null"), "character device");
         // No identity recorded at all: no digest.
         let mut r = Recorder::new(None);
         r.push(TraceEvent::Open {
