@@ -251,6 +251,15 @@ fn written(backend: &str) {
         );
     }
 
+    // Products: those a step process wrote with another content than it
+    // left (renamed over; no close seen) are listed, the others are not.
+    assert_eq!(
+        not_as_written(&cr),
+        ["exec.txt", "out.bin"],
+        "{}",
+        cr["trace"]
+    );
+
     // An outsider rewrites, in place and to the same size, a file the
     // step's process wrote and closed: no digest for the writer.
     let w2 = tempdir();
@@ -268,6 +277,20 @@ fn written(backend: &str) {
     let why = reason(lw, &late_s);
     assert!(why.contains("modified after"), "outsider reason: {why:?}");
     assert!(!cr.to_string().contains(&sha_of("outsider!!\n")));
+    assert_eq!(not_as_written(&cr), ["late.txt"], "{}", cr["trace"]);
+}
+
+/// The paths of `trace.productsNotAsWritten`, each with a reason.
+fn not_as_written(cr: &Value) -> Vec<String> {
+    cr["trace"]["productsNotAsWritten"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            assert!(!e["reason"].as_str().unwrap_or("").is_empty(), "{e}");
+            e["path"].as_str().unwrap_or("").to_string()
+        })
+        .collect()
 }
 
 #[test]
