@@ -15,6 +15,18 @@
 //! step's user could read it (see [`super::digest_cache`]); otherwise the
 //! reason is given (`unhashedOpens`, `programUnhashedReason`,
 //! `exeUnhashedReason`).
+//!
+//! A written file gets the digest of what its writer left: the backends
+//! report a [`TraceEvent::Close`] stamp (device, inode, size, mtime, ctime)
+//! when a process lets go of a regular file it has open for writing (close,
+//! dup2/dup3 over the fd, close_range, exit). A write record is hashed only
+//! against the last such stamp of the file of its last write open, and
+//! never without one: another file at the path is [`REASON_WRITE_OTHER`],
+//! the same file changed since is [`REASON_WRITE_MODIFIED`], no close seen
+//! (still open at step end, closed by close-on-exec at an exec, not
+//! observable) is [`REASON_WRITE_NOT_CLOSED`]. An open that creates or
+//! truncates without write access, and a write open of something that is
+//! not a regular file, count as left at the open.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

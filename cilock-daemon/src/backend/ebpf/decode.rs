@@ -558,6 +558,45 @@ mod tests {
     }
 
     #[test]
+    fn decodes_close_records() {
+        let clock = Clock::now();
+        let mut e = CloseEvent::default();
+        e.hdr.kind = kind::CLOSE;
+        e.hdr.tgid = 42;
+        e.fd = 3;
+        e.how = cilock_abi::close_how::EXIT;
+        e.inode = InodeStamp {
+            ino: 77,
+            dev: (8 << 20) | 1,
+            mode: 0o100644,
+            size: 12,
+            mtime_sec: 5,
+            mtime_nsec: 6,
+            ctime_nsec: 8 | (1 << 31),
+            ctime_sec: 7,
+        };
+        let Record::Event { event, kind: k, .. } = decode(&bytes_of(&e), &clock).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!(k, kind::CLOSE);
+        let TraceEvent::Close { pid, stamp, .. } = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(pid, 42);
+        assert_eq!(
+            (
+                stamp.dev,
+                stamp.ino,
+                stamp.size,
+                stamp.mtime_ns,
+                stamp.ctime_ns
+            ),
+            (libc::makedev(8, 1), 77, 12, 5_000_000_006, 7_000_000_008)
+        );
+        assert!(decode(&bytes_of(&e)[..60], &clock).is_err());
+    }
+
+    #[test]
     fn rejects_short_and_inconsistent_records() {
         let clock = Clock::now();
         assert!(decode(&[1, 2, 3], &clock).is_err());
