@@ -26,8 +26,11 @@ pub mod kind {
     /// outside): [`super::CgroupJoinEvent`], `step_cgroup` = the step it
     /// joined.
     pub const CGROUP_JOIN: u32 = 9;
+    /// A step process let go of a file it had open for writing (close,
+    /// dup2/dup3 over its fd, close_range, exit): [`super::CloseEvent`].
+    pub const CLOSE: u32 = 10;
     /// Number of kinds (array sizes); kinds are `1..COUNT`.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     /// Mask the kernel applies to a kind before indexing counters (the
     /// next power of two minus one above every kind).
     pub const MASK: u32 = 15;
@@ -44,6 +47,7 @@ pub mod kind {
             PAYLOAD => "payload",
             SYSCALL => "syscall",
             CGROUP_JOIN => "cgroup_join",
+            CLOSE => "close",
             _ => "unknown",
         }
     }
@@ -264,6 +268,35 @@ pub struct ProcStep {
     pub leader_start: u64,
 }
 const _: () = assert!(core::mem::size_of::<ProcStep>() == 16);
+
+/// How a [`CloseEvent`]'s file was let go of.
+pub mod close_how {
+    /// close(2).
+    pub const CLOSE: u32 = 1;
+    /// dup2(2)/dup3(2) over the fd.
+    pub const DUP: u32 = 2;
+    /// close_range(2).
+    pub const CLOSE_RANGE: u32 = 3;
+    /// The process exited with the fd open (its last thread, before the
+    /// kernel closes its files).
+    pub const EXIT: u32 = 4;
+}
+
+/// `kind::CLOSE`: a step process lets go of a regular file open for
+/// writing; the inode as the process left it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloseEvent {
+    /// Common header.
+    pub hdr: Header,
+    /// The fd.
+    pub fd: i32,
+    /// One of [`close_how`].
+    pub how: u32,
+    /// The file's inode at that moment.
+    pub inode: InodeStamp,
+}
+const _: () = assert!(core::mem::size_of::<CloseEvent>() == 48 + 8 + 48);
 
 /// Largest record the kernel side emits (fixed part + variable bytes).
 pub const MAX_RECORD: usize = 16 * 1024;

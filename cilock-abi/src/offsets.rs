@@ -83,6 +83,12 @@ pub struct Offsets {
     /// in cgroup v1 hierarchies do not change a task's step.
     pub cgroup_root: u32,
     pub cgroup_root_hierarchy_id: u32,
+    /// `qstr.hash` (the name hash of a dentry's `d_name`; ABSENT: not
+    /// part of the de-duplication key).
+    pub qstr_hash: u32,
+    /// `fdtable.max_fds` (ABSENT: fds are not bounds-checked and files
+    /// open at exit are not stamped).
+    pub fdtable_max_fds: u32,
 }
 
 impl Offsets {

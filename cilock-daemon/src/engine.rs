@@ -863,6 +863,7 @@ impl PendingStep {
         let writes = self.recorder.written();
         let st = self.recorder.finish(cache, &algs, &self.alive);
         self.trace.truncated = st.truncated;
+        let written = st.written;
         if self.trace.backend == "ptrace" {
             self.trace.events.insert(
                 "process".into(),
@@ -905,6 +906,8 @@ impl PendingStep {
                 (ctx, failure)
             }
         };
+        let mut ctx = ctx;
+        crate::trace::products::flag(&mut ctx, &written);
         let (collection, subjects) = into_collection(&self.name, &ctx);
         Ok(StepOutcome {
             statement: Statement::new(COLLECTION_TYPE, subjects, collection),

@@ -21,6 +21,7 @@
 #![no_std]
 #![no_main]
 
+mod files;
 mod maps;
 mod moves;
 mod net;

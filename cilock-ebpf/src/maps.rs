@@ -42,7 +42,19 @@ pub struct SeenKey {
     /// Bit 0: opened for writing; bit 1: opened with O_PATH.
     pub write: u32,
     pub _pad: u32,
+    /// The leaf's `d_parent` and `d_name` hash and length: a rename moves
+    /// the same dentry to another name or directory (D2).
+    pub parent: u64,
+    pub name_hash: u32,
+    pub name_len: u32,
+    /// The step's rename epoch (`RENAMES`): a rename by a step process,
+    /// of a file or a directory above it, reports every open again.
+    pub epoch: u64,
 }
+
+/// Step cgroup id → number of successful renames by its processes.
+#[map]
+pub static RENAMES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1024, 0);
 
 /// Opens already reported. A repeated open (a build reading the same header
 /// again, an open storm) costs a lookup instead of a path walk and a record.

@@ -7,6 +7,8 @@
 //! | `sched_process_fork` | raw_tp `sched_process_fork` (parent, child) | FORK |
 //! | `sched_process_exit` | raw_tp `sched_process_exit` (task, …) | EXIT |
 //! | `cgroup_attach_task` | raw_tp `cgroup_attach_task` (dst, path, task, threadgroup) | CGROUP_MOVE, CGROUP_JOIN |
+//!
+//! Closes of written files and the rename epoch are in `files.rs`.
 
 use core::ffi::c_void;
 use core::mem::size_of;
@@ -86,7 +88,7 @@ pub fn report_open(
 ) -> Option<()> {
     let f_path = file + off!(file_f_path);
     let inode = rd_ptr(file, off!(file_f_inode));
-    let key = SeenKey {
+    let mut key = SeenKey {
         step,
         leader_start: match rd_ptr(task, off!(task_group_leader)) {
             Some(l) => rd::<u64>(l + off!(task_start_time)).unwrap_or(0),
@@ -105,7 +107,12 @@ pub fn report_open(
         // the daemon hashes only for the latter.
         write: (f_flags & WRITE_FLAGS != 0) as u32 | ((f_flags & O_PATH != 0) as u32) << 1,
         _pad: 0,
+        parent: 0,
+        name_hash: 0,
+        name_len: 0,
+        epoch: 0,
     };
+    crate::files::seen_key_names(&mut key, step);
     if unsafe { SEEN.get(&key) }.is_some() {
         return None;
     }
@@ -273,6 +280,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Option<()> {
     moves::forget((bpf_get_current_pid_tgid() >> 32) as u32);
     let step = current_step()?;
     let code = rd::<u32>(task + off!(task_exit_code)).unwrap_or(0);
+    crate::files::stamp_at_exit(step, task);
     let buf = scratch()?;
     let ev = unsafe { &mut *(buf as *mut ExitEvent) };
     fill_header(&mut ev.hdr, kind::EXIT, step);

@@ -10,7 +10,8 @@
 //! - it is a regular file, not on a pseudo filesystem;
 //! - it is the file the kernel recorded when the job opened or exec'd it
 //!   (an [`Identity`]: device and inode, plus size and times for a
-//!   read-only open);
+//!   read-only open; for a written file, size and times as the writer left
+//!   it when it let go of the file: [`Identity::Closed`]);
 //! - the step's user could read it (mode bits against the user's uid, gid
 //!   and groups, see [`Reader`]);
 //! - it is no larger than the size cap, and the step's hashing time budget
@@ -80,12 +81,15 @@ pub enum Identity {
         /// Inode number.
         ino: u64,
     },
+    /// A written file as the writer left it (its last close, dup over the
+    /// fd, close_range or exit): the same file with the same size and times.
+    Closed(FileStamp),
 }
 
 impl Identity {
     fn dev_ino(&self) -> (u64, u64) {
         match self {
-            Identity::Read(s) => (s.dev, s.ino),
+            Identity::Read(s) | Identity::Closed(s) => (s.dev, s.ino),
             Identity::Write { dev, ino } => (*dev, *ino),
         }
     }
@@ -107,7 +111,7 @@ impl Identity {
             return false;
         }
         match self {
-            Identity::Read(then) => {
+            Identity::Read(then) | Identity::Closed(then) => {
                 let now = &seen.stamp;
                 then.size == now.size
                     && then.mtime_ns == now.mtime_ns

@@ -190,6 +190,16 @@ pub enum TraceEvent {
         /// When.
         time: SystemTime,
     },
+    /// A process let go of a regular file it had open for writing (close,
+    /// dup2/dup3 over the fd, close_range, exit): the file as it left it.
+    Close {
+        /// tgid.
+        pid: u32,
+        /// The file's identity at that moment.
+        stamp: FileStamp,
+        /// When.
+        time: SystemTime,
+    },
 }
 
 impl TraceEvent {
@@ -206,7 +216,8 @@ impl TraceEvent {
             | TraceEvent::Syscall { pid, .. }
             | TraceEvent::LeftStep { pid, .. }
             | TraceEvent::BornOutside { pid, .. }
-            | TraceEvent::JoinedStep { pid, .. } => *pid,
+            | TraceEvent::JoinedStep { pid, .. }
+            | TraceEvent::Close { pid, .. } => *pid,
         }
     }
 }

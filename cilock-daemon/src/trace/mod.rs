@@ -4,6 +4,7 @@ pub mod digest_cache;
 pub mod event;
 pub mod net;
 pub mod pathname;
+pub mod products;
 pub mod recorder;
 
 #[cfg(test)]

@@ -15,6 +15,18 @@
 //! step's user could read it (see [`super::digest_cache`]); otherwise the
 //! reason is given (`unhashedOpens`, `programUnhashedReason`,
 //! `exeUnhashedReason`).
+//!
+//! A written file gets the digest of what its writer left: the backends
+//! report a [`TraceEvent::Close`] stamp (device, inode, size, mtime, ctime)
+//! when a process lets go of a regular file it has open for writing (close,
+//! dup2/dup3 over the fd, close_range, exit). A write record is hashed only
+//! against the last such stamp of the file of its last write open, and
+//! never without one: another file at the path is [`REASON_WRITE_OTHER`],
+//! the same file changed since is [`REASON_WRITE_MODIFIED`], no close seen
+//! (still open at step end, closed by close-on-exec at an exec, not
+//! observable) is [`REASON_WRITE_NOT_CLOSED`]. An open that creates or
+//! truncates without write access, and a write open of something that is
+//! not a regular file, count as left at the open.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -84,6 +96,13 @@ pub fn is_fileless(exe: &str) -> bool {
 /// lost): it is not attested as one of the step's own.
 pub const REASON_ORIGIN_UNKNOWN: &str =
     "unknown: it was neither forked by a step process nor a root of the step";
+/// Reason given for a written path that now holds another file.
+pub const REASON_WRITE_OTHER: &str = "another file is at this path now, not the one the process wrote (renamed or moved over it, or written in another mount namespace)";
+/// Reason given for a written file changed after the writer let go of it.
+pub const REASON_WRITE_MODIFIED: &str =
+    "modified after the process wrote and closed it; what it left is unknown";
+/// Reason given for a written file the writer was not seen letting go of.
+pub const REASON_WRITE_NOT_CLOSED: &str = "the process was not seen closing the file it wrote (still open when the step ended, closed by close-on-exec at an exec, or the close was not observable): what it left is unknown";
 
 /// Bounds on one step's trace and on the hashing at its end (daemon
 /// configuration: `max_hash_file_size`, `hash_time_budget`,
@@ -126,13 +145,21 @@ struct OpenRec {
     opened: bool,
     /// Why the path is not a plain absolute path.
     unresolved: Option<String>,
+    /// The file of the last write open as the process left it (its last
+    /// close, dup over the fd, close_range or exit after that open).
+    closed: Option<FileStamp>,
 }
 
 impl OpenRec {
-    /// The identity the hashed file must have.
+    /// The identity the hashed file must have: for a written file, the
+    /// stamp the process left it with (no close seen: none, see
+    /// [`REASON_WRITE_NOT_CLOSED`]).
     fn identity(&self) -> Option<Identity> {
         if self.wrote {
-            self.write.map(|(dev, ino)| Identity::Write { dev, ino })
+            let (dev, ino) = self.write?;
+            self.closed
+                .filter(|s| s.dev == dev && s.ino == ino)
+                .map(Identity::Closed)
         } else {
             self.read.map(Identity::Read)
         }
@@ -211,6 +238,10 @@ pub struct StepTrace {
     /// (`processes`, `files`, `argv`, `execs`, `syscallEvents`,
     /// `connections`, `dnsLookups`). Goes to `trace.truncated`.
     pub truncated: BTreeMap<String, u64>,
+    /// Every path a step process opened for writing: per writer, the
+    /// digest of what it left or why there is none (compared with the
+    /// product attestation, see [`super::products`]).
+    pub written: BTreeMap<String, Vec<Result<DigestSet, String>>>,
 }
 
 /// The per-step process table.
@@ -240,6 +271,9 @@ pub struct Recorder {
     /// Live pids left out because of `max_processes`.
     dropped: HashSet<u32>,
     truncated: BTreeMap<&'static str, u64>,
+    /// (process index, device, inode) of each write open → its paths: where
+    /// a close stamp goes.
+    written: HashMap<(usize, u64, u64), Vec<Arc<str>>>,
 }
 
 fn ts(t: SystemTime) -> String {
@@ -606,12 +640,24 @@ impl Recorder {
                         // What the process left is in the last file it
                         // opened for writing.
                         rec.write = stamp.map(|s| (s.dev, s.ino));
+                        // Created or truncated without write access: it
+                        // cannot change the file after the open, so what it
+                        // left is the file as the open left it. Not a
+                        // regular file (a device, a fifo): there is no
+                        // content to leave, and no close is recorded.
+                        let regular = stamp.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFREG);
+                        rec.closed = (flags & O_ACCMODE == 0 || !regular)
+                            .then_some(stamp)
+                            .flatten();
                     } else if rec.read.is_none() {
                         rec.read = stamp;
                     }
                 }
                 if rec.unresolved.is_none() {
                     rec.unresolved = unresolved;
+                }
+                if let (true, Some(s)) = (write, stamp) {
+                    self.index_write(i, s.dev, s.ino, &path);
                 }
             }
             TraceEvent::Exit { pid, code, .. } => {
@@ -730,6 +776,7 @@ impl Recorder {
                     },
                 );
             }
+            TraceEvent::Close { pid, stamp, .. } => self.closed(pid, stamp),
             TraceEvent::LeftStep { pid, by, time } => {
                 if let Some(i) = self.proc_mut(pid, None) {
                     self.procs[i].left_step = true;
@@ -1056,6 +1103,35 @@ impl Recorder {
         }
     }
 
+    /// Remembers that process `i` opened (dev, ino) for writing at `path`.
+    fn index_write(&mut self, i: usize, dev: u64, ino: u64, path: &str) {
+        let Some(key) = self.paths.get(path).cloned() else {
+            return;
+        };
+        let v = self.written.entry((i, dev, ino)).or_default();
+        if !v.contains(&key) {
+            v.push(key);
+        }
+    }
+
+    /// Process `pid` let go of a file it had open for writing: the stamp
+    /// of every path where that file is its last write open.
+    fn closed(&mut self, pid: u32, stamp: FileStamp) {
+        let Some(&i) = self.live.get(&pid) else {
+            return;
+        };
+        let Some(paths) = self.written.get(&(i, stamp.dev, stamp.ino)) else {
+            return;
+        };
+        for path in paths {
+            if let Some(rec) = self.procs[i].opens.get_mut(path) {
+                if rec.write == Some((stamp.dev, stamp.ino)) {
+                    rec.closed = Some(stamp);
+                }
+            }
+        }
+    }
+
     /// Hashes what the step opened and builds its processes. `alive` are
     /// the pids still running when the step ended. Hashing follows the
     /// recorder's [`TraceLimits`] and [`Reader`].
@@ -1100,6 +1176,7 @@ impl Recorder {
         let results: HashMap<&str, &Hashed> = jobs.iter().map(|j| j.0).zip(hashed.iter()).collect();
 
         let mut out = Vec::with_capacity(self.procs.len());
+        let mut written: BTreeMap<String, Vec<Result<DigestSet, String>>> = BTreeMap::new();
         for p in &self.procs {
             let mut info = ProcessInfo {
                 program: p
@@ -1132,6 +1209,15 @@ impl Recorder {
             info.execs = p.programs.clone();
             for (path, rec) in &p.opens {
                 let (digest, why) = digest_for(path, rec, &results);
+                if rec.wrote && rec.opened && written.len() < self.limits.max_files {
+                    written
+                        .entry(path.to_string())
+                        .or_default()
+                        .push(match &why {
+                            None => Ok(digest.clone()),
+                            Some(w) => Err(w.clone()),
+                        });
+                }
                 info.openedfiles.insert(path.to_string(), digest);
                 if let Some(reason) = why {
                     info.unhashed_opens.push(UnhashedOpen {
@@ -1185,6 +1271,7 @@ impl Recorder {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
+            written,
         }
     }
 }
@@ -1198,7 +1285,7 @@ fn by_identity(
     let rec = OpenRec {
         read: match id {
             Identity::Read(s) => Some(s),
-            Identity::Write { .. } => None,
+            Identity::Write { .. } | Identity::Closed(_) => None,
         },
         opened: true,
         ..Default::default()
@@ -1220,6 +1307,9 @@ fn digest_for(
         return no(REASON_O_PATH.into());
     }
     let Some(id) = rec.identity() else {
+        if rec.wrote && rec.write.is_some() {
+            return no(REASON_WRITE_NOT_CLOSED.into());
+        }
         return no(REASON_NO_STAMP.into());
     };
     // "Modified" only for the same inode whose change time moved on: an
@@ -1227,9 +1317,17 @@ fn digest_for(
     // open), another mount's or namespace's file, another spelling of a
     // name — all are another file, never a modification.
     let mismatch = |seen: &crate::trace::digest_cache::Seen| {
+        if let Identity::Closed(_) = id {
+            return if id.same_file(seen) {
+                REASON_WRITE_MODIFIED
+            } else {
+                REASON_WRITE_OTHER
+            }
+            .to_string();
+        }
         let moved_on = match id {
             Identity::Read(then) => seen.stamp.ctime_ns >= then.ctime_ns,
-            Identity::Write { .. } => true,
+            _ => true,
         };
         if id.same_file(seen) && moved_on {
             REASON_MODIFIED.to_string()
@@ -1707,24 +1805,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("out").display().to_string();
         std::fs::write(&f, b"").unwrap();
+        let close = |pid: u32, p: &str| TraceEvent::Close {
+            pid,
+            stamp: stamp(p),
+            time: t(),
+        };
         let mut r = Recorder::new(None);
         r.push(open(3, &f, (libc::O_WRONLY | libc::O_TRUNC) as u32));
-        // The process writes: the digest is of what it left.
+        // The process writes and closes: the digest is of what it left.
         std::fs::write(&f, b"written").unwrap();
+        r.push(close(3, &f));
         let out = finish(r);
         assert_eq!(
             out.processes[0].openedfiles[&f].get_sha256(),
             Some(sha(&f).as_str())
         );
+        // No close seen (still open, or closed by an exec): no digest.
+        let mut r = Recorder::new(None);
+        r.push(open(3, &f, libc::O_WRONLY as u32));
+        r.push(close(4, &f)); // another process's close is not its
+        let out = finish(r);
+        assert_eq!(reason(&out.processes[0], &f), REASON_WRITE_NOT_CLOSED);
+        // Rewritten in place after the close (same inode, same size):
+        // modified after the process left it.
+        let mut r = Recorder::new(None);
+        r.push(open(3, &f, libc::O_RDWR as u32));
+        r.push(close(3, &f));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, b"WRITTEN").unwrap();
+        let out = finish(r);
+        assert_eq!(reason(&out.processes[0], &f), REASON_WRITE_MODIFIED);
+        // A new write open after a close needs its own close.
+        let mut r = Recorder::new(None);
+        r.push(open(3, &f, libc::O_WRONLY as u32));
+        r.push(close(3, &f));
+        r.push(open(3, &f, libc::O_WRONLY as u32));
+        let out = finish(r);
+        assert_eq!(reason(&out.processes[0], &f), REASON_WRITE_NOT_CLOSED);
         // Another file now at the path (a rename over it, or the write went
         // to a private mount): no digest.
         let mut r = Recorder::new(None);
         r.push(open(3, &f, libc::O_WRONLY as u32));
+        r.push(close(3, &f));
         let other = dir.path().join("other");
         std::fs::write(&other, b"host file").unwrap();
         std::fs::rename(&other, &f).unwrap();
         let out = finish(r);
-        assert_eq!(reason(&out.processes[0], &f), REASON_REPLACED);
+        assert_eq!(reason(&out.processes[0], &f), REASON_WRITE_OTHER);
+        // Written, not a regular file: no close needed, it is what it is.
+        let mut r = Recorder::new(None);
+        r.push(open(3, "/dev/null", libc::O_WRONLY as u32));
+        let out = finish(r);
+        assert_eq!(reason(&out.processes[0], "/dev/null"), "character device");
         // No identity recorded at all: no digest.
         let mut r = Recorder::new(None);
         r.push(TraceEvent::Open {

@@ -8,9 +8,9 @@ use std::mem::size_of;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cilock_abi::{
-    kind, net_call, path_flags, payload_flags, CgroupJoinEvent, CgroupMoveEvent, ExecEvent,
-    ExitEvent, ForkEvent, Header, InodeStamp, NetEvent, OpenEvent, PathInfo, PayloadEvent,
-    SyscallRecord,
+    kind, net_call, path_flags, payload_flags, CgroupJoinEvent, CgroupMoveEvent, CloseEvent,
+    ExecEvent, ExitEvent, ForkEvent, Header, InodeStamp, NetEvent, OpenEvent, PathInfo,
+    PayloadEvent, SyscallRecord,
 };
 
 use crate::trace::pathname::escape;
@@ -333,6 +333,14 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
                 cwd: (e.cwd.len > 0 && cwd_why.is_none()).then_some(cwd),
                 argv,
                 comm: comm(&hdr.comm),
+                time,
+            }))
+        }
+        kind::CLOSE => {
+            let e: CloseEvent = read(b, k)?;
+            Ok(ev(TraceEvent::Close {
+                pid: hdr.tgid,
+                stamp: file_stamp(&e.inode),
                 time,
             }))
         }
@@ -680,6 +688,45 @@ mod tests {
         }
         // A short join record is refused.
         assert!(decode(&bytes_of(&j)[..64], &clock).is_err());
+    }
+
+    #[test]
+    fn decodes_close_records() {
+        let clock = Clock::now();
+        let mut e = CloseEvent::default();
+        e.hdr.kind = kind::CLOSE;
+        e.hdr.tgid = 42;
+        e.fd = 3;
+        e.how = cilock_abi::close_how::EXIT;
+        e.inode = InodeStamp {
+            ino: 77,
+            dev: (8 << 20) | 1,
+            mode: 0o100644,
+            size: 12,
+            mtime_sec: 5,
+            mtime_nsec: 6,
+            ctime_nsec: 8 | (1 << 31),
+            ctime_sec: 7,
+        };
+        let Record::Event { event, kind: k, .. } = decode(&bytes_of(&e), &clock).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!(k, kind::CLOSE);
+        let TraceEvent::Close { pid, stamp, .. } = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(pid, 42);
+        assert_eq!(
+            (
+                stamp.dev,
+                stamp.ino,
+                stamp.size,
+                stamp.mtime_ns,
+                stamp.ctime_ns
+            ),
+            (libc::makedev(8, 1), 77, 12, 5_000_000_006, 7_000_000_008)
+        );
+        assert!(decode(&bytes_of(&e)[..60], &clock).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod decode;
+pub mod files;
 pub mod network;
 pub mod offsets;
 pub mod syscalls;
@@ -188,6 +189,7 @@ impl EbpfBackend {
                 .map_err(prog_err(format!("attach raw_tp {hook}")))?;
             hooks.insert(concern.to_string(), format!("raw_tp:{hook}"));
         }
+        files::load(&mut ebpf, &tracefs, &mut hooks);
         let mut net = network::enabled();
         if net {
             // Without them the file and process trace still works: say so
@@ -269,6 +271,14 @@ impl EbpfBackend {
         }
         v.push("reads and writes through memory mappings or already-open descriptors are not separate events".to_string());
         v.push("paths longer than PATH_MAX (4096 bytes) keep only their last components behind /…/ and are not hashed (unhashedOpens: path truncated); two such paths whose kept tails agree share one entry".to_string());
+        if self
+            .hooks
+            .get("written-files")
+            .is_none_or(|h| h.starts_with("unavailable"))
+        {
+            v.push("closes of written files are not observed: written files get no digest (unhashedOpens says so)".to_string());
+        }
+        v.push("a written file closed by close-on-exec at an exec, or held at an fd above 65535 at exit, has no observable close: it gets no digest (unhashedOpens says so)".to_string());
         if self.net {
             v.extend(network::limitations());
         } else {
@@ -375,6 +385,9 @@ impl EbpfBackend {
         }
         let mut out = BTreeMap::new();
         for k in 1..kind::COUNT as u32 {
+            if kind::name(k) == "unknown" {
+                continue;
+            }
             out.insert(
                 kind::name(k).to_string(),
                 EventCount {
@@ -415,6 +428,9 @@ impl EbpfBackend {
         let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = BTreeMap::new();
         for k in 1..kind::COUNT as u32 {
+            if kind::name(k) == "unknown" {
+                continue;
+            }
             let sum = |i: u32| {
                 maps.counters
                     .get(&i, 0)

@@ -127,6 +127,10 @@ pub fn compute(btf: &Btf, tracefs: &Path) -> Result<Offsets, OffsetsError> {
         cgroup_root_hierarchy_id: btf
             .try_offset("cgroup_root", "hierarchy_id")
             .unwrap_or(Offsets::ABSENT),
+        qstr_hash: btf.try_offset("qstr", "hash").unwrap_or(Offsets::ABSENT),
+        fdtable_max_fds: btf
+            .try_offset("fdtable", "max_fds")
+            .unwrap_or(Offsets::ABSENT),
     })
 }
 

@@ -153,6 +153,10 @@ pub fn hooks() -> BTreeMap<String, String> {
         "ptrace+seccomp:connect,bind,sendto,sendmsg,sendmmsg (sockaddr via process_vm_readv)",
     );
     put(
+        "written-files",
+        "ptrace+seccomp:close,dup2,dup3,close_range (syscall entry) + PTRACE_EVENT_EXIT: stat /proc/TID/fd/N of the fds the process opened for writing",
+    );
+    put(
         "egress",
         "ptrace+seccomp:write,sendto,sendmsg,sendmmsg payload prefixes (DNS to port 53/UDP; TCP until a TLS ClientHello is complete)",
     );
@@ -187,6 +191,7 @@ pub fn limitations() -> Vec<String> {
         "follow mode stops on every syscall (no seccomp filter can be added to a running process): large slowdown",
         "processes that leave the traced tree via a daemon (docker, systemd-run) are not followed",
         "paths longer than PATH_MAX (4096 bytes), which /proc cannot show, are rebuilt by walking up their directories (up to 16 KiB, else truncated behind /…/) and are not hashed; a file opened there by a multi-component name whose directory is no open fd of the process keeps only its inode (/…/?(inode N))",
+        "a written file is closed by close-on-exec at an exec without an observable close: it gets no digest (unhashedOpens says so); only fds a process opened itself are followed (not dups made with fcntl F_DUPFD, nor fds inherited across fork)",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -297,6 +302,9 @@ pub fn event_to_json(ev: &TraceEvent) -> serde_json::Value {
             time,
         } => {
             json!({"type": "joined_step", "pid": pid, "by": by, "from": from, "at_birth": at_birth, "time": t(time)})
+        }
+        TraceEvent::Close { pid, stamp, time } => {
+            json!({"type": "close", "pid": pid, "ino": stamp.ino, "size": stamp.size, "time": t(time)})
         }
     }
 }

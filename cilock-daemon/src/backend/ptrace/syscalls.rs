@@ -54,6 +54,10 @@ pub enum Sys {
     Tkill,
     Tgkill,
     PidfdSendSignal,
+    Close,
+    Dup2,
+    Dup3,
+    CloseRange,
 }
 
 impl Sys {
@@ -93,6 +97,10 @@ impl Sys {
             Tkill => "tkill",
             Tgkill => "tgkill",
             PidfdSendSignal => "pidfd_send_signal",
+            Close => "close",
+            Dup2 => "dup2",
+            Dup3 => "dup3",
+            CloseRange => "close_range",
         }
     }
 
@@ -141,11 +149,15 @@ pub fn native_table() -> Vec<(Sys, i64)> {
         (Tkill, SYS_tkill),
         (Tgkill, SYS_tgkill),
         (PidfdSendSignal, SYS_pidfd_send_signal),
+        (Close, SYS_close),
+        (Dup3, SYS_dup3),
+        (CloseRange, SYS_close_range),
     ];
     #[cfg(target_arch = "x86_64")]
     {
         v.push((Open, SYS_open));
         v.push((Creat, SYS_creat));
+        v.push((Dup2, SYS_dup2));
     }
     v
 }
@@ -172,6 +184,10 @@ pub const I386_TABLE: &[(Sys, u64)] = &[
     (Sys::IoUringSetup, 425),
     (Sys::ProcessVmReadv, 347),
     (Sys::ProcessVmWritev, 348),
+    (Sys::Close, 6),
+    (Sys::Dup2, 63),
+    (Sys::Dup3, 330),
+    (Sys::CloseRange, 436),
 ];
 
 /// Decodes `(arch, nr)` as reported by `PTRACE_GET_SYSCALL_INFO`.

@@ -37,7 +37,7 @@ use super::sockaddr::{self, MAX_SOCKADDR};
 use super::syscalls::{self, clone_new_names, Sys, CLONE_NEW_MASK};
 use super::{PtraceConfig, PtraceError};
 use crate::trace::net::{parse_client_hello, ClientHello};
-use crate::trace::{NetCall, SockAddr, TraceEvent};
+use crate::trace::{FileStamp, NetCall, SockAddr, TraceEvent};
 
 const PTRACE_EVENT_STOP: i32 = 128;
 const OP_ENTRY: u8 = 1;
@@ -198,6 +198,9 @@ struct ProcState {
     threads: usize,
     socks: HashMap<i64, SockTrack>,
     cgroup_fds: HashMap<i64, String>,
+    /// fds this process opened for writing (regular files): stamped when
+    /// it lets go of them (see [`Tracer::let_go`]).
+    write_fds: HashSet<i64>,
 }
 
 pub(crate) struct Tracer<'c, F: FnMut(TraceEvent)> {
@@ -365,7 +368,10 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 self.exec_event(tid, old);
                 self.resume(tid, 0);
             }
-            libc::PTRACE_EVENT_EXIT => self.resume(tid, 0),
+            libc::PTRACE_EVENT_EXIT => {
+                self.stamp_at_exit(tid);
+                self.resume(tid, 0)
+            }
             libc::PTRACE_EVENT_SECCOMP => {
                 if let Some(info) = syscall_info(tid) {
                     if info.op == OP_SECCOMP {
@@ -757,6 +763,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                     );
                 }
             }
+            Sys::Close | Sys::Dup2 | Sys::Dup3 | Sys::CloseRange => self.let_go(tid, sys, a),
             Sys::PidfdSendSignal => {
                 let target = paths::pidfd_target(tid, a[0] as i32 as i64);
                 if dpid.is_some() && target == dpid {
@@ -813,6 +820,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                         .cgroup_fds
                         .insert(rval, path.clone());
                 }
+                self.track_write_fd(tgid, rval, flags, stamp);
                 self.emit(TraceEvent::Open {
                     pid: tgid,
                     path,
@@ -1181,6 +1189,102 @@ fn detach_all<F: FnMut(TraceEvent)>(tr: &mut Tracer<'_, F>) {
             }
             Ok(Waited::Nothing) => std::thread::sleep(Duration::from_micros(200)),
             _ => break,
+        }
+    }
+}
+
+/// Written files: the stamp of a file a process opened for writing when it
+/// lets go of it (close, dup2/dup3 over the fd, close_range, exit), taken
+/// at syscall entry or at the exit stop through `/proc/TID/fd/N`. Only fds
+/// the process itself opened for writing are followed; a close-on-exec
+/// close at exec is not observed.
+impl<F: FnMut(TraceEvent)> Tracer<'_, F> {
+    /// Most write fds followed per process.
+    const MAX_WRITE_FDS: usize = 4096;
+
+    fn track_write_fd(&mut self, tgid: u32, fd: i64, flags: u32, stamp: Option<FileStamp>) {
+        let write = flags & libc::O_PATH as u32 == 0 && flags & libc::O_ACCMODE as u32 != 0;
+        let regular = stamp.is_some_and(|s| s.mode & libc::S_IFMT == libc::S_IFREG);
+        let p = self.procs.entry(tgid).or_default();
+        if write && regular && p.write_fds.len() < Self::MAX_WRITE_FDS {
+            p.write_fds.insert(fd);
+        } else {
+            // The fd number now names another file.
+            p.write_fds.remove(&fd);
+        }
+    }
+
+    /// Emits the stamp of `fd` of `tid` and stops following it.
+    fn stamp_fd(&mut self, tid: u32, tgid: u32, fd: i64) {
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return;
+        };
+        if !p.write_fds.remove(&fd) {
+            return;
+        }
+        if let Some(stamp) = paths::fd_stamp(tid, fd) {
+            if stamp.mode & libc::S_IFMT == libc::S_IFREG {
+                self.emit(TraceEvent::Close {
+                    pid: tgid,
+                    stamp,
+                    time: now(),
+                });
+            }
+        }
+    }
+
+    fn let_go(&mut self, tid: u32, sys: Sys, a: [u64; 6]) {
+        let tgid = self.tgid_of(tid);
+        let fd = |v: u64| v as i32 as i64;
+        match sys {
+            Sys::Close => self.stamp_fd(tid, tgid, fd(a[0])),
+            Sys::Dup2 | Sys::Dup3 if a[0] != a[1] => {
+                let (old, new) = (fd(a[0]), fd(a[1]));
+                self.stamp_fd(tid, tgid, new);
+                // The new fd is the same open file: follow it too.
+                if let Some(p) = self.procs.get_mut(&tgid) {
+                    if p.write_fds.contains(&old) && p.write_fds.len() < Self::MAX_WRITE_FDS {
+                        p.write_fds.insert(new);
+                    }
+                }
+            }
+            Sys::CloseRange if a[2] & 4 == 0 => {
+                // Not CLOSE_RANGE_CLOEXEC: the range is closed.
+                let (first, last) = (a[0] as u32 as i64, a[1] as u32 as i64);
+                let fds: Vec<i64> = self
+                    .procs
+                    .get(&tgid)
+                    .map(|p| {
+                        p.write_fds
+                            .iter()
+                            .copied()
+                            .filter(|f| (first..=last).contains(f))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for f in fds {
+                    self.stamp_fd(tid, tgid, f);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// At a thread's exit stop (its files are still open): the stamps of
+    /// every write fd of its process. A later thread's exit stamps again.
+    fn stamp_at_exit(&mut self, tid: u32) {
+        let tgid = self.tgid_of(tid);
+        let fds: Vec<i64> = self
+            .procs
+            .get(&tgid)
+            .map(|p| p.write_fds.iter().copied().collect())
+            .unwrap_or_default();
+        for f in fds {
+            self.stamp_fd(tid, tgid, f);
+            // Other threads may go on writing through it.
+            if let Some(p) = self.procs.get_mut(&tgid) {
+                p.write_fds.insert(f);
+            }
         }
     }
 }
