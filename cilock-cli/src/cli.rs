@@ -124,9 +124,20 @@ pub struct RunArgs {
     /// Attestor options.
     #[command(flatten)]
     pub attestor_flags: AttestorFlags,
+    /// After the command exits, wait at most this long for the processes it
+    /// left running (daemons, background jobs): "30s", "2m", 0 = do not
+    /// wait. Those still running are listed as aliveAtEnd (the ptrace
+    /// backend kills them) [default: the daemon's run_wait_descendants;
+    /// 30s without the daemon].
+    #[arg(long = "wait-descendants", value_name = "DURATION", value_parser = parse_wait)]
+    pub wait_descendants: Option<std::time::Duration>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
+}
+
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    cilock_daemon::config::parse_duration(s)
 }
 
 /// `cilock verify`

@@ -81,6 +81,15 @@ pub struct EndStep {
     /// Captured stderr of the wrapped command.
     #[serde(default)]
     pub stderr: Option<String>,
+    /// Sent by `cilock run` once the command's root process exited: the
+    /// daemon waits for the command's descendants (the step cgroup
+    /// becoming empty) before it ends the step. `step end` does not wait.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run: bool,
+    /// With `run`: the bound on that wait in milliseconds (0: do not wait);
+    /// absent: the daemon's `run_wait_descendants`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_descendants_ms: Option<u64>,
 }
 
 /// A reply from the daemon.

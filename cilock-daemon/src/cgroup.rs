@@ -195,6 +195,53 @@ impl Cgroup {
         }
     }
 
+    /// Waits until no process is left in this cgroup or below
+    /// (`cgroup.events` says `populated 0`), at most `timeout`. Sleeps in
+    /// poll(2) on `cgroup.events` (the kernel wakes it with POLLPRI when the
+    /// file changes), re-reading it at least every second. Returns whether
+    /// the cgroup became empty.
+    pub fn wait_empty(&self, timeout: Duration) -> bool {
+        use std::io::{Read as _, Seek as _};
+        use std::os::fd::AsRawFd as _;
+        let deadline = Instant::now() + timeout;
+        let mut f = match fs::File::open(self.path.join("cgroup.events")) {
+            Ok(f) => f,
+            Err(_) => {
+                // No events file (not cgroup2?): check once a second.
+                while self.populated() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    std::thread::sleep(left.min(Duration::from_secs(1)));
+                }
+                return true;
+            }
+        };
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            if f.rewind().is_err() || f.read_to_string(&mut buf).is_err() {
+                return !self.populated();
+            }
+            if !buf.lines().any(|l| l.trim() == "populated 1") {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut p = libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            };
+            let ms = left.min(Duration::from_secs(1)).as_millis().max(1) as i32;
+            // SAFETY: one pollfd on the stack.
+            unsafe { libc::poll(&mut p, 1, ms) };
+        }
+    }
+
     /// Kills everything in the cgroup (cgroup.kill, or SIGKILL per pid on
     /// kernels without it) and waits until it is empty.
     pub fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {

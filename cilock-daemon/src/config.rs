@@ -23,6 +23,7 @@
 //! | `hash_time_budget`     | duration, as above        | `"5m"`                           |
 //! | `max_processes_per_step` | integer ≥ 1             | `100000`                         |
 //! | `max_files_per_step`   | integer ≥ 1               | `1000000`                        |
+//! | `run_wait_descendants` | duration, as above (0: no wait; ≤ `step_timeout`) | `"30s"`  |
 //!
 //! `max_hash_file_size` and `hash_time_budget` bound the hashing of the
 //! files a step opened or exec'd (per file, and per step): a file beyond
@@ -119,6 +120,11 @@ pub struct DaemonConfig {
     pub max_files_per_step: usize,
     /// The attestor helper (`[helper]`).
     pub helper: HelperTable,
+    /// `cilock run`: how long the daemon waits, after the command's root
+    /// exited, for its descendants (the step cgroup becoming empty) when
+    /// the client does not say (`--wait-descendants`).
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub run_wait_descendants: Duration,
 }
 
 /// The `[helper]` table: how the unprivileged attestor helper runs.
@@ -227,6 +233,7 @@ impl Default for DaemonConfig {
             max_steps_per_user: engine.max_steps_per_user,
             max_connections_per_user: 16,
             max_request: DEFAULT_MAX_REQUEST as u64,
+            run_wait_descendants: engine.run_wait_descendants,
         }
     }
 }
@@ -358,6 +365,12 @@ impl DaemonConfig {
         if self.step_timeout.is_zero() {
             return Err(invalid("step_timeout", "must be greater than zero".into()));
         }
+        if self.run_wait_descendants > self.step_timeout {
+            return Err(invalid(
+                "run_wait_descendants",
+                "must not exceed step_timeout".into(),
+            ));
+        }
         if self.step_idle_timeout.is_zero() {
             return Err(invalid(
                 "step_idle_timeout",
@@ -453,6 +466,7 @@ impl DaemonConfig {
             },
             helper: Some(self.helper.helper_config()),
             max_steps_per_user: self.max_steps_per_user,
+            run_wait_descendants: self.run_wait_descendants,
         }
     }
 
@@ -829,6 +843,37 @@ mod tests {
                 .to_string();
             assert!(e.contains("helper") || e.contains("nope"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn run_wait_descendants_key() {
+        // The shipped file's commented value is the default.
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/cilock.toml"))
+                .unwrap();
+        let line = shipped
+            .lines()
+            .find_map(|l| l.strip_prefix("#run_wait_descendants = "))
+            .expect("run_wait_descendants in dist/cilock.toml");
+        let c =
+            DaemonConfig::from_toml_str(&format!("run_wait_descendants = {line}"), "t").unwrap();
+        assert_eq!(c, DaemonConfig::default());
+        assert_eq!(
+            DaemonConfig::default().engine_config().run_wait_descendants,
+            Duration::from_secs(30)
+        );
+        let c = DaemonConfig::from_toml_str("run_wait_descendants = 0", "t").unwrap();
+        assert_eq!(c.engine_config().run_wait_descendants, Duration::ZERO);
+        let c = DaemonConfig::from_toml_str("run_wait_descendants = \"2m\"", "t").unwrap();
+        assert_eq!(c.run_wait_descendants, Duration::from_secs(120));
+        let e = DaemonConfig::from_toml_str(
+            "step_timeout = \"1m\"\nrun_wait_descendants = \"2m\"",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("run_wait_descendants"), "{e}");
+        assert!(DaemonConfig::from_toml_str("run_wait_descendants = \"x\"", "t").is_err());
     }
 
     #[test]

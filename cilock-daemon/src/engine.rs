@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{
-    self, Claimed, CommandRun, EventCount, TraceInfo, EXITCODE_UNKNOWN,
+    self, Claimed, CommandRun, EventCount, TraceInfo, WaitDescendants, EXITCODE_UNKNOWN,
 };
 use cilock_evidence::attestors::lifecycle::{AttestorOptions, Lifecycle, SkippedAttestor};
 use cilock_evidence::attestors::{
@@ -61,7 +61,13 @@ pub struct EngineConfig {
     pub helper: Option<HelperConfig>,
     /// Active steps one non-root uid may have at once.
     pub max_steps_per_user: usize,
+    /// `cilock run`: after the command's root exited, how long to wait for
+    /// its descendants when the client does not say.
+    pub run_wait_descendants: Duration,
 }
+
+/// Default of [`EngineConfig::run_wait_descendants`].
+pub const DEFAULT_RUN_WAIT_DESCENDANTS: Duration = Duration::from_secs(30);
 
 /// Active steps at most, all users together: below the size of the eBPF
 /// `STEPS` map (1 024 entries, `cilock-ebpf/src/maps.rs`).
@@ -81,6 +87,7 @@ impl Default for EngineConfig {
             trace_limits: TraceLimits::default(),
             helper: None,
             max_steps_per_user: 32,
+            run_wait_descendants: DEFAULT_RUN_WAIT_DESCENDANTS,
         }
     }
 }
@@ -183,6 +190,10 @@ pub struct EndSpec {
     /// they are a client's claims and go under command-run `claimed`; the
     /// observed `cmd` and `exitcode` come from the trace of the root.
     pub observed: bool,
+    /// `cilock run`: wait up to this long for the command's descendants
+    /// (the step cgroup becoming empty) before ending. `None`: `step end`
+    /// (no wait).
+    pub wait_descendants: Option<Duration>,
 }
 
 /// The unsigned result of a step.
@@ -713,7 +724,12 @@ impl Engine {
                 .remove(&key)
                 .ok_or_else(|| EngineError::NotFound(name.to_string()))?
         };
-        self.finish(step, end, "step end")
+        let by = if end.wait_descendants.is_some() {
+            "run"
+        } else {
+            "step end"
+        };
+        self.finish(step, end, by)
     }
 
     fn finish(
@@ -722,6 +738,13 @@ impl Engine {
         end: EndSpec,
         ended_by: &str,
     ) -> Result<StepOutcome, EngineError> {
+        // `cilock run`: the command's descendants are waited for (bounded).
+        let waited = end.wait_descendants.map(|bound| {
+            let t0 = Instant::now();
+            let empty = bound.is_zero() && !step.cgroup.populated()
+                || !bound.is_zero() && step.cgroup.wait_empty(bound);
+            (bound, t0.elapsed(), empty)
+        });
         // Still running at the end: listed as such (and killed with --kill).
         let alive = step.cgroup.pids_recursive();
         if end.kill {
@@ -734,8 +757,21 @@ impl Engine {
             reason: self.reason.clone(),
             hooks: self.hooks.clone(),
             kernel: self.kernel.clone(),
-            reaped: ended_by != "step end",
+            reaped: !matches!(ended_by, "step end" | "run"),
             ended_by: ended_by.to_string(),
+            wait_descendants: waited.map(|(bound, took, empty)| WaitDescendants {
+                timeout_seconds: bound.as_secs_f64(),
+                waited_seconds: took.as_secs_f64(),
+                all_exited: empty && alive.is_empty(),
+                survivors: alive.iter().map(|&p| p as i64).collect(),
+                survivors_fate: if alive.is_empty() {
+                    String::new()
+                } else if end.kill {
+                    "killed".to_string()
+                } else {
+                    "left running, no longer traced".to_string()
+                },
+            }),
             ..Default::default()
         };
         match &self.backend {
@@ -1043,10 +1079,13 @@ fn gone() -> EngineError {
 /// Runs `cmd` under the ptrace backend without cgroups or a daemon (works
 /// unprivileged). `on_spawn` receives the child (to take its pipes). Returns
 /// the command's exit code and the step to finish once its output is in.
+/// After the root exited, its descendants are waited for at most
+/// `wait_descendants`; those left are killed and listed `aliveAtEnd`.
 pub fn run_ptrace(
     spec: StepSpec,
     cmd: std::process::Command,
     reason: String,
+    wait_descendants: Duration,
     on_spawn: impl FnOnce(&mut std::process::Child),
 ) -> Result<(i32, PendingStep), EngineError> {
     if !valid_step_name(&spec.name) {
@@ -1058,9 +1097,12 @@ pub fn run_ptrace(
     let attest = in_process_before(&spec.attestations, &spec)?;
     ptrace::probe().map_err(|e| internal(format!("ptrace unavailable: {e}")))?;
     let mut recorder = Recorder::with_limits(None, TraceLimits::default(), Reader::current());
-    let cfg = ptrace::PtraceConfig::default();
+    let cfg = ptrace::PtraceConfig {
+        wait_descendants: Some(wait_descendants),
+        ..Default::default()
+    };
     let mut root = None;
-    let code = ptrace::run(
+    let outcome = ptrace::run_outcome(
         cmd,
         &cfg,
         |child| {
@@ -1073,16 +1115,30 @@ pub fn run_ptrace(
     if let Some(pid) = root {
         recorder.mark_root(pid);
     }
+    let alive = outcome.survivors.clone();
     let trace = TraceInfo {
         backend: "ptrace".into(),
         reason,
         hooks: ptrace::hooks(),
         limitations: ptrace::limitations(),
         kernel: kernel_release(),
+        ended_by: "run".to_string(),
+        wait_descendants: Some(WaitDescendants {
+            timeout_seconds: wait_descendants.as_secs_f64(),
+            waited_seconds: outcome.waited.as_secs_f64(),
+            all_exited: alive.is_empty(),
+            survivors: alive.iter().map(|&p| p as i64).collect(),
+            survivors_fate: if alive.is_empty() {
+                String::new()
+            } else {
+                "killed (a process under the ptrace backend's seccomp filter cannot run untraced)"
+                    .to_string()
+            },
+        }),
         ..Default::default()
     };
     Ok((
-        code,
+        outcome.code,
         PendingStep {
             name: spec.name,
             attest,
@@ -1090,7 +1146,7 @@ pub fn run_ptrace(
             root,
             recorder,
             trace,
-            alive: Vec::new(),
+            alive,
         },
     ))
 }
@@ -1357,6 +1413,12 @@ impl api::StepService for DaemonService {
                 stderr: req.stderr.unwrap_or_default(),
                 // A client's word: recorded under `claimed`.
                 observed: false,
+                wait_descendants: req.run.then(|| {
+                    req.wait_descendants_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(self.engine.cfg.run_wait_descendants)
+                        .min(self.engine.cfg.step_timeout)
+                }),
             },
         )?;
         let env = sign_statement(&out.statement, &self.signer)?;

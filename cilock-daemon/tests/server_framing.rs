@@ -55,6 +55,8 @@ fn end(step: &str) -> Request {
         exitcode: Some(0),
         stdout: None,
         stderr: None,
+        run: false,
+        wait_descendants_ms: None,
     })
 }
 

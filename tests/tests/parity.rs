@@ -12,21 +12,97 @@ use cilock_tests::*;
 use common::*;
 use serde_json::Value;
 
-/// Facts both backends must agree on.
+/// Facts both backends must agree on, by value. A process is named by its
+/// program and command line (pids differ between runs); its parent likewise.
 #[derive(Debug, Default, PartialEq)]
 struct Facts {
+    /// (program, cmdline, parent's program and cmdline, exit code), sorted
+    /// (a multiset: the same command may run twice).
+    processes: Vec<(String, String, String, i64)>,
     programs: BTreeSet<String>,
-    files: BTreeSet<(String, String)>,
-    connections: BTreeSet<(String, String, String, u64, String)>,
-    dns: BTreeSet<(String, String, String, u64)>,
-    syscalls: BTreeSet<String>,
+    /// (process, path, sha256).
+    files: BTreeSet<(String, String, String)>,
+    /// (process, syscall, family, address, port, fd, TLS name, ALPN).
+    connections: BTreeSet<(String, String, String, String, u64, i64, String, String)>,
+    /// (process, name, type, server, port, transport).
+    dns: BTreeSet<(String, String, String, String, u64, String)>,
+    /// Per DNS name and type: the answers (compared separately).
+    dns_answers: BTreeSet<(String, String, String)>,
+    /// (process, syscall, detail, args, path); pids in detail and args are
+    /// replaced by `PID` (a process of the trace) or `DAEMON`.
+    syscalls: BTreeSet<(String, String, String, String, String)>,
 }
 
-fn facts(att: &std::path::Path) -> Facts {
+/// `text` with every number that is a pid of the trace replaced by `PID`
+/// and the daemon's pid by `DAEMON`.
+fn norm_pids(text: &str, pids: &BTreeSet<i64>, daemon: i64) -> String {
+    let mut out = String::new();
+    let mut num = String::new();
+    let flush = |num: &mut String, out: &mut String| {
+        if !num.is_empty() {
+            match num.parse::<i64>() {
+                Ok(n) if n == daemon => out.push_str("DAEMON"),
+                Ok(n) if pids.contains(&n) => out.push_str("PID"),
+                _ => out.push_str(num),
+            }
+            num.clear();
+        }
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+        } else {
+            flush(&mut num, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut num, &mut out);
+    out
+}
+
+fn facts(att: &std::path::Path, daemon: i64) -> Facts {
     let cr = command_run(att);
     assert_nothing_lost(&cr);
     let mut f = Facts::default();
-    for p in processes(&cr) {
+    let procs = processes(&cr);
+    let pids: BTreeSet<i64> = procs
+        .iter()
+        .filter_map(|p| p["processid"].as_i64())
+        .collect();
+    // The step script's name carries the backend.
+    // (and its command line carries the daemon's pid).
+    let no_pids = BTreeSet::new();
+    let unbackend = |s: &str| {
+        norm_pids(
+            &s.replace("parity-ebpf", "parity-X")
+                .replace("parity-ptrace", "parity-X"),
+            &no_pids,
+            daemon,
+        )
+    };
+    let name = |p: &Value| {
+        unbackend(&format!(
+            "{} [{}]",
+            p["program"].as_str().unwrap_or(""),
+            p["cmdline"].as_str().unwrap_or("")
+        ))
+    };
+    let by_pid: std::collections::HashMap<i64, String> = procs
+        .iter()
+        .map(|p| (p["processid"].as_i64().unwrap(), name(p)))
+        .collect();
+    for p in &procs {
+        let me = name(p);
+        let parent = by_pid
+            .get(&p["parentpid"].as_i64().unwrap_or(0))
+            .cloned()
+            .unwrap_or_else(|| "(outside the step)".into());
+        f.processes.push((
+            p["program"].as_str().unwrap_or("").to_string(),
+            unbackend(p["cmdline"].as_str().unwrap_or("")),
+            parent,
+            p["exitcode"].as_i64().unwrap_or(-1),
+        ));
         for e in p["execs"].as_array().into_iter().flatten() {
             f.programs.insert(e.as_str().unwrap().to_string());
         }
@@ -38,12 +114,12 @@ fn facts(att: &std::path::Path) -> Facts {
             {
                 continue;
             }
-            let digest = d["sha256"].as_str().unwrap_or("").to_string();
-            // The step script's name carries the backend.
-            let path = path
-                .replace("parity-ebpf", "parity-X")
-                .replace("parity-ptrace", "parity-X");
-            f.files.insert((path, digest));
+            let mut digest = d["sha256"].as_str().unwrap_or("").to_string();
+            if path.ends_with("/parity-ebpf.sh") || path.ends_with("/parity-ptrace.sh") {
+                // The step script starts with `set -- <daemon pid>`.
+                digest = "(differs by the daemon's pid)".into();
+            }
+            f.files.insert((me.clone(), unbackend(path), digest));
         }
         let net = &p["network"];
         for c in net["connections"].as_array().into_iter().flatten() {
@@ -52,26 +128,65 @@ fn facts(att: &std::path::Path) -> Facts {
                 continue;
             }
             f.connections.insert((
+                me.clone(),
                 c["syscall"].as_str().unwrap_or("").to_string(),
                 family,
                 c["address"].as_str().unwrap_or("").to_string(),
                 c["port"].as_u64().unwrap_or(0),
+                c["fd"].as_i64().unwrap_or(-99),
                 c["hostname"].as_str().unwrap_or("").to_string(),
+                c["alpn"].to_string(),
             ));
         }
         for d in net["dnsLookups"].as_array().into_iter().flatten() {
-            f.dns.insert((
+            let (n, t) = (
                 d["name"].as_str().unwrap_or("").to_string(),
                 d["type"].as_str().unwrap_or("").to_string(),
+            );
+            f.dns.insert((
+                me.clone(),
+                n.clone(),
+                t.clone(),
                 d["serverAddress"].as_str().unwrap_or("").to_string(),
                 d["serverPort"].as_u64().unwrap_or(0),
+                d["transport"].as_str().unwrap_or("").to_string(),
             ));
+            f.dns_answers.insert((n, t, d["answers"].to_string()));
         }
         for s in p["syscallEvents"].as_array().into_iter().flatten() {
+            let args: Vec<String> = s["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| norm_pids(&a.to_string(), &pids, daemon))
+                .collect();
+            let name = s["syscall"].as_str().unwrap_or("").to_string();
+            let mut detail = norm_pids(s["detail"].as_str().unwrap_or(""), &pids, daemon);
+            if name == "io_uring_setup" {
+                // An admitted difference: the detail says what this backend
+                // misses of io_uring (eBPF still sees its connects through
+                // the cgroup socket hooks; ptrace sees nothing of it), as
+                // the "io_uring: …" line of each backend's `limitations`.
+                let lim = cr["trace"]["limitations"].to_string();
+                assert!(lim.contains("io_uring"), "{lim}");
+                assert!(detail.starts_with("io_uring_setup entries="), "{detail}");
+                detail = "(what this backend misses of io_uring)".into();
+            }
             f.syscalls
-                .insert(s["syscall"].as_str().unwrap_or("").to_string());
+                .insert((me.clone(), name.clone(), detail, args.join(","), {
+                    let path = unbackend(s["path"].as_str().unwrap_or(""));
+                    // A known drift, not fixed yet: for a namespace fd the
+                    // eBPF backend records the dentry name (`uts`), ptrace
+                    // the /proc link text (`uts:[4026532174]`, an inode
+                    // that differs per run anyway). Compared up to the `:`.
+                    match path.split_once(":[") {
+                        Some((ns, _)) if name == "setns" => ns.to_string(),
+                        _ => path,
+                    }
+                }));
         }
     }
+    f.processes.sort();
     f
 }
 
@@ -134,17 +249,21 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
     let script = format!(
         "set -e\ncd sub\ncat ../data.txt > out.txt\n/usr/bin/python3 -S ../net.py\n\
          openssl s_client -connect 127.0.0.1:{tls_port} -servername parity.sni.example < /dev/null > /dev/null 2>&1 || true\n\
-         {} 0 > /dev/null\n",
+         {} \"$1\" > /dev/null\n\
+         kill -0 -1\n",
         susp.display()
     );
 
     let mut all = Vec::new();
     for backend in ["ebpf", "ptrace"] {
         let daemon = Daemon::start(backend);
-        let att = run_step(&daemon, &format!("parity-{backend}"), w, &script);
+        let dpid = daemon_pid(&daemon);
+        let name = format!("parity-{backend}");
+        // The script gets the daemon's pid as $1.
+        let att = run_step(&daemon, &name, w, &format!("set -- {dpid}\n{script}"));
         let cr = command_run(&att);
         assert_eq!(cr["trace"]["backend"], backend);
-        all.push(facts(&att));
+        all.push(facts(&att, dpid as i64));
     }
     let (e, p) = (&all[0], &all[1]);
 
@@ -153,41 +272,105 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
     assert!(e
         .files
         .iter()
-        .any(|(f, d)| f.ends_with("/data.txt") && !d.is_empty()));
+        .any(|(_, f, d)| f.ends_with("/data.txt") && !d.is_empty()));
     assert!(
-        e.connections.iter().any(|c| c.4 == "parity.sni.example"),
+        e.connections.iter().any(|c| c.6 == "parity.sni.example"),
         "{:?}",
         e.connections
     );
     assert!(
         e.dns
             .iter()
-            .any(|d| d.0 == "parity.example" && d.1 == "TXT"),
+            .any(|d| d.1 == "parity.example" && d.2 == "TXT"),
         "{:?}",
         e.dns
     );
-    assert!(e.syscalls.contains("memfd_create"), "{:?}", e.syscalls);
+    let names: BTreeSet<&str> = e.syscalls.iter().map(|s| s.1.as_str()).collect();
+    for want in [
+        "memfd_create",
+        "kill",
+        "tkill",
+        "tgkill",
+        "pidfd_send_signal",
+    ] {
+        assert!(names.contains(want), "{want} missing: {:?}", e.syscalls);
+    }
+    assert!(
+        e.syscalls.iter().any(|s| s.1 == "kill" && s.3 == "-1,0"),
+        "kill(-1): {:?}",
+        e.syscalls
+    );
 
     assert_eq!(e.programs, p.programs, "programs differ");
-    let only_e: Vec<_> = e.files.difference(&p.files).collect();
-    let only_p: Vec<_> = p.files.difference(&e.files).collect();
+    let diff = |what: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+        format!("{what} differ:\n only eBPF {a:?}\n only ptrace {b:?}")
+    };
+    let (pe, pp): (Vec<_>, Vec<_>) = (
+        e.processes
+            .iter()
+            .filter(|x| !p.processes.contains(x))
+            .collect(),
+        p.processes
+            .iter()
+            .filter(|x| !e.processes.contains(x))
+            .collect(),
+    );
+    assert!(
+        e.processes == p.processes,
+        "{}",
+        diff("processes (program, cmdline, parent, exit code)", &pe, &pp)
+    );
+    let set_diff = |what: &str, a: &dyn Fn() -> (Vec<String>, Vec<String>)| {
+        let (x, y) = a();
+        assert!(x.is_empty() && y.is_empty(), "{}", diff(what, &x, &y));
+    };
+    macro_rules! same {
+        ($what:expr, $field:ident) => {
+            set_diff($what, &|| {
+                (
+                    e.$field
+                        .difference(&p.$field)
+                        .map(|x| format!("{x:?}"))
+                        .collect(),
+                    p.$field
+                        .difference(&e.$field)
+                        .map(|x| format!("{x:?}"))
+                        .collect(),
+                )
+            })
+        };
+    }
+    same!("files (process, path, digest)", files);
+    same!("connections", connections);
+    same!("DNS lookups", dns);
+    // DNS answers: the ptrace backend does not record them yet
+    // (evidence-defects.md, "Minor": "ptrace `dnsLookups` have no
+    // `answers` (eBPF has them)"); where it does, they must be the same.
+    for (n, t, ans) in &p.dns_answers {
+        let ebpf: Vec<_> = e
+            .dns_answers
+            .iter()
+            .filter(|x| &x.0 == n && &x.1 == t)
+            .collect();
+        assert!(
+            ans == "null" || ebpf.iter().any(|x| &x.2 == ans),
+            "DNS answers for {n} {t} differ: ptrace {ans}, eBPF {ebpf:?}"
+        );
+    }
+    // Suspicious syscalls by value; the only allowed difference is a
+    // syscall the kernel has no tracepoint for (see below).
+    let allowed = intended_syscall_differences();
+    let keep = |s: &&(String, String, String, String, String)| !allowed.contains(&s.1);
+    let only_e: Vec<_> = e.syscalls.difference(&p.syscalls).filter(keep).collect();
+    let only_p: Vec<_> = p.syscalls.difference(&e.syscalls).filter(keep).collect();
     assert!(
         only_e.is_empty() && only_p.is_empty(),
-        "files differ:\n only eBPF {only_e:?}\n only ptrace {only_p:?}"
-    );
-    assert_eq!(e.connections, p.connections, "connections differ");
-    assert_eq!(e.dns, p.dns, "DNS lookups differ");
-    let allowed = intended_syscall_differences();
-    let diff: Vec<_> = e
-        .syscalls
-        .symmetric_difference(&p.syscalls)
-        .filter(|s| !allowed.contains(*s))
-        .collect();
-    assert!(
-        diff.is_empty(),
-        "suspicious syscalls differ: {diff:?}\n eBPF {:?}\n ptrace {:?}",
-        e.syscalls,
-        p.syscalls
+        "{}",
+        diff(
+            "suspicious syscalls (process, name, detail, args, path)",
+            &only_e,
+            &only_p
+        )
     );
 }
 

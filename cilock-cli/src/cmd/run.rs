@@ -6,7 +6,9 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use cilock_daemon::api::{BeginStep, EndStep, Reply, Request};
@@ -94,7 +96,7 @@ fn via_daemon(a: &RunArgs) -> anyhow::Result<u8> {
         child.abort();
         return Err(anyhow!(e)).context("beginning the step");
     }
-    let (code, stdout, stderr) = child.release_and_wait()?;
+    let (code, stdout, stderr) = child.release_and_wait(output_bound(a))?;
     let req = Request::EndStep(EndStep {
         step: a.step.clone(),
         owner_uid: None,
@@ -102,6 +104,10 @@ fn via_daemon(a: &RunArgs) -> anyhow::Result<u8> {
         exitcode: Some(code),
         stdout: Some(stdout),
         stderr: Some(stderr),
+        run: true,
+        wait_descendants_ms: a
+            .wait_descendants
+            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
     });
     match client::request(&req).context("ending the step")? {
         Reply::Ended {
@@ -180,20 +186,33 @@ fn run_with_engine(
         child.abort();
         return Err(anyhow!(e)).context("beginning the step");
     }
-    let (code, stdout, stderr) = child.release_and_wait()?;
-    let out = engine.end(&a.step, 0, end_spec(code, stdout, stderr));
+    let (code, stdout, stderr) = child.release_and_wait(output_bound(a))?;
+    let out = engine.end(&a.step, 0, end_spec(code, stdout, stderr, wait_bound(a)));
     sign_and_write(out, code, signer, a)
+}
+
+/// How long an embedded engine waits for the command's descendants.
+fn wait_bound(a: &RunArgs) -> Duration {
+    a.wait_descendants
+        .unwrap_or(engine::DEFAULT_RUN_WAIT_DESCENDANTS)
+}
+
+/// How long the command's output is read after its root exited (a
+/// process it left running may hold the pipes open).
+fn output_bound(a: &RunArgs) -> Duration {
+    wait_bound(a).max(Duration::from_secs(1))
 }
 
 /// The end of an embedded step: this process spawned the command, captured
 /// its output and waited for it, so these are observed, not claimed.
-fn end_spec(code: i32, stdout: String, stderr: String) -> EndSpec {
+fn end_spec(code: i32, stdout: String, stderr: String, wait: Duration) -> EndSpec {
     EndSpec {
         kill: false,
         exitcode: Some(code),
         stdout,
         stderr,
         observed: true,
+        wait_descendants: Some(wait),
     }
 }
 
@@ -221,30 +240,68 @@ fn run_with_ptrace(
     cmd.args(&a.cmd[1..])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut tees: Option<(JoinHandle<String>, JoinHandle<String>)> = None;
-    let (code, pending) = engine::run_ptrace(spec, cmd, reason, |child| {
+    let mut tees: Option<(Tee, Tee)> = None;
+    let (code, pending) = engine::run_ptrace(spec, cmd, reason, wait_bound(a), |child| {
         if let (Some(o), Some(e)) = (child.stdout.take(), child.stderr.take()) {
             tees = Some((tee(o, std::io::stdout()), tee(e, std::io::stderr())));
         }
     })
     .map_err(|e| anyhow!(e))?;
+    let deadline = Instant::now() + Duration::from_secs(1);
     let (stdout, stderr) = match tees {
-        Some((o, e)) => (o.join().unwrap_or_default(), e.join().unwrap_or_default()),
+        Some((o, e)) => (o.finish(deadline), e.finish(deadline)),
         None => (String::new(), String::new()),
     };
     let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
-    let out = pending.finish(&cache, end_spec(code, stdout, stderr));
+    let out = pending.finish(&cache, end_spec(code, stdout, stderr, wait_bound(a)));
     sign_and_write(out, code, signer, a)
 }
 
+/// An output being passed through and captured.
+struct Tee {
+    /// What was kept, and how many bytes were dropped beyond the cap.
+    kept: Arc<Mutex<(Vec<u8>, usize)>>,
+    /// Closed when the output reached its end.
+    done: mpsc::Receiver<()>,
+    _thread: JoinHandle<()>,
+}
+
+impl Tee {
+    /// The captured output, once the pipe is closed or at `deadline`
+    /// (a process the command left running may keep it open: what it
+    /// writes later still passes through while cilock runs, but is not
+    /// captured).
+    fn finish(self, deadline: Instant) -> String {
+        let open = matches!(
+            self.done
+                .recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        let (kept, dropped) = {
+            let g = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            (g.0.clone(), g.1)
+        };
+        let mut s = String::from_utf8_lossy(&kept).into_owned();
+        if dropped > 0 {
+            s.push_str(&format!(
+                "\n[cilock: {dropped} more bytes of output not captured]\n"
+            ));
+        }
+        if open {
+            s.push_str(
+                "\n[cilock: the output was still open when the command's wait ended (a process it left running holds it); later output is not captured]\n",
+            );
+        }
+        s
+    }
+}
+
 /// Copies a child's output to ours while keeping (a bounded prefix of) it.
-fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(
-    mut from: R,
-    mut to: W,
-) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut dropped = 0usize;
+fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to: W) -> Tee {
+    let kept = Arc::new(Mutex::new((Vec::new(), 0usize)));
+    let (tx, done) = mpsc::channel();
+    let k = kept.clone();
+    let thread = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match from.read(&mut buf) {
@@ -255,18 +312,18 @@ fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(
             };
             let _ = to.write_all(&buf[..n]);
             let _ = to.flush();
-            let room = MAX_CAPTURE.saturating_sub(kept.len());
-            kept.extend_from_slice(&buf[..n.min(room)]);
-            dropped += n.saturating_sub(room);
+            let mut g = k.lock().unwrap_or_else(|e| e.into_inner());
+            let room = MAX_CAPTURE.saturating_sub(g.0.len());
+            g.0.extend_from_slice(&buf[..n.min(room)]);
+            g.1 += n.saturating_sub(room);
         }
-        let mut s = String::from_utf8_lossy(&kept).into_owned();
-        if dropped > 0 {
-            s.push_str(&format!(
-                "\n[cilock: {dropped} more bytes of output not captured]\n"
-            ));
-        }
-        s
-    })
+        drop(tx);
+    });
+    Tee {
+        kept,
+        done,
+        _thread: thread,
+    }
 }
 
 /// A forked child held before exec until its step has begun, so that
@@ -345,8 +402,12 @@ impl GatedChild {
         self.reaped = true;
     }
 
-    /// Lets the child exec, passes its output through, waits for it.
-    fn release_and_wait(&mut self) -> anyhow::Result<(i32, String, String)> {
+    /// Lets the child exec, passes its output through, waits for it (and
+    /// for the end of its output, at most `output_bound` after its exit).
+    fn release_and_wait(
+        &mut self,
+        output_bound: Duration,
+    ) -> anyhow::Result<(i32, String, String)> {
         let out = tee(
             std::fs::File::from(self.out_r.take().context("stdout taken")?),
             std::io::stdout(),
@@ -372,8 +433,9 @@ impl GatedChild {
             WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
             _ => 1,
         };
-        let stdout = out.join().unwrap_or_default();
-        let mut stderr = err.join().unwrap_or_default();
+        let deadline = Instant::now() + output_bound;
+        let stdout = out.finish(deadline);
+        let mut stderr = err.finish(deadline);
         if let Some(e) = exec_err {
             let msg = format!("cilock: cannot execute the command: {e}\n");
             eprint!("{msg}");

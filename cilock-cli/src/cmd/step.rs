@@ -50,6 +50,8 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
         exitcode: a.exitcode,
         stdout: None,
         stderr: None,
+        run: false,
+        wait_descendants_ms: None,
     });
     match client::request(&req).with_context(|| format!("step end {:?}", a.step))? {
         Reply::Ended {

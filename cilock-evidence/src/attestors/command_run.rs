@@ -314,6 +314,36 @@ pub struct TraceInfo {
     /// Why an observable field is unknown: field name → reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unobserved: BTreeMap<String, String>,
+    /// `cilock run` (every mode): how the command's descendants were waited
+    /// for after its root process exited (cilock extension). Absent for
+    /// steps ended by `step end`, which does not wait.
+    #[serde(
+        default,
+        rename = "waitDescendants",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub wait_descendants: Option<WaitDescendants>,
+}
+
+/// How `cilock run` waited for the command's descendants.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitDescendants {
+    /// The bound on the wait (0: not waited).
+    pub timeout_seconds: f64,
+    /// How long the trace went on after the end was asked for (the root's
+    /// exit), until every descendant was gone or the bound ran out.
+    pub waited_seconds: f64,
+    /// True when no process of the command was left.
+    pub all_exited: bool,
+    /// Pids still running when the wait ended (each is `aliveAtEnd`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub survivors: Vec<i64>,
+    /// What happened to the survivors: left running untraced (eBPF), or
+    /// killed (ptrace run: a process under its seccomp filter cannot run
+    /// untraced).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub survivors_fate: String,
 }
 
 /// Captured and lost events of one kind.

@@ -25,9 +25,22 @@ pub fn describe(
     let name = sys_what::name(e.what).to_string();
     let [s0, s1, s2] = strs;
     let daemon = std::process::id() as i64;
+    // As the ptrace backend words it.
+    let at_daemon = |target: i64| {
+        if target == daemon {
+            " (aimed at the cilock daemon)"
+        } else {
+            ""
+        }
+    };
     let (detail, args, path) = match e.what {
         sys_what::PTRACE => (
-            format!("ptrace request={} target_pid={}", a[0] as i64, i32a(1)),
+            format!(
+                "ptrace request={} target_pid={}{}",
+                a[0] as i64,
+                i32a(1),
+                at_daemon(i32a(1))
+            ),
             vec![a[0] as i64, i32a(1)],
             None,
         ),
@@ -123,7 +136,7 @@ pub fn describe(
             None,
         ),
         sys_what::PROCESS_VM_READV | sys_what::PROCESS_VM_WRITEV => (
-            format!("{name} target_pid={}", i32a(0)),
+            format!("{name} target_pid={}{}", i32a(0), at_daemon(i32a(0))),
             vec![i32a(0)],
             None,
         ),

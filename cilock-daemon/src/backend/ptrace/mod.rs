@@ -56,6 +56,23 @@ pub struct PtraceConfig {
     /// still has CAP_SYS_ADMIN). Do not use `Command::uid` for that: std
     /// changes ids before our pre-exec hook runs, forcing no_new_privs.
     pub run_as: Option<(u32, u32)>,
+    /// [`run`]: after the command's root process exited, how long to wait
+    /// for its descendants; `None` waits until they are all gone. Those
+    /// left when it runs out are killed (under the seccomp filter they
+    /// cannot run untraced) and reported in [`RunOutcome::survivors`].
+    pub wait_descendants: Option<std::time::Duration>,
+}
+
+/// How a traced [`run_outcome`] ended.
+#[derive(Clone, Debug, Default)]
+pub struct RunOutcome {
+    /// The root's exit code (128+signal for a signal death).
+    pub code: i32,
+    /// Processes still running when the wait for descendants ran out
+    /// (killed since).
+    pub survivors: Vec<u32>,
+    /// How long the descendants were waited for after the root's exit.
+    pub waited: std::time::Duration,
 }
 
 impl Default for PtraceConfig {
@@ -67,6 +84,7 @@ impl Default for PtraceConfig {
             egress_stream_cap: 16 * 1024,
             egress_datagrams_per_socket: 16,
             run_as: None,
+            wait_descendants: None,
         }
     }
 }
@@ -114,6 +132,17 @@ pub fn run(
     on_spawn: impl FnOnce(&mut std::process::Child),
     on_event: impl FnMut(TraceEvent),
 ) -> Result<i32, PtraceError> {
+    spawn::run(cmd, cfg, on_spawn, on_event).map(|o| o.code)
+}
+
+/// [`run`], bounded by [`PtraceConfig::wait_descendants`] after the root's
+/// exit, returning what survived that wait.
+pub fn run_outcome(
+    cmd: std::process::Command,
+    cfg: &PtraceConfig,
+    on_spawn: impl FnOnce(&mut std::process::Child),
+    on_event: impl FnMut(TraceEvent),
+) -> Result<RunOutcome, PtraceError> {
     spawn::run(cmd, cfg, on_spawn, on_event)
 }
 

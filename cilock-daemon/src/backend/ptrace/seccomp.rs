@@ -105,7 +105,7 @@ pub fn build(spec: &FilterSpec) -> Program {
         match sys {
             Sys::Write if !spec.trace_write => {}
             Sys::Clone => clone_nr = Some(nr as u32),
-            Sys::Kill | Sys::Tkill | Sys::Tgkill => kill_nrs.push(nr as u32),
+            Sys::Kill | Sys::Tkill | Sys::Tgkill => kill_nrs.push((sys, nr as u32)),
             _ => plain.push(nr as u32),
         }
     }
@@ -129,14 +129,35 @@ pub fn build(spec: &FilterSpec) -> Program {
         p.push(stmt(BPF_RET | BPF_K, RET_TRACE));
         p.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
     }
-    if let Some(dpid) = spec.daemon_pid {
-        for nr in kill_nrs {
-            // kill(pid), tkill(tid), tgkill(tgid, tid): arg0 is the target.
-            p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 4));
-            p.push(stmt(BPF_LD | BPF_W | BPF_ABS, off_arg_lo(0)));
-            p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, dpid, 0, 1));
-            p.push(stmt(BPF_RET | BPF_K, RET_TRACE));
-            p.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
+    for (sys, nr) in kill_nrs {
+        // kill(pid), tkill(tid), tgkill(tgid, tid): arg0 is the target.
+        // kill(-1) signals every process, the daemon included (as the
+        // eBPF backend, whatever the daemon pid).
+        let every = sys == Sys::Kill;
+        match (spec.daemon_pid, every) {
+            (Some(dpid), true) => {
+                p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 5));
+                p.push(stmt(BPF_LD | BPF_W | BPF_ABS, off_arg_lo(0)));
+                p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, dpid, 1, 0));
+                p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, u32::MAX, 0, 1));
+                p.push(stmt(BPF_RET | BPF_K, RET_TRACE));
+                p.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
+            }
+            (None, true) => {
+                p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 4));
+                p.push(stmt(BPF_LD | BPF_W | BPF_ABS, off_arg_lo(0)));
+                p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, u32::MAX, 0, 1));
+                p.push(stmt(BPF_RET | BPF_K, RET_TRACE));
+                p.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
+            }
+            (Some(dpid), false) => {
+                p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 4));
+                p.push(stmt(BPF_LD | BPF_W | BPF_ABS, off_arg_lo(0)));
+                p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, dpid, 0, 1));
+                p.push(stmt(BPF_RET | BPF_K, RET_TRACE));
+                p.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
+            }
+            (None, false) => {}
         }
     }
     p.push(stmt(BPF_RET | BPF_K, RET_ALLOW));

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use super::seccomp::{self, FilterSpec};
 use super::tracer::{seize, Mode, Tracer};
-use super::{PtraceConfig, PtraceError};
+use super::{PtraceConfig, PtraceError, RunOutcome};
 use crate::trace::TraceEvent;
 
 fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -55,7 +55,7 @@ pub(crate) fn run(
     cfg: &PtraceConfig,
     on_spawn: impl FnOnce(&mut std::process::Child),
     on_event: impl FnMut(TraceEvent),
-) -> Result<i32, PtraceError> {
+) -> Result<RunOutcome, PtraceError> {
     let prog = seccomp::build(&FilterSpec {
         trace_write: cfg.capture_egress,
         daemon_pid: cfg.daemon_pid,
@@ -161,7 +161,7 @@ pub(crate) fn run(
     let mut on_spawn = Some(on_spawn);
     let mut child_slot: Option<std::process::Child> = None;
     let mut spawn_err: Option<std::io::Error> = None;
-    tracer.run_loop(|| {
+    let ended = tracer.run_loop_bounded(cfg.wait_descendants, || {
         // Exec succeeded, so spawn() is returning (its CLOEXEC error pipe
         // closed at exec).
         match rx.recv() {
@@ -191,7 +191,13 @@ pub(crate) fn run(
     }
     // The root was reaped by the tracer (same thread group as its parent).
     drop(child_slot);
-    code.ok_or_else(|| PtraceError::Handshake("root exit status not observed".into()))
+    let code =
+        code.ok_or_else(|| PtraceError::Handshake("root exit status not observed".into()))?;
+    Ok(RunOutcome {
+        code,
+        survivors: ended.survivors,
+        waited: ended.waited,
+    })
 }
 
 /// Checks that a child can be traced here: forks a child that stops
@@ -229,8 +235,8 @@ pub(crate) fn probe() -> Result<(), String> {
             }
         },
     ) {
-        Ok(0) if execs == 1 => Ok(()),
-        Ok(c) => Err(format!(
+        Ok(o) if o.code == 0 && execs == 1 => Ok(()),
+        Ok(RunOutcome { code: c, .. }) => Err(format!(
             "probe run of {exe} returned {c} with {execs} exec events"
         )),
         Err(e) => Err(e.to_string()),

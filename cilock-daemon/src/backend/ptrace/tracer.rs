@@ -216,7 +216,18 @@ pub(crate) struct Tracer<'c, F: FnMut(TraceEvent)> {
     pub(crate) root_exec_seen: bool,
     /// Set at the root's first exec, cleared by [`Tracer::run_loop`].
     root_exec_now: bool,
+    /// Tids whose creation was not yet reported by their parent's
+    /// `PTRACE_EVENT_{FORK,VFORK,CLONE}` (their own stops came first).
+    unannounced: HashSet<u32>,
+    /// Tids that came and went before their parent's event was seen: the
+    /// late event must not register them again (D11: a finished thread,
+    /// no longer in /proc, would look like a new process).
+    gone_early: HashSet<u32>,
 }
+
+/// Most entries of [`Tracer::unannounced`] / [`Tracer::gone_early`] (a
+/// parent killed before its event stop never reports it).
+const MAX_EARLY_TIDS: usize = 65536;
 
 /// Result of one waitpid.
 enum Waited {
@@ -261,7 +272,23 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             root_code: None,
             root_exec_seen: false,
             root_exec_now: false,
+            unannounced: HashSet::new(),
+            gone_early: HashSet::new(),
         }
+    }
+
+    /// The parent's `PTRACE_EVENT_{FORK,VFORK,CLONE}` for `new`: a tid
+    /// already registered by its own first stop, one that already came and
+    /// went, or a new one (registered here).
+    fn announced(&mut self, new: u32, parent_tgid: u32) {
+        if self.gone_early.remove(&new) {
+            return;
+        }
+        if self.tids.contains_key(&new) {
+            self.unannounced.remove(&new);
+            return;
+        }
+        self.learn_tid(new, Some(parent_tgid));
     }
 
     fn emit(&mut self, ev: TraceEvent) {
@@ -345,6 +372,12 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         let sig = libc::WSTOPSIG(status);
         let event = (status >> 16) & 0xff;
         if !self.tids.contains_key(&tid) {
+            // Its own stop before its parent's event (a tid seen before
+            // and gone is a new task now: the tid was reused).
+            self.gone_early.remove(&tid);
+            if self.unannounced.len() < MAX_EARLY_TIDS {
+                self.unannounced.insert(tid);
+            }
             self.learn_tid(tid, None);
         }
         if sig == (libc::SIGTRAP | 0x80) {
@@ -359,7 +392,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
                 if let Some(new) = get_event_msg(tid) {
                     let ptgid = self.tgid_of(tid);
-                    self.learn_tid(new as u32, Some(ptgid));
+                    self.announced(new as u32, ptgid);
                 }
                 self.resume(tid, 0);
             }
@@ -410,6 +443,9 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
     }
 
     fn thread_gone(&mut self, tid: u32, code: i32) {
+        if self.unannounced.remove(&tid) && self.gone_early.len() < MAX_EARLY_TIDS {
+            self.gone_early.insert(tid);
+        }
         let Some(t) = self.tids.remove(&tid) else {
             return;
         };
@@ -640,11 +676,12 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 None,
             ),
             Sys::MoveMount => {
+                let from = Self::read_str(tid, a[1]).unwrap_or_default();
                 let to = Self::read_str(tid, a[3]);
                 self.syscall_event(
                     tgid,
                     "move_mount",
-                    format!("move_mount flags={:#x}", a[4]),
+                    format!("move_mount from={from:?} flags={:#x}", a[4] as u32),
                     vec![a[4] as i64],
                     to,
                 )
@@ -709,19 +746,26 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 };
                 self.syscall_event(tgid, "bpf", detail, vec![cmd], None);
             }
-            Sys::InitModule => self.syscall_event(
-                tgid,
-                "init_module",
-                format!("init_module len={}", a[1]),
-                vec![a[1] as i64],
-                None,
-            ),
+            Sys::InitModule => {
+                let params = Self::read_str(tid, a[2]).unwrap_or_default();
+                self.syscall_event(
+                    tgid,
+                    "init_module",
+                    format!("init_module len={} params={params:?}", a[1]),
+                    vec![a[1] as i64],
+                    None,
+                )
+            }
             Sys::FinitModule => {
                 let p = paths::fd_path(tid, a[0] as i32 as i64).map(|r| r.path);
                 self.syscall_event(
                     tgid,
                     "finit_module",
-                    format!("finit_module flags={:#x}", a[2]),
+                    format!(
+                        "finit_module flags={:#x} params={:?}",
+                        a[2] as u32,
+                        Self::read_str(tid, a[1]).unwrap_or_default()
+                    ),
                     vec![a[0] as i32 as i64, a[2] as i64],
                     p,
                 )
@@ -750,6 +794,17 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                     None,
                 )
             }
+            Sys::Kill if a[0] as i32 == -1 => {
+                // Every process, the daemon included (same text as eBPF).
+                let sig = a[1] as i32 as i64;
+                self.syscall_event(
+                    tgid,
+                    sys.name(),
+                    format!("kill signal {sig} to every process (the cilock daemon included)"),
+                    vec![-1, sig],
+                    None,
+                );
+            }
             Sys::Kill | Sys::Tkill | Sys::Tgkill => {
                 let target = a[0] as i32 as i64;
                 if dpid == Some(target) {
@@ -767,10 +822,15 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             Sys::PidfdSendSignal => {
                 let target = paths::pidfd_target(tid, a[0] as i32 as i64);
                 if dpid.is_some() && target == dpid {
+                    // Same text as the eBPF backend.
                     self.syscall_event(
                         tgid,
                         "pidfd_send_signal",
-                        format!("pidfd_send_signal signal {} aimed at the cilock daemon", a[1] as i32),
+                        format!(
+                            "pidfd_send_signal signal {} to pid {} (the cilock daemon)",
+                            a[1] as i32,
+                            target.unwrap_or(-1)
+                        ),
                         vec![target.unwrap_or(-1), a[1] as i32 as i64],
                         None,
                     );
@@ -1039,18 +1099,81 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
 
     /// Waits for and handles stops until no tracee is left (run mode).
     /// `at_root_exec` runs once, right after the root's first exec event.
-    pub(crate) fn run_loop(&mut self, mut at_root_exec: impl FnMut()) -> Result<(), PtraceError> {
+    #[allow(dead_code)]
+    pub(crate) fn run_loop(&mut self, at_root_exec: impl FnMut()) -> Result<(), PtraceError> {
+        self.run_loop_bounded(None, at_root_exec).map(drop)
+    }
+}
+
+/// How [`Tracer::run_loop_bounded`] ended.
+#[derive(Debug, Default)]
+pub(crate) struct LoopEnd {
+    /// Processes (tgids) still traced when the wait after the root's exit
+    /// ran out: they were killed (a process under the seccomp filter cannot
+    /// run untraced: its filtered calls would fail with ENOSYS).
+    pub(crate) survivors: Vec<u32>,
+    /// How long the loop ran after the root's exit.
+    pub(crate) waited: Duration,
+}
+
+impl<F: FnMut(TraceEvent)> Tracer<'_, F> {
+    /// [`Tracer::run_loop`], but after the root's exit the descendants are
+    /// waited for at most `wait` (`None`: until they are all gone). When the
+    /// bound runs out, the processes left are recorded as survivors and
+    /// killed, and the loop reaps them (for at most 5 s more).
+    pub(crate) fn run_loop_bounded(
+        &mut self,
+        wait: Option<Duration>,
+        mut at_root_exec: impl FnMut(),
+    ) -> Result<LoopEnd, PtraceError> {
+        let mut end = LoopEnd::default();
+        let mut root_gone: Option<Instant> = None;
+        let mut killed: Option<Instant> = None;
+        let mut idle = Duration::from_micros(50);
         loop {
-            match wait_any(false)? {
+            if root_gone.is_none() && self.root_code.is_some() {
+                root_gone = Some(Instant::now());
+            }
+            // Blocking waits until the root is gone; then polling, so that
+            // the bound is noticed (a stop resets the back-off).
+            let bounded = root_gone.is_some() && wait.is_some();
+            match wait_any(bounded)? {
                 Waited::Status(tid, st) => {
                     self.handle(tid, st);
                     if self.root_exec_now {
                         self.root_exec_now = false;
                         at_root_exec();
                     }
+                    idle = Duration::from_micros(50);
                 }
-                Waited::Nothing => {}
-                Waited::NoChildren => return Ok(()),
+                Waited::Nothing => {
+                    let (Some(gone), Some(limit)) = (root_gone, wait) else {
+                        continue;
+                    };
+                    match killed {
+                        None if gone.elapsed() >= limit => {
+                            end.waited = gone.elapsed();
+                            let mut left: Vec<u32> = self.procs.keys().copied().collect();
+                            left.sort_unstable();
+                            for p in &left {
+                                // SAFETY: plain kill of a traced process.
+                                unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+                            }
+                            end.survivors = left;
+                            killed = Some(Instant::now());
+                        }
+                        Some(k) if k.elapsed() >= Duration::from_secs(5) => return Ok(end),
+                        _ => {}
+                    }
+                    std::thread::sleep(idle);
+                    idle = (idle * 2).min(Duration::from_millis(2));
+                }
+                Waited::NoChildren => {
+                    if killed.is_none() {
+                        end.waited = root_gone.map(|g| g.elapsed()).unwrap_or_default();
+                    }
+                    return Ok(end);
+                }
             }
         }
     }
