@@ -268,6 +268,9 @@ fn written(backend: &str) {
     let script =
         format!("{py} -c 'open(\"late.txt\",\"w\").write(\"step wrote\\n\")' late-writer\n");
     let cr = step_with(&d, "outsider", w2.path(), &script, || {
+        // Past the filesystem's timestamp granularity (one coarse tick):
+        // a same-size rewrite within it is not told apart (README).
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let mut f = std::fs::OpenOptions::new().write(true).open(&late).unwrap();
         f.write_all(b"outsider!!\n").unwrap();
     });
