@@ -30,10 +30,15 @@ pub struct FileStamp {
 pub enum NetCall {
     /// connect(2)
     Connect,
-    /// sendto(2)/sendmsg(2) with a destination
+    /// sendto(2) with a destination (also sendmsg/sendmmsg where the
+    /// backend cannot tell them apart)
     SendTo,
     /// bind(2)
     Bind,
+    /// sendmsg(2) with a destination
+    SendMsg,
+    /// sendmmsg(2) with a destination
+    SendMmsg,
 }
 
 /// A socket address, decoded.

@@ -279,6 +279,136 @@ fn parse_one_response(msg: &[u8]) -> Option<Vec<DnsAnswer>> {
     Some(out)
 }
 
+/// Longest DNS query accepted at the start of a TCP stream on a port other
+/// than 53 (real queries, EDNS options included, are a few hundred bytes).
+pub const MAX_DNS_TCP_QUERY: usize = 4096;
+
+/// What the first bytes of a TCP stream say about DNS over TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsStart {
+    /// The stream starts with one complete, strictly valid, length-prefixed
+    /// DNS query.
+    Yes,
+    /// The bytes so far are a plausible prefix of one.
+    Incomplete,
+    /// Not a DNS query.
+    No,
+}
+
+/// Recognises DNS over TCP on any port: the stream must start with a
+/// 2-byte length and a standard query (QR clear, opcode QUERY, no flags
+/// but RD/CD/AD, RCODE 0, exactly one question, no answer or authority
+/// records, at most one additional record which must be an EDNS OPT) whose
+/// question and OPT fill the stated length exactly, without compression.
+/// Strict so that other protocols are not mistaken for DNS.
+pub fn dns_tcp_start(b: &[u8]) -> DnsStart {
+    let Some(len) = be16(b, 0) else {
+        return DnsStart::Incomplete;
+    };
+    let len = len as usize;
+    if !(17..=MAX_DNS_TCP_QUERY).contains(&len) {
+        return DnsStart::No;
+    }
+    let m = &b[2..];
+    // Header checks on what is there.
+    if let Some(&f0) = m.get(2) {
+        // QR, opcode (4 bits), AA, TC: a query is 0 here except RD.
+        if f0 & 0xFE != 0 {
+            return DnsStart::No;
+        }
+    }
+    if let Some(&f1) = m.get(3) {
+        // RA, Z, AD, CD, RCODE: RA/Z and RCODE are 0 in a query.
+        if f1 & 0xCF != 0 {
+            return DnsStart::No;
+        }
+    }
+    for (off, max) in [(4usize, 1u16), (6, 0), (8, 0), (10, 1)] {
+        if let Some(v) = be16(m, off) {
+            if v > max || (off == 4 && v != 1) {
+                return DnsStart::No;
+            }
+        }
+    }
+    let Some(msg) = m.get(..len) else {
+        return DnsStart::Incomplete;
+    };
+    // QNAME: plain labels only.
+    let mut pos = 12;
+    let mut wire = 0;
+    loop {
+        let Some(&l) = msg.get(pos) else {
+            return DnsStart::No;
+        };
+        if l == 0 {
+            pos += 1;
+            break;
+        }
+        if l & 0xC0 != 0 {
+            return DnsStart::No;
+        }
+        wire += l as usize + 1;
+        if wire > MAX_NAME_WIRE {
+            return DnsStart::No;
+        }
+        pos += 1 + l as usize;
+    }
+    let (Some(_qtype), Some(qclass)) = (be16(msg, pos), be16(msg, pos + 2)) else {
+        return DnsStart::No;
+    };
+    if !matches!(qclass, 1 | 3 | 4 | 254 | 255) {
+        return DnsStart::No;
+    }
+    pos += 4;
+    if be16(msg, 10) == Some(1) {
+        // OPT: root name, type 41, class, ttl, rdlength, rdata.
+        if msg.get(pos) != Some(&0) || be16(msg, pos + 1) != Some(41) {
+            return DnsStart::No;
+        }
+        let Some(rdlen) = be16(msg, pos + 9) else {
+            return DnsStart::No;
+        };
+        pos += 11 + rdlen as usize;
+    }
+    if pos == len {
+        DnsStart::Yes
+    } else {
+        DnsStart::No
+    }
+}
+
+/// The name of an address family (`AF_NETLINK`, …), `AF_<n>` for others.
+pub fn family_name(f: u16) -> String {
+    let s = match f {
+        0 => "AF_UNSPEC",
+        1 => "AF_UNIX",
+        2 => "AF_INET",
+        3 => "AF_AX25",
+        4 => "AF_IPX",
+        5 => "AF_APPLETALK",
+        9 => "AF_X25",
+        10 => "AF_INET6",
+        15 => "AF_KEY",
+        16 => "AF_NETLINK",
+        17 => "AF_PACKET",
+        21 => "AF_RDS",
+        26 => "AF_LLC",
+        29 => "AF_CAN",
+        30 => "AF_TIPC",
+        31 => "AF_BLUETOOTH",
+        36 => "AF_IEEE802154",
+        38 => "AF_ALG",
+        40 => "AF_VSOCK",
+        41 => "AF_KCM",
+        42 => "AF_QIPCRTR",
+        43 => "AF_SMC",
+        44 => "AF_XDP",
+        45 => "AF_MCTP",
+        _ => return format!("AF_{f}"),
+    };
+    s.to_string()
+}
+
 /// Result of looking for a TLS ClientHello at the start of a TCP stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientHello {
@@ -968,6 +1098,45 @@ mod tests {
     }
 
     #[test]
+    fn dns_tcp_start_strict() {
+        let q = query(0x4242, "tcp-high.example", 1);
+        let mut s = (q.len() as u16).to_be_bytes().to_vec();
+        s.extend_from_slice(&q);
+        assert_eq!(dns_tcp_start(&s), DnsStart::Yes);
+        for cut in 0..s.len() {
+            assert_eq!(dns_tcp_start(&s[..cut]), DnsStart::Incomplete, "cut {cut}");
+        }
+        // Pipelined data after the first query is fine.
+        let mut two = s.clone();
+        two.extend_from_slice(&s);
+        assert_eq!(dns_tcp_start(&two), DnsStart::Yes);
+        // With an EDNS OPT record (as glibc and dig send).
+        let mut e = query(7, "edns.example", 28);
+        e[11] = 1;
+        e.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        let mut es = (e.len() as u16).to_be_bytes().to_vec();
+        es.extend_from_slice(&e);
+        assert_eq!(dns_tcp_start(&es), DnsStart::Yes);
+        // Not DNS: TLS, HTTP, a response, a wrong length, two questions.
+        assert_eq!(dns_tcp_start(&[0x16, 0x03, 0x01]), DnsStart::No);
+        assert_eq!(dns_tcp_start(b"GET / HTTP/1.1\r\n"), DnsStart::No);
+        assert_eq!(dns_tcp_start(b"SSH-2.0-OpenSSH"), DnsStart::No);
+        let mut r = s.clone();
+        r[4] |= 0x80;
+        assert_eq!(dns_tcp_start(&r), DnsStart::No);
+        let mut l = s.clone();
+        l[1] += 1;
+        l.push(0);
+        assert_eq!(dns_tcp_start(&l), DnsStart::No);
+        let mut q2 = s.clone();
+        q2[7] = 2;
+        assert_eq!(dns_tcp_start(&q2[..8]), DnsStart::No);
+        assert_eq!(family_name(16), "AF_NETLINK");
+        assert_eq!(family_name(40), "AF_VSOCK");
+        assert_eq!(family_name(200), "AF_200");
+    }
+
+    #[test]
     fn client_hello_not_tls() {
         assert_eq!(
             parse_client_hello(b"GET / HTTP/1.1\r\n"),
@@ -1012,6 +1181,7 @@ mod tests {
             }
             let _ = parse_client_hello(&buf);
             let _ = client_hello_prefix(&buf);
+            let _ = dns_tcp_start(&buf);
             let _ = parse_dns_queries(&buf, i % 2 == 0);
             let _ = parse_dns_answers(&buf, i % 2 == 1);
         }

@@ -54,6 +54,7 @@ pub enum Sys {
     Tkill,
     Tgkill,
     PidfdSendSignal,
+    Writev,
 }
 
 impl Sys {
@@ -93,6 +94,7 @@ impl Sys {
             Tkill => "tkill",
             Tgkill => "tgkill",
             PidfdSendSignal => "pidfd_send_signal",
+            Writev => "writev",
         }
     }
 
@@ -141,6 +143,7 @@ pub fn native_table() -> Vec<(Sys, i64)> {
         (Tkill, SYS_tkill),
         (Tgkill, SYS_tgkill),
         (PidfdSendSignal, SYS_pidfd_send_signal),
+        (Writev, SYS_writev),
     ];
     #[cfg(target_arch = "x86_64")]
     {

@@ -36,7 +36,7 @@ use super::paths;
 use super::sockaddr::{self, MAX_SOCKADDR};
 use super::syscalls::{self, clone_new_names, Sys, CLONE_NEW_MASK};
 use super::{PtraceConfig, PtraceError};
-use crate::trace::net::{parse_client_hello, ClientHello};
+use crate::trace::net::{dns_tcp_start, parse_client_hello, ClientHello, DnsStart};
 use crate::trace::{NetCall, SockAddr, TraceEvent};
 
 const PTRACE_EVENT_STOP: i32 = 128;
@@ -169,6 +169,10 @@ fn now() -> SystemTime {
     SystemTime::now()
 }
 
+/// Writes captured of a DNS-over-TCP stream (each write is one or more
+/// length-prefixed queries; stated in the limitations).
+pub(crate) const DNS_TCP_WRITES: u32 = 16;
+
 /// Work left for the syscall-exit stop of a tid.
 #[derive(Clone, Copy, Debug)]
 enum Pending {
@@ -213,6 +217,18 @@ pub(crate) struct Tracer<'c, F: FnMut(TraceEvent)> {
     pub(crate) root_exec_seen: bool,
     /// Set at the root's first exec, cleared by [`Tracer::run_loop`].
     root_exec_now: bool,
+}
+
+/// The (base, len) pairs of the first 16 entries of an iovec array.
+fn read_iovecs(tid: u32, iov: u64, n: usize) -> Vec<(u64, usize)> {
+    let iovs = read_bytes(tid, iov, n.min(16) * 16);
+    iovs.chunks_exact(16)
+        .map(|c| {
+            let base = u64::from_ne_bytes(c[0..8].try_into().unwrap_or_default());
+            let len = u64::from_ne_bytes(c[8..16].try_into().unwrap_or_default()) as usize;
+            (base, len)
+        })
+        .collect()
 }
 
 /// Result of one waitpid.
@@ -560,18 +576,24 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 } else {
                     None
                 };
-                self.send(tid, tgid, fd, dst, &[(a[1], a[2] as usize)]);
+                self.send(tid, tgid, fd, dst, &[(a[1], a[2] as usize)], NetCall::SendTo);
             }
             Sys::SendMsg => {
                 let fd = a[0] as i64;
-                self.sendmsg(tid, tgid, fd, a[1]);
+                self.sendmsg(tid, tgid, fd, a[1], NetCall::SendMsg);
             }
             Sys::SendMmsg => {
                 let fd = a[0] as i64;
                 let n = (a[2] as usize).min(8);
                 for i in 0..n {
                     // struct mmsghdr { struct msghdr (56); unsigned msg_len; } = 64
-                    self.sendmsg(tid, tgid, fd, a[1].wrapping_add(64 * i as u64));
+                    self.sendmsg(
+                        tid,
+                        tgid,
+                        fd,
+                        a[1].wrapping_add(64 * i as u64),
+                        NetCall::SendMmsg,
+                    );
                 }
             }
             Sys::Write => {
@@ -583,6 +605,19 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                     .unwrap_or(false);
                 if has {
                     self.write_tracked(tid, tgid, fd, a[1], a[2] as usize);
+                }
+            }
+            Sys::Writev => {
+                // writev(fd, iov, iovcnt) on a tracked socket: glibc's DNS
+                // over TCP sends length and query in one writev.
+                let fd = a[0] as i64;
+                let tracked = self
+                    .procs
+                    .get(&tgid)
+                    .is_some_and(|p| p.socks.contains_key(&fd));
+                if tracked {
+                    let parts = read_iovecs(tid, a[1], a[2] as usize);
+                    self.send(tid, tgid, fd, None, &parts, NetCall::SendTo);
                 }
             }
             Sys::Ptrace => {
@@ -845,7 +880,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         true
     }
 
-    fn sendmsg(&mut self, tid: u32, tgid: u32, fd: i64, msghdr: u64) {
+    fn sendmsg(&mut self, tid: u32, tgid: u32, fd: i64, msghdr: u64, call: NetCall) {
         // struct msghdr { void *name; socklen_t namelen; (pad) struct iovec *iov;
         //                 size_t iovlen; void *control; size_t controllen; int flags; }
         let h = read_bytes(tid, msghdr, 56);
@@ -861,14 +896,8 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         } else {
             None
         };
-        let mut parts = Vec::new();
-        let iovs = read_bytes(tid, iov, iovlen.min(16) * 16);
-        for c in iovs.chunks_exact(16) {
-            let base = u64::from_ne_bytes(c[0..8].try_into().unwrap_or_default());
-            let len = u64::from_ne_bytes(c[8..16].try_into().unwrap_or_default()) as usize;
-            parts.push((base, len));
-        }
-        self.send(tid, tgid, fd, dst, &parts);
+        let parts = read_iovecs(tid, iov, iovlen);
+        self.send(tid, tgid, fd, dst, &parts, call);
     }
 
     /// sendto/sendmsg: a destination makes a Net event; the payload is
@@ -880,11 +909,12 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         fd: i64,
         dst: Option<SockAddr>,
         parts: &[(u64, usize)],
+        call: NetCall,
     ) {
         if let Some(addr) = &dst {
             self.emit(TraceEvent::Net {
                 pid: tgid,
-                call: NetCall::SendTo,
+                call,
                 fd: fd as i32,
                 addr: addr.clone(),
                 time: now(),
@@ -915,7 +945,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         if !tracked {
             return;
         }
-        let cap = self.cfg.egress_event_cap;
+        let cap = self.read_cap(tgid, fd);
         let mut data = Vec::new();
         for (base, len) in parts {
             if data.len() >= cap {
@@ -961,9 +991,24 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             }
             return;
         }
-        let cap = self.cfg.egress_event_cap;
+        let cap = self.read_cap(tgid, fd);
         let data = read_bytes(tid, buf, count.min(cap));
         self.capture(tid, tgid, fd, data);
+    }
+
+    /// Bytes to read of one send on tracked socket `fd`: a datagram up to
+    /// the per-event cap, a stream up to what its capture still takes (so
+    /// a ClientHello written at once is read whole up to the stream cap).
+    fn read_cap(&self, tgid: u32, fd: i64) -> usize {
+        let ev = self.cfg.egress_event_cap;
+        match self.procs.get(&tgid).and_then(|p| p.socks.get(&fd)) {
+            Some(s) if s.stream => self
+                .cfg
+                .egress_stream_cap
+                .saturating_sub(s.buf.len())
+                .max(ev),
+            _ => ev,
+        }
     }
 
     /// Emits an Egress for `data` sent on tracked socket `fd`, and updates
@@ -989,18 +1034,34 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         let port53 = s.dst.map(|d| d.port() == 53).unwrap_or(false);
         let (stream, dst) = (s.stream, s.dst);
         if s.stream {
-            s.buf.extend_from_slice(&data);
+            let room = stream_cap.saturating_sub(s.buf.len());
+            s.buf.extend_from_slice(&data[..data.len().min(room)]);
             s.events += 1;
-            if port53 {
-                // DNS over TCP: a few messages.
-                if s.events >= 4 || s.buf.len() >= stream_cap {
-                    s.done = true;
-                }
+            // DNS over TCP: port 53, or a stream that starts with a DNS
+            // query on any port (the recorder validates it the same way).
+            let dns = if port53 {
+                DnsStart::Yes
             } else {
-                match parse_client_hello(&s.buf) {
+                dns_tcp_start(&s.buf)
+            };
+            match dns {
+                DnsStart::Yes => {
+                    // A few messages (pipelined queries).
+                    if s.events >= DNS_TCP_WRITES || s.buf.len() >= stream_cap {
+                        s.done = true;
+                    }
+                }
+                DnsStart::Incomplete => {
+                    if s.buf.len() >= stream_cap {
+                        s.done = true;
+                    }
+                }
+                // TLS: until the ClientHello is whole (its server name is
+                // taken from the first bytes in any case).
+                DnsStart::No => match parse_client_hello(&s.buf) {
                     ClientHello::Incomplete if s.buf.len() < stream_cap => {}
                     _ => s.done = true,
-                }
+                },
             }
             if s.done {
                 s.buf = Vec::new();
