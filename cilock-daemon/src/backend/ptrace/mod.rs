@@ -173,7 +173,8 @@ pub fn hooks() -> BTreeMap<String, String> {
 
 /// What this backend cannot see; goes into the attestation.
 pub fn limitations() -> Vec<String> {
-    [
+    let c = PtraceConfig::default();
+    let mut v: Vec<String> = [
         "io_uring: files opened and data sent through io_uring submissions are invisible (io_uring_setup is reported)",
         "anything a process did before it was traced (follow mode: before attach) is not recorded",
         "a process that is already traced by someone else cannot be followed; tracees cannot be traced by debuggers/strace inside the step (their PTRACE_ATTACH/TRACEME fails with EPERM)",
@@ -181,14 +182,25 @@ pub fn limitations() -> Vec<String> {
         "file opens are recorded at syscall exit; the content may change between the open and hashing (the FileStamp tells)",
         "mmap/exec of already open fds, reads/writes through fds inherited from outside the step, and fds passed over Unix sockets are not opens and are not recorded",
         "32-bit (int 0x80) syscalls: only opens, connect/bind and the main suspicious calls are decoded; socketcall(2)-multiplexed network calls are not",
-        "egress capture sees write/sendto/sendmsg/sendmmsg on sockets connected in the same process; writev/pwritev/splice/sendfile payloads and sockets inherited across fork are not captured",
+        "egress capture sees write/writev/sendto/sendmsg/sendmmsg on sockets connected or sent to in the same process; pwritev/splice/sendfile payloads and sockets inherited across fork are not captured",
         "cgroup.procs writes are detected only on the fd returned by the open (not after dup2, e.g. shell redirections)",
         "follow mode stops on every syscall (no seccomp filter can be added to a running process): large slowdown",
         "processes that leave the traced tree via a daemon (docker, systemd-run) are not followed",
+        "DNS answers are not recorded (replies are not read: recvfrom/recvmsg/read are not traced); dnsLookups list the queries only",
+        "TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    v.push(format!(
+        "egress capture reads the first {} bytes written on each TCP stream (a ClientHello longer than that keeps its server name when the name lies in those bytes, as it does in real hellos, and is marked helloTruncated: its ALPN may be missing), {} bytes of each datagram and {} datagrams per socket, the first 16 iovecs of a writev/sendmsg and the first 8 messages of a sendmmsg",
+        c.egress_stream_cap, c.egress_event_cap, c.egress_datagrams_per_socket
+    ));
+    v.push(format!(
+        "DNS over TCP is parsed on port 53 and on any port whose stream starts with a strictly valid length-prefixed DNS query, in the first {} writes and {} bytes of the stream",
+        tracer::DNS_TCP_WRITES, c.egress_stream_cap
+    ));
+    v
 }
 
 /// Whether the ptrace backend can work here; the reason when it cannot.
