@@ -419,8 +419,8 @@ print("client done", flush=True)
 /// D9, D10 and the minor network items on both backends: the server name of
 /// a ~20 KB ClientHello (a real Python ssl handshake), DNS over TCP on a
 /// high port and through writev on port 53, sendmsg/sendmmsg labels with
-/// their fd, AF_NETLINK by name, and limitations that state the capture
-/// sizes.
+/// their fd, DNS answers (ptrace too), AF_NETLINK by name, and limitations
+/// that state the capture sizes.
 #[test]
 fn large_hello_dns_over_tcp_any_port_and_send_labels() {
     let dns_ip = "127.0.0.78";
@@ -495,6 +495,12 @@ fn large_hello_dns_over_tcp_any_port_and_send_labels() {
             assert_eq!(l.len(), 1, "{backend} {name}: {net}");
             assert_eq!(l[0]["transport"], "udp", "{backend} {name}");
             assert_eq!(l[0]["serverAddress"], dns_ip, "{backend} {name}");
+            // The reply, read with recvfrom, is recorded by both backends.
+            assert_eq!(
+                l[0]["answers"],
+                serde_json::json!(["A 127.0.0.89"]),
+                "{backend} {name}: {net}"
+            );
         }
         let log = std::fs::read_to_string(&dns_log).unwrap();
         assert!(log.contains("AAAA tcp53-writev.cilock.test\n"), "{log}");

@@ -171,6 +171,20 @@ pub enum TraceEvent {
         /// When.
         time: SystemTime,
     },
+    /// Bytes a process received on a socket that sent a DNS query (the
+    /// answers are matched to the query by the recorder).
+    Ingress {
+        /// tgid.
+        pid: u32,
+        /// Sender.
+        src: std::net::SocketAddr,
+        /// True for TCP (stream) payloads.
+        stream: bool,
+        /// The payload (a prefix of what was received).
+        bytes: Vec<u8>,
+        /// When.
+        time: SystemTime,
+    },
 }
 
 impl TraceEvent {
@@ -185,7 +199,8 @@ impl TraceEvent {
             | TraceEvent::Net { pid, .. }
             | TraceEvent::Egress { pid, .. }
             | TraceEvent::Syscall { pid, .. }
-            | TraceEvent::LeftStep { pid, .. } => *pid,
+            | TraceEvent::LeftStep { pid, .. }
+            | TraceEvent::Ingress { pid, .. } => *pid,
         }
     }
 }

@@ -661,6 +661,13 @@ impl Recorder {
                     );
                 }
             }
+            TraceEvent::Ingress {
+                pid,
+                src,
+                stream,
+                bytes,
+                time,
+            } => self.ingress(pid, src, stream, &bytes, time),
         }
     }
 

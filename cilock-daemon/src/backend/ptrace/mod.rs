@@ -186,7 +186,7 @@ pub fn limitations() -> Vec<String> {
         "cgroup.procs writes are detected only on the fd returned by the open (not after dup2, e.g. shell redirections)",
         "follow mode stops on every syscall (no seccomp filter can be added to a running process): large slowdown",
         "processes that leave the traced tree via a daemon (docker, systemd-run) are not followed",
-        "DNS answers are not recorded (replies are not read: recvfrom/recvmsg/read are not traced); dnsLookups list the queries only",
+        "DNS answers are read from recvfrom/recvmsg on UDP sockets that sent a DNS query (the first 4096 bytes of a reply, the first iovec of a recvmsg); replies read with read/readv/recvmmsg and DNS over TCP replies are not recorded",
         "TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
     ]
     .iter()
@@ -295,6 +295,15 @@ pub fn event_to_json(ev: &TraceEvent) -> serde_json::Value {
         }
         TraceEvent::LeftStep { pid, by, time } => {
             json!({"type": "left_step", "pid": pid, "by": by, "time": t(time)})
+        }
+        TraceEvent::Ingress {
+            pid,
+            src,
+            stream,
+            bytes,
+            time,
+        } => {
+            json!({"type": "ingress", "pid": pid, "src": src.to_string(), "stream": stream, "bytes": hex::encode(bytes), "time": t(time)})
         }
     }
 }

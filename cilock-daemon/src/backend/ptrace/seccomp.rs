@@ -104,7 +104,7 @@ pub fn build(spec: &FilterSpec) -> Program {
     let mut kill_nrs = Vec::new();
     for (sys, nr) in native_table() {
         match sys {
-            Sys::Write | Sys::Writev if !spec.trace_write => {}
+            Sys::Write | Sys::Writev | Sys::RecvFrom | Sys::RecvMsg if !spec.trace_write => {}
             Sys::Clone => clone_nr = Some(nr as u32),
             Sys::Kill | Sys::Tkill | Sys::Tgkill => kill_nrs.push(nr as u32),
             _ => plain.push(nr as u32),

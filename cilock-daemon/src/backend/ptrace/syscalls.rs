@@ -55,6 +55,8 @@ pub enum Sys {
     Tgkill,
     PidfdSendSignal,
     Writev,
+    RecvFrom,
+    RecvMsg,
 }
 
 impl Sys {
@@ -95,6 +97,8 @@ impl Sys {
             Tgkill => "tgkill",
             PidfdSendSignal => "pidfd_send_signal",
             Writev => "writev",
+            RecvFrom => "recvfrom",
+            RecvMsg => "recvmsg",
         }
     }
 
@@ -144,6 +148,8 @@ pub fn native_table() -> Vec<(Sys, i64)> {
         (Tgkill, SYS_tgkill),
         (PidfdSendSignal, SYS_pidfd_send_signal),
         (Writev, SYS_writev),
+        (RecvFrom, SYS_recvfrom),
+        (RecvMsg, SYS_recvmsg),
     ];
     #[cfg(target_arch = "x86_64")]
     {

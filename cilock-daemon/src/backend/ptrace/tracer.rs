@@ -36,7 +36,9 @@ use super::paths;
 use super::sockaddr::{self, MAX_SOCKADDR};
 use super::syscalls::{self, clone_new_names, Sys, CLONE_NEW_MASK};
 use super::{PtraceConfig, PtraceError};
-use crate::trace::net::{dns_tcp_start, parse_client_hello, ClientHello, DnsStart};
+use crate::trace::net::{
+    dns_tcp_start, parse_client_hello, parse_dns_queries, ClientHello, DnsStart,
+};
 use crate::trace::{NetCall, SockAddr, TraceEvent};
 
 const PTRACE_EVENT_STOP: i32 = 128;
@@ -176,7 +178,18 @@ pub(crate) const DNS_TCP_WRITES: u32 = 16;
 /// Work left for the syscall-exit stop of a tid.
 #[derive(Clone, Copy, Debug)]
 enum Pending {
-    Open { flags: u32 },
+    Open {
+        flags: u32,
+    },
+    /// recvfrom/recvmsg on a UDP socket that sent a DNS query: the reply
+    /// is read at exit. `buf` is the buffer (recvfrom) or the msghdr
+    /// (recvmsg); `addr` the sender address buffer of recvfrom.
+    Recv {
+        fd: i64,
+        buf: u64,
+        addr: u64,
+        msg: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -195,6 +208,8 @@ struct SockTrack {
     buf: Vec<u8>,
     events: u32,
     done: bool,
+    /// A DNS query was sent on this datagram socket (replies are read).
+    dns: bool,
 }
 
 #[derive(Debug, Default)]
@@ -607,6 +622,27 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                     self.write_tracked(tid, tgid, fd, a[1], a[2] as usize);
                 }
             }
+            Sys::RecvFrom | Sys::RecvMsg => {
+                let fd = a[0] as i64;
+                let dns = self
+                    .procs
+                    .get(&tgid)
+                    .and_then(|p| p.socks.get(&fd))
+                    .is_some_and(|s| s.dns && !s.stream);
+                if dns {
+                    let msg = sys == Sys::RecvMsg;
+                    let addr = if msg { 0 } else { a[4] };
+                    self.set_pending(
+                        tid,
+                        Pending::Recv {
+                            fd,
+                            buf: a[1],
+                            addr,
+                            msg,
+                        },
+                    );
+                }
+            }
             Sys::Writev => {
                 // writev(fd, iov, iovcnt) on a tracked socket: glibc's DNS
                 // over TCP sends length and query in one writev.
@@ -819,6 +855,11 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         };
         let tgid = self.tgid_of(tid);
         match pending {
+            Pending::Recv { fd, buf, addr, msg } => {
+                if rval > 0 {
+                    self.recv_exit(tid, tgid, fd, buf, addr, msg, rval as usize);
+                }
+            }
             Pending::Open { flags } => {
                 if rval < 0 {
                     return;
@@ -859,6 +900,65 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         }
     }
 
+    /// A DNS reply received on a tracked datagram socket: its first bytes
+    /// and sender go to the recorder.
+    #[allow(clippy::too_many_arguments)]
+    fn recv_exit(
+        &mut self,
+        tid: u32,
+        tgid: u32,
+        fd: i64,
+        buf: u64,
+        addr: u64,
+        msg: bool,
+        n: usize,
+    ) {
+        let cap = self.cfg.egress_event_cap;
+        let (data_ptr, name_ptr) = if msg {
+            // struct msghdr { name; namelen; iov; iovlen; ... }: the
+            // sender in `name`, the data in the first iovec.
+            let h = read_bytes(tid, buf, 32);
+            if h.len() < 32 {
+                return;
+            }
+            let name = u64::from_ne_bytes(h[0..8].try_into().unwrap_or_default());
+            let iov = u64::from_ne_bytes(h[16..24].try_into().unwrap_or_default());
+            let Some(&(base, len)) = read_iovecs(tid, iov, 1).first() else {
+                return;
+            };
+            ((base, len.min(n)), name)
+        } else {
+            ((buf, n), addr)
+        };
+        let bytes = read_bytes(tid, data_ptr.0, data_ptr.1.min(cap));
+        let src = if name_ptr != 0 {
+            match sockaddr::decode(&read_bytes(tid, name_ptr, 28)) {
+                Some(SockAddr::Ip(a)) => Some(a),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        // A connected socket's sender is its peer.
+        let src = src.or_else(|| {
+            self.procs
+                .get(&tgid)
+                .and_then(|p| p.socks.get(&fd))
+                .and_then(|s| s.dst)
+        });
+        if let Some(src) = src {
+            if !bytes.is_empty() {
+                self.emit(TraceEvent::Ingress {
+                    pid: tgid,
+                    src,
+                    stream: false,
+                    bytes,
+                    time: now(),
+                });
+            }
+        }
+    }
+
     /// Starts capturing a connected socket's first bytes.
     fn track_socket(&mut self, tid: u32, tgid: u32, fd: i64, dst: Option<SocketAddr>) -> bool {
         let Some(info) = paths::socket_info(tid, fd) else {
@@ -875,6 +975,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 buf: Vec::new(),
                 events: 0,
                 done: false,
+                dns: false,
             },
         );
         true
@@ -1070,6 +1171,9 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             s.events += 1;
             if s.events >= dgram_max {
                 s.done = true;
+            }
+            if !s.dns && parse_dns_queries(&data, false).is_some() {
+                s.dns = true;
             }
         }
         self.emit(TraceEvent::Egress {
