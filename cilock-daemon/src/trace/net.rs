@@ -1017,7 +1017,7 @@ mod tests {
         let ext_start = 4 + 2 + 32 + 1 + 6 + 2 + 2;
         let mut ks = 51u16.to_be_bytes().to_vec();
         ks.extend_from_slice(&9000u16.to_be_bytes());
-        ks.extend(std::iter::repeat(0x42).take(9000));
+        ks.extend(std::iter::repeat_n(0x42, 9000));
         hs.splice(ext_start..ext_start, ks);
         let total = (hs.len() - 4) as u32;
         hs[1..4].copy_from_slice(&total.to_be_bytes()[1..]);

@@ -1878,7 +1878,7 @@ mod tests {
         b.extend(sni);
         b.extend_from_slice(&[0, 21]);
         b.extend_from_slice(&(pad as u16).to_be_bytes());
-        b.extend(std::iter::repeat(0).take(600));
+        b.extend(std::iter::repeat_n(0, 600));
         b
     }
 
