@@ -42,8 +42,9 @@ pub struct PtraceConfig {
     /// ptrace aimed at it are reported as `Syscall` events.
     pub daemon_pid: Option<u32>,
     /// Capture egress payloads (DNS queries, the first bytes of TCP streams
-    /// until a TLS ClientHello is complete). Needs a stop on every `write`
-    /// in [`run`]; turn off to trade that evidence for speed.
+    /// until a TLS ClientHello is complete) and DNS answers. Needs a stop on
+    /// every `write`, `writev`, `recvfrom` and `recvmsg` in [`run`]; turn
+    /// off to trade that evidence for speed.
     pub capture_egress: bool,
     /// Most bytes of one `Egress` event.
     pub egress_event_cap: usize,

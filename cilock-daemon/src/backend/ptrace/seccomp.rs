@@ -43,7 +43,8 @@ pub const RET_ALLOW: u32 = 0x7fff_0000;
 pub struct FilterSpec {
     /// Stop on `write` and `writev` (needed for egress capture of TLS
     /// ClientHellos and DNS over TCP written with them, and for cgroup.procs
-    /// writes). Costs one stop per write.
+    /// writes) and on `recvfrom`/`recvmsg` (DNS answers). Costs one stop per
+    /// call (two for a recv on a socket that sent a DNS query).
     pub trace_write: bool,
     /// Stop on kill/tkill/tgkill only when aimed at this pid.
     pub daemon_pid: Option<u32>,
