@@ -324,10 +324,15 @@ pub struct StepLoss {
 pub mod net_call {
     /// connect(2) (also io_uring connects, seen by the cgroup hooks).
     pub const CONNECT: u32 = 1;
-    /// sendto(2)/sendmsg(2) with a destination address.
+    /// sendto(2) with a destination address (also a send whose syscall is
+    /// not known, e.g. from io_uring).
     pub const SENDTO: u32 = 2;
     /// bind(2).
     pub const BIND: u32 = 3;
+    /// sendmsg(2) with a destination address.
+    pub const SENDMSG: u32 = 4;
+    /// sendmmsg(2) with a destination address.
+    pub const SENDMMSG: u32 = 5;
 }
 
 /// Where a [`NetEvent`]'s address comes from.

@@ -3,7 +3,7 @@
 //!
 //! | program | hook | does |
 //! |---|---|---|
-//! | `sys_enter_{connect,bind,sendto,sendmsg}` | tracepoints `syscalls/sys_enter_*` | read the sockaddr the caller passed; AF_INET/AF_INET6: remember the fd for the cgroup hook below (per thread, `PENDING`); other families (AF_UNIX, …): emit NET from the caller's bytes |
+//! | `sys_enter_{connect,bind,sendto,sendmsg,sendmmsg}`, `sys_exit_sendmmsg` | tracepoints `syscalls/sys_*` | read the sockaddr the caller passed (sendmmsg: the first message's; its fd is kept for every message until the exit); AF_INET/AF_INET6: remember the fd for the cgroup hook below (per thread, `PENDING`); other families (AF_UNIX, …): emit NET from the caller's bytes |
 //! | `connect4/6`, `sendmsg4/6`, `bind4/6` | `cgroup/*` sock_addr hooks, attached to each step cgroup | emit NET with the kernel's copy of the address (what the kernel really connects to), the fd remembered above, and the socket cookie; remember cookie → (step, tgid, fd) in `SOCKS` for the packet capture in `skb.rs` |
 //!
 //! The sock_addr hooks run inside the syscall, in the caller's context,
@@ -152,7 +152,52 @@ fn try_sendmsg(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let len = unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 8) as *const u32) }.ok()?;
-    sock_call(ctx, net_call::SENDTO, arg(ctx, 0), name, len as u64)
+    sock_call(ctx, net_call::SENDMSG, arg(ctx, 0), name, len as u64)
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    let _ = try_sendmmsg(&ctx);
+    0
+}
+
+/// sendmmsg: every message may have its own destination, each passing the
+/// sendmsg4/6 hook. The fd is remembered for all of them (`family` 0: any
+/// destination) until the syscall exits.
+#[inline(always)]
+fn try_sendmmsg(ctx: &TracePointContext) -> Option<()> {
+    current_step()?;
+    let fd = arg(ctx, 0);
+    let msgs = arg(ctx, 1);
+    // The first message's address as the caller passed it (other families
+    // than INET are reported from it, like sendmsg).
+    let name = unsafe { aya_ebpf::helpers::bpf_probe_read_user(msgs as *const u64) }.unwrap_or(0);
+    if name != 0 {
+        let len = unsafe { aya_ebpf::helpers::bpf_probe_read_user((msgs + 8) as *const u32) }
+            .unwrap_or(0);
+        let _ = sock_call(ctx, net_call::SENDMMSG, fd, name, len as u64);
+    }
+    let p = Pending {
+        ktime: unsafe { bpf_ktime_get_boot_ns() },
+        fd: fd as i32,
+        call: net_call::SENDMMSG,
+        port: 0,
+        family: 0,
+        _pad: 0,
+    };
+    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), &p, 0);
+    Some(())
+}
+
+#[tracepoint]
+pub fn sys_exit_sendmmsg(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if let Some(p) = unsafe { PENDING.get(&id) } {
+        if p.call == net_call::SENDMMSG {
+            let _ = PENDING.remove(&id);
+        }
+    }
+    0
 }
 
 /// A socket call at syscall entry.
@@ -265,15 +310,32 @@ fn sock_hook(ctx: &SockAddrContext, call: u32, family: u16) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    // The fd, from the entry tracepoint of the same call.
+    // The fd, from the entry tracepoint of the same call, and which send
+    // call it was.
     let mut fd: i32 = -1;
+    let mut call = call;
     if let Some(p) = unsafe { PENDING.get(&pid_tgid) } {
-        // sendto(MSG_FASTOPEN) connects: its entry was a sendto.
-        let same_call = p.call == call || (call == net_call::CONNECT && p.call == net_call::SENDTO);
-        if p.family == family && p.port == port && same_call && now - p.ktime < 1_000_000_000 {
-            fd = p.fd;
+        let sendish = p.call == net_call::SENDTO || p.call == net_call::SENDMSG;
+        let fresh = now - p.ktime < 1_000_000_000;
+        if p.call == net_call::SENDMMSG && p.family == 0 {
+            // Every message of a sendmmsg: kept until its exit.
+            if call == net_call::SENDTO && fresh {
+                fd = p.fd;
+                call = net_call::SENDMMSG;
+            }
+        } else {
+            // sendto/sendmsg(MSG_FASTOPEN) connects: its entry was a send.
+            let same_call = p.call == call
+                || (call == net_call::SENDTO && sendish)
+                || (call == net_call::CONNECT && sendish);
+            if p.family == family && p.port == port && same_call && fresh {
+                fd = p.fd;
+                if call == net_call::SENDTO {
+                    call = p.call;
+                }
+            }
+            let _ = PENDING.remove(&pid_tgid);
         }
-        let _ = PENDING.remove(&pid_tgid);
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
 
@@ -281,7 +343,7 @@ fn sock_hook(ctx: &SockAddrContext, call: u32, family: u16) -> Option<()> {
     // last reported is not reported again.
     if call != net_call::BIND {
         match SOCKS.get_ptr_mut(&cookie) {
-            Some(s) if call == net_call::SENDTO => {
+            Some(s) if call != net_call::CONNECT => {
                 let s = unsafe { &mut *s };
                 let same = s.flags & SOCK_HAVE_LAST != 0
                     && s.tgid == tgid

@@ -1,15 +1,17 @@
 //! TLS ClientHellos as a traced job can write them: SNI/ALPN extraction over
 //! the whole input, the same answer whatever write boundaries the bytes
 //! arrive in (the recorder and the ptrace backend call again while the
-//! answer is `Incomplete`), and the recorder's reassembly, direct and behind
-//! an HTTP `CONNECT` proxy request. Nothing here may panic.
+//! answer is `Incomplete`), the prefix parser on every cut (a server name
+//! found in a prefix is the whole hello's), and the recorder's reassembly,
+//! direct and behind an HTTP `CONNECT` proxy request. Nothing here may
+//! panic.
 #![no_main]
 
 use std::time::SystemTime;
 
 use cilock_daemon::trace::digest_cache::DigestCache;
 use cilock_daemon::trace::event::TraceEvent;
-use cilock_daemon::trace::net::{parse_client_hello, ClientHello};
+use cilock_daemon::trace::net::{client_hello_prefix, parse_client_hello, ClientHello};
 use cilock_daemon::trace::recorder::Recorder;
 use cilock_evidence::digest::HashAlg;
 use libfuzzer_sys::fuzz_target;
@@ -19,12 +21,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let whole = parse_client_hello(bytes);
+    let whole_prefix = client_hello_prefix(bytes);
+    assert_eq!(whole_prefix.is_none(), whole == ClientHello::NotTls);
     // A decided prefix decides the whole stream the same way.
     let step = step as usize + 1;
     let mut end = 0;
     while end < bytes.len() {
         end = (end + step).min(bytes.len());
         let r = parse_client_hello(&bytes[..end]);
+        if let (Some(part), Some(w)) = (client_hello_prefix(&bytes[..end]), &whole_prefix) {
+            // What a prefix found, the whole hello says too.
+            if part.sni_seen {
+                assert_eq!(part.sni, w.sni, "prefix of {end} bytes names another server");
+            }
+            if part.alpn.is_some() {
+                assert_eq!(part.alpn, w.alpn, "prefix of {end} bytes: another ALPN");
+            }
+            assert!(!part.complete || part == *w, "a complete prefix differs");
+        }
         if r != ClientHello::Incomplete {
             assert_eq!(r, whole, "prefix of {end} bytes decides differently");
             break;

@@ -340,3 +340,199 @@ fn connects_dns_and_tls_per_process() {
         .unwrap()
         .contains("cgroup_skb/egress"));
 }
+
+const EVIDENCE_CLIENT: &str = r#"
+import ctypes, os, socket, ssl, struct, sys
+TLSP, DNS, HP = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+def query(i, name, t):
+    m = struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0)
+    for l in name.split("."):
+        m += bytes([len(l)]) + l.encode()
+    return m + b"\0" + struct.pack(">HH", t, 1)
+
+def read_reply(t):
+    n = struct.unpack(">H", t.recv(2))[0]
+    while n > 0:
+        n -= len(t.recv(n))
+
+# A real ClientHello of ~20 KB (100 ALPN names of 200 bytes): larger than
+# either backend captures of a stream. The handshake is the real one.
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["p%03d-%s" % (i, "z" * 196) for i in range(100)])
+s = socket.create_connection(("127.0.0.1", TLSP))
+try:
+    ctx.wrap_socket(s, server_hostname="huge.sni.cilock.test").close()
+except (ssl.SSLError, OSError) as e:
+    print("handshake", e, flush=True)
+
+# DNS over TCP on a high port: one length-prefixed query.
+m = query(400, "tcp-high.cilock.test", 1)
+t = socket.create_connection(("127.0.0.1", HP))
+t.sendall(struct.pack(">H", len(m)) + m)
+t.close()
+
+# DNS over TCP on port 53, length and query in one writev (glibc's way).
+m = query(401, "tcp53-writev.cilock.test", 28)
+t = socket.create_connection((DNS, 53)); t.settimeout(5)
+os.writev(t.fileno(), [struct.pack(">H", len(m)), m])
+read_reply(t)
+t.close()
+
+# UDP: sendmsg with an address, and sendmmsg of two queries.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+u.sendmsg([query(402, "sendmsg.cilock.test", 1)], [], 0, (DNS, 53)); u.recvfrom(4096)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); v.settimeout(5)
+sa = ctypes.create_string_buffer(struct.pack("<H", socket.AF_INET) + struct.pack(">H", 53) + socket.inet_aton(DNS) + b"\0" * 8, 16)
+msgs, keep = (mmsghdr * 2)(), []
+for i, n in enumerate(["mmsg1.cilock.test", "mmsg2.cilock.test"]):
+    q = query(403 + i, n, 1)
+    b = ctypes.create_string_buffer(q, len(q))
+    iov = iovec(ctypes.cast(b, ctypes.c_void_p), len(q))
+    keep += [b, iov]
+    msgs[i].hdr.name = ctypes.cast(sa, ctypes.c_void_p)
+    msgs[i].hdr.namelen = 16
+    msgs[i].hdr.iov = ctypes.pointer(iov)
+    msgs[i].hdr.iovlen = 1
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.sendmmsg(v.fileno(), msgs, 2, 0) == 2, ctypes.get_errno()
+v.recvfrom(4096); v.recvfrom(4096)
+print("mmsg_fd", v.fileno(), flush=True)
+
+# AF_NETLINK: named, not AF_16.
+nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+nl.bind((0, 0))
+nl.close()
+print("client done", flush=True)
+"#;
+
+/// D9, D10 and the minor network items on both backends: the server name of
+/// a ~20 KB ClientHello (a real Python ssl handshake), DNS over TCP on a
+/// high port and through writev on port 53, sendmsg/sendmmsg labels with
+/// their fd, DNS answers (ptrace too), AF_NETLINK by name, and limitations
+/// that state the capture sizes.
+#[test]
+fn large_hello_dns_over_tcp_any_port_and_send_labels() {
+    let dns_ip = "127.0.0.78";
+    let work = tempdir();
+    let w = work.path();
+    let dns_log = w.join("dns.log");
+    let _dns = dns_server(dns_ip, "127.0.0.89", &dns_log);
+    let (cert, key) = self_signed(w, "cilock.test");
+    let tlsp = free_port();
+    let _tls = tls_server("127.0.0.1", tlsp, &cert, &key, None);
+    let high = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hp = high.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in high.incoming().flatten() {
+            let mut s = s;
+            let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+        }
+    });
+    std::fs::write(w.join("client.py"), EVIDENCE_CLIENT).unwrap();
+
+    for backend in ["ebpf", "ptrace"] {
+        let daemon = Daemon::start(backend);
+        let script = format!(
+            "set -e\n{py} client.py {tlsp} {dns_ip} {hp}\n",
+            py = python()
+        );
+        let att = run_step(&daemon, &format!("ev-{backend}"), w, &script);
+        let stdout = std::fs::read_to_string(w.join(format!("ev-{backend}.stdout"))).unwrap();
+        assert!(stdout.contains("client done"), "{backend}: {stdout}");
+        let mmsg_fd: i64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("mmsg_fd "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("sendmmsg fd printed");
+        let cr = command_run(&att);
+        assert_nothing_lost(&cr);
+        let procs = processes(&cr);
+        let py = find_proc(
+            &procs,
+            |p| {
+                p["cmdline"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("client.py"))
+            },
+            "python client",
+        );
+        let net = serde_json::to_string_pretty(&py["network"]).unwrap();
+
+        // D9: the server name of the ~20 KB hello, marked as cut.
+        let c = conns(py, "connect", "127.0.0.1", Some(tlsp));
+        assert_eq!(c.len(), 1, "{backend}: {net}");
+        assert_eq!(c[0]["hostname"], "huge.sni.cilock.test", "{backend}: {net}");
+        assert_eq!(c[0]["helloTruncated"], true, "{backend}: {net}");
+
+        // D10: DNS over TCP on a high port and via writev on port 53.
+        for (name, qtype, port) in [
+            ("tcp-high.cilock.test", "A", hp),
+            ("tcp53-writev.cilock.test", "AAAA", 53),
+        ] {
+            let l = dns(py, name);
+            assert_eq!(l.len(), 1, "{backend} {name}: {net}");
+            assert_eq!(l[0]["type"], qtype, "{backend} {name}");
+            assert_eq!(l[0]["transport"], "tcp", "{backend} {name}");
+            assert_eq!(l[0]["serverPort"], port, "{backend} {name}");
+        }
+        for name in [
+            "sendmsg.cilock.test",
+            "mmsg1.cilock.test",
+            "mmsg2.cilock.test",
+        ] {
+            let l = dns(py, name);
+            assert_eq!(l.len(), 1, "{backend} {name}: {net}");
+            assert_eq!(l[0]["transport"], "udp", "{backend} {name}");
+            assert_eq!(l[0]["serverAddress"], dns_ip, "{backend} {name}");
+            // The reply, read with recvfrom, is recorded by both backends.
+            assert_eq!(
+                l[0]["answers"],
+                serde_json::json!(["A 127.0.0.89"]),
+                "{backend} {name}: {net}"
+            );
+        }
+        let log = std::fs::read_to_string(&dns_log).unwrap();
+        assert!(log.contains("AAAA tcp53-writev.cilock.test\n"), "{log}");
+
+        // Labels by the real call; sendmmsg carries its fd.
+        let sm = conns(py, "sendmsg", dns_ip, Some(53));
+        assert_eq!(sm.len(), 1, "{backend}: {net}");
+        let mm = conns(py, "sendmmsg", dns_ip, Some(53));
+        assert_eq!(mm.len(), 1, "{backend}: {net}");
+        assert_eq!(mm[0]["fd"], mmsg_fd, "{backend}: {net}");
+        assert!(
+            conns(py, "sendto", dns_ip, Some(53)).is_empty(),
+            "{backend}: no sendto was made: {net}"
+        );
+        let nl: Vec<&Value> = py["network"]["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["syscall"] == "bind" && c["family"] == "AF_NETLINK")
+            .collect();
+        assert_eq!(nl.len(), 1, "{backend}: {net}");
+
+        // The limitations state the capture sizes.
+        let lim = cr["trace"]["limitations"].to_string();
+        let size = if backend == "ebpf" { "8192" } else { "16384" };
+        assert!(
+            lim.contains(&format!("the first {size} bytes")) && lim.contains("helloTruncated"),
+            "{backend}: {lim}"
+        );
+        assert!(
+            lim.contains("DNS over TCP is parsed on port 53 and on any port"),
+            "{lim}"
+        );
+    }
+}

@@ -30,10 +30,15 @@ pub struct FileStamp {
 pub enum NetCall {
     /// connect(2)
     Connect,
-    /// sendto(2)/sendmsg(2) with a destination
+    /// sendto(2) with a destination (also sendmsg/sendmmsg where the
+    /// backend cannot tell them apart)
     SendTo,
     /// bind(2)
     Bind,
+    /// sendmsg(2) with a destination
+    SendMsg,
+    /// sendmmsg(2) with a destination
+    SendMmsg,
 }
 
 /// A socket address, decoded.
@@ -200,6 +205,20 @@ pub enum TraceEvent {
         /// When.
         time: SystemTime,
     },
+    /// Bytes a process received on a socket that sent a DNS query (the
+    /// answers are matched to the query by the recorder).
+    Ingress {
+        /// tgid.
+        pid: u32,
+        /// Sender.
+        src: std::net::SocketAddr,
+        /// True for TCP (stream) payloads.
+        stream: bool,
+        /// The payload (a prefix of what was received).
+        bytes: Vec<u8>,
+        /// When.
+        time: SystemTime,
+    },
 }
 
 impl TraceEvent {
@@ -217,7 +236,8 @@ impl TraceEvent {
             | TraceEvent::LeftStep { pid, .. }
             | TraceEvent::BornOutside { pid, .. }
             | TraceEvent::JoinedStep { pid, .. }
-            | TraceEvent::Close { pid, .. } => *pid,
+            | TraceEvent::Close { pid, .. }
+            | TraceEvent::Ingress { pid, .. } => *pid,
         }
     }
 }

@@ -41,7 +41,7 @@ use cilock_evidence::timefmt;
 
 use super::digest_cache::{DigestCache, HashRules, Hashed, Identity, Reader};
 use super::event::{FileStamp, NetCall, SockAddr, TraceEvent};
-use super::net::{self, ClientHello};
+use super::net;
 
 /// Largest ClientHello prefix buffered per connection.
 const MAX_HELLO: usize = 16 * 1024;
@@ -274,6 +274,8 @@ pub struct Recorder {
     /// (process index, device, inode) of each write open → its paths: where
     /// a close stamp goes.
     written: HashMap<(usize, u64, u64), Vec<Arc<str>>>,
+    /// TCP streams on ports other than 53 that started with a DNS query.
+    dns_streams: HashSet<(u32, i32)>,
 }
 
 fn ts(t: SystemTime) -> String {
@@ -670,6 +672,7 @@ impl Recorder {
                 self.hello.retain(|k, _| k.0 != pid);
                 self.dns_tcp.retain(|k, _| k.0 != pid);
                 self.dns_open.retain(|k, _| k.0 != pid);
+                self.dns_streams.retain(|k| k.0 != pid);
             }
             TraceEvent::Comm { pid, comm } => {
                 if let Some(i) = self.proc_mut(pid, None) {
@@ -693,14 +696,18 @@ impl Recorder {
                         Some(sa.port()),
                     ),
                     SockAddr::Unix(p) => ("AF_UNIX".to_string(), p.clone(), None),
-                    SockAddr::Other(f, raw) => {
-                        (format!("AF_{f}"), format!("raw:{}", hex::encode(raw)), None)
-                    }
+                    SockAddr::Other(f, raw) => (
+                        net::family_name(*f),
+                        format!("raw:{}", hex::encode(raw)),
+                        None,
+                    ),
                 };
                 let syscall = match call {
                     NetCall::Connect => "connect",
                     NetCall::SendTo => "sendto",
                     NetCall::Bind => "bind",
+                    NetCall::SendMsg => "sendmsg",
+                    NetCall::SendMmsg => "sendmmsg",
                 };
                 let conn = NetworkConnection {
                     syscall: syscall.into(),
@@ -735,6 +742,7 @@ impl Recorder {
                 if call == NetCall::Connect {
                     self.hello.remove(&(pid, fd));
                     self.dns_tcp.remove(&(pid, fd));
+                    self.dns_streams.remove(&(pid, fd));
                 }
             }
             TraceEvent::Egress {
@@ -823,6 +831,13 @@ impl Recorder {
                 at_birth,
                 time,
             } => self.joined(pid, by, from, at_birth, time),
+            TraceEvent::Ingress {
+                pid,
+                src,
+                stream,
+                bytes,
+                time,
+            } => self.ingress(pid, src, stream, &bytes, time),
         }
     }
 
@@ -933,8 +948,9 @@ impl Recorder {
             return;
         };
         let port = dst.map(|d| d.port());
-        // DNS: UDP datagrams, or TCP to port 53 (length-prefixed).
-        if !stream || port == Some(53) {
+        // DNS: UDP datagrams, or TCP to port 53 or starting with a DNS
+        // query (length-prefixed).
+        if !stream || port == Some(53) || self.dns_streams.contains(&(pid, fd)) {
             let queries = if stream {
                 // Complete length-prefixed messages; keep a partial one.
                 let buf = self.dns_tcp.entry((pid, fd)).or_default();
@@ -990,7 +1006,7 @@ impl Recorder {
                 }
                 return;
             }
-            if !stream {
+            if !stream || self.dns_streams.contains(&(pid, fd)) {
                 return;
             }
         }
@@ -1000,6 +1016,22 @@ impl Recorder {
             return;
         }
         buf.extend_from_slice(&bytes[..bytes.len().min(MAX_HELLO - buf.len())]);
+        // DNS over TCP on another port than 53: a strictly valid query at
+        // the start of the stream.
+        if port != Some(53) {
+            match net::dns_tcp_start(buf) {
+                net::DnsStart::Incomplete => return,
+                net::DnsStart::Yes => {
+                    let start = self.hello.remove(&(pid, fd)).unwrap_or_default();
+                    self.dns_streams.insert((pid, fd));
+                    return self.egress(pid, fd, dst, stream, start, time);
+                }
+                net::DnsStart::No => {}
+            }
+        }
+        let Some(buf) = self.hello.get_mut(&(pid, fd)) else {
+            return;
+        };
         // Through an HTTP proxy the stream starts with "CONNECT host:port
         // HTTP/1.1 …\r\n\r\n", then the ClientHello for that host.
         let (proxy, start) = match http_connect(buf) {
@@ -1007,22 +1039,36 @@ impl Recorder {
             Connect::No => (None, 0),
             Connect::Target(host, end) => (Some(host), end),
         };
-        let found = match net::parse_client_hello(&buf[start..]) {
-            ClientHello::Incomplete => {
-                // The proxy target is known already; the hello may follow.
-                proxy.map(|h| (h, Vec::new()))
-            }
-            ClientHello::NotTls => {
+        // The server name is taken from the first bytes as soon as they
+        // hold it: a hello larger than what the backend captures keeps its
+        // name, and says it was cut (`helloTruncated`).
+        let found = match net::client_hello_prefix(&buf[start..]) {
+            None => {
                 // Keep a marker so later writes on this stream are ignored.
                 buf.resize(MAX_HELLO, 0);
-                proxy.map(|h| (h, Vec::new()))
+                proxy.map(|h| (h, Vec::new(), false))
             }
-            ClientHello::Hello { sni, alpn } => {
+            Some(h) if h.complete => {
                 buf.resize(MAX_HELLO, 0);
-                Some((sni.or(proxy).unwrap_or_default(), alpn))
+                Some((
+                    h.sni.or(proxy).unwrap_or_default(),
+                    h.alpn.unwrap_or_default(),
+                    false,
+                ))
+            }
+            Some(h) => {
+                // Cut so far; the rest may follow (the buffer is kept). The
+                // proxy target, if any, is known already.
+                let started = buf.len() > start;
+                match (h.sni, proxy) {
+                    (Some(n), _) | (None, Some(n)) => {
+                        Some((n, h.alpn.unwrap_or_default(), started))
+                    }
+                    (None, None) => None,
+                }
             }
         };
-        let Some((hostname, alpn)) = found else {
+        let Some((hostname, alpn, hello_truncated)) = found else {
             return;
         };
         let full = self.procs[i].net.connections.len() >= MAX_CONNECTIONS_PER_PROCESS
@@ -1036,6 +1082,7 @@ impl Recorder {
             Some(c) => {
                 c.hostname = hostname;
                 c.alpn = alpn;
+                c.hello_truncated = hello_truncated;
             }
             None if full => {
                 *self.truncated.entry("connections").or_default() += 1;
@@ -1058,6 +1105,7 @@ impl Recorder {
                     timestamp: ts(time),
                     hostname,
                     alpn,
+                    hello_truncated,
                 });
             }
         }
@@ -2174,6 +2222,118 @@ mod tests {
             ]
         );
         assert_eq!(net.dns_lookups[0].answers, vec!["A 10.0.0.9".to_string()]);
+    }
+
+    /// The first bytes of a ClientHello declared ~19 KB long (a padding
+    /// extension after the server name): only the start is ever sent.
+    fn cut_hello(name: &str) -> Vec<u8> {
+        let mut sni = vec![0, 0];
+        let entry_len = 3 + name.len();
+        sni.extend_from_slice(&((2 + entry_len) as u16).to_be_bytes());
+        sni.extend_from_slice(&(entry_len as u16).to_be_bytes());
+        sni.push(0);
+        sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        sni.extend_from_slice(name.as_bytes());
+        let pad = 19_000usize;
+        let exts = sni.len() + 4 + pad;
+        let m = 43 + exts;
+        let mut b = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01];
+        b.extend_from_slice(&(m as u32).to_be_bytes()[1..]);
+        b.extend_from_slice(&[0x03, 0x03]);
+        b.extend_from_slice(&[9u8; 32]);
+        b.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+        b.extend_from_slice(&(exts as u16).to_be_bytes());
+        b.extend(sni);
+        b.extend_from_slice(&[0, 21]);
+        b.extend_from_slice(&(pad as u16).to_be_bytes());
+        b.extend(std::iter::repeat_n(0, 600));
+        b
+    }
+
+    #[test]
+    fn network_cut_hello_dns_on_any_port_and_labels() {
+        let mut r = Recorder::new(None);
+        let net_ev = |fd: i32, call: NetCall, addr: SockAddr| TraceEvent::Net {
+            pid: 9,
+            call,
+            fd,
+            addr,
+            time: t(),
+        };
+        let eg = |fd: i32, port: u16, bytes: &[u8]| TraceEvent::Egress {
+            pid: 9,
+            fd,
+            dst: Some(std::net::SocketAddr::from(([10, 0, 0, 1], port))),
+            stream: true,
+            bytes: bytes.to_vec(),
+            time: t(),
+        };
+        let ip = |port: u16| SockAddr::Ip(std::net::SocketAddr::from(([10, 0, 0, 1], port)));
+        // A hello cut after its server name, in two writes.
+        let h = cut_hello("big.example");
+        r.push(net_ev(4, NetCall::Connect, ip(443)));
+        r.push(eg(4, 443, &h[..50]));
+        r.push(eg(4, 443, &h[50..]));
+        // DNS over TCP on port 5353, the length written alone first; then
+        // a second, pipelined query.
+        let mut q = Vec::new();
+        for (id, name) in [(1u16, "high.example"), (2, "high2.example")] {
+            let m = dns_query(id, name, 1);
+            q.extend_from_slice(&(m.len() as u16).to_be_bytes());
+            q.extend(m);
+        }
+        r.push(net_ev(5, NetCall::Connect, ip(5353)));
+        r.push(eg(5, 5353, &q[..2]));
+        r.push(eg(5, 5353, &q[2..]));
+        // HTTP on a high port is neither.
+        r.push(net_ev(6, NetCall::Connect, ip(8080)));
+        r.push(eg(6, 8080, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        // Families and call labels.
+        r.push(net_ev(
+            7,
+            NetCall::SendMsg,
+            SockAddr::Other(16, vec![0; 12]),
+        ));
+        r.push(net_ev(8, NetCall::SendMmsg, ip(53)));
+        r.push(net_ev(8, NetCall::SendTo, ip(53)));
+        let out = r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[9]);
+        let net = out.processes[0].network.clone().unwrap();
+        let c = |fd: i64| {
+            net.connections
+                .iter()
+                .filter(|c| c.fd == fd)
+                .map(|c| {
+                    (
+                        c.syscall.as_str(),
+                        c.family.as_str(),
+                        c.hostname.as_str(),
+                        c.hello_truncated,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(c(4), vec![("connect", "AF_INET", "big.example", true)]);
+        assert_eq!(c(6), vec![("connect", "AF_INET", "", false)]);
+        assert_eq!(c(7), vec![("sendmsg", "AF_NETLINK", "", false)]);
+        assert_eq!(
+            c(8),
+            vec![
+                ("sendmmsg", "AF_INET", "", false),
+                ("sendto", "AF_INET", "", false)
+            ]
+        );
+        let l: Vec<(&str, &str, u16)> = net
+            .dns_lookups
+            .iter()
+            .map(|l| (l.name.as_str(), l.transport.as_str(), l.server_port))
+            .collect();
+        assert_eq!(
+            l,
+            vec![
+                ("high.example", "tcp", 5353),
+                ("high2.example", "tcp", 5353)
+            ]
+        );
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub struct Network {
 /// One connect/sendto/bind.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct NetworkConnection {
-    /// `connect`, `sendto` or `bind`.
+    /// `connect`, `sendto`, `sendmsg`, `sendmmsg` or `bind`.
     pub syscall: String,
     /// `AF_INET`, `AF_INET6`, `AF_UNIX` or `AF_<n>`.
     pub family: String,
@@ -218,6 +218,16 @@ pub struct NetworkConnection {
     /// TLS ALPN protocols offered on this connection (cilock extension).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
+    /// The ClientHello was not captured whole (it is larger than what the
+    /// backend captures of a stream, see `trace.limitations`): `hostname`
+    /// comes from its first bytes, `alpn` may be incomplete or missing
+    /// (cilock extension).
+    #[serde(
+        default,
+        rename = "helloTruncated",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub hello_truncated: bool,
 }
 
 /// One DNS query.

@@ -397,6 +397,8 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
                 net_call::CONNECT => NetCall::Connect,
                 net_call::SENDTO => NetCall::SendTo,
                 net_call::BIND => NetCall::Bind,
+                net_call::SENDMSG => NetCall::SendMsg,
+                net_call::SENDMMSG => NetCall::SendMmsg,
                 _ => {
                     return Err(DecodeError {
                         kind: k,

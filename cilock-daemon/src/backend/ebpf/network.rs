@@ -17,11 +17,13 @@ use super::decode::Payload;
 use super::{missing, prog_err, EbpfError};
 
 /// Network syscalls read at entry (address as passed, and the fd).
-const NET_SYSCALLS: [&str; 4] = [
+const NET_SYSCALLS: [&str; 6] = [
     "sys_enter_connect",
     "sys_enter_bind",
     "sys_enter_sendto",
     "sys_enter_sendmsg",
+    "sys_enter_sendmmsg",
+    "sys_exit_sendmmsg",
 ];
 
 /// Suspicious syscalls, one program each (program name = tracepoint name).
@@ -140,14 +142,23 @@ pub fn limitations() -> Vec<String> {
     [
         "sockets created before the step began (in another cgroup) pass no step socket hook: their connects, sends and packets are not recorded",
         "DNS lookups a resolver outside the step makes on its behalf (systemd-resolved over varlink or D-Bus) are not packets of the step; queries to its 127.0.0.53 stub are",
-        "DNS over TCP is parsed on port 53 only; TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
+        "TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
         "pidfd_send_signal aimed at the daemon is recognised on kernels with pidfs (6.9 and later) only",
         "io_uring opens, reads and writes do not pass the syscall tracepoints (io_uring_setup is recorded; its connects and packets pass the socket hooks)",
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain([
+        format!("the first {STREAM_CAPTURE} bytes of each TCP stream are captured: a ClientHello longer than that keeps its server name when the name lies in those bytes (it does in real hellos: the name precedes the key share and padding) and is marked helloTruncated (its ALPN may be missing); a name placed after byte {STREAM_CAPTURE} is not recorded"),
+        format!("DNS over TCP is parsed on port 53 and on any port whose stream starts with a strictly valid length-prefixed DNS query, within the first {STREAM_CAPTURE} bytes of the stream; answers are recorded for DNS over UDP only"),
+        format!("DNS over UDP: datagrams with one question and opcode QUERY, the first {DNS_MAX} bytes of each (queries and answers)"),
+        "sendmmsg: every destination is recorded with the fd; for families other than AF_INET/AF_INET6 only the first message's address".to_string(),
+    ])
     .collect()
 }
+
+/// Largest DNS datagram captured (`DNS_MAX` in `cilock-ebpf/src/skb.rs`).
+const DNS_MAX: u32 = 2048;
 
 /// Loads and attaches the global programs (syscall tracepoints) and loads
 /// the per-step cgroup programs; fills `hooks`.
@@ -159,7 +170,9 @@ pub fn load(
     let mut net = Vec::new();
     for name in NET_SYSCALLS {
         if attach_tp(ebpf, tracefs, name)? {
-            net.push(name.trim_start_matches("sys_enter_"));
+            if let Some(n) = name.strip_prefix("sys_enter_") {
+                net.push(n);
+            }
         }
     }
     let mut sus = Vec::new();
@@ -188,7 +201,7 @@ pub fn load(
         "network".to_string(),
         format!(
             "cgroup/{{connect,sendmsg,bind}}{{4,6}} on the step cgroup (kernel's address, socket cookie) + \
-             tracepoint:syscalls/sys_enter_{{{}}} (fd; other families such as AF_UNIX from the caller's sockaddr)",
+             tracepoint:syscalls/sys_enter_{{{}}} and sys_exit_sendmmsg (fd and call; other families such as AF_UNIX from the caller's sockaddr)",
             net.join(",")
         ),
     );

@@ -42,8 +42,9 @@ pub struct PtraceConfig {
     /// ptrace aimed at it are reported as `Syscall` events.
     pub daemon_pid: Option<u32>,
     /// Capture egress payloads (DNS queries, the first bytes of TCP streams
-    /// until a TLS ClientHello is complete). Needs a stop on every `write`
-    /// in [`run`]; turn off to trade that evidence for speed.
+    /// until a TLS ClientHello is complete) and DNS answers. Needs a stop on
+    /// every `write`, `writev`, `recvfrom` and `recvmsg` in [`run`]; turn
+    /// off to trade that evidence for speed.
     pub capture_egress: bool,
     /// Most bytes of one `Egress` event.
     pub egress_event_cap: usize,
@@ -206,7 +207,8 @@ pub fn hooks() -> BTreeMap<String, String> {
 
 /// What this backend cannot see; goes into the attestation.
 pub fn limitations() -> Vec<String> {
-    [
+    let c = PtraceConfig::default();
+    let mut v: Vec<String> = [
         "io_uring: files opened and data sent through io_uring submissions are invisible (io_uring_setup is reported)",
         "anything a process did before it was traced (follow mode: before attach) is not recorded",
         "a process that is already traced by someone else cannot be followed; tracees cannot be traced by debuggers/strace inside the step (their PTRACE_ATTACH/TRACEME fails with EPERM)",
@@ -214,17 +216,28 @@ pub fn limitations() -> Vec<String> {
         "file opens are recorded at syscall exit; the content may change between the open and hashing (the FileStamp tells)",
         "mmap/exec of already open fds, reads/writes through fds inherited from outside the step, and fds passed over Unix sockets are not opens and are not recorded",
         "32-bit (int 0x80) syscalls: only opens, connect/bind and the main suspicious calls are decoded; socketcall(2)-multiplexed network calls are not",
-        "egress capture sees write/sendto/sendmsg/sendmmsg on sockets connected in the same process; writev/pwritev/splice/sendfile payloads and sockets inherited across fork are not captured",
+        "egress capture sees write/writev/sendto/sendmsg/sendmmsg on sockets connected or sent to in the same process; pwritev/splice/sendfile payloads and sockets inherited across fork are not captured",
         "cgroup.procs writes are detected only on the fd returned by the open (not after dup2, e.g. shell redirections)",
         "ptrace keeps tracing a process that moves to another cgroup (it follows the process tree, not the cgroup): leftStep marks a move seen as a write of its pid to cgroup.procs, and what it does afterwards is still recorded; a child created with clone3(CLONE_INTO_CGROUP) is traced like any child and not marked; processes that enter the step's cgroup from outside are not seen",
         "follow mode stops on every syscall (no seccomp filter can be added to a running process): large slowdown",
         "processes that leave the traced tree via a daemon (docker, systemd-run) are not followed",
         "paths longer than PATH_MAX (4096 bytes), which /proc cannot show, are rebuilt by walking up their directories (up to 16 KiB, else truncated behind /…/) and are not hashed; a file opened there by a multi-component name whose directory is no open fd of the process keeps only its inode (/…/?(inode N))",
         "a written file is closed by close-on-exec at an exec without an observable close: it gets no digest (unhashedOpens says so); only fds a process opened itself are followed (not dups made with fcntl F_DUPFD, nor fds inherited across fork)",
+        "DNS answers are read from recvfrom/recvmsg on UDP sockets that sent a DNS query (the first 4096 bytes of a reply, the first iovec of a recvmsg); replies read with read/readv/recvmmsg and DNS over TCP replies are not recorded",
+        "TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    v.push(format!(
+        "egress capture reads the first {} bytes written on each TCP stream (a ClientHello longer than that keeps its server name when the name lies in those bytes, as it does in real hellos, and is marked helloTruncated: its ALPN may be missing), {} bytes of each datagram and {} datagrams per socket, the first 16 iovecs of a writev/sendmsg and the first 8 messages of a sendmmsg",
+        c.egress_stream_cap, c.egress_event_cap, c.egress_datagrams_per_socket
+    ));
+    v.push(format!(
+        "DNS over TCP is parsed on port 53 and on any port whose stream starts with a strictly valid length-prefixed DNS query, in the first {} writes and {} bytes of the stream",
+        tracer::DNS_TCP_WRITES, c.egress_stream_cap
+    ));
+    v
 }
 
 /// Whether the ptrace backend can work here; the reason when it cannot.
@@ -334,6 +347,15 @@ pub fn event_to_json(ev: &TraceEvent) -> serde_json::Value {
         }
         TraceEvent::Close { pid, stamp, time } => {
             json!({"type": "close", "pid": pid, "ino": stamp.ino, "size": stamp.size, "time": t(time)})
+        }
+        TraceEvent::Ingress {
+            pid,
+            src,
+            stream,
+            bytes,
+            time,
+        } => {
+            json!({"type": "ingress", "pid": pid, "src": src.to_string(), "stream": stream, "bytes": hex::encode(bytes), "time": t(time)})
         }
     }
 }

@@ -41,8 +41,10 @@ pub const RET_ALLOW: u32 = 0x7fff_0000;
 /// What the filter should stop on.
 #[derive(Clone, Debug)]
 pub struct FilterSpec {
-    /// Stop on `write` (needed for egress capture of TLS ClientHellos written
-    /// with write(2), and for cgroup.procs writes). Costs one stop per write.
+    /// Stop on `write` and `writev` (needed for egress capture of TLS
+    /// ClientHellos and DNS over TCP written with them, and for cgroup.procs
+    /// writes) and on `recvfrom`/`recvmsg` (DNS answers). Costs one stop per
+    /// call (two for a recv on a socket that sent a DNS query).
     pub trace_write: bool,
     /// Stop on kill/tkill/tgkill only when aimed at this pid.
     pub daemon_pid: Option<u32>,
@@ -103,7 +105,7 @@ pub fn build(spec: &FilterSpec) -> Program {
     let mut kill_nrs = Vec::new();
     for (sys, nr) in native_table() {
         match sys {
-            Sys::Write if !spec.trace_write => {}
+            Sys::Write | Sys::Writev | Sys::RecvFrom | Sys::RecvMsg if !spec.trace_write => {}
             Sys::Clone => clone_nr = Some(nr as u32),
             Sys::Kill | Sys::Tkill | Sys::Tgkill => kill_nrs.push((sys, nr as u32)),
             _ => plain.push(nr as u32),

@@ -58,6 +58,9 @@ pub enum Sys {
     Dup2,
     Dup3,
     CloseRange,
+    Writev,
+    RecvFrom,
+    RecvMsg,
 }
 
 impl Sys {
@@ -101,6 +104,9 @@ impl Sys {
             Dup2 => "dup2",
             Dup3 => "dup3",
             CloseRange => "close_range",
+            Writev => "writev",
+            RecvFrom => "recvfrom",
+            RecvMsg => "recvmsg",
         }
     }
 
@@ -152,6 +158,9 @@ pub fn native_table() -> Vec<(Sys, i64)> {
         (Close, SYS_close),
         (Dup3, SYS_dup3),
         (CloseRange, SYS_close_range),
+        (Writev, SYS_writev),
+        (RecvFrom, SYS_recvfrom),
+        (RecvMsg, SYS_recvmsg),
     ];
     #[cfg(target_arch = "x86_64")]
     {

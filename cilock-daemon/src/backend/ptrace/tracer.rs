@@ -36,7 +36,9 @@ use super::paths;
 use super::sockaddr::{self, MAX_SOCKADDR};
 use super::syscalls::{self, clone_new_names, Sys, CLONE_NEW_MASK};
 use super::{PtraceConfig, PtraceError};
-use crate::trace::net::{parse_client_hello, ClientHello};
+use crate::trace::net::{
+    dns_tcp_start, parse_client_hello, parse_dns_queries, ClientHello, DnsStart,
+};
 use crate::trace::{FileStamp, NetCall, SockAddr, TraceEvent};
 
 const PTRACE_EVENT_STOP: i32 = 128;
@@ -169,10 +171,25 @@ fn now() -> SystemTime {
     SystemTime::now()
 }
 
+/// Writes captured of a DNS-over-TCP stream (each write is one or more
+/// length-prefixed queries; stated in the limitations).
+pub(crate) const DNS_TCP_WRITES: u32 = 16;
+
 /// Work left for the syscall-exit stop of a tid.
 #[derive(Clone, Copy, Debug)]
 enum Pending {
-    Open { flags: u32 },
+    Open {
+        flags: u32,
+    },
+    /// recvfrom/recvmsg on a UDP socket that sent a DNS query: the reply
+    /// is read at exit. `buf` is the buffer (recvfrom) or the msghdr
+    /// (recvmsg); `addr` the sender address buffer of recvfrom.
+    Recv {
+        fd: i64,
+        buf: u64,
+        addr: u64,
+        msg: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -191,6 +208,8 @@ struct SockTrack {
     buf: Vec<u8>,
     events: u32,
     done: bool,
+    /// A DNS query was sent on this datagram socket (replies are read).
+    dns: bool,
 }
 
 #[derive(Debug, Default)]
@@ -228,6 +247,17 @@ pub(crate) struct Tracer<'c, F: FnMut(TraceEvent)> {
 /// Most entries of [`Tracer::unannounced`] / [`Tracer::gone_early`] (a
 /// parent killed before its event stop never reports it).
 const MAX_EARLY_TIDS: usize = 65536;
+/// The (base, len) pairs of the first 16 entries of an iovec array.
+fn read_iovecs(tid: u32, iov: u64, n: usize) -> Vec<(u64, usize)> {
+    let iovs = read_bytes(tid, iov, n.min(16) * 16);
+    iovs.chunks_exact(16)
+        .map(|c| {
+            let base = u64::from_ne_bytes(c[0..8].try_into().unwrap_or_default());
+            let len = u64::from_ne_bytes(c[8..16].try_into().unwrap_or_default()) as usize;
+            (base, len)
+        })
+        .collect()
+}
 
 /// Result of one waitpid.
 enum Waited {
@@ -602,18 +632,24 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 } else {
                     None
                 };
-                self.send(tid, tgid, fd, dst, &[(a[1], a[2] as usize)]);
+                self.send(tid, tgid, fd, dst, &[(a[1], a[2] as usize)], NetCall::SendTo);
             }
             Sys::SendMsg => {
                 let fd = a[0] as i64;
-                self.sendmsg(tid, tgid, fd, a[1]);
+                self.sendmsg(tid, tgid, fd, a[1], NetCall::SendMsg);
             }
             Sys::SendMmsg => {
                 let fd = a[0] as i64;
                 let n = (a[2] as usize).min(8);
                 for i in 0..n {
                     // struct mmsghdr { struct msghdr (56); unsigned msg_len; } = 64
-                    self.sendmsg(tid, tgid, fd, a[1].wrapping_add(64 * i as u64));
+                    self.sendmsg(
+                        tid,
+                        tgid,
+                        fd,
+                        a[1].wrapping_add(64 * i as u64),
+                        NetCall::SendMmsg,
+                    );
                 }
             }
             Sys::Write => {
@@ -625,6 +661,40 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                     .unwrap_or(false);
                 if has {
                     self.write_tracked(tid, tgid, fd, a[1], a[2] as usize);
+                }
+            }
+            Sys::RecvFrom | Sys::RecvMsg => {
+                let fd = a[0] as i64;
+                let dns = self
+                    .procs
+                    .get(&tgid)
+                    .and_then(|p| p.socks.get(&fd))
+                    .is_some_and(|s| s.dns && !s.stream);
+                if dns {
+                    let msg = sys == Sys::RecvMsg;
+                    let addr = if msg { 0 } else { a[4] };
+                    self.set_pending(
+                        tid,
+                        Pending::Recv {
+                            fd,
+                            buf: a[1],
+                            addr,
+                            msg,
+                        },
+                    );
+                }
+            }
+            Sys::Writev => {
+                // writev(fd, iov, iovcnt) on a tracked socket: glibc's DNS
+                // over TCP sends length and query in one writev.
+                let fd = a[0] as i64;
+                let tracked = self
+                    .procs
+                    .get(&tgid)
+                    .is_some_and(|p| p.socks.contains_key(&fd));
+                if tracked {
+                    let parts = read_iovecs(tid, a[1], a[2] as usize);
+                    self.send(tid, tgid, fd, None, &parts, NetCall::SendTo);
                 }
             }
             Sys::Ptrace => {
@@ -851,6 +921,11 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         };
         let tgid = self.tgid_of(tid);
         match pending {
+            Pending::Recv { fd, buf, addr, msg } => {
+                if rval > 0 {
+                    self.recv_exit(tid, tgid, fd, buf, addr, msg, rval as usize);
+                }
+            }
             Pending::Open { flags } => {
                 if rval < 0 {
                     return;
@@ -893,6 +968,65 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         }
     }
 
+    /// A DNS reply received on a tracked datagram socket: its first bytes
+    /// and sender go to the recorder.
+    #[allow(clippy::too_many_arguments)]
+    fn recv_exit(
+        &mut self,
+        tid: u32,
+        tgid: u32,
+        fd: i64,
+        buf: u64,
+        addr: u64,
+        msg: bool,
+        n: usize,
+    ) {
+        let cap = self.cfg.egress_event_cap;
+        let (data_ptr, name_ptr) = if msg {
+            // struct msghdr { name; namelen; iov; iovlen; ... }: the
+            // sender in `name`, the data in the first iovec.
+            let h = read_bytes(tid, buf, 32);
+            if h.len() < 32 {
+                return;
+            }
+            let name = u64::from_ne_bytes(h[0..8].try_into().unwrap_or_default());
+            let iov = u64::from_ne_bytes(h[16..24].try_into().unwrap_or_default());
+            let Some(&(base, len)) = read_iovecs(tid, iov, 1).first() else {
+                return;
+            };
+            ((base, len.min(n)), name)
+        } else {
+            ((buf, n), addr)
+        };
+        let bytes = read_bytes(tid, data_ptr.0, data_ptr.1.min(cap));
+        let src = if name_ptr != 0 {
+            match sockaddr::decode(&read_bytes(tid, name_ptr, 28)) {
+                Some(SockAddr::Ip(a)) => Some(a),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        // A connected socket's sender is its peer.
+        let src = src.or_else(|| {
+            self.procs
+                .get(&tgid)
+                .and_then(|p| p.socks.get(&fd))
+                .and_then(|s| s.dst)
+        });
+        if let Some(src) = src {
+            if !bytes.is_empty() {
+                self.emit(TraceEvent::Ingress {
+                    pid: tgid,
+                    src,
+                    stream: false,
+                    bytes,
+                    time: now(),
+                });
+            }
+        }
+    }
+
     /// Starts capturing a connected socket's first bytes.
     fn track_socket(&mut self, tid: u32, tgid: u32, fd: i64, dst: Option<SocketAddr>) -> bool {
         let Some(info) = paths::socket_info(tid, fd) else {
@@ -909,12 +1043,13 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 buf: Vec::new(),
                 events: 0,
                 done: false,
+                dns: false,
             },
         );
         true
     }
 
-    fn sendmsg(&mut self, tid: u32, tgid: u32, fd: i64, msghdr: u64) {
+    fn sendmsg(&mut self, tid: u32, tgid: u32, fd: i64, msghdr: u64, call: NetCall) {
         // struct msghdr { void *name; socklen_t namelen; (pad) struct iovec *iov;
         //                 size_t iovlen; void *control; size_t controllen; int flags; }
         let h = read_bytes(tid, msghdr, 56);
@@ -930,14 +1065,8 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         } else {
             None
         };
-        let mut parts = Vec::new();
-        let iovs = read_bytes(tid, iov, iovlen.min(16) * 16);
-        for c in iovs.chunks_exact(16) {
-            let base = u64::from_ne_bytes(c[0..8].try_into().unwrap_or_default());
-            let len = u64::from_ne_bytes(c[8..16].try_into().unwrap_or_default()) as usize;
-            parts.push((base, len));
-        }
-        self.send(tid, tgid, fd, dst, &parts);
+        let parts = read_iovecs(tid, iov, iovlen);
+        self.send(tid, tgid, fd, dst, &parts, call);
     }
 
     /// sendto/sendmsg: a destination makes a Net event; the payload is
@@ -949,11 +1078,12 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         fd: i64,
         dst: Option<SockAddr>,
         parts: &[(u64, usize)],
+        call: NetCall,
     ) {
         if let Some(addr) = &dst {
             self.emit(TraceEvent::Net {
                 pid: tgid,
-                call: NetCall::SendTo,
+                call,
                 fd: fd as i32,
                 addr: addr.clone(),
                 time: now(),
@@ -984,7 +1114,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         if !tracked {
             return;
         }
-        let cap = self.cfg.egress_event_cap;
+        let cap = self.read_cap(tgid, fd);
         let mut data = Vec::new();
         for (base, len) in parts {
             if data.len() >= cap {
@@ -1037,9 +1167,24 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             }
             return;
         }
-        let cap = self.cfg.egress_event_cap;
+        let cap = self.read_cap(tgid, fd);
         let data = read_bytes(tid, buf, count.min(cap));
         self.capture(tid, tgid, fd, data);
+    }
+
+    /// Bytes to read of one send on tracked socket `fd`: a datagram up to
+    /// the per-event cap, a stream up to what its capture still takes (so
+    /// a ClientHello written at once is read whole up to the stream cap).
+    fn read_cap(&self, tgid: u32, fd: i64) -> usize {
+        let ev = self.cfg.egress_event_cap;
+        match self.procs.get(&tgid).and_then(|p| p.socks.get(&fd)) {
+            Some(s) if s.stream => self
+                .cfg
+                .egress_stream_cap
+                .saturating_sub(s.buf.len())
+                .max(ev),
+            _ => ev,
+        }
     }
 
     /// Emits an Egress for `data` sent on tracked socket `fd`, and updates
@@ -1065,18 +1210,34 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         let port53 = s.dst.map(|d| d.port() == 53).unwrap_or(false);
         let (stream, dst) = (s.stream, s.dst);
         if s.stream {
-            s.buf.extend_from_slice(&data);
+            let room = stream_cap.saturating_sub(s.buf.len());
+            s.buf.extend_from_slice(&data[..data.len().min(room)]);
             s.events += 1;
-            if port53 {
-                // DNS over TCP: a few messages.
-                if s.events >= 4 || s.buf.len() >= stream_cap {
-                    s.done = true;
-                }
+            // DNS over TCP: port 53, or a stream that starts with a DNS
+            // query on any port (the recorder validates it the same way).
+            let dns = if port53 {
+                DnsStart::Yes
             } else {
-                match parse_client_hello(&s.buf) {
+                dns_tcp_start(&s.buf)
+            };
+            match dns {
+                DnsStart::Yes => {
+                    // A few messages (pipelined queries).
+                    if s.events >= DNS_TCP_WRITES || s.buf.len() >= stream_cap {
+                        s.done = true;
+                    }
+                }
+                DnsStart::Incomplete => {
+                    if s.buf.len() >= stream_cap {
+                        s.done = true;
+                    }
+                }
+                // TLS: until the ClientHello is whole (its server name is
+                // taken from the first bytes in any case).
+                DnsStart::No => match parse_client_hello(&s.buf) {
                     ClientHello::Incomplete if s.buf.len() < stream_cap => {}
                     _ => s.done = true,
-                }
+                },
             }
             if s.done {
                 s.buf = Vec::new();
@@ -1085,6 +1246,9 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             s.events += 1;
             if s.events >= dgram_max {
                 s.done = true;
+            }
+            if !s.dns && parse_dns_queries(&data, false).is_some() {
+                s.dns = true;
             }
         }
         self.emit(TraceEvent::Egress {
