@@ -188,7 +188,7 @@ pub fn hooks() -> BTreeMap<String, String> {
     );
     put(
         "egress",
-        "ptrace+seccomp:write,sendto,sendmsg,sendmmsg payload prefixes (DNS to port 53/UDP; TCP until a TLS ClientHello is complete)",
+        "ptrace+seccomp:write,sendto,sendmsg,sendmmsg payload prefixes (DNS over UDP, DNS over TCP streams, TCP until a TLS ClientHello is complete) + recvfrom/recvmsg DNS answers",
     );
     put(
         "suspicious-syscalls",
@@ -225,6 +225,7 @@ pub fn limitations() -> Vec<String> {
         "a written file is closed by close-on-exec at an exec without an observable close: it gets no digest (unhashedOpens says so); only fds a process opened itself are followed (not dups made with fcntl F_DUPFD, nor fds inherited across fork)",
         "DNS answers are read from recvfrom/recvmsg on UDP sockets that sent a DNS query (the first 4096 bytes of a reply, the first iovec of a recvmsg); replies read with read/readv/recvmmsg and DNS over TCP replies are not recorded",
         "TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
+        "cilock run: descendants still running when the wait for them (--wait-descendants, run_wait_descendants) runs out are killed, not left running: under the seccomp filter a process cannot run untraced; they are aliveAtEnd and listed in trace.waitDescendants",
     ]
     .iter()
     .map(|s| s.to_string())
