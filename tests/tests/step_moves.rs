@@ -124,32 +124,12 @@ struct Job {
 }
 
 fn begin_waiting(daemon: &Daemon, name: &str, w: &Path, first: &str) -> Job {
-    let sh = w.join(format!("{name}.sh"));
-    write_script(
-        &sh,
-        &format!("{first}\nwhile [ ! -e {name}.done ]; do sleep 0.02; done\n",),
-    );
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("read go; exec sh {}", sh.display()))
-        .current_dir(w)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = daemon.cilock(&[
-        "step",
-        "begin",
-        "--step",
+    let mut child = begin_job(
+        daemon,
         name,
-        "--pid",
-        &child.id().to_string(),
-        "--workdir",
-        w.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "begin: {}",
-        String::from_utf8_lossy(&out.stderr)
+        w,
+        &format!("{first}\nwhile [ ! -e {name}.done ]; do sleep 0.02; done\n",),
+        Stdio::inherit(),
     );
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     Job {

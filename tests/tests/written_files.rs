@@ -9,59 +9,14 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use cilock_tests::*;
 use common::*;
 use serde_json::Value;
 
-/// Like `run_step`, with `before_end` run after the script and before
-/// `step end` (by the test: a process outside the step).
+/// [`run_step_with`], returning the command-run attestation.
 fn step_with(d: &Daemon, name: &str, dir: &Path, script: &str, before_end: impl FnOnce()) -> Value {
-    let sh = dir.join(format!("{name}.sh"));
-    write_script(&sh, script);
-    let mut job = Command::new("sh")
-        .arg("-c")
-        .arg(format!("read go; exec sh {}", sh.display()))
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = d.cilock(&[
-        "step",
-        "begin",
-        "--step",
-        name,
-        "--pid",
-        &job.id().to_string(),
-        "--workdir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "begin: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let out = job.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "step script failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    before_end();
-    let att = dir.join(format!("{name}.att.json"));
-    let out = d.cilock(&["step", "end", "--step", name, "-o", att.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "end: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log_text()
-    );
-    command_run(&att)
+    command_run(&run_step_with(d, name, dir, script, before_end))
 }
 
 /// The reason a path of `p` has no digest ("" when it has one).

@@ -11,18 +11,18 @@ use std::time::{Duration, Instant};
 use cilock_tests::*;
 use serde_json::Value;
 
-/// Runs `script` (sh) as a step named `name` of `daemon` in `dir`: the
-/// job's shell is moved into the step before it starts the script.
-/// Returns the attestation envelope's path.
-pub fn run_step(daemon: &Daemon, name: &str, dir: &Path, script: &str) -> PathBuf {
+/// Starts `sh -c 'read go; exec sh <dir>/<name>.sh'` in `dir` (the job's
+/// shell) and moves it into a new step named `name` of `daemon`; the script
+/// runs once "go" is written to its stdin.
+pub fn begin_job(daemon: &Daemon, name: &str, dir: &Path, script: &str, stdout: Stdio) -> Child {
     let sh = dir.join(format!("{name}.sh"));
     write_script(&sh, script);
-    let mut job = Command::new("sh")
+    let job = Command::new("sh")
         .arg("-c")
         .arg(format!("read go; exec sh {}", sh.display()))
         .current_dir(dir)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
@@ -41,12 +41,12 @@ pub fn run_step(daemon: &Daemon, name: &str, dir: &Path, script: &str) -> PathBu
         "begin: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(job.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let st = job.wait().unwrap();
-    assert!(st.success(), "step script failed: {stdout}");
-    std::fs::write(dir.join(format!("{name}.stdout")), &stdout).unwrap();
+    job
+}
+
+/// Ends step `name` of `daemon`, writing its envelope to
+/// `dir/<name>.att.json`; returns that path.
+pub fn end_step(daemon: &Daemon, name: &str, dir: &Path) -> PathBuf {
     let att = dir.join(format!("{name}.att.json"));
     let out = daemon.cilock(&["step", "end", "--step", name, "-o", att.to_str().unwrap()]);
     assert!(
@@ -56,6 +56,33 @@ pub fn run_step(daemon: &Daemon, name: &str, dir: &Path, script: &str) -> PathBu
         daemon.log_text()
     );
     att
+}
+
+/// Runs `script` (sh) as a step named `name` of `daemon` in `dir`: the
+/// job's shell is moved into the step before it starts the script;
+/// `before_end` runs after the script and before `step end` (a process
+/// outside the step). Returns the attestation envelope's path.
+pub fn run_step_with(
+    daemon: &Daemon,
+    name: &str,
+    dir: &Path,
+    script: &str,
+    before_end: impl FnOnce(),
+) -> PathBuf {
+    let mut job = begin_job(daemon, name, dir, script, Stdio::piped());
+    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(job.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let st = job.wait().unwrap();
+    assert!(st.success(), "step script failed: {stdout}");
+    std::fs::write(dir.join(format!("{name}.stdout")), &stdout).unwrap();
+    before_end();
+    end_step(daemon, name, dir)
+}
+
+/// [`run_step_with`] with nothing before the end.
+pub fn run_step(daemon: &Daemon, name: &str, dir: &Path, script: &str) -> PathBuf {
+    run_step_with(daemon, name, dir, script, || {})
 }
 
 /// The command-run attestation of an envelope.
