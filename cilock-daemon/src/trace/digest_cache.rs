@@ -25,12 +25,13 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cilock_evidence::digest::{DigestSet, HashAlg};
 
 use super::event::FileStamp;
+use cilock_evidence::attestors::safeio::MountDevs;
 
 /// How often a long read looks at the clock.
 const CLOCK_EVERY: u64 = 4 << 20;
@@ -487,57 +488,6 @@ impl Read for Bounded<'_> {
     }
 }
 
-/// The superblock device of each mount of the daemon's mount namespace
-/// (`/proc/self/mountinfo`), read once when first needed.
-#[derive(Default)]
-pub struct MountDevs(OnceLock<HashMap<u64, u64>>);
-
-/// Largest mountinfo read.
-const MAX_MOUNTINFO: u64 = 16 << 20;
-
-impl MountDevs {
-    fn sb_dev(&self, f: &File) -> Option<u64> {
-        let map = self.0.get_or_init(|| {
-            let mut text = String::new();
-            if let Ok(f) = File::open("/proc/self/mountinfo") {
-                let _ = f.take(MAX_MOUNTINFO).read_to_string(&mut text);
-            }
-            parse_mountinfo(&text)
-        });
-        map.get(&mount_id(f)?).copied()
-    }
-}
-
-fn parse_mountinfo(text: &str) -> HashMap<u64, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let id = it.next()?.parse().ok()?;
-            let _parent = it.next()?;
-            let (maj, min) = it.next()?.split_once(':')?;
-            Some((id, libc::makedev(maj.parse().ok()?, min.parse().ok()?)))
-        })
-        .collect()
-}
-
-/// The mount id of an open file (statx STATX_MNT_ID).
-fn mount_id(f: &File) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    const STATX_MNT_ID: u32 = 0x1000;
-    // SAFETY: zeroed plain struct, valid fd, empty C string, out-pointer.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::statx(
-            f.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            STATX_MNT_ID,
-            &mut st,
-        )
-    };
-    (r == 0 && st.stx_mask & STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
-}
-
 /// Opens `path` read-only without following any symlink on the way
 /// (openat2 RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS; O_NOFOLLOW on
 /// kernels without openat2), non-blocking so a fifo cannot stall the
@@ -793,23 +743,5 @@ mod tests {
             ));
             assert!(c.len() <= 3);
         }
-    }
-
-    #[test]
-    fn superblock_devices_from_mountinfo() {
-        let m = parse_mountinfo(
-            "22 1 0:21 / /sys rw shared:7 - sysfs sysfs rw\n\
-             30 1 0:30 /@home /home\\040x rw - btrfs /dev/sda2 rw\nbad line\n",
-        );
-        assert_eq!(m[&22], libc::makedev(0, 21));
-        assert_eq!(m[&30], libc::makedev(0, 30));
-        assert_eq!(m.len(), 2);
-        // The file's own mount is found.
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("x");
-        std::fs::write(&f, b"x").unwrap();
-        let file = std::fs::File::open(&f).unwrap();
-        let dev = MountDevs::default().sb_dev(&file);
-        assert!(dev.is_some(), "mount id of {f:?} not in mountinfo");
     }
 }

@@ -14,7 +14,7 @@
 //! in the workdir without any step process writing it (another process,
 //! outside the step, put it there). Absent when there was no trace.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -125,7 +125,7 @@ impl Attestor for ProductAttestor {
         };
         let hashes = filetree::hashes_for_files(&ctx.hashes)?;
         let writes = ctx.step_writes.as_ref();
-        let mounts = std::sync::OnceLock::new();
+        let mounts = super::safeio::MountDevs::default();
         let root = ctx
             .workdir
             .to_string_lossy()
@@ -143,13 +143,9 @@ impl Attestor for ProductAttestor {
             }
             let name = f.rel.rsplit('/').next().unwrap_or(f.rel);
             let written_by_step = writes.map(|w| {
-                let sb = mount_id(f.file).and_then(|id| {
-                    mounts
-                        .get_or_init(read_mountinfo)
-                        .get(&id)
-                        .copied()
-                        .filter(|&d| d != std::os::unix::fs::MetadataExt::dev(f.meta))
-                });
+                let sb = mounts
+                    .sb_dev(f.file)
+                    .filter(|&d| d != std::os::unix::fs::MetadataExt::dev(f.meta));
                 w.wrote(f.meta, sb, &format!("{root}/{}", f.rel))
             });
             Ok(Some(Product {
@@ -173,43 +169,6 @@ impl Attestor for ProductAttestor {
             .map(|(rel, p)| (format!("file:{rel}"), p.digest.clone()))
             .collect()
     }
-}
-
-/// Mount id → superblock device (`major:minor` of `/proc/self/mountinfo`,
-/// at most 16 MiB of it read).
-fn read_mountinfo() -> HashMap<u64, u64> {
-    use std::io::Read as _;
-    let mut text = String::new();
-    if let Ok(f) = std::fs::File::open("/proc/self/mountinfo") {
-        let _ = f.take(16 << 20).read_to_string(&mut text);
-    }
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let id = it.next()?.parse().ok()?;
-            let _parent = it.next()?;
-            let (maj, min) = it.next()?.split_once(':')?;
-            Some((id, libc::makedev(maj.parse().ok()?, min.parse().ok()?)))
-        })
-        .collect()
-}
-
-/// The mount id of an open file (statx `STATX_MNT_ID`).
-fn mount_id(f: &std::fs::File) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    const STATX_MNT_ID: u32 = 0x1000;
-    // SAFETY: zeroed plain struct, valid fd, empty C string, out-pointer.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::statx(
-            f.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            STATX_MNT_ID,
-            &mut st,
-        )
-    };
-    (r == 0 && st.stx_mask & STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
 }
 
 /// MIME type of the file at `path` (`unknown` when it cannot be read, as

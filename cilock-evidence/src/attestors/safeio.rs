@@ -16,12 +16,13 @@
 //! - [`read_capped`] reads at most a given number of bytes and says whether
 //!   there was more.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
@@ -188,6 +189,60 @@ pub fn dev_ino(fd: impl AsFd) -> io::Result<(u64, u64)> {
     Ok((st.st_dev as u64, st.st_ino as u64))
 }
 
+/// The superblock device of each mount of this process's mount namespace
+/// (`/proc/self/mountinfo`), read once when first needed.
+#[derive(Default)]
+pub struct MountDevs(OnceLock<HashMap<u64, u64>>);
+
+/// Largest mountinfo read.
+const MAX_MOUNTINFO: u64 = 16 << 20;
+
+impl MountDevs {
+    /// The superblock device of the mount `f` is on (it differs from
+    /// `st_dev` on btrfs subvolumes and other filesystems with anonymous
+    /// devices; the kernel's `inode->i_sb->s_dev` is this one).
+    pub fn sb_dev(&self, f: &File) -> Option<u64> {
+        let map = self.0.get_or_init(|| {
+            let mut text = String::new();
+            if let Ok(f) = File::open("/proc/self/mountinfo") {
+                let _ = f.take(MAX_MOUNTINFO).read_to_string(&mut text);
+            }
+            parse_mountinfo(&text)
+        });
+        map.get(&mount_id(f)?).copied()
+    }
+}
+
+pub fn parse_mountinfo(text: &str) -> HashMap<u64, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let id = it.next()?.parse().ok()?;
+            let _parent = it.next()?;
+            let (maj, min) = it.next()?.split_once(':')?;
+            Some((id, libc::makedev(maj.parse().ok()?, min.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// The mount id of an open file (statx STATX_MNT_ID).
+pub fn mount_id(f: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const STATX_MNT_ID: u32 = 0x1000;
+    // SAFETY: zeroed plain struct, valid fd, empty C string, out-pointer.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    (r == 0 && st.stx_mask & STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +295,23 @@ mod tests {
         }
         assert!(is_pseudo_fs(File::open("/proc/self").unwrap().as_fd()));
         assert!(!is_pseudo_fs(root.as_fd()));
+    }
+
+    #[test]
+    fn superblock_devices_from_mountinfo() {
+        let m = parse_mountinfo(
+            "22 1 0:21 / /sys rw shared:7 - sysfs sysfs rw\n\
+             30 1 0:30 /@home /home\\040x rw - btrfs /dev/sda2 rw\nbad line\n",
+        );
+        assert_eq!(m[&22], libc::makedev(0, 21));
+        assert_eq!(m[&30], libc::makedev(0, 30));
+        assert_eq!(m.len(), 2);
+        // The file's own mount is found.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        std::fs::write(&f, b"x").unwrap();
+        let file = std::fs::File::open(&f).unwrap();
+        let dev = MountDevs::default().sb_dev(&file);
+        assert!(dev.is_some(), "mount id of {f:?} not in mountinfo");
     }
 }
