@@ -104,27 +104,27 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
-    // dup2(fd, fd) closes nothing.
-    if arg(&ctx, 0) == arg(&ctx, 1) {
-        return 0;
-    }
-    if let Some(step) = current_step() {
-        let task = unsafe { bpf_get_current_task() };
-        let _ = stamp_fd(step, task, arg(&ctx, 1), close_how::DUP);
-    }
+    dup_over(&ctx);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
-    if arg(&ctx, 0) == arg(&ctx, 1) {
-        return 0;
+    dup_over(&ctx);
+    0
+}
+
+/// dup2/dup3(oldfd, newfd): the file at `newfd` is let go of (dup2(fd,
+/// fd) closes nothing).
+#[inline(always)]
+fn dup_over(ctx: &TracePointContext) {
+    if arg(ctx, 0) == arg(ctx, 1) {
+        return;
     }
     if let Some(step) = current_step() {
         let task = unsafe { bpf_get_current_task() };
-        let _ = stamp_fd(step, task, arg(&ctx, 1), close_how::DUP);
+        let _ = stamp_fd(step, task, arg(ctx, 1), close_how::DUP);
     }
-    0
 }
 
 #[tracepoint]
@@ -147,16 +147,18 @@ pub fn stamp_at_exit(step: u64, task: u64) {
     let _ = stamp_range(step, task, 0, u32::MAX as u64, close_how::EXIT);
 }
 
-/// The fd array of `task` and its size; `None` without `fdtable.max_fds`.
+/// The fd array of `task` and its size (`u64::MAX` when `fdtable.max_fds`
+/// is unknown).
 #[inline(always)]
 fn fd_array(task: u64) -> Option<(u64, u64)> {
-    let m = off!(fdtable_max_fds);
-    if m == Offsets::ABSENT as u64 {
-        return None;
-    }
     let files = rd_ptr(task, off!(task_files))?;
     let fdt = rd_ptr(files, off!(files_fdt))?;
-    let max = rd::<u32>(fdt + m)? as u64;
+    let m = off!(fdtable_max_fds);
+    let max = if m == Offsets::ABSENT as u64 {
+        u64::MAX
+    } else {
+        rd::<u32>(fdt + m)? as u64
+    };
     let fds = rd_ptr(fdt, off!(fdtable_fd))?;
     Some((fds, max))
 }
@@ -183,7 +185,8 @@ unsafe extern "C" fn range_cb(i: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn stamp_range(step: u64, task: u64, first: u64, last: u64, how: u32) -> Option<()> {
     let (fds, max) = fd_array(task)?;
-    if first >= max || last < first {
+    // Without the table's size a range cannot be walked safely.
+    if max == u64::MAX || first >= max || last < first {
         return None;
     }
     let end = if last >= max { max - 1 } else { last };
@@ -212,13 +215,10 @@ fn stamp_range(step: u64, task: u64, first: u64, last: u64, how: u32) -> Option<
 /// Stamps fd `fd` of `task` if it is a regular file open for writing.
 #[inline(always)]
 fn stamp_fd(step: u64, task: u64, fd: u64, how: u32) -> Option<()> {
-    let files = rd_ptr(task, off!(task_files))?;
-    let fdt = rd_ptr(files, off!(files_fdt))?;
-    let m = off!(fdtable_max_fds);
-    if m != Offsets::ABSENT as u64 && fd >= rd::<u32>(fdt + m)? as u64 {
+    let (fds, max) = fd_array(task)?;
+    if fd >= max {
         return None;
     }
-    let fds = rd_ptr(fdt, off!(fdtable_fd))?;
     let file = rd_ptr(fds, (fd & 0xf_ffff) * 8)?;
     stamp_file(step, fd, file, how)
 }
