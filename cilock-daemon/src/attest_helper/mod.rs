@@ -472,6 +472,9 @@ impl HelperStep {
         let mut ctx = AttestationContext::new(self.workdir.clone(), Vec::new());
         ctx.hashes = self.hashes.clone();
         ctx.completed = self.completed;
+        // The daemon's own handle on the workdir (opened and owner-checked
+        // at begin): what it later says about the workdir goes by it.
+        ctx.workdir_fd = Some(self.workdir_fd.clone());
         let cr_json = serde_json::to_value(&run).unwrap_or_default();
         let _ = run_one(
             &mut ctx,

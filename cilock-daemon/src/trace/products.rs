@@ -8,11 +8,13 @@
 //! workdir, and why). Products no step process wrote are not listed here.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::os::fd::AsRawFd;
 
 use cilock_evidence::attestors::{command_run, product, AttestationContext};
 use cilock_evidence::digest::DigestSet;
 use serde_json::json;
+
+use super::pathname;
 
 /// Most mismatches listed (the rest are counted).
 const MAX_LISTED: usize = 10_000;
@@ -60,14 +62,23 @@ pub fn flag(
     else {
         return;
     };
-    // The trace has canonical paths; the workdir may be given otherwise.
-    let root = std::fs::canonicalize(&ctx.workdir).unwrap_or_else(|_| ctx.workdir.clone());
+    // The trace has the kernel's paths, escaped (`pathname`); the workdir
+    // may be given otherwise. The kernel's path of the directory is that of
+    // the handle the daemon opened at begin (never a path the job can
+    // re-point); without one (an embedded run, as the caller) it is
+    // resolved.
+    let root = match &ctx.workdir_fd {
+        Some(fd) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        None => std::fs::canonicalize(&ctx.workdir),
+    };
+    let Ok(root) = root else {
+        return;
+    };
     let mut listed = Vec::new();
     let mut more = 0u64;
     for (rel, p) in &products {
-        let abs = Path::new(&root).join(rel);
-        let Some(abs) = abs.to_str() else { continue };
-        if let Some(why) = not_as_written(&p.digest, written.get(abs)) {
+        let abs = pathname::escape_os(root.join(rel));
+        if let Some(why) = not_as_written(&p.digest, written.get(&abs)) {
             if listed.len() < MAX_LISTED {
                 listed.push(json!({"path": rel, "reason": why}));
             } else {
