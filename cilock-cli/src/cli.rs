@@ -69,7 +69,7 @@ pub struct StepEndArgs {
     /// Step name given to `step begin`.
     #[arg(short = 's', long)]
     pub step: String,
-    /// Where to write the signed attestation (DSSE envelope, JSON).
+    /// Where to write the signed attestation (DSSE envelope, JSON; `-` for standard output). Checked before anything runs.
     #[arg(short = 'o', long = "outfile")]
     pub outfile: PathBuf,
     /// Kill processes still alive in the step (they are listed either way).
@@ -103,7 +103,7 @@ pub struct RunArgs {
     /// Step name (the attestation collection's name).
     #[arg(short = 's', long)]
     pub step: String,
-    /// Where to write the signed attestation (DSSE envelope, JSON).
+    /// Where to write the signed attestation (DSSE envelope, JSON; `-` for standard output). Checked before anything runs.
     #[arg(short = 'o', long = "outfile")]
     pub outfile: PathBuf,
     /// Signing key (PEM) when running without the daemon.

@@ -1,37 +1,147 @@
-//! Writing envelopes.
+//! Where envelopes go: a file (written atomically) or standard output
+//! (`-o -`, as Witness users expect).
+//!
+//! An [`Outfile`] is prepared *before* anything irreversible happens (a
+//! command runs, a step ends): preparing creates the temporary file beside
+//! the destination, so a missing directory, a destination that is a
+//! directory or a directory without write permission is refused up front
+//! (exit 2) instead of after the evidence exists.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
-/// Writes `envelope` (compact JSON, no trailing newline, like `witness run`)
-/// to `path`, atomically (temp file + rename).
-pub fn write_envelope(path: &Path, envelope: &serde_json::Value) -> anyhow::Result<()> {
-    let bytes = serde_json::to_vec(envelope).context("encoding the envelope")?;
-    write_bytes(path, &bytes)
+/// A prepared destination for one envelope.
+#[derive(Debug)]
+pub enum Outfile {
+    /// `-o -`: standard output.
+    Stdout,
+    /// An existing file that is not a regular file (`/dev/null`, a FIFO,
+    /// a terminal): written in place, never replaced.
+    Special {
+        /// The destination.
+        path: PathBuf,
+        /// Open for writing.
+        file: std::fs::File,
+    },
+    /// A file: the temporary file already exists beside it.
+    File {
+        /// The destination.
+        path: PathBuf,
+        /// The temporary file (renamed over `path` on commit).
+        tmp: PathBuf,
+        /// Open on `tmp`.
+        file: std::fs::File,
+    },
 }
 
-/// Writes bytes atomically.
-pub fn write_bytes(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
-    tmp.1.write_all(bytes).context("writing the envelope")?;
-    tmp.1.sync_all().ok();
-    std::fs::rename(&tmp.0, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+impl Outfile {
+    /// Checks that `path` can be written and reserves a temporary file
+    /// beside it (`-` means standard output).
+    pub fn prepare(path: &Path) -> anyhow::Result<Outfile> {
+        if path.as_os_str() == "-" {
+            return Ok(Outfile::Stdout);
+        }
+        if path.as_os_str().is_empty() {
+            bail!("the output path is empty");
+        }
+        match std::fs::metadata(path) {
+            Ok(md) if md.is_dir() => bail!("output {} is a directory", path.display()),
+            Ok(md) if !md.is_file() => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(|| format!("output {}", path.display()))?;
+                return Ok(Outfile::Special {
+                    path: path.to_path_buf(),
+                    file,
+                });
+            }
+            _ => {}
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let (tmp, file) = tempfile_in(dir).with_context(|| {
+            format!(
+                "output {}: cannot create a file in {}",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        Ok(Outfile::File {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+        })
+    }
+
+    /// Where the envelope goes, for messages (`standard output` for `-`).
+    pub fn describe(&self) -> String {
+        match self {
+            Outfile::Stdout => "standard output".to_string(),
+            Outfile::File { path, .. } | Outfile::Special { path, .. } => {
+                path.display().to_string()
+            }
+        }
+    }
+
+    /// Writes `bytes` and puts them in place (rename over the destination).
+    /// On error the temporary file is removed and the destination is
+    /// untouched.
+    pub fn commit(mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match &mut self {
+            Outfile::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)
+                    .and_then(|_| out.flush())
+                    .context("writing the envelope to standard output")?;
+                Ok(())
+            }
+            Outfile::Special { path, file } => file
+                .write_all(bytes)
+                .with_context(|| format!("writing {}", path.display())),
+            Outfile::File { path, tmp, file } => {
+                file.write_all(bytes)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                file.sync_all().ok();
+                std::fs::rename(&*tmp, &*path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                // Renamed: nothing left to clean up.
+                *tmp = PathBuf::new();
+                Ok(())
+            }
+        }
+    }
+
+    /// Encodes `envelope` (compact JSON, no trailing newline, like `witness
+    /// run`) and commits it.
+    pub fn commit_json(self, envelope: &serde_json::Value) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(envelope).context("encoding the envelope")?;
+        self.commit(&bytes)
+    }
 }
 
-fn tempfile_in(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+impl Drop for Outfile {
+    fn drop(&mut self) {
+        if let Outfile::File { tmp, .. } = self {
+            if !tmp.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(&*tmp);
+            }
+        }
+    }
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     for i in 0..100u32 {
         let p = dir.join(format!(".cilock-out.{}.{i}", std::process::id()));
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o644)
             .open(&p)
         {
             Ok(f) => return Ok((p, f)),

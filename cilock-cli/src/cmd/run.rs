@@ -31,13 +31,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
     if a.cmd.is_empty() {
         bail!("no command given (cilock run … -- CMD ARGS…)");
     }
+    // Refuse a bad -o before the command runs.
+    let out = output::Outfile::prepare(&a.outfile)?;
     if a.backend == CliBackend::Auto && !a.no_daemon {
         match client::request(&Request::Status) {
             Ok(Reply::Status(_)) => {
                 if a.key.is_some() {
                     eprintln!("cilock: the daemon answered: it signs with its own key (-k is used only without the daemon)");
                 }
-                return via_daemon(&a);
+                return via_daemon(&a, out);
             }
             Ok(other) => bail!("unexpected reply from the daemon: {other:?}"),
             Err(e) if e.is_unavailable() => {
@@ -46,7 +48,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
             Err(e) => return Err(anyhow!(e)).context("asking the daemon for its status"),
         }
     }
-    embedded(&a)
+    embedded(&a, out)
 }
 
 fn workdir(a: &RunArgs) -> anyhow::Result<PathBuf> {
@@ -81,7 +83,7 @@ fn finish_code(code: i32, failure: Option<&str>) -> u8 {
     exit_byte(code)
 }
 
-fn via_daemon(a: &RunArgs) -> anyhow::Result<u8> {
+fn via_daemon(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
     let wd = workdir(a)?;
     let mut child = GatedChild::spawn(&a.cmd)?;
     let req = Request::BeginStep(BeginStep {
@@ -115,7 +117,7 @@ fn via_daemon(a: &RunArgs) -> anyhow::Result<u8> {
             lost_events,
             failure,
         } => {
-            output::write_envelope(&a.outfile, &envelope)?;
+            out.commit_json(&envelope)?;
             output::warn_lost(lost_events);
             Ok(finish_code(code, failure.as_deref()))
         }
@@ -123,7 +125,7 @@ fn via_daemon(a: &RunArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn embedded(a: &RunArgs) -> anyhow::Result<u8> {
+fn embedded(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
     let signer = load_key(a)?;
     let wd = workdir(a)?;
     let spec = StepSpec {
@@ -156,7 +158,7 @@ fn embedded(a: &RunArgs) -> anyhow::Result<u8> {
             .map_err(|e| anyhow!(e))
             .context("starting the trace engine")?;
         if engine.backend_name() == "ebpf" {
-            let r = run_with_engine(&engine, spec, &signer, a);
+            let r = run_with_engine(&engine, spec, &signer, a, out);
             engine.shutdown();
             engine.remove_parent();
             return r;
@@ -171,7 +173,7 @@ fn embedded(a: &RunArgs) -> anyhow::Result<u8> {
     } else {
         "eBPF unavailable".to_string()
     };
-    run_with_ptrace(spec, &signer, a, reason)
+    run_with_ptrace(spec, &signer, a, reason, out)
 }
 
 fn run_with_engine(
@@ -179,6 +181,7 @@ fn run_with_engine(
     mut spec: StepSpec,
     signer: &Signer,
     a: &RunArgs,
+    dest: output::Outfile,
 ) -> anyhow::Result<u8> {
     let mut child = GatedChild::spawn(&a.cmd)?;
     spec.pid = child.pid.as_raw() as u32;
@@ -188,7 +191,7 @@ fn run_with_engine(
     }
     let (code, stdout, stderr) = child.release_and_wait(output_bound(a))?;
     let out = engine.end(&a.step, 0, end_spec(code, stdout, stderr, wait_bound(a)));
-    sign_and_write(out, code, signer, a)
+    sign_and_write(out, code, signer, dest)
 }
 
 /// How long an embedded engine waits for the command's descendants.
@@ -221,11 +224,11 @@ fn sign_and_write(
     out: Result<engine::StepOutcome, engine::EngineError>,
     code: i32,
     signer: &Signer,
-    a: &RunArgs,
+    dest: output::Outfile,
 ) -> anyhow::Result<u8> {
     let out = out.map_err(|e| anyhow!(e))?;
     let env = engine::sign_statement(&out.statement, signer).map_err(|e| anyhow!(e))?;
-    output::write_bytes(&a.outfile, &env.to_json())?;
+    dest.commit(&env.to_json())?;
     output::warn_lost(out.lost_events);
     Ok(finish_code(code, out.failure.as_deref()))
 }
@@ -235,6 +238,7 @@ fn run_with_ptrace(
     signer: &Signer,
     a: &RunArgs,
     reason: String,
+    dest: output::Outfile,
 ) -> anyhow::Result<u8> {
     let mut cmd = std::process::Command::new(&a.cmd[0]);
     cmd.args(&a.cmd[1..])
@@ -254,7 +258,7 @@ fn run_with_ptrace(
     };
     let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
     let out = pending.finish(&cache, end_spec(code, stdout, stderr, wait_bound(a)));
-    sign_and_write(out, code, signer, a)
+    sign_and_write(out, code, signer, dest)
 }
 
 /// An output being passed through and captured.

@@ -43,6 +43,8 @@ pub fn begin(a: StepBeginArgs) -> anyhow::Result<u8> {
 
 /// Ends a step and writes its signed attestation.
 pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
+    // Refuse a bad -o before the step ends.
+    let out = output::Outfile::prepare(&a.outfile)?;
     let req = Request::EndStep(EndStep {
         step: a.step.clone(),
         owner_uid: a.owner,
@@ -59,13 +61,13 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
             lost_events,
             failure,
         } => {
-            output::write_envelope(&a.outfile, &envelope)?;
+            let dest = out.describe();
+            out.commit_json(&envelope)?;
             let mut err = std::io::stderr();
             let _ = writeln!(
                 err,
-                "cilock: step {:?} ended; attestation written to {}",
+                "cilock: step {:?} ended; attestation written to {dest}",
                 a.step,
-                a.outfile.display()
             );
             output::warn_lost(lost_events);
             if let Some(f) = failure {
