@@ -28,6 +28,25 @@ const B64_DECODE: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// Explains a [`DsseError::NoValidSignature`]: when a signature claims a
+/// trusted keyid, the content was altered (listing both, equal, keyids
+/// would not say why); otherwise the keyids differ.
+fn no_valid_detail(keyids: &str, trusted: &str) -> String {
+    let trusted_ids: Vec<&str> = trusted.split(", ").filter(|k| !k.is_empty()).collect();
+    let claimed: Vec<&str> = keyids
+        .split(", ")
+        .filter(|k| trusted_ids.contains(k))
+        .collect();
+    if claimed.is_empty() {
+        format!("the envelope is signed by keyid {keyids}, the trusted keyids are {trusted}")
+    } else {
+        format!(
+            "the signature by trusted keyid {} does not match the signed content: the payload or the signature was altered after signing",
+            claimed.join(", ")
+        )
+    }
+}
+
 /// An error about an envelope.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,11 +57,22 @@ pub enum DsseError {
     /// Signing failed.
     #[error("signing the envelope: {0}")]
     Sign(#[source] KeyError),
+    /// The envelope file cannot be read (or is over its size limit).
+    #[error("{path}: {cause}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong (read error, size limit, invalid JSON).
+        cause: String,
+    },
     /// The envelope carries no signature.
     #[error("the envelope has no signatures")]
     NoSignatures,
     /// No signature verified with any of the given keys.
-    #[error("no signature verified with any trusted key (envelope keyids: {keyids}; trusted keyids: {trusted})")]
+    #[error(
+        "no signature verified with any trusted key ({})",
+        no_valid_detail(keyids, trusted)
+    )]
     NoValidSignature {
         /// The keyids the envelope claims.
         keyids: String,
@@ -269,6 +299,26 @@ impl Envelope {
     /// Parses an envelope (compact or pretty JSON).
     pub fn from_json(bytes: &[u8]) -> Result<Envelope, DsseError> {
         Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// Reads and decodes an envelope file, at most
+    /// [`crate::limits::MAX_ENVELOPE_BYTES`]; a file that does not start
+    /// like a JSON object is refused on its first bytes.
+    pub fn from_file(path: &std::path::Path) -> Result<Envelope, DsseError> {
+        let bytes = crate::limits::read_file(
+            path,
+            crate::limits::MAX_ENVELOPE_BYTES,
+            "DSSE envelope",
+            crate::limits::json_object_start,
+        )
+        .map_err(|e| DsseError::File {
+            path: path.display().to_string(),
+            cause: e.to_string(),
+        })?;
+        Self::from_json(&bytes).map_err(|e| DsseError::File {
+            path: path.display().to_string(),
+            cause: e.to_string(),
+        })
     }
 
     /// Compact JSON (no trailing newline), fields in Witness's order.

@@ -453,7 +453,13 @@ impl Signer {
 
     /// Loads a private key PEM file.
     pub fn from_file(path: &Path) -> Result<Signer, KeyError> {
-        let bytes = std::fs::read(path).map_err(|source| KeyError::Io {
+        let bytes = crate::limits::read_file(
+            path,
+            crate::limits::MAX_KEY_BYTES,
+            "key file",
+            crate::limits::any_start,
+        )
+        .map_err(|source| KeyError::Io {
             path: path.display().to_string(),
             source,
         })?;
@@ -722,7 +728,13 @@ impl Verifier {
 
     /// Loads a public key or certificate PEM file.
     pub fn from_file(path: &Path) -> Result<Verifier, KeyError> {
-        let bytes = std::fs::read(path).map_err(|source| KeyError::Io {
+        let bytes = crate::limits::read_file(
+            path,
+            crate::limits::MAX_KEY_BYTES,
+            "key file",
+            crate::limits::any_start,
+        )
+        .map_err(|source| KeyError::Io {
             path: path.display().to_string(),
             source,
         })?;

@@ -19,6 +19,7 @@ pub mod digest;
 pub mod dsse;
 pub mod intoto;
 pub mod keys;
+pub mod limits;
 pub mod policy;
 pub mod timefmt;
 

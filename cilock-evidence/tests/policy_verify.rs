@@ -53,6 +53,7 @@ fn run(
             .collect(),
         subject_digests: subjects.iter().map(|s| s.to_string()).collect(),
         now: OffsetDateTime::now_utc(),
+        rego_limits: Default::default(),
     })
 }
 
@@ -134,9 +135,12 @@ fn altered_attestation_fails() {
         let r = run(env, &testpub(), vec![("cdx", bad)], &[SBOM_SUBJECT]).unwrap();
         assert!(!r.passed);
         assert_eq!(r.rejected_envelopes.len(), 1);
-        assert!(r.rejected_envelopes[0]
-            .reason
-            .starts_with("no signature verified with a policy public key"));
+        // The envelope claims the policy's key: the message says the content
+        // was altered (not two equal keyids).
+        assert_eq!(
+            r.rejected_envelopes[0].reason,
+            "the signature by policy key ae2dcc989ea9c109a36e8eba5c4bc16d8fafcfe8e1a614164670d50aedacd647 does not match the signed content: the payload or the signature was altered after signing"
+        );
     }
 }
 
@@ -824,4 +828,136 @@ fn artifacts_from_reads_cilock_v03_trees() {
             );
         }
     }
+}
+
+/// A one-step ("build") policy trusting `key`, requiring command-run, with
+/// the given Rego modules on it.
+fn build_policy(key: &Signer, modules: Value) -> Envelope {
+    let keyid = key.key_id().to_string();
+    let pem = key.verifier().unwrap().public_key_pem();
+    let p = json!({
+        "expires": "2099-01-01T00:00:00Z",
+        "publickeys": {keyid.clone(): {"keyid": keyid, "key": base64::engine::general_purpose::STANDARD.encode(pem)}},
+        "steps": {"build": {
+            "name": "build",
+            "functionaries": [{"type": "publickey", "publickeyid": key.key_id()}],
+            "attestations": [{"type": "https://witness.dev/attestations/command-run/v0.1", "regopolicies": modules}]
+        }}
+    });
+    sign_policy(&serde_json::to_vec(&p).unwrap(), key)
+}
+
+#[test]
+fn no_match_says_which_envelope_is_which_step_and_why() {
+    let (key, _) = Signer::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let (other, _) = Signer::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let app = "270e".to_string() + &"0".repeat(60);
+    let old = "abcd".to_string() + &"1".repeat(60);
+    let cmd = || {
+        vec![attestation(
+            "command-run",
+            json!({"cmd": ["make"], "exitcode": 0}),
+        )]
+    };
+    let product = |d: &str| {
+        vec![Subject::new(
+            "https://witness.dev/attestations/product/v0.1/file:hello",
+            &DigestSet::sha256(d.to_string()),
+        )]
+    };
+    let atts = vec![
+        // A rebuild that changed nothing: no subjects at all.
+        ("rebuild.json", step_envelope(&key, "build", cmd(), vec![])),
+        // The step, but an older artifact.
+        (
+            "old.json",
+            step_envelope(&key, "build", cmd(), product(&old)),
+        ),
+        // Another step with the right artifact.
+        (
+            "test.json",
+            step_envelope(&key, "test", cmd(), product(&app)),
+        ),
+        // Signed by a key the policy does not know.
+        (
+            "stranger.json",
+            step_envelope(&other, "build", cmd(), product(&app)),
+        ),
+    ];
+    let r = run(
+        build_policy(&key, json!([])),
+        &key.verifier().unwrap(),
+        atts,
+        &[&app],
+    )
+    .unwrap();
+    assert!(!r.passed);
+    let reasons = &r.steps[0].reasons;
+    assert_eq!(
+        reasons[0],
+        "no collection named \"build\" with a matching subject was found among the validly signed attestations"
+    );
+    let none = "rebuild.json is step \"build\" but has no subject matching the searched digests [270e00000000…]; its subjects: none (an output whose bytes did not change during the step is not a product, so a rebuild that changes nothing has no subjects)";
+    assert_eq!(
+        reasons[1..],
+        [
+            none.to_string(),
+            "old.json is step \"build\" but has no subject matching the searched digests [270e00000000…]; its subjects: file:hello abcd11111111…".to_string(),
+            "test.json is step \"test\", not \"build\"".to_string(),
+            "stranger.json was not considered: its signature was rejected (see below)".to_string(),
+        ]
+    );
+    assert_eq!(r.rejected_envelopes.len(), 1);
+    assert_eq!(r.rejected_envelopes[0].source, "stranger.json");
+    assert_eq!(
+        r.rejected_envelopes[0].reason,
+        format!(
+            "no signature verified with a policy public key or root (envelope keyids: {}; policy keyids: {})",
+            other.key_id(),
+            key.key_id()
+        )
+    );
+}
+
+#[test]
+fn rego_time_limit_in_process_names_the_module_and_step() {
+    use cilock_evidence::policy::rego::{RegoLimits, RegoRunner};
+    let (key, _) = Signer::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let app = "270e".to_string() + &"0".repeat(60);
+    // An interpreted loop of 20 million steps: far longer than 200 ms.
+    let slow = "package slow\nimport rego.v1\ndeny contains msg if {\n  n := count([x | some x in numbers.range(1, 20000000); x % 7 == 3])\n  n < 0\n  msg := \"never\"\n}\n";
+    let policy = build_policy(&key, json!([{"name": "slow loop", "module": b64(slow)}]));
+    let att = step_envelope(
+        &key,
+        "build",
+        vec![attestation("command-run", json!({"cmd": ["make"]}))],
+        vec![Subject::new("file:app", &DigestSet::sha256(app.clone()))],
+    );
+    let started = std::time::Instant::now();
+    let r = verify(&VerifyOptions {
+        policy_envelope: policy,
+        policy_verifiers: vec![key.verifier().unwrap()],
+        attestations: vec![NamedEnvelope {
+            source: "att.json".into(),
+            envelope: att,
+        }],
+        subject_digests: vec![app],
+        now: OffsetDateTime::now_utc(),
+        rego_limits: RegoLimits {
+            timeout: std::time::Duration::from_millis(200),
+            memory_bytes: 1 << 30,
+            runner: RegoRunner::InProcess,
+        },
+    })
+    .unwrap();
+    assert!(!r.passed);
+    assert_eq!(
+        r.steps[0].collections[0].reasons,
+        ["could not evaluate rego policy \"slow loop\" of step \"build\" on https://witness.dev/attestations/command-run/v0.1: stopped: it exceeded the time limit of 200 ms"]
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -170,6 +170,7 @@ fn check(policy: &[u8], env: Envelope, now: OffsetDateTime) -> VerificationRepor
         }],
         subject_digests: vec![app_digest()],
         now,
+        rego_limits: Default::default(),
     })
     .unwrap()
 }
@@ -242,17 +243,17 @@ fn each_constraint_mismatch_fails() {
         (
             "extensions",
             json!({"issuer": "https://accounts.google.com"}),
-            "extension issuer is Some(\"https://token.actions.githubusercontent.com\"), \"https://accounts.google.com\" required",
+            "extension issuer (1.3.6.1.4.1.57264.1.8) is \"https://token.actions.githubusercontent.com\", \"https://accounts.google.com\" required",
         ),
         (
             "extensions",
             json!({"SourceRepositoryURI": "https://github.com/example/other"}),
-            "extension SourceRepositoryURI is Some(\"https://github.com/example/app\")",
+            "extension SourceRepositoryURI (1.3.6.1.4.1.57264.1.12) is \"https://github.com/example/app\", \"https://github.com/example/other\" required",
         ),
         (
             "extensions",
             json!({"RunnerEnvironment": "github-hosted"}),
-            "extension RunnerEnvironment is None, \"github-hosted\" required",
+            "extension RunnerEnvironment (1.3.6.1.4.1.57264.1.11) is absent from the certificate, \"github-hosted\" required",
         ),
     ];
     for (field, value, want) in cases {
@@ -692,4 +693,187 @@ fn short_lived_certificate_verifies_at_the_timestamp() {
         },
     );
     assert!(check(&with_tsa, two, now()).passed);
+}
+
+// ---------------------------------------------------------------------------
+// Extension keys: CI/lock snake_case and Witness Go field names
+
+const CILOCK_REPO: &str = "https://github.com/testifysec/cilock-trivy-detection-test";
+
+/// The `certConstraint` of the CI/lock fixture policy (step `clean-build`),
+/// verbatim except `roots`, which names this test's CA.
+fn cilock_fixture_constraint() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/cilock/policy.json");
+    let p: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut c = p["steps"]["clean-build"]["functionaries"][0]["certConstraint"].clone();
+    assert_eq!(
+        c["extensions"]["source_repository_uri"], CILOCK_REPO,
+        "fixture changed: {c}"
+    );
+    assert_eq!(c["extensions"]["runner_environment"], "github-hosted");
+    c["roots"] = json!(["ca"]);
+    c
+}
+
+/// A leaf from the test CA carrying Fulcio's issuer (1.1 and 1.8),
+/// source repository URI (1.12) and runner environment (1.11).
+fn ci_leaf(w: &World, name: &str, repo: &str, runner: &str) -> Issued {
+    let now_ = now();
+    let ext = format!(
+        "{}1.3.6.1.4.1.57264.1.8=ASN1:UTF8String:{ISSUER}\n1.3.6.1.4.1.57264.1.11=ASN1:UTF8String:{runner}\n",
+        fulcio_leaf_ext(URI, EMAIL, DNS, ISSUER, repo)
+    );
+    w.pki.issue(
+        name,
+        LEAF_SUBJECT,
+        &w.int,
+        &ext,
+        now_ - Duration::hours(1),
+        now_ + Duration::days(1),
+    )
+}
+
+fn functionary_reason(r: &VerificationReport) -> String {
+    assert!(!r.passed, "{r:#?}");
+    assert!(r.rejected_envelopes.is_empty(), "{r:#?}");
+    let reasons = &r.steps[0].collections[0].reasons;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("not signed by a functionary of step \"build\""),
+        "{reasons:?}"
+    );
+    assert!(!reasons[0].contains("Some("), "{reasons:?}");
+    reasons[0].clone()
+}
+
+#[test]
+fn snake_case_extension_constraints_reject_another_repository() {
+    let w = world();
+    let good = ci_leaf(&w, "good", CILOCK_REPO, "github-hosted");
+    let evil = ci_leaf(
+        &w,
+        "evil",
+        "https://github.com/evil-org/cilock-trivy-detection-test",
+        "github-hosted",
+    );
+    let self_hosted = ci_leaf(&w, "selfhosted", CILOCK_REPO, "self-hosted");
+    let snake = cilock_fixture_constraint();
+    let p = policy(&[("ca", &w.root, &[])], &[], snake.clone());
+    // The right repository on a GitHub-hosted runner passes.
+    let r = check(&p, envelope(&good, &[&w.int]), now());
+    assert!(r.passed, "{r:#?}");
+    // A certificate from another organisation's repository is rejected.
+    let reason = functionary_reason(&check(&p, envelope(&evil, &[&w.int]), now()));
+    assert!(
+        reason.contains(
+            "extension source_repository_uri (1.3.6.1.4.1.57264.1.12) is \"https://github.com/evil-org/cilock-trivy-detection-test\", \"https://github.com/testifysec/cilock-trivy-detection-test\" required"
+        ),
+        "{reason}"
+    );
+    // A self-hosted runner is rejected.
+    let reason = functionary_reason(&check(&p, envelope(&self_hosted, &[&w.int]), now()));
+    assert!(
+        reason.contains(
+            "extension runner_environment (1.3.6.1.4.1.57264.1.11) is \"self-hosted\", \"github-hosted\" required"
+        ),
+        "{reason}"
+    );
+    // The same rules spelt as Witness's Go field names, in any case, and as
+    // Fulcio's camelCase: the same outcomes.
+    for (repo_key, runner_key) in [
+        ("SourceRepositoryURI", "RunnerEnvironment"),
+        ("sourcerepositoryuri", "runnerenvironment"),
+        ("sourceRepositoryURI", "runnerEnvironment"),
+    ] {
+        let mut c = snake.clone();
+        c["extensions"] = json!({
+            "Issuer": ISSUER,
+            repo_key: CILOCK_REPO,
+            runner_key: "github-hosted",
+        });
+        let p = policy(&[("ca", &w.root, &[])], &[], c);
+        assert!(check(&p, envelope(&good, &[&w.int]), now()).passed);
+        let reason = functionary_reason(&check(&p, envelope(&evil, &[&w.int]), now()));
+        assert!(
+            reason.contains(&format!(
+                "extension {repo_key} (1.3.6.1.4.1.57264.1.12) is \"https://github.com/evil-org/"
+            )),
+            "{reason}"
+        );
+        let reason = functionary_reason(&check(&p, envelope(&self_hosted, &[&w.int]), now()));
+        assert!(
+            reason.contains(&format!("extension {runner_key} ")),
+            "{reason}"
+        );
+    }
+    // The failure lists the functionary's roots without Rust's Option.
+    let reason = functionary_reason(&check(&p, envelope(&evil, &[&w.int]), now()));
+    assert!(
+        reason.contains("functionaries [root (roots [ca])]"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn unknown_constraint_keys_are_policy_errors() {
+    use cilock_evidence::policy::{Policy, PolicyError};
+    let w = world();
+    // A misspelt extension key: the policy is refused, naming the key, the
+    // step and the accepted keys.
+    let mut c = cilock_fixture_constraint();
+    c["extensions"]["source_repo_uri"] = json!("https://github.com/example/app");
+    let p = policy(&[("ca", &w.root, &[])], &[], c);
+    let err = Policy::from_json(&p).unwrap_err();
+    assert!(matches!(err, PolicyError::Functionary { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.starts_with("step \"build\": certConstraint extension key \"source_repo_uri\" is not a Fulcio extension; accepted"), "{msg}");
+    assert!(
+        msg.contains("source_repository_uri/SourceRepositoryURI"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("runner_environment/RunnerEnvironment"),
+        "{msg}"
+    );
+    // verify() reports it as an input error, never a pass.
+    let (pkey, _) = Signer::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let res = verify(&VerifyOptions {
+        policy_envelope: dsse::sign(POLICY_PAYLOAD_TYPE, p.clone(), &pkey).unwrap(),
+        policy_verifiers: vec![pkey.verifier().unwrap()],
+        attestations: vec![NamedEnvelope {
+            source: "build.json".into(),
+            envelope: envelope(&w.leaf, &[&w.int]),
+        }],
+        subject_digests: vec![app_digest()],
+        now: now(),
+        rego_limits: Default::default(),
+    });
+    assert!(
+        matches!(res, Err(PolicyError::Functionary { .. })),
+        "{res:?}"
+    );
+    // An unknown certConstraint field is refused too.
+    let mut c = full_constraint();
+    c["commonnames"] = json!("builder");
+    let err = Policy::from_json(&policy(&[("ca", &w.root, &[])], &[], c)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("unknown certConstraint field \"commonnames\" (accepted: commonname, dnsnames, emails, organizations, uris, roots, extensions)"),
+        "{msg}"
+    );
+    // Field names match case-insensitively, as Go decodes them.
+    let mut c = full_constraint();
+    let cn = c.as_object_mut().unwrap().remove("commonname").unwrap();
+    c["commonName"] = cn;
+    c["DNSNames"] = c.as_object_mut().unwrap().remove("dnsnames").unwrap();
+    let p = policy(&[("ca", &w.root, &[])], &[], c.clone());
+    assert!(check(&p, envelope(&w.leaf, &[&w.int]), now()).passed);
+    c["commonName"] = json!("someone");
+    let p = policy(&[("ca", &w.root, &[])], &[], c);
+    let reason = functionary_reason(&check(&p, envelope(&w.leaf, &[&w.int]), now()));
+    assert!(
+        reason.contains("common name \"someone\" required"),
+        "{reason}"
+    );
 }

@@ -211,29 +211,74 @@ pub struct Functionary {
 }
 
 /// Certificate constraints of a `root` functionary.
-#[derive(Clone, Debug, Default, Deserialize)]
+///
+/// Field names match case-insensitively (as Go's JSON decoding does, so
+/// `commonName` is `commonname`); an unknown field is an error, never
+/// ignored.
+#[derive(Clone, Debug, Default)]
 pub struct CertConstraint {
     /// Subject common name (`*` = any).
-    #[serde(default)]
     pub commonname: String,
     /// SAN DNS names.
-    #[serde(default, deserialize_with = "null_default")]
     pub dnsnames: Vec<String>,
     /// SAN emails.
-    #[serde(default, deserialize_with = "null_default")]
     pub emails: Vec<String>,
     /// Subject organizations.
-    #[serde(default, deserialize_with = "null_default")]
     pub organizations: Vec<String>,
     /// SAN URIs.
-    #[serde(default, deserialize_with = "null_default")]
     pub uris: Vec<String>,
     /// Root ids the chain must end at (`*` = any policy root).
-    #[serde(default, deserialize_with = "null_default")]
     pub roots: Vec<String>,
-    /// Fulcio extensions (Go field names, case-insensitive).
-    #[serde(default, deserialize_with = "null_default")]
+    /// Fulcio extensions: Go field names (any case) or CI/lock snake_case
+    /// names ([`x509::fulcio_extension`]); checked when the policy loads.
     pub extensions: BTreeMap<String, String>,
+}
+
+/// The fields of a `certConstraint`.
+pub const CERT_CONSTRAINT_FIELDS: &[&str] = &[
+    "commonname",
+    "dnsnames",
+    "emails",
+    "organizations",
+    "uris",
+    "roots",
+    "extensions",
+];
+
+impl<'de> Deserialize<'de> for CertConstraint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let mut c = CertConstraint::default();
+        fn field<T: serde::de::DeserializeOwned + Default, E: Error>(
+            key: &str,
+            v: serde_json::Value,
+        ) -> Result<T, E> {
+            if v.is_null() {
+                return Ok(T::default());
+            }
+            serde_json::from_value(v)
+                .map_err(|e| E::custom(format!("certConstraint field {key:?}: {e}")))
+        }
+        for (key, v) in map {
+            match key.to_ascii_lowercase().as_str() {
+                "commonname" => c.commonname = field(&key, v)?,
+                "dnsnames" => c.dnsnames = field(&key, v)?,
+                "emails" => c.emails = field(&key, v)?,
+                "organizations" => c.organizations = field(&key, v)?,
+                "uris" => c.uris = field(&key, v)?,
+                "roots" => c.roots = field(&key, v)?,
+                "extensions" => c.extensions = field(&key, v)?,
+                _ => {
+                    return Err(D::Error::custom(format!(
+                        "unknown certConstraint field {key:?} (accepted: {})",
+                        CERT_CONSTRAINT_FIELDS.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(c)
+    }
 }
 
 /// A required attestation type of a step.
@@ -338,7 +383,20 @@ impl Policy {
             for f in &step.functionaries {
                 match f.type_.as_str() {
                     "publickey" if f.publickeyid.as_deref().is_some_and(|k| !k.is_empty()) => {}
-                    "root" if f.cert_constraint.is_some() => {}
+                    "root" if f.cert_constraint.is_some() => {
+                        let exts = f.cert_constraint.iter().flat_map(|c| c.extensions.keys());
+                        for ext in exts {
+                            if x509::fulcio_extension(ext).is_none() {
+                                return Err(PolicyError::Functionary {
+                                    step: key.clone(),
+                                    detail: format!(
+                                        "certConstraint extension key {ext:?} is not a Fulcio extension; accepted (snake_case or Go field name, any case): {}",
+                                        x509::accepted_extension_keys()
+                                    ),
+                                });
+                            }
+                        }
+                    }
                     other => {
                         return Err(PolicyError::Functionary {
                             step: key.clone(),

@@ -62,6 +62,8 @@ pub struct VerifyOptions {
     pub subject_digests: Vec<String>,
     /// The verification time (policy expiry, certificate validity).
     pub now: OffsetDateTime,
+    /// Time and memory limits of each Rego evaluation.
+    pub rego_limits: super::rego::RegoLimits,
 }
 
 /// The outcome of a verification.
@@ -273,7 +275,10 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerificationReport, PolicyError> {
                 if &coll.name != name || cand.digests.is_disjoint(&digests) {
                     continue;
                 }
-                entry.insert(i, evaluate(cand, coll, name, step, &policy));
+                entry.insert(
+                    i,
+                    evaluate(cand, coll, name, step, &policy, &opts.rego_limits),
+                );
             }
         }
         let mut added = false;
@@ -356,6 +361,12 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerificationReport, PolicyError> {
             reasons.push(format!(
                 "no collection named {name:?} with a matching subject was found among the validly signed attestations"
             ));
+            reasons.extend(explain_no_match(
+                name,
+                &candidates,
+                &report.rejected_envelopes,
+                &digests,
+            ));
         } else if !passed {
             reasons.push(format!(
                 "none of the {} collection(s) for step {name:?} passed",
@@ -372,6 +383,83 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerificationReport, PolicyError> {
     }
     report.passed = all && report.reasons.is_empty();
     Ok(report)
+}
+
+/// At most this many subjects are listed per envelope in a failure.
+const LISTED_SUBJECTS: usize = 8;
+
+fn short(d: &str) -> &str {
+    d.get(..12).unwrap_or(d)
+}
+
+/// Why no envelope was considered for step `name`: one line per envelope
+/// saying which step it is and what its subjects are.
+fn explain_no_match(
+    name: &str,
+    candidates: &[Candidate],
+    rejected: &[RejectedEnvelope],
+    searched: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let searched_list: Vec<&str> = searched.iter().map(|d| short(d)).collect();
+    let searched_list = format!("[{}…]", searched_list.join("…, "));
+    for c in candidates {
+        let Some(coll) = &c.collection else {
+            out.push(format!(
+                "{} is not an attestation collection (predicateType {})",
+                c.source, c.statement.predicate_type
+            ));
+            continue;
+        };
+        if coll.name != name {
+            out.push(format!(
+                "{} is step {:?}, not {name:?}",
+                c.source, coll.name
+            ));
+            continue;
+        }
+        let subjects = if c.statement.subject.is_empty() {
+            "none (an output whose bytes did not change during the step is not a product, so a rebuild that changes nothing has no subjects)".to_string()
+        } else {
+            let mut listed: Vec<String> = c
+                .statement
+                .subject
+                .iter()
+                .take(LISTED_SUBJECTS)
+                .map(|s| {
+                    let d = s
+                        .digest
+                        .get("sha256")
+                        .or_else(|| s.digest.values().next())
+                        .map(|d| short(d).to_string())
+                        .unwrap_or_default();
+                    let n = s.name.rsplit('/').next().unwrap_or(&s.name);
+                    format!("{n} {d}…")
+                })
+                .collect();
+            if c.statement.subject.len() > LISTED_SUBJECTS {
+                listed.push(format!(
+                    "and {} more",
+                    c.statement.subject.len() - LISTED_SUBJECTS
+                ));
+            }
+            listed.join(", ")
+        };
+        out.push(format!(
+            "{} is step {name:?} but has no subject matching the searched digests {searched_list}; its subjects: {subjects}",
+            c.source
+        ));
+    }
+    for r in rejected {
+        out.push(format!(
+            "{} was not considered: its signature was rejected (see below)",
+            r.source
+        ));
+    }
+    if candidates.is_empty() && rejected.is_empty() {
+        out.push("no attestation was given (-a FILE)".to_string());
+    }
+    out
 }
 
 fn check_envelope(
@@ -471,10 +559,27 @@ fn check_envelope(
     }
     if signers.is_empty() {
         let keyids: Vec<&str> = env.signatures.iter().map(|s| s.keyid.as_str()).collect();
-        let mut reason = format!(
-            "no signature verified with a policy public key or root (envelope keyids: {})",
-            keyids.join(", ")
-        );
+        let claimed: Vec<&str> = keyids
+            .iter()
+            .copied()
+            .filter(|k| policy.verifiers.contains_key(*k))
+            .collect();
+        let mut reason = if claimed.is_empty() {
+            format!(
+                "no signature verified with a policy public key or root (envelope keyids: {}; policy keyids: {})",
+                keyids.join(", "),
+                if policy.verifiers.is_empty() {
+                    "none".to_string()
+                } else {
+                    policy.verifiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
+            )
+        } else {
+            format!(
+                "the signature by policy key {} does not match the signed content: the payload or the signature was altered after signing",
+                claimed.join(", ")
+            )
+        };
         if !problems.is_empty() {
             reason.push_str(&format!("; {}", problems.join("; ")));
         }
@@ -515,6 +620,7 @@ fn evaluate(
     name: &str,
     step: &Step,
     policy: &Policy,
+    limits: &super::rego::RegoLimits,
 ) -> CollectionReport {
     let mut r = CollectionReport {
         source: cand.source.clone(),
@@ -557,8 +663,11 @@ fn evaluate(
             .map(|f| match f.type_.as_str() {
                 "publickey" => format!("publickey {}", f.publickeyid.as_deref().unwrap_or("")),
                 other => format!(
-                    "{other} (roots {:?})",
-                    f.cert_constraint.as_ref().map(|c| &c.roots)
+                    "{other} (roots [{}])",
+                    f.cert_constraint
+                        .as_ref()
+                        .map(|c| c.roots.join(", "))
+                        .unwrap_or_default()
                 ),
             })
             .collect();
@@ -592,7 +701,7 @@ fn evaluate(
         let module_names: Vec<&str> = req.regopolicies.iter().map(|p| p.name.as_str()).collect();
         let module_names = module_names.join(", ");
         for att in found {
-            match compiled.deny(&att.attestation) {
+            match compiled.deny_limited(&att.attestation, limits) {
                 Ok(msgs) => {
                     for m in msgs {
                         r.reasons.push(format!(
@@ -607,7 +716,7 @@ fn evaluate(
                     }
                 }
                 Err(e) => r.reasons.push(format!(
-                    "could not evaluate rego policy {module_names:?} on {}: {e}",
+                    "could not evaluate rego policy {module_names:?} of step {name:?} on {}: {e}",
                     req.type_
                 )),
             }

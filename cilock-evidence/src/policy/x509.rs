@@ -153,32 +153,151 @@ pub fn verify_chain(
     })
 }
 
-/// Fulcio extension OIDs by their Go field name (lowercase).
-const FULCIO_EXTENSIONS: &[(&str, &str)] = &[
-    ("issuer", "1.3.6.1.4.1.57264.1.8"),
-    ("githubworkflowtrigger", "1.3.6.1.4.1.57264.1.2"),
-    ("githubworkflowsha", "1.3.6.1.4.1.57264.1.3"),
-    ("githubworkflowname", "1.3.6.1.4.1.57264.1.4"),
-    ("githubworkflowrepository", "1.3.6.1.4.1.57264.1.5"),
-    ("githubworkflowref", "1.3.6.1.4.1.57264.1.6"),
-    ("buildsigneruri", "1.3.6.1.4.1.57264.1.9"),
-    ("buildsignerdigest", "1.3.6.1.4.1.57264.1.10"),
-    ("runnerenvironment", "1.3.6.1.4.1.57264.1.11"),
-    ("sourcerepositoryuri", "1.3.6.1.4.1.57264.1.12"),
-    ("sourcerepositorydigest", "1.3.6.1.4.1.57264.1.13"),
-    ("sourcerepositoryref", "1.3.6.1.4.1.57264.1.14"),
-    ("sourcerepositoryidentifier", "1.3.6.1.4.1.57264.1.15"),
-    ("sourcerepositoryowneruri", "1.3.6.1.4.1.57264.1.16"),
-    ("sourcerepositoryowneridentifier", "1.3.6.1.4.1.57264.1.17"),
-    ("buildconfiguri", "1.3.6.1.4.1.57264.1.18"),
-    ("buildconfigdigest", "1.3.6.1.4.1.57264.1.19"),
-    ("buildtrigger", "1.3.6.1.4.1.57264.1.20"),
-    ("runinvocationuri", "1.3.6.1.4.1.57264.1.21"),
-    (
-        "sourcerepositoryvisibilityatsigning",
+/// A Fulcio certificate extension a `certConstraint.extensions` key may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FulcioExtension {
+    /// The Go field name of Fulcio's `certificate.Extensions` (what Witness
+    /// matches, case-insensitively).
+    pub go_name: &'static str,
+    /// The snake_case spelling CI/lock policies use.
+    pub snake_name: &'static str,
+    /// The extension's OID.
+    pub oid: &'static str,
+}
+
+const fn ext(
+    go_name: &'static str,
+    snake_name: &'static str,
+    oid: &'static str,
+) -> FulcioExtension {
+    FulcioExtension {
+        go_name,
+        snake_name,
+        oid,
+    }
+}
+
+/// Every Fulcio extension a constraint may name.
+pub const FULCIO_EXTENSIONS: &[FulcioExtension] = &[
+    ext("Issuer", "issuer", "1.3.6.1.4.1.57264.1.8"),
+    ext(
+        "GithubWorkflowTrigger",
+        "github_workflow_trigger",
+        "1.3.6.1.4.1.57264.1.2",
+    ),
+    ext(
+        "GithubWorkflowSHA",
+        "github_workflow_sha",
+        "1.3.6.1.4.1.57264.1.3",
+    ),
+    ext(
+        "GithubWorkflowName",
+        "github_workflow_name",
+        "1.3.6.1.4.1.57264.1.4",
+    ),
+    ext(
+        "GithubWorkflowRepository",
+        "github_workflow_repository",
+        "1.3.6.1.4.1.57264.1.5",
+    ),
+    ext(
+        "GithubWorkflowRef",
+        "github_workflow_ref",
+        "1.3.6.1.4.1.57264.1.6",
+    ),
+    ext(
+        "BuildSignerURI",
+        "build_signer_uri",
+        "1.3.6.1.4.1.57264.1.9",
+    ),
+    ext(
+        "BuildSignerDigest",
+        "build_signer_digest",
+        "1.3.6.1.4.1.57264.1.10",
+    ),
+    ext(
+        "RunnerEnvironment",
+        "runner_environment",
+        "1.3.6.1.4.1.57264.1.11",
+    ),
+    ext(
+        "SourceRepositoryURI",
+        "source_repository_uri",
+        "1.3.6.1.4.1.57264.1.12",
+    ),
+    ext(
+        "SourceRepositoryDigest",
+        "source_repository_digest",
+        "1.3.6.1.4.1.57264.1.13",
+    ),
+    ext(
+        "SourceRepositoryRef",
+        "source_repository_ref",
+        "1.3.6.1.4.1.57264.1.14",
+    ),
+    ext(
+        "SourceRepositoryIdentifier",
+        "source_repository_identifier",
+        "1.3.6.1.4.1.57264.1.15",
+    ),
+    ext(
+        "SourceRepositoryOwnerURI",
+        "source_repository_owner_uri",
+        "1.3.6.1.4.1.57264.1.16",
+    ),
+    ext(
+        "SourceRepositoryOwnerIdentifier",
+        "source_repository_owner_identifier",
+        "1.3.6.1.4.1.57264.1.17",
+    ),
+    ext(
+        "BuildConfigURI",
+        "build_config_uri",
+        "1.3.6.1.4.1.57264.1.18",
+    ),
+    ext(
+        "BuildConfigDigest",
+        "build_config_digest",
+        "1.3.6.1.4.1.57264.1.19",
+    ),
+    ext("BuildTrigger", "build_trigger", "1.3.6.1.4.1.57264.1.20"),
+    ext(
+        "RunInvocationURI",
+        "run_invocation_uri",
+        "1.3.6.1.4.1.57264.1.21",
+    ),
+    ext(
+        "SourceRepositoryVisibilityAtSigning",
+        "source_repository_visibility_at_signing",
         "1.3.6.1.4.1.57264.1.22",
     ),
 ];
+
+/// The extension a `certConstraint.extensions` key names: the Go field name
+/// (any case, as Go's JSON decoding matches it; this also covers Fulcio's
+/// camelCase JSON names) or the snake_case name CI/lock policies use.
+pub fn fulcio_extension(key: &str) -> Option<&'static FulcioExtension> {
+    let lower = key.to_ascii_lowercase();
+    FULCIO_EXTENSIONS
+        .iter()
+        .find(|e| e.go_name.to_ascii_lowercase() == lower || e.snake_name == lower)
+}
+
+/// The accepted extension keys, for error messages.
+pub fn accepted_extension_keys() -> String {
+    FULCIO_EXTENSIONS
+        .iter()
+        .map(|e| {
+            if e.go_name.eq_ignore_ascii_case(e.snake_name) {
+                e.snake_name.to_string()
+            } else {
+                format!("{}/{}", e.snake_name, e.go_name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 const FULCIO_LEGACY_ISSUER: &str = "1.3.6.1.4.1.57264.1.1";
 
 fn extension_value(cert: &X509Certificate<'_>, oid: &str) -> Option<String> {
@@ -280,23 +399,35 @@ pub fn check_constraint(leaf: &[u8], root_id: &str, c: &CertConstraint) -> Resul
             errs.push(e);
         }
     }
-    // Extensions: keys match Fulcio's Go field names case-insensitively;
-    // other keys are ignored, as Go's JSON decoding ignores them.
+    // Extensions: keys are Fulcio's Go field names (any case) or CI/lock's
+    // snake_case names. An unknown key is never ignored: the policy is
+    // rejected when it is loaded, and here it fails the constraint.
     for (key, want) in &c.extensions {
         if want.is_empty() {
             continue;
         }
-        let lower = key.to_ascii_lowercase();
-        let Some((_, oid)) = FULCIO_EXTENSIONS.iter().find(|(k, _)| *k == lower) else {
+        let Some(ext) = fulcio_extension(key) else {
+            errs.push(format!(
+                "extension key {key:?} is not a Fulcio extension (accepted: {})",
+                accepted_extension_keys()
+            ));
             continue;
         };
-        let got = extension_value(&cert, oid).or_else(|| {
-            (lower == "issuer")
+        let got = extension_value(&cert, ext.oid).or_else(|| {
+            (ext.snake_name == "issuer")
                 .then(|| extension_value(&cert, FULCIO_LEGACY_ISSUER))
                 .flatten()
         });
-        if got.as_deref() != Some(want.as_str()) {
-            errs.push(format!("extension {key} is {got:?}, {want:?} required"));
+        match got {
+            Some(g) if g == *want => {}
+            Some(g) => errs.push(format!(
+                "extension {key} ({}) is {g:?}, {want:?} required",
+                ext.oid
+            )),
+            None => errs.push(format!(
+                "extension {key} ({}) is absent from the certificate, {want:?} required",
+                ext.oid
+            )),
         }
     }
     if errs.is_empty() {
