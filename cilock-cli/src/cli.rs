@@ -167,6 +167,55 @@ pub struct VerifyArgs {
     /// Key to sign the verification summary with.
     #[arg(long)]
     pub vsa_key: Option<PathBuf>,
+    /// Wall-clock limit of each Rego evaluation (e.g. 10s, 500ms, 1m); a
+    /// policy that exceeds it fails verification.
+    #[arg(long = "rego-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_rego_timeout)]
+    pub rego_timeout: std::time::Duration,
+    /// Memory (address space) limit of the process that evaluates Rego
+    /// (e.g. 1G, 512M; at least 64M); a policy that exceeds it fails
+    /// verification.
+    #[arg(long = "rego-memory", value_name = "SIZE", default_value = "1G", value_parser = parse_rego_memory)]
+    pub rego_memory: u64,
+}
+
+fn parse_rego_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let d = match t.strip_suffix("ms") {
+        Some(ms) if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) => {
+            std::time::Duration::from_millis(
+                ms.parse().map_err(|_| format!("{s:?}: number too large"))?,
+            )
+        }
+        _ => cilock_daemon::config::parse_duration(t)?,
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: the limit must be more than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_rego_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(|b| b.is_ascii_digit()).count();
+    let n: u64 = t[..digits]
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 1G, 512M or 1073741824"))?;
+    let mult: u64 = match t[digits..].trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use K, M or G)")),
+    };
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: size too large"))?;
+    if v < 64 << 20 {
+        return Err(format!(
+            "{s:?}: at least 64M is needed to start the evaluating process"
+        ));
+    }
+    Ok(v)
 }
 
 /// `cilock sign`

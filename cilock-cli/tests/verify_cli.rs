@@ -209,7 +209,14 @@ fn input_errors_exit_2() {
     std::fs::write(&bad_json, b"{\"payload\": ").unwrap();
     let o = verify(&good, &bad_json, &[]);
     assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(text(&o).contains("decoding attestation"), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "cilock: error: reading the attestation: {}: invalid DSSE envelope JSON: EOF while parsing",
+            bad_json.display()
+        )),
+        "{}",
+        text(&o)
+    );
     // Bad base64.
     let bad_b64 = d.path().join("b64.json");
     std::fs::write(

@@ -14,9 +14,7 @@ use crate::cli::InspectArgs;
 /// Prints the summary (or, with `--json`, the decoded statement). Exit 1
 /// when `-k` is given and no signature verifies with it.
 pub fn inspect(a: InspectArgs) -> anyhow::Result<u8> {
-    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    let env =
-        Envelope::from_json(&bytes).with_context(|| format!("decoding {}", a.file.display()))?;
+    let env = Envelope::from_file(&a.file)?;
     let sig_ok = match &a.publickey {
         Some(k) => {
             let v = Verifier::from_file(k)

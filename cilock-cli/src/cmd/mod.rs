@@ -9,7 +9,7 @@ mod output;
 mod run;
 mod sign;
 mod step;
-mod verify;
+pub(crate) mod verify;
 
 /// Runs the parsed command.
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {

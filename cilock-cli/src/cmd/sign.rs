@@ -3,6 +3,11 @@
 use anyhow::Context;
 use cilock_evidence::dsse;
 use cilock_evidence::keys::Signer;
+use cilock_evidence::limits;
+
+fn read_file(path: &std::path::Path, max: u64, what: &str) -> std::io::Result<Vec<u8>> {
+    limits::read_file(path, max, what, limits::any_start)
+}
 
 use crate::cli::SignArgs;
 
@@ -13,16 +18,16 @@ use crate::cli::SignArgs;
 pub fn sign(a: SignArgs) -> anyhow::Result<u8> {
     let signer = Signer::from_file(&a.key)
         .with_context(|| format!("loading signing key {}", a.key.display()))?;
-    let payload =
-        std::fs::read(&a.infile).with_context(|| format!("reading {}", a.infile.display()))?;
+    let payload = read_file(&a.infile, limits::MAX_SIGN_INPUT_BYTES, "file to sign")
+        .with_context(|| format!("reading {}", a.infile.display()))?;
     let env = match &a.certificate {
         Some(cert) => {
-            let cert_bytes = std::fs::read(cert)
+            let cert_bytes = read_file(cert, limits::MAX_KEY_BYTES, "certificate")
                 .with_context(|| format!("reading certificate {}", cert.display()))?;
             let mut inters = Vec::new();
             for i in &a.intermediates {
                 inters.push(
-                    std::fs::read(i)
+                    read_file(i, limits::MAX_KEY_BYTES, "certificate")
                         .with_context(|| format!("reading intermediate {}", i.display()))?,
                 );
             }

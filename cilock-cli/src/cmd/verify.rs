@@ -10,15 +10,14 @@ use cilock_evidence::digest::{DigestSet, HashAlg};
 use cilock_evidence::dsse::{self, Envelope};
 use cilock_evidence::intoto::PAYLOAD_TYPE;
 use cilock_evidence::keys::{Signer, Verifier};
+use cilock_evidence::policy::rego::{self, RegoLimits, RegoRunner};
 use cilock_evidence::policy::verify::{vsa_statement, NamedEnvelope, VerificationReport};
 use cilock_evidence::policy::{verify as run_verify, VerifyOptions};
 
 use crate::cli::VerifyArgs;
 
 fn read_envelope(path: &std::path::Path, what: &str) -> anyhow::Result<Envelope> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
-    Envelope::from_json(&bytes).with_context(|| format!("decoding {what} {}", path.display()))
+    Envelope::from_file(path).with_context(|| format!("reading the {what}"))
 }
 
 /// Runs `cilock verify`.
@@ -68,6 +67,14 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
         attestations,
         subject_digests: subjects,
         now,
+        rego_limits: RegoLimits {
+            timeout: a.rego_timeout,
+            memory_bytes: a.rego_memory,
+            runner: RegoRunner::Child {
+                program: "/proc/self/exe".into(),
+                args: vec![rego::CHILD_ARG.into()],
+            },
+        },
     };
     let report = run_verify(&opts).with_context(|| format!("policy {}", a.policy.display()))?;
     if a.json {
@@ -141,4 +148,12 @@ fn human(r: &VerificationReport) -> String {
         if r.passed { "PASSED" } else { "FAILED" }
     );
     o
+}
+
+/// When `cilock` was started as a Rego evaluation child
+/// ([`rego::CHILD_ARG`] first), evaluates and returns its exit status.
+pub fn rego_child_main() -> Option<std::process::ExitCode> {
+    let first = std::env::args_os().nth(1)?;
+    (first == rego::CHILD_ARG)
+        .then(|| std::process::ExitCode::from(u8::try_from(rego::child_main()).unwrap_or(2)))
 }
