@@ -961,3 +961,18 @@ fn rego_time_limit_in_process_names_the_module_and_step() {
         started.elapsed()
     );
 }
+
+#[test]
+fn bad_base64_rego_names_the_module() {
+    let mut p: Value = serde_json::from_slice(&read("witness/cdx-sbom-policy.json")).unwrap();
+    p["steps"]["sbom"]["attestations"][1]["regopolicies"] =
+        json!([{"name": "gcc only", "module": "%%% not base64"}]);
+    let err = Policy::from_json(&serde_json::to_vec(&p).unwrap()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(
+            "invalid policy JSON: rego module \"gcc only\": `module` is not valid base64: "
+        ),
+        "{msg}"
+    );
+}

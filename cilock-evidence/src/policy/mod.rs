@@ -293,14 +293,38 @@ pub struct StepAttestation {
 }
 
 /// A Rego module of the policy.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct RegoPolicy {
     /// Its name.
-    #[serde(default)]
     pub name: String,
     /// The Rego source (base64 in JSON).
-    #[serde(deserialize_with = "b64::bytes")]
     pub module: Vec<u8>,
+}
+
+impl<'de> Deserialize<'de> for RegoPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            name: Option<String>,
+            module: String,
+        }
+        let raw = Raw::deserialize(d)?;
+        let name = raw.name.unwrap_or_default();
+        let module = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        )
+        .decode(raw.module.as_bytes())
+        .map_err(|e| {
+            serde::de::Error::custom(format!(
+                "rego module {name:?}: `module` is not valid base64: {e}"
+            ))
+        })?;
+        Ok(RegoPolicy { name, module })
+    }
 }
 
 /// A parsed and validated policy, ready for verification.
