@@ -24,7 +24,7 @@ pub const MAX_SIGN_INPUT_BYTES: u64 = 128 << 20;
 const CHUNK: usize = 64 * 1024;
 
 fn human(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else {
         format!("{n} bytes")

@@ -65,7 +65,7 @@ impl Default for RegoLimits {
 impl RegoLimits {
     fn describe_time(&self) -> String {
         let ms = self.timeout.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             format!("{} s", ms / 1000)
         } else {
             format!("{ms} ms")
