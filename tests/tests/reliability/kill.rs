@@ -136,6 +136,7 @@ echo "shell $$ alive"
         assert!(killed.contains(&pid), "{pid} not killed: {k}");
         let p = common::by_pid(&cr, pid);
         assert_eq!(p["aliveAtEnd"], true, "{p}");
+        assert_eq!(p["exitcode"], 137, "killed with SIGKILL: {p}");
         // Dead (a zombie at most, until the shell reaps it).
         assert!(
             matches!(proc_state(pid), None | Some('Z')),
@@ -151,8 +152,6 @@ echo "shell $$ alive"
         "the double-forked orphan survived"
     );
     assert!(pids_with_cmdline(&["sleep", "3012"]).is_empty());
-    // The CLI said what was left alive and killed.
-    let _ = d;
 }
 
 #[test]
@@ -380,4 +379,114 @@ fn step_end_and_inspect_say_what_was_alive() {
     assert!(o.contains("syscall events: 0\n"), "{o}");
     // SAFETY: plain kill of the process this test started.
     unsafe { libc::kill(bg as i32, libc::SIGKILL) };
+}
+
+/// A group that exists for one test.
+struct Group {
+    name: String,
+    gid: u32,
+}
+
+impl Group {
+    fn create() -> Group {
+        let name = format!("clkk{}", std::process::id());
+        let st = Command::new("groupadd").arg(&name).status().unwrap();
+        assert!(st.success(), "groupadd {name}");
+        let line = sh(&format!("getent group {name}"));
+        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
+        Group { name, gid }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).status();
+    }
+}
+
+/// An unprivileged job (uid 65534) kills in its own step from its own
+/// shell; another user of the daemon's group (65533) cannot end or kill
+/// it (to him the step does not exist), and nothing of it is killed.
+#[test]
+fn unprivileged_kill_only_in_its_own_step() {
+    let g = Group::create();
+    let d = Daemon::start_with("ebpf", &format!("group = {:?}", g.name));
+    let (alice, bob) = (65534u32, 65533u32);
+    let w = tempdir();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(w.path(), Some(alice), Some(g.gid)).unwrap();
+    let dir = w.path();
+    let cilock = shared_cilock();
+    let script = format!(
+        r#"export CILOCK_SOCKET={sock}
+{cilock} step begin --step u || exit 9
+sleep 3015 & echo $! > bg.pid
+: > ready
+read go
+{cilock} step end --step u --kill -o u.att.json
+echo "end rc=$?"
+echo "shell $$ alive"
+"#,
+        sock = d.socket.display(),
+        cilock = cilock.display(),
+    );
+    let mut job = Command::new("setpriv")
+        .arg(format!("--reuid={alice}"))
+        .arg(format!("--regid={}", g.gid))
+        .arg(format!("--groups={}", g.gid))
+        .args(["sh", "-c", &script])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("ready").exists() {
+        assert!(
+            Instant::now() < deadline && matches!(job.try_wait(), Ok(None)),
+            "the job did not begin its step: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let bg = read_pid(dir, "bg.pid");
+    let bob_out = Command::new("setpriv")
+        .arg(format!("--reuid={bob}"))
+        .arg(format!("--regid={}", g.gid))
+        .arg(format!("--groups={}", g.gid))
+        .arg(&cilock)
+        .args(["step", "end", "--step", "u", "--kill", "-o", "/dev/null"])
+        .env("CILOCK_SOCKET", &d.socket)
+        .output()
+        .unwrap();
+    assert_eq!(bob_out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bob_out.stderr);
+    assert!(err.contains("no active step named \"u\""), "{err}");
+    assert!(
+        matches!(proc_state(bg), Some(c) if c != 'Z'),
+        "bob's --kill killed {bg}"
+    );
+    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut stdout = String::new();
+    job.stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(job.wait().unwrap().success(), "{stdout}");
+    assert!(stdout.contains("end rc=0\n"), "{stdout}\n{}", d.log_text());
+    let shell = job.id() as i64;
+    assert!(stdout.contains(&format!("shell {shell} alive")), "{stdout}");
+    let cr = common::command_run(&dir.join("u.att.json"));
+    let k = &cr["trace"]["killAtEnd"];
+    assert_eq!(k["killed"], serde_json::json!([bg]), "{k}");
+    assert!(
+        k["spared"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(shell)),
+        "{k}"
+    );
+    assert!(matches!(proc_state(bg), None | Some('Z')));
 }
