@@ -315,6 +315,7 @@ impl Cgroup {
             frozen,
             ..Default::default()
         };
+        let mut killed = std::collections::BTreeSet::new();
         'rounds: while report.rounds < MAX_KILL_ROUNDS {
             report.rounds += 1;
             let targets: Vec<u32> = self
@@ -335,9 +336,7 @@ impl Cgroup {
                     continue;
                 }
                 if fd.send_signal(libc::SIGKILL).is_ok() {
-                    if !report.killed.contains(&pid) {
-                        report.killed.push(pid);
-                    }
+                    killed.insert(pid);
                     pinned.push(fd);
                 }
             }
@@ -353,7 +352,7 @@ impl Cgroup {
                 tracing::error!("thawing {}: {e}", self.path.display());
             }
         }
-        report.killed.sort_unstable();
+        report.killed = killed.into_iter().collect();
         report
     }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{
     self, Claimed, CommandRun, EventCount, KillAtEnd, TraceInfo, WaitDescendants, EXITCODE_UNKNOWN,
+    MAX_KILLED_LISTED,
 };
 use cilock_evidence::attestors::lifecycle::{AttestorOptions, Lifecycle, SkippedAttestor};
 use cilock_evidence::attestors::{
@@ -68,6 +69,14 @@ pub struct EngineConfig {
 
 /// Default of [`EngineConfig::run_wait_descendants`].
 pub const DEFAULT_RUN_WAIT_DESCENDANTS: Duration = Duration::from_secs(30);
+
+/// The first [`MAX_KILLED_LISTED`] pids of `pids`.
+fn listed(pids: &[u32]) -> Vec<i64> {
+    pids.iter()
+        .take(MAX_KILLED_LISTED)
+        .map(|&p| p as i64)
+        .collect()
+}
 
 /// Ancestors of a `step end --kill` caller looked at, at most.
 const MAX_ANCESTORS: usize = 256;
@@ -844,7 +853,8 @@ impl Engine {
                 requested_by: requested_by.to_string(),
                 caller: None,
                 method: "cgroup.kill".to_string(),
-                killed: alive.iter().map(|&p| p as i64).collect(),
+                killed: listed(alive),
+                killed_not_listed: alive.len().saturating_sub(MAX_KILLED_LISTED) as u64,
                 spared: Vec::new(),
                 complete,
             };
@@ -889,7 +899,8 @@ impl Engine {
                 "pidfd SIGKILL"
             }
             .to_string(),
-            killed: report.killed.iter().map(|&p| p as i64).collect(),
+            killed: listed(&report.killed),
+            killed_not_listed: report.killed.len().saturating_sub(MAX_KILLED_LISTED) as u64,
             spared,
             complete: report.complete,
         }

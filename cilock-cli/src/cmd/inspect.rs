@@ -251,20 +251,20 @@ fn alive_notes(cr: &Value) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(k) = trace.and_then(|t| t.get("killAtEnd")) {
         let killed = pids_of(k.get("killed"));
+        let not_listed = k
+            .get("killedNotListed")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let spared = pids_of(k.get("spared"));
         let by = k
             .get("requestedBy")
             .and_then(Value::as_str)
             .unwrap_or("the end of the step");
-        out.push(if killed.is_empty() {
+        let n = (killed.len() as u64).saturating_add(not_listed);
+        out.push(if n == 0 {
             format!("{by}: nothing else was running")
         } else {
-            format!(
-                "{by} killed {} {}: {}",
-                killed.len(),
-                plural(killed.len()),
-                list(&killed)
-            )
+            format!("{by} killed {n} {}: {}", plural(n as usize), list(&killed))
         });
         if !spared.is_empty() {
             out.push(format!(

@@ -340,6 +340,13 @@ pub struct TraceInfo {
     pub kill_at_end: Option<KillAtEnd>,
 }
 
+/// Most pids listed in [`KillAtEnd::killed`].
+pub const MAX_KILLED_LISTED: usize = 4096;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Who was killed at the end of a step, and who was spared.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -357,9 +364,13 @@ pub struct KillAtEnd {
     /// `pidfd SIGKILL` (the same without a freezer).
     pub method: String,
     /// Pids killed (each is `aliveAtEnd`, with its signal exit code when
-    /// the trace saw it die).
+    /// the trace saw it die); at most [`MAX_KILLED_LISTED`], see
+    /// `killedNotListed`.
     #[serde(default)]
     pub killed: Vec<i64>,
+    /// Killed processes not listed in `killed` (over the bound).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub killed_not_listed: u64,
     /// Pids spared: the caller and its ancestors in the step. They were
     /// still running when the step ended (`aliveAtEnd`) and went back to
     /// the cgroup the step's first process came from, untraced.
