@@ -50,7 +50,8 @@ fn read_pid(dir: &Path, name: &str) -> i64 {
 }
 
 /// A job shell in a step starts background children (a plain one, a
-/// double-forked orphan, a nested one and a fork loop), then runs `cilock
+/// double-forked orphan, a nested one, a fork loop and a process that
+/// forks a copy of itself and exits, over and over), then runs `cilock
 /// step end --kill` itself. The CLI exits 0, the envelope is written and
 /// says who was killed and who was spared, the children are gone, the shell
 /// goes on running (back in the cgroup it came from).
@@ -66,7 +67,9 @@ sleep 3011 & echo $! > plain.pid
 (sleep {orphan_arg} &)
 sh -c 'sleep 3012 & wait' & echo $! > nested.pid
 sh -c 'while :; do true & wait $!; : > looping; done' & echo $! > loop.pid
-while [ ! -e looping ]; do sleep 0.01; done
+echo 'sh "$0" & : > hopping; exit' > hop.sh
+sh {dir}/hop.sh
+while [ ! -e looping ] || [ ! -e hopping ]; do sleep 0.01; done
 {cilock} step end --step k --kill -o {att}
 echo "end rc=$?"
 echo "cgroup $(cat /proc/$$/cgroup)"
@@ -75,6 +78,7 @@ echo "shell $$ alive"
         sock = d.socket.display(),
         cilock = bin("cilock").display(),
         att = dir.join("k.att.json").display(),
+        dir = dir.display(),
     );
     let mut job = common::begin_job(&d, "k", dir, &script, Stdio::piped());
     let shell = job.id() as i64;
@@ -152,6 +156,9 @@ echo "shell $$ alive"
         "the double-forked orphan survived"
     );
     assert!(pids_with_cmdline(&["sleep", "3012"]).is_empty());
+    // The process that keeps changing its pid (fork, parent exits) is gone.
+    let hop = dir.join("hop.sh");
+    assert!(pids_with_cmdline(&["sh", hop.to_str().unwrap()]).is_empty());
 }
 
 #[test]
