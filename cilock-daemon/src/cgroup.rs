@@ -262,6 +262,100 @@ impl Cgroup {
         Ok(())
     }
 
+    /// True when `pid` is in this cgroup or below it (`mount`: the cgroup2
+    /// mount, as in the daemon's /proc/PID/cgroup paths).
+    pub fn holds(&self, mount: &Path, pid: u32) -> bool {
+        cgroup_of(pid).is_some_and(|rel| {
+            mount
+                .join(rel.strip_prefix("/").unwrap_or(&rel))
+                .starts_with(&self.path)
+        })
+    }
+
+    /// Writes `cgroup.freeze` (1: freeze this cgroup and everything below,
+    /// 0: thaw).
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        let p = self.path.join("cgroup.freeze");
+        fs::write(&p, if frozen { b"1" } else { b"0" }).map_err(io_err("write", &p))
+    }
+
+    /// Waits until `cgroup.events` says `frozen 1`, at most `timeout`.
+    pub fn wait_frozen(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let p = self.path.join("cgroup.events");
+        loop {
+            match fs::read_to_string(&p) {
+                Ok(s) if s.lines().any(|l| l.trim() == "frozen 1") => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Kills every process in this cgroup and below except `spare` (and
+    /// processes that are not this cgroup's), race-free against forks: the
+    /// cgroup is frozen (nothing in it runs, so nothing forks), its
+    /// processes are listed and each one not spared is pinned by a pidfd,
+    /// checked to be still in this cgroup, and sent SIGKILL through the
+    /// pidfd; once they are gone the list is taken again (a child a fork
+    /// was creating during the listing shows up frozen), until only the
+    /// spared are left, then the cgroup is thawed. Bounded by `timeout`
+    /// and [`MAX_KILL_ROUNDS`]. On a kernel without `cgroup.freeze` the same
+    /// rounds run unfrozen.
+    pub fn kill_except(&self, mount: &Path, spare: &[PidFd], timeout: Duration) -> KillReport {
+        let deadline = Instant::now() + timeout;
+        let froze = self.set_frozen(true).is_ok();
+        let frozen = froze && self.wait_frozen(Duration::from_secs(2));
+        let spared = |pid: u32| spare.iter().any(|s| s.pid() == pid && !s.exited());
+        let mut report = KillReport {
+            frozen,
+            ..Default::default()
+        };
+        let mut killed = std::collections::BTreeSet::new();
+        'rounds: while report.rounds < MAX_KILL_ROUNDS {
+            report.rounds += 1;
+            let targets: Vec<u32> = self
+                .pids_recursive()
+                .into_iter()
+                .filter(|&p| !spared(p))
+                .collect();
+            if targets.is_empty() {
+                report.complete = true;
+                break;
+            }
+            let mut pinned = Vec::new();
+            for pid in targets {
+                let Ok(fd) = PidFd::open(pid) else { continue };
+                // The pid is pinned: it names this process until the fd is
+                // closed, so the check below is about the process killed.
+                if !self.holds(mount, pid) || fd.exited() {
+                    continue;
+                }
+                if fd.send_signal(libc::SIGKILL).is_ok() {
+                    killed.insert(pid);
+                    pinned.push(fd);
+                }
+            }
+            for fd in &pinned {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || !fd.wait_exit(left) {
+                    break 'rounds;
+                }
+            }
+        }
+        if froze {
+            if let Err(e) = self.set_frozen(false) {
+                tracing::error!("thawing {}: {e}", self.path.display());
+            }
+        }
+        report.killed = killed.into_iter().collect();
+        report
+    }
+
     /// Moves every process out (into `to`) and removes the directory tree.
     pub fn remove(&self, to: &Path) -> Result<(), CgroupError> {
         if let Ok(dest) = Cgroup::open(to) {
@@ -365,6 +459,70 @@ impl PidFd {
         self.pid
     }
 
+    /// `pidfd_send_signal`: signals the pinned process (never another one
+    /// that reused its pid).
+    pub fn send_signal(&self, sig: i32) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: plain syscall on our descriptor; no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits at most `timeout` for the pinned process to exit; true when it
+    /// did.
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.exited() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut p = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, 1000) as i32;
+            // SAFETY: one pollfd on the stack.
+            unsafe { libc::poll(&mut p, 1, ms) };
+        }
+    }
+
+    /// The parent of the pinned process (from /proc/PID/status), pinned in
+    /// turn; `None` when it cannot be told (the process exited, or its
+    /// parent is outside this pid namespace).
+    pub fn parent(&self) -> Option<PidFd> {
+        let ppid = |pid: u32| -> Option<u32> {
+            let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            s.lines()
+                .find_map(|l| l.strip_prefix("PPid:"))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let before = ppid(self.pid).filter(|&p| p != 0)?;
+        let parent = PidFd::open(before).ok()?;
+        // Still this process's parent after it was pinned (a parent that
+        // exited meanwhile would have made the child change parent), and
+        // the status read was the pinned process's (it still runs).
+        (ppid(self.pid) == Some(before) && !self.exited()).then_some(parent)
+    }
+
     /// True when the pinned process has exited (zombies included), so its
     /// pid may now name another process. Errors count as exited.
     pub fn exited(&self) -> bool {
@@ -383,6 +541,22 @@ impl PidFd {
             return r != 0;
         }
     }
+}
+
+/// Most listing rounds of [`Cgroup::kill_except`].
+pub const MAX_KILL_ROUNDS: u32 = 64;
+
+/// What [`Cgroup::kill_except`] did.
+#[derive(Clone, Debug, Default)]
+pub struct KillReport {
+    /// Pids sent SIGKILL (sorted).
+    pub killed: Vec<u32>,
+    /// True when the cgroup was frozen while its processes were listed.
+    pub frozen: bool,
+    /// True when, at the end, only spared processes were left.
+    pub complete: bool,
+    /// Listing rounds taken.
+    pub rounds: u32,
 }
 
 /// The cgroup (within the hierarchy) a process is in, from /proc/PID/cgroup.

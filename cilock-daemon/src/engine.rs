@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{
-    self, Claimed, CommandRun, EventCount, TraceInfo, WaitDescendants, EXITCODE_UNKNOWN,
+    self, Claimed, CommandRun, EventCount, KillAtEnd, TraceInfo, WaitDescendants, EXITCODE_UNKNOWN,
+    MAX_KILLED_LISTED,
 };
 use cilock_evidence::attestors::lifecycle::{AttestorOptions, Lifecycle, SkippedAttestor};
 use cilock_evidence::attestors::{
@@ -68,6 +69,17 @@ pub struct EngineConfig {
 
 /// Default of [`EngineConfig::run_wait_descendants`].
 pub const DEFAULT_RUN_WAIT_DESCENDANTS: Duration = Duration::from_secs(30);
+
+/// The first [`MAX_KILLED_LISTED`] pids of `pids`.
+fn listed(pids: &[u32]) -> Vec<i64> {
+    pids.iter()
+        .take(MAX_KILLED_LISTED)
+        .map(|&p| p as i64)
+        .collect()
+}
+
+/// Ancestors of a `step end --kill` caller looked at, at most.
+const MAX_ANCESTORS: usize = 256;
 
 /// Active steps at most, all users together: below the size of the eBPF
 /// `STEPS` map (1 024 entries, `cilock-ebpf/src/maps.rs`).
@@ -194,6 +206,9 @@ pub struct EndSpec {
     /// (the step cgroup becoming empty) before ending. `None`: `step end`
     /// (no wait).
     pub wait_descendants: Option<Duration>,
+    /// With `kill`: the process that asked (the daemon's peer, pinned).
+    /// When it is inside the step, it and its ancestors are spared.
+    pub caller: Option<Arc<PidFd>>,
 }
 
 /// The unsigned result of a step.
@@ -747,11 +762,11 @@ impl Engine {
         });
         // Still running at the end: listed as such (and killed with --kill).
         let alive = step.cgroup.pids_recursive();
-        if end.kill {
-            if let Err(e) = step.cgroup.kill_all(Duration::from_secs(10)) {
-                tracing::warn!("step {}: {e}", step.name);
-            }
-        }
+        let kill_at_end = if end.kill && !alive.is_empty() {
+            Some(self.kill_step(&step, end.caller.as_deref(), ended_by, &alive))
+        } else {
+            None
+        };
         let mut trace = TraceInfo {
             backend: self.backend_name().to_string(),
             reason: self.reason.clone(),
@@ -772,6 +787,7 @@ impl Engine {
                     "left running, no longer traced".to_string()
                 },
             }),
+            kill_at_end,
             ..Default::default()
         };
         match &self.backend {
@@ -804,6 +820,90 @@ impl Engine {
             alive,
         }
         .finish(&self.cache, end)
+    }
+
+    /// Kills what runs in `step` (`alive`: its processes now). From outside
+    /// the step (a runner hook, the reaper) everything goes, by
+    /// `cgroup.kill`. When `caller` (the process asking) is inside the
+    /// step, it and its ancestors are spared and the rest is killed with
+    /// [`Cgroup::kill_except`] (frozen, pidfd by pidfd, until only they are
+    /// left).
+    fn kill_step(
+        &self,
+        step: &Step,
+        caller: Option<&PidFd>,
+        ended_by: &str,
+        alive: &[u32],
+    ) -> KillAtEnd {
+        let requested_by = if ended_by == "step end" {
+            "step end --kill"
+        } else {
+            ended_by
+        };
+        let inside = caller.filter(|c| !c.exited() && step.cgroup.holds(&self.mount, c.pid()));
+        let Some(caller) = inside else {
+            let complete = match step.cgroup.kill_all(Duration::from_secs(10)) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("step {}: {e}", step.name);
+                    false
+                }
+            };
+            return KillAtEnd {
+                requested_by: requested_by.to_string(),
+                caller: None,
+                method: "cgroup.kill".to_string(),
+                killed: listed(alive),
+                killed_not_listed: alive.len().saturating_sub(MAX_KILLED_LISTED) as u64,
+                spared: Vec::new(),
+                complete,
+            };
+        };
+        // The caller and its ancestors that are in the step (bounded walk).
+        let mut spare = Vec::new();
+        if let Ok(me) = PidFd::open(caller.pid()) {
+            let mut cur = Some(me);
+            for _ in 0..MAX_ANCESTORS {
+                let Some(p) = cur.take() else { break };
+                if p.pid() <= 1 {
+                    break;
+                }
+                cur = p.parent();
+                if step.cgroup.holds(&self.mount, p.pid()) {
+                    spare.push(p);
+                }
+            }
+        }
+        // The pidfd opened again above must still name the pinned caller.
+        if caller.exited() {
+            spare.clear();
+        }
+        let report = step
+            .cgroup
+            .kill_except(&self.mount, &spare, Duration::from_secs(10));
+        if !report.complete {
+            tracing::warn!(step = %step.name, rounds = report.rounds, "--kill: processes other than the caller's are still in the step");
+        }
+        let mut spared: Vec<i64> = spare
+            .iter()
+            .filter(|p| !p.exited())
+            .map(|p| p.pid() as i64)
+            .collect();
+        spared.sort_unstable();
+        KillAtEnd {
+            requested_by: requested_by.to_string(),
+            caller: Some(caller.pid() as i64),
+            method: if report.frozen {
+                "frozen, pidfd SIGKILL"
+            } else {
+                "pidfd SIGKILL"
+            }
+            .to_string(),
+            killed: listed(&report.killed),
+            killed_not_listed: report.killed.len().saturating_sub(MAX_KILLED_LISTED) as u64,
+            spared,
+            complete: report.complete,
+        }
     }
 
     /// Ends the steps nobody ended: with `Reap::Expired`, steps older than
@@ -1419,6 +1519,12 @@ impl api::StepService for DaemonService {
                         .unwrap_or(self.engine.cfg.run_wait_descendants)
                         .min(self.engine.cfg.step_timeout)
                 }),
+                // Pinned now: the pid cannot name another process later.
+                caller: if req.kill && peer.pid > 1 {
+                    PidFd::open(peer.pid).ok().map(Arc::new)
+                } else {
+                    None
+                },
             },
         )?;
         let env = sign_statement(&out.statement, &self.signer)?;

@@ -127,15 +127,187 @@ fn summary(env: &Envelope, st: &Value, sig_ok: Option<&(String, bool)>) -> Strin
     }
     for att in &atts {
         let t = att.get("type").and_then(Value::as_str).unwrap_or("");
-        if collection::same_type(t, &collection::witness_type("command-run"))
-            || collection::canonical_type(t).contains("/command-run/")
-        {
+        if is_type(t, "command-run") {
             if let Some(cr) = att.get("attestation") {
                 command_run_summary(&mut o, cr);
             }
         }
     }
+    for att in &atts {
+        let t = att.get("type").and_then(Value::as_str).unwrap_or("");
+        if is_type(t, "secretscan") {
+            if let Some(ss) = att.get("attestation") {
+                secretscan_summary(&mut o, ss);
+            }
+        }
+    }
     o
+}
+
+/// True when attestation type `t` is the attestor `name` (any of the
+/// spellings: witness.dev, aflock.ai, …).
+fn is_type(t: &str, name: &str) -> bool {
+    collection::same_type(t, &collection::witness_type(name))
+        || collection::canonical_type(t).contains(&format!("/{name}/"))
+}
+
+/// Findings listed at most (the count is always complete).
+const MAX_LISTED: usize = 10;
+
+/// The secretscan findings: count, then rule, location and the secret's
+/// digest for each (never the matched text: it may be the secret).
+fn secretscan_summary(o: &mut String, ss: &Value) {
+    let findings = ss
+        .get("findings")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let _ = writeln!(o, "secret findings: {}", findings.len());
+    for f in findings.iter().take(MAX_LISTED) {
+        let rule = f.get("ruleId").and_then(Value::as_str).unwrap_or("?");
+        let loc = f.get("location").and_then(Value::as_str).unwrap_or("?");
+        let line = f
+            .get("startLine")
+            .and_then(Value::as_u64)
+            .map(|l| format!(" line {l}"))
+            .unwrap_or_default();
+        let digest = f
+            .get("secret")
+            .and_then(Value::as_object)
+            .and_then(|m| {
+                m.iter()
+                    .find_map(|(k, v)| v.as_str().map(|v| format!(" ({k}:{})", short(v))))
+            })
+            .unwrap_or_default();
+        let _ = writeln!(o, "  - {rule} in {loc}{line}{digest}");
+    }
+    if findings.len() > MAX_LISTED {
+        let _ = writeln!(o, "  … {} more", findings.len() - MAX_LISTED);
+    }
+}
+
+/// The first 12 characters of a hex digest.
+fn short(v: &str) -> String {
+    v.chars().take(12).collect::<String>() + "…"
+}
+
+/// The command-run attestation of a statement, if any.
+fn command_run_of(st: &Value) -> Option<&Value> {
+    st.get("predicate")?
+        .get("attestations")?
+        .as_array()?
+        .iter()
+        .find(|a| {
+            a.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| is_type(t, "command-run"))
+        })?
+        .get("attestation")
+}
+
+/// What the statement says about processes still running when its step
+/// ended: for `cilock step end`'s stderr and `cilock inspect` (one line
+/// each; empty when nothing was left running or nothing was recorded).
+pub fn end_notes(st: &Value) -> Vec<String> {
+    command_run_of(st).map(alive_notes).unwrap_or_default()
+}
+
+/// [`end_notes`] of one command-run attestation.
+fn alive_notes(cr: &Value) -> Vec<String> {
+    let procs = cr
+        .get("processes")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let name = |pid: i64| -> String {
+        let prog = procs
+            .iter()
+            .find(|p| p.get("processid").and_then(Value::as_i64) == Some(pid))
+            .and_then(|p| {
+                p.get("program")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| p.get("comm").and_then(Value::as_str))
+            })
+            .unwrap_or("?");
+        format!("{pid} {prog}")
+    };
+    let list = |pids: &[i64]| -> String {
+        let mut v: Vec<String> = pids.iter().take(MAX_LISTED).map(|&p| name(p)).collect();
+        if pids.len() > MAX_LISTED {
+            v.push(format!("… {} more", pids.len() - MAX_LISTED));
+        }
+        v.join(", ")
+    };
+    let plural = |n: usize| if n == 1 { "process" } else { "processes" };
+    let pids_of = |v: Option<&Value>| -> Vec<i64> {
+        v.and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default()
+    };
+    let trace = cr.get("trace");
+    let mut out = Vec::new();
+    if let Some(k) = trace.and_then(|t| t.get("killAtEnd")) {
+        let killed = pids_of(k.get("killed"));
+        let not_listed = k
+            .get("killedNotListed")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let spared = pids_of(k.get("spared"));
+        let by = k
+            .get("requestedBy")
+            .and_then(Value::as_str)
+            .unwrap_or("the end of the step");
+        let n = (killed.len() as u64).saturating_add(not_listed);
+        out.push(if n == 0 {
+            format!("{by}: nothing else was running")
+        } else {
+            format!("{by} killed {n} {}: {}", plural(n as usize), list(&killed))
+        });
+        if !spared.is_empty() {
+            out.push(format!(
+                "spared (the caller and its ancestors; still running, no longer traced): {}",
+                list(&spared)
+            ));
+        }
+        if k.get("complete") == Some(&Value::Bool(false)) {
+            out.push(
+                "the kill did not finish: other processes may still run, untraced".to_string(),
+            );
+        }
+        return out;
+    }
+    let alive: Vec<i64> = procs
+        .iter()
+        .filter(|p| p.get("aliveAtEnd") == Some(&Value::Bool(true)))
+        .filter_map(|p| p.get("processid").and_then(Value::as_i64))
+        .collect();
+    if alive.is_empty() {
+        return out;
+    }
+    let fate = trace
+        .and_then(|t| t.get("waitDescendants"))
+        .and_then(|w| w.get("survivorsFate"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("left running, no longer traced");
+    out.push(format!(
+        "{} {} still running when the step ended ({fate}): {}",
+        alive.len(),
+        plural(alive.len()),
+        list(&alive)
+    ));
+    out
+}
+
+/// [`end_notes`] of a DSSE envelope (JSON); empty when it cannot be read.
+pub fn end_notes_of_envelope(envelope: &Value) -> Vec<String> {
+    serde_json::to_vec(envelope)
+        .ok()
+        .and_then(|b| Envelope::from_json(&b).ok())
+        .and_then(|e| serde_json::from_slice::<Value>(&e.payload).ok())
+        .map(|st| end_notes(&st))
+        .unwrap_or_default()
 }
 
 fn command_run_summary(o: &mut String, cr: &Value) {
@@ -193,6 +365,10 @@ fn command_run_summary(o: &mut String, cr: &Value) {
         }
         let _ = writeln!(o, "claimed:        {} (client's word)", parts.join(", "));
     }
+    // Witness and CI/lock command-runs record no trace: what they do not
+    // record is said to be so, never counted as 0.
+    let traced = trace.is_some_and(Value::is_object);
+    let has_procs = cr.get("processes").is_some_and(Value::is_array);
     let procs = cr
         .get("processes")
         .and_then(Value::as_array)
@@ -227,7 +403,12 @@ fn command_run_summary(o: &mut String, cr: &Value) {
             roots.push(i);
         }
     }
-    let _ = writeln!(o, "processes:      {}", procs.len());
+    const NOT_RECORDED: &str = "not recorded (no cilock trace in this attestation)";
+    if has_procs || traced {
+        let _ = writeln!(o, "processes:      {}", procs.len());
+    } else {
+        let _ = writeln!(o, "processes:      {NOT_RECORDED}");
+    }
     let mut seen = BTreeSet::new();
     let mut stack: Vec<(usize, usize)> = roots.iter().rev().map(|i| (*i, 0)).collect();
     while let Some((i, depth)) = stack.pop() {
@@ -250,9 +431,19 @@ fn command_run_summary(o: &mut String, cr: &Value) {
             }
         }
     }
-    let _ = writeln!(o, "opened files:   {files}");
-    let _ = writeln!(o, "network conns:  {conns}");
-    let _ = writeln!(o, "syscall events: {sys}");
+    let count = |n: usize, recorded: bool| {
+        if recorded {
+            n.to_string()
+        } else {
+            NOT_RECORDED.to_string()
+        }
+    };
+    let _ = writeln!(o, "opened files:   {}", count(files, has_procs || traced));
+    let _ = writeln!(o, "network conns:  {}", count(conns, traced));
+    let _ = writeln!(o, "syscall events: {}", count(sys, traced));
+    for l in alive_notes(cr) {
+        let _ = writeln!(o, "at end:         {l}");
+    }
     if let Some(events) = cr
         .get("trace")
         .and_then(|t| t.get("events"))

@@ -216,6 +216,7 @@ fn end_spec(code: i32, stdout: String, stderr: String, wait: Duration) -> EndSpe
         stderr,
         observed: true,
         wait_descendants: Some(wait),
+        caller: None,
     }
 }
 

@@ -69,6 +69,9 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
                 "cilock: step {:?} ended; attestation written to {dest}",
                 a.step,
             );
+            for note in crate::cmd::inspect::end_notes_of_envelope(&envelope) {
+                let _ = writeln!(err, "cilock: {note}");
+            }
             output::warn_lost(lost_events);
             if let Some(f) = failure {
                 let _ = writeln!(err, "cilock: step failed: {f}");

@@ -333,6 +333,52 @@ pub struct TraceInfo {
         skip_serializing_if = "Option::is_none"
     )]
     pub wait_descendants: Option<WaitDescendants>,
+    /// Processes killed when the step ended (`step end --kill`, or a step
+    /// reaped at its timeout) (cilock extension). Absent when nothing was
+    /// to be killed.
+    #[serde(default, rename = "killAtEnd", skip_serializing_if = "Option::is_none")]
+    pub kill_at_end: Option<KillAtEnd>,
+}
+
+/// Most pids listed in [`KillAtEnd::killed`].
+pub const MAX_KILLED_LISTED: usize = 4096;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Who was killed at the end of a step, and who was spared.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KillAtEnd {
+    /// What asked for the kill: `step end --kill` or `timeout`.
+    pub requested_by: String,
+    /// The process that asked, when it was inside the step (`step end
+    /// --kill` from the job's own shell): it and its ancestors in the
+    /// step were spared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<i64>,
+    /// How: `cgroup.kill` (everything in the step's cgroup), or `frozen,
+    /// pidfd SIGKILL` (the step's cgroup frozen, every process not spared
+    /// killed through a pidfd, until only the spared were left), or
+    /// `pidfd SIGKILL` (the same without a freezer).
+    pub method: String,
+    /// Pids killed (each is `aliveAtEnd`, with its signal exit code when
+    /// the trace saw it die); at most [`MAX_KILLED_LISTED`], see
+    /// `killedNotListed`.
+    #[serde(default)]
+    pub killed: Vec<i64>,
+    /// Killed processes not listed in `killed` (over the bound).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub killed_not_listed: u64,
+    /// Pids spared: the caller and its ancestors in the step. They were
+    /// still running when the step ended (`aliveAtEnd`) and went back to
+    /// the cgroup the step's first process came from, untraced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spared: Vec<i64>,
+    /// False when processes other than the spared were still in the step
+    /// after the bounded kill (they are left running, untraced).
+    pub complete: bool,
 }
 
 /// How `cilock run` waited for the command's descendants.
