@@ -194,6 +194,12 @@ pub struct EndSpec {
     /// (the step cgroup becoming empty) before ending. `None`: `step end`
     /// (no wait).
     pub wait_descendants: Option<Duration>,
+    /// `cilock run` was interrupted by a signal: observed when `observed`
+    /// (the embedded engine's own process got it), else a client's claim.
+    pub interrupted: Option<command_run::Interrupted>,
+    /// Bytes of `stdout`/`stderr` not captured (the capture bound), per
+    /// stream: `trace.truncated` when `observed`, else `claimed.truncated`.
+    pub output_truncated: BTreeMap<String, u64>,
 }
 
 /// The unsigned result of a step.
@@ -995,6 +1001,8 @@ fn observe(
         run.stderr = end.stderr;
         trace.observed.push("stdout".into());
         trace.observed.push("stderr".into());
+        trace.truncated.extend(end.output_truncated);
+        trace.interrupted = end.interrupted;
         return;
     }
     run.claimed = Claimed {
@@ -1002,6 +1010,8 @@ fn observe(
         stdout: end.stdout,
         stderr: end.stderr,
         exitcode: end.exitcode,
+        interrupted: end.interrupted,
+        truncated: end.output_truncated,
     };
     let who = match root {
         Some(pid) => format!("the step's root process (pid {pid})"),
@@ -1413,6 +1423,18 @@ impl api::StepService for DaemonService {
                 stderr: req.stderr.unwrap_or_default(),
                 // A client's word: recorded under `claimed`.
                 observed: false,
+                interrupted: req.interrupted.map(|mut i| {
+                    // A claim, but bounded: a signal's name is short.
+                    if i.signal.len() > 16 || !i.signal.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        i.signal = format!("signal {}", i.number);
+                    }
+                    i
+                }),
+                output_truncated: req
+                    .truncated
+                    .into_iter()
+                    .filter(|(k, _)| k == "stdout" || k == "stderr")
+                    .collect(),
                 wait_descendants: req.run.then(|| {
                     req.wait_descendants_ms
                         .map(Duration::from_millis)
