@@ -106,7 +106,8 @@ pub struct RunArgs {
     /// Where to write the signed attestation (DSSE envelope, JSON; `-` for standard output). Checked before anything runs.
     #[arg(short = 'o', long = "outfile")]
     pub outfile: PathBuf,
-    /// Signing key (PEM) when running without the daemon.
+    /// Signing key (PEM). Without the daemon it signs the attestation;
+    /// through the daemon it signs too, beside the daemon's own signature.
     #[arg(short = 'k', long = "key")]
     pub key: Option<PathBuf>,
     /// Trace backend when running without the daemon.
@@ -131,6 +132,12 @@ pub struct RunArgs {
     /// 30s without the daemon].
     #[arg(long = "wait-descendants", value_name = "DURATION", value_parser = parse_wait)]
     pub wait_descendants: Option<std::time::Duration>,
+    /// After SIGINT/SIGTERM/SIGHUP was forwarded to the command, wait at
+    /// most this long for it to exit before killing it (SIGKILL to its
+    /// root, then every process left in the step). A second signal kills
+    /// at once.
+    #[arg(long = "kill-after", value_name = "DURATION", value_parser = parse_wait, default_value = "10s")]
+    pub kill_after: std::time::Duration,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,

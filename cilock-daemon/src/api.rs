@@ -61,7 +61,7 @@ pub struct BeginStep {
 }
 
 /// `cilock step end`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct EndStep {
     /// Step name.
     pub step: String,
@@ -90,6 +90,14 @@ pub struct EndStep {
     /// absent: the daemon's `run_wait_descendants`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_descendants_ms: Option<u64>,
+    /// `cilock run`: the signal that interrupted the run (the client's
+    /// word: recorded under command-run `claimed.interrupted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<cilock_evidence::attestors::command_run::Interrupted>,
+    /// `cilock run`: bytes of `stdout`/`stderr` the client did not capture
+    /// (its bound was reached), per stream; recorded under `claimed.truncated`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub truncated: std::collections::BTreeMap<String, u64>,
 }
 
 /// A reply from the daemon.

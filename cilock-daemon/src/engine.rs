@@ -209,6 +209,12 @@ pub struct EndSpec {
     /// With `kill`: the process that asked (the daemon's peer, pinned).
     /// When it is inside the step, it and its ancestors are spared.
     pub caller: Option<Arc<PidFd>>,
+    /// `cilock run` was interrupted by a signal: observed when `observed`
+    /// (the embedded engine's own process got it), else a client's claim.
+    pub interrupted: Option<command_run::Interrupted>,
+    /// Bytes of `stdout`/`stderr` not captured (the capture bound), per
+    /// stream: `trace.truncated` when `observed`, else `claimed.truncated`.
+    pub output_truncated: BTreeMap<String, u64>,
 }
 
 /// The unsigned result of a step.
@@ -1095,6 +1101,8 @@ fn observe(
         run.stderr = end.stderr;
         trace.observed.push("stdout".into());
         trace.observed.push("stderr".into());
+        trace.truncated.extend(end.output_truncated);
+        trace.interrupted = end.interrupted;
         return;
     }
     run.claimed = Claimed {
@@ -1102,6 +1110,8 @@ fn observe(
         stdout: end.stdout,
         stderr: end.stderr,
         exitcode: end.exitcode,
+        interrupted: end.interrupted,
+        truncated: end.output_truncated,
     };
     let who = match root {
         Some(pid) => format!("the step's root process (pid {pid})"),
@@ -1513,6 +1523,18 @@ impl api::StepService for DaemonService {
                 stderr: req.stderr.unwrap_or_default(),
                 // A client's word: recorded under `claimed`.
                 observed: false,
+                interrupted: req.interrupted.map(|mut i| {
+                    // A claim, but bounded: a signal's name is short.
+                    if i.signal.len() > 16 || !i.signal.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        i.signal = format!("signal {}", i.number);
+                    }
+                    i
+                }),
+                output_truncated: req
+                    .truncated
+                    .into_iter()
+                    .filter(|(k, _)| k == "stdout" || k == "stderr")
+                    .collect(),
                 wait_descendants: req.run.then(|| {
                     req.wait_descendants_ms
                         .map(Duration::from_millis)

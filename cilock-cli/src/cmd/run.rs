@@ -1,7 +1,15 @@
 //! `cilock run`: wraps one command in a traced step — through the daemon
 //! when its socket answers, otherwise with the engine embedded in this
 //! process (eBPF when privileged, else the ptrace fallback).
+//!
+//! Whatever happens once the command ran, cilock's exit is the command's
+//! status (128+signal when cilock itself was interrupted), and a failure to
+//! produce or write the attestation is said on stderr (exit 2 when the
+//! command itself succeeded). An attestation that cannot go to `-o` is
+//! written to a file in the temporary directory instead, and cilock says
+//! where.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,6 +23,8 @@ use cilock_daemon::api::{BeginStep, EndStep, Reply, Request};
 use cilock_daemon::backend::BackendChoice;
 use cilock_daemon::client;
 use cilock_daemon::engine::{self, EndSpec, Engine, EngineConfig, StepSpec};
+use cilock_evidence::attestors::command_run::Interrupted;
+use cilock_evidence::dsse;
 use cilock_evidence::keys::Signer;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
@@ -22,24 +32,47 @@ use nix::unistd::{ForkResult, Pid};
 use crate::cli::{BackendChoice as CliBackend, RunArgs};
 use crate::cmd::output;
 
-/// Captured output beyond this is dropped from the attestation (it still
-/// passes through), with a marker saying so.
-const MAX_CAPTURE: usize = 16 * 1024 * 1024;
+/// Captured output is bounded by what it costs *encoded*: the bytes of
+/// the JSON string it becomes (a NUL costs 6, `"` 2, an invalid UTF-8
+/// sequence 3), per stream. The envelope's base64 adds a third: each
+/// stream costs at most 16 MiB there. Beyond it, output still passes
+/// through but is not captured; the attestation says how many bytes were
+/// left out (`trace.truncated.stdout`/`stderr`, or `claimed.truncated`
+/// through the daemon) and the captured text ends with a marker.
+const MAX_CAPTURE_ENCODED: usize = 12 * 1024 * 1024;
+/// Room kept in [`MAX_CAPTURE_ENCODED`] for the markers.
+const MARKER_ROOM: usize = 512;
+
+/// The signals `cilock run` forwards to the command.
+const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// Runs the command traced and writes its attestation.
 pub fn run(a: RunArgs) -> anyhow::Result<u8> {
     if a.cmd.is_empty() {
         bail!("no command given (cilock run … -- CMD ARGS…)");
     }
-    // Refuse a bad -o before the command runs.
+    // Refuse a bad -o, unknown attestors or hashes before anything runs
+    // (and before the 1–2 s of an eBPF probe load).
     let out = output::Outfile::prepare(&a.outfile)?;
+    cilock_evidence::attestors::lifecycle::Lifecycle::new(
+        &a.attestations,
+        a.attestor_flags.to_options(),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let signer = match &a.key {
+        Some(k) => {
+            Some(Signer::from_file(k).with_context(|| format!("signing key {}", k.display()))?)
+        }
+        None => None,
+    };
+    // From here a SIGINT/SIGTERM/SIGHUP does not kill cilock: it is
+    // forwarded to the command once it runs.
+    let sig = Interrupts::install()?;
     if a.backend == CliBackend::Auto && !a.no_daemon {
         match client::request(&Request::Status) {
-            Ok(Reply::Status(_)) => {
-                if a.key.is_some() {
-                    eprintln!("cilock: the daemon answered: it signs with its own key (-k is used only without the daemon)");
-                }
-                return via_daemon(&a, out);
+            Ok(Reply::Status(st)) => {
+                let r = via_daemon(&a, out, signer.as_ref(), &st.backend, &sig);
+                return sig.exit(r);
             }
             Ok(other) => bail!("unexpected reply from the daemon: {other:?}"),
             Err(e) if e.is_unavailable() => {
@@ -48,7 +81,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
             Err(e) => return Err(anyhow!(e)).context("asking the daemon for its status"),
         }
     }
-    embedded(&a, out)
+    let Some(signer) = signer else {
+        bail!(
+            "no cilock daemon answered at {} and no signing key was given: pass -k KEY (see `cilock keygen`) or start cilock-daemon",
+            cilock_daemon::api::socket_path().display()
+        );
+    };
+    let r = embedded(&a, out, &signer, &sig);
+    sig.exit(r)
 }
 
 fn workdir(a: &RunArgs) -> anyhow::Result<PathBuf> {
@@ -59,33 +99,67 @@ fn workdir(a: &RunArgs) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(&w).with_context(|| format!("workdir {}", w.display()))
 }
 
-fn load_key(a: &RunArgs) -> anyhow::Result<Signer> {
-    let Some(k) = &a.key else {
-        bail!(
-            "no cilock daemon answered at {} and no signing key was given: pass -k KEY (see `cilock keygen`) or start cilock-daemon",
-            cilock_daemon::api::socket_path().display()
-        );
-    };
-    Signer::from_file(k).with_context(|| format!("signing key {}", k.display()))
-}
-
 fn exit_byte(code: i32) -> u8 {
     code.clamp(0, 255) as u8
 }
 
-fn finish_code(code: i32, failure: Option<&str>) -> u8 {
-    if let Some(f) = failure {
-        eprintln!("cilock: step failed: {f}");
-        if code == 0 {
-            return 1;
-        }
-    }
-    exit_byte(code)
+/// How a run ended once the command had run.
+struct Ran {
+    /// The command's exit status.
+    code: i32,
+    /// An attestor failed the step.
+    failure: Option<String>,
 }
 
-fn via_daemon(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
+/// The exit of a run: 128+signal when cilock was interrupted, else the
+/// command's status (1 when it succeeded but an attestor failed the step).
+/// A failure after the command ran never hides its status.
+fn after_run(r: anyhow::Result<Ran>, code_if_err: i32, sig: &Interrupts) -> anyhow::Result<u8> {
+    let interrupted = sig.interrupted().map(|i| 128 + i.number);
+    match r {
+        Ok(ran) => {
+            if let Some(f) = &ran.failure {
+                eprintln!("cilock: step failed: {f}");
+            }
+            Ok(exit_byte(interrupted.unwrap_or(
+                if ran.failure.is_some() && ran.code == 0 {
+                    1
+                } else {
+                    ran.code
+                },
+            )))
+        }
+        Err(e) => {
+            eprintln!(
+                "cilock: error: the command exited {code_if_err}, but its attestation was not written: {e:#}"
+            );
+            Ok(exit_byte(interrupted.unwrap_or(if code_if_err == 0 {
+                2
+            } else {
+                code_if_err
+            })))
+        }
+    }
+}
+
+/// Output captured from the command.
+struct Captured {
+    stdout: String,
+    stderr: String,
+    /// Bytes not captured, per stream (only streams that lost some).
+    truncated: BTreeMap<String, u64>,
+}
+
+fn via_daemon(
+    a: &RunArgs,
+    out: output::Outfile,
+    signer: Option<&Signer>,
+    backend: &str,
+    sig: &Interrupts,
+) -> anyhow::Result<u8> {
     let wd = workdir(a)?;
-    let mut child = GatedChild::spawn(&a.cmd)?;
+    sig.check_not_yet()?;
+    let mut child = GatedChild::spawn(&a.cmd, &sig.handled)?;
     let req = Request::BeginStep(BeginStep {
         step: a.step.clone(),
         pid: child.pid.as_raw() as u32,
@@ -98,35 +172,152 @@ fn via_daemon(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
         child.abort();
         return Err(anyhow!(e)).context("beginning the step");
     }
-    let (code, stdout, stderr) = child.release_and_wait(output_bound(a))?;
-    let req = Request::EndStep(EndStep {
-        step: a.step.clone(),
-        owner_uid: None,
-        kill: false,
-        exitcode: Some(code),
-        stdout: Some(stdout),
-        stderr: Some(stderr),
-        run: true,
-        wait_descendants_ms: a
-            .wait_descendants
-            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
-    });
-    match client::request(&req).context("ending the step")? {
-        Reply::Ended {
-            envelope,
-            lost_events,
-            failure,
-        } => {
-            out.commit_json(&envelope)?;
-            output::warn_lost(lost_events);
-            Ok(finish_code(code, failure.as_deref()))
+    sig.set_root(child.pid.as_raw(), a.kill_after);
+    let (code, cap) = child.release_and_wait(
+        || output_bound(a.wait_descendants, a, sig),
+        stdout_sink(&out),
+    )?;
+    sig.command_ended();
+    let interrupted = sig.interrupted();
+    let r = (|| {
+        let req = Request::EndStep(EndStep {
+            step: a.step.clone(),
+            owner_uid: None,
+            kill: interrupted.is_some(),
+            exitcode: Some(code),
+            stdout: Some(cap.stdout),
+            stderr: Some(cap.stderr),
+            run: true,
+            wait_descendants_ms: wait_on_interrupt(a.wait_descendants, a, sig)
+                .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+            interrupted: interrupted.clone(),
+            truncated: cap.truncated,
+        });
+        match client::request(&req).context("ending the step")? {
+            Reply::Ended {
+                envelope,
+                lost_events,
+                failure,
+            } => {
+                let (bytes, keyids) = cosign(&envelope, signer)?;
+                write_envelope(out, &bytes, &a.step, &format!("daemon, {backend}"), &keyids)?;
+                output::warn_lost(lost_events);
+                Ok(Ran { code, failure })
+            }
+            other => bail!("unexpected reply from the daemon: {other:?}"),
         }
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+    })();
+    after_run(r, code, sig)
+}
+
+/// The daemon's envelope, with the `-k` key's signature added beside the
+/// daemon's over the same payload (the daemon observed and signed it; the
+/// user's key vouches for it, as `witness run -k` does). Returns the
+/// envelope and its signers' key ids.
+fn cosign(
+    envelope: &serde_json::Value,
+    signer: Option<&Signer>,
+) -> anyhow::Result<(Vec<u8>, Vec<String>)> {
+    let mut env: dsse::Envelope =
+        serde_json::from_value(envelope.clone()).context("the daemon's envelope")?;
+    if let Some(s) = signer {
+        let sig = s
+            .sign(&env.pae())
+            .map_err(|e| anyhow!(e))
+            .context("signing with -k")?;
+        env.signatures.push(dsse::Signature {
+            keyid: s.key_id().to_string(),
+            sig,
+            certificate: None,
+            intermediates: Vec::new(),
+            timestamps: Vec::new(),
+        });
+    }
+    let ids = env.signatures.iter().map(|s| s.keyid.clone()).collect();
+    Ok((env.to_json(), ids))
+}
+
+/// Writes the envelope to its destination and says so on stderr; when the
+/// destination fails, keeps it in the temporary directory instead.
+fn write_envelope(
+    out: output::Outfile,
+    bytes: &[u8],
+    step: &str,
+    backend: &str,
+    keyids: &[String],
+) -> anyhow::Result<()> {
+    let dest = out.describe();
+    let signed = keyids.join(", ");
+    match out.commit(bytes) {
+        Ok(()) => {
+            eprintln!("cilock: step {step:?}: attestation written to {dest} (backend: {backend}; signed by {signed})");
+            Ok(())
+        }
+        Err(e) => {
+            let kept = keep_fallback(step, bytes).with_context(|| {
+                format!("{e:#}; keeping it in the temporary directory failed too")
+            })?;
+            bail!(
+                "{e:#}; the attestation (backend: {backend}; signed by {signed}) was written to {} instead",
+                kept.display()
+            )
+        }
     }
 }
 
-fn embedded(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
-    let signer = load_key(a)?;
+/// Writes `bytes` to a new owner-only file in the temporary directory.
+fn keep_fallback(step: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = std::env::temp_dir();
+    let safe: String = step
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    for i in 0..100u32 {
+        let p = dir.join(format!("cilock-{safe}-{}.{i}.json", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+        {
+            Ok(mut f) => {
+                f.write_all(bytes)
+                    .and_then(|_| f.sync_all())
+                    .with_context(|| format!("writing {}", p.display()))?;
+                return Ok(p);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+        }
+    }
+    bail!("no free file name in {}", dir.display())
+}
+
+/// Where the command's stdout passes through: cilock's stdout, or its
+/// stderr when the envelope goes to stdout (`-o -`), so that stdout
+/// carries the envelope alone.
+fn stdout_sink(out: &output::Outfile) -> Sink {
+    if matches!(out, output::Outfile::Stdout) {
+        Sink::Stderr
+    } else {
+        Sink::Stdout
+    }
+}
+
+fn embedded(
+    a: &RunArgs,
+    out: output::Outfile,
+    signer: &Signer,
+    sig: &Interrupts,
+) -> anyhow::Result<u8> {
     let wd = workdir(a)?;
     let spec = StepSpec {
         name: a.step.clone(),
@@ -149,6 +340,7 @@ fn embedded(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
         CliBackend::Auto => BackendChoice::Ptrace,
     };
     if choice != BackendChoice::Ptrace {
+        sweep_stale_run_cgroups();
         let cfg = EngineConfig {
             backend: choice,
             cgroup_parent: format!("cilock.run.{}", std::process::id()),
@@ -158,7 +350,7 @@ fn embedded(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
             .map_err(|e| anyhow!(e))
             .context("starting the trace engine")?;
         if engine.backend_name() == "ebpf" {
-            let r = run_with_engine(&engine, spec, &signer, a, out);
+            let r = run_with_engine(&engine, spec, signer, a, out, sig);
             engine.shutdown();
             engine.remove_parent();
             return r;
@@ -173,7 +365,56 @@ fn embedded(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
     } else {
         "eBPF unavailable".to_string()
     };
-    run_with_ptrace(spec, &signer, a, reason, out)
+    run_with_ptrace(spec, signer, a, reason, out, sig)
+}
+
+/// Removes the `cilock.run.<pid>` cgroups (with their empty step cgroups)
+/// that a `cilock run` killed with SIGKILL left behind: only those whose
+/// pid is no longer alive, and only empty ones (rmdir fails on a cgroup
+/// with processes). A dead run's pid reused since by another process keeps
+/// its cgroup until that process is gone.
+fn sweep_stale_run_cgroups() {
+    let Ok(h) = cilock_daemon::cgroup::Hierarchy::find() else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(&h.mount) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cilock.run."))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 0 || pid as u32 == std::process::id() {
+            continue;
+        }
+        let dead = matches!(
+            nix::sys::signal::kill(Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if dead && remove_empty_tree(&e.path(), 4) {
+            tracing::info!(cgroup = %e.path().display(), "removed the cgroup of a dead cilock run");
+        }
+    }
+}
+
+/// Removes a cgroup and its child cgroups, deepest first (at most `depth`
+/// levels); true when it is gone.
+fn remove_empty_tree(p: &std::path::Path, depth: u32) -> bool {
+    if depth > 0 {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_empty_tree(&e.path(), depth - 1);
+                }
+            }
+        }
+    }
+    std::fs::remove_dir(p).is_ok()
 }
 
 fn run_with_engine(
@@ -182,16 +423,30 @@ fn run_with_engine(
     signer: &Signer,
     a: &RunArgs,
     dest: output::Outfile,
+    sig: &Interrupts,
 ) -> anyhow::Result<u8> {
-    let mut child = GatedChild::spawn(&a.cmd)?;
+    sig.check_not_yet()?;
+    let mut child = GatedChild::spawn(&a.cmd, &sig.handled)?;
     spec.pid = child.pid.as_raw() as u32;
     if let Err(e) = engine.begin(spec) {
         child.abort();
         return Err(anyhow!(e)).context("beginning the step");
     }
-    let (code, stdout, stderr) = child.release_and_wait(output_bound(a))?;
-    let out = engine.end(&a.step, 0, end_spec(code, stdout, stderr, wait_bound(a)));
-    sign_and_write(out, code, signer, dest)
+    sig.set_root(child.pid.as_raw(), a.kill_after);
+    let wait = wait_bound(a);
+    let (code, cap) =
+        child.release_and_wait(|| output_bound(Some(wait), a, sig), stdout_sink(&dest))?;
+    sig.command_ended();
+    let interrupted = sig.interrupted();
+    let end = end_spec(
+        code,
+        cap,
+        wait_on_interrupt(Some(wait), a, sig).unwrap_or(wait),
+        interrupted,
+    );
+    let out = engine.end(&a.step, 0, end);
+    let r = sign_and_write(out, code, signer, dest, &a.step, "ebpf, in-process");
+    after_run(r, code, sig)
 }
 
 /// How long an embedded engine waits for the command's descendants.
@@ -200,38 +455,69 @@ fn wait_bound(a: &RunArgs) -> Duration {
         .unwrap_or(engine::DEFAULT_RUN_WAIT_DESCENDANTS)
 }
 
+/// The wait for descendants once interrupted: at most `--kill-after`
+/// (none once the command was killed: its step is killed next).
+fn wait_on_interrupt(wait: Option<Duration>, a: &RunArgs, sig: &Interrupts) -> Option<Duration> {
+    match sig.interrupted() {
+        Some(i) if i.killed => Some(Duration::ZERO),
+        Some(_) => Some(wait.map_or(a.kill_after, |w| w.min(a.kill_after))),
+        None => wait,
+    }
+}
+
 /// How long the command's output is read after its root exited (a
-/// process it left running may hold the pipes open).
-fn output_bound(a: &RunArgs) -> Duration {
-    wait_bound(a).max(Duration::from_secs(1))
+/// process it left running may hold the pipes open): the wait for
+/// descendants, at most `--kill-after` once interrupted, 1 s once killed.
+fn output_bound(wait: Option<Duration>, a: &RunArgs, sig: &Interrupts) -> Duration {
+    let w = wait.unwrap_or(engine::DEFAULT_RUN_WAIT_DESCENDANTS);
+    let w = match sig.interrupted() {
+        Some(i) if i.killed => Duration::ZERO,
+        Some(_) => w.min(a.kill_after),
+        None => w,
+    };
+    w.max(Duration::from_secs(1))
 }
 
 /// The end of an embedded step: this process spawned the command, captured
-/// its output and waited for it, so these are observed, not claimed.
-fn end_spec(code: i32, stdout: String, stderr: String, wait: Duration) -> EndSpec {
+/// its output, waited for it and received the signal itself, so these are
+/// observed, not claimed. An interrupted run kills what is left of it.
+fn end_spec(code: i32, cap: Captured, wait: Duration, interrupted: Option<Interrupted>) -> EndSpec {
     EndSpec {
-        kill: false,
+        kill: interrupted.is_some(),
         exitcode: Some(code),
-        stdout,
-        stderr,
+        stdout: cap.stdout,
+        stderr: cap.stderr,
         observed: true,
         wait_descendants: Some(wait),
+        interrupted,
+        output_truncated: cap.truncated,
         caller: None,
     }
 }
 
-/// Signs an in-process step's statement, writes it, and returns the exit code.
+/// Signs an in-process step's statement and writes it.
 fn sign_and_write(
     out: Result<engine::StepOutcome, engine::EngineError>,
     code: i32,
     signer: &Signer,
     dest: output::Outfile,
-) -> anyhow::Result<u8> {
+    step: &str,
+    backend: &str,
+) -> anyhow::Result<Ran> {
     let out = out.map_err(|e| anyhow!(e))?;
     let env = engine::sign_statement(&out.statement, signer).map_err(|e| anyhow!(e))?;
-    dest.commit(&env.to_json())?;
+    write_envelope(
+        dest,
+        &env.to_json(),
+        step,
+        backend,
+        &[signer.key_id().to_string()],
+    )?;
     output::warn_lost(out.lost_events);
-    Ok(finish_code(code, out.failure.as_deref()))
+    Ok(Ran {
+        code,
+        failure: out.failure,
+    })
 }
 
 fn run_with_ptrace(
@@ -240,53 +526,96 @@ fn run_with_ptrace(
     a: &RunArgs,
     reason: String,
     dest: output::Outfile,
+    sig: &Interrupts,
 ) -> anyhow::Result<u8> {
+    sig.check_not_yet()?;
     let mut cmd = std::process::Command::new(&a.cmd[0]);
     cmd.args(&a.cmd[1..])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    // Between fork and exec the child has cilock's handlers: back to the
+    // default so that a signal then acts on the command, not on cilock.
+    let reset = sig.handled.clone();
+    // SAFETY: sigaction-based signal() is async-signal-safe; `reset` was
+    // allocated before the fork.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        cmd.pre_exec(move || {
+            for &s in &reset {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    let sink = stdout_sink(&dest);
     let mut tees: Option<(Tee, Tee)> = None;
-    let (code, pending) = engine::run_ptrace(spec, cmd, reason, wait_bound(a), |child| {
+    let wait = wait_bound(a);
+    let (code, pending) = engine::run_ptrace(spec, cmd, reason, wait, |child| {
+        sig.set_root(child.id() as i32, a.kill_after);
         if let (Some(o), Some(e)) = (child.stdout.take(), child.stderr.take()) {
-            tees = Some((tee(o, std::io::stdout()), tee(e, std::io::stderr())));
+            tees = Some((tee(o, sink), tee(e, Sink::Stderr)));
         }
     })
     .map_err(|e| anyhow!(e))?;
+    sig.command_ended();
     let deadline = Instant::now() + Duration::from_secs(1);
-    let (stdout, stderr) = match tees {
-        Some((o, e)) => (o.finish(deadline), e.finish(deadline)),
-        None => (String::new(), String::new()),
+    let cap = match tees {
+        Some((o, e)) => captured(o.finish(deadline), e.finish(deadline)),
+        None => captured((String::new(), 0), (String::new(), 0)),
     };
     let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
-    let out = pending.finish(&cache, end_spec(code, stdout, stderr, wait_bound(a)));
-    sign_and_write(out, code, signer, dest)
+    let interrupted = sig.interrupted();
+    let out = pending.finish(&cache, end_spec(code, cap, wait, interrupted));
+    let r = sign_and_write(out, code, signer, dest, &a.step, "ptrace, in-process");
+    after_run(r, code, sig)
+}
+
+fn captured(o: (String, u64), e: (String, u64)) -> Captured {
+    let mut truncated = BTreeMap::new();
+    if o.1 > 0 {
+        truncated.insert("stdout".to_string(), o.1);
+    }
+    if e.1 > 0 {
+        truncated.insert("stderr".to_string(), e.1);
+    }
+    Captured {
+        stdout: o.0,
+        stderr: e.0,
+        truncated,
+    }
+}
+
+/// Where passed-through output goes.
+#[derive(Clone, Copy)]
+enum Sink {
+    Stdout,
+    Stderr,
 }
 
 /// An output being passed through and captured.
 struct Tee {
-    /// What was kept, and how many bytes were dropped beyond the cap.
-    kept: Arc<Mutex<(Vec<u8>, usize)>>,
+    /// The kept prefix (raw bytes, at most [`MAX_CAPTURE_ENCODED`]), and
+    /// the total of bytes read.
+    kept: Arc<Mutex<(Vec<u8>, u64)>>,
     /// Closed when the output reached its end.
     done: mpsc::Receiver<()>,
     _thread: JoinHandle<()>,
 }
 
 impl Tee {
-    /// The captured output, once the pipe is closed or at `deadline`
-    /// (a process the command left running may keep it open: what it
-    /// writes later still passes through while cilock runs, but is not
-    /// captured).
-    fn finish(self, deadline: Instant) -> String {
+    /// The captured output and the count of bytes not captured, once the
+    /// pipe is closed or at `deadline` (a process the command left running
+    /// may keep it open: what it writes later still passes through while
+    /// cilock runs, but is not captured).
+    fn finish(self, deadline: Instant) -> (String, u64) {
         let open = matches!(
             self.done
                 .recv_timeout(deadline.saturating_duration_since(Instant::now())),
             Err(mpsc::RecvTimeoutError::Timeout)
         );
-        let (kept, dropped) = {
-            let g = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-            (g.0.clone(), g.1)
-        };
-        let mut s = String::from_utf8_lossy(&kept).into_owned();
+        let g = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut s, used) = encode_bounded(&g.0, MAX_CAPTURE_ENCODED - MARKER_ROOM);
+        let dropped = g.1.saturating_sub(used as u64);
         if dropped > 0 {
             s.push_str(&format!(
                 "\n[cilock: {dropped} more bytes of output not captured]\n"
@@ -297,17 +626,60 @@ impl Tee {
                 "\n[cilock: the output was still open when the command's wait ended (a process it left running holds it); later output is not captured]\n",
             );
         }
-        s
+        (s, dropped)
     }
 }
 
+/// What a character costs in a JSON string as serde_json writes it.
+fn json_cost(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The longest prefix of `raw` (decoded lossily: an invalid sequence
+/// becomes U+FFFD) whose JSON string encoding costs at most `budget`
+/// bytes, and how many raw bytes it covers.
+fn encode_bounded(raw: &[u8], budget: usize) -> (String, usize) {
+    let mut s = String::new();
+    let (mut cost, mut used) = (0usize, 0usize);
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let k = json_cost(c);
+            if cost + k > budget {
+                return (s, used);
+            }
+            cost += k;
+            used += c.len_utf8();
+            s.push(c);
+        }
+        if !chunk.invalid().is_empty() {
+            if cost + 3 > budget {
+                return (s, used);
+            }
+            cost += 3;
+            used += chunk.invalid().len();
+            s.push('\u{FFFD}');
+        }
+    }
+    (s, used)
+}
+
 /// Copies a child's output to ours while keeping (a bounded prefix of) it.
-fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to: W) -> Tee {
-    let kept = Arc::new(Mutex::new((Vec::new(), 0usize)));
+/// The encoded size is never below the raw size, so the raw bytes kept
+/// are bounded by the encoded bound.
+fn tee<R: Read + Send + 'static>(mut from: R, to: Sink) -> Tee {
+    let kept = Arc::new(Mutex::new((Vec::new(), 0u64)));
     let (tx, done) = mpsc::channel();
     let k = kept.clone();
     let thread = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut to: Box<dyn Write> = match to {
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::Stderr => Box::new(std::io::stderr()),
+        };
         loop {
             let n = match from.read(&mut buf) {
                 Ok(0) => break,
@@ -318,9 +690,9 @@ fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to:
             let _ = to.write_all(&buf[..n]);
             let _ = to.flush();
             let mut g = k.lock().unwrap_or_else(|e| e.into_inner());
-            let room = MAX_CAPTURE.saturating_sub(g.0.len());
+            let room = MAX_CAPTURE_ENCODED.saturating_sub(g.0.len());
             g.0.extend_from_slice(&buf[..n.min(room)]);
-            g.1 += n.saturating_sub(room);
+            g.1 += n as u64;
         }
         drop(tx);
     });
@@ -329,6 +701,327 @@ fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to:
         done,
         _thread: thread,
     }
+}
+
+/// SIGINT/SIGTERM/SIGHUP while `cilock run` runs.
+///
+/// The command stays in cilock's process group, so a terminal's Ctrl-C or
+/// hangup (generated by the kernel for the whole foreground group) and a
+/// runner that signals the process group reach it directly, and a runner
+/// that kills the group (SIGKILL) kills it too. A signal *sent* to cilock
+/// (`kill PID`, a CI runner cancelling the job) is forwarded to the
+/// command's root process, as a shell running the step would receive it.
+/// cilock then waits for the command at most `--kill-after`; a second
+/// signal, or the end of that wait, kills it (SIGKILL to the root, then
+/// every process left in the step). The attestation is written, marked
+/// `interrupted`, and cilock exits 128+signal.
+///
+/// The handlers only write two bytes to a pipe (async-signal-safe); a
+/// thread does the rest. Signals ignored when cilock started stay ignored
+/// (and the command inherits that).
+struct Interrupts {
+    handled: Vec<libc::c_int>,
+    state: Arc<(Mutex<IntState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct IntState {
+    /// A pidfd on the command's root process.
+    root: Option<OwnedFd>,
+    /// The root's pid (for messages).
+    root_pid: i32,
+    kill_after: Duration,
+    /// The first signal, and whether it must be forwarded.
+    first: Option<(libc::c_int, bool)>,
+    forwarded: bool,
+    killed: bool,
+    /// When the command is killed if still running.
+    deadline: Option<Instant>,
+    /// The command's root was reaped: nothing is sent to it any more.
+    ended: bool,
+}
+
+impl Interrupts {
+    fn install() -> anyhow::Result<Interrupts> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        // The handler must never block.
+        nix::fcntl::fcntl(
+            &w,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .context("fcntl")?;
+        let state = Arc::new((Mutex::new(IntState::default()), std::sync::Condvar::new()));
+        let wfd = w.as_raw_fd();
+        let mut handled = Vec::new();
+        for s in FORWARDED {
+            // SAFETY: plain sigaction queries.
+            let ignored = unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(s, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction == libc::SIG_IGN
+            };
+            if ignored {
+                continue;
+            }
+            // SAFETY: the action only calls write(2) on a pipe that lives
+            // as long as the process (`w` is leaked below).
+            unsafe {
+                signal_hook_registry::register_sigaction(s, move |info: &libc::siginfo_t| {
+                    // si_code <= 0: sent by a process (kill, sigqueue,
+                    // tkill); > 0: generated by the kernel (a terminal).
+                    let b = [s as u8, u8::from(info.si_code <= 0)];
+                    libc::write(wfd, b.as_ptr().cast(), 2);
+                })
+            }
+            .with_context(|| format!("installing a handler for signal {s}"))?;
+            handled.push(s);
+        }
+        std::mem::forget(w);
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("cilock-signals".into())
+            .spawn(move || Self::serve(std::fs::File::from(r), st))
+            .context("signal thread")?;
+        let ticker = state.clone();
+        std::thread::Builder::new()
+            .name("cilock-kill-after".into())
+            .spawn(move || Self::deadline_watch(ticker))
+            .context("signal thread")?;
+        Ok(Interrupts { handled, state })
+    }
+
+    fn serve(mut r: std::fs::File, state: Arc<(Mutex<IntState>, std::sync::Condvar)>) {
+        let mut b = [0u8; 2];
+        while r.read_exact(&mut b).is_ok() {
+            let (sig, from_process) = (b[0] as libc::c_int, b[1] != 0);
+            let mut g = state.0.lock().unwrap_or_else(|e| e.into_inner());
+            if g.ended {
+                eprintln!(
+                    "cilock: {} received after the command ended: finishing the attestation",
+                    sig_name(sig)
+                );
+                continue;
+            }
+            match g.first {
+                None => {
+                    g.first = Some((sig, from_process));
+                    eprintln!(
+                        "cilock: {} received: {}; the attestation will be written (a second signal kills the command)",
+                        sig_name(sig),
+                        if from_process {
+                            "forwarding it to the command"
+                        } else {
+                            "the command got it from the terminal too"
+                        }
+                    );
+                    if g.root.is_some() {
+                        g.start(sig, from_process);
+                    }
+                }
+                Some(_) => {
+                    eprintln!(
+                        "cilock: {} received again: killing the command",
+                        sig_name(sig)
+                    );
+                    g.kill();
+                }
+            }
+            state.1.notify_all();
+        }
+    }
+
+    /// Kills the command when it outlives `--kill-after` after a signal.
+    fn deadline_watch(state: Arc<(Mutex<IntState>, std::sync::Condvar)>) {
+        let mut g = state.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if g.ended {
+                return;
+            }
+            match g.deadline {
+                Some(d) if Instant::now() >= d => {
+                    if !g.killed {
+                        eprintln!(
+                            "cilock: the command did not exit within {:?} of the signal: killing it",
+                            g.kill_after
+                        );
+                        g.kill();
+                    }
+                    g.deadline = None;
+                }
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    g = state
+                        .1
+                        .wait_timeout(g, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                None => {
+                    g = state.1.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// The command's root process is `pid` (not yet reaped): signals from
+    /// now on go to it, and one that came before is delivered now.
+    fn set_root(&self, pid: i32, kill_after: Duration) {
+        // SAFETY: pidfd_open on our own, unreaped child.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let mut g = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        if fd >= 0 {
+            // SAFETY: a new fd we own.
+            g.root = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
+        }
+        g.root_pid = pid;
+        g.kill_after = kill_after;
+        if let Some((sig, _)) = g.first {
+            // It came before the command ran: the command did not get it.
+            g.start(sig, true);
+        }
+        self.state.1.notify_all();
+    }
+
+    /// The command's root was reaped.
+    fn command_ended(&self) {
+        let mut g = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.ended = true;
+        g.root = None;
+        self.state.1.notify_all();
+    }
+
+    /// Refuses to start the command once interrupted.
+    fn check_not_yet(&self) -> anyhow::Result<()> {
+        let g = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((sig, _)) = g.first {
+            bail!(
+                "interrupted by {} before the command started: nothing ran, no attestation",
+                sig_name(sig)
+            );
+        }
+        Ok(())
+    }
+
+    fn interrupted(&self) -> Option<Interrupted> {
+        let g = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.first.map(|(sig, _)| Interrupted {
+            signal: sig_name(sig),
+            number: sig,
+            forwarded: g.forwarded,
+            killed: g.killed,
+        })
+    }
+
+    /// The exit of `run`: 128+signal for a run interrupted before the
+    /// command started (an error then), else `r`.
+    fn exit(&self, r: anyhow::Result<u8>) -> anyhow::Result<u8> {
+        match (r, self.interrupted()) {
+            (Err(e), Some(i)) => {
+                eprintln!("cilock: {e:#}");
+                Ok(exit_byte(128 + i.number))
+            }
+            (r, _) => r,
+        }
+    }
+}
+
+impl IntState {
+    /// Forwards the first signal (when it must be) and arms the deadline.
+    fn start(&mut self, sig: libc::c_int, forward: bool) {
+        if forward && !self.forwarded {
+            self.forwarded = self.send(sig);
+        }
+        if self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.kill_after);
+        }
+    }
+
+    /// SIGKILL to the root and to its descendants found now (those that
+    /// escape, e.g. forked meanwhile or already orphaned, are killed with
+    /// the step's cgroup when it ends, or by the ptrace backend after its
+    /// wait).
+    fn kill(&mut self) {
+        if self.root.is_some() {
+            for _ in 0..3 {
+                let d = descendants(self.root_pid);
+                if d.is_empty() {
+                    break;
+                }
+                for p in d {
+                    let _ =
+                        nix::sys::signal::kill(Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        if self.send(libc::SIGKILL) || self.root.is_none() {
+            self.killed = true;
+        }
+    }
+
+    fn send(&self, sig: libc::c_int) -> bool {
+        let Some(fd) = &self.root else {
+            return false;
+        };
+        // SAFETY: pidfd_send_signal on our pidfd.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(
+                pid = self.root_pid,
+                "pidfd_send_signal: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        r == 0
+    }
+}
+
+/// The live descendants of `root` (from the parent pids in /proc).
+fn descendants(root: i32) -> Vec<i32> {
+    let mut kids: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // After the last ')': state, then the parent pid.
+            let Some(ppid) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            kids.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for &k in kids.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            if !out.contains(&k) && out.len() < 100_000 {
+                out.push(k);
+                todo.push(k);
+            }
+        }
+    }
+    out
+}
+
+fn sig_name(sig: libc::c_int) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// A forked child held before exec until its step has begun, so that
@@ -340,10 +1033,14 @@ struct GatedChild {
     out_r: Option<OwnedFd>,
     errout_r: Option<OwnedFd>,
     reaped: bool,
+    /// The command's name, for messages.
+    argv0: String,
 }
 
 impl GatedChild {
-    fn spawn(cmd: &[String]) -> anyhow::Result<GatedChild> {
+    /// `reset`: signals whose handlers the child puts back to the default
+    /// right after the fork.
+    fn spawn(cmd: &[String], reset: &[libc::c_int]) -> anyhow::Result<GatedChild> {
         let argv: Vec<CString> = cmd
             .iter()
             .map(|s| CString::new(s.as_bytes()))
@@ -356,10 +1053,17 @@ impl GatedChild {
         let (eo_r, eo_w) = nix::unistd::pipe2(flags).context("pipe")?;
         let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
-        // SAFETY: the CLI is single-threaded here; the child only makes
-        // async-signal-safe calls before exec.
+        let reset: Vec<libc::c_int> = reset.to_vec();
+        // SAFETY: other threads may run (signals, engine): the child only
+        // makes async-signal-safe calls on memory allocated before the
+        // fork until it execs.
         match unsafe { nix::unistd::fork() }.context("fork")? {
             ForkResult::Child => unsafe {
+                // cilock's handlers would act for cilock: a signal now is
+                // the command's (it dies at the gate).
+                for &s in &reset {
+                    libc::signal(s, libc::SIG_DFL);
+                }
                 let (g, e) = (gate_r.as_raw_fd(), err_w.as_raw_fd());
                 // Keep only our ends: the gate must see EOF if cilock dies.
                 for fd in [
@@ -395,6 +1099,7 @@ impl GatedChild {
                 out_r: Some(out_r),
                 errout_r: Some(eo_r),
                 reaped: false,
+                argv0: cmd[0].clone(),
             }),
         }
     }
@@ -411,15 +1116,16 @@ impl GatedChild {
     /// for the end of its output, at most `output_bound` after its exit).
     fn release_and_wait(
         &mut self,
-        output_bound: Duration,
-    ) -> anyhow::Result<(i32, String, String)> {
+        output_bound: impl Fn() -> Duration,
+        sink: Sink,
+    ) -> anyhow::Result<(i32, Captured)> {
         let out = tee(
             std::fs::File::from(self.out_r.take().context("stdout taken")?),
-            std::io::stdout(),
+            sink,
         );
         let err = tee(
             std::fs::File::from(self.errout_r.take().context("stderr taken")?),
-            std::io::stderr(),
+            Sink::Stderr,
         );
         if let Some(g) = self.gate.take() {
             nix::unistd::write(&g, b"1").context("releasing the command")?;
@@ -431,22 +1137,26 @@ impl GatedChild {
             Ok(4) => Some(std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
             _ => None,
         };
-        let status = waitpid(self.pid, None).context("waiting for the command")?;
+        let status = loop {
+            match waitpid(self.pid, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.context("waiting for the command")?,
+            }
+        };
         self.reaped = true;
         let code = match status {
             WaitStatus::Exited(_, c) => c,
             WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
             _ => 1,
         };
-        let deadline = Instant::now() + output_bound;
-        let stdout = out.finish(deadline);
-        let mut stderr = err.finish(deadline);
+        let deadline = Instant::now() + output_bound();
+        let mut cap = captured(out.finish(deadline), err.finish(deadline));
         if let Some(e) = exec_err {
-            let msg = format!("cilock: cannot execute the command: {e}\n");
+            let msg = format!("cilock: cannot execute the command {:?}: {e}\n", self.argv0);
             eprint!("{msg}");
-            stderr.push_str(&msg);
+            cap.stderr.push_str(&msg);
         }
-        Ok((code, stdout, stderr))
+        Ok((code, cap))
     }
 }
 

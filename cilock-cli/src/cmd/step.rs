@@ -54,6 +54,7 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
         stderr: None,
         run: false,
         wait_descendants_ms: None,
+        ..Default::default()
     });
     match client::request(&req).with_context(|| format!("step end {:?}", a.step))? {
         Reply::Ended {

@@ -64,6 +64,35 @@ pub struct Claimed {
     /// The exit code (or job result) the client reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exitcode: Option<i32>,
+    /// The client says its run was interrupted by a signal (`cilock run`
+    /// through the daemon: the daemon cannot see the signal the client got).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interrupted>,
+    /// Bytes of output the client says it did not capture, per stream
+    /// (`stdout`, `stderr`): its capture bound was reached.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub truncated: BTreeMap<String, u64>,
+}
+
+/// `cilock run` received a signal while the command ran (cilock
+/// extension): it forwarded it to the command and then ended the step.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Interrupted {
+    /// The signal's name (`SIGINT`, `SIGTERM`, `SIGHUP`).
+    pub signal: String,
+    /// The signal's number (cilock exits 128 + this).
+    pub number: i32,
+    /// True when cilock sent the signal to the command's root process;
+    /// false when the signal came from the kernel (a terminal's Ctrl-C or
+    /// hangup), which delivers it to the whole foreground process group,
+    /// the command included.
+    pub forwarded: bool,
+    /// True when the command was killed (SIGKILL to its root, then every
+    /// process left in the step): a second signal arrived, or the command
+    /// outlived the grace period after the first.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
 }
 
 impl Claimed {
@@ -73,6 +102,8 @@ impl Claimed {
             && self.stdout.is_empty()
             && self.stderr.is_empty()
             && self.exitcode.is_none()
+            && self.interrupted.is_none()
+            && self.truncated.is_empty()
     }
 }
 
@@ -379,6 +410,11 @@ pub struct KillAtEnd {
     /// False when processes other than the spared were still in the step
     /// after the bounded kill (they are left running, untraced).
     pub complete: bool,
+    /// `cilock run` without the daemon: the signal that interrupted the
+    /// run, as the tracing process itself received it (observed). Through
+    /// the daemon this is the client's word, under `claimed.interrupted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interrupted>,
 }
 
 /// How `cilock run` waited for the command's descendants.
@@ -459,6 +495,7 @@ mod tests {
             stdout: "All 412 tests passed\n".into(),
             stderr: String::new(),
             exitcode: Some(0),
+            ..Default::default()
         };
         let mut t = TraceInfo {
             observed: vec!["cmd".into(), "exitcode".into()],
