@@ -559,6 +559,88 @@ pub struct KillReport {
     pub rounds: u32,
 }
 
+/// An exclusive `flock(2)` on a steps' parent cgroup directory, held for
+/// the life of the engine that owns the parent: one daemon (or `cilock run`)
+/// per parent. The lock goes with the descriptor (close-on-exec), so it is
+/// released when the holder exits, however it exits.
+#[derive(Debug)]
+pub struct ParentLock {
+    _dir: fs::File,
+}
+
+/// Why a parent could not be locked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error("cgroup parent {path} is in use by another cilock daemon or `cilock run`{}; \
+             a parent serves one daemon: stop that one or give this one its own `cgroup_parent`",
+             holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Held {
+        /// The parent.
+        path: PathBuf,
+        /// The holder's pid, from /proc/locks, when found.
+        holder: Option<u32>,
+    },
+    /// Anything else.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+impl ParentLock {
+    /// Creates the parent cgroup `path` if needed and locks it without
+    /// waiting. A parent removed and re-created by its previous holder
+    /// between our mkdir and our lock is detected (the locked directory is
+    /// no longer at `path`) and the lock taken again.
+    pub fn acquire(path: &Path) -> Result<(ParentLock, Cgroup), LockError> {
+        use std::os::fd::AsRawFd as _;
+        for _ in 0..10 {
+            let cg = Cgroup::create(path)?;
+            let dir = fs::File::open(path).map_err(io_err("open", path))?;
+            // SAFETY: plain syscall on a descriptor we own.
+            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    let md = dir.metadata().map_err(io_err("stat", path))?;
+                    return Err(LockError::Held {
+                        path: path.to_path_buf(),
+                        holder: flock_holder(md.dev(), md.ino()),
+                    });
+                }
+                return Err(io_err("flock", path)(e).into());
+            }
+            let locked = dir.metadata().map_err(io_err("stat", path))?;
+            match fs::metadata(path) {
+                Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {
+                    return Ok((ParentLock { _dir: dir }, cg));
+                }
+                // Removed (or replaced) after we opened it: try again.
+                _ => continue,
+            }
+        }
+        Err(io_err("lock", path)(io::Error::other(
+            "the directory keeps being removed and re-created",
+        ))
+        .into())
+    }
+}
+
+/// The pid holding a `FLOCK` on the file `dev`/`ino`, from /proc/locks
+/// (`1: FLOCK  ADVISORY  WRITE 1234 00:1c:12 0 EOF`; the device in hex).
+fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
+    let text = fs::read_to_string("/proc/locks").ok()?;
+    let want = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "1:" FLOCK ADVISORY WRITE pid dev:ino ...; blocked waiters have "->".
+        if f.len() >= 6 && f[1] == "FLOCK" && f[5] == want {
+            f[4].parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
 /// The cgroup (within the hierarchy) a process is in, from /proc/PID/cgroup.
 pub fn cgroup_of(pid: u32) -> Option<PathBuf> {
     let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;

@@ -24,6 +24,12 @@
 //! | `max_processes_per_step` | integer ≥ 1             | `100000`                         |
 //! | `max_files_per_step`   | integer ≥ 1               | `1000000`                        |
 //! | `run_wait_descendants` | duration, as above (0: no wait; ≤ `step_timeout`) | `"30s"`  |
+//! | `stop_timeout`         | duration, as above (1 s to 1 h) | `"45s"`                    |
+//!
+//! `stop_timeout` bounds a stop (SIGTERM/SIGINT): requests in flight get a
+//! third of it, ending the active steps the rest; then the daemon exits
+//! whatever is still running (and logs what was cut short). Keep it below
+//! the unit's `TimeoutStopSec` (60 s in the shipped unit).
 //!
 //! `max_hash_file_size` and `hash_time_budget` bound the hashing of the
 //! files a step opened or exec'd (per file, and per step): a file beyond
@@ -125,7 +131,14 @@ pub struct DaemonConfig {
     /// the client does not say (`--wait-descendants`).
     #[serde(deserialize_with = "deserialize_duration")]
     pub run_wait_descendants: Duration,
+    /// A stop (SIGTERM/SIGINT) takes at most this long.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub stop_timeout: Duration,
 }
+
+/// Default of [`DaemonConfig::stop_timeout`]: below the shipped unit's
+/// `TimeoutStopSec=60`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// The `[helper]` table: how the unprivileged attestor helper runs.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -234,6 +247,7 @@ impl Default for DaemonConfig {
             max_connections_per_user: 16,
             max_request: DEFAULT_MAX_REQUEST as u64,
             run_wait_descendants: engine.run_wait_descendants,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
         }
     }
 }
@@ -371,6 +385,12 @@ impl DaemonConfig {
                 "must not exceed step_timeout".into(),
             ));
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.stop_timeout) {
+            return Err(invalid(
+                "stop_timeout",
+                "must be between 1 s and 1 h".into(),
+            ));
+        }
         if self.step_idle_timeout.is_zero() {
             return Err(invalid(
                 "step_idle_timeout",
@@ -467,6 +487,7 @@ impl DaemonConfig {
             helper: Some(self.helper.helper_config()),
             max_steps_per_user: self.max_steps_per_user,
             run_wait_descendants: self.run_wait_descendants,
+            step_records: true,
         }
     }
 
@@ -475,6 +496,8 @@ impl DaemonConfig {
         let mut s = crate::server::ServerConfig::new(self.socket.clone(), self.group.clone());
         s.max_connections_per_user = self.max_connections_per_user;
         s.max_message = usize::try_from(self.max_request).unwrap_or(MAX_MESSAGE);
+        // Requests in flight get a third of a stop; ending steps the rest.
+        s.shutdown_grace = self.stop_timeout / 3;
         s
     }
 }

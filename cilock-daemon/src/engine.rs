@@ -65,6 +65,10 @@ pub struct EngineConfig {
     /// `cilock run`: after the command's root exited, how long to wait for
     /// its descendants when the client does not say.
     pub run_wait_descendants: Duration,
+    /// Persist a record of each active step in
+    /// `<state_dir>/steps/<parent>/` (the daemon): a step a dead daemon left
+    /// is then ended at the next start with an attestation that says so.
+    pub step_records: bool,
 }
 
 /// Default of [`EngineConfig::run_wait_descendants`].
@@ -100,6 +104,7 @@ impl Default for EngineConfig {
             helper: None,
             max_steps_per_user: 32,
             run_wait_descendants: DEFAULT_RUN_WAIT_DESCENDANTS,
+            step_records: false,
         }
     }
 }
@@ -136,6 +141,10 @@ pub enum EngineError {
     /// Anything else.
     #[error("{0}")]
     Internal(String),
+    /// The step was ended by this daemon at its start: the daemon that
+    /// began it had died (the message says where its attestation is).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl From<EngineError> for ApiError {
@@ -147,6 +156,7 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(_) => ErrorKind::Conflict,
             EngineError::TooMany(_) => ErrorKind::TooMany,
             EngineError::Internal(_) => ErrorKind::Internal,
+            EngineError::Interrupted(_) => ErrorKind::NotFound,
         };
         ApiError::new(kind, e.to_string())
     }
@@ -262,6 +272,8 @@ struct Step {
     /// The cgroup the traced process came from: processes still running
     /// when the step ends go back there.
     origin: PathBuf,
+    /// The step's persisted record (removed when the step ends).
+    record: Option<PathBuf>,
 }
 
 /// The tracing engine: one per daemon (or per `cilock run` without one).
@@ -280,6 +292,16 @@ pub struct Engine {
     pending: Mutex<HashSet<StepKey>>,
     serial: AtomicU64,
     kernel: String,
+    /// The lock on `parent`, held for the engine's life.
+    _lock: crate::cgroup::ParentLock,
+    /// Where step records are kept (`None`: not persisted).
+    records: Option<PathBuf>,
+    /// Steps a previous daemon left, found at start, waiting to be signed
+    /// and kept (see [`Engine::take_interrupted`]).
+    interrupted: Mutex<Vec<InterruptedStep>>,
+    /// Steps ended at start because their daemon died, by (owner, name):
+    /// where their attestation is (a later `step end` says so).
+    ended_at_start: Mutex<HashMap<StepKey, String>>,
 }
 
 /// Steps are keyed by owner uid and name: two users may both have `build`.
@@ -329,15 +351,20 @@ impl Engine {
             )));
         }
         let parent = hier.mount.join(&cfg.cgroup_parent);
-        let parent_cg = Cgroup::create(&parent).map_err(internal)?;
-        for stale in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-            if stale.file_type().is_ok_and(|t| t.is_dir()) {
-                if let Ok(cg) = Cgroup::open(&stale.path()) {
-                    tracing::warn!(cgroup = %stale.path().display(), "removing a step cgroup left by a previous run");
-                    let _ = cg.remove(&hier.mount);
-                }
+        // One engine per parent: nothing is touched before the lock is held.
+        let (lock, parent_cg) = crate::cgroup::ParentLock::acquire(&parent).map_err(internal)?;
+        let records = cfg.step_records.then(|| {
+            cfg.state_dir
+                .join("steps")
+                .join(cfg.cgroup_parent.replace('/', "%2F"))
+        });
+        let interrupted = match &records {
+            Some(dir) => recover(dir, &parent, &hier.mount)?,
+            None => {
+                warn_foreign(&parent, &HashSet::new());
+                Vec::new()
             }
-        }
+        };
         let level = hier
             .level_of(parent_cg.path())
             .ok_or_else(|| internal("step parent is outside the cgroup2 mount"))?
@@ -379,7 +406,12 @@ impl Engine {
             pending: Mutex::new(HashSet::new()),
             serial: AtomicU64::new(0),
             kernel: kernel_release(),
+            _lock: lock,
+            records,
+            interrupted: Mutex::new(interrupted),
+            ended_at_start: Mutex::new(HashMap::new()),
         });
+        engine.heartbeat();
         Ok(engine)
     }
 
@@ -628,9 +660,28 @@ impl Engine {
                 let _ = h.join();
             }
         };
+        // Persisted before the move: a step this daemon cannot end (it is
+        // killed) is ended by the next one, never silently untraced.
+        let record = match self.write_record(&spec, &names, &cgroup, &origin) {
+            Ok(r) => r,
+            Err(e) => {
+                stop_follower(follower);
+                undo(&cgroup, &origin);
+                return Err(internal(format!(
+                    "cannot persist the record of step {:?}: {e}",
+                    spec.name
+                )));
+            }
+        };
+        let unrecord = |r: &Option<PathBuf>| {
+            if let Some(p) = r {
+                let _ = std::fs::remove_file(p);
+            }
+        };
         if let Err(e) = cgroup.add_pid(spec.pid) {
             stop_follower(follower);
             undo(&cgroup, &origin);
+            unrecord(&record);
             return Err(EngineError::BadRequest(format!(
                 "cannot move pid {} into the step: {e}",
                 spec.pid
@@ -641,6 +692,7 @@ impl Engine {
             // it is goes back out, and the step is not begun.
             stop_follower(follower);
             undo(&cgroup, &origin);
+            unrecord(&record);
             return Err(EngineError::BadRequest(format!(
                 "process {} exited while the step began",
                 spec.pid
@@ -661,6 +713,7 @@ impl Engine {
             follower,
             empty_since: None,
             origin,
+            record,
         };
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         if steps.contains_key(&key) {
@@ -694,6 +747,9 @@ impl Engine {
             let _ = h.join();
         }
         let _ = step.cgroup.remove(&self.return_to(&step.origin));
+        if let Some(p) = &step.record {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     /// Ends the step `name` for `uid` (its owner, or root).
@@ -741,9 +797,19 @@ impl Engine {
                 }
                 (c, _) => (c, name.to_string()),
             };
-            steps
-                .remove(&key)
-                .ok_or_else(|| EngineError::NotFound(name.to_string()))?
+            match steps.remove(&key) {
+                Some(s) => s,
+                None => {
+                    let ended = self
+                        .ended_at_start
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    return Err(match ended.get(&key) {
+                        Some(msg) => EngineError::Interrupted(msg.clone()),
+                        None => EngineError::NotFound(name.to_string()),
+                    });
+                }
+            }
         };
         let by = if end.wait_descendants.is_some() {
             "run"
@@ -816,7 +882,7 @@ impl Engine {
         let recorder =
             std::mem::take(&mut *step.recorder.lock().unwrap_or_else(|e| e.into_inner()));
         tracing::info!(step = %step.name, seconds = step.started.elapsed().as_secs_f64(), "step stopped");
-        PendingStep {
+        let out = PendingStep {
             name: step.name,
             attest: step.attest,
             cmd: step.cmd,
@@ -825,7 +891,13 @@ impl Engine {
             trace,
             alive,
         }
-        .finish(&self.cache, end)
+        .finish(&self.cache, end);
+        // The step is ended (its outcome, or why there is none, goes to the
+        // caller): the next daemon must not end it again.
+        if let Some(p) = &step.record {
+            let _ = std::fs::remove_file(p);
+        }
+        out
     }
 
     /// Kills what runs in `step` (`alive`: its processes now). From outside
@@ -973,6 +1045,401 @@ impl Engine {
         };
         for s in all {
             self.discard(s);
+        }
+    }
+}
+
+/// What is persisted of an active step (`<state_dir>/steps/<parent>/<cgroup
+/// name>.json`, 0600): enough to attest, after the daemon died, that the
+/// step was begun and its trace interrupted, and to return its processes.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StepRecord {
+    name: String,
+    owner_uid: u32,
+    owner_gid: u32,
+    /// The step cgroup (absolute path) and its id (inode).
+    cgroup: String,
+    cgroup_id: u64,
+    /// RFC 3339.
+    began: String,
+    daemon_pid: u32,
+    root_pid: u32,
+    backend: String,
+    /// The client's `cmd` (at most [`RECORD_MAX_CMD`] bytes of it).
+    cmd: Vec<String>,
+    #[serde(default)]
+    cmd_truncated: bool,
+    attestations: Vec<String>,
+    workdir: String,
+    /// Where the step's processes came from.
+    origin: String,
+}
+
+/// Bytes of a step's claimed `cmd` kept in its record.
+const RECORD_MAX_CMD: usize = 64 * 1024;
+/// Largest record read back.
+const RECORD_MAX_BYTES: u64 = 1024 * 1024;
+/// Records read at start at most (more than the steps one daemon can have).
+const RECORD_MAX_COUNT: usize = 2 * MAX_STEPS;
+/// The heartbeat file in the records directory: `pid\nRFC 3339 time\n`,
+/// rewritten every few seconds while the daemon runs.
+const HEARTBEAT: &str = "daemon.alive";
+
+/// A step a previous daemon left unended, found at start.
+pub struct InterruptedStep {
+    record: StepRecord,
+    /// The record file (removed once the attestation is kept).
+    record_path: PathBuf,
+    /// Processes that were in the step's cgroup at start (returned to their
+    /// origin cgroup).
+    survivors: Vec<u32>,
+    /// What became of the step's cgroup.
+    cgroup_fate: String,
+    /// The previous daemon's last heartbeat (pid, time), if any.
+    last_seen: Option<(u32, String)>,
+    /// When this daemon started.
+    restarted: String,
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Reads at most [`RECORD_MAX_BYTES`] of a regular file (no symlink).
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut buf = Vec::new();
+    f.take(RECORD_MAX_BYTES + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > RECORD_MAX_BYTES {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(buf)
+}
+
+/// Children of `parent` not in `ours` are left alone, with a warning.
+fn warn_foreign(parent: &Path, ours: &HashSet<PathBuf>) {
+    for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) && !ours.contains(&e.path()) {
+            tracing::warn!(cgroup = %e.path().display(), "leaving a cgroup under the steps' parent alone: no step record proves it is this daemon's");
+        }
+    }
+}
+
+/// At start, with the parent locked: every record in `dir` is a step a
+/// previous daemon on this parent began and never ended. Its cgroup (when
+/// it is still the one recorded: same path and id) is this daemon's to
+/// clean: processes go back to their origin, the cgroup is removed. Other
+/// cgroups under the parent are left alone. Returns the steps to attest.
+fn recover(dir: &Path, parent: &Path, mount: &Path) -> Result<Vec<InterruptedStep>, EngineError> {
+    make_private_dir(dir).map_err(|e| {
+        internal(format!(
+            "creating the step records directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let restarted = cilock_evidence::timefmt::now();
+    let last_seen = read_bounded(&dir.join(HEARTBEAT)).ok().and_then(|b| {
+        let t = String::from_utf8_lossy(&b).into_owned();
+        let mut l = t.lines();
+        let pid = l.next()?.trim().parse().ok()?;
+        let at = l.next()?.trim().to_string();
+        Some((pid, at))
+    });
+    let mut ours = HashSet::new();
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| internal(format!("reading {}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    if entries.len() > RECORD_MAX_COUNT {
+        tracing::error!(dir = %dir.display(), records = entries.len(), "more step records than a daemon can have; reading the first {RECORD_MAX_COUNT}");
+        entries.truncate(RECORD_MAX_COUNT);
+    }
+    for path in entries {
+        let record: StepRecord = match read_bounded(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(record = %path.display(), "unreadable step record left in place: {e}");
+                continue;
+            }
+        };
+        let cg_path = PathBuf::from(&record.cgroup);
+        let leaf = cg_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (survivors, cgroup_fate) = if cg_path.parent() != Some(parent)
+            || !valid_step_name(&leaf)
+        {
+            (
+                Vec::new(),
+                format!(
+                    "recorded cgroup {} is not under this daemon's parent; left alone",
+                    record.cgroup
+                ),
+            )
+        } else {
+            match Cgroup::open(&cg_path) {
+                Ok(cg) if cg.id() == record.cgroup_id => {
+                    ours.insert(cg_path.clone());
+                    let pids = cg.pids_recursive();
+                    let origin = PathBuf::from(&record.origin);
+                    let to = if origin.starts_with(mount)
+                        && origin.is_dir()
+                        && !origin.starts_with(parent)
+                    {
+                        origin
+                    } else {
+                        mount.to_path_buf()
+                    };
+                    match cg.remove(&to) {
+                        Ok(()) => {
+                            tracing::warn!(step = %record.name, cgroup = %record.cgroup, processes = pids.len(), "removed the cgroup of a step a previous daemon left; its processes went back to {}", to.display());
+                            (
+                                pids,
+                                format!("removed; its processes were returned to {}", to.display()),
+                            )
+                        }
+                        Err(e) => {
+                            tracing::error!(step = %record.name, cgroup = %record.cgroup, "cannot remove the cgroup of a step a previous daemon left: {e}");
+                            (pids, format!("could not be removed: {e}"))
+                        }
+                    }
+                }
+                Ok(_) => (
+                    Vec::new(),
+                    "gone: a different cgroup has its path now (left alone)".to_string(),
+                ),
+                Err(_) => (Vec::new(), "gone".to_string()),
+            }
+        };
+        out.push(InterruptedStep {
+            record,
+            record_path: path,
+            survivors,
+            cgroup_fate,
+            last_seen: last_seen.clone(),
+            restarted: restarted.clone(),
+        });
+    }
+    warn_foreign(parent, &ours);
+    Ok(out)
+}
+
+impl InterruptedStep {
+    /// Step name.
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// The unsigned statement: a command-run whose trace says it was
+    /// interrupted by the death of the daemon that began the step.
+    pub fn statement(&self, kernel: &str) -> Result<Statement<Collection>, EngineError> {
+        let r = &self.record;
+        let seen = match &self.last_seen {
+            Some((pid, at)) if *pid == r.daemon_pid => {
+                format!(
+                    "last seen alive at {at} (it writes a heartbeat every {} s)",
+                    HEARTBEAT_EVERY.as_secs()
+                )
+            }
+            _ => "its time of death is unknown".to_string(),
+        };
+        let ended_by = format!(
+            "daemon restart: the trace was interrupted by the death of the daemon (pid {}) that began this step at {}; {seen}; events after that were not traced. \
+             The daemon (pid {}) started at {} ended the step",
+            r.daemon_pid,
+            r.began,
+            std::process::id(),
+            self.restarted
+        );
+        let why = "the daemon that traced the step died: what it recorded was lost".to_string();
+        let mut unobserved = BTreeMap::new();
+        for k in ["cmd", "exitcode", "stdout", "stderr", "processes"] {
+            unobserved.insert(k.to_string(), why.clone());
+        }
+        let trace = TraceInfo {
+            backend: r.backend.clone(),
+            kernel: kernel.to_string(),
+            reaped: true,
+            ended_by,
+            unobserved,
+            limitations: vec![
+                format!("the step's cgroup {}: {}", r.cgroup, self.cgroup_fate),
+                "no material or product attestation: the state the dead daemon took at begin was in its memory".to_string(),
+            ],
+            wait_descendants: (!self.survivors.is_empty()).then(|| WaitDescendants {
+                timeout_seconds: 0.0,
+                waited_seconds: 0.0,
+                all_exited: false,
+                survivors: self.survivors.iter().map(|&p| p as i64).collect(),
+                survivors_fate: "left running, no longer traced".to_string(),
+            }),
+            ..Default::default()
+        };
+        let mut cmd = r.cmd.clone();
+        if r.cmd_truncated {
+            cmd.push("[cilock: truncated]".to_string());
+        }
+        let run = CommandRun {
+            exitcode: EXITCODE_UNKNOWN,
+            trace: Some(trace),
+            claimed: Claimed {
+                cmd,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut ctx = AttestationContext::new(PathBuf::from(&r.workdir), Vec::new());
+        let json = serde_json::to_value(&run).map_err(internal)?;
+        run_one(&mut ctx, &mut CommandRunAttestor(Some(json))).map_err(internal)?;
+        let (collection, subjects) = into_collection(&r.name, &ctx);
+        Ok(Statement::new(COLLECTION_TYPE, subjects, collection))
+    }
+}
+
+/// How often the daemon rewrites its heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+impl Engine {
+    fn write_record(
+        &self,
+        spec: &StepSpec,
+        names: &[String],
+        cgroup: &Cgroup,
+        origin: &Path,
+    ) -> std::io::Result<Option<PathBuf>> {
+        let Some(dir) = &self.records else {
+            return Ok(None);
+        };
+        make_private_dir(dir)?;
+        let mut cmd = Vec::new();
+        let mut used = 0;
+        let mut cmd_truncated = false;
+        for a in &spec.cmd {
+            used += a.len();
+            if used > RECORD_MAX_CMD {
+                cmd_truncated = true;
+                break;
+            }
+            cmd.push(a.clone());
+        }
+        let record = StepRecord {
+            name: spec.name.clone(),
+            owner_uid: spec.owner_uid,
+            owner_gid: spec.owner_gid,
+            cgroup: cgroup.path().to_string_lossy().into_owned(),
+            cgroup_id: cgroup.id(),
+            began: cilock_evidence::timefmt::now(),
+            daemon_pid: std::process::id(),
+            root_pid: spec.pid,
+            backend: self.backend_name().to_string(),
+            cmd,
+            cmd_truncated,
+            attestations: names.to_vec(),
+            workdir: spec.workdir.to_string_lossy().into_owned(),
+            origin: origin.to_string_lossy().into_owned(),
+        };
+        let file = cgroup
+            .path()
+            .file_name()
+            .map(|n| format!("{}.json", n.to_string_lossy()))
+            .ok_or_else(|| std::io::Error::other("cgroup without a name"))?;
+        let path = dir.join(file);
+        let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+        write_private(&path, &bytes)?;
+        Ok(Some(path))
+    }
+
+    /// Rewrites the heartbeat (pid and time) the next daemon reads to say
+    /// when this one was last alive. No-op without step records.
+    pub fn heartbeat(&self) {
+        if let Some(dir) = &self.records {
+            let body = format!(
+                "{}\n{}\n",
+                std::process::id(),
+                cilock_evidence::timefmt::now()
+            );
+            if let Err(e) = write_private(&dir.join(HEARTBEAT), body.as_bytes()) {
+                tracing::warn!("cannot write the heartbeat in {}: {e}", dir.display());
+            }
+        }
+    }
+
+    /// The steps a previous daemon left unended (found at start), once.
+    pub fn take_interrupted(&self) -> Vec<InterruptedStep> {
+        std::mem::take(&mut *self.interrupted.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Steps with a record (active, or being ended): `name (owner uid N)`.
+    pub fn recorded_steps(&self) -> Vec<String> {
+        let Some(dir) = &self.records else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .take(RECORD_MAX_COUNT)
+            .filter_map(|e| {
+                let r: StepRecord = serde_json::from_slice(&read_bounded(&e.path()).ok()?).ok()?;
+                Some(format!("{} (owner uid {})", r.name, r.owner_uid))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Kernel release.
+    pub fn kernel(&self) -> &str {
+        &self.kernel
+    }
+
+    /// Records that the interrupted step `s` was attested (`msg` says where
+    /// its attestation is, for a later `step end`) and drops its record.
+    pub fn interrupted_done(&self, s: &InterruptedStep, msg: String) {
+        let _ = std::fs::remove_file(&s.record_path);
+        let mut m = self
+            .ended_at_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if m.len() < RECORD_MAX_COUNT {
+            m.insert((s.record.owner_uid, s.record.name.clone()), msg);
         }
     }
 }
@@ -1358,13 +1825,17 @@ impl DaemonService {
             reaped_dir,
             kept: AtomicU64::new(0),
         });
+        svc.end_interrupted();
         let weak = Arc::downgrade(&svc);
         std::thread::Builder::new()
             .name("cilock-reaper".into())
             .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(5));
+                std::thread::sleep(HEARTBEAT_EVERY);
                 match weak.upgrade() {
-                    Some(s) => s.reap(Reap::Expired),
+                    Some(s) => {
+                        s.engine.heartbeat();
+                        s.reap(Reap::Expired)
+                    }
                     None => return,
                 }
             })?;
@@ -1374,6 +1845,36 @@ impl DaemonService {
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Attests the steps a previous daemon left unended (their trace was
+    /// interrupted by its death) and keeps the envelopes; a step whose
+    /// envelope cannot be kept keeps its record (tried again next start).
+    fn end_interrupted(&self) {
+        for s in self.engine.take_interrupted() {
+            let name = s.name().to_string();
+            let env = s
+                .statement(self.engine.kernel())
+                .and_then(|st| sign_statement(&st, &self.signer));
+            match env.map(|env| self.keep(&name, &env)) {
+                Ok(Ok(p)) => {
+                    tracing::warn!(step = %name, file = %p.display(), "a step the previous daemon left unended was ended; its attestation says the trace was interrupted and is kept");
+                    self.engine.interrupted_done(
+                        &s,
+                        format!(
+                            "step {name:?} was ended when the daemon restarted: the daemon that began it died, so its trace was interrupted; the attestation that says so is kept in {}",
+                            p.display()
+                        ),
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(step = %name, "cannot keep the attestation of an interrupted step (its record stays): {e}")
+                }
+                Err(e) => {
+                    tracing::error!(step = %name, "cannot attest an interrupted step (its record stays): {e}")
+                }
+            }
+        }
     }
 
     /// Ends steps nobody ended and keeps their signed attestations.

@@ -302,6 +302,7 @@ impl Server {
                 per_user: cfg.max_connections_per_user.max(1),
                 state: Mutex::default(),
             }),
+            inflight: Arc::default(),
         });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -344,8 +345,24 @@ impl Server {
                 .await
                 .is_err()
             {
-                warn!("requests still running after the shutdown grace period; abandoning them");
+                // Connections idle or slow to read/write are async and stop
+                // at once; a request on the blocking pool (hashing a FIFO,
+                // a hung attestor helper) is abandoned: its step keeps its
+                // record and the next daemon ends it (attestation says the
+                // trace was interrupted).
+                let cut = ctx.inflight.describe();
+                warn!(
+                    connections = tasks.len(),
+                    requests = cut.len(),
+                    "stop: {} connection(s) still open after the shutdown grace ({:?}); closing them",
+                    tasks.len(),
+                    cfg.shutdown_grace
+                );
+                for what in cut {
+                    warn!("stop: request cut short: {what}");
+                }
                 tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
             }
         }
         drop(guard);
@@ -467,6 +484,55 @@ struct Ctx {
     write_timeout: Duration,
     max_message: usize,
     slots: Arc<Slots>,
+    /// Requests being handled (for the log when a stop cuts them short).
+    inflight: Arc<Inflight>,
+}
+
+/// Requests being handled, by a serial: what, for whom, since when.
+#[derive(Debug, Default)]
+struct Inflight {
+    next: std::sync::atomic::AtomicU64,
+    map: Mutex<std::collections::BTreeMap<u64, (String, std::time::Instant)>>,
+}
+
+/// Removes its request from [`Inflight`] when dropped (the request
+/// finished, or its task was aborted).
+struct InflightGuard {
+    set: Arc<Inflight>,
+    id: u64,
+}
+
+impl Inflight {
+    fn enter(self: &Arc<Self>, what: String) -> InflightGuard {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (what, std::time::Instant::now()));
+        InflightGuard {
+            set: self.clone(),
+            id,
+        }
+    }
+
+    fn describe(&self) -> Vec<String> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(w, t)| format!("{w} (running for {:.1} s)", t.elapsed().as_secs_f64()))
+            .collect()
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.set
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Connection slots: all peers together, and per non-root uid.
@@ -895,6 +961,10 @@ async fn dispatch(
     let name = request_name(&req);
     let step = request_step(&req);
     info!(uid = peer.uid, pid = peer.pid, request = name, step = %step, "request");
+    let _inflight = ctx.inflight.enter(format!(
+        "{name} step {step:?} of uid {} (pid {})",
+        peer.uid, peer.pid
+    ));
     let service = ctx.service.clone();
     let cx = RequestCtx::new();
     let cx2 = cx.clone();

@@ -8,11 +8,19 @@
 //! then tell systemd `READY=1`. `WATCHDOG=1` pings follow when systemd asks
 //! for them (`WatchdogSec=`), each after checking that the engine answers.
 //! SIGTERM/SIGINT: `STOPPING=1`, stop accepting, finish requests in flight
-//! (for at most the server's shutdown grace), remove the socket, end every
+//! (for at most a third of `stop_timeout`), remove the socket, end every
 //! active step and keep its signed attestation in `state_dir/reaped/`, exit
-//! 0. A request stuck in a blocking call never holds the exit up: the
-//! runtime is shut down with a timeout, well within the unit's
-//! `TimeoutStopSec`.
+//! 0. The whole stop takes at most `stop_timeout` (default 45 s, below the
+//! unit's `TimeoutStopSec`): a request stuck in a blocking call (a FIFO, a
+//! hung attestor helper) or a step that cannot be ended in time never holds
+//! the exit up. What was cut short is logged, and the daemon then exits 1;
+//! steps it could not end keep their records in `state_dir/steps/` and the
+//! next daemon on the same `cgroup_parent` ends them with an attestation
+//! that says the trace was interrupted.
+//!
+//! One daemon per `cgroup_parent`: the engine holds a lock on the parent
+//! cgroup; a second daemon on the same parent refuses to start (exit 1)
+//! before touching anything.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -117,10 +125,29 @@ fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// How long the runtime waits for blocking threads at exit.
-const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
-/// How long ending the remaining steps at shutdown may take.
-const REAP_AT_SHUTDOWN: Duration = Duration::from_secs(30);
+/// How long the runtime waits for blocking threads at exit (part of the
+/// stop timeout's last margin).
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
+/// Left of the stop timeout after ending the steps: the runtime's shutdown
+/// and the exit.
+const STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// Once a stop begins: a thread that ends the process when the stop
+/// timeout is reached, whatever is still running (the last resort; the
+/// phases of the stop are bounded to finish before it).
+fn arm_stop_deadline(stop_timeout: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("cilock-stop-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(stop_timeout);
+            error!("stop: the stop timeout ({stop_timeout:?}) is reached; exiting now. Steps not ended keep their records and the next daemon on this cgroup_parent ends them");
+            // SAFETY: ends the process at once; nothing is unwound.
+            unsafe { libc::_exit(1) };
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the stop deadline thread: {e}");
+    }
+}
 /// The peer the daemon's own status queries run as.
 const ROOT: Peer = Peer {
     uid: 0,
@@ -198,6 +225,8 @@ fn print_summary(
         cfg.helper.memory,
         cfg.helper.max_reply
     );
+    println!("stop_timeout:  {} s", cfg.stop_timeout.as_secs_f64());
+    println!("state_dir:     {}", cfg.state_dir.display());
     println!("log_level:     {}", cfg.log_level);
     println!("configuration OK");
     Ok(())
@@ -268,6 +297,8 @@ async fn serve(cfg: DaemonConfig, signer: Signer) -> anyhow::Result<()> {
         _ = sigint.recv() => { info!("SIGINT: shutting down"); None }
         r = &mut server_task => Some(r),
     };
+    let stop_began = std::time::Instant::now();
+    arm_stop_deadline(cfg.stop_timeout);
     notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
     if let Some(w) = watchdog {
         w.abort();
@@ -282,18 +313,36 @@ async fn serve(cfg: DaemonConfig, signer: Signer) -> anyhow::Result<()> {
     drop(service);
     // End every step still active and keep its attestation, within a bound.
     notify(&[NotifyState::Status("ending active steps")]);
+    let reaper = daemon_service.clone();
     let reap = tokio::task::spawn_blocking(move || {
-        daemon_service.reap(Reap::All);
-        daemon_service.engine().remove_parent();
+        reaper.reap(Reap::All);
+        reaper.engine().remove_parent();
     });
-    match tokio::time::timeout(REAP_AT_SHUTDOWN, reap).await {
+    let left = cfg
+        .stop_timeout
+        .saturating_sub(stop_began.elapsed())
+        .saturating_sub(STOP_MARGIN);
+    let mut cut_short = false;
+    match tokio::time::timeout(left, reap).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!("ending the active steps failed: {e}"),
         Err(_) => {
-            error!("ending the active steps took longer than {REAP_AT_SHUTDOWN:?}; exiting anyway")
+            cut_short = true;
+            let left = daemon_service.engine().recorded_steps();
+            error!(
+                "stop: ending the active steps did not finish within the stop timeout ({:?}); exiting anyway. Steps not attested ({}): {}; the next daemon on this cgroup_parent ends them (their attestation says the trace was interrupted)",
+                cfg.stop_timeout,
+                left.len(),
+                left.join(", ")
+            );
         }
     }
+    drop(daemon_service);
     match served {
+        Ok(Ok(())) if cut_short => Err(anyhow::anyhow!(
+            "the stop was cut short at stop_timeout ({:?})",
+            cfg.stop_timeout
+        )),
         Ok(Ok(())) => {
             info!("stopped");
             Ok(())
