@@ -154,8 +154,11 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
     assert_eq!(o.status.code(), Some(2));
     assert!(!Path::new("/tmp/never.json").exists());
 
-    // bob may not end alice's step (to him it does not exist).
-    let bob_out = w.path().join("bob.json");
+    // bob may not end alice's step (to him it does not exist). His `-o`
+    // is writable by him: the refusal must come from the daemon.
+    let bob_dir = tempdir();
+    std::fs::set_permissions(bob_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bob_out = bob_dir.path().join("bob.json");
     let o = cilock_as(
         &d,
         bob,
