@@ -148,6 +148,8 @@ struct Captured {
     stderr: String,
     /// Bytes not captured, per stream (only streams that lost some).
     truncated: BTreeMap<String, u64>,
+    /// Bytes the command wrote, per stream.
+    total: BTreeMap<String, u64>,
 }
 
 fn via_daemon(
@@ -180,20 +182,38 @@ fn via_daemon(
     sig.command_ended();
     let interrupted = sig.interrupted();
     let r = (|| {
-        let req = Request::EndStep(EndStep {
-            step: a.step.clone(),
-            owner_uid: None,
-            kill: interrupted.is_some(),
-            exitcode: Some(code),
-            stdout: Some(cap.stdout),
-            stderr: Some(cap.stderr),
-            run: true,
-            wait_descendants_ms: wait_on_interrupt(a.wait_descendants, a, sig)
-                .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
-            interrupted: interrupted.clone(),
-            truncated: cap.truncated,
-        });
-        match client::request(&req).context("ending the step")? {
+        let end = |stdout: Option<String>, stderr: Option<String>, truncated| {
+            Request::EndStep(EndStep {
+                step: a.step.clone(),
+                owner_uid: None,
+                kill: interrupted.is_some(),
+                exitcode: Some(code),
+                stdout,
+                stderr,
+                run: true,
+                wait_descendants_ms: wait_on_interrupt(a.wait_descendants, a, sig)
+                    .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+                interrupted: interrupted.clone(),
+                truncated,
+            })
+        };
+        let reply = match client::request(&end(Some(cap.stdout), Some(cap.stderr), cap.truncated)) {
+            // Refused for its size (the daemon's max_request) before the
+            // daemon read it: the step is still open; end it without the
+            // output, counted as not captured.
+            Err(client::ClientError::Daemon(e))
+                if e.kind == cilock_daemon::api::ErrorKind::BadRequest
+                    && e.message.contains("exceeds the limit") =>
+            {
+                eprintln!(
+                    "cilock: the daemon refused the captured output ({}): ending the step without it",
+                    e.message
+                );
+                client::request(&end(None, None, cap.total))
+            }
+            r => r,
+        };
+        match reply.context("ending the step")? {
             Reply::Ended {
                 envelope,
                 lost_events,
@@ -560,7 +580,7 @@ fn run_with_ptrace(
     let deadline = Instant::now() + Duration::from_secs(1);
     let cap = match tees {
         Some((o, e)) => captured(o.finish(deadline), e.finish(deadline)),
-        None => captured((String::new(), 0), (String::new(), 0)),
+        None => captured((String::new(), 0, 0), (String::new(), 0, 0)),
     };
     let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
     let interrupted = sig.interrupted();
@@ -569,7 +589,7 @@ fn run_with_ptrace(
     after_run(r, code, sig)
 }
 
-fn captured(o: (String, u64), e: (String, u64)) -> Captured {
+fn captured(o: (String, u64, u64), e: (String, u64, u64)) -> Captured {
     let mut truncated = BTreeMap::new();
     if o.1 > 0 {
         truncated.insert("stdout".to_string(), o.1);
@@ -577,10 +597,15 @@ fn captured(o: (String, u64), e: (String, u64)) -> Captured {
     if e.1 > 0 {
         truncated.insert("stderr".to_string(), e.1);
     }
+    let total = [("stdout".to_string(), o.2), ("stderr".to_string(), e.2)]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
     Captured {
         stdout: o.0,
         stderr: e.0,
         truncated,
+        total,
     }
 }
 
@@ -602,11 +627,12 @@ struct Tee {
 }
 
 impl Tee {
-    /// The captured output and the count of bytes not captured, once the
+    /// The captured output, the count of bytes not captured and the total
+    /// read, once the
     /// pipe is closed or at `deadline` (a process the command left running
     /// may keep it open: what it writes later still passes through while
     /// cilock runs, but is not captured).
-    fn finish(self, deadline: Instant) -> (String, u64) {
+    fn finish(self, deadline: Instant) -> (String, u64, u64) {
         let open = matches!(
             self.done
                 .recv_timeout(deadline.saturating_duration_since(Instant::now())),
@@ -625,7 +651,7 @@ impl Tee {
                 "\n[cilock: the output was still open when the command's wait ended (a process it left running holds it); later output is not captured]\n",
             );
         }
-        (s, dropped)
+        (s, dropped, g.1)
     }
 }
 
@@ -1164,5 +1190,42 @@ impl Drop for GatedChild {
         if !self.reaped {
             self.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_cost_is_what_serde_json_writes() {
+        let all: String = (0u32..0x80)
+            .filter_map(char::from_u32)
+            .chain(['é', '€', '😀', '\u{FFFD}'])
+            .collect();
+        for c in all.chars() {
+            let enc = serde_json::to_string(&c.to_string()).unwrap();
+            assert_eq!(json_cost(c), enc.len() - 2, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_prefix_fits_the_budget_and_counts_raw_bytes() {
+        // NUL costs 6: 10 of them in 60 bytes.
+        let (s, used) = encode_bounded(&[0u8; 100], 64);
+        assert_eq!((s.len(), used), (10, 10));
+        assert_eq!(serde_json::to_string(&s).unwrap().len() - 2, 60);
+        // Invalid UTF-8: one U+FFFD (3 bytes) per invalid sequence.
+        let (s, used) = encode_bounded(b"ab\xff\xfecd", 100);
+        assert_eq!(s, "ab\u{FFFD}\u{FFFD}cd");
+        assert_eq!(used, 6);
+        let (s, used) = encode_bounded(b"ab\xffcd", 4);
+        assert_eq!((s.as_str(), used), ("ab", 2));
+        // A character is never split.
+        let (s, used) = encode_bounded("€€".as_bytes(), 5);
+        assert_eq!((s.as_str(), used), ("€", 3));
+        // Everything fits.
+        let (s, used) = encode_bounded(b"plain\n", 100);
+        assert_eq!((s.as_str(), used), ("plain\n", 6));
     }
 }

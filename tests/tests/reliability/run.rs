@@ -370,11 +370,13 @@ fn nul_output_is_capped_by_encoded_size_in_process() {
 /// `-k` through the daemon: the envelope carries the daemon's signature
 /// and the user's, both verifying; stderr says where and how. `-o -`:
 /// stdout is the envelope alone (the command's stdout goes to stderr).
+/// Output over the daemon's `max_request`: the step still ends, without
+/// it, and the attestation counts it as not captured.
 #[test]
-fn dash_k_through_the_daemon_adds_the_users_signature_and_dash_o_stdout_is_alone() {
+fn through_the_daemon_k_cosigns_o_dash_is_alone_and_refused_output_is_counted() {
     use cilock_evidence::dsse::Envelope;
     use cilock_evidence::keys::Verifier;
-    let daemon = Daemon::start("ebpf");
+    let daemon = Daemon::start_with("ebpf", "max_request = \"1MiB\"");
     let dir = tempdir();
     let d = dir.path();
     let (key, pubkey) = keygen(d);
@@ -432,6 +434,35 @@ fn dash_k_through_the_daemon_adds_the_users_signature_and_dash_o_stdout_is_alone
         err.contains("attestation written to standard output"),
         "{err}"
     );
+    // 2 MB of output and a 1 MiB max_request.
+    let o = daemon
+        .command()
+        .args(["run", "-s", "big", "-o"])
+        .arg(&out)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "head -c 2000000 /dev/zero | tr '\\0' a; echo err >&2; exit 5",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("the daemon refused the captured output"),
+        "{err}"
+    );
+    let stmt = statement(&out);
+    let cr = attestation(&stmt, "command-run/v0.1");
+    assert_eq!(
+        cr["claimed"]["truncated"],
+        serde_json::json!({"stdout": 2000000, "stderr": 4}),
+        "{cr}"
+    );
+    assert!(cr["claimed"].get("stdout").is_none());
+    assert_eq!(cr["exitcode"], 5);
 }
 
 /// An unknown hash or attestor is refused at once (exit 2), before the
