@@ -1079,16 +1079,42 @@ impl GatedChild {
         let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let reset: Vec<libc::c_int> = reset.to_vec();
+        // The handled signals are blocked in this thread across the fork,
+        // so that cilock's handler never runs in the child: the child puts
+        // them back to the default first, then unblocks them.
+        let mut block = nix::sys::signal::SigSet::empty();
+        for &s in &reset {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
+                block.add(sig);
+            }
+        }
+        let mut old = nix::sys::signal::SigSet::empty();
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_BLOCK,
+            Some(&block),
+            Some(&mut old),
+        )
+        .context("blocking signals")?;
+        let old_raw: libc::sigset_t = *old.as_ref();
         // SAFETY: other threads may run (signals, engine): the child only
         // makes async-signal-safe calls on memory allocated before the
         // fork until it execs.
-        match unsafe { nix::unistd::fork() }.context("fork")? {
+        let forked = unsafe { nix::unistd::fork() };
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&old),
+                None,
+            );
+        }
+        match forked.context("fork")? {
             ForkResult::Child => unsafe {
                 // cilock's handlers would act for cilock: a signal now is
                 // the command's (it dies at the gate).
                 for &s in &reset {
                     libc::signal(s, libc::SIG_DFL);
                 }
+                libc::sigprocmask(libc::SIG_SETMASK, &old_raw, std::ptr::null_mut());
                 let (g, e) = (gate_r.as_raw_fd(), err_w.as_raw_fd());
                 // Keep only our ends: the gate must see EOF if cilock dies.
                 for fd in [
