@@ -839,7 +839,7 @@ impl Interrupts {
                             "the command got it from the terminal too"
                         }
                     );
-                    if g.root.is_some() {
+                    if g.root_pid > 0 {
                         g.start(sig, from_process);
                     }
                 }
@@ -966,7 +966,8 @@ impl IntState {
     /// the step's cgroup when it ends, or by the ptrace backend after its
     /// wait).
     fn kill(&mut self) {
-        if self.root.is_some() {
+        let running = self.root_pid > 0 && !self.ended;
+        if running {
             for _ in 0..3 {
                 let d = descendants(self.root_pid);
                 if d.is_empty() {
@@ -978,29 +979,35 @@ impl IntState {
                 }
             }
         }
-        if self.send(libc::SIGKILL) || self.root.is_none() {
+        // Not running yet: check_not_yet refuses to start it.
+        if self.send(libc::SIGKILL) || !running {
             self.killed = true;
         }
     }
 
+    /// Sends `sig` to the root: through its pidfd, or by pid on a kernel
+    /// without pidfds (the root is our unreaped child until `ended`).
     fn send(&self, sig: libc::c_int) -> bool {
-        let Some(fd) = &self.root else {
+        if self.ended || self.root_pid <= 0 {
             return false;
-        };
-        // SAFETY: pidfd_send_signal on our pidfd.
+        }
+        // SAFETY: pidfd_send_signal on our pidfd; kill(2) on our child.
         let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
+            match &self.root {
+                Some(fd) => libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ),
+                None => libc::kill(self.root_pid, sig) as libc::c_long,
+            }
         };
         if r != 0 {
             tracing::debug!(
                 pid = self.root_pid,
-                "pidfd_send_signal: {}",
+                "sending signal {sig}: {}",
                 std::io::Error::last_os_error()
             );
         }
