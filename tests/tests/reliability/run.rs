@@ -507,3 +507,77 @@ fn bad_hashes_and_attestors_are_refused_before_anything_runs() {
         assert!(o.status.signal().is_none());
     }
 }
+
+/// Ctrl-C on a terminal: the kernel sends SIGINT to the whole foreground
+/// process group, the command included. cilock does not send it a second
+/// time (`forwarded: false`), still writes the attestation and exits 130.
+#[test]
+fn terminal_ctrl_c_is_not_forwarded_twice() {
+    let dir = tempdir();
+    let d = dir.path();
+    let (key, _) = keygen(d);
+    let out = d.join("att.json");
+    // The command counts the SIGINTs it gets for 1 s after the first.
+    let script = format!(
+        "n=0; trap 'n=$((n+1)); echo $n > {d}/got' INT; echo $$ > {d}/pid.tmp; mv {d}/pid.tmp {d}/pid; \
+         while [ ! -s {d}/got ]; do sleep 0.05; done; sleep 1; exit 7",
+        d = d.display()
+    );
+    let py = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+import time
+d = os.environ['DIR']
+deadline = time.time() + 30
+while not os.path.exists(d + '/pid'):
+    if time.time() > deadline:
+        sys.exit('the command did not start')
+    time.sleep(0.01)
+os.write(fd, b'\x03')
+out = b''
+while True:
+    try:
+        b = os.read(fd, 65536)
+    except OSError:
+        break
+    if not b:
+        break
+    out += b
+_, st = os.waitpid(pid, 0)
+sys.stderr.write(out.decode(errors='replace'))
+print(os.waitstatus_to_exitcode(st))
+"#;
+    let o = Command::new(cilock_tests::python())
+        .env("DIR", d)
+        .arg("-c")
+        .arg(py)
+        .arg(bin("cilock"))
+        .args(["run", "-s", "tty", "--backend", "ptrace", "-k"])
+        .arg(&key)
+        .arg("-o")
+        .arg(&out)
+        .args(["--", "sh", "-c", &script])
+        .env("CILOCK_SOCKET", d.join("no-daemon.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "130", "{err}");
+    assert!(
+        err.contains("SIGINT received: the command got it from the terminal too"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("got")).unwrap().trim(),
+        "1",
+        "the command got SIGINT exactly once"
+    );
+    let stmt = statement(&out);
+    let cr = attestation(&stmt, "command-run/v0.1");
+    assert_eq!(
+        cr["trace"]["interrupted"],
+        serde_json::json!({"signal": "SIGINT", "number": 2, "forwarded": false})
+    );
+    assert_eq!(cr["exitcode"], 7);
+}
