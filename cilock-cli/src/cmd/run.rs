@@ -148,6 +148,8 @@ struct Captured {
     stderr: String,
     /// Bytes not captured, per stream (only streams that lost some).
     truncated: BTreeMap<String, u64>,
+    /// Bytes the command wrote, per stream.
+    total: BTreeMap<String, u64>,
 }
 
 fn via_daemon(
@@ -180,20 +182,38 @@ fn via_daemon(
     sig.command_ended();
     let interrupted = sig.interrupted();
     let r = (|| {
-        let req = Request::EndStep(EndStep {
-            step: a.step.clone(),
-            owner_uid: None,
-            kill: interrupted.is_some(),
-            exitcode: Some(code),
-            stdout: Some(cap.stdout),
-            stderr: Some(cap.stderr),
-            run: true,
-            wait_descendants_ms: wait_on_interrupt(a.wait_descendants, a, sig)
-                .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
-            interrupted: interrupted.clone(),
-            truncated: cap.truncated,
-        });
-        match client::request(&req).context("ending the step")? {
+        let end = |stdout: Option<String>, stderr: Option<String>, truncated| {
+            Request::EndStep(EndStep {
+                step: a.step.clone(),
+                owner_uid: None,
+                kill: interrupted.is_some(),
+                exitcode: Some(code),
+                stdout,
+                stderr,
+                run: true,
+                wait_descendants_ms: wait_on_interrupt(a.wait_descendants, a, sig)
+                    .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+                interrupted: interrupted.clone(),
+                truncated,
+            })
+        };
+        let reply = match client::request(&end(Some(cap.stdout), Some(cap.stderr), cap.truncated)) {
+            // Refused for its size (the daemon's max_request) before the
+            // daemon read it: the step is still open; end it without the
+            // output, counted as not captured.
+            Err(client::ClientError::Daemon(e))
+                if e.kind == cilock_daemon::api::ErrorKind::BadRequest
+                    && e.message.contains("exceeds the limit") =>
+            {
+                eprintln!(
+                    "cilock: the daemon refused the captured output ({}): ending the step without it",
+                    e.message
+                );
+                client::request(&end(None, None, cap.total))
+            }
+            r => r,
+        };
+        match reply.context("ending the step")? {
             Reply::Ended {
                 envelope,
                 lost_events,
@@ -561,7 +581,7 @@ fn run_with_ptrace(
     let deadline = Instant::now() + Duration::from_secs(1);
     let cap = match tees {
         Some((o, e)) => captured(o.finish(deadline), e.finish(deadline)),
-        None => captured((String::new(), 0), (String::new(), 0)),
+        None => captured((String::new(), 0, 0), (String::new(), 0, 0)),
     };
     let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
     let interrupted = sig.interrupted();
@@ -570,7 +590,7 @@ fn run_with_ptrace(
     after_run(r, code, sig)
 }
 
-fn captured(o: (String, u64), e: (String, u64)) -> Captured {
+fn captured(o: (String, u64, u64), e: (String, u64, u64)) -> Captured {
     let mut truncated = BTreeMap::new();
     if o.1 > 0 {
         truncated.insert("stdout".to_string(), o.1);
@@ -578,10 +598,15 @@ fn captured(o: (String, u64), e: (String, u64)) -> Captured {
     if e.1 > 0 {
         truncated.insert("stderr".to_string(), e.1);
     }
+    let total = [("stdout".to_string(), o.2), ("stderr".to_string(), e.2)]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
     Captured {
         stdout: o.0,
         stderr: e.0,
         truncated,
+        total,
     }
 }
 
@@ -603,11 +628,12 @@ struct Tee {
 }
 
 impl Tee {
-    /// The captured output and the count of bytes not captured, once the
+    /// The captured output, the count of bytes not captured and the total
+    /// read, once the
     /// pipe is closed or at `deadline` (a process the command left running
     /// may keep it open: what it writes later still passes through while
     /// cilock runs, but is not captured).
-    fn finish(self, deadline: Instant) -> (String, u64) {
+    fn finish(self, deadline: Instant) -> (String, u64, u64) {
         let open = matches!(
             self.done
                 .recv_timeout(deadline.saturating_duration_since(Instant::now())),
@@ -626,7 +652,7 @@ impl Tee {
                 "\n[cilock: the output was still open when the command's wait ended (a process it left running holds it); later output is not captured]\n",
             );
         }
-        (s, dropped)
+        (s, dropped, g.1)
     }
 }
 
@@ -814,7 +840,7 @@ impl Interrupts {
                             "the command got it from the terminal too"
                         }
                     );
-                    if g.root.is_some() {
+                    if g.root_pid > 0 {
                         g.start(sig, from_process);
                     }
                 }
@@ -941,7 +967,8 @@ impl IntState {
     /// the step's cgroup when it ends, or by the ptrace backend after its
     /// wait).
     fn kill(&mut self) {
-        if self.root.is_some() {
+        let running = self.root_pid > 0 && !self.ended;
+        if running {
             for _ in 0..3 {
                 let d = descendants(self.root_pid);
                 if d.is_empty() {
@@ -953,29 +980,35 @@ impl IntState {
                 }
             }
         }
-        if self.send(libc::SIGKILL) || self.root.is_none() {
+        // Not running yet: check_not_yet refuses to start it.
+        if self.send(libc::SIGKILL) || !running {
             self.killed = true;
         }
     }
 
+    /// Sends `sig` to the root: through its pidfd, or by pid on a kernel
+    /// without pidfds (the root is our unreaped child until `ended`).
     fn send(&self, sig: libc::c_int) -> bool {
-        let Some(fd) = &self.root else {
+        if self.ended || self.root_pid <= 0 {
             return false;
-        };
-        // SAFETY: pidfd_send_signal on our pidfd.
+        }
+        // SAFETY: pidfd_send_signal on our pidfd; kill(2) on our child.
         let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
+            match &self.root {
+                Some(fd) => libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ),
+                None => libc::kill(self.root_pid, sig) as libc::c_long,
+            }
         };
         if r != 0 {
             tracing::debug!(
                 pid = self.root_pid,
-                "pidfd_send_signal: {}",
+                "sending signal {sig}: {}",
                 std::io::Error::last_os_error()
             );
         }
@@ -1054,16 +1087,42 @@ impl GatedChild {
         let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let reset: Vec<libc::c_int> = reset.to_vec();
+        // The handled signals are blocked in this thread across the fork,
+        // so that cilock's handler never runs in the child: the child puts
+        // them back to the default first, then unblocks them.
+        let mut block = nix::sys::signal::SigSet::empty();
+        for &s in &reset {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
+                block.add(sig);
+            }
+        }
+        let mut old = nix::sys::signal::SigSet::empty();
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_BLOCK,
+            Some(&block),
+            Some(&mut old),
+        )
+        .context("blocking signals")?;
+        let old_raw: libc::sigset_t = *old.as_ref();
         // SAFETY: other threads may run (signals, engine): the child only
         // makes async-signal-safe calls on memory allocated before the
         // fork until it execs.
-        match unsafe { nix::unistd::fork() }.context("fork")? {
+        let forked = unsafe { nix::unistd::fork() };
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&old),
+                None,
+            );
+        }
+        match forked.context("fork")? {
             ForkResult::Child => unsafe {
                 // cilock's handlers would act for cilock: a signal now is
                 // the command's (it dies at the gate).
                 for &s in &reset {
                     libc::signal(s, libc::SIG_DFL);
                 }
+                libc::sigprocmask(libc::SIG_SETMASK, &old_raw, std::ptr::null_mut());
                 let (g, e) = (gate_r.as_raw_fd(), err_w.as_raw_fd());
                 // Keep only our ends: the gate must see EOF if cilock dies.
                 for fd in [
@@ -1165,5 +1224,42 @@ impl Drop for GatedChild {
         if !self.reaped {
             self.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_cost_is_what_serde_json_writes() {
+        let all: String = (0u32..0x80)
+            .filter_map(char::from_u32)
+            .chain(['é', '€', '😀', '\u{FFFD}'])
+            .collect();
+        for c in all.chars() {
+            let enc = serde_json::to_string(&c.to_string()).unwrap();
+            assert_eq!(json_cost(c), enc.len() - 2, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_prefix_fits_the_budget_and_counts_raw_bytes() {
+        // NUL costs 6: 10 of them in 60 bytes.
+        let (s, used) = encode_bounded(&[0u8; 100], 64);
+        assert_eq!((s.len(), used), (10, 10));
+        assert_eq!(serde_json::to_string(&s).unwrap().len() - 2, 60);
+        // Invalid UTF-8: one U+FFFD (3 bytes) per invalid sequence.
+        let (s, used) = encode_bounded(b"ab\xff\xfecd", 100);
+        assert_eq!(s, "ab\u{FFFD}\u{FFFD}cd");
+        assert_eq!(used, 6);
+        let (s, used) = encode_bounded(b"ab\xffcd", 4);
+        assert_eq!((s.as_str(), used), ("ab", 2));
+        // A character is never split.
+        let (s, used) = encode_bounded("€€".as_bytes(), 5);
+        assert_eq!((s.as_str(), used), ("€", 3));
+        // Everything fits.
+        let (s, used) = encode_bounded(b"plain\n", 100);
+        assert_eq!((s.as_str(), used), ("plain\n", 6));
     }
 }

@@ -370,11 +370,13 @@ fn nul_output_is_capped_by_encoded_size_in_process() {
 /// `-k` through the daemon: the envelope carries the daemon's signature
 /// and the user's, both verifying; stderr says where and how. `-o -`:
 /// stdout is the envelope alone (the command's stdout goes to stderr).
+/// Output over the daemon's `max_request`: the step still ends, without
+/// it, and the attestation counts it as not captured.
 #[test]
-fn dash_k_through_the_daemon_adds_the_users_signature_and_dash_o_stdout_is_alone() {
+fn through_the_daemon_k_cosigns_o_dash_is_alone_and_refused_output_is_counted() {
     use cilock_evidence::dsse::Envelope;
     use cilock_evidence::keys::Verifier;
-    let daemon = Daemon::start("ebpf");
+    let daemon = Daemon::start_with("ebpf", "max_request = \"1MiB\"");
     let dir = tempdir();
     let d = dir.path();
     let (key, pubkey) = keygen(d);
@@ -432,6 +434,35 @@ fn dash_k_through_the_daemon_adds_the_users_signature_and_dash_o_stdout_is_alone
         err.contains("attestation written to standard output"),
         "{err}"
     );
+    // 2 MB of output and a 1 MiB max_request.
+    let o = daemon
+        .command()
+        .args(["run", "-s", "big", "-o"])
+        .arg(&out)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "head -c 2000000 /dev/zero | tr '\\0' a; echo err >&2; exit 5",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("the daemon refused the captured output"),
+        "{err}"
+    );
+    let stmt = statement(&out);
+    let cr = attestation(&stmt, "command-run/v0.1");
+    assert_eq!(
+        cr["claimed"]["truncated"],
+        serde_json::json!({"stdout": 2000000, "stderr": 4}),
+        "{cr}"
+    );
+    assert!(cr["claimed"].get("stdout").is_none());
+    assert_eq!(cr["exitcode"], 5);
 }
 
 /// An unknown hash or attestor is refused at once (exit 2), before the
@@ -475,4 +506,78 @@ fn bad_hashes_and_attestors_are_refused_before_anything_runs() {
         );
         assert!(o.status.signal().is_none());
     }
+}
+
+/// Ctrl-C on a terminal: the kernel sends SIGINT to the whole foreground
+/// process group, the command included. cilock does not send it a second
+/// time (`forwarded: false`), still writes the attestation and exits 130.
+#[test]
+fn terminal_ctrl_c_is_not_forwarded_twice() {
+    let dir = tempdir();
+    let d = dir.path();
+    let (key, _) = keygen(d);
+    let out = d.join("att.json");
+    // The command counts the SIGINTs it gets for 1 s after the first.
+    let script = format!(
+        "n=0; trap 'n=$((n+1)); echo $n > {d}/got' INT; echo $$ > {d}/pid.tmp; mv {d}/pid.tmp {d}/pid; \
+         while [ ! -s {d}/got ]; do sleep 0.05; done; sleep 1; exit 7",
+        d = d.display()
+    );
+    let py = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+import time
+d = os.environ['DIR']
+deadline = time.time() + 30
+while not os.path.exists(d + '/pid'):
+    if time.time() > deadline:
+        sys.exit('the command did not start')
+    time.sleep(0.01)
+os.write(fd, b'\x03')
+out = b''
+while True:
+    try:
+        b = os.read(fd, 65536)
+    except OSError:
+        break
+    if not b:
+        break
+    out += b
+_, st = os.waitpid(pid, 0)
+sys.stderr.write(out.decode(errors='replace'))
+print(os.waitstatus_to_exitcode(st))
+"#;
+    let o = Command::new(cilock_tests::python())
+        .env("DIR", d)
+        .arg("-c")
+        .arg(py)
+        .arg(bin("cilock"))
+        .args(["run", "-s", "tty", "--backend", "ptrace", "-k"])
+        .arg(&key)
+        .arg("-o")
+        .arg(&out)
+        .args(["--", "sh", "-c", &script])
+        .env("CILOCK_SOCKET", d.join("no-daemon.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "130", "{err}");
+    assert!(
+        err.contains("SIGINT received: the command got it from the terminal too"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("got")).unwrap().trim(),
+        "1",
+        "the command got SIGINT exactly once"
+    );
+    let stmt = statement(&out);
+    let cr = attestation(&stmt, "command-run/v0.1");
+    assert_eq!(
+        cr["trace"]["interrupted"],
+        serde_json::json!({"signal": "SIGINT", "number": 2, "forwarded": false})
+    );
+    assert_eq!(cr["exitcode"], 7);
 }
