@@ -99,7 +99,7 @@ fn via_daemon(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
         return Err(anyhow!(e)).context("beginning the step");
     }
     let (code, stdout, stderr) = child.release_and_wait(output_bound(a))?;
-    let req = Request::EndStep(EndStep {
+    let req = EndStep {
         step: a.step.clone(),
         owner_uid: None,
         kill: false,
@@ -110,19 +110,13 @@ fn via_daemon(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
         wait_descendants_ms: a
             .wait_descendants
             .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
-    });
-    match client::request(&req).context("ending the step")? {
-        Reply::Ended {
-            envelope,
-            lost_events,
-            failure,
-        } => {
-            out.commit_json(&envelope)?;
-            output::warn_lost(lost_events);
-            Ok(finish_code(code, failure.as_deref()))
-        }
-        other => bail!("unexpected reply from the daemon: {other:?}"),
-    }
+        stream: true,
+    };
+    // The daemon keeps a copy until it is written and acknowledged.
+    let got = client::end_step(req).context("ending the step")?;
+    super::step::write_and_acknowledge(out, &got, "ended")?;
+    output::warn_lost(got.header.lost_events);
+    Ok(finish_code(code, got.header.failure.as_deref()))
 }
 
 fn embedded(a: &RunArgs, out: output::Outfile) -> anyhow::Result<u8> {
