@@ -35,7 +35,13 @@
 //!   ([`StepService::keep_undelivered`]). The uid's own slot stays taken
 //!   until the abandoned work is over, so abandoned requests count against
 //!   their user only. Envelopes that cannot be delivered (client gone, write
-//!   failed, reply over [`MAX_MESSAGE`]) are kept the same way.
+//!   failed, reply over [`MAX_MESSAGE`]) are kept the same way (the daemon's
+//!   service keeps every envelope before replying: see [`crate::kept`]).
+//! - A reply with a payload ([`Outgoing::payload`]: `Reply::Envelope`, for
+//!   `end-step` with `stream` and `fetch-kept`) is the header frame followed
+//!   by the raw bytes, sent in 1 MiB chunks, each within the write timeout:
+//!   no size limit, and a stalled client is dropped (the envelope stays
+//!   kept; a log line says so).
 
 pub mod auth;
 pub mod frame;
