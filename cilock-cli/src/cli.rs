@@ -41,6 +41,30 @@ pub enum StepCommand {
     Begin(StepBeginArgs),
     /// Stop tracing a step and write its signed attestation.
     End(StepEndArgs),
+    /// Write an ended step's attestation that the daemon still keeps
+    /// (the step was ended by the daemon, or its output was never written).
+    Fetch(StepFetchArgs),
+}
+
+/// `cilock step fetch`
+#[derive(Debug, Args)]
+pub struct StepFetchArgs {
+    /// Step name: its newest kept attestation.
+    #[arg(short = 's', long, required_unless_present_any = ["id", "list"])]
+    pub step: Option<String>,
+    /// A kept attestation's id (from `--list`).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["step", "list"])]
+    pub id: Option<String>,
+    /// Where to write the signed attestation (DSSE envelope, JSON; `-` for standard output). Checked before anything is fetched.
+    #[arg(short = 'o', long = "outfile", required_unless_present = "list")]
+    pub outfile: Option<PathBuf>,
+    /// List the kept attestations (of --step when given) instead.
+    #[arg(long, conflicts_with = "outfile")]
+    pub list: bool,
+    /// Whose attestations (root only) [default: root's own, else the only
+    /// user with a match; with --list, everyone's].
+    #[arg(long, value_name = "UID")]
+    pub owner: Option<u32>,
 }
 
 /// `cilock step begin`

@@ -5,7 +5,9 @@
 //! many bytes of JSON (one request per connection is typical, but a
 //! connection may carry several). Requests over the daemon's `max_request`
 //! (default [`DEFAULT_MAX_REQUEST`]) and replies over [`MAX_MESSAGE`] are
-//! refused.
+//! refused. One exception: a [`Reply::Envelope`] frame is followed by
+//! exactly its header's `bytes` raw bytes (the signed envelope, of any
+//! size), outside any frame.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,13 @@ pub enum Request {
     BeginStep(BeginStep),
     /// Stop a step and return its signed attestation.
     EndStep(EndStep),
+    /// List the envelopes the daemon keeps for the peer (root: anyone's).
+    ListKept(ListKept),
+    /// Send a kept envelope: a [`Reply::Envelope`] header, then its bytes.
+    FetchKept(FetchKept),
+    /// The client has written a kept envelope where it belongs: the daemon
+    /// deletes its copy.
+    AckKept(AckKept),
 }
 
 /// `cilock step begin`.
@@ -98,6 +107,99 @@ pub struct EndStep {
     /// (its bound was reached), per stream; recorded under `claimed.truncated`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub truncated: std::collections::BTreeMap<String, u64>,
+    /// The client takes the envelope as a [`Reply::Envelope`] header
+    /// followed by its raw bytes (any size, no frame limit), and
+    /// acknowledges it with [`Request::AckKept`] once written. Unset (older
+    /// clients): a [`Reply::Ended`] frame.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+}
+
+/// `cilock step fetch --list`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ListKept {
+    /// Only envelopes of this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Whose envelopes (root only; root without it sees everyone's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+}
+
+/// `cilock step fetch`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct FetchKept {
+    /// The newest kept envelope of this step (when no `id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// This kept envelope (an id from [`Request::ListKept`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Whose envelope (root only; without it root looks at its own, else
+    /// at the only user with a match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+}
+
+/// Acknowledges a kept envelope: the client has it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AckKept {
+    /// The envelope's id (from [`EnvelopeHeader::id`]).
+    pub id: String,
+    /// Whose envelope (root only; default: the peer's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+}
+
+/// Header of a [`Reply::Envelope`]: exactly `bytes` raw bytes of the signed
+/// envelope (JSON) follow the reply frame on the connection.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EnvelopeHeader {
+    /// Step name.
+    pub step: String,
+    /// The step's owner.
+    pub owner_uid: u32,
+    /// Id of the daemon's kept copy (acknowledge it once written); `None`
+    /// when the daemon could not keep it (then this reply is the only copy).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Length of the raw envelope that follows.
+    pub bytes: u64,
+    /// Who ended the step: `step end`, `run`, `idle`, `timeout`,
+    /// `daemon shutdown`, ….
+    #[serde(default)]
+    pub ended_by: String,
+    /// When the daemon kept it (seconds since the epoch; 0: unknown).
+    #[serde(default)]
+    pub kept_at: u64,
+    /// Events lost in the kernel during the step (0 when not recorded).
+    #[serde(default)]
+    pub lost_events: u64,
+    /// Set when an attestor failed the step (the envelope is still signed).
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+/// One kept envelope, as [`Request::ListKept`] lists it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeptInfo {
+    /// Its id (for `cilock step fetch --id`).
+    pub id: String,
+    /// Step name.
+    pub step: String,
+    /// The step's owner.
+    pub owner_uid: u32,
+    /// Who ended the step.
+    #[serde(default)]
+    pub ended_by: String,
+    /// When the daemon kept it (seconds since the epoch).
+    #[serde(default)]
+    pub kept_at: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Set when an attestor failed the step.
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 /// A reply from the daemon.
@@ -121,9 +223,53 @@ pub enum Reply {
         /// fail-on-detection); the envelope is still signed and returned.
         #[serde(default)]
         failure: Option<String>,
+        /// Id of the daemon's kept copy: acknowledge it with
+        /// [`Request::AckKept`] once written (older daemons: absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept: Option<String>,
     },
     /// The request failed.
     Error(ApiError),
+    /// A signed envelope: this header, then `bytes` raw bytes (`EndStep`
+    /// with `stream`, and `FetchKept`).
+    Envelope(EnvelopeHeader),
+    /// `ListKept`.
+    Kept {
+        /// Kept envelopes, oldest first.
+        entries: Vec<KeptInfo>,
+    },
+    /// `AckKept`: the kept copy is deleted.
+    Acked {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// Bytes sent after a reply frame (the raw envelope of a [`Reply::Envelope`]).
+#[derive(Debug)]
+pub enum Payload {
+    /// A kept envelope's file, read from its start.
+    File(std::fs::File),
+    /// In memory (when keeping it failed).
+    Bytes(Vec<u8>),
+}
+
+/// A reply and what follows it.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The reply frame.
+    pub reply: Reply,
+    /// Raw bytes after the frame (exactly the header's `bytes`).
+    pub payload: Option<Payload>,
+}
+
+impl From<Reply> for Outgoing {
+    fn from(reply: Reply) -> Self {
+        Outgoing {
+            reply,
+            payload: None,
+        }
+    }
 }
 
 /// Daemon status.
@@ -246,5 +392,34 @@ pub trait StepService: Send + Sync + 'static {
     ) -> Result<Option<std::path::PathBuf>, String> {
         let _ = (peer, step, reply);
         Ok(None)
+    }
+    /// `EndStep` with `stream`: ends the step like [`StepService::end`]
+    /// and returns a [`Reply::Envelope`] with the envelope as payload. The
+    /// default sends [`StepService::end`]'s reply as is.
+    fn end_stream(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Outgoing, ApiError> {
+        self.end(peer, req, cx).map(Outgoing::from)
+    }
+    /// Lists kept envelopes. The default keeps none.
+    fn list_kept(&self, peer: Peer, req: ListKept) -> Result<Reply, ApiError> {
+        let _ = (peer, req);
+        Ok(Reply::Kept {
+            entries: Vec::new(),
+        })
+    }
+    /// Sends a kept envelope. The default keeps none.
+    fn fetch_kept(&self, peer: Peer, req: FetchKept) -> Result<Outgoing, ApiError> {
+        let _ = (peer, req);
+        Err(ApiError::new(
+            ErrorKind::NotFound,
+            "this daemon keeps no envelopes",
+        ))
+    }
+    /// Deletes a kept envelope the client has. The default keeps none.
+    fn ack_kept(&self, peer: Peer, req: AckKept) -> Result<Reply, ApiError> {
+        let _ = peer;
+        Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no kept envelope {:?}", req.id),
+        ))
     }
 }

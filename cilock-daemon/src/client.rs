@@ -16,7 +16,22 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::api::{socket_path, ApiError, Reply, Request, MAX_MESSAGE};
+use crate::api::{
+    socket_path, AckKept, ApiError, EndStep, EnvelopeHeader, FetchKept, KeptInfo, ListKept, Reply,
+    Request, MAX_MESSAGE,
+};
+
+/// Largest envelope a client accepts after a [`Reply::Envelope`] (4 GiB).
+pub const MAX_ENVELOPE: u64 = 4 << 30;
+
+/// A signed envelope received from the daemon.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// What the daemon says about it (its kept id among others).
+    pub header: EnvelopeHeader,
+    /// The envelope, byte for byte as the daemon keeps it.
+    pub bytes: Vec<u8>,
+}
 
 /// Why a request did not produce a success reply.
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +120,125 @@ impl Client {
         }
     }
 
-    /// Sends `req` and returns the daemon's success reply.
+    /// Sends `req` and returns the daemon's success reply. A
+    /// [`Reply::Envelope`]'s raw bytes are left unread: use
+    /// [`Client::request_envelope`] for requests that get one.
     pub fn request(&self, req: &Request) -> Result<Reply, ClientError> {
+        self.exchange(req).map(|(reply, _, _)| reply)
+    }
+
+    /// Sends `req` (an `EndStep` with `stream`, or a `FetchKept`) and
+    /// returns the envelope the daemon sends: the header and exactly its
+    /// `bytes` raw bytes. An older daemon's inline [`Reply::Ended`] is
+    /// turned into the same shape (no kept id).
+    pub fn request_envelope(&self, req: &Request) -> Result<Received, ClientError> {
+        let (reply, mut stream, timeout) = self.exchange(req)?;
+        match reply {
+            Reply::Envelope(header) => {
+                if header.bytes > MAX_ENVELOPE {
+                    return Err(ClientError::Protocol(format!(
+                        "an envelope of {} bytes exceeds the {MAX_ENVELOPE}-byte limit",
+                        header.bytes
+                    )));
+                }
+                let mut bytes = Vec::with_capacity(header.bytes.min(64 << 20) as usize);
+                let n = (&mut stream)
+                    .take(header.bytes)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| self.classify(e, timeout))?;
+                if (n as u64) < header.bytes {
+                    return Err(ClientError::Protocol(format!(
+                        "the daemon hung up after {n} of {} envelope bytes{}",
+                        header.bytes,
+                        header
+                            .id
+                            .as_ref()
+                            .map(|id| format!(
+                                " (it keeps the envelope: cilock step fetch --id {id})"
+                            ))
+                            .unwrap_or_default()
+                    )));
+                }
+                Ok(Received { header, bytes })
+            }
+            Reply::Ended {
+                envelope,
+                lost_events,
+                failure,
+                kept,
+            } => {
+                let bytes = serde_json::to_vec(&envelope).map_err(|e| {
+                    ClientError::Protocol(format!("cannot encode the envelope: {e}"))
+                })?;
+                let step = match req {
+                    Request::EndStep(e) => e.step.clone(),
+                    _ => String::new(),
+                };
+                Ok(Received {
+                    header: EnvelopeHeader {
+                        step,
+                        // SAFETY: geteuid has no preconditions. (A non-root
+                        // client ends only its own steps.)
+                        owner_uid: unsafe { libc::geteuid() },
+                        id: kept,
+                        bytes: bytes.len() as u64,
+                        ended_by: String::new(),
+                        kept_at: 0,
+                        lost_events,
+                        failure,
+                    },
+                    bytes,
+                })
+            }
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply from the daemon: {other:?}"
+            ))),
+        }
+    }
+
+    /// Ends a step (the daemon streams the envelope: any size).
+    pub fn end_step(&self, mut req: EndStep) -> Result<Received, ClientError> {
+        req.stream = true;
+        self.request_envelope(&Request::EndStep(req))
+    }
+
+    /// Fetches a kept envelope.
+    pub fn fetch(&self, req: FetchKept) -> Result<Received, ClientError> {
+        self.request_envelope(&Request::FetchKept(req))
+    }
+
+    /// Lists kept envelopes.
+    pub fn list_kept(&self, req: ListKept) -> Result<Vec<KeptInfo>, ClientError> {
+        match self.request(&Request::ListKept(req))? {
+            Reply::Kept { entries } => Ok(entries),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply from the daemon: {other:?}"
+            ))),
+        }
+    }
+
+    /// Tells the daemon the envelope of `header` is written where it
+    /// belongs: it deletes its kept copy. Nothing to do without an id.
+    pub fn acknowledge(&self, header: &EnvelopeHeader) -> Result<(), ClientError> {
+        let Some(id) = &header.id else { return Ok(()) };
+        let req = Request::AckKept(AckKept {
+            id: id.clone(),
+            owner_uid: Some(header.owner_uid),
+        });
+        match self.request(&req)? {
+            Reply::Acked { .. } => Ok(()),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply from the daemon: {other:?}"
+            ))),
+        }
+    }
+
+    fn exchange(&self, req: &Request) -> Result<(Reply, UnixStream, Duration), ClientError> {
         let reply_timeout = self.reply_timeout.unwrap_or(match req {
-            Request::Status => Duration::from_secs(10),
+            Request::Status | Request::ListKept(_) | Request::AckKept(_) => Duration::from_secs(10),
             Request::BeginStep(_) => Duration::from_secs(120),
             Request::EndStep(_) => Duration::from_secs(30 * 60),
+            Request::FetchKept(_) => Duration::from_secs(120),
         });
         let body = serde_json::to_vec(req)
             .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;
@@ -142,13 +270,13 @@ impl Client {
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
             ) {
                 if let Ok(reply) = self.read_reply(&mut stream, reply_timeout) {
-                    return into_result(reply);
+                    return into_result(reply).map(|r| (r, stream, reply_timeout));
                 }
             }
             return Err(self.classify(e, self.write_timeout));
         }
         let reply = self.read_reply(&mut stream, reply_timeout)?;
-        into_result(reply)
+        into_result(reply).map(|r| (r, stream, reply_timeout))
     }
 
     fn connect(&self) -> Result<UnixStream, ClientError> {
@@ -246,6 +374,16 @@ fn into_result(reply: Reply) -> Result<Reply, ClientError> {
 /// returns its success reply (see the [module docs](self)).
 pub fn request(req: &Request) -> Result<Reply, ClientError> {
     Client::default().request(req)
+}
+
+/// [`Client::end_step`] on the default socket.
+pub fn end_step(req: EndStep) -> Result<Received, ClientError> {
+    Client::default().end_step(req)
+}
+
+/// [`Client::acknowledge`] on the default socket.
+pub fn acknowledge(header: &EnvelopeHeader) -> Result<(), ClientError> {
+    Client::default().acknowledge(header)
 }
 
 /// Like [`request`], on the socket at `socket`.

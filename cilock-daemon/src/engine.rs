@@ -28,12 +28,14 @@ use cilock_evidence::intoto::{Statement, PAYLOAD_TYPE};
 use cilock_evidence::keys::Signer;
 
 use crate::api::{
-    self, ActiveStep, ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, RequestCtx, StatusReply,
+    self, AckKept, ActiveStep, ApiError, BeginStep, EndStep, EnvelopeHeader, ErrorKind, FetchKept,
+    KeptInfo, ListKept, Outgoing, Payload, Peer, Reply, RequestCtx, StatusReply,
 };
 use crate::attest_helper::{self, HelperConfig, HelperStep, Identity};
 use crate::backend::ebpf::EbpfBackend;
 use crate::backend::{ptrace, BackendChoice};
 use crate::cgroup::{Cgroup, Hierarchy, PidFd};
+use crate::kept::{KeptStore, ToKeep};
 use crate::trace::digest_cache::DigestCache;
 use crate::trace::digest_cache::Reader;
 use crate::trace::recorder::{Recorder, TraceLimits};
@@ -51,8 +53,8 @@ pub struct EngineConfig {
     pub default_attestations: Vec<String>,
     /// A step whose cgroup has had no process for this long is ended.
     pub idle_timeout: Duration,
-    /// Where the daemon keeps state: attestations of steps it had to end
-    /// itself go to `<state_dir>/reaped/`.
+    /// Where the daemon keeps state: signed attestations not yet in their
+    /// client's hands go to `<state_dir>/kept/<uid>/` ([`crate::kept`]).
     pub state_dir: PathBuf,
     /// Bounds on each step's trace and on the hashing at its end.
     pub trace_limits: TraceLimits,
@@ -236,6 +238,10 @@ pub struct StepOutcome {
     pub lost_events: u64,
     /// Set when an attestor failed the step (secretscan fail-on-detection).
     pub failure: Option<String>,
+    /// The step's owner (set by the engine that ended it; 0 otherwise).
+    pub owner_uid: u32,
+    /// Who ended the step (`trace.endedBy`).
+    pub ended_by: String,
 }
 
 enum Backend {
@@ -882,6 +888,7 @@ impl Engine {
         let recorder =
             std::mem::take(&mut *step.recorder.lock().unwrap_or_else(|e| e.into_inner()));
         tracing::info!(step = %step.name, seconds = step.started.elapsed().as_secs_f64(), "step stopped");
+        let owner_uid = step.owner_uid;
         let out = PendingStep {
             name: step.name,
             attest: step.attest,
@@ -891,7 +898,11 @@ impl Engine {
             trace,
             alive,
         }
-        .finish(&self.cache, end);
+        .finish(&self.cache, end)
+        .map(|mut o| {
+            o.owner_uid = owner_uid;
+            o
+        });
         // The step is ended (its outcome, or why there is none, goes to the
         // caller): the next daemon must not end it again.
         if let Some(p) = &step.record {
@@ -1266,6 +1277,11 @@ impl InterruptedStep {
         &self.record.name
     }
 
+    /// The uid that began the step.
+    pub fn owner_uid(&self) -> u32 {
+        self.record.owner_uid
+    }
+
     /// The unsigned statement: a command-run whose trace says it was
     /// interrupted by the death of the daemon that began the step.
     pub fn statement(&self, kernel: &str) -> Result<Statement<Collection>, EngineError> {
@@ -1496,6 +1512,7 @@ impl PendingStep {
             seen,
             &self.alive,
         );
+        let ended_by = self.trace.ended_by.clone();
         run.trace = Some(self.trace);
         let (ctx, failure) = match self.attest {
             Attest::Helper(h) => h.after(run, writes),
@@ -1522,6 +1539,8 @@ impl PendingStep {
             statement: Statement::new(COLLECTION_TYPE, subjects, collection),
             lost_events,
             failure,
+            owner_uid: 0,
+            ended_by,
         })
     }
 }
@@ -1800,43 +1819,77 @@ pub fn uid_of(pid: u32) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The daemon's service: the engine plus the signing key.
+/// The daemon's service: the engine, the signing key and the store of
+/// envelopes not yet in their client's hands ([`crate::kept`]).
 pub struct DaemonService {
     engine: Arc<Engine>,
     signer: Signer,
-    reaped_dir: PathBuf,
-    kept: AtomicU64,
+    store: KeptStore,
 }
 
-/// Largest signed envelope returned in a reply (room left for the rest of
-/// the reply); larger ones are kept in `<state_dir>/reaped/`.
+/// Largest signed envelope returned inline in a [`Reply::Ended`] (older
+/// clients; room left for the rest of the reply). Larger ones stay kept and
+/// the reply says how to fetch them; `stream` clients get any size.
 const MAX_REPLY_ENVELOPE: usize = api::MAX_MESSAGE - 64 * 1024;
+
+/// How often the reaper applies the kept store's retention time.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// `cilock step fetch` arguments naming a kept envelope, for messages.
+fn fetch_hint(k: &KeptInfo, peer: Peer) -> String {
+    let owner = if peer.uid == 0 && k.owner_uid != 0 {
+        format!(" --owner {}", k.owner_uid)
+    } else {
+        String::new()
+    };
+    format!("cilock step fetch --id {}{owner} -o FILE", k.id)
+}
 
 impl DaemonService {
     /// Starts the engine, holds the key, and starts the reaper (steps nobody
     /// ends are ended after the step or idle timeout; their signed
-    /// attestations are kept in `<state_dir>/reaped/`).
+    /// attestations are kept in `<state_dir>/kept/<uid>/`).
     pub fn new(cfg: EngineConfig, signer: Signer) -> anyhow::Result<Arc<DaemonService>> {
-        let reaped_dir = cfg.state_dir.join("reaped");
+        let store = KeptStore::new(&cfg.state_dir);
+        let legacy = cfg.state_dir.join("reaped");
+        let old = std::fs::read_dir(&legacy)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .count();
+        if old > 0 {
+            tracing::warn!(
+                dir = %legacy.display(),
+                "{old} attestations kept by an earlier cilock-daemon are in this directory (root can copy them; `cilock step fetch` serves only {})",
+                store.root().display()
+            );
+        }
         let engine = Engine::start(cfg)?;
         let svc = Arc::new(DaemonService {
             engine,
             signer,
-            reaped_dir,
-            kept: AtomicU64::new(0),
+            store,
         });
         svc.end_interrupted();
+        svc.store.prune();
         let weak = Arc::downgrade(&svc);
         std::thread::Builder::new()
             .name("cilock-reaper".into())
-            .spawn(move || loop {
-                std::thread::sleep(HEARTBEAT_EVERY);
-                match weak.upgrade() {
-                    Some(s) => {
-                        s.engine.heartbeat();
-                        s.reap(Reap::Expired)
+            .spawn(move || {
+                let mut pruned = Instant::now();
+                loop {
+                    std::thread::sleep(HEARTBEAT_EVERY);
+                    match weak.upgrade() {
+                        Some(s) => {
+                            s.engine.heartbeat();
+                            s.reap(Reap::Expired);
+                            if pruned.elapsed() >= PRUNE_EVERY {
+                                s.store.prune();
+                                pruned = Instant::now();
+                            }
+                        }
+                        None => return,
                     }
-                    None => return,
                 }
             })?;
         Ok(svc)
@@ -1856,7 +1909,8 @@ impl DaemonService {
             let env = s
                 .statement(self.engine.kernel())
                 .and_then(|st| sign_statement(&st, &self.signer));
-            match env.map(|env| self.keep(&name, &env)) {
+            let owner = s.owner_uid();
+            match env.map(|env| self.keep_bytes(owner, &name, "daemon restart", &env.to_json())) {
                 Ok(Ok(p)) => {
                     tracing::warn!(step = %name, file = %p.display(), "a step the previous daemon left unended was ended; its attestation says the trace was interrupted and is kept");
                     self.engine.interrupted_done(
@@ -1877,13 +1931,20 @@ impl DaemonService {
         }
     }
 
+    /// The store of kept envelopes.
+    pub fn store(&self) -> &KeptStore {
+        &self.store
+    }
+
     /// Ends steps nobody ended and keeps their signed attestations.
     pub fn reap(&self, which: Reap) {
         for (name, outcome) in self.engine.reap(which) {
-            match outcome.and_then(|o| sign_statement(&o.statement, &self.signer)) {
-                Ok(env) => match self.keep(&name, &env) {
-                    Ok(p) => {
-                        tracing::warn!(step = %name, file = %p.display(), "attestation of an unended step kept")
+            match outcome.and_then(|o| {
+                sign_statement(&o.statement, &self.signer).map(|env| (o, env.to_json()))
+            }) {
+                Ok((o, bytes)) => match self.keep_outcome(&name, &o, &bytes) {
+                    Ok((k, p)) => {
+                        tracing::warn!(step = %name, uid = o.owner_uid, id = %k.id, file = %p.display(), "attestation of an unended step kept")
                     }
                     Err(e) => {
                         tracing::error!(step = %name, "cannot keep the attestation of an unended step: {e}")
@@ -1894,32 +1955,197 @@ impl DaemonService {
         }
     }
 
-    fn keep(&self, name: &str, env: &Envelope) -> std::io::Result<PathBuf> {
-        self.keep_bytes(name, &env.to_json())
+    fn keep_outcome(
+        &self,
+        name: &str,
+        o: &StepOutcome,
+        bytes: &[u8],
+    ) -> std::io::Result<(KeptInfo, PathBuf)> {
+        self.store.put(
+            &ToKeep {
+                owner_uid: o.owner_uid,
+                step: name,
+                ended_by: &o.ended_by,
+                lost_events: o.lost_events,
+                failure: o.failure.as_deref(),
+            },
+            bytes,
+        )
     }
 
-    /// Writes a signed envelope to `<state_dir>/reaped/` (0600, never
-    /// overwriting) and returns its path.
-    fn keep_bytes(&self, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
-        use std::io::Write as _;
-        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.reaped_dir)?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        // The name was validated (no '/'), so it cannot leave the directory.
-        let n = self.kept.fetch_add(1, Ordering::Relaxed);
-        let path = self.reaped_dir.join(format!("{name}.{stamp}.{n}.json"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        f.write_all(bytes)?;
-        Ok(path)
+    /// Keeps a signed envelope of `owner_uid`'s step `name` that `ended_by`
+    /// ended (`<state_dir>/kept/<uid>/`, 0600, never overwriting) until its
+    /// owner fetches it; returns its path. (Recovered steps use this.)
+    pub fn keep_bytes(
+        &self,
+        owner_uid: u32,
+        name: &str,
+        ended_by: &str,
+        bytes: &[u8],
+    ) -> std::io::Result<PathBuf> {
+        self.store
+            .put(
+                &ToKeep {
+                    owner_uid,
+                    step: name,
+                    ended_by,
+                    lost_events: 0,
+                    failure: None,
+                },
+                bytes,
+            )
+            .map(|(_, p)| p)
+    }
+
+    /// The uid whose kept envelopes `peer` means (`None`: root, anyone's).
+    fn kept_scope(peer: Peer, owner: Option<u32>) -> Result<Option<u32>, ApiError> {
+        match (peer.uid, owner) {
+            (0, o) => Ok(o),
+            (c, Some(o)) if o != c => Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!("uid {c} may only fetch its own attestations, not those of uid {o}"),
+            )),
+            (c, _) => Ok(Some(c)),
+        }
+    }
+
+    /// Kept envelopes of step `step` that `peer` may fetch, oldest first;
+    /// for root without an owner, its own when it has some, else everyone's.
+    fn kept_of_step(&self, peer: Peer, owner: Option<u32>, step: &str) -> Vec<KeptInfo> {
+        let Ok(scope) = Self::kept_scope(peer, owner) else {
+            return Vec::new();
+        };
+        let mut all: Vec<KeptInfo> = self
+            .store
+            .list(scope)
+            .into_iter()
+            .filter(|k| k.step == step)
+            .collect();
+        if scope.is_none() && all.iter().any(|k| k.owner_uid == 0) {
+            all.retain(|k| k.owner_uid == 0);
+        }
+        all
+    }
+
+    /// Ends a step: the engine's end, with a "not active" error that says
+    /// when an envelope of that step is kept.
+    fn end_outcome(&self, peer: Peer, req: &EndStep) -> Result<StepOutcome, ApiError> {
+        let r = self.engine.end_as(
+            &req.step,
+            peer.uid,
+            req.owner_uid,
+            EndSpec {
+                kill: req.kill,
+                exitcode: req.exitcode,
+                stdout: req.stdout.clone().unwrap_or_default(),
+                stderr: req.stderr.clone().unwrap_or_default(),
+                // A client's word: recorded under `claimed`.
+                observed: false,
+                interrupted: req.interrupted.clone().map(|mut i| {
+                    // A claim, but bounded: a signal's name is short.
+                    if i.signal.len() > 16 || !i.signal.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        i.signal = format!("signal {}", i.number);
+                    }
+                    i
+                }),
+                output_truncated: req
+                    .truncated
+                    .iter()
+                    .filter(|(k, _)| *k == "stdout" || *k == "stderr")
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
+                wait_descendants: req.run.then(|| {
+                    req.wait_descendants_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(self.engine.cfg.run_wait_descendants)
+                        .min(self.engine.cfg.step_timeout)
+                }),
+                // Pinned now: the pid cannot name another process later.
+                caller: if req.kill && peer.pid > 1 {
+                    PidFd::open(peer.pid).ok().map(Arc::new)
+                } else {
+                    None
+                },
+            },
+        );
+        match r {
+            Err(EngineError::NotFound(_)) => {
+                let kept = self.kept_of_step(peer, req.owner_uid, &req.step);
+                Err(match kept.last() {
+                    None => EngineError::NotFound(req.step.clone()).into(),
+                    Some(k) => {
+                        let how = if matches!(k.ended_by.as_str(), "step end" | "run") {
+                            format!(
+                                "it was ended by `{}` at {} and its attestation was never acknowledged as written",
+                                k.ended_by,
+                                crate::kept::fmt_utc(k.kept_at)
+                            )
+                        } else {
+                            format!(
+                                "the daemon ended it itself ({}) at {}",
+                                if k.ended_by.is_empty() {
+                                    "reason not recorded"
+                                } else {
+                                    &k.ended_by
+                                },
+                                crate::kept::fmt_utc(k.kept_at)
+                            )
+                        };
+                        ApiError::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "no active step named {:?}: {how}; its signed attestation is kept by the daemon: {}{}",
+                                req.step,
+                                fetch_hint(k, peer),
+                                if kept.len() > 1 {
+                                    format!(" ({} kept for this step: cilock step fetch --list --step {})", kept.len(), req.step)
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                        )
+                    }
+                })
+            }
+            r => r.map_err(ApiError::from),
+        }
+    }
+
+    /// Ends, signs and keeps: the envelope is on disk before any reply.
+    /// `None` when keeping failed (logged; the reply is then the only copy).
+    fn end_and_keep(
+        &self,
+        peer: Peer,
+        req: &EndStep,
+    ) -> Result<(StepOutcome, Vec<u8>, Option<KeptInfo>), ApiError> {
+        let out = self.end_outcome(peer, req)?;
+        let bytes = sign_statement(&out.statement, &self.signer)?.to_json();
+        let kept = match self.keep_outcome(&req.step, &out, &bytes) {
+            Ok((k, _)) => Some(k),
+            Err(e) => {
+                tracing::error!(step = %req.step, uid = out.owner_uid, "cannot keep the signed attestation until its client has it (the reply is its only copy): {e}");
+                None
+            }
+        };
+        Ok((out, bytes, kept))
+    }
+
+    fn header(
+        out: &StepOutcome,
+        step: &str,
+        len: usize,
+        kept: Option<&KeptInfo>,
+    ) -> EnvelopeHeader {
+        EnvelopeHeader {
+            step: step.to_string(),
+            owner_uid: out.owner_uid,
+            id: kept.map(|k| k.id.clone()),
+            bytes: len as u64,
+            ended_by: out.ended_by.clone(),
+            kept_at: kept.map_or(0, |k| k.kept_at),
+            lost_events: out.lost_events,
+            failure: out.failure.clone(),
+        }
     }
 }
 
@@ -2005,78 +2231,75 @@ impl api::StepService for DaemonService {
 
     fn keep_undelivered(
         &self,
-        _peer: Peer,
+        peer: Peer,
         step: &str,
         reply: &Reply,
     ) -> Result<Option<PathBuf>, String> {
-        self.keep_reply(step, reply)
+        match reply {
+            // Kept before it was sent.
+            Reply::Ended {
+                kept: Some(id),
+                envelope,
+                ..
+            } => {
+                let owner = self
+                    .store
+                    .list(if peer.uid == 0 { None } else { Some(peer.uid) })
+                    .into_iter()
+                    .find(|k| &k.id == id)
+                    .map_or(peer.uid, |k| k.owner_uid);
+                let p = self.store.path(owner, id);
+                if p.exists() {
+                    return Ok(Some(p));
+                }
+                let bytes = serde_json::to_vec(envelope).map_err(|e| e.to_string())?;
+                self.keep_bytes(owner, step, "step end", &bytes)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            Reply::Ended { envelope, .. } => {
+                if !valid_step_name(step) {
+                    return Err(format!("invalid step name {step:?}"));
+                }
+                let bytes = serde_json::to_vec(envelope).map_err(|e| e.to_string())?;
+                self.keep_bytes(peer.uid, step, "step end", &bytes)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(None),
+        }
     }
 
     fn end(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Reply, ApiError> {
-        let out = self.engine.end_as(
-            &req.step,
-            peer.uid,
-            req.owner_uid,
-            EndSpec {
-                kill: req.kill,
-                exitcode: req.exitcode,
-                stdout: req.stdout.unwrap_or_default(),
-                stderr: req.stderr.unwrap_or_default(),
-                // A client's word: recorded under `claimed`.
-                observed: false,
-                interrupted: req.interrupted.map(|mut i| {
-                    // A claim, but bounded: a signal's name is short.
-                    if i.signal.len() > 16 || !i.signal.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                        i.signal = format!("signal {}", i.number);
-                    }
-                    i
-                }),
-                output_truncated: req
-                    .truncated
-                    .into_iter()
-                    .filter(|(k, _)| k == "stdout" || k == "stderr")
-                    .collect(),
-                wait_descendants: req.run.then(|| {
-                    req.wait_descendants_ms
-                        .map(Duration::from_millis)
-                        .unwrap_or(self.engine.cfg.run_wait_descendants)
-                        .min(self.engine.cfg.step_timeout)
-                }),
-                // Pinned now: the pid cannot name another process later.
-                caller: if req.kill && peer.pid > 1 {
-                    PidFd::open(peer.pid).ok().map(Arc::new)
-                } else {
-                    None
-                },
-            },
-        )?;
-        let env = sign_statement(&out.statement, &self.signer)?;
-        let bytes = env.to_json();
-        // Evidence is never dropped: kept when it cannot be returned.
+        let (out, bytes, kept) = self.end_and_keep(peer, &req)?;
+        // Evidence is never dropped: it stays kept when it cannot be returned.
         let why = if cx.client_gone() {
             Some("the client hung up".to_string())
         } else if bytes.len() > MAX_REPLY_ENVELOPE {
             Some(format!(
-                "the signed attestation ({} bytes) exceeds the reply limit ({MAX_REPLY_ENVELOPE} bytes)",
+                "the signed attestation ({} bytes) exceeds the reply limit ({MAX_REPLY_ENVELOPE} bytes) of this client (a newer cilock receives any size)",
                 bytes.len()
             ))
         } else {
             None
         };
         if let Some(why) = why {
-            return Err(match self.keep_bytes(&req.step, &bytes) {
-                Ok(p) => {
-                    tracing::warn!(step = %req.step, uid = peer.uid, file = %p.display(), "{why}: attestation kept");
+            return Err(match &kept {
+                Some(k) => {
+                    tracing::warn!(step = %req.step, uid = out.owner_uid, id = %k.id, "{why}: attestation kept");
                     ApiError::new(
                         ErrorKind::Internal,
-                        format!("{why}; the attestation is kept in {}", p.display()),
+                        format!(
+                            "{why}; the step has ended and its attestation is kept: {}",
+                            fetch_hint(k, peer)
+                        ),
                     )
                 }
-                Err(e) => {
-                    tracing::error!(step = %req.step, "{why}, and keeping the attestation failed: {e}");
+                None => {
+                    tracing::error!(step = %req.step, "{why}, and keeping the attestation failed");
                     ApiError::new(
                         ErrorKind::Internal,
-                        format!("{why}, and keeping the attestation failed: {e}"),
+                        format!("{why}, and keeping the attestation failed (see the daemon's log)"),
                     )
                 }
             });
@@ -2087,25 +2310,153 @@ impl api::StepService for DaemonService {
             envelope,
             lost_events: out.lost_events,
             failure: out.failure,
+            kept: kept.map(|k| k.id),
         })
+    }
+
+    fn end_stream(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Outgoing, ApiError> {
+        let (out, bytes, kept) = self.end_and_keep(peer, &req)?;
+        if cx.client_gone() {
+            if let Some(k) = &kept {
+                tracing::warn!(step = %req.step, uid = out.owner_uid, id = %k.id, "the client hung up: attestation kept");
+            }
+        }
+        let header = Self::header(&out, &req.step, bytes.len(), kept.as_ref());
+        // Sent from the kept file: what the client gets is what is kept.
+        let payload = kept
+            .as_ref()
+            .and_then(|k| self.store.open(out.owner_uid, &k.id).ok())
+            .map_or(Payload::Bytes(bytes), Payload::File);
+        Ok(Outgoing {
+            reply: Reply::Envelope(header),
+            payload: Some(payload),
+        })
+    }
+
+    fn list_kept(&self, peer: Peer, req: ListKept) -> Result<Reply, ApiError> {
+        let scope = Self::kept_scope(peer, req.owner_uid)?;
+        let entries = self
+            .store
+            .list(scope)
+            .into_iter()
+            .filter(|k| req.step.as_ref().is_none_or(|s| &k.step == s))
+            .collect();
+        Ok(Reply::Kept { entries })
+    }
+
+    fn fetch_kept(&self, peer: Peer, req: FetchKept) -> Result<Outgoing, ApiError> {
+        let scope = Self::kept_scope(peer, req.owner_uid)?;
+        let k = match (&req.id, &req.step) {
+            (Some(id), _) => {
+                let found: Vec<KeptInfo> = match scope {
+                    Some(u) => self.store.find(u, id).into_iter().collect(),
+                    None => self
+                        .store
+                        .list(None)
+                        .into_iter()
+                        .filter(|k| &k.id == id)
+                        .collect(),
+                };
+                match &found[..] {
+                    [k] => k.clone(),
+                    [] => {
+                        return Err(ApiError::new(
+                            ErrorKind::NotFound,
+                            format!("no kept attestation with id {id:?} (cilock step fetch --list)"),
+                        ))
+                    }
+                    _ => {
+                        return Err(ApiError::new(
+                            ErrorKind::BadRequest,
+                            format!("several users have a kept attestation with id {id:?}: name the owner (--owner UID)"),
+                        ))
+                    }
+                }
+            }
+            (None, Some(step)) => {
+                let all = self.kept_of_step(peer, req.owner_uid, step);
+                let mut owners: Vec<u32> = all.iter().map(|k| k.owner_uid).collect();
+                owners.sort_unstable();
+                owners.dedup();
+                if owners.len() > 1 {
+                    return Err(ApiError::new(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "several users have kept attestations of step {step:?} (uids {}): name the owner (--owner UID)",
+                            owners.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                match all.into_iter().next_back() {
+                    Some(k) => k,
+                    None => {
+                        let active = self
+                            .engine
+                            .active_steps(peer.uid)
+                            .iter()
+                            .any(|a| &a.step == step);
+                        return Err(ApiError::new(
+                            ErrorKind::NotFound,
+                            if active {
+                                format!("step {step:?} is still active: end it with `cilock step end --step {step} -o FILE`")
+                            } else {
+                                format!("no kept attestation of step {step:?}")
+                            },
+                        ));
+                    }
+                }
+            }
+            (None, None) => {
+                return Err(ApiError::new(ErrorKind::BadRequest, "name a step or an id"))
+            }
+        };
+        let file = self.store.open(k.owner_uid, &k.id).map_err(|e| {
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("kept attestation {}: {e}", k.id),
+            )
+        })?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(k.bytes);
+        info_fetch(peer, &k);
+        Ok(Outgoing {
+            reply: Reply::Envelope(EnvelopeHeader {
+                step: k.step.clone(),
+                owner_uid: k.owner_uid,
+                id: Some(k.id.clone()),
+                bytes,
+                ended_by: k.ended_by.clone(),
+                kept_at: k.kept_at,
+                lost_events: 0,
+                failure: k.failure.clone(),
+            }),
+            payload: Some(Payload::File(file)),
+        })
+    }
+
+    fn ack_kept(&self, peer: Peer, req: AckKept) -> Result<Reply, ApiError> {
+        let owner = match Self::kept_scope(peer, req.owner_uid)? {
+            Some(u) => u,
+            None => peer.uid,
+        };
+        match self.store.remove(owner, &req.id) {
+            Ok(true) => {
+                tracing::info!(uid = owner, id = %req.id, "the client has the attestation: kept copy deleted");
+                Ok(Reply::Acked { id: req.id })
+            }
+            Ok(false) => Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("no kept attestation with id {:?}", req.id),
+            )),
+            Err(e) => Err(ApiError::new(
+                ErrorKind::Internal,
+                format!("cannot delete the kept attestation {}: {e}", req.id),
+            )),
+        }
     }
 }
 
-impl DaemonService {
-    fn keep_reply(&self, step: &str, reply: &Reply) -> Result<Option<PathBuf>, String> {
-        match reply {
-            Reply::Ended { envelope, .. } => {
-                if !valid_step_name(step) {
-                    return Err(format!("invalid step name {step:?}"));
-                }
-                let bytes = serde_json::to_vec(envelope).map_err(|e| e.to_string())?;
-                self.keep_bytes(step, &bytes)
-                    .map(Some)
-                    .map_err(|e| e.to_string())
-            }
-            _ => Ok(None),
-        }
-    }
+fn info_fetch(peer: Peer, k: &KeptInfo) {
+    tracing::info!(uid = peer.uid, owner = k.owner_uid, step = %k.step, id = %k.id, "sending a kept attestation");
 }
 
 /// Opens the working directory once, as the daemon (`O_PATH|O_DIRECTORY`):

@@ -10,6 +10,8 @@
 //!   cgroup in the kernel) and the ptrace fallback (seccomp-filtered).
 //! - [`engine`]: steps: begin, end, reap; turns a trace into a command-run
 //!   attestation.
+//! - [`kept`]: the store of signed envelopes clients do not have yet
+//!   (`cilock step fetch`).
 //! - [`server`]: the Unix-socket server with SO_PEERCRED authentication.
 //! - [`config`]: the daemon's TOML configuration.
 //!
@@ -23,5 +25,6 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod kept;
 pub mod server;
 pub mod trace;

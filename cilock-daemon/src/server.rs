@@ -35,7 +35,13 @@
 //!   ([`StepService::keep_undelivered`]). The uid's own slot stays taken
 //!   until the abandoned work is over, so abandoned requests count against
 //!   their user only. Envelopes that cannot be delivered (client gone, write
-//!   failed, reply over [`MAX_MESSAGE`]) are kept the same way.
+//!   failed, reply over [`MAX_MESSAGE`]) are kept the same way (the daemon's
+//!   service keeps every envelope before replying: see [`crate::kept`]).
+//! - A reply with a payload ([`Outgoing::payload`]: `Reply::Envelope`, for
+//!   `end-step` with `stream` and `fetch-kept`) is the header frame followed
+//!   by the raw bytes, sent in 1 MiB chunks, each within the write timeout:
+//!   no size limit, and a stalled client is dropped (the envelope stays
+//!   kept; a log line says so).
 
 pub mod auth;
 pub mod frame;
@@ -57,8 +63,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::api::{
-    ApiError, ErrorKind, Peer, Reply, Request, RequestCtx, StepService, DEFAULT_MAX_REQUEST,
-    MAX_MESSAGE,
+    ApiError, EnvelopeHeader, ErrorKind, Outgoing, Payload, Peer, Reply, Request, RequestCtx,
+    StepService, DEFAULT_MAX_REQUEST, MAX_MESSAGE,
 };
 
 pub use auth::Access;
@@ -827,7 +833,7 @@ async fn handle_connection(mut stream: UnixStream, ctx: Arc<Ctx>) {
                 return;
             }
         };
-        let (reply, step) = match serde_json::from_slice::<Request>(&body) {
+        let (reply, step): (Outgoing, String) = match serde_json::from_slice::<Request>(&body) {
             Ok(req) => {
                 let step = request_step(&req);
                 match dispatch(&ctx, peer, req, &mut stream, &mut slot).await {
@@ -838,7 +844,10 @@ async fn handle_connection(mut stream: UnixStream, ctx: Arc<Ctx>) {
             }
             Err(e) => {
                 debug!(pid = peer.pid, "malformed request: {e}");
-                (bad_request(format!("invalid request: {e}")), String::new())
+                (
+                    bad_request(format!("invalid request: {e}")).into(),
+                    String::new(),
+                )
             }
         };
         if !deliver(&ctx, peer, &step, &mut stream, reply).await {
@@ -847,9 +856,109 @@ async fn handle_connection(mut stream: UnixStream, ctx: Arc<Ctx>) {
     }
 }
 
+/// Logs that an envelope could not be delivered: it stays kept (or, when
+/// keeping it failed too, it is lost: an error line says so).
+fn undelivered(peer: Peer, h: &EnvelopeHeader, why: &str) {
+    match &h.id {
+        Some(id) => {
+            warn!(uid = peer.uid, owner = h.owner_uid, step = %h.step, id = %id, "{why}: the attestation was not delivered and stays kept (cilock step fetch)")
+        }
+        None => {
+            error!(uid = peer.uid, owner = h.owner_uid, step = %h.step, "{why}: the attestation was not delivered and could not be kept either")
+        }
+    }
+}
+
+/// Sends `out`: the reply frame, then its payload (raw bytes, read from a
+/// kept file in chunks; each chunk must be taken within the write
+/// timeout, the whole transfer has no size limit). An `Ended` reply that is
+/// too large or cannot be sent is kept by the service. False when the
+/// connection is unusable.
+async fn deliver(
+    ctx: &Ctx,
+    peer: Peer,
+    step: &str,
+    stream: &mut UnixStream,
+    out: Outgoing,
+) -> bool {
+    let Outgoing { reply, payload } = out;
+    let Some(payload) = payload else {
+        return deliver_reply(ctx, peer, step, stream, reply).await;
+    };
+    let header = match &reply {
+        Reply::Envelope(h) => h.clone(),
+        _ => EnvelopeHeader::default(),
+    };
+    if let Err(e) = write_frame(stream, encode_reply(&reply), ctx.write_timeout).await {
+        debug!(pid = peer.pid, "cannot send reply: {e}");
+        undelivered(peer, &header, &format!("sending the reply failed: {e}"));
+        return false;
+    }
+    match send_payload(stream, payload, header.bytes, ctx.write_timeout).await {
+        Ok(()) => true,
+        Err(e) => {
+            undelivered(peer, &header, &format!("sending the envelope failed: {e}"));
+            false
+        }
+    }
+}
+
+/// Writes exactly `len` bytes of `payload`.
+async fn send_payload(
+    stream: &mut UnixStream,
+    payload: Payload,
+    len: u64,
+    timeout: Duration,
+) -> io::Result<()> {
+    let short = || {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the kept file is shorter than announced",
+        )
+    };
+    let within = |r: Result<io::Result<()>, tokio::time::error::Elapsed>| match r {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer did not read the envelope in time",
+        )),
+    };
+    match payload {
+        Payload::Bytes(b) => {
+            if b.len() as u64 != len {
+                return Err(short());
+            }
+            for chunk in b.chunks(1 << 20) {
+                within(tokio::time::timeout(timeout, stream.write_all(chunk)).await)?;
+            }
+        }
+        Payload::File(f) => {
+            let mut f = tokio::fs::File::from_std(f);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = f.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    return Err(short());
+                }
+                within(tokio::time::timeout(timeout, stream.write_all(&buf[..n])).await)?;
+                left -= n as u64;
+            }
+        }
+    }
+    within(tokio::time::timeout(timeout, stream.flush()).await)
+}
+
 /// Sends `reply`; an `Ended` reply that is too large or cannot be sent is
 /// kept by the service. False when the connection is unusable.
-async fn deliver(ctx: &Ctx, peer: Peer, step: &str, stream: &mut UnixStream, reply: Reply) -> bool {
+async fn deliver_reply(
+    ctx: &Ctx,
+    peer: Peer,
+    step: &str,
+    stream: &mut UnixStream,
+    reply: Reply,
+) -> bool {
     let ended = matches!(reply, Reply::Ended { .. });
     let mut kept = None;
     let mut frame = encode_reply_noting(&reply, &mut kept);
@@ -899,9 +1008,11 @@ async fn keep(ctx: &Ctx, peer: Peer, step: &str, reply: &Reply) -> Result<PathBu
 
 fn request_step(req: &Request) -> String {
     match req {
-        Request::Status => String::new(),
+        Request::Status | Request::AckKept(_) => String::new(),
         Request::BeginStep(b) => b.step.clone(),
         Request::EndStep(e) => e.step.clone(),
+        Request::ListKept(l) => l.step.clone().unwrap_or_default(),
+        Request::FetchKept(f) => f.step.clone().or_else(|| f.id.clone()).unwrap_or_default(),
     }
 }
 
@@ -945,6 +1056,9 @@ fn request_name(req: &Request) -> &'static str {
         Request::Status => "status",
         Request::BeginStep(_) => "begin-step",
         Request::EndStep(_) => "end-step",
+        Request::ListKept(_) => "list-kept",
+        Request::FetchKept(_) => "fetch-kept",
+        Request::AckKept(_) => "ack-kept",
     }
 }
 
@@ -957,7 +1071,7 @@ async fn dispatch(
     req: Request,
     stream: &mut UnixStream,
     slot: &mut Slot,
-) -> Option<Reply> {
+) -> Option<Outgoing> {
     let name = request_name(&req);
     let step = request_step(&req);
     info!(uid = peer.uid, pid = peer.pid, request = name, step = %step, "request");
@@ -969,9 +1083,13 @@ async fn dispatch(
     let cx = RequestCtx::new();
     let cx2 = cx.clone();
     let mut job = tokio::task::spawn_blocking(move || match req {
-        Request::Status => Ok(Reply::Status(service.status(peer))),
-        Request::BeginStep(b) => service.begin(peer, b, &cx2),
-        Request::EndStep(e) => service.end(peer, e, &cx2),
+        Request::Status => Ok(Reply::Status(service.status(peer)).into()),
+        Request::BeginStep(b) => service.begin(peer, b, &cx2).map(Outgoing::from),
+        Request::EndStep(e) if e.stream => service.end_stream(peer, e, &cx2),
+        Request::EndStep(e) => service.end(peer, e, &cx2).map(Outgoing::from),
+        Request::ListKept(l) => service.list_kept(peer, l).map(Outgoing::from),
+        Request::FetchKept(f) => service.fetch_kept(peer, f),
+        Request::AckKept(a) => service.ack_kept(peer, a).map(Outgoing::from),
     });
     let result = tokio::select! {
         r = &mut job => r,
@@ -981,9 +1099,10 @@ async fn dispatch(
             info!(uid = peer.uid, pid = peer.pid, request = name, step = %step, "the client hung up while its request runs; its connection slot is released");
             let r = job.await;
             match r {
-                Ok(Ok(reply @ Reply::Ended { .. })) => {
+                Ok(Ok(Outgoing { reply: reply @ Reply::Ended { .. }, .. })) => {
                     let _ = keep(ctx, peer, &step, &reply).await;
                 }
+                Ok(Ok(Outgoing { reply: Reply::Envelope(h), .. })) => undelivered(peer, &h, "the client hung up"),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => info!(uid = peer.uid, request = name, step = %step, "request of a departed client failed: {e}"),
                 Err(e) => error!(request = name, step = %step, "the service failed while handling the request: {e}"),
@@ -992,10 +1111,10 @@ async fn dispatch(
         }
     };
     Some(match result {
-        Ok(Ok(reply)) => reply,
+        Ok(Ok(out)) => out,
         Ok(Err(e)) => {
             info!(uid = peer.uid, pid = peer.pid, request = name, step = %step, "request failed: {e}");
-            Reply::Error(e)
+            Reply::Error(e).into()
         }
         Err(join) => {
             error!(request = name, step = %step, "the service failed while handling the request: {join}");
@@ -1003,6 +1122,7 @@ async fn dispatch(
                 ErrorKind::Internal,
                 format!("the daemon failed while handling the {name} request"),
             ))
+            .into()
         }
     })
 }

@@ -57,6 +57,7 @@ fn end(step: &str) -> Request {
         stderr: None,
         run: false,
         wait_descendants_ms: None,
+        stream: false,
         ..Default::default()
     })
 }

@@ -478,6 +478,32 @@ pub fn write_script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// The envelopes a daemon keeps in its state directory
+/// (`<state>/kept/<uid>/<step>.<nanos>.<n>.json`), sorted by path.
+pub fn kept_envelopes(state: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(state.join("kept"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|uid| {
+            std::fs::read_dir(uid.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -656,21 +656,16 @@ fn a_reused_pid_is_never_moved_into_a_users_step() {
     assert_eq!(st["steps"], json!([]), "{st}");
 }
 
-/// The first file in the daemon's `reaped/` whose name starts with `prefix`.
+/// The first envelope the daemon keeps (`kept/<uid>/`) whose name starts
+/// with `prefix`.
 fn wait_reaped(d: &Daemon, prefix: &str, secs: u64) -> PathBuf {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Some(p) = std::fs::read_dir(d.state.join("reaped"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(prefix))
-            })
-        {
+        if let Some(p) = kept_envelopes(&d.state).into_iter().find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        }) {
             return p;
         }
         assert!(

@@ -249,15 +249,10 @@ fn steps_nobody_ends_are_ended_and_kept_signed() {
     job.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(job.wait().unwrap().success());
     // Nobody calls `step end`: the daemon must end the idle step itself.
-    let reaped = d.state.join("reaped");
     let deadline = Instant::now() + Duration::from_secs(30);
     let file = loop {
-        if let Some(f) = std::fs::read_dir(&reaped)
-            .ok()
-            .and_then(|mut r| r.next())
-            .and_then(|e| e.ok())
-        {
-            break f.path();
+        if let Some(f) = kept_envelopes(&d.state).into_iter().next() {
+            break f;
         }
         assert!(
             Instant::now() < deadline,
@@ -286,9 +281,16 @@ fn steps_nobody_ends_are_ended_and_kept_signed() {
         .unwrap()
         .iter()
         .any(|p| p["openedfiles"].get("/etc/hostname").is_some()));
-    // The step is gone.
+    // The step is gone; `step end` says its attestation is kept and how to
+    // fetch it.
     let o = d.cilock(&["step", "end", "--step", "forgotten", "-o", "/dev/null"]);
     assert!(stderr(&o).contains("no active step"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the daemon ended it itself (idle)")
+            && stderr(&o).contains("cilock step fetch --id forgotten."),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

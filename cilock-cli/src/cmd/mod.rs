@@ -16,6 +16,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Step(StepCommand::Begin(a)) => step::begin(a),
         Command::Step(StepCommand::End(a)) => step::end(a),
+        Command::Step(StepCommand::Fetch(a)) => step::fetch(a),
         Command::Run(a) => run::run(a),
         Command::Verify(a) => verify::verify(a),
         Command::Sign(a) => sign::sign(a),

@@ -182,22 +182,22 @@ fn via_daemon(
     sig.command_ended();
     let interrupted = sig.interrupted();
     let r = (|| {
-        let end = |stdout: Option<String>, stderr: Option<String>, truncated| {
-            Request::EndStep(EndStep {
-                step: a.step.clone(),
-                owner_uid: None,
-                kill: interrupted.is_some(),
-                exitcode: Some(code),
-                stdout,
-                stderr,
-                run: true,
-                wait_descendants_ms: wait_on_interrupt(a.wait_descendants, a, sig)
-                    .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
-                interrupted: interrupted.clone(),
-                truncated,
-            })
+        let end = |stdout: Option<String>, stderr: Option<String>, truncated| EndStep {
+            step: a.step.clone(),
+            owner_uid: None,
+            kill: interrupted.is_some(),
+            exitcode: Some(code),
+            stdout,
+            stderr,
+            run: true,
+            wait_descendants_ms: wait_on_interrupt(a.wait_descendants, a, sig)
+                .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+            interrupted: interrupted.clone(),
+            truncated,
+            stream: true,
         };
-        let reply = match client::request(&end(Some(cap.stdout), Some(cap.stderr), cap.truncated)) {
+        // The daemon keeps a copy until it is written and acknowledged.
+        let got = match client::end_step(end(Some(cap.stdout), Some(cap.stderr), cap.truncated)) {
             // Refused for its size (the daemon's max_request) before the
             // daemon read it: the step is still open; end it without the
             // output, counted as not captured.
@@ -209,23 +209,32 @@ fn via_daemon(
                     "cilock: the daemon refused the captured output ({}): ending the step without it",
                     e.message
                 );
-                client::request(&end(None, None, cap.total))
+                client::end_step(end(None, None, cap.total))
             }
             r => r,
-        };
-        match reply.context("ending the step")? {
-            Reply::Ended {
-                envelope,
-                lost_events,
-                failure,
-            } => {
-                let (bytes, keyids) = cosign(&envelope, signer)?;
-                write_envelope(out, &bytes, &a.step, &format!("daemon, {backend}"), &keyids)?;
-                output::warn_lost(lost_events);
-                Ok(Ran { code, failure })
-            }
-            other => bail!("unexpected reply from the daemon: {other:?}"),
         }
+        .context("ending the step")?;
+        let envelope: serde_json::Value =
+            serde_json::from_slice(&got.bytes).context("the daemon's envelope is not JSON")?;
+        let (bytes, keyids) = cosign(&envelope, signer)?;
+        write_envelope(out, &bytes, &a.step, &format!("daemon, {backend}"), &keyids).map_err(
+            |e| match &got.header.id {
+                Some(id) => e.context(format!(
+                    "the daemon also keeps its copy: cilock step fetch --id {id} -o FILE"
+                )),
+                None => e,
+            },
+        )?;
+        if let Err(e) = client::acknowledge(&got.header) {
+            eprintln!(
+                "cilock: warning: the attestation is written, but the daemon could not be told ({e}); it keeps its copy (cilock step fetch --list)"
+            );
+        }
+        output::warn_lost(got.header.lost_events);
+        Ok(Ran {
+            code,
+            failure: got.header.failure.clone(),
+        })
     })();
     after_run(r, code, sig)
 }

@@ -1,12 +1,13 @@
-//! `cilock step begin|end`: step boundaries through the daemon.
+//! `cilock step begin|end|fetch`: step boundaries through the daemon, and
+//! the attestations it keeps.
 
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use cilock_daemon::api::{BeginStep, EndStep, Reply, Request};
-use cilock_daemon::client;
+use cilock_daemon::api::{BeginStep, EndStep, EnvelopeHeader, FetchKept, ListKept, Reply, Request};
+use cilock_daemon::{client, kept};
 
-use crate::cli::{StepBeginArgs, StepEndArgs};
+use crate::cli::{StepBeginArgs, StepEndArgs, StepFetchArgs};
 use crate::cmd::output;
 
 /// Moves the calling shell (or `--pid`) into a new traced step.
@@ -42,10 +43,14 @@ pub fn begin(a: StepBeginArgs) -> anyhow::Result<u8> {
 }
 
 /// Ends a step and writes its signed attestation.
+///
+/// The daemon keeps its own copy of the envelope until this command has
+/// written it and said so (an acknowledgement): when writing fails, the step
+/// is ended, the command fails (exit 2) and says how to fetch the copy.
 pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
     // Refuse a bad -o before the step ends.
     let out = output::Outfile::prepare(&a.outfile)?;
-    let req = Request::EndStep(EndStep {
+    let req = EndStep {
         step: a.step.clone(),
         owner_uid: a.owner,
         kill: a.kill,
@@ -54,32 +59,147 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
         stderr: None,
         run: false,
         wait_descendants_ms: None,
+        stream: true,
         ..Default::default()
-    });
-    match client::request(&req).with_context(|| format!("step end {:?}", a.step))? {
-        Reply::Ended {
-            envelope,
-            lost_events,
-            failure,
-        } => {
-            let dest = out.describe();
-            out.commit_json(&envelope)?;
-            let mut err = std::io::stderr();
-            let _ = writeln!(
-                err,
-                "cilock: step {:?} ended; attestation written to {dest}",
-                a.step,
-            );
-            for note in crate::cmd::inspect::end_notes_of_envelope(&envelope) {
-                let _ = writeln!(err, "cilock: {note}");
-            }
-            output::warn_lost(lost_events);
-            if let Some(f) = failure {
-                let _ = writeln!(err, "cilock: step failed: {f}");
-                return Ok(1);
-            }
-            Ok(0)
+    };
+    let got = client::end_step(req).with_context(|| format!("step end {:?}", a.step))?;
+    let dest = out.describe();
+    write_and_acknowledge(out, &got, "ended")?;
+    let mut err = std::io::stderr();
+    let _ = writeln!(
+        err,
+        "cilock: step {:?} ended; attestation written to {dest}",
+        a.step,
+    );
+    if let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(&got.bytes) {
+        for note in crate::cmd::inspect::end_notes_of_envelope(&envelope) {
+            let _ = writeln!(err, "cilock: {note}");
         }
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+    output::warn_lost(got.header.lost_events);
+    if let Some(f) = &got.header.failure {
+        let _ = writeln!(err, "cilock: step failed: {f}");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// `cilock step fetch`: writes a kept attestation (then acknowledges it),
+/// or lists them.
+pub fn fetch(a: StepFetchArgs) -> anyhow::Result<u8> {
+    if a.list {
+        let entries = client::Client::default()
+            .list_kept(ListKept {
+                step: a.step.clone(),
+                owner_uid: a.owner,
+            })
+            .context("step fetch --list")?;
+        let mut o = std::io::stdout().lock();
+        if entries.is_empty() {
+            eprintln!("cilock: no kept attestations");
+            return Ok(0);
+        }
+        writeln!(
+            o,
+            "{:<48} {:<24} {:>6} {:<16} {:<23} {:>10}",
+            "ID", "STEP", "OWNER", "ENDED BY", "KEPT AT", "BYTES"
+        )?;
+        for k in entries {
+            writeln!(
+                o,
+                "{:<48} {:<24} {:>6} {:<16} {:<23} {:>10}",
+                k.id,
+                k.step,
+                k.owner_uid,
+                if k.ended_by.is_empty() {
+                    "-"
+                } else {
+                    &k.ended_by
+                },
+                kept::fmt_utc(k.kept_at),
+                k.bytes
+            )?;
+        }
+        return Ok(0);
+    }
+    let Some(outfile) = a.outfile else {
+        bail!("-o FILE is required");
+    };
+    let out = output::Outfile::prepare(&outfile)?;
+    let what = match (&a.id, &a.step) {
+        (Some(id), _) => format!("id {id:?}"),
+        (None, Some(s)) => format!("step {s:?}"),
+        (None, None) => bail!("name a step (--step) or an id (--id)"),
+    };
+    let got = client::Client::default()
+        .fetch(FetchKept {
+            step: a.step.clone(),
+            id: a.id.clone(),
+            owner_uid: a.owner,
+        })
+        .with_context(|| format!("step fetch {what}"))?;
+    let dest = out.describe();
+    write_and_acknowledge(out, &got, "fetched")?;
+    let h = &got.header;
+    let mut err = std::io::stderr();
+    let _ = writeln!(
+        err,
+        "cilock: attestation of step {:?} (uid {}, ended by {} at {}, kept as {}) written to {dest}",
+        h.step,
+        h.owner_uid,
+        if h.ended_by.is_empty() { "?" } else { &h.ended_by },
+        kept::fmt_utc(h.kept_at),
+        h.id.as_deref().unwrap_or("?"),
+    );
+    if !matches!(h.ended_by.as_str(), "step end" | "run") {
+        let _ = writeln!(
+            err,
+            "cilock: note: the daemon ended this step itself ({}), not `cilock step end`: what the job did afterwards is not in it",
+            if h.ended_by.is_empty() { "reason not recorded" } else { &h.ended_by },
+        );
+    }
+    if let Some(f) = &h.failure {
+        let _ = writeln!(err, "cilock: step failed: {f}");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Commits `got` to `out`, then tells the daemon it may delete its copy.
+/// When writing fails, the error says how to fetch the kept copy.
+pub(crate) fn write_and_acknowledge(
+    out: output::Outfile,
+    got: &client::Received,
+    what: &str,
+) -> anyhow::Result<()> {
+    let h = &got.header;
+    if let Err(e) = out.commit(&got.bytes) {
+        return Err(match &h.id {
+            Some(id) => e.context(format!(
+                "the step {:?} is {what} but its attestation could not be written; the daemon keeps it: cilock step fetch --id {id}{} -o FILE",
+                h.step,
+                owner_arg(h)
+            )),
+            None => e.context(format!(
+                "the step {:?} is {what} but its attestation could not be written, and the daemon could not keep a copy",
+                h.step
+            )),
+        });
+    }
+    if let Err(e) = client::acknowledge(h) {
+        eprintln!(
+            "cilock: warning: the attestation is written, but the daemon could not be told ({e}); it keeps its copy (cilock step fetch --list)"
+        );
+    }
+    Ok(())
+}
+
+fn owner_arg(h: &EnvelopeHeader) -> String {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if me == 0 && h.owner_uid != 0 {
+        format!(" --owner {}", h.owner_uid)
+    } else {
+        String::new()
     }
 }

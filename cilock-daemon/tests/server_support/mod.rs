@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cilock_daemon::api::{
-    ApiError, BeginStep, EndStep, ErrorKind, Peer, Reply, Request, RequestCtx, StatusReply,
-    StepService,
+    ApiError, BeginStep, EndStep, EnvelopeHeader, ErrorKind, FetchKept, Outgoing, Payload, Peer,
+    Reply, Request, RequestCtx, StatusReply, StepService,
 };
 use cilock_daemon::server::{Server, ServerConfig};
 
@@ -95,8 +95,41 @@ impl StepService for StandInService {
             }),
             lost_events: 0,
             failure: None,
+            kept: None,
         })
     }
+
+    /// `big-N` (N bytes): an envelope of N bytes sent as a payload, from a
+    /// sparse file with [`BIG_MARKS`] at its start, middle and end.
+    fn fetch_kept(&self, peer: Peer, req: FetchKept) -> Result<Outgoing, ApiError> {
+        use std::os::unix::fs::FileExt as _;
+        let n: u64 = req
+            .step
+            .as_deref()
+            .and_then(|s| s.strip_prefix("big-"))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| ApiError::new(ErrorKind::NotFound, "no such kept envelope"))?;
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(n).unwrap();
+        for (at, mark) in big_marks(n) {
+            f.write_all_at(mark, at).unwrap();
+        }
+        Ok(Outgoing {
+            reply: Reply::Envelope(EnvelopeHeader {
+                step: req.step.unwrap_or_default(),
+                owner_uid: peer.uid,
+                id: Some("big.1.0".into()),
+                bytes: n,
+                ..Default::default()
+            }),
+            payload: Some(Payload::File(f)),
+        })
+    }
+}
+
+/// Where the stand-in's `big-N` envelopes carry marks (offset, bytes).
+pub fn big_marks(n: u64) -> [(u64, &'static [u8]); 3] {
+    [(0, b"{start"), (n / 2, b"middle"), (n - 4, b"end}")]
 }
 
 /// A server running on its own thread and runtime; stopped on drop.

@@ -364,6 +364,11 @@ pub struct TraceInfo {
         skip_serializing_if = "Option::is_none"
     )]
     pub wait_descendants: Option<WaitDescendants>,
+    /// `cilock run` without the daemon: the signal that interrupted the
+    /// run, as the tracing process itself received it (observed). Through
+    /// the daemon this is the client's word, under `claimed.interrupted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interrupted>,
     /// Processes killed when the step ended (`step end --kill`, or a step
     /// reaped at its timeout) (cilock extension). Absent when nothing was
     /// to be killed.
@@ -410,11 +415,6 @@ pub struct KillAtEnd {
     /// False when processes other than the spared were still in the step
     /// after the bounded kill (they are left running, untraced).
     pub complete: bool,
-    /// `cilock run` without the daemon: the signal that interrupted the
-    /// run, as the tracing process itself received it (observed). Through
-    /// the daemon this is the client's word, under `claimed.interrupted`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interrupted: Option<Interrupted>,
 }
 
 /// How `cilock run` waited for the command's descendants.
