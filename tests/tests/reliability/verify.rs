@@ -629,3 +629,25 @@ fn snake_case_certificate_constraints_reject_evil_org() {
     let o = w.verify(&policy, &[&evil, &good], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
 }
+
+/// An unsigned policy given to `-p` says so and how to sign it.
+#[test]
+fn unsigned_policy_is_named_as_such() {
+    let w = World::new();
+    let att = w.attestation("att.json", "build", &[&w.app_digest]);
+    let signed = w.policy(&[]);
+    let payload = cilock_evidence::dsse::Envelope::from_file(&signed)
+        .unwrap()
+        .payload;
+    let unsigned = w.path("policy.json");
+    std::fs::write(&unsigned, payload).unwrap();
+    let o = w.verify(&unsigned, &[&att], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "cilock: error: reading the policy: {0} is an unsigned policy document, not a DSSE envelope: sign it first with `cilock sign -k KEY -f {0} -o policy.signed.json`\n",
+            unsigned.display()
+        )
+    );
+}
