@@ -272,6 +272,19 @@ fn invalid_policies_are_input_errors() {
         &[SBOM_SUBJECT],
     );
     assert!(matches!(e, Err(PolicyError::KeyIdMismatch { .. })), "{e:?}");
+    assert_eq!(
+        e.unwrap_err().to_string(),
+        "policy public key \"abcd\": the keyid is not the key's id: the sha256 of its PEM is \"ae2dcc989ea9c109a36e8eba5c4bc16d8fafcfe8e1a614164670d50aedacd647\""
+    );
+    // Entry name and keyid field differ, the keyid field is the key's id:
+    // the message says the name is what differs.
+    let real = "ae2dcc989ea9c109a36e8eba5c4bc16d8fafcfe8e1a614164670d50aedacd647";
+    p["publickeys"] = json!({ "abcd": {"keyid": real, "key": k["key"]} });
+    let e = Policy::from_json(&serde_json::to_vec(&p).unwrap()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("policy public key \"abcd\": the entry must be named by its keyid \"{real}\" (the sha256 of its PEM)")
+    );
     // Not JSON.
     assert!(matches!(
         Policy::from_json(b"{nope"),

@@ -10,6 +10,7 @@ use cilock_evidence::digest::{DigestSet, HashAlg};
 use cilock_evidence::dsse::{self, Envelope};
 use cilock_evidence::intoto::PAYLOAD_TYPE;
 use cilock_evidence::keys::{Signer, Verifier};
+use cilock_evidence::limits;
 use cilock_evidence::policy::rego::{self, RegoLimits, RegoRunner};
 use cilock_evidence::policy::verify::{vsa_statement, NamedEnvelope, VerificationReport};
 use cilock_evidence::policy::{verify as run_verify, VerifyOptions};
@@ -17,7 +18,27 @@ use cilock_evidence::policy::{verify as run_verify, VerifyOptions};
 use crate::cli::VerifyArgs;
 
 fn read_envelope(path: &std::path::Path, what: &str) -> anyhow::Result<Envelope> {
-    Envelope::from_file(path).with_context(|| format!("reading the {what}"))
+    match Envelope::from_file(path) {
+        Ok(e) => Ok(e),
+        Err(e) => {
+            // An unsigned policy given as the policy (or an attestation):
+            // say so instead of "missing field `payload`".
+            let unsigned_policy = matches!(e, dsse::DsseError::File { ref cause, .. } if cause.contains("missing field `payload`"))
+                && path.is_file()
+                && limits::read_file(path, limits::MAX_ENVELOPE_BYTES, what, limits::any_start)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|v| v.get("steps").is_some());
+            if unsigned_policy {
+                bail!(
+                    "reading the {what}: {} is an unsigned policy document, not a DSSE envelope: sign it first with `cilock sign -k KEY -f {} -o policy.signed.json`",
+                    path.display(),
+                    path.display()
+                );
+            }
+            Err(anyhow::Error::new(e).context(format!("reading the {what}")))
+        }
+    }
 }
 
 /// Runs `cilock verify`.

@@ -60,7 +60,10 @@ pub enum PolicyError {
         source: KeyError,
     },
     /// A `publickeys` map key, `keyid` and the recomputed key id disagree.
-    #[error("policy public key {map_key:?}: keyid field {keyid:?}, computed {computed:?}")]
+    #[error(
+        "policy public key {map_key:?}: {}",
+        keyid_mismatch(map_key, keyid, computed)
+    )]
     KeyIdMismatch {
         /// The map key.
         map_key: String,
@@ -97,6 +100,22 @@ pub enum PolicyError {
         #[source]
         source: rego::RegoError,
     },
+}
+
+/// Says which of a `publickeys` entry's three ids differ (never two equal
+/// values side by side without saying what differs).
+fn keyid_mismatch(map_key: &str, keyid: &str, computed: &str) -> String {
+    match (map_key == keyid, keyid == computed) {
+        (false, true) => format!(
+            "the entry must be named by its keyid {keyid:?} (the sha256 of its PEM)"
+        ),
+        (true, false) => format!(
+            "the keyid is not the key's id: the sha256 of its PEM is {computed:?}"
+        ),
+        _ => format!(
+            "the entry's keyid field is {keyid:?}, not its name, and the key's id (the sha256 of its PEM) is {computed:?}"
+        ),
+    }
 }
 
 fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>

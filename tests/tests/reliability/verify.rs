@@ -445,3 +445,209 @@ fn endless_inputs_fail_fast_with_bounded_memory() {
         )
     );
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "openssl {args:?}: {}", stderr(&o));
+}
+
+/// A leaf certificate (and its key) from the CA in `dir` carrying Fulcio's
+/// issuer (1.8), runner environment (1.11) and source repository URI
+/// (1.12) extensions.
+fn fulcio_leaf(dir: &Path, name: &str, repo: &str, runner: &str) -> (PathBuf, PathBuf) {
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n\
+             1.3.6.1.4.1.57264.1.8=ASN1:UTF8String:https://token.actions.githubusercontent.com\n\
+             1.3.6.1.4.1.57264.1.11=ASN1:UTF8String:{runner}\n\
+             1.3.6.1.4.1.57264.1.12=ASN1:UTF8String:{repo}\n"
+        ),
+    )
+    .unwrap();
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=github-actions",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &pem,
+            "-extfile",
+            &ext,
+        ],
+    );
+    (dir.join(key), dir.join(pem))
+}
+
+/// The CI/lock fixture policy's snake_case `certConstraint` through the
+/// CLI: the repository's certificate passes, a certificate of an
+/// `evil-org` repository and one from a self-hosted runner are rejected.
+#[test]
+fn snake_case_certificate_constraints_reject_evil_org() {
+    let w = World::new();
+    let d = w.dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=cilock test CA",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    let repo = "https://github.com/testifysec/cilock-trivy-detection-test";
+    let fixture: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cilock/policy.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut constraint =
+        fixture["steps"]["clean-build"]["functionaries"][0]["certConstraint"].clone();
+    assert_eq!(constraint["extensions"]["source_repository_uri"], repo);
+    constraint["roots"] = json!(["ca"]);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let p = json!({
+        "expires": "2099-01-01T00:00:00Z",
+        "roots": {"ca": {"certificate": b64(&std::fs::read(d.join("ca.pem")).unwrap())}},
+        "steps": {"build": {
+            "name": "build",
+            "functionaries": [{"type": "root", "certConstraint": constraint}],
+            "attestations": [{"type": COMMAND_RUN}]
+        }}
+    });
+    let policy = w.path("ci.policy.signed.json");
+    let env = dsse::sign(
+        POLICY_PAYLOAD_TYPE,
+        serde_json::to_vec(&p).unwrap(),
+        &w.signer,
+    )
+    .unwrap();
+    std::fs::write(&policy, env.to_json()).unwrap();
+    // The statement, signed by each leaf with its certificate.
+    let unsigned = w.attestation("unsigned.json", "build", &[&w.app_digest]);
+    let payload = cilock_evidence::dsse::Envelope::from_file(&unsigned)
+        .unwrap()
+        .payload;
+    let st = w.path("statement.json");
+    std::fs::write(&st, payload).unwrap();
+    let signed_by = |name: &str, repo: &str, runner: &str| -> PathBuf {
+        let (key, cert) = fulcio_leaf(d, name, repo, runner);
+        let out = w.path(&format!("{name}.att.json"));
+        let o = Command::new(bin("cilock"))
+            .args(["sign", "-t", "application/vnd.in-toto+json", "-k"])
+            .arg(&key)
+            .arg("--certificate")
+            .arg(&cert)
+            .arg("-f")
+            .arg(&st)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        out
+    };
+    let good = signed_by("good", repo, "github-hosted");
+    let evil = signed_by(
+        "evil",
+        "https://github.com/evil-org/cilock-trivy-detection-test",
+        "github-hosted",
+    );
+    let self_hosted = signed_by("selfhosted", repo, "self-hosted");
+    let o = w.verify(&policy, &[&good], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = w.verify(&policy, &[&evil], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("extension source_repository_uri (1.3.6.1.4.1.57264.1.12) is \"https://github.com/evil-org/cilock-trivy-detection-test\", \"https://github.com/testifysec/cilock-trivy-detection-test\" required"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("Some("), "{}", stdout(&o));
+    let o = w.verify(&policy, &[&self_hosted], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("extension runner_environment (1.3.6.1.4.1.57264.1.11) is \"self-hosted\", \"github-hosted\" required"),
+        "{}",
+        stdout(&o)
+    );
+    // Any one passing collection passes the step (Witness semantics): the
+    // evil envelope next to the good one does not make it fail, and alone
+    // it never passes.
+    let o = w.verify(&policy, &[&evil, &good], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+/// An unsigned policy given to `-p` says so and how to sign it.
+#[test]
+fn unsigned_policy_is_named_as_such() {
+    let w = World::new();
+    let att = w.attestation("att.json", "build", &[&w.app_digest]);
+    let signed = w.policy(&[]);
+    let payload = cilock_evidence::dsse::Envelope::from_file(&signed)
+        .unwrap()
+        .payload;
+    let unsigned = w.path("policy.json");
+    std::fs::write(&unsigned, payload).unwrap();
+    let o = w.verify(&unsigned, &[&att], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "cilock: error: reading the policy: {0} is an unsigned policy document, not a DSSE envelope: sign it first with `cilock sign -k KEY -f {0} -o policy.signed.json`\n",
+            unsigned.display()
+        )
+    );
+}
