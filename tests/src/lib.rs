@@ -478,36 +478,6 @@ pub fn write_script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_strace_lines() {
-        let text = "100 execve(\"/bin/true\", [\"true\"], 0x7ff /* 3 vars */) = 0\n\
-                    100 openat(AT_FDCWD, \"/etc/ld.so.cache\", O_RDONLY|O_CLOEXEC) = 3</etc/ld.so.cache>\n\
-                    100 openat(AT_FDCWD, \"/proc/self/environ\", O_RDONLY) = 3</proc/100/environ>\n\
-                    100 clone(child_stack=NULL, flags=CLONE_CHILD_SETTID|SIGCHLD) = 101\n\
-                    100 clone3({flags=CLONE_VM|CLONE_THREAD, ...}, 88) = 102\n\
-                    100 vfork( <unfinished ...>\n\
-                    103 execve(\"/bin/true\", [\"true\"], 0x7ff /* 3 vars */ <unfinished ...>\n\
-                    100 <... vfork resumed>) = 103\n\
-                    103 <... execve resumed>) = 0\n\
-                    101 openat(AT_FDCWD, \"x\", O_WRONLY|O_CREAT) = 4</tmp/x (deleted)>\n\
-                    102 openat(AT_FDCWD, \"y\", O_RDONLY) = 5</tmp/y>\n";
-        let t = parse_strace(text, Path::new("/"));
-        assert!(t.files.contains("/etc/ld.so.cache"));
-        assert!(t.files.contains("/proc/self/environ"));
-        assert!(t.files.contains("/tmp/y"));
-        assert_eq!(t.processes, 3);
-        let truep = std::fs::canonicalize("/bin/true")
-            .unwrap()
-            .display()
-            .to_string();
-        assert_eq!(t.execs[&truep], 2);
-    }
-}
-
 /// A daemon on a given cgroup parent and state directory (issue #13: one
 /// daemon per parent; a restart finds what the previous one left).
 impl Daemon {
@@ -595,5 +565,35 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_strace_lines() {
+        let text = "100 execve(\"/bin/true\", [\"true\"], 0x7ff /* 3 vars */) = 0\n\
+                    100 openat(AT_FDCWD, \"/etc/ld.so.cache\", O_RDONLY|O_CLOEXEC) = 3</etc/ld.so.cache>\n\
+                    100 openat(AT_FDCWD, \"/proc/self/environ\", O_RDONLY) = 3</proc/100/environ>\n\
+                    100 clone(child_stack=NULL, flags=CLONE_CHILD_SETTID|SIGCHLD) = 101\n\
+                    100 clone3({flags=CLONE_VM|CLONE_THREAD, ...}, 88) = 102\n\
+                    100 vfork( <unfinished ...>\n\
+                    103 execve(\"/bin/true\", [\"true\"], 0x7ff /* 3 vars */ <unfinished ...>\n\
+                    100 <... vfork resumed>) = 103\n\
+                    103 <... execve resumed>) = 0\n\
+                    101 openat(AT_FDCWD, \"x\", O_WRONLY|O_CREAT) = 4</tmp/x (deleted)>\n\
+                    102 openat(AT_FDCWD, \"y\", O_RDONLY) = 5</tmp/y>\n";
+        let t = parse_strace(text, Path::new("/"));
+        assert!(t.files.contains("/etc/ld.so.cache"));
+        assert!(t.files.contains("/proc/self/environ"));
+        assert!(t.files.contains("/tmp/y"));
+        assert_eq!(t.processes, 3);
+        let truep = std::fs::canonicalize("/bin/true")
+            .unwrap()
+            .display()
+            .to_string();
+        assert_eq!(t.execs[&truep], 2);
     }
 }

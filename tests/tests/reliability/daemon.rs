@@ -365,7 +365,7 @@ fn run_kill_sleep(dir: &Path) -> usize {
             continue;
         };
         if std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c == dir)
-            && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0300"))
+            && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x00300"))
         {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             n += 1;
