@@ -676,4 +676,25 @@ mod tests {
             Path::new("/mnt/cg two")
         );
     }
+
+    #[test]
+    fn a_parent_is_locked_once_and_the_refusal_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("steps");
+        let (held, _) = ParentLock::acquire(&parent).unwrap();
+        match ParentLock::acquire(&parent) {
+            Err(LockError::Held { path, holder }) => {
+                assert_eq!(path, parent);
+                assert_eq!(holder, Some(std::process::id()));
+            }
+            other => panic!("second lock: {other:?}"),
+        }
+        let msg = ParentLock::acquire(&parent).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!("(pid {})", std::process::id())),
+            "{msg}"
+        );
+        drop(held);
+        assert!(ParentLock::acquire(&parent).is_ok());
+    }
 }

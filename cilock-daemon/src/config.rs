@@ -937,4 +937,39 @@ mod tests {
         assert!(valid_cgroup_parent("a/../b").is_err());
         assert!(valid_cgroup_parent("a//b").is_err());
     }
+
+    #[test]
+    fn stop_timeout_key() {
+        // The shipped file's commented value is the default, and it is
+        // below the shipped unit's TimeoutStopSec.
+        let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/");
+        let shipped = std::fs::read_to_string(format!("{dist}cilock.toml")).unwrap();
+        let line = shipped
+            .lines()
+            .find_map(|l| l.strip_prefix("#stop_timeout = "))
+            .expect("stop_timeout in dist/cilock.toml");
+        let c = DaemonConfig::from_toml_str(&format!("stop_timeout = {line}"), "t").unwrap();
+        assert_eq!(c, DaemonConfig::default());
+        let unit = std::fs::read_to_string(format!("{dist}cilock.service")).unwrap();
+        let stop: u64 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .expect("TimeoutStopSec in dist/cilock.service")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(DEFAULT_STOP_TIMEOUT < Duration::from_secs(stop));
+        let c = DaemonConfig::from_toml_str("stop_timeout = \"6s\"", "t").unwrap();
+        assert_eq!(c.server_config().shutdown_grace, Duration::from_secs(2));
+        for bad in [
+            "stop_timeout = 0",
+            "stop_timeout = \"2h\"",
+            "stop_timeout = \"x\"",
+        ] {
+            let e = DaemonConfig::from_toml_str(bad, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("stop_timeout"), "{bad}: {e}");
+        }
+    }
 }

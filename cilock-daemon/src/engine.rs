@@ -791,7 +791,7 @@ impl Engine {
                         .collect();
                     owners.sort_unstable();
                     match owners[..] {
-                        [] => return Err(EngineError::NotFound(name.to_string())),
+                        [] => return Err(self.not_found(name, None)),
                         [o] => (o, name.to_string()),
                         _ => {
                             return Err(EngineError::BadRequest(format!(
@@ -805,16 +805,7 @@ impl Engine {
             };
             match steps.remove(&key) {
                 Some(s) => s,
-                None => {
-                    let ended = self
-                        .ended_at_start
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    return Err(match ended.get(&key) {
-                        Some(msg) => EngineError::Interrupted(msg.clone()),
-                        None => EngineError::NotFound(name.to_string()),
-                    });
-                }
+                None => return Err(self.not_found(name, Some(key.0))),
             }
         };
         let by = if end.wait_descendants.is_some() {
@@ -1419,6 +1410,23 @@ impl Engine {
     /// The steps a previous daemon left unended (found at start), once.
     pub fn take_interrupted(&self) -> Vec<InterruptedStep> {
         std::mem::take(&mut *self.interrupted.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The error for a step `name` (of `owner`; any owner when `None`) that
+    /// is not active: says so when this daemon ended it at start.
+    fn not_found(&self, name: &str, owner: Option<u32>) -> EngineError {
+        let ended = self
+            .ended_at_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let msg = match owner {
+            Some(o) => ended.get(&(o, name.to_string())),
+            None => ended.iter().find(|((_, n), _)| n == name).map(|(_, m)| m),
+        };
+        match msg {
+            Some(m) => EngineError::Interrupted(m.clone()),
+            None => EngineError::NotFound(name.to_string()),
+        }
     }
 
     /// Steps with a record (active, or being ended): `name (owner uid N)`.

@@ -360,9 +360,9 @@ impl Server {
                 warn!(
                     connections = tasks.len(),
                     requests = cut.len(),
-                    "stop: {} connection(s) still open after the shutdown grace ({:?}); closing them",
-                    tasks.len(),
-                    cfg.shutdown_grace
+                    "stop: requests still running after the shutdown grace ({:?}): closing {} connection(s)",
+                    cfg.shutdown_grace,
+                    tasks.len()
                 );
                 for what in cut {
                     warn!("stop: request cut short: {what}");

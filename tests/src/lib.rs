@@ -504,6 +504,96 @@ pub fn kept_envelopes(state: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A daemon on a given cgroup parent and state directory (issue #13: one
+/// daemon per parent; a restart finds what the previous one left).
+impl Daemon {
+    /// Starts `cilock-daemon` with `cgroup_parent = parent` and
+    /// `state_dir = state` (plus `extra` TOML lines) without waiting for it.
+    pub fn spawn_on(backend: &str, parent: &str, state: &Path, extra: &str) -> Daemon {
+        let dir = tempdir();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (key, pubkey) = keygen(dir.path());
+        let socket = dir.path().join("cilock.sock");
+        let log = dir.path().join("daemon.log");
+        let config = dir.path().join("cilock.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = {:?}\nkey = {:?}\nbackend = {backend:?}\ncgroup_parent = {parent:?}\nstate_dir = {:?}\nlog_level = \"info,cilock_daemon=debug\"\n{extra}\n",
+                socket.display().to_string(),
+                key.display().to_string(),
+                state.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin("cilock-daemon"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("start cilock-daemon");
+        Daemon {
+            child,
+            socket,
+            pubkey,
+            log,
+            state: state.to_path_buf(),
+            _dir: dir,
+        }
+    }
+
+    /// [`Daemon::spawn_on`], then waits until it answers: `Err(log)` when
+    /// it exits first.
+    pub fn try_start_on(
+        backend: &str,
+        parent: &str,
+        state: &Path,
+        extra: &str,
+    ) -> Result<Daemon, (std::process::ExitStatus, String)> {
+        let mut d = Self::spawn_on(backend, parent, state, extra);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                return Err((st, d.log_text()));
+            }
+            let out = d.cilock(&["step", "end", "--step", "no-such-step", "-o", "/dev/null"]);
+            // A NotFound error means the daemon answered.
+            if String::from_utf8_lossy(&out.stderr).contains("no active step") {
+                return Ok(d);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits at most `limit` for the daemon to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
