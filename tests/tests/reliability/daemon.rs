@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cilock_tests::{statement, tempdir, verify_with_python, Daemon};
+use cilock_tests::{kept_envelopes, statement, tempdir, verify_with_python, Daemon};
 use serde_json::Value;
 
 use crate::common::{begin_job, command_run, end_step, processes};
@@ -138,13 +138,11 @@ fn second_daemon_on_the_same_parent_refuses_and_the_first_keeps_tracing() {
     verify_with_python(&att, &d1.pubkey);
 }
 
-/// The kept envelopes of step `name` in `state/reaped/`.
+/// The kept envelopes of step `name` in the daemon's store
+/// (`state/kept/<uid>/`).
 fn kept(state: &Path, name: &str) -> Vec<PathBuf> {
-    std::fs::read_dir(state.join("reaped"))
+    kept_envelopes(state)
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}.")))
