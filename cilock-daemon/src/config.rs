@@ -99,7 +99,7 @@ pub struct DaemonConfig {
     /// Attestors every step runs besides command-run, material and product.
     pub default_attestations: Vec<String>,
     /// A step whose processes are all gone for this long is ended by the
-    /// daemon (its attestation kept in `state_dir/reaped/`).
+    /// daemon (its attestation kept in `state_dir/kept/<uid>/`, for `cilock step fetch`).
     #[serde(deserialize_with = "deserialize_duration")]
     pub step_idle_timeout: Duration,
     /// The daemon's state directory.

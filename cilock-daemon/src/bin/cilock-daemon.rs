@@ -9,7 +9,7 @@
 //! for them (`WatchdogSec=`), each after checking that the engine answers.
 //! SIGTERM/SIGINT: `STOPPING=1`, stop accepting, finish requests in flight
 //! (for at most a third of `stop_timeout`), remove the socket, end every
-//! active step and keep its signed attestation in `state_dir/reaped/`, exit
+//! active step and keep its signed attestation in `state_dir/kept/<uid>/`, exit
 //! 0. The whole stop takes at most `stop_timeout` (default 45 s, below the
 //! unit's `TimeoutStopSec`): a request stuck in a blocking call (a FIFO, a
 //! hung attestor helper) or a step that cannot be ended in time never holds
