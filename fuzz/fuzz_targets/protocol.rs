@@ -8,6 +8,7 @@
 
 use cilock_daemon::api::Request;
 use cilock_daemon::engine::valid_step_name;
+use cilock_daemon::kept::valid_id;
 use cilock_daemon::server::frame::FrameDecoder;
 use cilock_evidence::attestors::lifecycle::Lifecycle;
 use libfuzzer_sys::fuzz_target;
@@ -36,6 +37,22 @@ fn check_request(body: &[u8]) {
         }
         Request::EndStep(e) => {
             let _ = valid_step_name(&e.step);
+        }
+        Request::ListKept(l) => {
+            if let Some(s) = &l.step {
+                let _ = valid_step_name(s);
+            }
+        }
+        Request::FetchKept(f) => {
+            if let Some(s) = &f.step {
+                let _ = valid_step_name(s);
+            }
+            if let Some(id) = &f.id {
+                let _ = valid_id(id);
+            }
+        }
+        Request::AckKept(a) => {
+            let _ = valid_id(&a.id);
         }
     }
 }
