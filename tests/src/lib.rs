@@ -134,62 +134,21 @@ impl Daemon {
     /// socket; its mode and group decide); the key stays 0600.
     pub fn start_with(backend: &str, extra: &str) -> Daemon {
         let dir = tempdir();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (key, pubkey) = keygen(dir.path());
-        let socket = dir.path().join("cilock.sock");
-        let log = dir.path().join("daemon.log");
+        let state = dir.path().join("state");
         let n = std::process::id();
         let unique = format!(
             "{n}.{}",
             COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let config = dir.path().join("cilock.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = {:?}\nkey = {:?}\nbackend = {:?}\ncgroup_parent = \"cilock.test.{unique}\"\nstate_dir = {:?}\nlog_level = \"info,cilock_daemon=debug\"\n{extra}\n",
-                socket.display().to_string(),
-                key.display().to_string(),
-                backend,
-                dir.path().join("state").display().to_string(),
-            ),
-        )
-        .unwrap();
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin("cilock-daemon"))
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .expect("start cilock-daemon");
-        let mut d = Daemon {
-            child,
-            socket,
-            pubkey,
-            log,
-            state: dir.path().join("state"),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = d.cilock(&["step", "end", "--step", "no-such-step", "-o", "/dev/null"]);
-            // A NotFound error means the daemon answered.
-            if String::from_utf8_lossy(&out.stderr).contains("no active step") {
-                break;
-            }
-            // A daemon that exited (e.g. refused its config) never answers.
-            assert!(d.alive(), "daemon exited during start: {}", d.log_text());
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not come up: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        d
+        let d = Self::spawn_in(
+            dir,
+            backend,
+            &format!("cilock.test.{unique}"),
+            &state,
+            extra,
+        );
+        d.wait_ready()
+            .unwrap_or_else(|(st, log)| panic!("daemon exited during start ({st}): {log}"))
     }
 
     /// Runs `cilock ARGS` against this daemon.
@@ -510,7 +469,19 @@ impl Daemon {
     /// Starts `cilock-daemon` with `cgroup_parent = parent` and
     /// `state_dir = state` (plus `extra` TOML lines) without waiting for it.
     pub fn spawn_on(backend: &str, parent: &str, state: &Path, extra: &str) -> Daemon {
-        let dir = tempdir();
+        Self::spawn_in(tempdir(), backend, parent, state, extra)
+    }
+
+    /// Starts `cilock-daemon` with its key, socket, config and log in
+    /// `dir` (world-traversable: other users reach the socket; its mode and
+    /// group decide; the key stays 0600), without waiting for it.
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        backend: &str,
+        parent: &str,
+        state: &Path,
+        extra: &str,
+    ) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let (key, pubkey) = keygen(dir.path());
@@ -554,21 +525,26 @@ impl Daemon {
         state: &Path,
         extra: &str,
     ) -> Result<Daemon, (std::process::ExitStatus, String)> {
-        let mut d = Self::spawn_on(backend, parent, state, extra);
+        Self::spawn_on(backend, parent, state, extra).wait_ready()
+    }
+
+    /// Waits until the daemon answers: `Err` with its exit status and log
+    /// when it exits first.
+    fn wait_ready(mut self) -> Result<Daemon, (std::process::ExitStatus, String)> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                return Err((st, d.log_text()));
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err((st, self.log_text()));
             }
-            let out = d.cilock(&["step", "end", "--step", "no-such-step", "-o", "/dev/null"]);
+            let out = self.cilock(&["step", "end", "--step", "no-such-step", "-o", "/dev/null"]);
             // A NotFound error means the daemon answered.
             if String::from_utf8_lossy(&out.stderr).contains("no active step") {
-                return Ok(d);
+                return Ok(self);
             }
             assert!(
                 Instant::now() < deadline,
                 "daemon did not come up: {}",
-                d.log_text()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
