@@ -559,13 +559,19 @@ pub struct KillReport {
     pub rounds: u32,
 }
 
-/// An exclusive `flock(2)` on a steps' parent cgroup directory, held for
-/// the life of the engine that owns the parent: one daemon (or `cilock run`)
-/// per parent. The lock goes with the descriptor (close-on-exec), so it is
-/// released when the holder exits, however it exits.
+/// Where parent locks live: root-only, so no other user can take a lock
+/// (a lock on the parent cgroup directory itself could be taken by any
+/// user who can open that directory, and held across a daemon restart).
+pub const LOCK_DIR: &str = "/run/cilock/locks";
+
+/// An exclusive `flock(2)` on a root-only lock file named after a steps'
+/// parent cgroup ([`LOCK_DIR`]), held for the life of the engine that owns
+/// the parent: one daemon (or `cilock run`) per parent. The lock goes with
+/// the descriptor (close-on-exec), so it is released when the holder exits,
+/// however it exits.
 #[derive(Debug)]
 pub struct ParentLock {
-    _dir: fs::File,
+    _file: fs::File,
 }
 
 /// Why a parent could not be locked.
@@ -588,57 +594,86 @@ pub enum LockError {
 }
 
 impl ParentLock {
-    /// Creates the parent cgroup `path` if needed and locks it without
-    /// waiting. A parent removed and re-created by its previous holder
-    /// between our mkdir and our lock is detected (the locked directory is
-    /// no longer at `path`) and the lock taken again.
+    /// Locks the parent cgroup `path` without waiting (a lock file in
+    /// [`LOCK_DIR`]), then creates the parent if needed.
     pub fn acquire(path: &Path) -> Result<(ParentLock, Cgroup), LockError> {
+        Self::acquire_in(Path::new(LOCK_DIR), path)
+    }
+
+    /// [`ParentLock::acquire`] with the lock file in `dir` (created 0700
+    /// if missing; refused unless it and its parent belong to this user
+    /// and are writable by no one else).
+    pub fn acquire_in(dir: &Path, path: &Path) -> Result<(ParentLock, Cgroup), LockError> {
         use std::os::fd::AsRawFd as _;
-        for _ in 0..10 {
-            let cg = Cgroup::create(path)?;
-            let dir = fs::File::open(path).map_err(io_err("open", path))?;
-            // SAFETY: plain syscall on a descriptor we own.
-            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    let md = dir.metadata().map_err(io_err("stat", path))?;
-                    return Err(LockError::Held {
-                        path: path.to_path_buf(),
-                        holder: flock_holder(md.dev(), md.ino()),
-                    });
-                }
-                return Err(io_err("flock", path)(e).into());
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        let me = unsafe { libc::geteuid() };
+        for d in [dir.parent().unwrap_or(Path::new("/")), dir] {
+            match fs::DirBuilder::new().mode(0o700).create(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("mkdir", d)(e).into()),
             }
-            let locked = dir.metadata().map_err(io_err("stat", path))?;
-            match fs::metadata(path) {
-                Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {
-                    return Ok((ParentLock { _dir: dir }, cg));
-                }
-                // Removed (or replaced) after we opened it: try again.
-                _ => continue,
+            let md = fs::symlink_metadata(d).map_err(io_err("stat", d))?;
+            if !md.is_dir() || md.uid() != me || md.mode() & 0o022 != 0 {
+                return Err(io_err("lock directory", d)(io::Error::other(format!(
+                    "must be a directory of uid {me} writable by no one else (uid {}, mode {:o})",
+                    md.uid(),
+                    md.mode() & 0o7777
+                )))
+                .into());
             }
         }
-        Err(io_err("lock", path)(io::Error::other(
-            "the directory keeps being removed and re-created",
-        ))
-        .into())
+        // The parent's absolute path, one file name ('%' and '/' escaped).
+        let name = path
+            .to_string_lossy()
+            .replace('%', "%25")
+            .replace('/', "%2F");
+        let lock = dir.join(format!("{name}.lock"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&lock)
+            .map_err(io_err("open", &lock))?;
+        // SAFETY: plain syscall on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let md = file.metadata().map_err(io_err("stat", &lock))?;
+                return Err(LockError::Held {
+                    path: path.to_path_buf(),
+                    holder: flock_holder(md.dev(), md.ino()),
+                });
+            }
+            return Err(io_err("flock", &lock)(e).into());
+        }
+        let cg = Cgroup::create(path)?;
+        Ok((ParentLock { _file: file }, cg))
     }
 }
 
 /// The pid holding a `FLOCK` on the file `dev`/`ino`, from /proc/locks
 /// (`1: FLOCK  ADVISORY  WRITE 1234 00:1c:12 0 EOF`; the device in hex).
 fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
-    let text = fs::read_to_string("/proc/locks").ok()?;
+    use std::io::BufRead as _;
+    let f = fs::File::open("/proc/locks").ok()?;
     let want = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        // "1:" FLOCK ADVISORY WRITE pid dev:ino ...; blocked waiters have "->".
-        if f.len() >= 6 && f[1] == "FLOCK" && f[5] == want {
-            f[4].parse().ok()
-        } else {
-            None
-        }
-    })
+    // Line by line (any user can make the file long); bounded.
+    io::BufReader::new(f)
+        .lines()
+        .take(1 << 20)
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1:" FLOCK ADVISORY WRITE pid dev:ino ...; blocked waiters have "->".
+            if f.len() >= 6 && f[1] == "FLOCK" && f[5] == want {
+                f[4].parse().ok()
+            } else {
+                None
+            }
+        })
 }
 
 /// The cgroup (within the hierarchy) a process is in, from /proc/PID/cgroup.
@@ -681,20 +716,25 @@ mod tests {
     fn a_parent_is_locked_once_and_the_refusal_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
         let parent = dir.path().join("steps");
-        let (held, _) = ParentLock::acquire(&parent).unwrap();
-        match ParentLock::acquire(&parent) {
+        let locks = dir.path().join("run").join("locks");
+        let acquire = || ParentLock::acquire_in(&locks, &parent);
+        let (held, _) = acquire().unwrap();
+        // The lock directory is private: another user cannot take the lock.
+        let md = std::fs::metadata(&locks).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o700);
+        match acquire() {
             Err(LockError::Held { path, holder }) => {
                 assert_eq!(path, parent);
                 assert_eq!(holder, Some(std::process::id()));
             }
             other => panic!("second lock: {other:?}"),
         }
-        let msg = ParentLock::acquire(&parent).unwrap_err().to_string();
+        let msg = acquire().unwrap_err().to_string();
         assert!(
             msg.contains(&format!("(pid {})", std::process::id())),
             "{msg}"
         );
         drop(held);
-        assert!(ParentLock::acquire(&parent).is_ok());
+        assert!(acquire().is_ok());
     }
 }
