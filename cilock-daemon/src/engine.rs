@@ -337,12 +337,17 @@ fn kernel_release() -> String {
 
 /// Step names: what a CI system would use, nothing that could be a path.
 pub fn valid_step_name(s: &str) -> bool {
+    s.len() <= 128 && valid_leaf(s)
+}
+
+/// The characters of a step name (or a cgroup the daemon made from one),
+/// never starting with '.': no hidden file in the daemon's stores, no `.`
+/// or `..`.
+fn valid_leaf(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 128
+        && !s.starts_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'+'))
-        && s != "."
-        && s != ".."
 }
 
 impl Engine {
@@ -521,7 +526,7 @@ impl Engine {
     ) -> Result<PathBuf, EngineError> {
         if !valid_step_name(&spec.name) {
             return Err(EngineError::BadRequest(format!(
-                "invalid step name {:?}: use letters, digits and - _ . @ + (at most 128)",
+                "invalid step name {:?}: use letters, digits and - _ . @ + (at most 128, not starting with .)",
                 spec.name
             )));
         }
@@ -1204,8 +1209,10 @@ fn recover(dir: &Path, parent: &Path, mount: &Path) -> Result<Vec<InterruptedSte
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // The leaf is `u<uid>.<name>.<pid>.<n>` (longer than a step name).
         let (survivors, cgroup_fate) = if cg_path.parent() != Some(parent)
-            || !valid_step_name(&leaf)
+            || !valid_leaf(&leaf)
+            || !leaf.starts_with(&format!("u{}.{}.", record.owner_uid, record.name))
         {
             (
                 Vec::new(),
