@@ -115,14 +115,6 @@ impl Outfile {
             }
         }
     }
-
-    /// Encodes `envelope` (compact JSON, no trailing newline, like `witness
-    /// run`) and commits it.
-    #[allow(dead_code)] // envelopes from the daemon are committed as received
-    pub fn commit_json(self, envelope: &serde_json::Value) -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec(envelope).context("encoding the envelope")?;
-        self.commit(&bytes)
-    }
 }
 
 impl Drop for Outfile {

@@ -1196,7 +1196,13 @@ impl GatedChild {
             Sink::Stderr,
         );
         if let Some(g) = self.gate.take() {
-            nix::unistd::write(&g, b"1").context("releasing the command")?;
+            match nix::unistd::write(&g, b"1") {
+                // The held child died before its release (a signal): no
+                // reader is left. Carry on to its wait status, so the step
+                // still ends and is attested.
+                Ok(_) | Err(nix::errno::Errno::EPIPE) => {}
+                Err(e) => return Err(e).context("releasing the command"),
+            }
         }
         // exec succeeded when the error pipe closes without data.
         let mut errno = [0u8; 4];
