@@ -428,7 +428,12 @@ mod child {
                     }
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(RegoError::Child(format!("waiting: {e}"))),
+                Err(e) => {
+                    // Never leave it running (or a zombie) behind.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(RegoError::Child(format!("waiting: {e}")));
+                }
             }
         };
         let _ = writer.join();
@@ -446,7 +451,9 @@ mod child {
             return Err(time_limit());
         }
         let stderr = String::from_utf8_lossy(&err);
-        if stderr.contains("memory allocation of") || stderr.contains("out of memory") {
+        if !status.success()
+            && (stderr.contains("memory allocation of") || stderr.contains("out of memory"))
+        {
             return Err(memory_limit());
         }
         if status.success() {
