@@ -242,6 +242,10 @@ pub struct StepOutcome {
     pub owner_uid: u32,
     /// Who ended the step (`trace.endedBy`).
     pub ended_by: String,
+    /// The step's record in the state directory: removed once the signed
+    /// attestation is kept, so a daemon dying in between leaves the step to
+    /// the next one instead of losing it.
+    pub record: Option<PathBuf>,
 }
 
 enum Backend {
@@ -894,17 +898,23 @@ impl Engine {
             trace,
             alive,
         }
-        .finish(&self.cache, end)
-        .map(|mut o| {
-            o.owner_uid = owner_uid;
-            o
-        });
-        // The step is ended (its outcome, or why there is none, goes to the
-        // caller): the next daemon must not end it again.
-        if let Some(p) = &step.record {
-            let _ = std::fs::remove_file(p);
+        .finish(&self.cache, end);
+        match out {
+            // The record goes once the attestation is kept (the caller).
+            Ok(mut o) => {
+                o.owner_uid = owner_uid;
+                o.record = step.record.clone();
+                Ok(o)
+            }
+            // No attestation: why goes to the caller; the next daemon must
+            // not end the step again.
+            Err(e) => {
+                if let Some(p) = &step.record {
+                    let _ = std::fs::remove_file(p);
+                }
+                Err(e)
+            }
         }
-        out
     }
 
     /// Kills what runs in `step` (`alive`: its processes now). From outside
@@ -1556,6 +1566,7 @@ impl PendingStep {
             failure,
             owner_uid: 0,
             ended_by,
+            record: None,
         })
     }
 }
@@ -1976,7 +1987,7 @@ impl DaemonService {
         o: &StepOutcome,
         bytes: &[u8],
     ) -> std::io::Result<(KeptInfo, PathBuf)> {
-        self.store.put(
+        let kept = self.store.put(
             &ToKeep {
                 owner_uid: o.owner_uid,
                 step: name,
@@ -1985,7 +1996,13 @@ impl DaemonService {
                 failure: o.failure.as_deref(),
             },
             bytes,
-        )
+        )?;
+        // Kept: the step needs no record any more (until now a daemon that
+        // died would have left it to the next one to end).
+        if let Some(p) = &o.record {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(kept)
     }
 
     /// Keeps a signed envelope of `owner_uid`'s step `name` that `ended_by`
