@@ -571,7 +571,20 @@ pub const LOCK_DIR: &str = "/run/cilock/locks";
 /// however it exits.
 #[derive(Debug)]
 pub struct ParentLock {
-    _file: fs::File,
+    file: fs::File,
+    path: PathBuf,
+}
+
+impl Drop for ParentLock {
+    /// Removes the lock file while still holding the lock (an acquirer
+    /// checks, once it holds a lock, that its file is still the one at the
+    /// path), so lock files of per-run parents do not pile up.
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        let _ = fs::remove_file(&self.path);
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
 }
 
 /// Why a parent could not be locked.
@@ -629,28 +642,39 @@ impl ParentLock {
             .replace('%', "%25")
             .replace('/', "%2F");
         let lock = dir.join(format!("{name}.lock"));
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock)
-            .map_err(io_err("open", &lock))?;
-        // SAFETY: plain syscall on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let md = file.metadata().map_err(io_err("stat", &lock))?;
-                return Err(LockError::Held {
-                    path: path.to_path_buf(),
-                    holder: flock_holder(md.dev(), md.ino()),
-                });
+        for _ in 0..10 {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&lock)
+                .map_err(io_err("open", &lock))?;
+            // SAFETY: plain syscall on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    let md = file.metadata().map_err(io_err("stat", &lock))?;
+                    return Err(LockError::Held {
+                        path: path.to_path_buf(),
+                        holder: flock_holder(md.dev(), md.ino()),
+                    });
+                }
+                return Err(io_err("flock", &lock)(e).into());
             }
-            return Err(io_err("flock", &lock)(e).into());
+            // A holder that was leaving removed the file after we opened
+            // it: our lock is on a file nobody else will open; try again.
+            let held = file.metadata().map_err(io_err("stat", &lock))?;
+            match fs::symlink_metadata(&lock) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    let cg = Cgroup::create(path)?;
+                    return Ok((ParentLock { file, path: lock }, cg));
+                }
+                _ => continue,
+            }
         }
-        let cg = Cgroup::create(path)?;
-        Ok((ParentLock { _file: file }, cg))
+        Err(io_err("lock", &lock)(io::Error::other("the lock file keeps being removed")).into())
     }
 }
 
@@ -735,6 +759,8 @@ mod tests {
             "{msg}"
         );
         drop(held);
+        // Released and removed: lock files of per-run parents do not pile up.
+        assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0);
         assert!(acquire().is_ok());
     }
 }
