@@ -969,7 +969,7 @@ fn rego_time_limit_in_process_names_the_module_and_step() {
         ["could not evaluate rego policy \"slow loop\" of step \"build\" on https://witness.dev/attestations/command-run/v0.1: stopped: it exceeded the time limit of 200 ms"]
     );
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(20),
+        started.elapsed() < std::time::Duration::from_secs(60),
         "{:?}",
         started.elapsed()
     );

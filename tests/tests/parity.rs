@@ -377,9 +377,8 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
     same!("files (process, path, digest)", files);
     same!("connections", connections);
     same!("DNS lookups", dns);
-    // DNS answers: the ptrace backend does not record them yet
-    // (evidence-defects.md, "Minor": "ptrace `dnsLookups` have no
-    // `answers` (eBPF has them)"); where it does, they must be the same.
+    // DNS answers: both backends record them; they must be the same.
+    assert!(!p.dns_answers.is_empty(), "ptrace recorded no DNS answer");
     for (n, t, ans) in &p.dns_answers {
         let ebpf: Vec<_> = e
             .dns_answers
@@ -387,7 +386,7 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
             .filter(|x| &x.0 == n && &x.1 == t)
             .collect();
         assert!(
-            ans == "null" || ebpf.iter().any(|x| &x.2 == ans),
+            ebpf.iter().any(|x| &x.2 == ans),
             "DNS answers for {n} {t} differ: ptrace {ans}, eBPF {ebpf:?}"
         );
     }
@@ -407,6 +406,3 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
         )
     );
 }
-
-#[allow(dead_code)]
-fn _unused(_: &Value) {}

@@ -153,6 +153,7 @@ impl EbpfBackend {
         if OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
+        tracing::debug!("loading the eBPF probes");
         let btf = btf::Btf::from_sys().map_err(EbpfError::NoBtf)?;
         let tracefs = tracefs().ok_or(EbpfError::NoTracefs)?;
         let offs = offsets::compute(&btf, &tracefs)?;
