@@ -613,16 +613,26 @@ impl ParentLock {
         Self::acquire_in(Path::new(LOCK_DIR), path)
     }
 
-    /// [`ParentLock::acquire`] with the lock file in `dir` (created 0700
-    /// if missing; refused unless it and its parent belong to this user
+    /// [`ParentLock::acquire`] with the lock file in `dir` (created 0700,
+    /// its parent 0755, if missing; refused unless both belong to this user
     /// and are writable by no one else).
     pub fn acquire_in(dir: &Path, path: &Path) -> Result<(ParentLock, Cgroup), LockError> {
         use std::os::fd::AsRawFd as _;
         use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
         let me = unsafe { libc::geteuid() };
-        for d in [dir.parent().unwrap_or(Path::new("/")), dir] {
-            match fs::DirBuilder::new().mode(0o700).create(d) {
-                Ok(()) => {}
+        // The parent (`/run/cilock`) may also hold the socket: 0755 like
+        // the server makes it; the lock directory itself is private.
+        for (d, mode) in [
+            (dir.parent().unwrap_or(Path::new("/")), 0o755),
+            (dir, 0o700),
+        ] {
+            match fs::DirBuilder::new().mode(mode).create(d) {
+                // The umask may have removed bits.
+                Ok(()) => {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    fs::set_permissions(d, fs::Permissions::from_mode(mode))
+                        .map_err(io_err("chmod", d))?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("mkdir", d)(e).into()),
             }
