@@ -197,6 +197,9 @@ pub struct KeptInfo {
     pub kept_at: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// Events lost in the kernel during the step (also in the envelope).
+    #[serde(default)]
+    pub lost_events: u64,
     /// Set when an attestor failed the step.
     #[serde(default)]
     pub failure: Option<String>,

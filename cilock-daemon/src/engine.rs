@@ -2458,7 +2458,7 @@ impl api::StepService for DaemonService {
                 bytes,
                 ended_by: k.ended_by.clone(),
                 kept_at: k.kept_at,
-                lost_events: 0,
+                lost_events: k.lost_events,
                 failure: k.failure.clone(),
             }),
             payload: Some(Payload::File(file)),

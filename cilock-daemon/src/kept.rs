@@ -217,6 +217,7 @@ impl KeptStore {
             ended_by: meta.ended_by,
             kept_at: meta.kept_at,
             bytes: bytes.len() as u64,
+            lost_events: meta.lost_events,
             failure: meta.failure,
         };
         self.prune_uid(what.owner_uid, Some(&id));
@@ -281,6 +282,7 @@ impl KeptStore {
             ended_by: meta.ended_by,
             kept_at: meta.kept_at,
             bytes,
+            lost_events: meta.lost_events,
             failure: meta.failure,
         }
     }
@@ -479,6 +481,9 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].ended_by, "idle");
         assert_eq!(l[0].bytes, 7);
+        // What a fetch reports comes from the kept metadata.
+        assert_eq!(l[0].lost_events, 3);
+        assert_eq!(a.lost_events, 3);
         assert!(s.list(Some(1001)).is_empty());
         assert!(s.find(1001, &a.id).is_none());
         assert!(s.find(1000, "../x").is_none());
