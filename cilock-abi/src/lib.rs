@@ -2,15 +2,97 @@
 //! `cilock-ebpf` write into the ring buffer, the maps they share with the
 //! daemon, and the offsets the daemon computes from BTF and hands to them.
 //!
+//! One module per event family, with the same family names as the kernel
+//! programs (`cilock-ebpf/src/probes/<family>.rs`) and the decoders:
+//!
+//! | module | records |
+//! |---|---|
+//! | [`header`] | [`Header`], the [`kind`] numbers, size limits, loss counters |
+//! | [`process`] | [`ExecEvent`], [`ForkEvent`], [`ExitEvent`] |
+//! | [`file`] | [`OpenEvent`], [`CloseEvent`]; [`PathInfo`] and [`InodeStamp`], which other families reuse |
+//! | [`cgroup`] | [`CgroupMoveEvent`], [`CgroupJoinEvent`], [`ProcStep`] |
+//! | [`net`] | [`NetEvent`] |
+//! | [`payload`] | [`PayloadEvent`] |
+//! | [`syscall`] | [`SyscallRecord`], [`syscall::what`] |
+//! | [`config`], [`offsets`] | what the loader writes into `.rodata`: [`SysConfig`], [`Offsets`] |
+//!
 //! Everything here is `#![no_std]`, `#[repr(C)]`, free of implicit padding
 //! (checked by `const` assertions) and has no `bool` fields, so the same bytes
-//! mean the same thing on both sides. The daemon's decoder lives in
-//! `cilock-daemon::backend::ebpf::decode`.
+//! mean the same thing on both sides. Every such type implements
+//! [`Record`] (and `aya::Pod` with the `user` feature); the ones that are
+//! ring-buffer records also implement [`RingRecord`], which names their
+//! [`kind`].
 #![no_std]
 #![deny(missing_docs)]
 
-pub mod event;
+pub mod cgroup;
+pub mod config;
+pub mod file;
+pub mod header;
+pub mod net;
 pub mod offsets;
+pub mod payload;
+pub mod process;
+pub mod syscall;
 
-pub use event::*;
+pub use cgroup::{move_flags, CgroupJoinEvent, CgroupMoveEvent, ProcStep};
+pub use config::SysConfig;
+pub use file::{
+    close_how, path_flags, CloseEvent, InodeStamp, OpenEvent, PathInfo, PATH_MAX_BYTES,
+};
+pub use header::{kind, Header, StepLoss, COUNTER_SLOTS, MAX_RECORD};
+pub use net::{net_call, net_source, NetEvent, SOCKADDR_MAX};
 pub use offsets::Offsets;
+pub use payload::{payload_flags, PayloadEvent, PAYLOAD_MAX, STREAM_CAPTURE};
+pub use process::{ExecEvent, ExitEvent, ForkEvent, ARGS_MAX_BYTES, FILENAME_MAX_BYTES};
+pub use syscall::SyscallRecord;
+
+pub use syscall::what as sys_what; // shim: removed at merge
+pub use syscall::STR_MAX as SYS_STR_MAX; // shim: removed at merge
+
+/// A plain-old-data type shared by the kernel and user space: what a
+/// reader may build from any bytes of the right length, and what a map may
+/// hold.
+///
+/// # Safety
+///
+/// The implementor is `#[repr(C)]`, `Copy`, has no padding bytes (asserted
+/// next to its definition), no references, `bool`s, enums or other types
+/// with invalid bit patterns: every bit pattern of `size_of::<Self>()`
+/// bytes is a valid value.
+pub unsafe trait Record: Copy + 'static {}
+
+/// A ring-buffer record: a [`Record`] that starts with a [`Header`] and is
+/// sent with one [`kind`].
+///
+/// # Safety
+///
+/// `Self` has a [`Header`] at offset 0 (its first field, `hdr`).
+pub unsafe trait RingRecord: Record {
+    /// The [`kind`] number of this record.
+    const KIND: u32;
+}
+
+/// Implements [`Record`] (and `aya::Pod` with the `user` feature) for each
+/// listed type. The caller's `// SAFETY:` comment says why the types are
+/// plain old data.
+macro_rules! plain_old_data {
+    ($($t:ty),+ $(,)?) => {$(
+        unsafe impl $crate::Record for $t {}
+        #[cfg(feature = "user")]
+        unsafe impl aya::Pod for $t {}
+    )+};
+}
+pub(crate) use plain_old_data;
+
+/// Implements [`RingRecord`] for each `Type => kind` pair.
+macro_rules! ring_record {
+    ($($t:ty => $kind:expr),+ $(,)?) => {$(
+        // SAFETY: the first field of the record is `hdr: Header`.
+        unsafe impl $crate::RingRecord for $t {
+            const KIND: u32 = $kind;
+        }
+        const _: () = assert!(core::mem::offset_of!($t, hdr) == 0);
+    )+};
+}
+pub(crate) use ring_record;

@@ -6,7 +6,7 @@
 /// Byte offsets of the kernel struct members the probes read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[allow(missing_docs)] // each field is named `<struct>_<member>`
+#[expect(missing_docs, reason = "each field is named `<struct>_<member>`")]
 pub struct Offsets {
     pub task_files: u32,
     pub task_fs: u32,
@@ -95,3 +95,7 @@ impl Offsets {
     /// Marks a member the running kernel does not have.
     pub const ABSENT: u32 = u32::MAX;
 }
+
+// SAFETY: repr(C) and only u32 fields, so no padding; every bit pattern is
+// a valid value.
+crate::plain_old_data!(Offsets);

@@ -4,7 +4,7 @@
 //! and tests read the same evidence from both backends; `detail` is free
 //! text.
 
-use cilock_abi::{sys_what, SyscallRecord};
+use cilock_abi::SyscallRecord;
 
 use crate::backend::ptrace::syscalls::clone_new_names;
 
@@ -22,7 +22,7 @@ pub fn describe(
 ) -> (String, String, Vec<i64>, Option<String>) {
     let a = e.args;
     let i32a = |i: usize| a[i] as i32 as i64;
-    let name = sys_what::name(e.what).to_string();
+    let name = cilock_abi::syscall::what::name(e.what).to_string();
     let [s0, s1, s2] = strs;
     let daemon = std::process::id() as i64;
     // As the ptrace backend words it.
@@ -34,7 +34,7 @@ pub fn describe(
         }
     };
     let (detail, args, path) = match e.what {
-        sys_what::PTRACE => (
+        cilock_abi::syscall::what::PTRACE => (
             format!(
                 "ptrace request={} target_pid={}{}",
                 a[0] as i64,
@@ -44,7 +44,7 @@ pub fn describe(
             vec![a[0] as i64, i32a(1)],
             None,
         ),
-        sys_what::MEMFD_CREATE => {
+        cilock_abi::syscall::what::MEMFD_CREATE => {
             let n = s0.unwrap_or_default();
             (
                 format!("anonymous memory file: {n} (flags: {})", a[1] as u32),
@@ -52,7 +52,7 @@ pub fn describe(
                 Some(n),
             )
         }
-        sys_what::MOUNT => (
+        cilock_abi::syscall::what::MOUNT => (
             format!(
                 "mount source={} type={} flags={:#x}",
                 s0.unwrap_or_default(),
@@ -62,17 +62,17 @@ pub fn describe(
             vec![a[3] as i64],
             s1,
         ),
-        sys_what::FSOPEN => (
+        cilock_abi::syscall::what::FSOPEN => (
             format!("fsopen {}", s0.unwrap_or_default()),
             vec![a[1] as u32 as i64],
             None,
         ),
-        sys_what::FSMOUNT => (
+        cilock_abi::syscall::what::FSMOUNT => (
             format!("fsmount fsfd={} flags={:#x}", i32a(0), a[1] as u32),
             vec![i32a(0), a[1] as u32 as i64],
             None,
         ),
-        sys_what::MOVE_MOUNT => (
+        cilock_abi::syscall::what::MOVE_MOUNT => (
             format!(
                 "move_mount from={:?} flags={:#x}",
                 s0.unwrap_or_default(),
@@ -81,32 +81,32 @@ pub fn describe(
             vec![a[4] as u32 as i64],
             s1,
         ),
-        sys_what::OPEN_TREE => (
+        cilock_abi::syscall::what::OPEN_TREE => (
             format!("open_tree flags={:#x}", a[2] as u32),
             vec![a[2] as u32 as i64],
             s0,
         ),
-        sys_what::UNSHARE => (
+        cilock_abi::syscall::what::UNSHARE => (
             format!("unshare {}", clone_new_names(a[0]).join("|")),
             vec![a[0] as i64],
             None,
         ),
-        sys_what::SETNS => (
+        cilock_abi::syscall::what::SETNS => (
             format!("setns nstype={:#x}", a[1] as u32),
             vec![i32a(0), a[1] as u32 as i64],
             fd_path,
         ),
-        sys_what::CLONE => (
+        cilock_abi::syscall::what::CLONE => (
             format!("clone with {}", clone_new_names(a[0]).join("|")),
             vec![a[0] as i64],
             None,
         ),
-        sys_what::CLONE3 => (
+        cilock_abi::syscall::what::CLONE3 => (
             format!("clone3 with {}", clone_new_names(e.extra).join("|")),
             vec![e.extra as i64],
             None,
         ),
-        sys_what::BPF => (
+        cilock_abi::syscall::what::BPF => (
             if a[0] == BPF_PROG_LOAD {
                 format!("bpf BPF_PROG_LOAD prog_type={}", e.extra as u32)
             } else {
@@ -115,17 +115,17 @@ pub fn describe(
             vec![a[0] as i64],
             None,
         ),
-        sys_what::INIT_MODULE => (
+        cilock_abi::syscall::what::INIT_MODULE => (
             format!("init_module len={} params={:?}", a[1], s0.unwrap_or_default()),
             vec![a[1] as i64],
             None,
         ),
-        sys_what::FINIT_MODULE => (
+        cilock_abi::syscall::what::FINIT_MODULE => (
             format!("finit_module flags={:#x} params={:?}", a[2] as u32, s0.unwrap_or_default()),
             vec![i32a(0), a[2] as u32 as i64],
             fd_path,
         ),
-        sys_what::IO_URING_SETUP => (
+        cilock_abi::syscall::what::IO_URING_SETUP => (
             format!(
                 "io_uring_setup entries={}: operations submitted through io_uring (opens, reads, writes) \
                  do not pass the syscall tracepoints and are not recorded (its connects and packets still \
@@ -135,14 +135,14 @@ pub fn describe(
             vec![a[0] as u32 as i64],
             None,
         ),
-        sys_what::PROCESS_VM_READV | sys_what::PROCESS_VM_WRITEV => (
+        cilock_abi::syscall::what::PROCESS_VM_READV | cilock_abi::syscall::what::PROCESS_VM_WRITEV => (
             format!("{name} target_pid={}{}", i32a(0), at_daemon(i32a(0))),
             vec![i32a(0)],
             None,
         ),
-        sys_what::KILL | sys_what::TKILL | sys_what::TGKILL => {
+        cilock_abi::syscall::what::KILL | cilock_abi::syscall::what::TKILL | cilock_abi::syscall::what::TGKILL => {
             let target = i32a(0);
-            let sig = if e.what == sys_what::TGKILL { i32a(2) } else { i32a(1) };
+            let sig = if e.what == cilock_abi::syscall::what::TGKILL { i32a(2) } else { i32a(1) };
             let detail = if target == -1 {
                 format!("{name} signal {sig} to every process (the cilock daemon included)")
             } else {
@@ -150,7 +150,7 @@ pub fn describe(
             };
             (detail, vec![target, sig], None)
         }
-        sys_what::PIDFD_SEND_SIGNAL => {
+        cilock_abi::syscall::what::PIDFD_SEND_SIGNAL => {
             // On pidfs the kernel matched the pidfd's inode (in `extra`)
             // against the daemon's: that is the target. Without pidfs ask
             // /proc which pid the fd refers to (the fd may be gone by now).
