@@ -10,8 +10,9 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel};
 use cilock_abi::{InodeStamp, PATH_MAX_BYTES, PathInfo, path_flags};
 
-use crate::maps::{MAX_WALK_STEPS, off, ro, scratch};
-use crate::read::{rd, rd_ptr};
+use crate::common::maps::{MAX_WALK_STEPS, off, ro};
+use crate::common::read::{rd, rd_ptr};
+use crate::common::record::scratch;
 
 const NAME_MAX: u32 = 255;
 

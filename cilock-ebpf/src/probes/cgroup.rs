@@ -1,4 +1,10 @@
-//! Leaving and joining steps.
+//! The cgroup family: leaving and joining steps.
+//!
+//! | program | hook | record |
+//! |---|---|---|
+//! | `cgroup_attach_task` | raw_tp `cgroup_attach_task` (dst, path, task, threadgroup) | CGROUP_MOVE, CGROUP_JOIN |
+//! | (from `sched_process_fork`/`exec`/`exit`) | a child born elsewhere, the step-process table | CGROUP_MOVE, CGROUP_JOIN |
+//!
 //!
 //! The `cgroup_attach_task` tracepoint fires after the move: when the mover
 //! is the moved process it is already outside its step, so its step cannot
@@ -15,14 +21,34 @@
 //! Kernels without those members give user space the decision
 //! (`move_flags::DST_UNKNOWN`) and no join records.
 
-use core::mem::size_of;
-
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::HashMap};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, raw_tracepoint},
+    maps::HashMap,
+    programs::RawTracePointContext,
+};
 use cilock_abi::{CgroupJoinEvent, CgroupMoveEvent, Offsets, ProcStep, kind, move_flags};
 
-use crate::maps::{STEP_LEVEL, STEPS, emit, off, record_loss, ro, scratch};
-use crate::probes::fill_header;
-use crate::read::{rd, rd_ptr};
+use crate::common::maps::{STEP_LEVEL, STEPS, off, ro};
+use crate::common::read::{rd, rd_ptr};
+use crate::common::record::{emit_fixed, record_loss};
+
+/// A task is moved into a cgroup: a step process leaving its step, or a
+/// process joining one (see the module doc).
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
+    let _ = try_cgroup_attach(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_cgroup_attach(ctx: &RawTracePointContext) -> Option<()> {
+    let dst: u64 = ctx.arg(0);
+    let task: u64 = ctx.arg(2);
+    // The moved task's step comes from PROCS: after a self-move the current
+    // task is already outside it.
+    on_attach(dst, task)
+}
 
 /// Step processes: tgid → (step, leader start time). Bounded; an insert
 /// into a full map is counted as a lost `cgroup_move` of the step (that
@@ -159,33 +185,23 @@ pub fn forget(tgid: u32) {
 /// A `CGROUP_MOVE` record for `step`: `moved` went to `dst`.
 #[inline(always)]
 pub fn emit_move(step: u64, dst: u64, moved: u32, flags: u32) {
-    let Some(buf) = scratch() else {
-        return;
-    };
-    let ev = unsafe { &mut *(buf as *mut CgroupMoveEvent) };
-    fill_header(&mut ev.hdr, kind::CGROUP_MOVE, step);
-    ev.dst_cgroup = dst;
-    ev.moved_tgid = moved;
-    ev.flags = flags;
-    ev.hdr.size = size_of::<CgroupMoveEvent>() as u32;
-    emit(buf, size_of::<CgroupMoveEvent>(), kind::CGROUP_MOVE, step);
+    emit_fixed::<CgroupMoveEvent>(step, |ev| {
+        ev.dst_cgroup = dst;
+        ev.moved_tgid = moved;
+        ev.flags = flags;
+    });
 }
 
 /// A `CGROUP_JOIN` record for `step`: `moved` came into `dst` from `src`
 /// (a step id, or 0).
 #[inline(always)]
 pub fn emit_join(step: u64, dst: u64, src: u64, moved: u32, flags: u32) {
-    let Some(buf) = scratch() else {
-        return;
-    };
-    let ev = unsafe { &mut *(buf as *mut CgroupJoinEvent) };
-    fill_header(&mut ev.hdr, kind::CGROUP_JOIN, step);
-    ev.dst_cgroup = dst;
-    ev.src_step = src;
-    ev.moved_tgid = moved;
-    ev.flags = flags;
-    ev.hdr.size = size_of::<CgroupJoinEvent>() as u32;
-    emit(buf, size_of::<CgroupJoinEvent>(), kind::CGROUP_JOIN, step);
+    emit_fixed::<CgroupJoinEvent>(step, |ev| {
+        ev.dst_cgroup = dst;
+        ev.src_step = src;
+        ev.moved_tgid = moved;
+        ev.flags = flags;
+    });
 }
 
 /// `cgroup_attach_task(dst, path, task, threadgroup)`: `task` was moved

@@ -1,10 +1,10 @@
-//! Network calls of step processes: connect, sendto/sendmsg with an
-//! address, bind.
+//! The net family: network calls of step processes (connect,
+//! sendto/sendmsg/sendmmsg with an address, bind).
 //!
 //! | program | hook | does |
 //! |---|---|---|
 //! | `sys_enter_{connect,bind,sendto,sendmsg,sendmmsg}`, `sys_exit_sendmmsg` | tracepoints `syscalls/sys_*` | read the sockaddr the caller passed (sendmmsg: the first message's; its fd is kept for every message until the exit); AF_INET/AF_INET6: remember the fd for the cgroup hook below (per thread, `PENDING`); other families (AF_UNIX, …): emit NET from the caller's bytes |
-//! | `connect4/6`, `sendmsg4/6`, `bind4/6` | `cgroup/*` sock_addr hooks, attached to each step cgroup | emit NET with the kernel's copy of the address (what the kernel really connects to), the fd remembered above, and the socket cookie; remember cookie → (step, tgid, fd) in `SOCKS` for the packet capture in `skb.rs` |
+//! | `connect4/6`, `sendmsg4/6`, `bind4/6` | `cgroup/*` sock_addr hooks, attached to each step cgroup | emit NET with the kernel's copy of the address (what the kernel really connects to), the fd remembered above, and the socket cookie; remember cookie → (step, tgid, fd) in `SOCKS` for the packet capture in `payload.rs` |
 //!
 //! The sock_addr hooks run inside the syscall, in the caller's context,
 //! after the address was copied into the kernel: a thread racing to change
@@ -25,29 +25,14 @@ use aya_ebpf::{
     programs::{SockAddrContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
-use cilock_abi::{NetEvent, SOCKADDR_MAX, SysConfig, kind, net_call, net_source};
+use cilock_abi::{NetEvent, SOCKADDR_MAX, kind, net_call, net_source};
 
-use crate::maps::{current_step, emit, scratch};
-use crate::probes::fill_header;
+use crate::common::maps::current_step;
+use crate::common::read::arg;
+use crate::common::record::{self, fill_header, scratch};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-
-/// Loader-set constants of the network and syscall programs.
-#[unsafe(no_mangle)]
-pub static SYS_CONFIG: SysConfig = SysConfig {
-    tp_enter_args: 16,
-    daemon_tgid: 0,
-    daemon_pidfd_ino: 0,
-};
-
-/// Reads `SYS_CONFIG.$f`.
-macro_rules! syscfg {
-    ($f:ident) => {
-        unsafe { core::ptr::read_volatile(&raw const crate::net::SYS_CONFIG.$f) }
-    };
-}
-pub(crate) use syscfg;
 
 /// An INET socket call seen at syscall entry, waiting for its cgroup hook.
 #[repr(C)]
@@ -93,13 +78,6 @@ pub const SOCK_HAVE_LAST: u32 = 2;
 /// Socket cookie → who uses it (filled by the sock_addr hooks).
 #[map]
 pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
-
-/// Argument `i` of a `syscalls/sys_enter_*` record.
-#[inline(always)]
-pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    let base = syscfg!(tp_enter_args) as usize;
-    unsafe { ctx.read_at::<u64>(base + i * 8) }.unwrap_or(0)
-}
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -249,8 +227,7 @@ fn sock_call(ctx: &TracePointContext, call: u32, fd: u64, uaddr: u64, ulen: u64)
             ev.cookie = 0;
             ev.source = net_source::USER;
             ev.addr_len = n;
-            ev.hdr.size = size_of::<NetEvent>() as u32;
-            emit(buf, size_of::<NetEvent>(), kind::NET, step);
+            record::send::<NetEvent>(buf, size_of::<NetEvent>(), step);
             Some(())
         }
     }
@@ -378,9 +355,7 @@ fn sock_hook(ctx: &SockAddrContext, call: u32, family: u16) -> Option<()> {
         }
     }
 
-    let buf = scratch()?;
-    let ev = unsafe { &mut *(buf as *mut NetEvent) };
-    fill_header(&mut ev.hdr, kind::NET, step);
+    let (buf, ev) = record::start::<NetEvent>(step)?;
     ev.call = call;
     ev.fd = fd;
     ev.cookie = cookie;
@@ -416,7 +391,6 @@ fn sock_hook(ctx: &SockAddrContext, call: u32, family: u16) -> Option<()> {
         }
         ev.addr_len = 24;
     }
-    ev.hdr.size = size_of::<NetEvent>() as u32;
-    emit(buf, size_of::<NetEvent>(), kind::NET, step);
+    record::send::<NetEvent>(buf, size_of::<NetEvent>(), step);
     Some(())
 }

@@ -1,4 +1,5 @@
-//! Packet payloads of step sockets, for DNS and TLS parsing in user space.
+//! The payload family: packet payloads of step sockets, for DNS and TLS
+//! parsing in user space.
 //!
 //! | program | hook | captures |
 //! |---|---|---|
@@ -30,8 +31,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use cilock_abi::{PAYLOAD_MAX, PayloadEvent, STREAM_CAPTURE, kind, payload_flags};
 
-use crate::maps::{SCRATCH_SIZE, emit};
-use crate::net::{SOCK_HAVE_ISN, SOCKS};
+use crate::common::maps::SCRATCH_SIZE;
+use crate::common::record::emit;
+use crate::probes::net::{SOCK_HAVE_ISN, SOCKS};
 
 /// Size of one capture buffer (the size `emit` masks records to).
 const SKB_BUF: usize = SCRATCH_SIZE;

@@ -1,4 +1,4 @@
-//! Suspicious syscalls of step processes, at syscall entry (the attempt is
+//! The syscall family: suspicious syscalls of step processes, at syscall entry (the attempt is
 //! what counts: a denied ptrace or mount is still evidence).
 //!
 //! One small `syscalls/sys_enter_*` tracepoint program per syscall, all
@@ -23,13 +23,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
-use cilock_abi::{SYS_STR_MAX, SyscallRecord, kind, path_flags, sys_what};
+use cilock_abi::{
+    SyscallRecord, path_flags,
+    syscall::{STR_MAX, what},
+};
 
-use crate::maps::{current_step, emit, off, scratch};
-use crate::net::{arg, syscfg};
-use crate::path::walk_path;
-use crate::probes::fill_header;
-use crate::read::{rd, rd_ptr};
+use crate::common::maps::{current_step, off, syscfg};
+use crate::common::path::walk_path;
+use crate::common::read::{arg, file_of, rd, rd_ptr};
+use crate::common::record;
 
 /// No argument.
 const NONE: u8 = 0xff;
@@ -80,7 +82,7 @@ macro_rules! sus {
 
 sus!(
     sys_enter_ptrace,
-    sys_what::PTRACE,
+    what::PTRACE,
     4,
     [NONE, NONE, NONE],
     NONE,
@@ -89,7 +91,7 @@ sus!(
 );
 sus!(
     sys_enter_memfd_create,
-    sys_what::MEMFD_CREATE,
+    what::MEMFD_CREATE,
     2,
     [0, NONE, NONE],
     NONE,
@@ -98,7 +100,7 @@ sus!(
 );
 sus!(
     sys_enter_mount,
-    sys_what::MOUNT,
+    what::MOUNT,
     5,
     [0, 1, 2],
     NONE,
@@ -107,7 +109,7 @@ sus!(
 );
 sus!(
     sys_enter_fsmount,
-    sys_what::FSMOUNT,
+    what::FSMOUNT,
     3,
     [NONE, NONE, NONE],
     NONE,
@@ -116,7 +118,7 @@ sus!(
 );
 sus!(
     sys_enter_move_mount,
-    sys_what::MOVE_MOUNT,
+    what::MOVE_MOUNT,
     5,
     [1, 3, NONE],
     NONE,
@@ -125,7 +127,7 @@ sus!(
 );
 sus!(
     sys_enter_open_tree,
-    sys_what::OPEN_TREE,
+    what::OPEN_TREE,
     3,
     [1, NONE, NONE],
     NONE,
@@ -134,7 +136,7 @@ sus!(
 );
 sus!(
     sys_enter_fsopen,
-    sys_what::FSOPEN,
+    what::FSOPEN,
     2,
     [0, NONE, NONE],
     NONE,
@@ -143,7 +145,7 @@ sus!(
 );
 sus!(
     sys_enter_unshare,
-    sys_what::UNSHARE,
+    what::UNSHARE,
     1,
     [NONE, NONE, NONE],
     NONE,
@@ -152,7 +154,7 @@ sus!(
 );
 sus!(
     sys_enter_setns,
-    sys_what::SETNS,
+    what::SETNS,
     2,
     [NONE, NONE, NONE],
     0,
@@ -161,7 +163,7 @@ sus!(
 );
 sus!(
     sys_enter_clone,
-    sys_what::CLONE,
+    what::CLONE,
     5,
     [NONE, NONE, NONE],
     NONE,
@@ -170,7 +172,7 @@ sus!(
 );
 sus!(
     sys_enter_clone3,
-    sys_what::CLONE3,
+    what::CLONE3,
     2,
     [NONE, NONE, NONE],
     NONE,
@@ -179,7 +181,7 @@ sus!(
 );
 sus!(
     sys_enter_bpf,
-    sys_what::BPF,
+    what::BPF,
     3,
     [NONE, NONE, NONE],
     NONE,
@@ -188,7 +190,7 @@ sus!(
 );
 sus!(
     sys_enter_init_module,
-    sys_what::INIT_MODULE,
+    what::INIT_MODULE,
     3,
     [2, NONE, NONE],
     NONE,
@@ -197,7 +199,7 @@ sus!(
 );
 sus!(
     sys_enter_finit_module,
-    sys_what::FINIT_MODULE,
+    what::FINIT_MODULE,
     3,
     [1, NONE, NONE],
     0,
@@ -206,7 +208,7 @@ sus!(
 );
 sus!(
     sys_enter_io_uring_setup,
-    sys_what::IO_URING_SETUP,
+    what::IO_URING_SETUP,
     2,
     [NONE, NONE, NONE],
     NONE,
@@ -215,7 +217,7 @@ sus!(
 );
 sus!(
     sys_enter_process_vm_readv,
-    sys_what::PROCESS_VM_READV,
+    what::PROCESS_VM_READV,
     6,
     [NONE, NONE, NONE],
     NONE,
@@ -224,7 +226,7 @@ sus!(
 );
 sus!(
     sys_enter_process_vm_writev,
-    sys_what::PROCESS_VM_WRITEV,
+    what::PROCESS_VM_WRITEV,
     6,
     [NONE, NONE, NONE],
     NONE,
@@ -233,7 +235,7 @@ sus!(
 );
 sus!(
     sys_enter_kill,
-    sys_what::KILL,
+    what::KILL,
     2,
     [NONE, NONE, NONE],
     NONE,
@@ -242,7 +244,7 @@ sus!(
 );
 sus!(
     sys_enter_tkill,
-    sys_what::TKILL,
+    what::TKILL,
     2,
     [NONE, NONE, NONE],
     NONE,
@@ -251,7 +253,7 @@ sus!(
 );
 sus!(
     sys_enter_tgkill,
-    sys_what::TGKILL,
+    what::TGKILL,
     3,
     [NONE, NONE, NONE],
     NONE,
@@ -260,22 +262,13 @@ sus!(
 );
 sus!(
     sys_enter_pidfd_send_signal,
-    sys_what::PIDFD_SEND_SIGNAL,
+    what::PIDFD_SEND_SIGNAL,
     4,
     [NONE, NONE, NONE],
     NONE,
     Extra::None,
     Filter::PidfdAtDaemon
 );
-
-/// The `struct file` of fd `fd` of the current task.
-#[inline(always)]
-fn file_of(task: u64, fd: u64) -> Option<u64> {
-    let files = rd_ptr(task, off!(task_files))?;
-    let fdt = rd_ptr(files, off!(files_fdt))?;
-    let fds = rd_ptr(fdt, off!(fdtable_fd))?;
-    rd_ptr(fds, (fd & 0xf_ffff) * 8)
-}
 
 #[inline(always)]
 fn suspicious(
@@ -334,9 +327,7 @@ fn suspicious(
         _ => {}
     }
 
-    let buf = scratch()?;
-    let ev = unsafe { &mut *(buf as *mut SyscallRecord) };
-    fill_header(&mut ev.hdr, kind::SYSCALL, step);
+    let (buf, ev) = record::start::<SyscallRecord>(step)?;
     ev.what = what;
     ev._pad = 0;
     let mut i = 0;
@@ -359,12 +350,12 @@ fn suspicious(
                 let r = unsafe {
                     bpf_probe_read_user_str(
                         buf.add(pos & 0x7ff) as *mut c_void,
-                        SYS_STR_MAX as u32,
+                        STR_MAX as u32,
                         p as *const c_void,
                     )
                 };
                 if r > 0 {
-                    let len = ((r - 1) as usize) & (SYS_STR_MAX - 1);
+                    let len = ((r - 1) as usize) & (STR_MAX - 1);
                     ev.str_len[k] = len as u32;
                     pos += len;
                 } else {
@@ -386,7 +377,6 @@ fn suspicious(
         }
     }
     let size = (pos & 0x7ff) + (ev.path.len as usize & 0xfff);
-    ev.hdr.size = size as u32;
-    emit(buf, size, kind::SYSCALL, step);
+    record::send::<SyscallRecord>(buf, size, step);
     Some(())
 }
