@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`header`] | [`Header`], the [`kind`] numbers, size limits, loss counters |
 //! | [`process`] | [`ExecEvent`], [`ForkEvent`], [`ExitEvent`] |
-//! | [`file`] | [`OpenEvent`], [`CloseEvent`]; [`PathInfo`] and [`InodeStamp`], which other families reuse |
+//! | [`mod@file`] | [`OpenEvent`], [`CloseEvent`]; [`PathInfo`] and [`InodeStamp`], which other families reuse |
 //! | [`cgroup`] | [`CgroupMoveEvent`], [`CgroupJoinEvent`], [`ProcStep`] |
 //! | [`net`] | [`NetEvent`] |
 //! | [`payload`] | [`PayloadEvent`] |

@@ -1,9 +1,19 @@
 //! `cargo xtask <task>`: development and deployment tasks for cilock.
 //!
-//! One module per task: [`setup`] (build prerequisites and kernel
-//! filesystems), [`install`] and [`uninstall`] (the daemon as a systemd
-//! service, its config, key, group and runner hooks). Shared helpers live in
-//! [`util`].
+//! One module per task:
+//!
+//! | task | module | what |
+//! |---|---|---|
+//! | `setup` | [`setup`] | build prerequisites (apt, nightly rust-src, bpf-linker) and kernel filesystems |
+//! | `install` | [`install`] | release binaries, the daemon as a systemd service, config, key, group, runner hooks |
+//! | `uninstall` | [`uninstall`] | remove what `install` installed |
+//! | `demo` | [`demo`] | a throw-away daemon traces a small build and prints its attestation |
+//! | `test` | [`mod@test`] | set up, then every test (root: eBPF, cgroups) |
+//! | `fuzz` | [`mod@test`] | the fuzz smoke run alone |
+//! | `bench` | [`mod@bench`] (folder) | the overhead benchmark suite, `bench/RESULTS.md` |
+//! | `vm-test` | [`vm_test`] (folder) | the capture tests on distribution kernels under QEMU and on this host |
+//!
+//! Shared helpers (commands, cargo, paths, output) live in [`util`].
 
 mod bench;
 mod demo;

@@ -22,7 +22,7 @@
 //! | [`workload`] | the workloads, their sizes, the prepared workspace |
 //! | [`scenario`] | untraced, eBPF step, outside a step, ptrace, strace |
 //! | [`daemon`] | the bench's throw-away daemon and local DNS/TLS servers |
-//! | [`run`] | one timed run and what it measured |
+//! | [`mod@run`] | one timed run and what it measured |
 //! | [`checks`] | ground-truth checks of a run's attestation |
 //! | [`stats`] | medians over rounds |
 //! | [`report`] | `bench/RESULTS.md` |

@@ -20,7 +20,7 @@
 //!    `target/vm-test/<kernel>/`.
 //!
 //! Steps 1 and 2 live in [`kernels`], [`modules`] and [`initramfs`], step 3
-//! in [`qemu`], the verdict and the matrix in [`report`]; this module holds
+//! in [`qemu`], the verdict and the matrix in [`mod@report`]; this module holds
 //! the options, the test list, the host run and the driver ([`run`]).
 //!
 //! The tests are listed in `tests/vm/tests.list` (one test binary a line).
