@@ -22,7 +22,7 @@
 //! [`Record`] (and `aya::Pod` with the `user` feature); the ones that are
 //! ring-buffer records also implement [`RingRecord`], which names their
 //! [`kind`].
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
 pub mod cgroup;
@@ -96,3 +96,46 @@ macro_rules! ring_record {
     )+};
 }
 pub(crate) use ring_record;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring<T: RingRecord>() -> (u32, usize) {
+        (T::KIND, core::mem::size_of::<T>())
+    }
+
+    #[test]
+    fn every_kind_has_one_record_with_a_name_and_fits() {
+        let records = [
+            ring::<ExecEvent>(),
+            ring::<ForkEvent>(),
+            ring::<ExitEvent>(),
+            ring::<OpenEvent>(),
+            ring::<CloseEvent>(),
+            ring::<CgroupMoveEvent>(),
+            ring::<CgroupJoinEvent>(),
+            ring::<NetEvent>(),
+            ring::<PayloadEvent>(),
+            ring::<SyscallRecord>(),
+        ];
+        let mut seen = [false; kind::COUNT];
+        for (k, size) in records {
+            assert!((1..kind::COUNT as u32).contains(&k), "kind {k}");
+            assert!(k <= kind::MASK);
+            assert!(!seen[k as usize], "kind {k} twice");
+            seen[k as usize] = true;
+            assert_ne!(kind::name(k), "unknown");
+            assert!(size <= MAX_RECORD);
+        }
+        assert!(seen[1..].iter().all(|&s| s), "a kind without a record");
+    }
+
+    #[test]
+    fn syscall_numbers_have_names() {
+        for w in syscall::what::PTRACE..=syscall::what::PIDFD_SEND_SIGNAL {
+            assert_ne!(syscall::what::name(w), "unknown", "what {w}");
+        }
+        assert_eq!(syscall::what::name(0), "unknown");
+    }
+}
