@@ -168,7 +168,7 @@ pub struct RunArgs {
 }
 
 fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
-    cilock_daemon::config::parse_duration(s)
+    cilock_api::timefmt::parse_duration(s)
 }
 
 /// `cilock verify`
@@ -217,7 +217,7 @@ fn parse_rego_timeout(s: &str) -> Result<std::time::Duration, String> {
                 ms.parse().map_err(|_| format!("{s:?}: number too large"))?,
             )
         }
-        _ => cilock_daemon::config::parse_duration(t)?,
+        _ => cilock_api::timefmt::parse_duration(t)?,
     };
     if d.is_zero() {
         return Err(format!("{s:?}: the limit must be more than zero"));

@@ -1,8 +1,8 @@
 //! The CLI side of the daemon socket: one request, one reply, blocking.
 //!
-//! [`request`] connects to [`crate::api::socket_path`] (`CILOCK_SOCKET` or
+//! [`request`] connects to [`crate::socket_path`] (`CILOCK_SOCKET` or
 //! `/run/cilock/cilock.sock`), sends the request framed as described in
-//! [`crate::api`], and waits for the reply. A daemon error reply
+//! [crate docs](crate), and waits for the reply. A daemon error reply
 //! ([`Reply::Error`]) is returned as [`ClientError::Daemon`], so `Ok` always
 //! holds a success reply.
 //!
@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::api::{
+use crate::{
     socket_path, AckKept, ApiError, EndStep, EnvelopeHeader, FetchKept, KeptInfo, ListKept, Reply,
     Request, MAX_MESSAGE,
 };
