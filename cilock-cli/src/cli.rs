@@ -35,6 +35,10 @@ pub enum Command {
 
 /// `cilock step …`
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; clap's derive wants the arguments inline"
+)]
 pub enum StepCommand {
     /// Start tracing a step: moves the calling shell (or --pid) into the
     /// step's cgroup, so everything it runs afterwards is traced.
