@@ -16,6 +16,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cilock_evidence::dsse::Envelope;
+
 use crate::{
     socket_path, AckKept, ApiError, EndStep, EnvelopeHeader, FetchKept, KeptInfo, ListKept, Reply,
     Request, MAX_MESSAGE,
@@ -31,6 +33,14 @@ pub struct Received {
     pub header: EnvelopeHeader,
     /// The envelope, byte for byte as the daemon keeps it.
     pub bytes: Vec<u8>,
+}
+
+impl Received {
+    /// The envelope parsed as DSSE ([`Received::bytes`] stay the copy to
+    /// write: parsing and re-encoding may reorder fields).
+    pub fn envelope(&self) -> Result<Envelope, serde_json::Error> {
+        serde_json::from_slice(&self.bytes)
+    }
 }
 
 /// Why a request did not produce a success reply.

@@ -226,9 +226,10 @@ fn via_daemon(
             r => r,
         }
         .context("ending the step")?;
-        let envelope: serde_json::Value =
-            serde_json::from_slice(&got.bytes).context("the daemon's envelope is not JSON")?;
-        let (bytes, keyids) = cosign(&envelope, signer)?;
+        let envelope = got
+            .envelope()
+            .context("the daemon's envelope is not a DSSE envelope")?;
+        let (bytes, keyids) = cosign(envelope, signer)?;
         write_envelope(out, &bytes, &a.step, &format!("daemon, {backend}"), &keyids).map_err(
             |e| match &got.header.id {
                 Some(id) => e.context(format!(
@@ -256,11 +257,9 @@ fn via_daemon(
 /// user's key vouches for it, as `witness run -k` does). Returns the
 /// envelope and its signers' key ids.
 fn cosign(
-    envelope: &serde_json::Value,
+    mut env: dsse::Envelope,
     signer: Option<&Signer>,
 ) -> anyhow::Result<(Vec<u8>, Vec<String>)> {
-    let mut env: dsse::Envelope =
-        serde_json::from_value(envelope.clone()).context("the daemon's envelope")?;
     if let Some(s) = signer {
         let sig = s
             .sign(&env.pae())
