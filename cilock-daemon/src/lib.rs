@@ -14,8 +14,9 @@
 //! - [`server`]: the Unix-socket server with SO_PEERCRED authentication.
 //! - [`config`]: the daemon's TOML configuration.
 //!
-//! The CLI links this crate too: `cilock run` uses the same engine in-process
-//! when no daemon answers.
+//! The daemon ↔ CLI contract is the `cilock-api` crate. The CLI links this
+//! crate only with its `embedded` feature (the default): `cilock run` then
+//! uses the same engine in-process when no daemon answers.
 
 pub use cilock_api as api; // shim: removed at merge (the contract is the cilock-api crate)
 pub mod attest_helper;
