@@ -400,3 +400,32 @@ pub fn acknowledge(header: &EnvelopeHeader) -> Result<(), ClientError> {
 pub fn request_at(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
     Client::new(socket).request(req)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_received_envelope_parses_as_dsse_and_keeps_its_bytes() {
+        let bytes = br#"{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"keyid":"k","sig":"AAE="}]}"#.to_vec();
+        let got = Received {
+            header: EnvelopeHeader {
+                bytes: bytes.len() as u64,
+                ..Default::default()
+            },
+            bytes: bytes.clone(),
+        };
+        let env = got.envelope().unwrap();
+        assert_eq!(env.payload, b"{}");
+        assert_eq!(env.payload_type, "application/vnd.in-toto+json");
+        assert_eq!(env.signatures.len(), 1);
+        assert_eq!(env.signatures[0].keyid, "k");
+        assert_eq!(env.signatures[0].sig, [0, 1]);
+        assert_eq!(got.bytes, bytes);
+        let not_dsse = Received {
+            bytes: br#"{"step":"x"}"#.to_vec(),
+            ..got
+        };
+        assert!(not_dsse.envelope().is_err());
+    }
+}
