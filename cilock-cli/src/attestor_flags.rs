@@ -59,8 +59,14 @@ pub struct AttestorFlags {
     /// Variable holding the GitLab job token [default: CI_JOB_JWT].
     #[arg(long = "attestor-gitlab-token-env", value_name = "VAR")]
     pub gitlab_token_env: Option<String>,
-    /// Action reference for the github-action attestor [default: $GITHUB_ACTION_REPOSITORY@$GITHUB_ACTION_REF].
-    #[arg(long = "attestor-github-action-ref", value_name = "OWNER/REPO@REF")]
+    /// Action reference for the github-action attestor (default:
+    /// `$GITHUB_ACTION_REPOSITORY@$GITHUB_ACTION_REF`; the help text says
+    /// it in clap's form, which rustdoc would read as a link).
+    #[arg(
+        long = "attestor-github-action-ref",
+        value_name = "OWNER/REPO@REF",
+        help = "Action reference for the github-action attestor [default: $GITHUB_ACTION_REPOSITORY@$GITHUB_ACTION_REF]"
+    )]
     pub github_action_ref: Option<String>,
     /// Local directory of the action [default: $GITHUB_ACTION_PATH].
     #[arg(long = "attestor-github-action-dir", value_name = "DIR")]

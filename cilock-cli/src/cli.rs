@@ -35,6 +35,10 @@ pub enum Command {
 
 /// `cilock step …`
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; clap's derive wants the arguments inline"
+)]
 pub enum StepCommand {
     /// Start tracing a step: moves the calling shell (or --pid) into the
     /// step's cgroup, so everything it runs afterwards is traced.
@@ -168,7 +172,7 @@ pub struct RunArgs {
 }
 
 fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
-    cilock_daemon::config::parse_duration(s)
+    cilock_api::timefmt::parse_duration(s)
 }
 
 /// `cilock verify`
@@ -217,7 +221,7 @@ fn parse_rego_timeout(s: &str) -> Result<std::time::Duration, String> {
                 ms.parse().map_err(|_| format!("{s:?}: number too large"))?,
             )
         }
-        _ => cilock_daemon::config::parse_duration(t)?,
+        _ => cilock_api::timefmt::parse_duration(t)?,
     };
     if d.is_zero() {
         return Err(format!("{s:?}: the limit must be more than zero"));

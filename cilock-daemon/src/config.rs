@@ -530,57 +530,7 @@ fn valid_cgroup_parent(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a humane duration: a number of seconds (`"90"`), or one or more
-/// `<number><unit>` parts, optionally separated by spaces (`"6h"`,
-/// `"1h 30m"`, `"2d"`, `"45s"`). Units: `s`/`sec`/`secs`/`second`/`seconds`,
-/// `m`/`min`/`mins`/`minute`/`minutes`, `h`/`hr`/`hrs`/`hour`/`hours`,
-/// `d`/`day`/`days`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if s.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = s
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total: u64 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(format!(
-                "{text:?}: expected a number at {rest:?} (e.g. \"6h\", \"1h 30m\", \"90s\")"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = rest[digits..].trim_start();
-        let ulen = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = &rest[..ulen];
-        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86400,
-            "" => return Err(format!("{text:?}: missing unit after {n}")),
-            other => {
-                return Err(format!(
-                    "{text:?}: unknown unit {other:?} (use s, m, h or d)"
-                ))
-            }
-        };
-        total = n
-            .checked_mul(mult)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{text:?}: duration too large"))?;
-        rest = rest[ulen..].trim_start();
-    }
-    Ok(Duration::from_secs(total))
-}
+pub use cilock_api::timefmt::parse_duration; // shim: removed at merge (moved to cilock-api, shared with the CLI)
 
 fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
@@ -742,27 +692,6 @@ pub fn check_key_file(path: &Path) -> Result<(), KeyFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(6 * 3600));
-        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(
-            parse_duration("1h30m15s").unwrap(),
-            Duration::from_secs(5415)
-        );
-        assert_eq!(
-            parse_duration("2 days").unwrap(),
-            Duration::from_secs(172800)
-        );
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("h").is_err());
-        assert!(parse_duration("5").is_ok());
-        assert!(parse_duration("5 fortnights").is_err());
-        assert!(parse_duration("10").is_ok());
-        assert!(parse_duration("99999999999999999999d").is_err());
-    }
 
     #[test]
     fn sizes_and_trace_limits() {

@@ -84,27 +84,7 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `secs` since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn fmt_utc(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
+pub use cilock_api::timefmt::fmt_utc; // shim: removed at merge (moved to cilock-api, shared with the CLI)
 
 /// Ids are file stems the daemon made: `<step>.<nanoseconds>.<n>`.
 pub fn valid_id(id: &str) -> bool {
@@ -451,13 +431,6 @@ fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc() {
-        assert_eq!(fmt_utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(fmt_utc(1_764_779_136), "2025-12-03 16:25:36 UTC");
-        assert_eq!(fmt_utc(951_782_400), "2000-02-29 00:00:00 UTC");
-    }
 
     #[test]
     fn put_list_remove_and_caps() {

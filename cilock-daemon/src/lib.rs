@@ -1,6 +1,5 @@
 //! cilock's tracing engine and daemon.
 //!
-//! - [`api`]: the daemon ↔ CLI contract (requests, replies, the service trait).
 //! - [`attest_helper`]: the unprivileged helper process the daemon runs the
 //!   attestors in (as the step owner, no capabilities, limits, timeout).
 //! - [`cgroup`]: cgroup v2 discovery and per-step cgroups.
@@ -15,14 +14,15 @@
 //! - [`server`]: the Unix-socket server with SO_PEERCRED authentication.
 //! - [`config`]: the daemon's TOML configuration.
 //!
-//! The CLI links this crate too: `cilock run` uses the same engine in-process
-//! when no daemon answers.
+//! The daemon ↔ CLI contract is the `cilock-api` crate. The CLI links this
+//! crate only with its `embedded` feature (the default): `cilock run` then
+//! uses the same engine in-process when no daemon answers.
 
-pub mod api;
+pub use cilock_api as api; // shim: removed at merge (the contract is the cilock-api crate)
 pub mod attest_helper;
 pub mod backend;
 pub mod cgroup;
-pub mod client;
+pub use cilock_api::client; // shim: removed at merge
 pub mod config;
 pub mod engine;
 pub mod kept;

@@ -13,6 +13,8 @@
 //!
 //! What this crate does not do: trace processes (that is `cilock-daemon`).
 
+#![deny(missing_docs)]
+
 pub mod attestors;
 pub mod collection;
 pub mod digest;

@@ -18,6 +18,7 @@
 mod bench;
 mod demo;
 mod install;
+mod lint;
 mod setup;
 mod test;
 mod uninstall;
@@ -48,6 +49,9 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Set up, then run every test (needs root: eBPF, cgroups).
     Test(test::TestArgs),
+    /// fmt --check, clippy -D warnings (also of the verify-only CLI, which
+    /// must link no aya), doc -D warnings: what `test` runs first.
+    Lint(lint::LintArgs),
     /// The fuzz smoke run alone: every cargo-fuzz target for a bounded
     /// time (what `test` runs before the suite).
     Fuzz(test::FuzzArgs),
@@ -69,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Task::Install(a) => install::run(a),
         Task::Demo(a) => demo::run(a),
         Task::Test(a) => test::run(a),
+        Task::Lint(a) => lint::run(a),
         Task::Fuzz(a) => test::fuzz_smoke(a.time),
         Task::Uninstall(a) => uninstall::run(a),
         Task::Bench(a) => bench::run(a),

@@ -51,6 +51,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if !args.no_setup {
         crate::setup::run(crate::setup::SetupArgs { check: false })?;
     }
+    crate::lint::run(crate::lint::LintArgs {})?;
     step("building");
     exec(cargo().args(["build", "--all-targets"]))?;
     if !args.no_fuzz {

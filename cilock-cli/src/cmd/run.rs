@@ -19,10 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use cilock_daemon::api::{BeginStep, EndStep, Reply, Request};
-use cilock_daemon::backend::BackendChoice;
-use cilock_daemon::client;
-use cilock_daemon::engine::{self, EndSpec, Engine, EngineConfig, StepSpec};
+use cilock_api::client;
+use cilock_api::{BeginStep, EndStep, Reply, Request};
 use cilock_evidence::attestors::command_run::Interrupted;
 use cilock_evidence::dsse;
 use cilock_evidence::keys::Signer;
@@ -31,6 +29,9 @@ use nix::unistd::{ForkResult, Pid};
 
 use crate::cli::{BackendChoice as CliBackend, RunArgs};
 use crate::cmd::output;
+
+#[cfg(feature = "embedded")]
+mod embedded;
 
 /// Captured output is bounded by what it costs *encoded*: the bytes of
 /// the JSON string it becomes (a NUL costs 6, `"` 2, an invalid UTF-8
@@ -50,6 +51,9 @@ const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 pub fn run(a: RunArgs) -> anyhow::Result<u8> {
     if a.cmd.is_empty() {
         bail!("no command given (cilock run … -- CMD ARGS…)");
+    }
+    if !cfg!(feature = "embedded") && (a.backend != CliBackend::Auto || a.no_daemon) {
+        bail!("--backend and --no-daemon need the in-process engine, and this cilock is built without it (feature `embedded`)");
     }
     // Refuse a bad -o, unknown attestors or hashes before anything runs
     // (and before the 1–2 s of an eBPF probe load).
@@ -81,14 +85,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
             Err(e) => return Err(anyhow!(e)).context("asking the daemon for its status"),
         }
     }
-    let Some(signer) = signer else {
-        bail!(
-            "no cilock daemon answered at {} and no signing key was given: pass -k KEY (see `cilock keygen`) or start cilock-daemon",
-            cilock_daemon::api::socket_path().display()
-        );
-    };
-    let r = embedded(&a, out, &signer, &sig);
-    sig.exit(r)
+    #[cfg(not(feature = "embedded"))]
+    bail!(
+        "no cilock daemon answered at {}, and this cilock is built without the in-process engine (feature `embedded`): start cilock-daemon",
+        cilock_api::socket_path().display()
+    );
+    #[cfg(feature = "embedded")]
+    {
+        let Some(signer) = signer else {
+            bail!(
+                "no cilock daemon answered at {} and no signing key was given: pass -k KEY (see `cilock keygen`) or start cilock-daemon",
+                cilock_api::socket_path().display()
+            );
+        };
+        let r = embedded::embedded(&a, out, &signer, &sig);
+        sig.exit(r)
+    }
 }
 
 fn workdir(a: &RunArgs) -> anyhow::Result<PathBuf> {
@@ -202,7 +214,7 @@ fn via_daemon(
             // daemon read it: the step is still open; end it without the
             // output, counted as not captured.
             Err(client::ClientError::Daemon(e))
-                if e.kind == cilock_daemon::api::ErrorKind::BadRequest
+                if e.kind == cilock_api::ErrorKind::BadRequest
                     && e.message.contains("exceeds the limit") =>
             {
                 eprintln!(
@@ -214,9 +226,10 @@ fn via_daemon(
             r => r,
         }
         .context("ending the step")?;
-        let envelope: serde_json::Value =
-            serde_json::from_slice(&got.bytes).context("the daemon's envelope is not JSON")?;
-        let (bytes, keyids) = cosign(&envelope, signer)?;
+        let envelope = got
+            .envelope()
+            .context("the daemon's envelope is not a DSSE envelope")?;
+        let (bytes, keyids) = cosign(envelope, signer)?;
         write_envelope(out, &bytes, &a.step, &format!("daemon, {backend}"), &keyids).map_err(
             |e| match &got.header.id {
                 Some(id) => e.context(format!(
@@ -244,11 +257,9 @@ fn via_daemon(
 /// user's key vouches for it, as `witness run -k` does). Returns the
 /// envelope and its signers' key ids.
 fn cosign(
-    envelope: &serde_json::Value,
+    mut env: dsse::Envelope,
     signer: Option<&Signer>,
 ) -> anyhow::Result<(Vec<u8>, Vec<String>)> {
-    let mut env: dsse::Envelope =
-        serde_json::from_value(envelope.clone()).context("the daemon's envelope")?;
     if let Some(s) = signer {
         let sig = s
             .sign(&env.pae())
@@ -341,149 +352,6 @@ fn stdout_sink(out: &output::Outfile) -> Sink {
     }
 }
 
-fn embedded(
-    a: &RunArgs,
-    out: output::Outfile,
-    signer: &Signer,
-    sig: &Interrupts,
-) -> anyhow::Result<u8> {
-    let wd = workdir(a)?;
-    let spec = StepSpec {
-        name: a.step.clone(),
-        pid: 0,
-        owner_uid: nix::unistd::getuid().as_raw(),
-        attestations: a.attestations.clone(),
-        options: a.attestor_flags.to_options(),
-        workdir: wd,
-        cmd: a.cmd.clone(),
-        env: std::env::vars().collect(),
-        owner_gid: nix::unistd::getgid().as_raw(),
-        workdir_fd: None,
-        notes: Vec::new(),
-    };
-    let privileged = nix::unistd::geteuid().is_root();
-    let choice = match a.backend {
-        CliBackend::Ebpf => BackendChoice::Ebpf,
-        CliBackend::Ptrace => BackendChoice::Ptrace,
-        CliBackend::Auto if privileged => BackendChoice::Auto,
-        CliBackend::Auto => BackendChoice::Ptrace,
-    };
-    if choice != BackendChoice::Ptrace {
-        sweep_stale_run_cgroups();
-        let cfg = EngineConfig {
-            backend: choice,
-            cgroup_parent: format!("cilock.run.{}", std::process::id()),
-            ..Default::default()
-        };
-        let engine = Engine::start(cfg)
-            .map_err(|e| anyhow!(e))
-            .context("starting the trace engine")?;
-        if engine.backend_name() == "ebpf" {
-            let r = run_with_engine(&engine, spec, signer, a, out, sig);
-            engine.shutdown();
-            engine.remove_parent();
-            return r;
-        }
-        engine.shutdown();
-        engine.remove_parent();
-    }
-    let reason = if a.backend == CliBackend::Ptrace {
-        "ptrace selected with --backend ptrace".to_string()
-    } else if !privileged {
-        "not privileged: eBPF needs root".to_string()
-    } else {
-        "eBPF unavailable".to_string()
-    };
-    run_with_ptrace(spec, signer, a, reason, out, sig)
-}
-
-/// Removes the `cilock.run.<pid>` cgroups (with their empty step cgroups)
-/// that a `cilock run` killed with SIGKILL left behind: only those whose
-/// pid is no longer alive, and only empty ones (rmdir fails on a cgroup
-/// with processes). A dead run's pid reused since by another process keeps
-/// its cgroup until that process is gone.
-fn sweep_stale_run_cgroups() {
-    let Ok(h) = cilock_daemon::cgroup::Hierarchy::find() else {
-        return;
-    };
-    let Ok(rd) = std::fs::read_dir(&h.mount) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("cilock.run."))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid <= 0 || pid as u32 == std::process::id() {
-            continue;
-        }
-        let dead = matches!(
-            nix::sys::signal::kill(Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        if dead && remove_empty_tree(&e.path(), 4) {
-            tracing::info!(cgroup = %e.path().display(), "removed the cgroup of a dead cilock run");
-        }
-    }
-}
-
-/// Removes a cgroup and its child cgroups, deepest first (at most `depth`
-/// levels); true when it is gone.
-fn remove_empty_tree(p: &std::path::Path, depth: u32) -> bool {
-    if depth > 0 {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove_empty_tree(&e.path(), depth - 1);
-                }
-            }
-        }
-    }
-    std::fs::remove_dir(p).is_ok()
-}
-
-fn run_with_engine(
-    engine: &Engine,
-    mut spec: StepSpec,
-    signer: &Signer,
-    a: &RunArgs,
-    dest: output::Outfile,
-    sig: &Interrupts,
-) -> anyhow::Result<u8> {
-    sig.check_not_yet()?;
-    let mut child = GatedChild::spawn(&a.cmd, &sig.handled)?;
-    spec.pid = child.pid.as_raw() as u32;
-    if let Err(e) = engine.begin(spec) {
-        child.abort();
-        return Err(anyhow!(e)).context("beginning the step");
-    }
-    sig.set_root(child.pid.as_raw(), a.kill_after);
-    let wait = wait_bound(a);
-    let (code, cap) =
-        child.release_and_wait(|| output_bound(Some(wait), a, sig), stdout_sink(&dest))?;
-    sig.command_ended();
-    let interrupted = sig.interrupted();
-    let end = end_spec(
-        code,
-        cap,
-        wait_on_interrupt(Some(wait), a, sig).unwrap_or(wait),
-        interrupted,
-    );
-    let out = engine.end(&a.step, 0, end);
-    let r = sign_and_write(out, code, signer, dest, &a.step, "ebpf, in-process");
-    after_run(r, code, sig)
-}
-
-/// How long an embedded engine waits for the command's descendants.
-fn wait_bound(a: &RunArgs) -> Duration {
-    a.wait_descendants
-        .unwrap_or(engine::DEFAULT_RUN_WAIT_DESCENDANTS)
-}
-
 /// The wait for descendants once interrupted: at most `--kill-after`
 /// (none once the command was killed: its step is killed next).
 fn wait_on_interrupt(wait: Option<Duration>, a: &RunArgs, sig: &Interrupts) -> Option<Duration> {
@@ -498,105 +366,13 @@ fn wait_on_interrupt(wait: Option<Duration>, a: &RunArgs, sig: &Interrupts) -> O
 /// process it left running may hold the pipes open): the wait for
 /// descendants, at most `--kill-after` once interrupted, 1 s once killed.
 fn output_bound(wait: Option<Duration>, a: &RunArgs, sig: &Interrupts) -> Duration {
-    let w = wait.unwrap_or(engine::DEFAULT_RUN_WAIT_DESCENDANTS);
+    let w = wait.unwrap_or(cilock_api::DEFAULT_RUN_WAIT_DESCENDANTS);
     let w = match sig.interrupted() {
         Some(i) if i.killed => Duration::ZERO,
         Some(_) => w.min(a.kill_after),
         None => w,
     };
     w.max(Duration::from_secs(1))
-}
-
-/// The end of an embedded step: this process spawned the command, captured
-/// its output, waited for it and received the signal itself, so these are
-/// observed, not claimed. An interrupted run kills what is left of it.
-fn end_spec(code: i32, cap: Captured, wait: Duration, interrupted: Option<Interrupted>) -> EndSpec {
-    EndSpec {
-        kill: interrupted.is_some(),
-        exitcode: Some(code),
-        stdout: cap.stdout,
-        stderr: cap.stderr,
-        observed: true,
-        wait_descendants: Some(wait),
-        interrupted,
-        output_truncated: cap.truncated,
-        caller: None,
-    }
-}
-
-/// Signs an in-process step's statement and writes it.
-fn sign_and_write(
-    out: Result<engine::StepOutcome, engine::EngineError>,
-    code: i32,
-    signer: &Signer,
-    dest: output::Outfile,
-    step: &str,
-    backend: &str,
-) -> anyhow::Result<Ran> {
-    let out = out.map_err(|e| anyhow!(e))?;
-    let env = engine::sign_statement(&out.statement, signer).map_err(|e| anyhow!(e))?;
-    write_envelope(
-        dest,
-        &env.to_json(),
-        step,
-        backend,
-        &[signer.key_id().to_string()],
-    )?;
-    output::warn_lost(out.lost_events);
-    Ok(Ran {
-        code,
-        failure: out.failure,
-    })
-}
-
-fn run_with_ptrace(
-    spec: StepSpec,
-    signer: &Signer,
-    a: &RunArgs,
-    reason: String,
-    dest: output::Outfile,
-    sig: &Interrupts,
-) -> anyhow::Result<u8> {
-    sig.check_not_yet()?;
-    let mut cmd = std::process::Command::new(&a.cmd[0]);
-    cmd.args(&a.cmd[1..])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    // Between fork and exec the child has cilock's handlers: back to the
-    // default so that a signal then acts on the command, not on cilock.
-    let reset = sig.handled.clone();
-    // SAFETY: sigaction-based signal() is async-signal-safe; `reset` was
-    // allocated before the fork.
-    unsafe {
-        use std::os::unix::process::CommandExt as _;
-        cmd.pre_exec(move || {
-            for &s in &reset {
-                libc::signal(s, libc::SIG_DFL);
-            }
-            Ok(())
-        });
-    }
-    let sink = stdout_sink(&dest);
-    let mut tees: Option<(Tee, Tee)> = None;
-    let wait = wait_bound(a);
-    let (code, pending) = engine::run_ptrace(spec, cmd, reason, wait, |child| {
-        sig.set_root(child.id() as i32, a.kill_after);
-        if let (Some(o), Some(e)) = (child.stdout.take(), child.stderr.take()) {
-            tees = Some((tee(o, sink), tee(e, Sink::Stderr)));
-        }
-    })
-    .map_err(|e| anyhow!(e))?;
-    sig.command_ended();
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let cap = match tees {
-        Some((o, e)) => captured(o.finish(deadline), e.finish(deadline)),
-        None => captured((String::new(), 0, 0), (String::new(), 0, 0)),
-    };
-    let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
-    let interrupted = sig.interrupted();
-    let out = pending.finish(&cache, end_spec(code, cap, wait, interrupted));
-    let r = sign_and_write(out, code, signer, dest, &a.step, "ptrace, in-process");
-    after_run(r, code, sig)
 }
 
 fn captured(o: (String, u64, u64), e: (String, u64, u64)) -> Captured {

@@ -4,8 +4,9 @@
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use cilock_daemon::api::{BeginStep, EndStep, EnvelopeHeader, FetchKept, ListKept, Reply, Request};
-use cilock_daemon::{client, kept};
+use cilock_api::client;
+use cilock_api::timefmt::fmt_utc;
+use cilock_api::{BeginStep, EndStep, EnvelopeHeader, FetchKept, ListKept, Reply, Request};
 
 use crate::cli::{StepBeginArgs, StepEndArgs, StepFetchArgs};
 use crate::cmd::output;
@@ -116,7 +117,7 @@ pub fn fetch(a: StepFetchArgs) -> anyhow::Result<u8> {
                 } else {
                     &k.ended_by
                 },
-                kept::fmt_utc(k.kept_at),
+                fmt_utc(k.kept_at),
                 k.bytes
             )?;
         }
@@ -148,7 +149,7 @@ pub fn fetch(a: StepFetchArgs) -> anyhow::Result<u8> {
         h.step,
         h.owner_uid,
         if h.ended_by.is_empty() { "?" } else { &h.ended_by },
-        kept::fmt_utc(h.kept_at),
+        fmt_utc(h.kept_at),
         h.id.as_deref().unwrap_or("?"),
     );
     if !matches!(h.ended_by.as_str(), "step end" | "run") {

@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use crate::api::Peer;
+use cilock_api::Peer;
 
 /// Access policy of the socket.
 #[derive(Clone, Debug, PartialEq, Eq)]

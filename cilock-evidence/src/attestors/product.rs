@@ -388,7 +388,10 @@ mod tests {
         // Witness's product reader ({mime_type, digest}) still reads it.
         #[derive(Deserialize)]
         struct WitnessProduct {
-            #[allow(dead_code)]
+            #[expect(
+                dead_code,
+                reason = "only its presence is checked: Witness's reader requires it"
+            )]
             mime_type: String,
             digest: BTreeMap<String, String>,
         }

@@ -213,6 +213,8 @@ impl MountDevs {
     }
 }
 
+/// The mount id → device number map of a `/proc/<pid>/mountinfo` text
+/// (fields 1 and 3); lines that do not parse are skipped.
 pub fn parse_mountinfo(text: &str) -> HashMap<u64, u64> {
     text.lines()
         .filter_map(|l| {

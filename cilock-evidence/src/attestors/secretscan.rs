@@ -289,7 +289,10 @@ impl SecretScanner {
         self.scan_layers(text, location, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one finding's fields, all from the one match being reported"
+    )]
     fn make_finding(
         &self,
         rule_id: String,

@@ -1,5 +1,5 @@
 //! Witness / CI-lock policies: the policy document, its Rego modules and the
-//! verification of attestation envelopes against it (see [`verify`]).
+//! verification of attestation envelopes against it (see [`verify()`]).
 //!
 //! A policy arrives as a DSSE envelope (payloadType
 //! `https://witness.testifysec.com/policy/v0.1`, not enforced, as in

@@ -21,7 +21,7 @@
 //!    the policy TSA's intermediates), valid at `genTime`.
 //!
 //! The returned `genTime` is the time the signing certificate's chain is
-//! then checked at (see [`super::verify`]).
+//! then checked at (see [`super::verify()`]).
 //!
 //! Parsing uses RustCrypto's `cms`/`x509-tsp`/`der`; `genTime` is read by
 //! hand because `der`'s `GeneralizedTime` rejects the fractional seconds

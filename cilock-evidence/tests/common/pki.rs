@@ -4,7 +4,10 @@
 //! `openssl ts -reply`. Shared by cilock-evidence's and cilock-cli's tests
 //! (`#[path]`-included).
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary that includes this module uses part of it"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

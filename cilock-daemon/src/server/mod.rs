@@ -20,7 +20,7 @@
 //!   and may use the reserve, so one user's load never locks root out, and
 //!   never another user. A refused peer gets one [`ErrorKind::TooMany`]
 //!   reply and the connection is closed.
-//! - Framing is the [`crate::api`] one (4-byte big-endian length + JSON).
+//! - Framing is the [`cilock_api`] one (4-byte big-endian length + JSON).
 //!   Each frame must arrive within [`ServerConfig::read_timeout`]; a frame
 //!   longer than [`ServerConfig::max_message`] (the `max_request` setting)
 //!   is refused with a [`ErrorKind::BadRequest`] reply before its body is
@@ -44,7 +44,7 @@
 //!   kept; a log line says so).
 
 pub mod auth;
-pub mod frame;
+pub use cilock_api::frame; // shim: removed at merge (the framing is cilock-api's)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -62,7 +62,7 @@ use tokio::net::UnixStream;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{
+use cilock_api::{
     ApiError, EnvelopeHeader, ErrorKind, Outgoing, Payload, Peer, Reply, Request, RequestCtx,
     StepService, DEFAULT_MAX_REQUEST, MAX_MESSAGE,
 };

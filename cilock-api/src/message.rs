@@ -1,37 +1,17 @@
-//! The daemon ↔ CLI contract: requests and replies on the Unix socket, and
-//! the service the daemon's socket server dispatches to.
-//!
-//! Wire format: each message is a 4-byte big-endian length followed by that
-//! many bytes of JSON (one request per connection is typical, but a
-//! connection may carry several). Requests over the daemon's `max_request`
-//! (default [`DEFAULT_MAX_REQUEST`]) and replies over [`MAX_MESSAGE`] are
-//! refused. One exception: a [`Reply::Envelope`] frame is followed by
-//! exactly its header's `bytes` raw bytes (the signed envelope, of any
-//! size), outside any frame.
+//! The messages of the daemon socket: a [`Request`] from the CLI, the
+//! daemon's [`Reply`], and their bodies. Every type here is the JSON on the
+//! wire (see the [crate docs](crate) for the framing); field names and
+//! defaults are the protocol, so older clients and daemons keep working.
 
 use serde::{Deserialize, Serialize};
-
-/// Default socket path; `CILOCK_SOCKET` overrides it everywhere.
-pub const DEFAULT_SOCKET: &str = "/run/cilock/cilock.sock";
-/// Environment variable naming the socket.
-pub const SOCKET_ENV: &str = "CILOCK_SOCKET";
-/// Largest reply sent or accepted (replies carry envelopes with stdout);
-/// also the ceiling of the daemon's `max_request`.
-pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
-/// Default largest request the daemon accepts (`max_request`).
-pub const DEFAULT_MAX_REQUEST: usize = 64 * 1024 * 1024;
-
-/// The socket path in effect (`CILOCK_SOCKET` or the default).
-pub fn socket_path() -> std::path::PathBuf {
-    std::env::var_os(SOCKET_ENV)
-        .filter(|v| !v.is_empty())
-        .map(Into::into)
-        .unwrap_or_else(|| DEFAULT_SOCKET.into())
-}
 
 /// A request from the CLI.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "request", rename_all = "kebab-case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one request per connection, parsed once: a box would only add a step to every constructor"
+)]
 pub enum Request {
     /// Liveness and backend information.
     Status,
@@ -248,33 +228,6 @@ pub enum Reply {
     },
 }
 
-/// Bytes sent after a reply frame (the raw envelope of a [`Reply::Envelope`]).
-#[derive(Debug)]
-pub enum Payload {
-    /// A kept envelope's file, read from its start.
-    File(std::fs::File),
-    /// In memory (when keeping it failed).
-    Bytes(Vec<u8>),
-}
-
-/// A reply and what follows it.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// The reply frame.
-    pub reply: Reply,
-    /// Raw bytes after the frame (exactly the header's `bytes`).
-    pub payload: Option<Payload>,
-}
-
-impl From<Reply> for Outgoing {
-    fn from(reply: Reply) -> Self {
-        Outgoing {
-            reply,
-            payload: None,
-        }
-    }
-}
-
 /// Daemon status.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusReply {
@@ -337,92 +290,5 @@ impl ApiError {
             kind,
             message: message.into(),
         }
-    }
-}
-
-/// The authenticated peer of a request (from SO_PEERCRED).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-    /// Process id.
-    pub pid: u32,
-}
-
-/// What the server tells the service about the request in progress.
-#[derive(Clone, Debug, Default)]
-pub struct RequestCtx {
-    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl RequestCtx {
-    /// A context whose client is present.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// True once the server saw the client hang up: a begin must not be
-    /// carried out, an end's envelope must be kept instead of returned.
-    pub fn client_gone(&self) -> bool {
-        self.gone.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Marks the client as gone (the server does this).
-    pub fn set_client_gone(&self) {
-        self.gone.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// What the socket server dispatches authenticated requests to. Calls may
-/// block (ending a step hashes files): the server runs them off the runtime.
-pub trait StepService: Send + Sync + 'static {
-    /// Daemon status as `peer` may see it (its own steps unless root).
-    fn status(&self, peer: Peer) -> StatusReply;
-    /// Begin a step for `peer`; not carried out once `cx.client_gone()`.
-    fn begin(&self, peer: Peer, req: BeginStep, cx: &RequestCtx) -> Result<Reply, ApiError>;
-    /// End a step for `peer`; the step ends even when the client is gone.
-    fn end(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Reply, ApiError>;
-    /// Keeps a success reply of `step` (owned by `peer`) that could not be
-    /// delivered (the client hung up, or the reply is too large); returns
-    /// where it was kept. The default keeps nothing.
-    fn keep_undelivered(
-        &self,
-        peer: Peer,
-        step: &str,
-        reply: &Reply,
-    ) -> Result<Option<std::path::PathBuf>, String> {
-        let _ = (peer, step, reply);
-        Ok(None)
-    }
-    /// `EndStep` with `stream`: ends the step like [`StepService::end`]
-    /// and returns a [`Reply::Envelope`] with the envelope as payload. The
-    /// default sends [`StepService::end`]'s reply as is.
-    fn end_stream(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Outgoing, ApiError> {
-        self.end(peer, req, cx).map(Outgoing::from)
-    }
-    /// Lists kept envelopes. The default keeps none.
-    fn list_kept(&self, peer: Peer, req: ListKept) -> Result<Reply, ApiError> {
-        let _ = (peer, req);
-        Ok(Reply::Kept {
-            entries: Vec::new(),
-        })
-    }
-    /// Sends a kept envelope. The default keeps none.
-    fn fetch_kept(&self, peer: Peer, req: FetchKept) -> Result<Outgoing, ApiError> {
-        let _ = (peer, req);
-        Err(ApiError::new(
-            ErrorKind::NotFound,
-            "this daemon keeps no envelopes",
-        ))
-    }
-    /// Deletes a kept envelope the client has. The default keeps none.
-    fn ack_kept(&self, peer: Peer, req: AckKept) -> Result<Reply, ApiError> {
-        let _ = peer;
-        Err(ApiError::new(
-            ErrorKind::NotFound,
-            format!("no kept envelope {:?}", req.id),
-        ))
     }
 }

@@ -1,8 +1,8 @@
 //! The CLI side of the daemon socket: one request, one reply, blocking.
 //!
-//! [`request`] connects to [`crate::api::socket_path`] (`CILOCK_SOCKET` or
+//! [`request`] connects to [`crate::socket_path`] (`CILOCK_SOCKET` or
 //! `/run/cilock/cilock.sock`), sends the request framed as described in
-//! [`crate::api`], and waits for the reply. A daemon error reply
+//! [crate docs](crate), and waits for the reply. A daemon error reply
 //! ([`Reply::Error`]) is returned as [`ClientError::Daemon`], so `Ok` always
 //! holds a success reply.
 //!
@@ -16,7 +16,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::api::{
+use cilock_evidence::dsse::Envelope;
+
+use crate::{
     socket_path, AckKept, ApiError, EndStep, EnvelopeHeader, FetchKept, KeptInfo, ListKept, Reply,
     Request, MAX_MESSAGE,
 };
@@ -31,6 +33,14 @@ pub struct Received {
     pub header: EnvelopeHeader,
     /// The envelope, byte for byte as the daemon keeps it.
     pub bytes: Vec<u8>,
+}
+
+impl Received {
+    /// The envelope parsed as DSSE ([`Received::bytes`] stay the copy to
+    /// write: parsing and re-encoding may reorder fields).
+    pub fn envelope(&self) -> Result<Envelope, serde_json::Error> {
+        serde_json::from_slice(&self.bytes)
+    }
 }
 
 /// Why a request did not produce a success reply.
@@ -389,4 +399,33 @@ pub fn acknowledge(header: &EnvelopeHeader) -> Result<(), ClientError> {
 /// Like [`request`], on the socket at `socket`.
 pub fn request_at(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
     Client::new(socket).request(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_received_envelope_parses_as_dsse_and_keeps_its_bytes() {
+        let bytes = br#"{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"keyid":"k","sig":"AAE="}]}"#.to_vec();
+        let got = Received {
+            header: EnvelopeHeader {
+                bytes: bytes.len() as u64,
+                ..Default::default()
+            },
+            bytes: bytes.clone(),
+        };
+        let env = got.envelope().unwrap();
+        assert_eq!(env.payload, b"{}");
+        assert_eq!(env.payload_type, "application/vnd.in-toto+json");
+        assert_eq!(env.signatures.len(), 1);
+        assert_eq!(env.signatures[0].keyid, "k");
+        assert_eq!(env.signatures[0].sig, [0, 1]);
+        assert_eq!(got.bytes, bytes);
+        let not_dsse = Received {
+            bytes: br#"{"step":"x"}"#.to_vec(),
+            ..got
+        };
+        assert!(not_dsse.envelope().is_err());
+    }
 }
