@@ -371,7 +371,7 @@ impl api::StepService for DaemonService {
         StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             backend: self.engine.backend_name().to_string(),
-            hooks: self.engine.hooks().clone(),
+            hooks: self.engine.capture().hooks_map(),
             steps: active.iter().map(|a| a.step.clone()).collect(),
             active,
             keyid: self.signer.key_id().to_string(),

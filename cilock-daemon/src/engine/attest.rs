@@ -14,6 +14,7 @@ use cilock_evidence::keys::Signer;
 
 use super::{internal, EndSpec, EngineError, StepSpec};
 use crate::attest_helper::HelperStep;
+use crate::backend::CaptureInfo;
 
 /// Where a step's attestors run (one per step: the size difference of the
 /// variants does not matter).
@@ -173,4 +174,14 @@ pub fn sign_statement(
 ) -> Result<Envelope, EngineError> {
     let payload = serde_json::to_vec(statement).map_err(internal)?;
     dsse::sign(PAYLOAD_TYPE, payload, signer).map_err(internal)
+}
+
+/// Fills the trace fields that say how the step was captured
+/// (`trace.backend`, `reason`, `hooks`, `limitations`): the only place the
+/// typed [`CaptureInfo`] becomes the attestation's strings.
+pub(super) fn capture_fields(trace: &mut TraceInfo, info: &CaptureInfo) {
+    trace.backend = info.kind.name().to_string();
+    trace.reason = info.reason.clone();
+    trace.hooks = info.hooks_map();
+    trace.limitations = info.limitation_texts();
 }

@@ -1,17 +1,25 @@
 //! Steps: begin, end, reap; turning a trace into a signed attestation.
 //!
-//! A step is a cgroup v2 directory plus a [`Recorder`]. With the eBPF
-//! backend the kernel filters on the step cgroup and the ring-buffer
-//! consumer feeds the recorder; with the ptrace backend a tracer thread
-//! follows the step's processes. Ending a step stops the trace, hashes what
-//! was opened, runs the attestors after the command, and signs.
+//! A step is a cgroup v2 directory, a [`Recorder`] behind the step's
+//! [`Sink`], and the backend's [`Tap`] on it. The engine holds one
+//! `dyn` [`Backend`] (chosen by [`crate::backend::choose`]) and never asks
+//! which one it is. Ending a step stops the tap, hashes what was opened,
+//! runs the attestors after the command, and signs.
+//!
+//! - this module: [`Engine`] (start, begin, end, reap), its settings,
+//!   errors and specs;
+//! - `step`: `Step` while traced, [`PendingStep`] once its
+//!   trace is complete; [`run_ptrace`] (no daemon, no cgroups);
+//! - `attest`: where the attestors run, command-run's observed and claimed
+//!   fields, the capture facts as attestation strings, signing;
+//! - `records`: step records and the recovery of interrupted steps;
+//! - `kill`: `step end --kill`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{self, TraceInfo, WaitDescendants};
@@ -21,8 +29,7 @@ use cilock_evidence::intoto::Statement;
 
 use crate::api::{ActiveStep, ApiError, ErrorKind};
 use crate::attest_helper::{self, HelperConfig, Identity};
-use crate::backend::ebpf::EbpfBackend;
-use crate::backend::{ptrace, BackendChoice};
+use crate::backend::{Backend, BackendChoice, BackendError, CaptureInfo, Sink, StepTarget, Tap};
 use crate::cgroup::{Cgroup, Hierarchy, PidFd};
 use crate::trace::digest_cache::DigestCache;
 use crate::trace::digest_cache::Reader;
@@ -38,8 +45,8 @@ pub(crate) use attest::CommandRunAttestor;
 use attest::{in_process_before, Attest};
 use records::{recover, warn_foreign};
 pub use records::{InterruptedStep, HEARTBEAT_EVERY};
+use step::Step;
 pub use step::{run_ptrace, PendingStep};
-use step::{wait_traced, Step};
 
 /// Engine settings (the daemon reads them from its TOML config).
 #[derive(Clone, Debug)]
@@ -133,6 +140,9 @@ pub enum EngineError {
     /// Anything else.
     #[error("{0}")]
     Internal(String),
+    /// The backend failed to load or to trace a step.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// The step was ended by this daemon at its start: the daemon that
     /// began it had died (the message says where its attestation is).
     #[error("{0}")]
@@ -147,7 +157,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::Conflict(_) => ErrorKind::Conflict,
             EngineError::TooMany(_) => ErrorKind::TooMany,
-            EngineError::Internal(_) => ErrorKind::Internal,
+            EngineError::Internal(_) | EngineError::Backend(_) => ErrorKind::Internal,
             EngineError::Interrupted(_) => ErrorKind::NotFound,
         };
         ApiError::new(kind, e.to_string())
@@ -238,20 +248,13 @@ pub struct StepOutcome {
     pub record: Option<PathBuf>,
 }
 
-enum Backend {
-    Ebpf(EbpfBackend),
-    Ptrace,
-}
-
 /// The tracing engine: one per daemon (or per `cilock run` without one).
 pub struct Engine {
     cfg: EngineConfig,
     /// The cgroup2 mount.
     mount: PathBuf,
     parent: PathBuf,
-    backend: Backend,
-    reason: String,
-    hooks: BTreeMap<String, String>,
+    backend: Box<dyn Backend>,
     cache: DigestCache,
     /// Active steps by (owner uid, name).
     steps: Mutex<HashMap<StepKey, Step>>,
@@ -341,38 +344,12 @@ impl Engine {
             .level_of(parent_cg.path())
             .ok_or_else(|| internal("step parent is outside the cgroup2 mount"))?
             + 1;
-        let (backend, reason, hooks) = match cfg.backend {
-            BackendChoice::Ptrace => (
-                Backend::Ptrace,
-                "ptrace selected by configuration".to_string(),
-                ptrace::hooks(),
-            ),
-            BackendChoice::Ebpf | BackendChoice::Auto => match EbpfBackend::load(level) {
-                Ok(b) => {
-                    let hooks = b.hooks().clone();
-                    (Backend::Ebpf(b), String::new(), hooks)
-                }
-                Err(e) if cfg.backend == BackendChoice::Auto => {
-                    tracing::warn!("eBPF unavailable, using ptrace: {e}");
-                    (
-                        Backend::Ptrace,
-                        format!("eBPF unavailable: {e}"),
-                        ptrace::hooks(),
-                    )
-                }
-                Err(e) => return Err(internal(format!("eBPF backend: {e}"))),
-            },
-        };
-        if let Backend::Ptrace = backend {
-            ptrace::probe().map_err(|e| internal(format!("ptrace unavailable: {e}")))?;
-        }
+        let backend = crate::backend::choose(cfg.backend, level).map_err(EngineError::Backend)?;
         let engine = Arc::new(Engine {
             cfg,
             mount: hier.mount.clone(),
             parent,
             backend,
-            reason,
-            hooks,
             cache: DigestCache::default(),
             steps: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashSet::new()),
@@ -389,15 +366,12 @@ impl Engine {
 
     /// `ebpf` or `ptrace`.
     pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Ebpf(_) => "ebpf",
-            Backend::Ptrace => "ptrace",
-        }
+        self.backend.info().kind.name()
     }
 
-    /// Hook choices.
-    pub fn hooks(&self) -> &BTreeMap<String, String> {
-        &self.hooks
+    /// What the backend captures with.
+    pub fn capture(&self) -> &CaptureInfo {
+        self.backend.info()
     }
 
     /// Names of active steps (all owners).
@@ -556,28 +530,21 @@ impl Engine {
             n
         ));
         let cgroup = Cgroup::create(&cg_path).map_err(internal)?;
-        let recorder = Arc::new(Mutex::new(Recorder::with_limits(
+        let sink = Sink::new(Recorder::with_limits(
             Some(std::process::id()),
             self.cfg.trace_limits.clone(),
             Reader::of_uid(spec.owner_uid),
-        )));
+        ));
         // Nothing of the step exists outside the daemon until the move: undo
-        // is unregistering and removing the (empty) cgroup.
-        let undo = |cgroup: &Cgroup, origin: &Path| {
-            if let Backend::Ebpf(b) = &self.backend {
-                let _ = b.unregister(cgroup.id());
+        // is stopping the tap and removing the (empty) cgroup.
+        let undo = |tap: Option<Box<dyn Tap>>, cgroup: &Cgroup, origin: &Path| {
+            if let Some(t) = tap {
+                let _ = t.stop();
             }
             if let Err(e) = cgroup.remove(origin) {
                 tracing::warn!("undoing the begin of step {:?}: {e}", spec.name);
             }
         };
-        if let Backend::Ebpf(b) = &self.backend {
-            if let Err(e) = b.register(&cgroup, recorder.clone()) {
-                // register rolls its own part back.
-                let _ = cgroup.remove(&self.mount);
-                return Err(internal(e));
-            }
-        }
         // The point of no return is next: the client must still be there,
         // the pinned process alive and still the owner's.
         let last_check = if cancelled() {
@@ -591,50 +558,28 @@ impl Engine {
             check_target(spec.pid, spec.owner_uid)
         };
         if let Err(e) = last_check {
-            undo(&cgroup, &self.mount);
+            undo(None, &cgroup, &self.mount);
             return Err(e);
         }
         let origin = crate::cgroup::cgroup_of(spec.pid)
             .map(|rel| self.mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
             .filter(|p| p.is_dir())
             .unwrap_or_else(|| self.mount.clone());
-        let mut follower = None;
-        match &self.backend {
-            Backend::Ebpf(_) => {}
-            Backend::Ptrace => {
-                let stop = Arc::new(AtomicBool::new(false));
-                let rec = recorder.clone();
-                let (pid, stop2) = (spec.pid, stop.clone());
-                let h = std::thread::Builder::new()
-                    .name(format!("cilock-ptrace-{}", spec.name))
-                    .spawn(move || {
-                        let cfg = ptrace::PtraceConfig {
-                            daemon_pid: Some(std::process::id()),
-                            ..Default::default()
-                        };
-                        let r = ptrace::follow(pid, &cfg, stop2, |ev| {
-                            if let Ok(mut r) = rec.lock() {
-                                r.push(ev);
-                            }
-                        });
-                        if let Err(e) = r {
-                            tracing::warn!("ptrace follower for pid {pid}: {e}");
-                        }
-                    })
-                    .map_err(|e| {
-                        undo(&cgroup, &origin);
-                        internal(e)
-                    })?;
-                // Begin returns once the tracer holds the process: what it
-                // does right after (an exec, its exit) is then in the trace.
-                wait_traced(spec.pid, &h, Duration::from_secs(5));
-                follower = Some((stop, h));
-            }
-        }
-        let stop_follower = |follower: Option<(Arc<AtomicBool>, JoinHandle<()>)>| {
-            if let Some((stop, h)) = follower {
-                stop.store(true, Ordering::SeqCst);
-                let _ = h.join();
+        // The backend traces the step from here: the eBPF filter knows the
+        // cgroup before the process is in it; a ptrace follower holds the
+        // process before it moves (what it does right after, an exec or its
+        // exit, is then in the trace).
+        let target = StepTarget {
+            name: &spec.name,
+            cgroup: &cgroup,
+            pid: spec.pid,
+        };
+        let tap = match self.backend.start(target, sink.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                // start rolls its own part back.
+                undo(None, &cgroup, &origin);
+                return Err(EngineError::Backend(e));
             }
         };
         // Persisted before the move: a step this daemon cannot end (it is
@@ -642,8 +587,7 @@ impl Engine {
         let record = match self.write_record(&spec, &names, &cgroup, &origin) {
             Ok(r) => r,
             Err(e) => {
-                stop_follower(follower);
-                undo(&cgroup, &origin);
+                undo(Some(tap), &cgroup, &origin);
                 return Err(internal(format!(
                     "cannot persist the record of step {:?}: {e}",
                     spec.name
@@ -656,8 +600,7 @@ impl Engine {
             }
         };
         if let Err(e) = cgroup.add_pid(spec.pid) {
-            stop_follower(follower);
-            undo(&cgroup, &origin);
+            undo(Some(tap), &cgroup, &origin);
             unrecord(&record);
             return Err(EngineError::BadRequest(format!(
                 "cannot move pid {} into the step: {e}",
@@ -667,27 +610,24 @@ impl Engine {
         if pin.exited() {
             // The pid written may already name another process: whatever
             // it is goes back out, and the step is not begun.
-            stop_follower(follower);
-            undo(&cgroup, &origin);
+            undo(Some(tap), &cgroup, &origin);
             unrecord(&record);
             return Err(EngineError::BadRequest(format!(
                 "process {} exited while the step began",
                 spec.pid
             )));
         }
-        if let Ok(mut r) = recorder.lock() {
-            r.add_root(spec.pid);
-        }
+        sink.with(|r| r.add_root(spec.pid));
         let step = Step {
             name: spec.name.clone(),
             owner_uid: spec.owner_uid,
             cgroup,
-            recorder,
+            sink,
+            tap,
             started: Instant::now(),
             attest,
             cmd: spec.cmd,
             root: spec.pid,
-            follower,
             empty_since: None,
             origin,
             record,
@@ -716,13 +656,7 @@ impl Engine {
     }
 
     fn discard(&self, step: Step) {
-        if let Backend::Ebpf(b) = &self.backend {
-            let _ = b.unregister(step.cgroup.id());
-        }
-        if let Some((stop, h)) = step.follower {
-            stop.store(true, Ordering::SeqCst);
-            let _ = h.join();
-        }
+        let _ = step.tap.stop();
         let _ = step.cgroup.remove(&self.return_to(&step.origin));
         if let Some(p) = &step.record {
             let _ = std::fs::remove_file(p);
@@ -787,12 +721,7 @@ impl Engine {
         self.finish(step, end, by)
     }
 
-    fn finish(
-        &self,
-        mut step: Step,
-        end: EndSpec,
-        ended_by: &str,
-    ) -> Result<StepOutcome, EngineError> {
+    fn finish(&self, step: Step, end: EndSpec, ended_by: &str) -> Result<StepOutcome, EngineError> {
         // `cilock run`: the command's descendants are waited for (bounded).
         let waited = end.wait_descendants.map(|bound| {
             let t0 = Instant::now();
@@ -808,9 +737,6 @@ impl Engine {
             None
         };
         let mut trace = TraceInfo {
-            backend: self.backend_name().to_string(),
-            reason: self.reason.clone(),
-            hooks: self.hooks.clone(),
             kernel: self.kernel.clone(),
             reaped: !matches!(ended_by, "step end" | "run"),
             ended_by: ended_by.to_string(),
@@ -830,25 +756,13 @@ impl Engine {
             kill_at_end,
             ..Default::default()
         };
-        match &self.backend {
-            Backend::Ebpf(b) => {
-                trace.events = b.unregister(step.cgroup.id()).map_err(internal)?;
-                trace.limitations = b.limitations();
-            }
-            Backend::Ptrace => {
-                if let Some((stop, h)) = step.follower.take() {
-                    stop.store(true, Ordering::SeqCst);
-                    let _ = h.join();
-                }
-                trace.limitations = ptrace::limitations();
-            }
-        }
+        attest::capture_fields(&mut trace, self.backend.info());
+        trace.events = step.tap.stop().map_err(EngineError::Backend)?.0;
         // Leave the cgroup (processes still alive go back to the parent).
         if let Err(e) = step.cgroup.remove(&self.return_to(&step.origin)) {
             tracing::warn!("step {}: {e}", step.name);
         }
-        let recorder =
-            std::mem::take(&mut *step.recorder.lock().unwrap_or_else(|e| e.into_inner()));
+        let recorder = step.sink.take();
         tracing::info!(step = %step.name, seconds = step.started.elapsed().as_secs_f64(), "step stopped");
         let owner_uid = step.owner_uid;
         let out = PendingStep {
@@ -858,6 +772,7 @@ impl Engine {
             root: Some(step.root),
             recorder,
             trace,
+            counting: self.backend.info().counting,
             alive,
         }
         .finish(&self.cache, end);

@@ -3,9 +3,6 @@
 //! the statement are what is left.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{CommandRun, EventCount, TraceInfo, WaitDescendants};
@@ -13,26 +10,32 @@ use cilock_evidence::attestors::{into_collection, run_one, AttestError};
 use cilock_evidence::collection::COLLECTION_TYPE;
 use cilock_evidence::intoto::Statement;
 
-use super::attest::{in_process_before, observe, record_skipped, Attest, CommandRunAttestor};
+use super::attest::{
+    capture_fields, in_process_before, observe, record_skipped, Attest, CommandRunAttestor,
+};
 use super::{
     internal, kernel_release, valid_step_name, EndSpec, EngineError, StepOutcome, StepSpec,
 };
-use crate::backend::ptrace;
+use crate::backend::{ptrace, Backend, Counting, Sink, Tap};
 use crate::cgroup::Cgroup;
 use crate::trace::digest_cache::{DigestCache, Reader};
 use crate::trace::recorder::{Recorder, TraceLimits};
 
+/// An active step: its cgroup, the backend's tap on it, and what its end
+/// needs.
 pub(super) struct Step {
     pub(super) name: String,
     pub(super) owner_uid: u32,
     pub(super) cgroup: Cgroup,
-    pub(super) recorder: Arc<Mutex<Recorder>>,
+    /// Where the backend delivers the step's events.
+    pub(super) sink: Sink,
+    /// The backend's tap on the step (stopped when the step ends).
+    pub(super) tap: Box<dyn Tap>,
     pub(super) started: Instant,
     pub(super) attest: Attest,
     pub(super) cmd: Vec<String>,
     /// The process the step began with (`run`'s command, `step begin`'s shell).
     pub(super) root: u32,
-    pub(super) follower: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// Since when the step's cgroup has been seen empty.
     pub(super) empty_since: Option<Instant>,
     /// The cgroup the traced process came from: processes still running
@@ -52,6 +55,8 @@ pub struct PendingStep {
     pub(super) root: Option<u32>,
     pub(super) recorder: Recorder,
     pub(super) trace: TraceInfo,
+    /// How the backend counted events.
+    pub(super) counting: Counting,
     pub(super) alive: Vec<u32>,
 }
 
@@ -71,7 +76,7 @@ impl PendingStep {
         let st = self.recorder.finish(cache, &algs, &self.alive);
         self.trace.truncated = st.truncated;
         let written = st.written;
-        if self.trace.backend == "ptrace" {
+        if self.counting == Counting::ProcessTable {
             self.trace.events.insert(
                 "process".into(),
                 EventCount {
@@ -128,25 +133,6 @@ impl PendingStep {
     }
 }
 
-/// Waits (at most `limit`) until `pid` is ptrace-attached (`TracerPid` of
-/// its status, the follower thread's tid), or its follower thread `h`
-/// ended (attach failed, the process is gone).
-pub(super) fn wait_traced(pid: u32, h: &JoinHandle<()>, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline && !h.is_finished() {
-        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            return;
-        };
-        if s.lines()
-            .find_map(|l| l.strip_prefix("TracerPid:"))
-            .is_some_and(|v| v.trim() != "0")
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Runs `cmd` under the ptrace backend without cgroups or a daemon (works
 /// unprivileged). `on_spawn` receives the child (to take its pipes). Returns
 /// the command's exit code and the step to finish once its output is in.
@@ -166,32 +152,22 @@ pub fn run_ptrace(
         )));
     }
     let attest = in_process_before(&spec.attestations, &spec)?;
-    ptrace::probe().map_err(|e| internal(format!("ptrace unavailable: {e}")))?;
-    let mut recorder = Recorder::with_limits(None, TraceLimits::default(), Reader::current());
-    let cfg = ptrace::PtraceConfig {
-        wait_descendants: Some(wait_descendants),
-        ..Default::default()
-    };
-    let mut root = None;
-    let outcome = ptrace::run_outcome(
-        cmd,
-        &cfg,
-        |child| {
-            root = Some(child.id());
-            on_spawn(child)
-        },
-        |ev| recorder.push(ev),
-    )
-    .map_err(|e| internal(format!("ptrace: {e}")))?;
+    ptrace::probe().map_err(|e| EngineError::Backend(e.into()))?;
+    let backend = ptrace::PtraceBackend::new(reason);
+    let sink = Sink::new(Recorder::with_limits(
+        None,
+        TraceLimits::default(),
+        Reader::current(),
+    ));
+    let outcome = backend
+        .run(cmd, wait_descendants, on_spawn, &sink)
+        .map_err(EngineError::Backend)?;
+    let root = outcome.root;
     if let Some(pid) = root {
-        recorder.mark_root(pid);
+        sink.with(|r| r.mark_root(pid));
     }
     let alive = outcome.survivors.clone();
-    let trace = TraceInfo {
-        backend: "ptrace".into(),
-        reason,
-        hooks: ptrace::hooks(),
-        limitations: ptrace::limitations(),
+    let mut trace = TraceInfo {
         kernel: kernel_release(),
         ended_by: "run".to_string(),
         wait_descendants: Some(WaitDescendants {
@@ -208,6 +184,8 @@ pub fn run_ptrace(
         }),
         ..Default::default()
     };
+    capture_fields(&mut trace, backend.info());
+    let recorder = sink.take();
     Ok((
         outcome.code,
         PendingStep {
@@ -217,6 +195,7 @@ pub fn run_ptrace(
             root,
             recorder,
             trace,
+            counting: backend.info().counting,
             alive,
         },
     ))

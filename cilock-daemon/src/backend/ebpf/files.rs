@@ -3,11 +3,12 @@
 //! when a step process lets go of it, and the rename tracepoints that keep
 //! the open de-duplication from hiding a reopen under a new name.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use aya::programs::TracePoint;
 use aya::Ebpf;
+
+use crate::backend::{CaptureInfo, Concern};
 
 /// Tracepoints stamping written files at close.
 const CLOSES: [&str; 4] = [
@@ -36,10 +37,11 @@ fn attach(ebpf: &mut Ebpf, tracefs: &Path, name: &str) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Attaches both groups; fills `hooks` (`written-files`, `open-dedup`).
+/// Attaches both groups; sets their hooks in `info` (`written-files`,
+/// `open-dedup`).
 /// Returns whether the close stamps work (without them written files are
 /// checked by their write-open identity only, which the limitations say).
-pub fn load(ebpf: &mut Ebpf, tracefs: &Path, hooks: &mut BTreeMap<String, String>) -> bool {
+pub fn load(ebpf: &mut Ebpf, tracefs: &Path, info: &mut CaptureInfo) -> bool {
     let mut group = |names: &[&str], prefix: &str| -> Result<Vec<String>, String> {
         let mut got = Vec::new();
         for n in names {
@@ -51,8 +53,8 @@ pub fn load(ebpf: &mut Ebpf, tracefs: &Path, hooks: &mut BTreeMap<String, String
     };
     let closes = group(&CLOSES, "sys_enter_");
     let ok = closes.is_ok();
-    hooks.insert(
-        "written-files".to_string(),
+    info.set_hook(
+        Concern::WrittenFiles,
         match closes {
             Ok(c) => format!(
                 "tracepoint:syscalls/sys_enter_{{{}}} + the fds of an exiting process (raw_tp:sched_process_exit, before exit_files): \
@@ -65,8 +67,8 @@ pub fn load(ebpf: &mut Ebpf, tracefs: &Path, hooks: &mut BTreeMap<String, String
             }
         },
     );
-    hooks.insert(
-        "open-dedup".to_string(),
+    info.set_hook(
+        Concern::OpenDedup,
         match group(&RENAMES, "sys_exit_") {
             Ok(r) => format!(
                 "(process, step, dentry, parent, name hash, mount, inode, generation, access, rename epoch); \

@@ -5,9 +5,11 @@
 pub mod btf;
 pub mod decode;
 pub mod files;
+pub mod kernel_log;
 pub mod network;
 pub mod offsets;
 pub mod syscalls;
+pub mod sysconfig;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
@@ -23,8 +25,11 @@ use aya::{Ebpf, EbpfLoader};
 use cilock_abi::{kind, move_flags, StepLoss};
 use cilock_evidence::attestors::command_run::EventCount;
 
+use crate::backend::{
+    Backend, BackendError, BackendKind, CaptureInfo, Concern, Counting, EventCounts, Limitation,
+    Sink, StepTarget, Tap,
+};
 use crate::cgroup::Cgroup;
-use crate::trace::recorder::Recorder;
 use crate::trace::TraceEvent;
 use decode::{Clock, Record};
 
@@ -93,7 +98,7 @@ pub struct StepCounts {
 }
 
 struct Route {
-    recorder: Arc<Mutex<Recorder>>,
+    sink: Sink,
     cgroup: PathBuf,
     counts: Arc<StepCounts>,
     streams: Mutex<network::Streams>,
@@ -124,10 +129,9 @@ pub struct EbpfBackend {
     flush: Arc<Flush>,
     stop: Arc<AtomicBool>,
     consumer: Option<JoinHandle<()>>,
-    hooks: BTreeMap<String, String>,
+    /// Hooks and limitations, decided at load.
+    info: CaptureInfo,
     step_level: u32,
-    /// The kernel places moves itself (cgroup level and ancestors in BTF).
-    moves_in_kernel: bool,
 }
 
 fn tracefs() -> Option<PathBuf> {
@@ -168,17 +172,40 @@ impl EbpfBackend {
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
             .override_global("STEP_LEVEL", &step_level, true)
-            .override_global("SYS_CONFIG", &network::sys_config(&tracefs)?, true)
+            .override_global("SYS_CONFIG", &sysconfig::sys_config(&tracefs)?, true)
             .load(OBJECT)?;
 
-        let mut hooks = BTreeMap::new();
+        let mut info = CaptureInfo {
+            kind: BackendKind::Ebpf,
+            reason: String::new(),
+            hooks: Vec::new(),
+            limitations: Vec::new(),
+            counting: Counting::PerKind,
+        };
         let file_open = attach_file_open(&mut ebpf, &tracefs)?;
-        hooks.insert("file-open".to_string(), file_open);
+        let fexit = file_open.fexit;
+        info.set_hook(Concern::FileOpen, file_open.how);
         for (prog, hook, concern) in [
-            ("sched_process_exec", "sched_process_exec", "process-exec"),
-            ("sched_process_fork", "sched_process_fork", "process-fork"),
-            ("sched_process_exit", "sched_process_exit", "process-exit"),
-            ("cgroup_attach_task", "cgroup_attach_task", "cgroup-move"),
+            (
+                "sched_process_exec",
+                "sched_process_exec",
+                Concern::ProcessExec,
+            ),
+            (
+                "sched_process_fork",
+                "sched_process_fork",
+                Concern::ProcessFork,
+            ),
+            (
+                "sched_process_exit",
+                "sched_process_exit",
+                Concern::ProcessExit,
+            ),
+            (
+                "cgroup_attach_task",
+                "cgroup_attach_task",
+                Concern::CgroupMove,
+            ),
         ] {
             let p: &mut RawTracePoint = ebpf
                 .program_mut(prog)
@@ -188,27 +215,28 @@ impl EbpfBackend {
             p.load().map_err(prog_err(format!("load {prog}")))?;
             p.attach(hook)
                 .map_err(prog_err(format!("attach raw_tp {hook}")))?;
-            hooks.insert(concern.to_string(), format!("raw_tp:{hook}"));
+            info.set_hook(concern, format!("raw_tp:{hook}"));
         }
-        files::load(&mut ebpf, &tracefs, &mut hooks);
+        let closes = files::load(&mut ebpf, &tracefs, &mut info);
         let mut net = network::enabled();
         if net {
             // Without them the file and process trace still works: say so
             // in the hooks rather than fall back to ptrace.
-            if let Err(e) = network::load(&mut ebpf, &tracefs, &mut hooks) {
+            if let Err(e) = network::load(&mut ebpf, &tracefs, &mut info) {
                 tracing::warn!("network and suspicious-syscall probes unavailable: {e}");
-                hooks.insert("network".to_string(), format!("unavailable: {e}"));
+                info.set_hook(Concern::Network, format!("unavailable: {e}"));
                 net = false;
             }
         }
-        let logger = network::logger(&mut ebpf);
-        hooks.insert(
-            "step-filter".to_string(),
+        let logger = kernel_log::logger(&mut ebpf);
+        info.set_hook(
+            Concern::StepFilter,
             format!("bpf_get_current_ancestor_cgroup_id({step_level}) in STEPS"),
         );
-        if !hooks["file-open"].starts_with("fexit:") {
-            hooks.insert("fentry".to_string(), probe_fentry());
+        if !fexit {
+            info.set_hook(Concern::Fentry, probe_fentry());
         }
+        info.limitations = limitations(fexit, closes, net, moves_in_kernel);
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(EbpfError::Map {
@@ -249,48 +277,9 @@ impl EbpfBackend {
             flush,
             stop,
             consumer: Some(consumer),
-            hooks,
+            info,
             step_level,
-            moves_in_kernel,
         })
-    }
-
-    /// What this backend, with the hooks it got, cannot see (attested).
-    pub fn limitations(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        if !self
-            .hooks
-            .get("file-open")
-            .is_some_and(|h| h.starts_with("fexit:"))
-        {
-            v.push("io_uring opens (IORING_OP_OPENAT) do not pass the syscall tracepoints and are not recorded (io_uring_setup is)".to_string());
-        }
-        v.push("a process moved out of the step's cgroup (by itself, by another process, or created outside it with clone3(CLONE_INTO_CGROUP)) is marked leftStep, with a cgroup_leave event on the process that moved or created it; it is not traced after the move: what it does afterwards is not in this step (in another active step it is recorded there, marked joinedStep); the kernel remembers the step of up to 65536 live step processes, and a process beyond that is counted in trace.events.cgroup_move.lost (its move may go unrecorded)".to_string());
-        v.push("a process that comes into the step's cgroup from outside is traced from its arrival and marked joinedStep (joinedFrom says from where); what it did before is not in this step".to_string());
-        if !self.moves_in_kernel {
-            v.push("this kernel's BTF lacks cgroup.level/ancestors: moves are placed in user space (a move into a cgroup removed before the daemon looked counts as leaving), and a process joining the step is marked joinedStep only as of unknown origin".to_string());
-        }
-        v.push("reads and writes through memory mappings or already-open descriptors are not separate events".to_string());
-        v.push("paths longer than PATH_MAX (4096 bytes) keep only their last components behind /…/ and are not hashed (unhashedOpens: path truncated); two such paths whose kept tails agree share one entry".to_string());
-        if self
-            .hooks
-            .get("written-files")
-            .is_none_or(|h| h.starts_with("unavailable"))
-        {
-            v.push("closes of written files are not observed: written files get no digest (unhashedOpens says so)".to_string());
-        }
-        v.push("a written file closed by close-on-exec at an exec, or held at an fd above 65535 at exit, has no observable close: it gets no digest (unhashedOpens says so)".to_string());
-        if self.net {
-            v.extend(network::limitations());
-        } else {
-            v.push("network, DNS, TLS and suspicious-syscall probes are not loaded (see trace.hooks.network)".to_string());
-        }
-        v
-    }
-
-    /// Hooks in use, per concern.
-    pub fn hooks(&self) -> &BTreeMap<String, String> {
-        &self.hooks
     }
 
     /// The cgroup level steps must be created at.
@@ -299,11 +288,7 @@ impl EbpfBackend {
     }
 
     /// Starts tracing the step whose cgroup is `cgroup`.
-    pub fn register(
-        &self,
-        cgroup: &Cgroup,
-        recorder: Arc<Mutex<Recorder>>,
-    ) -> Result<Arc<StepCounts>, EbpfError> {
+    pub fn register(&self, cgroup: &Cgroup, sink: Sink) -> Result<Arc<StepCounts>, EbpfError> {
         let counts = Arc::new(StepCounts::default());
         // Socket hooks and packet capture belong to the step cgroup.
         let links = if self.net {
@@ -316,7 +301,7 @@ impl EbpfBackend {
             r.insert(
                 cgroup.id(),
                 Route {
-                    recorder,
+                    sink,
                     cgroup: cgroup.path().to_path_buf(),
                     counts: counts.clone(),
                     streams: Mutex::default(),
@@ -450,6 +435,62 @@ impl EbpfBackend {
     }
 }
 
+/// What the eBPF backend, with the hooks it got, cannot see (attested):
+/// `fexit` (the file-open hook is fexit), `closes` (the close stamps
+/// attached), `net` (the network probes loaded), `moves_in_kernel` (the
+/// kernel places cgroup moves itself).
+fn limitations(fexit: bool, closes: bool, net: bool, moves_in_kernel: bool) -> Vec<Limitation> {
+    let mut v = Vec::new();
+    if !fexit {
+        v.push(Limitation::fixed("io_uring opens (IORING_OP_OPENAT) do not pass the syscall tracepoints and are not recorded (io_uring_setup is)"));
+    }
+    v.push(Limitation::fixed("a process moved out of the step's cgroup (by itself, by another process, or created outside it with clone3(CLONE_INTO_CGROUP)) is marked leftStep, with a cgroup_leave event on the process that moved or created it; it is not traced after the move: what it does afterwards is not in this step (in another active step it is recorded there, marked joinedStep); the kernel remembers the step of up to 65536 live step processes, and a process beyond that is counted in trace.events.cgroup_move.lost (its move may go unrecorded)"));
+    v.push(Limitation::fixed("a process that comes into the step's cgroup from outside is traced from its arrival and marked joinedStep (joinedFrom says from where); what it did before is not in this step"));
+    if !moves_in_kernel {
+        v.push(Limitation::fixed("this kernel's BTF lacks cgroup.level/ancestors: moves are placed in user space (a move into a cgroup removed before the daemon looked counts as leaving), and a process joining the step is marked joinedStep only as of unknown origin"));
+    }
+    v.push(Limitation::fixed("reads and writes through memory mappings or already-open descriptors are not separate events"));
+    v.push(Limitation::fixed("paths longer than PATH_MAX (4096 bytes) keep only their last components behind /…/ and are not hashed (unhashedOpens: path truncated); two such paths whose kept tails agree share one entry"));
+    if !closes {
+        v.push(Limitation::fixed("closes of written files are not observed: written files get no digest (unhashedOpens says so)"));
+    }
+    v.push(Limitation::fixed("a written file closed by close-on-exec at an exec, or held at an fd above 65535 at exit, has no observable close: it gets no digest (unhashedOpens says so)"));
+    if net {
+        v.extend(network::limitations());
+    } else {
+        v.push(Limitation::fixed("network, DNS, TLS and suspicious-syscall probes are not loaded (see trace.hooks.network)"));
+    }
+    v
+}
+
+/// The backend is shared with the taps of its steps (each unregisters its
+/// step at stop).
+impl Backend for Arc<EbpfBackend> {
+    fn info(&self) -> &CaptureInfo {
+        &self.info
+    }
+
+    fn start(&self, step: StepTarget<'_>, sink: Sink) -> Result<Box<dyn Tap>, BackendError> {
+        self.register(step.cgroup, sink)?;
+        Ok(Box::new(EbpfTap {
+            backend: self.clone(),
+            cgroup_id: step.cgroup.id(),
+        }))
+    }
+}
+
+/// One step registered in the kernel's `STEPS` map.
+struct EbpfTap {
+    backend: Arc<EbpfBackend>,
+    cgroup_id: u64,
+}
+
+impl Tap for EbpfTap {
+    fn stop(self: Box<Self>) -> Result<EventCounts, BackendError> {
+        Ok(EventCounts(self.backend.unregister(self.cgroup_id)?))
+    }
+}
+
 impl Drop for EbpfBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -464,18 +505,31 @@ impl Drop for EbpfBackend {
 /// refused) or `tracepoint`.
 pub const FILE_OPEN_HOOK_ENV: &str = "CILOCK_EBPF_FILE_OPEN";
 
-/// Loads and attaches the file-open program; returns its `hooks` entry.
+/// The file-open hook that attached.
+struct FileOpenHook {
+    /// fexit on `security_file_open` (else the open-syscall tracepoints).
+    fexit: bool,
+    /// Its `trace.hooks` entry.
+    how: String,
+}
+
+/// Loads and attaches the file-open program.
 ///
 /// fexit on `security_file_open` is preferred: it sees every open that
 /// reaches the VFS (io_uring's included) at one hook. It needs BPF
 /// trampolines, which some kernels refuse (EPERM at load); then the
 /// open-syscall exit tracepoints are used, which every kernel has.
-fn attach_file_open(ebpf: &mut Ebpf, tracefs: &std::path::Path) -> Result<String, EbpfError> {
+fn attach_file_open(ebpf: &mut Ebpf, tracefs: &std::path::Path) -> Result<FileOpenHook, EbpfError> {
     let want = std::env::var(FILE_OPEN_HOOK_ENV).unwrap_or_default();
     let mut refused = None;
     if want != "tracepoint" {
         match attach_fexit_open(ebpf) {
-            Ok(()) => return Ok("fexit:security_file_open + dentry walk".to_string()),
+            Ok(()) => {
+                return Ok(FileOpenHook {
+                    fexit: true,
+                    how: "fexit:security_file_open + dentry walk".to_string(),
+                })
+            }
             Err(e) if want == "fexit" => return Err(e),
             Err(e) => {
                 tracing::info!("fexit file-open hook unavailable, using tracepoints: {e}");
@@ -505,7 +559,10 @@ fn attach_file_open(ebpf: &mut Ebpf, tracefs: &std::path::Path) -> Result<String
     if let Some(why) = refused {
         hook.push_str(&format!(" (fexit:security_file_open refused: {why})"));
     }
-    Ok(hook)
+    Ok(FileOpenHook {
+        fexit: false,
+        how: hook,
+    })
 }
 
 fn attach_fexit_open(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
@@ -562,14 +619,14 @@ fn probe_fentry() -> String {
 
 fn consume(
     mut ring: RingBuf<MapData>,
-    mut logger: Option<network::Logger>,
+    mut logger: Option<kernel_log::Logger>,
     routes: Routes,
     flush: Arc<Flush>,
     stop: Arc<AtomicBool>,
 ) {
     let clock = Clock::now();
     let fd = ring.as_raw_fd();
-    let log_fd = logger.as_ref().map_or(-1, network::logger_fd);
+    let log_fd = logger.as_ref().map_or(-1, kernel_log::logger_fd);
     loop {
         if let Some(l) = logger.as_mut() {
             l.flush();
@@ -627,19 +684,17 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
     } else {
         (p.bytes, false)
     };
-    if let Ok(mut rec) = r.recorder.lock() {
-        if p.egress {
-            rec.push(TraceEvent::Egress {
-                pid: p.pid,
-                fd: p.fd,
-                dst: Some(p.dst),
-                stream,
-                bytes,
-                time: p.time,
-            });
-        } else {
-            rec.ingress(p.pid, p.src, stream, &bytes, p.time);
-        }
+    if p.egress {
+        r.sink.push(TraceEvent::Egress {
+            pid: p.pid,
+            fd: p.fd,
+            dst: Some(p.dst),
+            stream,
+            bytes,
+            time: p.time,
+        });
+    } else {
+        r.sink.ingress(p.pid, p.src, stream, &bytes, p.time);
     }
 }
 
@@ -654,9 +709,7 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                 if let Some(c) = r.counts.captured.get(k as usize) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Ok(mut rec) = r.recorder.lock() {
-                    rec.push(event);
-                }
+                r.sink.push(event);
             }
         }
         Ok(Record::CgroupMove {
@@ -676,21 +729,19 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                         .map(|c| c.subtree_ids().contains(&dst))
                         .unwrap_or(false);
                 if !inside {
-                    if let Ok(mut rec) = r.recorder.lock() {
-                        rec.push(if flags & move_flags::AT_FORK != 0 {
-                            TraceEvent::BornOutside {
-                                pid: moved,
-                                parent: by,
-                                time,
-                            }
-                        } else {
-                            TraceEvent::LeftStep {
-                                pid: moved,
-                                by,
-                                time,
-                            }
-                        });
-                    }
+                    r.sink.push(if flags & move_flags::AT_FORK != 0 {
+                        TraceEvent::BornOutside {
+                            pid: moved,
+                            parent: by,
+                            time,
+                        }
+                    } else {
+                        TraceEvent::LeftStep {
+                            pid: moved,
+                            by,
+                            time,
+                        }
+                    });
                 }
             }
         }
@@ -716,15 +767,13 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                     Some(src) => format!("another step (cgroup {})", src.cgroup.display()),
                     None => format!("a step that has ended (cgroup id {src_step})"),
                 };
-                if let Ok(mut rec) = r.recorder.lock() {
-                    rec.push(TraceEvent::JoinedStep {
-                        pid: moved,
-                        by,
-                        from,
-                        at_birth: flags & move_flags::AT_FORK != 0,
-                        time,
-                    });
-                }
+                r.sink.push(TraceEvent::JoinedStep {
+                    pid: moved,
+                    by,
+                    from,
+                    at_birth: flags & move_flags::AT_FORK != 0,
+                    time,
+                });
             }
         }
         Ok(Record::Payload(p)) => {
