@@ -12,7 +12,7 @@ use cilock_evidence::dsse::{self, Envelope};
 use cilock_evidence::intoto::{Statement, PAYLOAD_TYPE};
 use cilock_evidence::keys::Signer;
 
-use super::{internal, EndSpec, EngineError, StepSpec};
+use super::{EndSpec, EngineError, StepSpec};
 use crate::attest_helper::HelperStep;
 use crate::backend::CaptureInfo;
 
@@ -172,8 +172,8 @@ pub fn sign_statement(
     statement: &Statement<Collection>,
     signer: &Signer,
 ) -> Result<Envelope, EngineError> {
-    let payload = serde_json::to_vec(statement).map_err(internal)?;
-    dsse::sign(PAYLOAD_TYPE, payload, signer).map_err(internal)
+    let payload = serde_json::to_vec(statement)?;
+    Ok(dsse::sign(PAYLOAD_TYPE, payload, signer)?)
 }
 
 /// Fills the trace fields that say how the step was captured

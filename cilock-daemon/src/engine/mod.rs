@@ -24,13 +24,15 @@ use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{self, TraceInfo, WaitDescendants};
 use cilock_evidence::attestors::lifecycle::AttestorOptions;
+use cilock_evidence::attestors::AttestError;
 use cilock_evidence::collection::Collection;
+use cilock_evidence::dsse::DsseError;
 use cilock_evidence::intoto::Statement;
 
 use crate::api::{ActiveStep, ApiError, ErrorKind};
 use crate::attest_helper::{self, HelperConfig, Identity};
 use crate::backend::{Backend, BackendChoice, BackendError, CaptureInfo, Sink, StepTarget, Tap};
-use crate::cgroup::{Cgroup, Hierarchy, PidFd};
+use crate::cgroup::{Cgroup, CgroupError, Hierarchy, LockError, PidFd};
 use crate::trace::digest_cache::DigestCache;
 use crate::trace::digest_cache::Reader;
 use crate::trace::recorder::{Recorder, TraceLimits};
@@ -143,6 +145,37 @@ pub enum EngineError {
     /// The backend failed to load or to trace a step.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// A cgroup operation failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The lock on the steps' parent cgroup could not be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The attestor helper failed before the step.
+    #[error(transparent)]
+    Before(attest_helper::BeforeError),
+    /// An attestor failed.
+    #[error(transparent)]
+    Attest(#[from] AttestError),
+    /// The attestors after the step failed (other than by failing the
+    /// step, which is its outcome).
+    #[error("attestors after the step: {0}")]
+    After(#[source] AttestError),
+    /// Serializing the command-run or the statement failed.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] DsseError),
+    /// A file of the daemon's state (step records) could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done, on which path.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The step was ended by this daemon at its start: the daemon that
     /// began it had died (the message says where its attestation is).
     #[error("{0}")]
@@ -157,7 +190,16 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::Conflict(_) => ErrorKind::Conflict,
             EngineError::TooMany(_) => ErrorKind::TooMany,
-            EngineError::Internal(_) | EngineError::Backend(_) => ErrorKind::Internal,
+            EngineError::Internal(_)
+            | EngineError::Backend(_)
+            | EngineError::Cgroup(_)
+            | EngineError::Lock(_)
+            | EngineError::Before(_)
+            | EngineError::Attest(_)
+            | EngineError::After(_)
+            | EngineError::Json(_)
+            | EngineError::Sign(_)
+            | EngineError::Io { .. } => ErrorKind::Internal,
             EngineError::Interrupted(_) => ErrorKind::NotFound,
         };
         ApiError::new(kind, e.to_string())
@@ -318,7 +360,7 @@ impl Engine {
     /// Starts the engine: finds cgroup2, prepares the steps' parent cgroup
     /// (removing leftovers of a previous run), and loads the backend.
     pub fn start(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
-        let hier = Hierarchy::find().map_err(internal)?;
+        let hier = Hierarchy::find()?;
         if cfg.cgroup_parent.split('/').any(|c| !valid_step_name(c)) {
             return Err(EngineError::BadRequest(format!(
                 "invalid cgroup parent name {:?}",
@@ -327,7 +369,7 @@ impl Engine {
         }
         let parent = hier.mount.join(&cfg.cgroup_parent);
         // One engine per parent: nothing is touched before the lock is held.
-        let (lock, parent_cg) = crate::cgroup::ParentLock::acquire(&parent).map_err(internal)?;
+        let (lock, parent_cg) = crate::cgroup::ParentLock::acquire(&parent)?;
         let records = cfg.step_records.then(|| {
             cfg.state_dir
                 .join("steps")
@@ -512,7 +554,7 @@ impl Engine {
                     notes: spec.notes.clone(),
                 })
                 .map_err(|e| match e {
-                    attest_helper::BeforeError::Helper(_) => internal(e),
+                    attest_helper::BeforeError::Helper(_) => EngineError::Before(e),
                     _ => EngineError::BadRequest(e.to_string()),
                 })?;
                 Attest::Helper(step)
@@ -529,7 +571,7 @@ impl Engine {
             std::process::id(),
             n
         ));
-        let cgroup = Cgroup::create(&cg_path).map_err(internal)?;
+        let cgroup = Cgroup::create(&cg_path)?;
         let sink = Sink::new(Recorder::with_limits(
             Some(std::process::id()),
             self.cfg.trace_limits.clone(),
@@ -586,12 +628,12 @@ impl Engine {
         // killed) is ended by the next one, never silently untraced.
         let record = match self.write_record(&spec, &names, &cgroup, &origin) {
             Ok(r) => r,
-            Err(e) => {
+            Err(source) => {
                 undo(Some(tap), &cgroup, &origin);
-                return Err(internal(format!(
-                    "cannot persist the record of step {:?}: {e}",
-                    spec.name
-                )));
+                return Err(EngineError::Io {
+                    what: format!("cannot persist the record of step {:?}", spec.name),
+                    source,
+                });
             }
         };
         let unrecord = |r: &Option<PathBuf>| {

@@ -18,7 +18,7 @@ use cilock_evidence::collection::{Collection, COLLECTION_TYPE};
 use cilock_evidence::intoto::Statement;
 
 use super::attest::CommandRunAttestor;
-use super::{internal, valid_leaf, Engine, EngineError, StepSpec, MAX_STEPS};
+use super::{valid_leaf, Engine, EngineError, StepSpec, MAX_STEPS};
 use crate::cgroup::Cgroup;
 
 /// What is persisted of an active step (`<state_dir>/steps/<parent>/<cgroup
@@ -135,11 +135,9 @@ pub(super) fn recover(
     parent: &Path,
     mount: &Path,
 ) -> Result<Vec<InterruptedStep>, EngineError> {
-    make_private_dir(dir).map_err(|e| {
-        internal(format!(
-            "creating the step records directory {}: {e}",
-            dir.display()
-        ))
+    make_private_dir(dir).map_err(|source| EngineError::Io {
+        what: format!("creating the step records directory {}", dir.display()),
+        source,
     })?;
     let restarted = cilock_evidence::timefmt::now();
     let last_seen = read_bounded(&dir.join(HEARTBEAT)).ok().and_then(|b| {
@@ -152,7 +150,10 @@ pub(super) fn recover(
     let mut ours = HashSet::new();
     let mut out = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| internal(format!("reading {}: {e}", dir.display())))?
+        .map_err(|source| EngineError::Io {
+            what: format!("reading {}", dir.display()),
+            source,
+        })?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -308,8 +309,8 @@ impl InterruptedStep {
             ..Default::default()
         };
         let mut ctx = AttestationContext::new(PathBuf::from(&r.workdir), Vec::new());
-        let json = serde_json::to_value(&run).map_err(internal)?;
-        run_one(&mut ctx, &mut CommandRunAttestor(Some(json))).map_err(internal)?;
+        let json = serde_json::to_value(&run)?;
+        run_one(&mut ctx, &mut CommandRunAttestor(Some(json)))?;
         let (collection, subjects) = into_collection(&r.name, &ctx);
         Ok(Statement::new(COLLECTION_TYPE, subjects, collection))
     }

@@ -13,9 +13,7 @@ use cilock_evidence::intoto::Statement;
 use super::attest::{
     capture_fields, in_process_before, observe, record_skipped, Attest, CommandRunAttestor,
 };
-use super::{
-    internal, kernel_release, valid_step_name, EndSpec, EngineError, StepOutcome, StepSpec,
-};
+use super::{kernel_release, valid_step_name, EndSpec, EngineError, StepOutcome, StepSpec};
 use crate::backend::{ptrace, Backend, Counting, Sink, Tap};
 use crate::cgroup::Cgroup;
 use crate::trace::digest_cache::{DigestCache, Reader};
@@ -108,12 +106,12 @@ impl PendingStep {
                 mut ctx,
             } => {
                 ctx.step_writes = Some(writes);
-                let json = serde_json::to_value(&run).map_err(internal)?;
-                run_one(&mut ctx, &mut CommandRunAttestor(Some(json))).map_err(internal)?;
+                let json = serde_json::to_value(&run)?;
+                run_one(&mut ctx, &mut CommandRunAttestor(Some(json)))?;
                 let failure = match lifecycle.after(&mut ctx) {
                     Ok(()) => None,
                     Err(AttestError::Failed(msg)) => Some(msg),
-                    Err(e) => return Err(internal(format!("attestors after the step: {e}"))),
+                    Err(e) => return Err(EngineError::After(e)),
                 };
                 record_skipped(&mut ctx, lifecycle.skipped());
                 (ctx, failure)
