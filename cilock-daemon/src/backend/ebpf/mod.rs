@@ -1,13 +1,22 @@
 //! The eBPF backend: the probes are loaded and attached once; steps are
 //! registered by cgroup id in the kernel's `STEPS` map; one consumer thread
-//! drains the ring buffer and routes each record to its step's recorder.
+//! drains the ring buffer and routes each record to its step's sink.
+//!
+//! - [`probes`]: what each event family attaches (one module per family);
+//! - `loader`: finding, loading and attaching a program by name;
+//! - [`sysconfig`]: the programs' `.rodata` syscall configuration;
+//! - [`offsets`] / [`btf`]: the kernel layout the programs read;
+//! - [`kernel_log`]: the programs' log forwarded to `tracing`;
+//! - [`decode`], [`syscalls`], [`network`]: records to events (the trace
+//!   model's side).
 
 pub mod btf;
 pub mod decode;
-pub mod files;
 pub mod kernel_log;
+mod loader;
 pub mod network;
 pub mod offsets;
+pub mod probes;
 pub mod syscalls;
 pub mod sysconfig;
 
@@ -20,10 +29,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use cilock_abi::{kind, move_flags, StepLoss};
 use cilock_evidence::attestors::command_run::EventCount;
+use loader::map_err;
 
 use crate::backend::{
     Backend, BackendError, BackendKind, CaptureInfo, Concern, Counting, EventCounts, Limitation,
@@ -35,15 +44,6 @@ use decode::{Clock, Record};
 
 /// The compiled kernel programs (empty when built with CILOCK_SKIP_EBPF=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cilock"));
-
-/// Syscalls whose successful return installs a file the open probe reports.
-const OPEN_SYSCALLS: [&str; 5] = [
-    "sys_exit_open",
-    "sys_exit_openat",
-    "sys_exit_openat2",
-    "sys_exit_creat",
-    "sys_exit_open_by_handle_at",
-];
 
 /// Why the eBPF backend is not available.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,7 @@ struct Route {
     cgroup: PathBuf,
     counts: Arc<StepCounts>,
     streams: Mutex<network::Streams>,
-    _links: Option<network::StepLinks>,
+    _links: Option<probes::net::StepLinks>,
 }
 
 type Routes = Arc<RwLock<HashMap<u64, Route>>>;
@@ -134,22 +134,6 @@ pub struct EbpfBackend {
     step_level: u32,
 }
 
-fn tracefs() -> Option<PathBuf> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("events").is_dir())
-}
-
-fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> EbpfError {
-    let what = what.into();
-    move |source| EbpfError::Program { what, source }
-}
-
-fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
-    move |source| EbpfError::Map { what, source }
-}
-
 impl EbpfBackend {
     /// Loads and attaches the probes. Step cgroups will be at `step_level`
     /// (their depth below the cgroup2 root).
@@ -159,7 +143,7 @@ impl EbpfBackend {
         }
         tracing::debug!("loading the eBPF probes");
         let btf = btf::Btf::from_sys().map_err(EbpfError::NoBtf)?;
-        let tracefs = tracefs().ok_or(EbpfError::NoTracefs)?;
+        let tracefs = loader::tracefs().ok_or(EbpfError::NoTracefs)?;
         let offs = offsets::compute(&btf, &tracefs)?;
         #[cfg(debug_assertions)]
         let offs = inject_fault(offs);
@@ -182,47 +166,17 @@ impl EbpfBackend {
             limitations: Vec::new(),
             counting: Counting::PerKind,
         };
-        let file_open = attach_file_open(&mut ebpf, &tracefs)?;
+        let file_open = probes::file::attach_open(&mut ebpf, &tracefs)?;
         let fexit = file_open.fexit;
         info.set_hook(Concern::FileOpen, file_open.how);
-        for (prog, hook, concern) in [
-            (
-                "sched_process_exec",
-                "sched_process_exec",
-                Concern::ProcessExec,
-            ),
-            (
-                "sched_process_fork",
-                "sched_process_fork",
-                Concern::ProcessFork,
-            ),
-            (
-                "sched_process_exit",
-                "sched_process_exit",
-                Concern::ProcessExit,
-            ),
-            (
-                "cgroup_attach_task",
-                "cgroup_attach_task",
-                Concern::CgroupMove,
-            ),
-        ] {
-            let p: &mut RawTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| missing(prog))?
-                .try_into()
-                .map_err(prog_err(prog))?;
-            p.load().map_err(prog_err(format!("load {prog}")))?;
-            p.attach(hook)
-                .map_err(prog_err(format!("attach raw_tp {hook}")))?;
-            info.set_hook(concern, format!("raw_tp:{hook}"));
-        }
-        let closes = files::load(&mut ebpf, &tracefs, &mut info);
-        let mut net = network::enabled();
+        probes::process::attach(&mut ebpf, &mut info)?;
+        probes::cgroup::attach(&mut ebpf, &mut info)?;
+        let closes = probes::file::load_written(&mut ebpf, &tracefs, &mut info);
+        let mut net = probes::net::enabled();
         if net {
             // Without them the file and process trace still works: say so
             // in the hooks rather than fall back to ptrace.
-            if let Err(e) = network::load(&mut ebpf, &tracefs, &mut info) {
+            if let Err(e) = probes::net::load(&mut ebpf, &tracefs, &mut info) {
                 tracing::warn!("network and suspicious-syscall probes unavailable: {e}");
                 info.set_hook(Concern::Network, format!("unavailable: {e}"));
                 net = false;
@@ -234,7 +188,7 @@ impl EbpfBackend {
             format!("bpf_get_current_ancestor_cgroup_id({step_level}) in STEPS"),
         );
         if !fexit {
-            info.set_hook(Concern::Fentry, probe_fentry());
+            info.set_hook(Concern::Fentry, probes::file::probe_fentry());
         }
         info.limitations = limitations(fexit, closes, net, moves_in_kernel);
 
@@ -293,7 +247,7 @@ impl EbpfBackend {
         // Socket hooks and packet capture belong to the step cgroup.
         let links = if self.net {
             let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-            Some(network::attach_step(&mut ebpf, cgroup.path())?)
+            Some(probes::net::attach_step(&mut ebpf, cgroup.path())?)
         } else {
             None
         };
@@ -456,7 +410,7 @@ fn limitations(fexit: bool, closes: bool, net: bool, moves_in_kernel: bool) -> V
     }
     v.push(Limitation::fixed("a written file closed by close-on-exec at an exec, or held at an fd above 65535 at exit, has no observable close: it gets no digest (unhashedOpens says so)"));
     if net {
-        v.extend(network::limitations());
+        v.extend(probes::net::limitations());
     } else {
         v.push(Limitation::fixed("network, DNS, TLS and suspicious-syscall probes are not loaded (see trace.hooks.network)"));
     }
@@ -500,88 +454,6 @@ impl Drop for EbpfBackend {
     }
 }
 
-/// Environment variable choosing the file-open hook: `auto` (default: fexit
-/// where the kernel allows it, else tracepoints), `fexit` (fail if
-/// refused) or `tracepoint`.
-pub const FILE_OPEN_HOOK_ENV: &str = "CILOCK_EBPF_FILE_OPEN";
-
-/// The file-open hook that attached.
-struct FileOpenHook {
-    /// fexit on `security_file_open` (else the open-syscall tracepoints).
-    fexit: bool,
-    /// Its `trace.hooks` entry.
-    how: String,
-}
-
-/// Loads and attaches the file-open program.
-///
-/// fexit on `security_file_open` is preferred: it sees every open that
-/// reaches the VFS (io_uring's included) at one hook. It needs BPF
-/// trampolines, which some kernels refuse (EPERM at load); then the
-/// open-syscall exit tracepoints are used, which every kernel has.
-fn attach_file_open(ebpf: &mut Ebpf, tracefs: &std::path::Path) -> Result<FileOpenHook, EbpfError> {
-    let want = std::env::var(FILE_OPEN_HOOK_ENV).unwrap_or_default();
-    let mut refused = None;
-    if want != "tracepoint" {
-        match attach_fexit_open(ebpf) {
-            Ok(()) => {
-                return Ok(FileOpenHook {
-                    fexit: true,
-                    how: "fexit:security_file_open + dentry walk".to_string(),
-                })
-            }
-            Err(e) if want == "fexit" => return Err(e),
-            Err(e) => {
-                tracing::info!("fexit file-open hook unavailable, using tracepoints: {e}");
-                refused = Some(e.to_string());
-            }
-        }
-    }
-    let tp: &mut TracePoint = ebpf
-        .program_mut("sys_exit_open")
-        .ok_or_else(|| missing("sys_exit_open"))?
-        .try_into()
-        .map_err(prog_err("sys_exit_open"))?;
-    tp.load().map_err(prog_err("load sys_exit_open"))?;
-    let mut attached = Vec::new();
-    for name in OPEN_SYSCALLS {
-        // open/creat do not exist on every architecture.
-        if tracefs.join("events/syscalls").join(name).is_dir() {
-            tp.attach("syscalls", name)
-                .map_err(prog_err(format!("attach syscalls/{name}")))?;
-            attached.push(name.trim_start_matches("sys_exit_"));
-        }
-    }
-    let mut hook = format!(
-        "tracepoint:syscalls/sys_exit_{{{}}} + dentry walk",
-        attached.join(",")
-    );
-    if let Some(why) = refused {
-        hook.push_str(&format!(" (fexit:security_file_open refused: {why})"));
-    }
-    Ok(FileOpenHook {
-        fexit: false,
-        how: hook,
-    })
-}
-
-fn attach_fexit_open(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
-        what: "kernel BTF for fexit".to_string(),
-        source: aya::programs::ProgramError::Btf(e),
-    })?;
-    let p: &mut FExit = ebpf
-        .program_mut("fexit_file_open")
-        .ok_or_else(|| missing("fexit_file_open"))?
-        .try_into()
-        .map_err(prog_err("fexit_file_open"))?;
-    p.load("security_file_open", &btf)
-        .map_err(prog_err("load fexit:security_file_open"))?;
-    p.attach()
-        .map_err(prog_err("attach fexit:security_file_open"))?;
-    Ok(())
-}
-
 /// Test builds only: `CILOCK_TEST_FAULT=wrong-offset` corrupts one BTF
 /// offset (`dentry.d_name`), so every walked path is wrong. The kernel
 /// matrix (`cargo xtask vm-test --inject-fault wrong-offset`) uses it to
@@ -593,28 +465,6 @@ fn inject_fault(mut offs: cilock_abi::Offsets) -> cilock_abi::Offsets {
         offs.dentry_d_name += 8;
     }
     offs
-}
-
-fn missing(name: &str) -> EbpfError {
-    EbpfError::Program {
-        what: name.to_string(),
-        source: aya::programs::ProgramError::UnexpectedProgramType,
-    }
-}
-
-/// Whether fentry/fexit programs can be loaded here (they need BPF
-/// trampolines, which some kernels refuse).
-fn probe_fentry() -> String {
-    match aya::sys::is_program_supported(aya::programs::ProgramType::Tracing) {
-        Ok(true) => {}
-        Ok(false) => return "unavailable: tracing programs not supported".into(),
-        Err(e) => return format!("unavailable: {e}"),
-    }
-    // Attaching needs a trampoline: ask the tracefs interface that backs it.
-    match std::fs::File::open("/sys/kernel/tracing/available_filter_functions") {
-        Ok(_) => "available (tracepoints are used: they cover every kernel)".into(),
-        Err(e) => format!("unavailable: ftrace function patching refused ({e})"),
-    }
 }
 
 fn consume(
