@@ -138,6 +138,20 @@ pub enum Counting {
     ProcessTable,
 }
 
+/// Records of one kind a backend captured for a step, and lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    /// Delivered to the step's sink.
+    pub captured: u64,
+    /// Lost (the kernel could not emit them, or they were malformed).
+    pub lost: u64,
+}
+
+/// A step's counts per kind (`process`, `file_open`, …, and `malformed`),
+/// by the kind names of `cilock_abi::kind::name`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts(pub BTreeMap<String, Count>);
+
 /// What a backend captures with, decided when it loaded.
 #[derive(Clone, Debug)]
 pub struct CaptureInfo {

@@ -15,15 +15,15 @@ pub mod capture;
 pub mod ebpf;
 pub mod ptrace;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use cilock_evidence::attestors::command_run::EventCount;
 use serde::{Deserialize, Serialize};
 
-pub use capture::{BackendKind, CaptureInfo, Concern, Counting, Hook, Limitation};
+pub use capture::{
+    BackendKind, CaptureInfo, Concern, Count, Counting, EventCounts, Hook, Limitation,
+};
 
 use crate::cgroup::Cgroup;
 use crate::trace::recorder::Recorder;
@@ -86,10 +86,6 @@ pub struct StepTarget<'a> {
     /// The process the step begins with (moved into `cgroup` right after).
     pub pid: u32,
 }
-
-/// Captured and lost events per kind (`trace.events`).
-#[derive(Clone, Debug, Default)]
-pub struct EventCounts(pub BTreeMap<String, EventCount>);
 
 /// A loaded backend: one per engine.
 pub trait Backend: Send + Sync {

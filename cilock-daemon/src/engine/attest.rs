@@ -1,9 +1,12 @@
 //! From a finished trace to a statement: where the attestors run (in this
 //! process or in the unprivileged helper), command-run's observed and
-//! claimed fields, and signing.
+//! claimed fields, the capture facts and counts as the attestation's
+//! strings, and signing.
+
+use std::collections::BTreeMap;
 
 use cilock_evidence::attestors::command_run::{
-    self, Claimed, CommandRun, TraceInfo, EXITCODE_UNKNOWN,
+    self, Claimed, CommandRun, EventCount, TraceInfo, EXITCODE_UNKNOWN,
 };
 use cilock_evidence::attestors::lifecycle::{Lifecycle, SkippedAttestor};
 use cilock_evidence::attestors::{AttestError, AttestationContext, Attestor, Stage};
@@ -14,7 +17,7 @@ use cilock_evidence::keys::Signer;
 
 use super::{EndSpec, EngineError, StepSpec};
 use crate::attest_helper::HelperStep;
-use crate::backend::CaptureInfo;
+use crate::backend::{CaptureInfo, EventCounts};
 
 /// Where a step's attestors run (one per step: the size difference of the
 /// variants does not matter).
@@ -184,4 +187,21 @@ pub(super) fn capture_fields(trace: &mut TraceInfo, info: &CaptureInfo) {
     trace.reason = info.reason.clone();
     trace.hooks = info.hooks_map();
     trace.limitations = info.limitation_texts();
+}
+
+/// `trace.events`: the backend's counts as the attestation's.
+pub(super) fn event_counts(counts: EventCounts) -> BTreeMap<String, EventCount> {
+    counts
+        .0
+        .into_iter()
+        .map(|(k, c)| {
+            (
+                k,
+                EventCount {
+                    captured: c.captured,
+                    lost: c.lost,
+                },
+            )
+        })
+        .collect()
 }

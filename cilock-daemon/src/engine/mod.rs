@@ -6,8 +6,8 @@
 //! which one it is. Ending a step stops the tap, hashes what was opened,
 //! runs the attestors after the command, and signs.
 //!
-//! - this module: [`Engine`] (start, begin, end, reap), its settings,
-//!   errors and specs;
+//! - this module: [`Engine`] (start, begin, end, reap; one `step` tracing
+//!   span per step operation), its settings, errors and specs;
 //! - `step`: `Step` while traced, [`PendingStep`] once its
 //!   trace is complete; [`run_ptrace`] (no daemon, no cgroups);
 //! - `attest`: where the attestors run, command-run's observed and claimed
@@ -506,6 +506,8 @@ impl Engine {
         pin: Option<PidFd>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<PathBuf, EngineError> {
+        let _span =
+            tracing::info_span!("step", name = %spec.name, owner = spec.owner_uid).entered();
         if !valid_step_name(&spec.name) {
             return Err(EngineError::BadRequest(format!(
                 "invalid step name {:?}: use letters, digits and - _ . @ + (at most 128, not starting with .)",
@@ -764,6 +766,8 @@ impl Engine {
     }
 
     fn finish(&self, step: Step, end: EndSpec, ended_by: &str) -> Result<StepOutcome, EngineError> {
+        let _span =
+            tracing::info_span!("step", name = %step.name, owner = step.owner_uid).entered();
         // `cilock run`: the command's descendants are waited for (bounded).
         let waited = end.wait_descendants.map(|bound| {
             let t0 = Instant::now();
@@ -799,7 +803,7 @@ impl Engine {
             ..Default::default()
         };
         attest::capture_fields(&mut trace, self.backend.info());
-        trace.events = step.tap.stop().map_err(EngineError::Backend)?.0;
+        trace.events = attest::event_counts(step.tap.stop().map_err(EngineError::Backend)?);
         // Leave the cgroup (processes still alive go back to the parent).
         if let Err(e) = step.cgroup.remove(&self.return_to(&step.origin)) {
             tracing::warn!("step {}: {e}", step.name);

@@ -31,12 +31,11 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use cilock_abi::{kind, move_flags, StepLoss};
-use cilock_evidence::attestors::command_run::EventCount;
 use loader::map_err;
 
 use crate::backend::{
-    Backend, BackendError, BackendKind, CaptureInfo, Concern, Counting, EventCounts, Limitation,
-    Sink, StepTarget, Tap,
+    Backend, BackendError, BackendKind, CaptureInfo, Concern, Count, Counting, EventCounts,
+    Limitation, Sink, StepTarget, Tap,
 };
 use crate::cgroup::Cgroup;
 use crate::trace::TraceEvent;
@@ -285,7 +284,7 @@ impl EbpfBackend {
 
     /// Stops tracing the step, delivers everything it emitted to its
     /// recorder, and returns captured/lost counts per kind.
-    pub fn unregister(&self, cgroup_id: u64) -> Result<BTreeMap<String, EventCount>, EbpfError> {
+    pub fn unregister(&self, cgroup_id: u64) -> Result<BTreeMap<String, Count>, EbpfError> {
         let removed = {
             let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
             maps.steps
@@ -330,7 +329,7 @@ impl EbpfBackend {
             }
             out.insert(
                 kind::name(k).to_string(),
-                EventCount {
+                Count {
                     captured: route.counts.captured[k as usize].load(Ordering::Relaxed),
                     lost: lost[k as usize],
                 },
@@ -340,7 +339,7 @@ impl EbpfBackend {
         if malformed > 0 {
             out.insert(
                 "malformed".to_string(),
-                EventCount {
+                Count {
                     captured: 0,
                     lost: malformed,
                 },
@@ -364,7 +363,7 @@ impl EbpfBackend {
     }
 
     /// Global (all steps) emitted and lost counts per kind, from the kernel.
-    pub fn global_counters(&self) -> BTreeMap<String, EventCount> {
+    pub fn global_counters(&self) -> BTreeMap<String, Count> {
         let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = BTreeMap::new();
         for k in 1..kind::COUNT as u32 {
@@ -379,7 +378,7 @@ impl EbpfBackend {
             };
             out.insert(
                 kind::name(k).to_string(),
-                EventCount {
+                Count {
                     captured: sum(k * 2),
                     lost: sum(k * 2 + 1),
                 },
