@@ -190,3 +190,28 @@ impl CaptureInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_set_again_replaces_the_first() {
+        let mut info = CaptureInfo {
+            kind: BackendKind::Ebpf,
+            reason: String::new(),
+            hooks: Vec::new(),
+            limitations: vec![Limitation::fixed("a"), Limitation::text("b".into())],
+            counting: Counting::PerKind,
+        };
+        info.set_hook(Concern::Network, "probes");
+        info.set_hook(Concern::FileOpen, "fexit");
+        info.set_hook(Concern::Network, "unavailable: no");
+        let m = info.hooks_map();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["network"], "unavailable: no");
+        assert_eq!(m["file-open"], "fexit");
+        assert_eq!(info.limitation_texts(), ["a", "b"]);
+        assert_eq!(info.kind.name(), "ebpf");
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cilock_evidence::attestors::command_run::{KillAtEnd, MAX_KILLED_LISTED};
 
 use super::step::Step;
-use super::Engine;
+use super::{EndedBy, Engine};
 use crate::cgroup::PidFd;
 
 /// The first [`MAX_KILLED_LISTED`] pids of `pids`.
@@ -31,13 +31,12 @@ impl Engine {
         &self,
         step: &Step,
         caller: Option<&PidFd>,
-        ended_by: &str,
+        ended_by: EndedBy,
         alive: &[u32],
     ) -> KillAtEnd {
-        let requested_by = if ended_by == "step end" {
-            "step end --kill"
-        } else {
-            ended_by
+        let requested_by = match ended_by {
+            EndedBy::StepEnd => "step end --kill",
+            other => other.as_str(),
         };
         let inside = caller.filter(|c| !c.exited() && step.cgroup.holds(&self.mount, c.pid()));
         let Some(caller) = inside else {

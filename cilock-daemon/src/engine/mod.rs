@@ -110,6 +110,39 @@ impl Default for EngineConfig {
     }
 }
 
+/// Who or what ended a step (`trace.endedBy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EndedBy {
+    /// `cilock step end`.
+    StepEnd,
+    /// `cilock run` (its command and descendants are done).
+    Run,
+    /// The step timeout ran out (its processes are killed).
+    Timeout,
+    /// The step's cgroup stayed empty for the idle timeout.
+    Idle,
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+impl EndedBy {
+    /// The attested text.
+    fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::StepEnd => "step end",
+            EndedBy::Run => "run",
+            EndedBy::Timeout => "timeout",
+            EndedBy::Idle => "idle",
+            EndedBy::Shutdown => "daemon shutdown",
+        }
+    }
+
+    /// Ended by the engine, not by a client (`trace.reaped`).
+    fn reaped(self) -> bool {
+        !matches!(self, EndedBy::StepEnd | EndedBy::Run)
+    }
+}
+
 /// Why the engine ends a step on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reap {
@@ -758,14 +791,19 @@ impl Engine {
             }
         };
         let by = if end.wait_descendants.is_some() {
-            "run"
+            EndedBy::Run
         } else {
-            "step end"
+            EndedBy::StepEnd
         };
         self.finish(step, end, by)
     }
 
-    fn finish(&self, step: Step, end: EndSpec, ended_by: &str) -> Result<StepOutcome, EngineError> {
+    fn finish(
+        &self,
+        step: Step,
+        end: EndSpec,
+        ended_by: EndedBy,
+    ) -> Result<StepOutcome, EngineError> {
         let _span =
             tracing::info_span!("step", name = %step.name, owner = step.owner_uid).entered();
         // `cilock run`: the command's descendants are waited for (bounded).
@@ -784,8 +822,8 @@ impl Engine {
         };
         let mut trace = TraceInfo {
             kernel: self.kernel.clone(),
-            reaped: !matches!(ended_by, "step end" | "run"),
-            ended_by: ended_by.to_string(),
+            reaped: ended_by.reaped(),
+            ended_by: ended_by.as_str().to_string(),
             wait_descendants: waited.map(|(bound, took, empty)| WaitDescendants {
                 timeout_seconds: bound.as_secs_f64(),
                 waited_seconds: took.as_secs_f64(),
@@ -845,14 +883,14 @@ impl Engine {
     /// has stayed empty for the idle timeout; with `Reap::All`, every step
     /// (its processes keep running, untraced). Returns each step's outcome.
     pub fn reap(&self, which: Reap) -> Vec<(String, Result<StepOutcome, EngineError>)> {
-        let taken: Vec<(Step, &'static str, bool)> = {
+        let taken: Vec<(Step, EndedBy, bool)> = {
             let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
             let mut chosen = Vec::new();
             for (key, s) in steps.iter_mut() {
                 let why = match which {
-                    Reap::All => Some(("daemon shutdown", false)),
+                    Reap::All => Some((EndedBy::Shutdown, false)),
                     Reap::Expired if s.started.elapsed() > self.cfg.step_timeout => {
-                        Some(("timeout", true))
+                        Some((EndedBy::Timeout, true))
                     }
                     Reap::Expired => {
                         if s.cgroup.populated() {
@@ -860,7 +898,8 @@ impl Engine {
                             None
                         } else {
                             let since = *s.empty_since.get_or_insert_with(Instant::now);
-                            (since.elapsed() >= self.cfg.idle_timeout).then_some(("idle", false))
+                            (since.elapsed() >= self.cfg.idle_timeout)
+                                .then_some((EndedBy::Idle, false))
                         }
                     }
                 };
@@ -876,7 +915,7 @@ impl Engine {
         let mut out = Vec::new();
         for (s, why, kill) in taken {
             let name = s.name.clone();
-            tracing::warn!(step = %name, owner = s.owner_uid, reason = why, "ending a step nobody ended");
+            tracing::warn!(step = %name, owner = s.owner_uid, reason = why.as_str(), "ending a step nobody ended");
             let end = EndSpec {
                 kill,
                 ..Default::default()

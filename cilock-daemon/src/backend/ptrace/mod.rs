@@ -410,3 +410,35 @@ pub fn event_to_json(ev: &TraceEvent) -> serde_json::Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_info_keeps_the_attested_hook_keys() {
+        let info = capture_info("why".into());
+        assert_eq!(info.kind.name(), "ptrace");
+        assert_eq!(info.reason, "why");
+        assert_eq!(info.counting, Counting::ProcessTable);
+        let keys: Vec<String> = info.hooks_map().into_keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "cgroup-leave",
+                "egress",
+                "exec",
+                "file-open",
+                "follow-mode",
+                "network",
+                "process-tree",
+                "suspicious-syscalls",
+                "written-files",
+            ]
+        );
+        let lim = info.limitation_texts();
+        assert_eq!(lim.len(), 19);
+        assert!(lim[0].starts_with("io_uring: files opened"));
+        assert!(lim[18].starts_with("DNS over TCP is parsed on port 53"));
+    }
+}
