@@ -644,3 +644,42 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(v: Vec<Limitation>) -> Vec<String> {
+        CaptureInfo {
+            kind: BackendKind::Ebpf,
+            reason: String::new(),
+            hooks: Vec::new(),
+            limitations: v,
+            counting: Counting::PerKind,
+        }
+        .limitation_texts()
+    }
+
+    /// The limitations follow the typed facts of the load, not hook prose.
+    #[test]
+    fn limitations_follow_what_attached() {
+        let all = texts(limitations(true, true, true, true));
+        assert!(!all
+            .iter()
+            .any(|l| l.starts_with("io_uring opens (IORING_OP_OPENAT)")));
+        assert!(!all.iter().any(|l| l.starts_with("closes of written files")));
+        assert!(!all.iter().any(|l| l.starts_with("this kernel's BTF lacks")));
+        assert!(all.iter().any(|l| l.starts_with("sockets created before")));
+        let none = texts(limitations(false, false, false, false));
+        assert!(none[0].starts_with("io_uring opens (IORING_OP_OPENAT)"));
+        assert!(none
+            .iter()
+            .any(|l| l.starts_with("closes of written files")));
+        assert!(none
+            .iter()
+            .any(|l| l.starts_with("this kernel's BTF lacks")));
+        assert!(none.last().is_some_and(
+            |l| l.starts_with("network, DNS, TLS and suspicious-syscall probes are not loaded")
+        ));
+    }
+}

@@ -56,7 +56,7 @@ fn first_arg_offset(text: &str) -> Option<u32> {
     None
 }
 
-/// [`own_pidfd_inode`], computed once.
+/// The inode of this process's pidfd (`own_pidfd_inode`), computed once.
 pub fn daemon_pidfd_inode() -> Option<u64> {
     static INO: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *INO.get_or_init(own_pidfd_inode)

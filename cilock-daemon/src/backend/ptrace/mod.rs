@@ -256,7 +256,7 @@ fn hooks() -> Vec<Hook> {
 }
 
 /// What this backend cannot see; goes into the attestation.
-fn limitations() -> Vec<Limitation> {
+pub fn limitations() -> Vec<Limitation> {
     let c = PtraceConfig::default();
     let mut v: Vec<Limitation> = [
         "io_uring: files opened and data sent through io_uring submissions are invisible (io_uring_setup is reported)",
