@@ -21,7 +21,10 @@ use crate::backend::{CaptureInfo, EventCounts};
 
 /// Where a step's attestors run (one per step: the size difference of the
 /// variants does not matter).
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per step: the size difference of the variants does not matter"
+)]
 pub(super) enum Attest {
     /// In this process (embedded engines, as the calling user).
     InProcess {
