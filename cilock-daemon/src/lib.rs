@@ -9,6 +9,8 @@
 //!   cgroup in the kernel) and the ptrace fallback (seccomp-filtered).
 //! - [`engine`]: steps: begin, end, reap; turns a trace into a command-run
 //!   attestation.
+//! - [`service`]: the daemon's service: who may begin/end, the reaper,
+//!   signing, kept envelopes.
 //! - [`kept`]: the store of signed envelopes clients do not have yet
 //!   (`cilock step fetch`).
 //! - [`server`]: the Unix-socket server with SO_PEERCRED authentication.
@@ -27,4 +29,5 @@ pub mod config;
 pub mod engine;
 pub mod kept;
 pub mod server;
+pub mod service;
 pub mod trace;

@@ -1,10 +1,33 @@
 //! Trace backends: eBPF (preferred) and ptrace with a seccomp filter
-//! (fallback). Both produce [`crate::trace::TraceEvent`]s.
+//! (fallback), behind one interface.
+//!
+//! - A [`Backend`] is loaded once per engine ([`choose`], which falls back
+//!   from eBPF to ptrace) and says what it captures with ([`CaptureInfo`]).
+//! - [`Backend::start`] begins tracing one step and returns its [`Tap`];
+//!   [`Tap::stop`] ends it once everything the step emitted was delivered.
+//! - Both backends deliver [`TraceEvent`]s into the step's [`Sink`]; they
+//!   never see the recorder behind it.
+//!
+//! The engine only talks to `dyn Backend` and `dyn Tap`: it never asks
+//! which backend it has.
 
+pub mod capture;
 pub mod ebpf;
 pub mod ptrace;
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
 use serde::{Deserialize, Serialize};
+
+pub use capture::{
+    BackendKind, CaptureInfo, Concern, Count, Counting, EventCounts, Hook, Limitation,
+};
+
+use crate::cgroup::Cgroup;
+use crate::trace::recorder::Recorder;
+use crate::trace::TraceEvent;
 
 /// Which backend to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,4 +40,103 @@ pub enum BackendChoice {
     Ebpf,
     /// ptrace with a seccomp filter.
     Ptrace,
+}
+
+/// Where a backend delivers the events of one step: the step's recorder.
+/// Cloned into whatever thread produces them (the eBPF consumer, a ptrace
+/// follower); pushing is the only thing a backend does with it.
+#[derive(Clone)]
+pub struct Sink(Arc<Mutex<Recorder>>);
+
+impl Sink {
+    /// A sink folding into `recorder`.
+    pub fn new(recorder: Recorder) -> Sink {
+        Sink(Arc::new(Mutex::new(recorder)))
+    }
+
+    /// Delivers one event.
+    pub fn push(&self, ev: TraceEvent) {
+        self.with(|r| r.push(ev));
+    }
+
+    /// Delivers received bytes (DNS answers) of the socket of `pid` whose
+    /// peer is `src`.
+    pub fn ingress(&self, pid: u32, src: SocketAddr, stream: bool, bytes: &[u8], time: SystemTime) {
+        self.with(|r| r.ingress(pid, src, stream, bytes, time));
+    }
+
+    /// Runs `f` on the recorder (the engine: roots, the final take).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Recorder) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Takes the recorder out (the step ended: nothing pushes any more).
+    pub(crate) fn take(&self) -> Recorder {
+        self.with(std::mem::take)
+    }
+}
+
+/// The step a backend starts tracing.
+#[derive(Clone, Copy, Debug)]
+pub struct StepTarget<'a> {
+    /// Step name (for thread names and logs).
+    pub name: &'a str,
+    /// The step's cgroup (created, still empty).
+    pub cgroup: &'a Cgroup,
+    /// The process the step begins with (moved into `cgroup` right after).
+    pub pid: u32,
+}
+
+/// A loaded backend: one per engine.
+pub trait Backend: Send + Sync {
+    /// What it captures with (decided at load).
+    fn info(&self) -> &CaptureInfo;
+
+    /// Starts tracing `step`, delivering its events to `sink`. On error
+    /// nothing of the step is left in the backend.
+    fn start(&self, step: StepTarget<'_>, sink: Sink) -> Result<Box<dyn Tap>, BackendError>;
+}
+
+/// One step being traced.
+pub trait Tap: Send {
+    /// Stops tracing; returns once everything the step emitted is in its
+    /// sink, with the step's event counts.
+    fn stop(self: Box<Self>) -> Result<EventCounts, BackendError>;
+}
+
+/// Why a backend could not be loaded or a step not traced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The eBPF backend failed.
+    #[error("eBPF backend: {0}")]
+    Ebpf(#[from] ebpf::EbpfError),
+    /// ptrace cannot work here.
+    #[error("ptrace unavailable: {0}")]
+    PtraceUnavailable(#[from] ptrace::ProbeError),
+    /// The ptrace tracer failed.
+    #[error("ptrace: {0}")]
+    Ptrace(#[from] ptrace::PtraceError),
+    /// A tracer thread could not start.
+    #[error("starting a tracer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Loads the backend `choice` asks for; with [`BackendChoice::Auto`], eBPF
+/// when its probes load, else ptrace with the reason. Step cgroups will be
+/// at `step_level` below the cgroup2 root.
+pub fn choose(choice: BackendChoice, step_level: u32) -> Result<Box<dyn Backend>, BackendError> {
+    let reason = match choice {
+        BackendChoice::Ptrace => "ptrace selected by configuration".to_string(),
+        BackendChoice::Ebpf | BackendChoice::Auto => match ebpf::EbpfBackend::load(step_level) {
+            Ok(b) => return Ok(Box::new(Arc::new(b))),
+            Err(e) if choice == BackendChoice::Auto => {
+                tracing::warn!("eBPF unavailable, using ptrace: {e}");
+                format!("eBPF unavailable: {e}")
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    ptrace::probe()?;
+    Ok(Box::new(ptrace::PtraceBackend::new(reason)))
 }

@@ -35,8 +35,9 @@ use tracing::{debug, error, info, warn};
 
 use cilock_daemon::api::{Peer, StepService};
 use cilock_daemon::config::{check_key_file, DaemonConfig, DEFAULT_CONFIG_PATH};
-use cilock_daemon::engine::{DaemonService, EngineConfig, Reap};
+use cilock_daemon::engine::{EngineConfig, Reap};
 use cilock_daemon::server::{Access, Server};
+use cilock_daemon::service::DaemonService;
 use cilock_evidence::keys::Signer;
 
 /// cilock-daemon: traces CI steps and signs their attestations.

@@ -1,13 +1,24 @@
 //! The eBPF backend: the probes are loaded and attached once; steps are
 //! registered by cgroup id in the kernel's `STEPS` map; one consumer thread
-//! drains the ring buffer and routes each record to its step's recorder.
+//! drains the ring buffer and routes each record to its step's sink.
+//!
+//! - [`probes`]: what each event family attaches (one module per family);
+//! - `loader`: finding, loading and attaching a program by name;
+//! - [`sysconfig`]: the programs' `.rodata` syscall configuration;
+//! - [`offsets`] / [`btf`]: the kernel layout the programs read;
+//! - [`kernel_log`]: the programs' log forwarded to `tracing`;
+//! - [`decode`], [`syscalls`], [`network`]: records to events (the trace
+//!   model's side).
 
 pub mod btf;
 pub mod decode;
-pub mod files;
+pub mod kernel_log;
+mod loader;
 pub mod network;
 pub mod offsets;
+pub mod probes;
 pub mod syscalls;
+pub mod sysconfig;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
@@ -18,27 +29,20 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use cilock_abi::{kind, move_flags, StepLoss};
-use cilock_evidence::attestors::command_run::EventCount;
+use loader::map_err;
 
+use crate::backend::{
+    Backend, BackendError, BackendKind, CaptureInfo, Concern, Count, Counting, EventCounts,
+    Limitation, Sink, StepTarget, Tap,
+};
 use crate::cgroup::Cgroup;
-use crate::trace::recorder::Recorder;
 use crate::trace::TraceEvent;
 use decode::{Clock, Record};
 
 /// The compiled kernel programs (empty when built with CILOCK_SKIP_EBPF=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cilock"));
-
-/// Syscalls whose successful return installs a file the open probe reports.
-const OPEN_SYSCALLS: [&str; 5] = [
-    "sys_exit_open",
-    "sys_exit_openat",
-    "sys_exit_openat2",
-    "sys_exit_creat",
-    "sys_exit_open_by_handle_at",
-];
 
 /// Why the eBPF backend is not available.
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +97,11 @@ pub struct StepCounts {
 }
 
 struct Route {
-    recorder: Arc<Mutex<Recorder>>,
+    sink: Sink,
     cgroup: PathBuf,
     counts: Arc<StepCounts>,
     streams: Mutex<network::Streams>,
-    _links: Option<network::StepLinks>,
+    _links: Option<probes::net::StepLinks>,
 }
 
 type Routes = Arc<RwLock<HashMap<u64, Route>>>;
@@ -124,26 +128,9 @@ pub struct EbpfBackend {
     flush: Arc<Flush>,
     stop: Arc<AtomicBool>,
     consumer: Option<JoinHandle<()>>,
-    hooks: BTreeMap<String, String>,
+    /// Hooks and limitations, decided at load.
+    info: CaptureInfo,
     step_level: u32,
-    /// The kernel places moves itself (cgroup level and ancestors in BTF).
-    moves_in_kernel: bool,
-}
-
-fn tracefs() -> Option<PathBuf> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("events").is_dir())
-}
-
-fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> EbpfError {
-    let what = what.into();
-    move |source| EbpfError::Program { what, source }
-}
-
-fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
-    move |source| EbpfError::Map { what, source }
 }
 
 impl EbpfBackend {
@@ -155,7 +142,7 @@ impl EbpfBackend {
         }
         tracing::debug!("loading the eBPF probes");
         let btf = btf::Btf::from_sys().map_err(EbpfError::NoBtf)?;
-        let tracefs = tracefs().ok_or(EbpfError::NoTracefs)?;
+        let tracefs = loader::tracefs().ok_or(EbpfError::NoTracefs)?;
         let offs = offsets::compute(&btf, &tracefs)?;
         #[cfg(debug_assertions)]
         let offs = inject_fault(offs);
@@ -168,47 +155,41 @@ impl EbpfBackend {
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
             .override_global("STEP_LEVEL", &step_level, true)
-            .override_global("SYS_CONFIG", &network::sys_config(&tracefs)?, true)
+            .override_global("SYS_CONFIG", &sysconfig::sys_config(&tracefs)?, true)
             .load(OBJECT)?;
 
-        let mut hooks = BTreeMap::new();
-        let file_open = attach_file_open(&mut ebpf, &tracefs)?;
-        hooks.insert("file-open".to_string(), file_open);
-        for (prog, hook, concern) in [
-            ("sched_process_exec", "sched_process_exec", "process-exec"),
-            ("sched_process_fork", "sched_process_fork", "process-fork"),
-            ("sched_process_exit", "sched_process_exit", "process-exit"),
-            ("cgroup_attach_task", "cgroup_attach_task", "cgroup-move"),
-        ] {
-            let p: &mut RawTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| missing(prog))?
-                .try_into()
-                .map_err(prog_err(prog))?;
-            p.load().map_err(prog_err(format!("load {prog}")))?;
-            p.attach(hook)
-                .map_err(prog_err(format!("attach raw_tp {hook}")))?;
-            hooks.insert(concern.to_string(), format!("raw_tp:{hook}"));
-        }
-        files::load(&mut ebpf, &tracefs, &mut hooks);
-        let mut net = network::enabled();
+        let mut info = CaptureInfo {
+            kind: BackendKind::Ebpf,
+            reason: String::new(),
+            hooks: Vec::new(),
+            limitations: Vec::new(),
+            counting: Counting::PerKind,
+        };
+        let file_open = probes::file::attach_open(&mut ebpf, &tracefs)?;
+        let fexit = file_open.fexit;
+        info.set_hook(Concern::FileOpen, file_open.how);
+        probes::process::attach(&mut ebpf, &mut info)?;
+        probes::cgroup::attach(&mut ebpf, &mut info)?;
+        let closes = probes::file::load_written(&mut ebpf, &tracefs, &mut info);
+        let mut net = probes::net::enabled();
         if net {
             // Without them the file and process trace still works: say so
             // in the hooks rather than fall back to ptrace.
-            if let Err(e) = network::load(&mut ebpf, &tracefs, &mut hooks) {
+            if let Err(e) = probes::net::load(&mut ebpf, &tracefs, &mut info) {
                 tracing::warn!("network and suspicious-syscall probes unavailable: {e}");
-                hooks.insert("network".to_string(), format!("unavailable: {e}"));
+                info.set_hook(Concern::Network, format!("unavailable: {e}"));
                 net = false;
             }
         }
-        let logger = network::logger(&mut ebpf);
-        hooks.insert(
-            "step-filter".to_string(),
+        let logger = kernel_log::logger(&mut ebpf);
+        info.set_hook(
+            Concern::StepFilter,
             format!("bpf_get_current_ancestor_cgroup_id({step_level}) in STEPS"),
         );
-        if !hooks["file-open"].starts_with("fexit:") {
-            hooks.insert("fentry".to_string(), probe_fentry());
+        if !fexit {
+            info.set_hook(Concern::Fentry, probes::file::probe_fentry());
         }
+        info.limitations = limitations(fexit, closes, net, moves_in_kernel);
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(EbpfError::Map {
@@ -249,48 +230,9 @@ impl EbpfBackend {
             flush,
             stop,
             consumer: Some(consumer),
-            hooks,
+            info,
             step_level,
-            moves_in_kernel,
         })
-    }
-
-    /// What this backend, with the hooks it got, cannot see (attested).
-    pub fn limitations(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        if !self
-            .hooks
-            .get("file-open")
-            .is_some_and(|h| h.starts_with("fexit:"))
-        {
-            v.push("io_uring opens (IORING_OP_OPENAT) do not pass the syscall tracepoints and are not recorded (io_uring_setup is)".to_string());
-        }
-        v.push("a process moved out of the step's cgroup (by itself, by another process, or created outside it with clone3(CLONE_INTO_CGROUP)) is marked leftStep, with a cgroup_leave event on the process that moved or created it; it is not traced after the move: what it does afterwards is not in this step (in another active step it is recorded there, marked joinedStep); the kernel remembers the step of up to 65536 live step processes, and a process beyond that is counted in trace.events.cgroup_move.lost (its move may go unrecorded)".to_string());
-        v.push("a process that comes into the step's cgroup from outside is traced from its arrival and marked joinedStep (joinedFrom says from where); what it did before is not in this step".to_string());
-        if !self.moves_in_kernel {
-            v.push("this kernel's BTF lacks cgroup.level/ancestors: moves are placed in user space (a move into a cgroup removed before the daemon looked counts as leaving), and a process joining the step is marked joinedStep only as of unknown origin".to_string());
-        }
-        v.push("reads and writes through memory mappings or already-open descriptors are not separate events".to_string());
-        v.push("paths longer than PATH_MAX (4096 bytes) keep only their last components behind /…/ and are not hashed (unhashedOpens: path truncated); two such paths whose kept tails agree share one entry".to_string());
-        if self
-            .hooks
-            .get("written-files")
-            .is_none_or(|h| h.starts_with("unavailable"))
-        {
-            v.push("closes of written files are not observed: written files get no digest (unhashedOpens says so)".to_string());
-        }
-        v.push("a written file closed by close-on-exec at an exec, or held at an fd above 65535 at exit, has no observable close: it gets no digest (unhashedOpens says so)".to_string());
-        if self.net {
-            v.extend(network::limitations());
-        } else {
-            v.push("network, DNS, TLS and suspicious-syscall probes are not loaded (see trace.hooks.network)".to_string());
-        }
-        v
-    }
-
-    /// Hooks in use, per concern.
-    pub fn hooks(&self) -> &BTreeMap<String, String> {
-        &self.hooks
     }
 
     /// The cgroup level steps must be created at.
@@ -299,16 +241,12 @@ impl EbpfBackend {
     }
 
     /// Starts tracing the step whose cgroup is `cgroup`.
-    pub fn register(
-        &self,
-        cgroup: &Cgroup,
-        recorder: Arc<Mutex<Recorder>>,
-    ) -> Result<Arc<StepCounts>, EbpfError> {
+    pub fn register(&self, cgroup: &Cgroup, sink: Sink) -> Result<Arc<StepCounts>, EbpfError> {
         let counts = Arc::new(StepCounts::default());
         // Socket hooks and packet capture belong to the step cgroup.
         let links = if self.net {
             let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-            Some(network::attach_step(&mut ebpf, cgroup.path())?)
+            Some(probes::net::attach_step(&mut ebpf, cgroup.path())?)
         } else {
             None
         };
@@ -316,7 +254,7 @@ impl EbpfBackend {
             r.insert(
                 cgroup.id(),
                 Route {
-                    recorder,
+                    sink,
                     cgroup: cgroup.path().to_path_buf(),
                     counts: counts.clone(),
                     streams: Mutex::default(),
@@ -346,7 +284,7 @@ impl EbpfBackend {
 
     /// Stops tracing the step, delivers everything it emitted to its
     /// recorder, and returns captured/lost counts per kind.
-    pub fn unregister(&self, cgroup_id: u64) -> Result<BTreeMap<String, EventCount>, EbpfError> {
+    pub fn unregister(&self, cgroup_id: u64) -> Result<BTreeMap<String, Count>, EbpfError> {
         let removed = {
             let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
             maps.steps
@@ -391,7 +329,7 @@ impl EbpfBackend {
             }
             out.insert(
                 kind::name(k).to_string(),
-                EventCount {
+                Count {
                     captured: route.counts.captured[k as usize].load(Ordering::Relaxed),
                     lost: lost[k as usize],
                 },
@@ -401,7 +339,7 @@ impl EbpfBackend {
         if malformed > 0 {
             out.insert(
                 "malformed".to_string(),
-                EventCount {
+                Count {
                     captured: 0,
                     lost: malformed,
                 },
@@ -425,7 +363,7 @@ impl EbpfBackend {
     }
 
     /// Global (all steps) emitted and lost counts per kind, from the kernel.
-    pub fn global_counters(&self) -> BTreeMap<String, EventCount> {
+    pub fn global_counters(&self) -> BTreeMap<String, Count> {
         let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = BTreeMap::new();
         for k in 1..kind::COUNT as u32 {
@@ -440,13 +378,69 @@ impl EbpfBackend {
             };
             out.insert(
                 kind::name(k).to_string(),
-                EventCount {
+                Count {
                     captured: sum(k * 2),
                     lost: sum(k * 2 + 1),
                 },
             );
         }
         out
+    }
+}
+
+/// What the eBPF backend, with the hooks it got, cannot see (attested):
+/// `fexit` (the file-open hook is fexit), `closes` (the close stamps
+/// attached), `net` (the network probes loaded), `moves_in_kernel` (the
+/// kernel places cgroup moves itself).
+fn limitations(fexit: bool, closes: bool, net: bool, moves_in_kernel: bool) -> Vec<Limitation> {
+    let mut v = Vec::new();
+    if !fexit {
+        v.push(Limitation::fixed("io_uring opens (IORING_OP_OPENAT) do not pass the syscall tracepoints and are not recorded (io_uring_setup is)"));
+    }
+    v.push(Limitation::fixed("a process moved out of the step's cgroup (by itself, by another process, or created outside it with clone3(CLONE_INTO_CGROUP)) is marked leftStep, with a cgroup_leave event on the process that moved or created it; it is not traced after the move: what it does afterwards is not in this step (in another active step it is recorded there, marked joinedStep); the kernel remembers the step of up to 65536 live step processes, and a process beyond that is counted in trace.events.cgroup_move.lost (its move may go unrecorded)"));
+    v.push(Limitation::fixed("a process that comes into the step's cgroup from outside is traced from its arrival and marked joinedStep (joinedFrom says from where); what it did before is not in this step"));
+    if !moves_in_kernel {
+        v.push(Limitation::fixed("this kernel's BTF lacks cgroup.level/ancestors: moves are placed in user space (a move into a cgroup removed before the daemon looked counts as leaving), and a process joining the step is marked joinedStep only as of unknown origin"));
+    }
+    v.push(Limitation::fixed("reads and writes through memory mappings or already-open descriptors are not separate events"));
+    v.push(Limitation::fixed("paths longer than PATH_MAX (4096 bytes) keep only their last components behind /…/ and are not hashed (unhashedOpens: path truncated); two such paths whose kept tails agree share one entry"));
+    if !closes {
+        v.push(Limitation::fixed("closes of written files are not observed: written files get no digest (unhashedOpens says so)"));
+    }
+    v.push(Limitation::fixed("a written file closed by close-on-exec at an exec, or held at an fd above 65535 at exit, has no observable close: it gets no digest (unhashedOpens says so)"));
+    if net {
+        v.extend(probes::net::limitations());
+    } else {
+        v.push(Limitation::fixed("network, DNS, TLS and suspicious-syscall probes are not loaded (see trace.hooks.network)"));
+    }
+    v
+}
+
+/// The backend is shared with the taps of its steps (each unregisters its
+/// step at stop).
+impl Backend for Arc<EbpfBackend> {
+    fn info(&self) -> &CaptureInfo {
+        &self.info
+    }
+
+    fn start(&self, step: StepTarget<'_>, sink: Sink) -> Result<Box<dyn Tap>, BackendError> {
+        self.register(step.cgroup, sink)?;
+        Ok(Box::new(EbpfTap {
+            backend: self.clone(),
+            cgroup_id: step.cgroup.id(),
+        }))
+    }
+}
+
+/// One step registered in the kernel's `STEPS` map.
+struct EbpfTap {
+    backend: Arc<EbpfBackend>,
+    cgroup_id: u64,
+}
+
+impl Tap for EbpfTap {
+    fn stop(self: Box<Self>) -> Result<EventCounts, BackendError> {
+        Ok(EventCounts(self.backend.unregister(self.cgroup_id)?))
     }
 }
 
@@ -457,72 +451,6 @@ impl Drop for EbpfBackend {
             let _ = h.join();
         }
     }
-}
-
-/// Environment variable choosing the file-open hook: `auto` (default: fexit
-/// where the kernel allows it, else tracepoints), `fexit` (fail if
-/// refused) or `tracepoint`.
-pub const FILE_OPEN_HOOK_ENV: &str = "CILOCK_EBPF_FILE_OPEN";
-
-/// Loads and attaches the file-open program; returns its `hooks` entry.
-///
-/// fexit on `security_file_open` is preferred: it sees every open that
-/// reaches the VFS (io_uring's included) at one hook. It needs BPF
-/// trampolines, which some kernels refuse (EPERM at load); then the
-/// open-syscall exit tracepoints are used, which every kernel has.
-fn attach_file_open(ebpf: &mut Ebpf, tracefs: &std::path::Path) -> Result<String, EbpfError> {
-    let want = std::env::var(FILE_OPEN_HOOK_ENV).unwrap_or_default();
-    let mut refused = None;
-    if want != "tracepoint" {
-        match attach_fexit_open(ebpf) {
-            Ok(()) => return Ok("fexit:security_file_open + dentry walk".to_string()),
-            Err(e) if want == "fexit" => return Err(e),
-            Err(e) => {
-                tracing::info!("fexit file-open hook unavailable, using tracepoints: {e}");
-                refused = Some(e.to_string());
-            }
-        }
-    }
-    let tp: &mut TracePoint = ebpf
-        .program_mut("sys_exit_open")
-        .ok_or_else(|| missing("sys_exit_open"))?
-        .try_into()
-        .map_err(prog_err("sys_exit_open"))?;
-    tp.load().map_err(prog_err("load sys_exit_open"))?;
-    let mut attached = Vec::new();
-    for name in OPEN_SYSCALLS {
-        // open/creat do not exist on every architecture.
-        if tracefs.join("events/syscalls").join(name).is_dir() {
-            tp.attach("syscalls", name)
-                .map_err(prog_err(format!("attach syscalls/{name}")))?;
-            attached.push(name.trim_start_matches("sys_exit_"));
-        }
-    }
-    let mut hook = format!(
-        "tracepoint:syscalls/sys_exit_{{{}}} + dentry walk",
-        attached.join(",")
-    );
-    if let Some(why) = refused {
-        hook.push_str(&format!(" (fexit:security_file_open refused: {why})"));
-    }
-    Ok(hook)
-}
-
-fn attach_fexit_open(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
-        what: "kernel BTF for fexit".to_string(),
-        source: aya::programs::ProgramError::Btf(e),
-    })?;
-    let p: &mut FExit = ebpf
-        .program_mut("fexit_file_open")
-        .ok_or_else(|| missing("fexit_file_open"))?
-        .try_into()
-        .map_err(prog_err("fexit_file_open"))?;
-    p.load("security_file_open", &btf)
-        .map_err(prog_err("load fexit:security_file_open"))?;
-    p.attach()
-        .map_err(prog_err("attach fexit:security_file_open"))?;
-    Ok(())
 }
 
 /// Test builds only: `CILOCK_TEST_FAULT=wrong-offset` corrupts one BTF
@@ -538,38 +466,16 @@ fn inject_fault(mut offs: cilock_abi::Offsets) -> cilock_abi::Offsets {
     offs
 }
 
-fn missing(name: &str) -> EbpfError {
-    EbpfError::Program {
-        what: name.to_string(),
-        source: aya::programs::ProgramError::UnexpectedProgramType,
-    }
-}
-
-/// Whether fentry/fexit programs can be loaded here (they need BPF
-/// trampolines, which some kernels refuse).
-fn probe_fentry() -> String {
-    match aya::sys::is_program_supported(aya::programs::ProgramType::Tracing) {
-        Ok(true) => {}
-        Ok(false) => return "unavailable: tracing programs not supported".into(),
-        Err(e) => return format!("unavailable: {e}"),
-    }
-    // Attaching needs a trampoline: ask the tracefs interface that backs it.
-    match std::fs::File::open("/sys/kernel/tracing/available_filter_functions") {
-        Ok(_) => "available (tracepoints are used: they cover every kernel)".into(),
-        Err(e) => format!("unavailable: ftrace function patching refused ({e})"),
-    }
-}
-
 fn consume(
     mut ring: RingBuf<MapData>,
-    mut logger: Option<network::Logger>,
+    mut logger: Option<kernel_log::Logger>,
     routes: Routes,
     flush: Arc<Flush>,
     stop: Arc<AtomicBool>,
 ) {
     let clock = Clock::now();
     let fd = ring.as_raw_fd();
-    let log_fd = logger.as_ref().map_or(-1, network::logger_fd);
+    let log_fd = logger.as_ref().map_or(-1, kernel_log::logger_fd);
     loop {
         if let Some(l) = logger.as_mut() {
             l.flush();
@@ -627,19 +533,17 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
     } else {
         (p.bytes, false)
     };
-    if let Ok(mut rec) = r.recorder.lock() {
-        if p.egress {
-            rec.push(TraceEvent::Egress {
-                pid: p.pid,
-                fd: p.fd,
-                dst: Some(p.dst),
-                stream,
-                bytes,
-                time: p.time,
-            });
-        } else {
-            rec.ingress(p.pid, p.src, stream, &bytes, p.time);
-        }
+    if p.egress {
+        r.sink.push(TraceEvent::Egress {
+            pid: p.pid,
+            fd: p.fd,
+            dst: Some(p.dst),
+            stream,
+            bytes,
+            time: p.time,
+        });
+    } else {
+        r.sink.ingress(p.pid, p.src, stream, &bytes, p.time);
     }
 }
 
@@ -654,9 +558,7 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                 if let Some(c) = r.counts.captured.get(k as usize) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Ok(mut rec) = r.recorder.lock() {
-                    rec.push(event);
-                }
+                r.sink.push(event);
             }
         }
         Ok(Record::CgroupMove {
@@ -676,21 +578,19 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                         .map(|c| c.subtree_ids().contains(&dst))
                         .unwrap_or(false);
                 if !inside {
-                    if let Ok(mut rec) = r.recorder.lock() {
-                        rec.push(if flags & move_flags::AT_FORK != 0 {
-                            TraceEvent::BornOutside {
-                                pid: moved,
-                                parent: by,
-                                time,
-                            }
-                        } else {
-                            TraceEvent::LeftStep {
-                                pid: moved,
-                                by,
-                                time,
-                            }
-                        });
-                    }
+                    r.sink.push(if flags & move_flags::AT_FORK != 0 {
+                        TraceEvent::BornOutside {
+                            pid: moved,
+                            parent: by,
+                            time,
+                        }
+                    } else {
+                        TraceEvent::LeftStep {
+                            pid: moved,
+                            by,
+                            time,
+                        }
+                    });
                 }
             }
         }
@@ -716,15 +616,13 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                     Some(src) => format!("another step (cgroup {})", src.cgroup.display()),
                     None => format!("a step that has ended (cgroup id {src_step})"),
                 };
-                if let Ok(mut rec) = r.recorder.lock() {
-                    rec.push(TraceEvent::JoinedStep {
-                        pid: moved,
-                        by,
-                        from,
-                        at_birth: flags & move_flags::AT_FORK != 0,
-                        time,
-                    });
-                }
+                r.sink.push(TraceEvent::JoinedStep {
+                    pid: moved,
+                    by,
+                    from,
+                    at_birth: flags & move_flags::AT_FORK != 0,
+                    time,
+                });
             }
         }
         Ok(Record::Payload(p)) => {
@@ -744,5 +642,44 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(v: Vec<Limitation>) -> Vec<String> {
+        CaptureInfo {
+            kind: BackendKind::Ebpf,
+            reason: String::new(),
+            hooks: Vec::new(),
+            limitations: v,
+            counting: Counting::PerKind,
+        }
+        .limitation_texts()
+    }
+
+    /// The limitations follow the typed facts of the load, not hook prose.
+    #[test]
+    fn limitations_follow_what_attached() {
+        let all = texts(limitations(true, true, true, true));
+        assert!(!all
+            .iter()
+            .any(|l| l.starts_with("io_uring opens (IORING_OP_OPENAT)")));
+        assert!(!all.iter().any(|l| l.starts_with("closes of written files")));
+        assert!(!all.iter().any(|l| l.starts_with("this kernel's BTF lacks")));
+        assert!(all.iter().any(|l| l.starts_with("sockets created before")));
+        let none = texts(limitations(false, false, false, false));
+        assert!(none[0].starts_with("io_uring opens (IORING_OP_OPENAT)"));
+        assert!(none
+            .iter()
+            .any(|l| l.starts_with("closes of written files")));
+        assert!(none
+            .iter()
+            .any(|l| l.starts_with("this kernel's BTF lacks")));
+        assert!(none.last().is_some_and(
+            |l| l.starts_with("network, DNS, TLS and suspicious-syscall probes are not loaded")
+        ));
     }
 }

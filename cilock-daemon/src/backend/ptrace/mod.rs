@@ -19,9 +19,12 @@
 //!
 //! Modules: [`seccomp`] (filter), [`syscalls`] (numbers/decoding),
 //! [`memory`] (tracee memory), [`paths`] (`/proc` lookups), [`sockaddr`],
-//! `spawn` (traced spawn handshake) and `tracer` (the wait loop).
+//! `spawn` (traced spawn handshake), `tracer` (the wait loop) and
+//! `modes` ([`PtraceBackend`]: a follower thread per daemon step, or a
+//! spawned command for `cilock run` without a daemon).
 
 pub mod memory;
+mod modes;
 pub mod paths;
 pub mod seccomp;
 pub mod sockaddr;
@@ -29,10 +32,12 @@ mod spawn;
 pub mod syscalls;
 mod tracer;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+pub use modes::{PtraceBackend, SpawnedRun};
+
+use crate::backend::{BackendKind, CaptureInfo, Concern, Counting, Hook, Limitation};
 use crate::trace::TraceEvent;
 
 /// Configuration of the ptrace backend.
@@ -116,6 +121,37 @@ pub enum PtraceError {
     NoSuchProcess(u32),
 }
 
+/// Why the ptrace backend cannot work here ([`probe`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// `/proc/self/status` could not be read.
+    #[error("{0}")]
+    Status(#[source] std::io::Error),
+    /// The kernel has no seccomp.
+    #[error("kernel without CONFIG_SECCOMP (no Seccomp: line in /proc/self/status)")]
+    NoSeccomp,
+    /// Yama forbids ptrace.
+    #[error("Yama ptrace_scope=3: ptrace is disabled")]
+    YamaDisabled,
+    /// No program to probe with.
+    #[error("no /bin/true to probe with")]
+    NoTrue,
+    /// The probe run did not behave as a traced `true`.
+    #[error("probe run of {exe} returned {code} with {execs} exec events")]
+    Unexpected {
+        /// The program run.
+        exe: &'static str,
+        /// Its exit code.
+        code: i32,
+        /// Exec events seen.
+        execs: u32,
+    },
+    /// The probe run failed.
+    #[error("{0}")]
+    Run(#[source] PtraceError),
+}
+
 /// Spawns `cmd` traced and follows it and every descendant until all traced
 /// processes have exited (not just the root), calling `on_event` on this
 /// thread for each event. `on_spawn` gets the `Child` as soon as the exec
@@ -160,55 +196,69 @@ pub fn follow(
     tracer::follow(pid, cfg, stop, on_event)
 }
 
+/// What the ptrace backend captures with, chosen for `reason`.
+pub fn capture_info(reason: String) -> CaptureInfo {
+    CaptureInfo {
+        kind: BackendKind::Ptrace,
+        reason,
+        hooks: hooks(),
+        limitations: limitations(),
+        counting: Counting::ProcessTable,
+    }
+}
+
 /// How each kind of evidence is captured, for the attestation.
-pub fn hooks() -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    let mut put = |k: &str, v: &str| {
-        m.insert(k.to_string(), v.to_string());
-    };
-    put(
-        "process-tree",
-        "ptrace:PTRACE_O_TRACEFORK,TRACEVFORK,TRACECLONE,TRACEEXIT (tids mapped to tgids via /proc/TID/status)",
-    );
-    put(
-        "exec",
-        "ptrace:PTRACE_EVENT_EXEC (exe /proc/PID/exe, cwd /proc/PID/cwd, argv /proc/PID/cmdline, filename from AT_EXECFN)",
-    );
-    put(
-        "file-open",
-        "ptrace+seccomp:open,openat,openat2,creat,open_by_handle_at (syscall-exit; path readlink /proc/PID/fd/RET, stamp fstat)",
-    );
-    put(
-        "network",
-        "ptrace+seccomp:connect,bind,sendto,sendmsg,sendmmsg (sockaddr via process_vm_readv)",
-    );
-    put(
-        "written-files",
-        "ptrace+seccomp:close,dup2,dup3,close_range (syscall entry) + PTRACE_EVENT_EXIT: stat /proc/TID/fd/N of the fds the process opened for writing",
-    );
-    put(
-        "egress",
-        "ptrace+seccomp:write,sendto,sendmsg,sendmmsg payload prefixes (DNS over UDP, DNS over TCP streams, TCP until a TLS ClientHello is complete) + recvfrom/recvmsg DNS answers",
-    );
-    put(
-        "suspicious-syscalls",
-        "ptrace+seccomp:ptrace,memfd_create,mount,fsopen,fsmount,move_mount,open_tree,unshare,setns,clone(CLONE_NEW*),clone3(CLONE_NEW*),bpf,init_module,finit_module,io_uring_setup,process_vm_readv,process_vm_writev,kill/tkill/tgkill/pidfd_send_signal(daemon pid)",
-    );
-    put(
-        "cgroup-leave",
-        "ptrace+seccomp:write to an fd opened on cgroup.procs/tasks/cgroup.threads",
-    );
-    put(
-        "follow-mode",
-        "ptrace:PTRACE_SEIZE+PTRACE_SYSCALL (no filter)",
-    );
-    m
+fn hooks() -> Vec<Hook> {
+    [
+        (
+            Concern::ProcessTree,
+            "ptrace:PTRACE_O_TRACEFORK,TRACEVFORK,TRACECLONE,TRACEEXIT (tids mapped to tgids via /proc/TID/status)",
+        ),
+        (
+            Concern::Exec,
+            "ptrace:PTRACE_EVENT_EXEC (exe /proc/PID/exe, cwd /proc/PID/cwd, argv /proc/PID/cmdline, filename from AT_EXECFN)",
+        ),
+        (
+            Concern::FileOpen,
+            "ptrace+seccomp:open,openat,openat2,creat,open_by_handle_at (syscall-exit; path readlink /proc/PID/fd/RET, stamp fstat)",
+        ),
+        (
+            Concern::Network,
+            "ptrace+seccomp:connect,bind,sendto,sendmsg,sendmmsg (sockaddr via process_vm_readv)",
+        ),
+        (
+            Concern::WrittenFiles,
+            "ptrace+seccomp:close,dup2,dup3,close_range (syscall entry) + PTRACE_EVENT_EXIT: stat /proc/TID/fd/N of the fds the process opened for writing",
+        ),
+        (
+            Concern::Egress,
+            "ptrace+seccomp:write,sendto,sendmsg,sendmmsg payload prefixes (DNS over UDP, DNS over TCP streams, TCP until a TLS ClientHello is complete) + recvfrom/recvmsg DNS answers",
+        ),
+        (
+            Concern::SuspiciousSyscalls,
+            "ptrace+seccomp:ptrace,memfd_create,mount,fsopen,fsmount,move_mount,open_tree,unshare,setns,clone(CLONE_NEW*),clone3(CLONE_NEW*),bpf,init_module,finit_module,io_uring_setup,process_vm_readv,process_vm_writev,kill/tkill/tgkill/pidfd_send_signal(daemon pid)",
+        ),
+        (
+            Concern::CgroupLeave,
+            "ptrace+seccomp:write to an fd opened on cgroup.procs/tasks/cgroup.threads",
+        ),
+        (
+            Concern::FollowMode,
+            "ptrace:PTRACE_SEIZE+PTRACE_SYSCALL (no filter)",
+        ),
+    ]
+    .into_iter()
+    .map(|(concern, how)| Hook {
+        concern,
+        how: how.to_string(),
+    })
+    .collect()
 }
 
 /// What this backend cannot see; goes into the attestation.
-pub fn limitations() -> Vec<String> {
+pub fn limitations() -> Vec<Limitation> {
     let c = PtraceConfig::default();
-    let mut v: Vec<String> = [
+    let mut v: Vec<Limitation> = [
         "io_uring: files opened and data sent through io_uring submissions are invisible (io_uring_setup is reported)",
         "anything a process did before it was traced (follow mode: before attach) is not recorded",
         "a process that is already traced by someone else cannot be followed; tracees cannot be traced by debuggers/strace inside the step (their PTRACE_ATTACH/TRACEME fails with EPERM)",
@@ -227,22 +277,22 @@ pub fn limitations() -> Vec<String> {
         "TLS server names hidden by Encrypted Client Hello, and QUIC (HTTP/3) ClientHellos, are not recorded",
         "cilock run: descendants still running when the wait for them (--wait-descendants, run_wait_descendants) runs out are killed, not left running: under the seccomp filter a process cannot run untraced; they are aliveAtEnd and listed in trace.waitDescendants",
     ]
-    .iter()
-    .map(|s| s.to_string())
+    .into_iter()
+    .map(Limitation::fixed)
     .collect();
-    v.push(format!(
+    v.push(Limitation::text(format!(
         "egress capture reads the first {} bytes written on each TCP stream (a ClientHello longer than that keeps its server name when the name lies in those bytes, as it does in real hellos, and is marked helloTruncated: its ALPN may be missing), {} bytes of each datagram and {} datagrams per socket, the first 16 iovecs of a writev/sendmsg and the first 8 messages of a sendmmsg",
         c.egress_stream_cap, c.egress_event_cap, c.egress_datagrams_per_socket
-    ));
-    v.push(format!(
+    )));
+    v.push(Limitation::text(format!(
         "DNS over TCP is parsed on port 53 and on any port whose stream starts with a strictly valid length-prefixed DNS query, in the first {} writes and {} bytes of the stream",
         tracer::DNS_TCP_WRITES, c.egress_stream_cap
-    ));
+    )));
     v
 }
 
 /// Whether the ptrace backend can work here; the reason when it cannot.
-pub fn probe() -> Result<(), String> {
+pub fn probe() -> Result<(), ProbeError> {
     spawn::probe()
 }
 
@@ -358,5 +408,37 @@ pub fn event_to_json(ev: &TraceEvent) -> serde_json::Value {
         } => {
             json!({"type": "ingress", "pid": pid, "src": src.to_string(), "stream": stream, "bytes": hex::encode(bytes), "time": t(time)})
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_info_keeps_the_attested_hook_keys() {
+        let info = capture_info("why".into());
+        assert_eq!(info.kind.name(), "ptrace");
+        assert_eq!(info.reason, "why");
+        assert_eq!(info.counting, Counting::ProcessTable);
+        let keys: Vec<String> = info.hooks_map().into_keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "cgroup-leave",
+                "egress",
+                "exec",
+                "file-open",
+                "follow-mode",
+                "network",
+                "process-tree",
+                "suspicious-syscalls",
+                "written-files",
+            ]
+        );
+        let lim = info.limitation_texts();
+        assert_eq!(lim.len(), 19);
+        assert!(lim[0].starts_with("io_uring: files opened"));
+        assert!(lim[18].starts_with("DNS over TCP is parsed on port 53"));
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use super::seccomp::{self, FilterSpec};
 use super::tracer::{seize, Mode, Tracer};
-use super::{PtraceConfig, PtraceError, RunOutcome};
+use super::{ProbeError, PtraceConfig, PtraceError, RunOutcome};
 use crate::trace::TraceEvent;
 
 fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -202,15 +202,15 @@ pub(crate) fn run(
 
 /// Checks that a child can be traced here: forks a child that stops
 /// itself, seizes it and installs the filter path's prerequisites.
-pub(crate) fn probe() -> Result<(), String> {
+pub(crate) fn probe() -> Result<(), ProbeError> {
     // seccomp available?
-    let st = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let st = std::fs::read_to_string("/proc/self/status").map_err(ProbeError::Status)?;
     if !st.lines().any(|l| l.starts_with("Seccomp:")) {
-        return Err("kernel without CONFIG_SECCOMP (no Seccomp: line in /proc/self/status)".into());
+        return Err(ProbeError::NoSeccomp);
     }
     if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
         if s.trim() == "3" {
-            return Err("Yama ptrace_scope=3: ptrace is disabled".into());
+            return Err(ProbeError::YamaDisabled);
         }
     }
     // Try a real traced run of /bin/true (covers ptrace denied by a
@@ -218,7 +218,7 @@ pub(crate) fn probe() -> Result<(), String> {
     let exe = ["/bin/true", "/usr/bin/true"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
-        .ok_or("no /bin/true to probe with")?;
+        .ok_or(ProbeError::NoTrue)?;
     let mut cmd = std::process::Command::new(exe);
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -236,9 +236,7 @@ pub(crate) fn probe() -> Result<(), String> {
         },
     ) {
         Ok(o) if o.code == 0 && execs == 1 => Ok(()),
-        Ok(RunOutcome { code: c, .. }) => Err(format!(
-            "probe run of {exe} returned {c} with {execs} exec events"
-        )),
-        Err(e) => Err(e.to_string()),
+        Ok(RunOutcome { code, .. }) => Err(ProbeError::Unexpected { exe, code, execs }),
+        Err(e) => Err(ProbeError::Run(e)),
     }
 }
