@@ -597,7 +597,6 @@ impl Engine {
         let recorder = Arc::new(Mutex::new(Recorder::with_limits(
             Some(std::process::id()),
             self.cfg.trace_limits.clone(),
-            Reader::of_uid(spec.owner_uid),
         )));
         // Nothing of the step exists outside the daemon until the move: undo
         // is unregistering and removing the (empty) cgroup.
@@ -714,7 +713,7 @@ impl Engine {
             )));
         }
         if let Ok(mut r) = recorder.lock() {
-            r.add_root(spec.pid);
+            r.add_root(spec.pid, crate::trace::procfs::running(spec.pid));
         }
         let step = Step {
             name: spec.name.clone(),
@@ -895,6 +894,7 @@ impl Engine {
             cmd: step.cmd,
             root: Some(step.root),
             recorder,
+            reader: Reader::of_uid(owner_uid),
             trace,
             alive,
         }
@@ -1494,6 +1494,8 @@ pub struct PendingStep {
     /// The step's root process, when known.
     root: Option<u32>,
     recorder: Recorder,
+    /// Whose read permission a hashed file needs (the step's user).
+    reader: Reader,
     trace: TraceInfo,
     alive: Vec<u32>,
 }
@@ -1511,7 +1513,9 @@ impl PendingStep {
             .map(|pid| self.recorder.root_seen(pid))
             .unwrap_or_default();
         let writes = self.recorder.written();
-        let st = self.recorder.finish(cache, &algs, &self.alive);
+        let st = self
+            .recorder
+            .finish(&cache.for_reader(self.reader.clone()), &algs, &self.alive);
         self.trace.truncated = st.truncated;
         let written = st.written;
         if self.trace.backend == "ptrace" {
@@ -1718,7 +1722,7 @@ pub fn run_ptrace(
     }
     let attest = in_process_before(&spec.attestations, &spec)?;
     ptrace::probe().map_err(|e| internal(format!("ptrace unavailable: {e}")))?;
-    let mut recorder = Recorder::with_limits(None, TraceLimits::default(), Reader::current());
+    let mut recorder = Recorder::with_limits(None, TraceLimits::default());
     let cfg = ptrace::PtraceConfig {
         wait_descendants: Some(wait_descendants),
         ..Default::default()
@@ -1767,6 +1771,7 @@ pub fn run_ptrace(
             cmd: spec.cmd,
             root,
             recorder,
+            reader: Reader::current(),
             trace,
             alive,
         },

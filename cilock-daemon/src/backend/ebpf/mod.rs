@@ -3,11 +3,10 @@
 //! drains the ring buffer and routes each record to its step's recorder.
 
 pub mod btf;
-pub mod decode;
+pub use cilock_trace::decode; // shim: removed at merge
 pub mod files;
 pub mod network;
 pub mod offsets;
-pub mod syscalls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
@@ -24,8 +23,10 @@ use cilock_abi::{kind, move_flags, StepLoss};
 use cilock_evidence::attestors::command_run::EventCount;
 
 use crate::cgroup::Cgroup;
-use crate::trace::recorder::Recorder;
-use crate::trace::TraceEvent;
+use cilock_trace::fold::Recorder;
+use cilock_trace::proto::stream::Streams;
+use cilock_trace::syscall::Host;
+use cilock_trace::TraceEvent;
 use decode::{Clock, Record};
 
 /// The compiled kernel programs (empty when built with CILOCK_SKIP_EBPF=1).
@@ -96,7 +97,7 @@ struct Route {
     recorder: Arc<Mutex<Recorder>>,
     cgroup: PathBuf,
     counts: Arc<StepCounts>,
-    streams: Mutex<network::Streams>,
+    streams: Mutex<Streams>,
     _links: Option<network::StepLinks>,
 }
 
@@ -620,7 +621,7 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
     tracing::trace!(pid = p.pid, fd = p.fd, dst = %p.dst, tcp = p.tcp, egress = p.egress, off = p.stream_off, len = p.bytes.len(), "payload");
     let (bytes, stream) = if p.tcp {
         let mut s = r.streams.lock().unwrap_or_else(|e| e.into_inner());
-        match s.push(&p) {
+        match s.push(p.step_cgroup, p.cookie, p.stream_off, &p.bytes) {
             Some(b) if !b.is_empty() => (b, true),
             _ => return,
         }
@@ -638,13 +639,26 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
                 time: p.time,
             });
         } else {
-            rec.ingress(p.pid, p.src, stream, &bytes, p.time);
+            rec.push(TraceEvent::Ingress {
+                pid: p.pid,
+                src: p.src,
+                stream,
+                bytes,
+                time: p.time,
+            });
         }
     }
 }
 
 fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
-    match decode::decode(bytes, clock) {
+    // What the decoder cannot know: the daemon's pid and pidfd inode, and
+    // /proc's answer for a pidfd.
+    let host = Host {
+        daemon_pid: std::process::id(),
+        daemon_pidfd_inode: network::daemon_pidfd_inode(),
+        pidfd_target: &crate::trace::procfs::pidfd_target,
+    };
+    match decode::decode(bytes, clock, &host) {
         Ok(Record::Event {
             step_cgroup,
             kind: k,
@@ -717,11 +731,13 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                     None => format!("a step that has ended (cgroup id {src_step})"),
                 };
                 if let Ok(mut rec) = r.recorder.lock() {
+                    let at_birth = flags & move_flags::AT_FORK != 0;
                     rec.push(TraceEvent::JoinedStep {
                         pid: moved,
                         by,
                         from,
-                        at_birth: flags & move_flags::AT_FORK != 0,
+                        at_birth,
+                        running: (!at_birth).then(|| crate::trace::procfs::running(moved)),
                         time,
                     });
                 }

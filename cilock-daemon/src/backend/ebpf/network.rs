@@ -1,9 +1,9 @@
 //! Loading and attaching the network and suspicious-syscall programs
 //! (`cilock-ebpf/src/{net,skb,syscalls}.rs`), per-step cgroup attachment of
-//! the socket hooks, reassembly of captured TCP stream starts, and the
+//! the socket hooks, and the
 //! kernel-side log (aya-log) forwarded to `tracing`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -13,7 +13,6 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSockAddr, TracePoint};
 use aya::Ebpf;
 use cilock_abi::{SysConfig, STREAM_CAPTURE};
 
-use super::decode::Payload;
 use super::{missing, prog_err, EbpfError};
 
 /// Network syscalls read at entry (address as passed, and the fd).
@@ -280,69 +279,6 @@ pub fn attach_step(ebpf: &mut Ebpf, path: &Path) -> Result<StepLinks, EbpfError>
     Ok(links)
 }
 
-#[derive(Default)]
-struct Stream {
-    /// Bytes delivered so far.
-    next: u32,
-    /// Out-of-order pieces by offset.
-    pending: BTreeMap<u32, Vec<u8>>,
-}
-
-/// Reassembles the captured starts of TCP streams per (step, socket):
-/// retransmitted bytes are dropped, out-of-order pieces wait for the gap.
-#[derive(Default)]
-pub struct Streams {
-    streams: HashMap<(u64, u64), Stream>,
-}
-
-/// Most streams remembered (older ones are forgotten at random).
-const MAX_STREAMS: usize = 1 << 16;
-
-impl Streams {
-    /// Adds a TCP payload; returns the new contiguous bytes, if any.
-    pub fn push(&mut self, p: &Payload) -> Option<Vec<u8>> {
-        if self.streams.len() >= MAX_STREAMS {
-            if let Some(k) = self.streams.keys().next().copied() {
-                self.streams.remove(&k);
-            }
-        }
-        let s = self.streams.entry((p.step_cgroup, p.cookie)).or_default();
-        if s.next >= STREAM_CAPTURE {
-            return None;
-        }
-        let end = p.stream_off.saturating_add(p.bytes.len() as u32);
-        if end <= s.next {
-            return None; // a retransmission
-        }
-        if p.stream_off > s.next {
-            s.pending
-                .entry(p.stream_off)
-                .or_insert_with(|| p.bytes.clone());
-            return None;
-        }
-        let mut out = p.bytes[(s.next - p.stream_off) as usize..].to_vec();
-        s.next = end;
-        // Pieces the new bytes made contiguous.
-        while let Some((&off, _)) = s.pending.first_key_value() {
-            if off > s.next {
-                break;
-            }
-            let (off, b) = s.pending.pop_first().unwrap_or_default();
-            let e = off.saturating_add(b.len() as u32);
-            if e > s.next {
-                out.extend_from_slice(&b[(s.next - off) as usize..]);
-                s.next = e;
-            }
-        }
-        Some(out)
-    }
-
-    /// Forgets the streams of a step.
-    pub fn forget_step(&mut self, step: u64) {
-        self.streams.retain(|k, _| k.0 != step);
-    }
-}
-
 /// Forwards aya-log records of the kernel programs to `tracing`.
 pub struct TracingLog;
 
@@ -388,37 +324,6 @@ pub fn logger_fd(l: &Logger) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(off: u32, b: &[u8]) -> Payload {
-        Payload {
-            step_cgroup: 1,
-            pid: 2,
-            fd: 3,
-            cookie: 4,
-            egress: true,
-            tcp: true,
-            stream_off: off,
-            src: "127.0.0.1:1".parse().unwrap(),
-            dst: "127.0.0.1:2".parse().unwrap(),
-            bytes: b.to_vec(),
-            time: std::time::SystemTime::now(),
-        }
-    }
-
-    #[test]
-    fn reassembles_by_offset() {
-        let mut s = Streams::default();
-        assert_eq!(s.push(&p(0, b"abc")), Some(b"abc".to_vec()));
-        // retransmission
-        assert_eq!(s.push(&p(0, b"abc")), None);
-        // out of order, then the gap
-        assert_eq!(s.push(&p(6, b"ghi")), None);
-        assert_eq!(s.push(&p(2, b"cdef")), Some(b"defghi".to_vec()));
-        // overlapping tail
-        assert_eq!(s.push(&p(8, b"ijk")), Some(b"jk".to_vec()));
-        s.forget_step(1);
-        assert_eq!(s.push(&p(0, b"x")), Some(b"x".to_vec()));
-    }
 
     #[test]
     fn format_first_arg() {

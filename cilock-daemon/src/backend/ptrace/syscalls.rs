@@ -226,24 +226,7 @@ pub const CLONE_NEW_MASK: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET) as u64
     | 0x80; // CLONE_NEWTIME
 
-/// Names of the `CLONE_NEW*` bits set in `flags`.
-pub fn clone_new_names(flags: u64) -> Vec<&'static str> {
-    let table: [(u64, &str); 8] = [
-        (libc::CLONE_NEWNS as u64, "CLONE_NEWNS"),
-        (libc::CLONE_NEWCGROUP as u64, "CLONE_NEWCGROUP"),
-        (libc::CLONE_NEWUTS as u64, "CLONE_NEWUTS"),
-        (libc::CLONE_NEWIPC as u64, "CLONE_NEWIPC"),
-        (libc::CLONE_NEWUSER as u64, "CLONE_NEWUSER"),
-        (libc::CLONE_NEWPID as u64, "CLONE_NEWPID"),
-        (libc::CLONE_NEWNET as u64, "CLONE_NEWNET"),
-        (0x80, "CLONE_NEWTIME"),
-    ];
-    table
-        .iter()
-        .filter(|(b, _)| flags & b != 0)
-        .map(|(_, n)| *n)
-        .collect()
-}
+pub use cilock_trace::syscall::clone_new_names;
 
 #[cfg(test)]
 mod tests {

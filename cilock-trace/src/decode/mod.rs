@@ -13,8 +13,11 @@ use cilock_abi::{
     PayloadEvent, SyscallRecord,
 };
 
-use crate::trace::pathname::escape;
-use crate::trace::{FileStamp, NetCall, TraceEvent};
+use crate::pathname::escape;
+use crate::syscall::{Host, SuspiciousCall};
+use crate::{FileStamp, NetCall, TraceEvent};
+
+pub mod sockaddr;
 
 /// A decoded record.
 #[derive(Debug, PartialEq)]
@@ -279,8 +282,9 @@ fn slice<'a>(b: &'a [u8], start: usize, len: usize, k: u32) -> Result<&'a [u8], 
     })
 }
 
-/// Decodes one record.
-pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
+/// Decodes one record; `host` tells what the decoder cannot know (see
+/// [`Host`]).
+pub fn decode(b: &[u8], clock: &Clock, host: &Host<'_>) -> Result<Record, DecodeError> {
     let hdr: Header = read(b, 0)?;
     let k = hdr.kind;
     let time = clock.wall(hdr.ktime_ns);
@@ -386,7 +390,7 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
         kind::NET => {
             let e: NetEvent = read(b, k)?;
             let n = (e.addr_len as usize).min(e.addr.len());
-            let Some(addr) = crate::backend::ptrace::sockaddr::decode(&e.addr[..n]) else {
+            let Some(addr) = sockaddr::decode(&e.addr[..n]) else {
                 return Err(DecodeError {
                     kind: k,
                     len: b.len(),
@@ -460,13 +464,10 @@ pub fn decode(b: &[u8], clock: &Clock) -> Result<Record, DecodeError> {
                     rebuild_path(&e.path, path_b, 0).0
                 }
             });
-            let (name, detail, args, path) = super::syscalls::describe(&e, strs, fd_path, hdr.tgid);
+            let call = SuspiciousCall::from_record(&e, strs, fd_path, hdr.tgid, host);
             Ok(ev(TraceEvent::Syscall {
                 pid: hdr.tgid,
-                name,
-                detail,
-                args,
-                path,
+                call,
                 time,
             }))
         }
@@ -568,7 +569,7 @@ mod tests {
         e.addr[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
         e.addr[2..4].copy_from_slice(&443u16.to_be_bytes());
         e.addr[4..8].copy_from_slice(&[10, 0, 0, 1]);
-        match decode(&bytes_of(&e), &clock).unwrap() {
+        match decode(&bytes_of(&e), &clock, &Host::detached()).unwrap() {
             Record::Event {
                 event:
                     TraceEvent::Net {
@@ -581,15 +582,12 @@ mod tests {
                 ..
             } => {
                 assert_eq!((pid, call, fd), (7, NetCall::Connect, 5));
-                assert_eq!(
-                    addr,
-                    crate::trace::SockAddr::Ip("10.0.0.1:443".parse().unwrap())
-                );
+                assert_eq!(addr, crate::SockAddr::Ip("10.0.0.1:443".parse().unwrap()));
             }
             o => panic!("{o:?}"),
         }
         e.addr_len = 1;
-        assert!(decode(&bytes_of(&e), &clock).is_err());
+        assert!(decode(&bytes_of(&e), &clock, &Host::detached()).is_err());
 
         let mut p = PayloadEvent::default();
         p.hdr.kind = kind::PAYLOAD;
@@ -600,7 +598,7 @@ mod tests {
         p.len = 3;
         let mut b = bytes_of(&p);
         b.extend_from_slice(b"abc");
-        match decode(&b, &clock).unwrap() {
+        match decode(&b, &clock, &Host::detached()).unwrap() {
             Record::Payload(x) => {
                 assert!(x.egress && x.tcp);
                 assert_eq!((x.stream_off, x.bytes.as_slice()), (10, &b"abc"[..]));
@@ -610,7 +608,7 @@ mod tests {
         }
         b.pop();
         assert!(
-            decode(&b, &clock).is_err(),
+            decode(&b, &clock, &Host::detached()).is_err(),
             "payload longer than the record"
         );
 
@@ -621,27 +619,23 @@ mod tests {
         s.str_len[0] = 6;
         let mut b = bytes_of(&s);
         b.extend_from_slice(b"stage2");
-        match decode(&b, &clock).unwrap() {
+        match decode(&b, &clock, &Host::detached()).unwrap() {
             Record::Event {
-                event:
-                    TraceEvent::Syscall {
-                        name,
-                        args,
-                        path,
-                        detail,
-                        ..
-                    },
+                event: TraceEvent::Syscall { call, .. },
                 ..
             } => {
-                assert_eq!(name, "memfd_create");
-                assert_eq!(args, vec![1]);
-                assert_eq!(path.as_deref(), Some("stage2"));
-                assert!(detail.contains("stage2"));
+                assert_eq!(call.name(), "memfd_create");
+                assert_eq!(call.args(), vec![1]);
+                assert_eq!(call.path(), Some("stage2"));
+                assert!(call.describe(None).contains("stage2"));
             }
             o => panic!("{o:?}"),
         }
         b.truncate(b.len() - 1);
-        assert!(decode(&b, &clock).is_err(), "string longer than the record");
+        assert!(
+            decode(&b, &clock, &Host::detached()).is_err(),
+            "string longer than the record"
+        );
     }
 
     #[test]
@@ -655,7 +649,7 @@ mod tests {
         m.dst_cgroup = 9;
         m.moved_tgid = 8;
         m.flags = move_flags::AT_FORK;
-        match decode(&bytes_of(&m), &clock).unwrap() {
+        match decode(&bytes_of(&m), &clock, &Host::detached()).unwrap() {
             Record::CgroupMove {
                 step_cgroup,
                 moved,
@@ -673,7 +667,7 @@ mod tests {
         j.dst_cgroup = 10;
         j.src_step = 5;
         j.moved_tgid = 8;
-        match decode(&bytes_of(&j), &clock).unwrap() {
+        match decode(&bytes_of(&j), &clock, &Host::detached()).unwrap() {
             Record::CgroupJoin {
                 step_cgroup,
                 moved,
@@ -689,7 +683,7 @@ mod tests {
             r => panic!("{r:?}"),
         }
         // A short join record is refused.
-        assert!(decode(&bytes_of(&j)[..64], &clock).is_err());
+        assert!(decode(&bytes_of(&j)[..64], &clock, &Host::detached()).is_err());
     }
 
     #[test]
@@ -710,7 +704,9 @@ mod tests {
             ctime_nsec: 8 | (1 << 31),
             ctime_sec: 7,
         };
-        let Record::Event { event, kind: k, .. } = decode(&bytes_of(&e), &clock).unwrap() else {
+        let Record::Event { event, kind: k, .. } =
+            decode(&bytes_of(&e), &clock, &Host::detached()).unwrap()
+        else {
             panic!("not an event")
         };
         assert_eq!(k, kind::CLOSE);
@@ -728,21 +724,21 @@ mod tests {
             ),
             (libc::makedev(8, 1), 77, 12, 5_000_000_006, 7_000_000_008)
         );
-        assert!(decode(&bytes_of(&e)[..60], &clock).is_err());
+        assert!(decode(&bytes_of(&e)[..60], &clock, &Host::detached()).is_err());
     }
 
     #[test]
     fn rejects_short_and_inconsistent_records() {
         let clock = Clock::now();
-        assert!(decode(&[1, 2, 3], &clock).is_err());
+        assert!(decode(&[1, 2, 3], &clock, &Host::detached()).is_err());
         let mut e = OpenEvent::default();
         e.hdr.kind = kind::OPEN;
         e.path.len = 100; // but no bytes follow
         let bytes: [u8; size_of::<OpenEvent>()] = unsafe { std::mem::transmute(e) };
-        assert!(decode(&bytes, &clock).is_err());
+        assert!(decode(&bytes, &clock, &Host::detached()).is_err());
         let mut h = Header::default();
         h.kind = 99;
         let bytes: [u8; size_of::<Header>()] = unsafe { std::mem::transmute(h) };
-        assert!(decode(&bytes, &clock).is_err());
+        assert!(decode(&bytes, &clock, &Host::detached()).is_err());
     }
 }
