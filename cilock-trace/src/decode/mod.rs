@@ -145,7 +145,41 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
-fn read<T: Copy>(b: &[u8], k: u32) -> Result<T, DecodeError> {
+/// A kernel record that may be read from any bytes of its size:
+/// plain-old-data, `repr(C)`, every bit pattern valid (integers and arrays
+/// of integers only, explicit padding; `cilock-abi` asserts the sizes).
+///
+/// # Safety
+///
+/// Implement only for such types. (A local marker until `cilock-abi` has
+/// one for every record.)
+pub unsafe trait KernelRecord: Copy {}
+
+// SAFETY: all are repr(C) records of integers and integer arrays with
+// explicit padding (cilock-abi's event.rs, size-asserted there).
+unsafe impl KernelRecord for Header {}
+// SAFETY: as above.
+unsafe impl KernelRecord for OpenEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for ExecEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for ExitEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for ForkEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for CloseEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for NetEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for PayloadEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for CgroupMoveEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for CgroupJoinEvent {}
+// SAFETY: as above.
+unsafe impl KernelRecord for SyscallRecord {}
+
+fn read<T: KernelRecord>(b: &[u8], k: u32) -> Result<T, DecodeError> {
     if b.len() < size_of::<T>() {
         return Err(DecodeError {
             kind: k,
@@ -153,7 +187,8 @@ fn read<T: Copy>(b: &[u8], k: u32) -> Result<T, DecodeError> {
             what: "shorter than its fixed part",
         });
     }
-    // SAFETY: length checked; T is a plain-old-data repr(C) record.
+    // SAFETY: length checked; T: KernelRecord is plain-old-data, any bytes are
+    // a valid T, and read_unaligned needs no alignment.
     Ok(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
 }
 
@@ -274,7 +309,7 @@ fn file_stamp(s: &InodeStamp) -> FileStamp {
     }
 }
 
-fn slice<'a>(b: &'a [u8], start: usize, len: usize, k: u32) -> Result<&'a [u8], DecodeError> {
+fn slice(b: &[u8], start: usize, len: usize, k: u32) -> Result<&[u8], DecodeError> {
     b.get(start..start.saturating_add(len)).ok_or(DecodeError {
         kind: k,
         len: b.len(),
@@ -736,8 +771,10 @@ mod tests {
         e.path.len = 100; // but no bytes follow
         let bytes: [u8; size_of::<OpenEvent>()] = unsafe { std::mem::transmute(e) };
         assert!(decode(&bytes, &clock, &Host::detached()).is_err());
-        let mut h = Header::default();
-        h.kind = 99;
+        let h = Header {
+            kind: 99,
+            ..Default::default()
+        };
         let bytes: [u8; size_of::<Header>()] = unsafe { std::mem::transmute(h) };
         assert!(decode(&bytes, &clock, &Host::detached()).is_err());
     }

@@ -46,7 +46,7 @@ fn hello(sni: &str, alpn: &[&str], pad: usize) -> Vec<u8> {
     // padding (21)
     ext.extend_from_slice(&21u16.to_be_bytes());
     ext.extend_from_slice(&(pad as u16).to_be_bytes());
-    ext.extend(std::iter::repeat(0u8).take(pad));
+    ext.extend(std::iter::repeat_n(0u8, pad));
 
     let mut body = vec![0x03, 0x03];
     body.extend_from_slice(&[7u8; 32]);
