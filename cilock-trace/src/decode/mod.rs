@@ -17,7 +17,41 @@ use crate::pathname::escape;
 use crate::syscall::{Host, SuspiciousCall};
 use crate::{FileStamp, NetCall, TraceEvent};
 
+mod cgroup;
+mod file;
+mod net;
+mod payload;
+mod process;
 pub mod sockaddr;
+mod syscall;
+
+use file::file_stamp;
+pub use file::{memfd_name, rebuild_path, user_dev};
+#[cfg(test)]
+use file::{NSFS_MAGIC, PIPEFS_MAGIC};
+pub use payload::Payload;
+pub use process::exit_code;
+
+/// One record being decoded: its bytes, header, kind and time, and what
+/// the decoder cannot know ([`Host`]).
+struct Raw<'a> {
+    b: &'a [u8],
+    k: u32,
+    hdr: Header,
+    time: SystemTime,
+    host: &'a Host<'a>,
+}
+
+impl Raw<'_> {
+    /// A [`TraceEvent`] of this record's step.
+    fn ev(&self, event: TraceEvent) -> Record {
+        Record::Event {
+            step_cgroup: self.hdr.step_cgroup,
+            kind: self.k,
+            event,
+        }
+    }
+}
 
 /// A decoded record.
 #[derive(Debug, PartialEq)]
@@ -68,34 +102,6 @@ pub enum Record {
     },
     /// Payload bytes of a step socket (see [`Payload`]).
     Payload(Payload),
-}
-
-/// Bytes captured from a step socket at the step cgroup's `cgroup_skb`
-/// hook; TCP payloads are placed in their stream by `stream_off`.
-#[derive(Debug, PartialEq)]
-pub struct Payload {
-    /// The step cgroup id.
-    pub step_cgroup: u64,
-    /// The process that last connected or sent with an address on the socket.
-    pub pid: u32,
-    /// Its fd for the socket (-1 when unknown).
-    pub fd: i32,
-    /// Socket cookie.
-    pub cookie: u64,
-    /// Sent (else received).
-    pub egress: bool,
-    /// TCP (else UDP).
-    pub tcp: bool,
-    /// TCP: offset of `bytes` in the stream.
-    pub stream_off: u32,
-    /// Source of the packet.
-    pub src: std::net::SocketAddr,
-    /// Destination of the packet.
-    pub dst: std::net::SocketAddr,
-    /// The bytes.
-    pub bytes: Vec<u8>,
-    /// When.
-    pub time: SystemTime,
 }
 
 /// Why a record could not be decoded.
@@ -192,123 +198,6 @@ fn read<T: KernelRecord>(b: &[u8], k: u32) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
 }
 
-fn comm(c: &[u8; 16]) -> String {
-    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-    escape(&c[..end])
-}
-
-/// `status` as the kernel keeps it → the exit code a shell reports.
-pub fn exit_code(status: u32) -> i32 {
-    let sig = status & 0x7f;
-    if sig == 0 {
-        ((status >> 8) & 0xff) as i32
-    } else {
-        128 + sig as i32
-    }
-}
-
-const PIPEFS_MAGIC: u32 = 0x5049_5045;
-const SOCKFS_MAGIC: u32 = 0x534f_434b;
-const ANON_INODE_FS_MAGIC: u32 = 0x0904_1934;
-const NSFS_MAGIC: u32 = 0x6e73_6673;
-
-/// Rebuilds a path from leaf-first components. Returns the path and, when
-/// it is not a plain absolute path, why.
-pub fn rebuild_path(info: &PathInfo, bytes: &[u8], ino: u64) -> (String, Option<String>) {
-    // Each component losslessly (`trace::pathname`): a `/` is never part
-    // of a component, so splitting the bytes first is exact.
-    let mut comps: Vec<String> = bytes
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .map(escape)
-        .collect();
-    comps.reverse();
-    if info.flags & path_flags::ESCAPED != 0 && comps.len() <= 1 {
-        let name = comps.first().map(String::as_str).unwrap_or("");
-        let p = match info.magic {
-            PIPEFS_MAGIC => format!("pipe:[{ino}]"),
-            SOCKFS_MAGIC => format!("socket:[{ino}]"),
-            ANON_INODE_FS_MAGIC => format!("anon_inode:{name}"),
-            NSFS_MAGIC => format!("{name}:[{ino}]"),
-            _ => format!("/{name} (deleted)"),
-        };
-        return (p, Some("pseudo file".to_string()));
-    }
-    let mut path = String::with_capacity(bytes.len() + 1);
-    let truncated =
-        info.flags & (path_flags::TRUNC_LEN | path_flags::TRUNC_STEPS | path_flags::READ_ERR) != 0;
-    if truncated {
-        path.push_str("/…");
-    }
-    for c in &comps {
-        path.push('/');
-        path.push_str(c);
-    }
-    if path.is_empty() {
-        path.push('/');
-    }
-    let mut why = None;
-    if truncated {
-        why = Some(truncation_reason(info.flags));
-    } else if info.flags & path_flags::ESCAPED != 0 {
-        why = Some("disconnected dentry".to_string());
-    } else if info.flags & path_flags::NS_ROOT == 0 {
-        why = Some("path not resolved to a root".to_string());
-    }
-    if info.flags & path_flags::DELETED != 0 {
-        path.push_str(" (deleted)");
-        why.get_or_insert_with(|| "deleted at open".to_string());
-    }
-    (path, why)
-}
-
-/// The kernel's name of a memfd (`/memfd:NAME (deleted)`, as `d_path`
-/// and `/proc/PID/exe` print it) when the walk ended at a disconnected
-/// dentry named `memfd:…` (memfd_create's files are pseudo dentries on the
-/// internal shmem or hugetlbfs mount; NAME may contain `/`).
-pub fn memfd_name(info: &PathInfo, bytes: &[u8]) -> Option<String> {
-    if info.flags & path_flags::ESCAPED == 0 {
-        return None;
-    }
-    // An escaped walk stops at the pseudo dentry: its name is all there is.
-    let name = bytes.strip_suffix(b"/").unwrap_or(bytes);
-    name.starts_with(b"memfd:")
-        .then(|| format!("/{} (deleted)", escape(name)))
-}
-
-/// Why a path was cut (`/…/` in front of what was kept).
-fn truncation_reason(flags: u32) -> String {
-    if flags & path_flags::TRUNC_LEN != 0 {
-        "path truncated: longer than PATH_MAX (4096 bytes); its leading components are elided as /…/".into()
-    } else if flags & path_flags::TRUNC_STEPS != 0 {
-        "path truncated: deeper than the in-kernel walk's step limit; its leading components are elided as /…/".into()
-    } else {
-        "path truncated: the in-kernel walk could not read a component; its leading components are elided as /…/".into()
-    }
-}
-
-/// Kernel `dev_t` (major << 20 | minor) → user-space `st_dev`.
-pub fn user_dev(kdev: u32) -> u64 {
-    libc::makedev(kdev >> 20, kdev & 0xf_ffff)
-}
-
-/// Nanoseconds of an inode time: ≥6.13 keeps a flag in the high bits of
-/// `i_ctime_nsec` (multigrain timestamps, I_CTIME_QUERIED); nanoseconds
-/// never exceed 30 bits.
-const NSEC_MASK: u32 = 0x3fff_ffff;
-
-fn file_stamp(s: &InodeStamp) -> FileStamp {
-    let (mtime_nsec, ctime_nsec) = (s.mtime_nsec & NSEC_MASK, s.ctime_nsec & NSEC_MASK);
-    FileStamp {
-        dev: user_dev(s.dev),
-        ino: s.ino,
-        size: s.size,
-        mtime_ns: s.mtime_sec as i128 * 1_000_000_000 + mtime_nsec as i128,
-        ctime_ns: s.ctime_sec as i128 * 1_000_000_000 + ctime_nsec as i128,
-        mode: s.mode,
-    }
-}
-
 fn slice(b: &[u8], start: usize, len: usize, k: u32) -> Result<&[u8], DecodeError> {
     b.get(start..start.saturating_add(len)).ok_or(DecodeError {
         kind: k,
@@ -323,189 +212,24 @@ pub fn decode(b: &[u8], clock: &Clock, host: &Host<'_>) -> Result<Record, Decode
     let hdr: Header = read(b, 0)?;
     let k = hdr.kind;
     let time = clock.wall(hdr.ktime_ns);
-    let ev = |event| Record::Event {
-        step_cgroup: hdr.step_cgroup,
-        kind: k,
-        event,
+    let r = Raw {
+        b,
+        k,
+        hdr,
+        time,
+        host,
     };
     match k {
-        kind::OPEN => {
-            let e: OpenEvent = read(b, k)?;
-            let bytes = slice(b, size_of::<OpenEvent>(), e.path.len as usize, k)?;
-            let (path, unresolved) = rebuild_path(&e.path, bytes, e.inode.ino);
-            Ok(ev(TraceEvent::Open {
-                pid: hdr.tgid,
-                path,
-                flags: e.f_flags,
-                stamp: Some(file_stamp(&e.inode)),
-                unresolved,
-                time,
-            }))
-        }
-        kind::EXEC => {
-            let e: ExecEvent = read(b, k)?;
-            let mut p = size_of::<ExecEvent>();
-            let fname = slice(b, p, e.filename_len as usize, k)?;
-            p += fname.len();
-            let args = slice(b, p, e.args_len as usize, k)?;
-            p += args.len();
-            let exe_b = slice(b, p, e.exe.len as usize, k)?;
-            p += exe_b.len();
-            let cwd_b = slice(b, p, e.cwd.len as usize, k)?;
-            let (mut exe, mut exe_why) = rebuild_path(&e.exe, exe_b, e.exe_inode.ino);
-            if let Some(m) = memfd_name(&e.exe, exe_b) {
-                // A fileless program: named as the kernel names it.
-                (exe, exe_why) = (m, None);
-            }
-            let (cwd, cwd_why) = rebuild_path(&e.cwd, cwd_b, 0);
-            let mut argv: Vec<String> = args.split(|&c| c == 0).map(escape).collect();
-            // argv ends with a NUL: drop the empty tail it leaves.
-            if argv.last().is_some_and(|a| a.is_empty()) {
-                argv.pop();
-            }
-            Ok(ev(TraceEvent::Exec {
-                pid: hdr.tgid,
-                ppid: (e.ppid != 0).then_some(e.ppid),
-                filename: escape(fname),
-                exe: (e.exe.len > 0 && exe_why.is_none()).then_some(exe),
-                exe_stamp: (e.exe_inode.ino != 0).then(|| file_stamp(&e.exe_inode)),
-                cwd: (e.cwd.len > 0 && cwd_why.is_none()).then_some(cwd),
-                argv,
-                comm: comm(&hdr.comm),
-                time,
-            }))
-        }
-        kind::CLOSE => {
-            let e: CloseEvent = read(b, k)?;
-            Ok(ev(TraceEvent::Close {
-                pid: hdr.tgid,
-                stamp: file_stamp(&e.inode),
-                time,
-            }))
-        }
-        kind::FORK => {
-            let e: ForkEvent = read(b, k)?;
-            Ok(ev(TraceEvent::Fork {
-                parent: hdr.tgid,
-                child: e.child_tgid,
-                time,
-            }))
-        }
-        kind::EXIT => {
-            let e: ExitEvent = read(b, k)?;
-            Ok(ev(TraceEvent::Exit {
-                pid: hdr.tgid,
-                code: exit_code(e.exit_code),
-                time,
-            }))
-        }
-        kind::CGROUP_MOVE => {
-            let e: CgroupMoveEvent = read(b, k)?;
-            Ok(Record::CgroupMove {
-                step_cgroup: hdr.step_cgroup,
-                moved: e.moved_tgid,
-                by: hdr.tgid,
-                dst: e.dst_cgroup,
-                time,
-                flags: e.flags,
-            })
-        }
-        kind::CGROUP_JOIN => {
-            let e: CgroupJoinEvent = read(b, k)?;
-            Ok(Record::CgroupJoin {
-                step_cgroup: hdr.step_cgroup,
-                moved: e.moved_tgid,
-                by: hdr.tgid,
-                dst: e.dst_cgroup,
-                src_step: e.src_step,
-                flags: e.flags,
-                time,
-            })
-        }
-        kind::NET => {
-            let e: NetEvent = read(b, k)?;
-            let n = (e.addr_len as usize).min(e.addr.len());
-            let Some(addr) = sockaddr::decode(&e.addr[..n]) else {
-                return Err(DecodeError {
-                    kind: k,
-                    len: b.len(),
-                    what: "socket address too short",
-                });
-            };
-            let call = match e.call {
-                net_call::CONNECT => NetCall::Connect,
-                net_call::SENDTO => NetCall::SendTo,
-                net_call::BIND => NetCall::Bind,
-                net_call::SENDMSG => NetCall::SendMsg,
-                net_call::SENDMMSG => NetCall::SendMmsg,
-                _ => {
-                    return Err(DecodeError {
-                        kind: k,
-                        len: b.len(),
-                        what: "unknown network call",
-                    })
-                }
-            };
-            Ok(ev(TraceEvent::Net {
-                pid: hdr.tgid,
-                call,
-                fd: e.fd,
-                addr,
-                time,
-            }))
-        }
-        kind::PAYLOAD => {
-            let e: PayloadEvent = read(b, k)?;
-            let bytes = slice(b, size_of::<PayloadEvent>(), e.len as usize, k)?;
-            let v6 = e.flags & payload_flags::IPV6 != 0;
-            let ip = |a: &[u8; 16]| -> std::net::IpAddr {
-                if v6 {
-                    std::net::Ipv6Addr::from(*a).into()
-                } else {
-                    std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
-                }
-            };
-            Ok(Record::Payload(Payload {
-                step_cgroup: hdr.step_cgroup,
-                pid: hdr.tgid,
-                fd: e.fd,
-                cookie: e.cookie,
-                egress: e.flags & payload_flags::EGRESS != 0,
-                tcp: e.flags & payload_flags::TCP != 0,
-                stream_off: e.stream_off,
-                src: std::net::SocketAddr::new(ip(&e.saddr), e.sport),
-                dst: std::net::SocketAddr::new(ip(&e.daddr), e.dport),
-                bytes: bytes.to_vec(),
-                time,
-            }))
-        }
-        kind::SYSCALL => {
-            let e: SyscallRecord = read(b, k)?;
-            let mut p = size_of::<SyscallRecord>();
-            let mut strs: [Option<String>; 3] = [None, None, None];
-            for (i, s) in strs.iter_mut().enumerate() {
-                let bytes = slice(b, p, e.str_len[i] as usize, k)?;
-                p += bytes.len();
-                if e.str_len[i] > 0 || e.str_fault & (1 << i) == 0 {
-                    *s = Some(escape(bytes));
-                }
-            }
-            let path_b = slice(b, p, e.path.len as usize, k)?;
-            let fd_path = (e.path.len > 0).then(|| {
-                if e.path.flags & path_flags::ESCAPED != 0 {
-                    // nsfs, anon inodes: the name is the whole story.
-                    escape(path_b).trim_end_matches('/').to_string()
-                } else {
-                    rebuild_path(&e.path, path_b, 0).0
-                }
-            });
-            let call = SuspiciousCall::from_record(&e, strs, fd_path, hdr.tgid, host);
-            Ok(ev(TraceEvent::Syscall {
-                pid: hdr.tgid,
-                call,
-                time,
-            }))
-        }
+        kind::OPEN => file::open(&r),
+        kind::CLOSE => file::close(&r),
+        kind::EXEC => process::exec(&r),
+        kind::FORK => process::fork(&r),
+        kind::EXIT => process::exit(&r),
+        kind::CGROUP_MOVE => cgroup::cgroup_move(&r),
+        kind::CGROUP_JOIN => cgroup::cgroup_join(&r),
+        kind::NET => net::net(&r),
+        kind::PAYLOAD => payload::payload(&r),
+        kind::SYSCALL => syscall::syscall(&r),
         _ => Err(DecodeError {
             kind: k,
             len: b.len(),
