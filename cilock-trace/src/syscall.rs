@@ -17,10 +17,12 @@
 //!    record;
 //! 3. this file: the variant, its name, args, path and description, and its
 //!    arm in [`SuspiciousCall::from_record`];
-//! 4. the ptrace backend's `syscalls.rs` (the `Sys` entry and its numbers)
-//!    and its tracer arm that builds the variant.
+//! 4. `cilock-daemon/src/backend/ptrace/syscalls.rs`: the `Sys` entry, its
+//!    numbers per ABI, and its arm in `suspicious` (the tracer only calls it).
 //!
-//! (The daemon's eBPF loader attaches every program listed by the ABI.)
+//! Two lists still repeat the set in the daemon and are to be derived from
+//! `sys_what` (the backends' areas, not this crate's): the eBPF loader's
+//! `SUSPICIOUS` program names and the ptrace backend's hooks text.
 
 use cilock_abi::{sys_what, SyscallRecord};
 use serde::Serialize;

@@ -31,14 +31,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::memory::{read_bytes, read_cstr, read_u32, read_u64};
+use super::memory::{read_bytes, read_cstr, read_u64};
 use super::paths;
-use super::syscalls::{self, Sys, CLONE_NEW_MASK};
+use super::syscalls::{self, Sys};
 use super::{PtraceConfig, PtraceError};
 use cilock_trace::decode::sockaddr::{self, MAX_SOCKADDR};
 use cilock_trace::proto::dns::{dns_tcp_start, parse_dns_queries, DnsStart};
 use cilock_trace::proto::tls::{parse_client_hello, ClientHello};
-use cilock_trace::syscall::{SignalCall, SuspiciousCall};
+use cilock_trace::syscall::SuspiciousCall;
 use cilock_trace::{FileStamp, NetCall, SockAddr, TraceEvent};
 
 const PTRACE_EVENT_STOP: i32 = 128;
@@ -561,14 +561,6 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         });
     }
 
-    fn read_str(tid: u32, addr: u64) -> Option<String> {
-        if addr == 0 {
-            return None;
-        }
-        let (b, _) = read_cstr(tid, addr, 4096);
-        Some(cilock_trace::pathname::escape(&b))
-    }
-
     /// A syscall entry (seccomp stop or syscall-entry stop).
     fn entry(&mut self, tid: u32, info: &SysInfo) {
         let Some(sys) = syscalls::decode(info.arch, info.nr) else {
@@ -696,140 +688,10 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                     self.send(tid, tgid, fd, None, &parts, NetCall::SendTo);
                 }
             }
-            Sys::Ptrace => self.suspicious(
-                tgid,
-                SuspiciousCall::Ptrace {
-                    request: a[0] as i64,
-                    target: a[1] as i32 as i64,
-                },
-            ),
-            Sys::MemfdCreate => {
-                let name = Self::read_str(tid, a[0]).unwrap_or_default();
-                let flags = a[1] as u32;
-                self.suspicious(tgid, SuspiciousCall::MemfdCreate { name, flags });
-            }
-            Sys::Mount => {
-                let call = SuspiciousCall::Mount {
-                    source: Self::read_str(tid, a[0]).unwrap_or_default(),
-                    target: Self::read_str(tid, a[1]),
-                    fstype: Self::read_str(tid, a[2]).unwrap_or_default(),
-                    flags: a[3],
-                };
-                self.suspicious(tgid, call);
-            }
-            Sys::Fsopen => {
-                let fstype = Self::read_str(tid, a[0]).unwrap_or_default();
-                let flags = a[1] as u32;
-                self.suspicious(tgid, SuspiciousCall::Fsopen { fstype, flags });
-            }
-            Sys::Fsmount => self.suspicious(
-                tgid,
-                SuspiciousCall::Fsmount {
-                    fsfd: a[0] as i32,
-                    flags: a[1] as u32,
-                },
-            ),
-            Sys::MoveMount => {
-                let call = SuspiciousCall::MoveMount {
-                    from: Self::read_str(tid, a[1]).unwrap_or_default(),
-                    to: Self::read_str(tid, a[3]),
-                    flags: a[4] as u32,
-                };
-                self.suspicious(tgid, call);
-            }
-            Sys::OpenTree => {
-                let path = Self::read_str(tid, a[1]);
-                let flags = a[2] as u32;
-                self.suspicious(tgid, SuspiciousCall::OpenTree { path, flags });
-            }
-            Sys::Unshare => self.suspicious(tgid, SuspiciousCall::Unshare { flags: a[0] }),
-            Sys::Setns => {
-                let ns = paths::fd_path(tid, a[0] as i32 as i64).map(|r| r.path);
-                let call = SuspiciousCall::Setns {
-                    fd: a[0] as i32,
-                    nstype: a[1] as u32,
-                    ns,
-                };
-                self.suspicious(tgid, call);
-            }
-            Sys::Clone => {
-                if a[0] & CLONE_NEW_MASK != 0 {
-                    self.suspicious(tgid, SuspiciousCall::Clone { flags: a[0] });
-                }
-            }
-            Sys::Clone3 => {
-                let flags = read_u64(tid, a[0]).unwrap_or(0);
-                if flags & CLONE_NEW_MASK != 0 {
-                    self.suspicious(tgid, SuspiciousCall::Clone3 { flags });
-                }
-            }
-            Sys::Bpf => {
-                let cmd = a[0] as i64;
-                let prog_type = if cmd == cilock_trace::syscall::BPF_PROG_LOAD {
-                    read_u32(tid, a[1]).unwrap_or(u32::MAX)
-                } else {
-                    0
-                };
-                self.suspicious(tgid, SuspiciousCall::Bpf { cmd, prog_type });
-            }
-            Sys::InitModule => {
-                let call = SuspiciousCall::InitModule {
-                    len: a[1],
-                    params: Self::read_str(tid, a[2]).unwrap_or_default(),
-                };
-                self.suspicious(tgid, call);
-            }
-            Sys::FinitModule => {
-                let call = SuspiciousCall::FinitModule {
-                    fd: a[0] as i32,
-                    flags: a[2] as u32,
-                    params: Self::read_str(tid, a[1]).unwrap_or_default(),
-                    file: paths::fd_path(tid, a[0] as i32 as i64).map(|r| r.path),
-                };
-                self.suspicious(tgid, call);
-            }
-            Sys::IoUringSetup => self.suspicious(
-                tgid,
-                SuspiciousCall::IoUringSetup {
-                    entries: a[0] as u32,
-                },
-            ),
-            Sys::ProcessVmReadv | Sys::ProcessVmWritev => self.suspicious(
-                tgid,
-                SuspiciousCall::ProcessVm {
-                    write: sys == Sys::ProcessVmWritev,
-                    target: a[0] as i32 as i64,
-                },
-            ),
-            Sys::Kill | Sys::Tkill | Sys::Tgkill => {
-                // Signals aimed at the daemon, and kill(-1) (every process,
-                // the daemon included), as the eBPF filter keeps them.
-                let target = a[0] as i32 as i64;
-                if dpid == Some(target) || (sys == Sys::Kill && target == -1) {
-                    let call = match sys {
-                        Sys::Kill => SignalCall::Kill,
-                        Sys::Tkill => SignalCall::Tkill,
-                        _ => SignalCall::Tgkill,
-                    };
-                    let signal = if sys == Sys::Tgkill { a[2] } else { a[1] } as i32 as i64;
-                    self.suspicious(
-                        tgid,
-                        SuspiciousCall::Signal {
-                            call,
-                            target,
-                            signal,
-                        },
-                    );
-                }
-            }
             Sys::Close | Sys::Dup2 | Sys::Dup3 | Sys::CloseRange => self.let_go(tid, sys, a),
-            Sys::PidfdSendSignal => {
-                let target = crate::trace::procfs::pidfd_target(tid, a[0] as i32 as i64);
-                if dpid.is_some() && target == dpid {
-                    let call = SuspiciousCall::PidfdSendSignal {
-                        target: target.unwrap_or(-1),
-                        signal: a[1] as i32 as i64,
-                    };
+            // The suspicious calls: built (and filtered) in syscalls.rs.
+            _ => {
+                if let Some(call) = syscalls::suspicious(sys, tid, &a, dpid) {
                     self.suspicious(tgid, call);
                 }
             }
