@@ -37,13 +37,12 @@ fn suspicious_syscalls_recorded_once() {
     let calls: Vec<(u32, String, Vec<i64>, String)> = events
         .iter()
         .filter_map(|e| match e {
-            TraceEvent::Syscall {
-                pid,
-                name,
-                args,
-                detail,
-                ..
-            } => Some((*pid, name.clone(), args.clone(), detail.clone())),
+            TraceEvent::Syscall { pid, call, .. } => Some((
+                *pid,
+                call.name().to_string(),
+                call.args(),
+                call.describe(None),
+            )),
             _ => None,
         })
         .collect();

@@ -6,12 +6,27 @@
 
 use std::time::SystemTime;
 
-use cilock_daemon::trace::digest_cache::DigestCache;
-use cilock_daemon::trace::event::TraceEvent;
-use cilock_daemon::trace::net::{parse_dns_answers, parse_dns_queries};
-use cilock_daemon::trace::recorder::Recorder;
+use cilock_trace::TraceEvent;
+use cilock_trace::proto::dns::{parse_dns_answers, parse_dns_queries};
+use cilock_trace::fold::hash::{Hashed, Hasher, Identity};
+use cilock_trace::fold::Recorder;
 use cilock_evidence::digest::HashAlg;
 use libfuzzer_sys::fuzz_target;
+
+/// Hashes nothing: these inputs open no files.
+struct NoFiles;
+
+impl Hasher for NoFiles {
+    fn hash_all(
+        &self,
+        jobs: &[(&str, Vec<Identity>)],
+        _: &[HashAlg],
+        _: u64,
+        _: std::time::Duration,
+    ) -> Vec<Hashed> {
+        jobs.iter().map(|_| Hashed::Unreadable).collect()
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks where the TCP stream is split; the rest is the
@@ -64,7 +79,19 @@ fuzz_target!(|data: &[u8]| {
             time,
         });
     }
-    r.ingress(4242, server, false, &answer, time);
-    r.ingress(4242, server, false, msg, time);
-    let _ = r.finish(&DigestCache::new(4), &[HashAlg::Sha256], &[]);
+    r.push(TraceEvent::Ingress {
+        pid: 4242,
+        src: server,
+        stream: false,
+        bytes: answer.to_vec(),
+        time,
+    });
+    r.push(TraceEvent::Ingress {
+        pid: 4242,
+        src: server,
+        stream: false,
+        bytes: msg.to_vec(),
+        time,
+    });
+    let _ = r.finish(&NoFiles, &[HashAlg::Sha256], &[]);
 });

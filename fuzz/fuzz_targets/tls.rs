@@ -9,12 +9,27 @@
 
 use std::time::SystemTime;
 
-use cilock_daemon::trace::digest_cache::DigestCache;
-use cilock_daemon::trace::event::TraceEvent;
-use cilock_daemon::trace::net::{client_hello_prefix, parse_client_hello, ClientHello};
-use cilock_daemon::trace::recorder::Recorder;
+use cilock_trace::TraceEvent;
+use cilock_trace::proto::tls::{client_hello_prefix, parse_client_hello, ClientHello};
+use cilock_trace::fold::hash::{Hashed, Hasher, Identity};
+use cilock_trace::fold::Recorder;
 use cilock_evidence::digest::HashAlg;
 use libfuzzer_sys::fuzz_target;
+
+/// Hashes nothing: these inputs open no files.
+struct NoFiles;
+
+impl Hasher for NoFiles {
+    fn hash_all(
+        &self,
+        jobs: &[(&str, Vec<Identity>)],
+        _: &[HashAlg],
+        _: u64,
+        _: std::time::Duration,
+    ) -> Vec<Hashed> {
+        jobs.iter().map(|_| Hashed::Unreadable).collect()
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&step, bytes)) = data.split_first() else {
@@ -52,9 +67,9 @@ fuzz_target!(|data: &[u8]| {
         let dst = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         r.push(TraceEvent::Net {
             pid: 4242,
-            call: cilock_daemon::trace::event::NetCall::Connect,
+            call: cilock_trace::NetCall::Connect,
             fd,
-            addr: cilock_daemon::trace::event::SockAddr::Ip(dst),
+            addr: cilock_trace::SockAddr::Ip(dst),
             time,
         });
         for part in stream.chunks(step) {
@@ -68,5 +83,5 @@ fuzz_target!(|data: &[u8]| {
             });
         }
     }
-    let _ = r.finish(&DigestCache::new(4), &[HashAlg::Sha256], &[]);
+    let _ = r.finish(&NoFiles, &[HashAlg::Sha256], &[]);
 });

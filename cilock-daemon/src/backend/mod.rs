@@ -15,9 +15,7 @@ pub mod capture;
 pub mod ebpf;
 pub mod ptrace;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,12 +55,6 @@ impl Sink {
     /// Delivers one event.
     pub fn push(&self, ev: TraceEvent) {
         self.with(|r| r.push(ev));
-    }
-
-    /// Delivers received bytes (DNS answers) of the socket of `pid` whose
-    /// peer is `src`.
-    pub fn ingress(&self, pid: u32, src: SocketAddr, stream: bool, bytes: &[u8], time: SystemTime) {
-        self.with(|r| r.ingress(pid, src, stream, bytes, time));
     }
 
     /// Runs `f` on the recorder (the engine: roots, the final take).

@@ -610,7 +610,6 @@ impl Engine {
         let sink = Sink::new(Recorder::with_limits(
             Some(std::process::id()),
             self.cfg.trace_limits.clone(),
-            Reader::of_uid(spec.owner_uid),
         ));
         // Nothing of the step exists outside the daemon until the move: undo
         // is stopping the tap and removing the (empty) cgroup.
@@ -694,7 +693,7 @@ impl Engine {
                 spec.pid
             )));
         }
-        sink.with(|r| r.add_root(spec.pid));
+        sink.with(|r| r.add_root(spec.pid, crate::trace::procfs::running(spec.pid)));
         let step = Step {
             name: spec.name.clone(),
             owner_uid: spec.owner_uid,
@@ -855,6 +854,7 @@ impl Engine {
             cmd: step.cmd,
             root: Some(step.root),
             recorder,
+            reader: Reader::of_uid(owner_uid),
             trace,
             counting: self.backend.info().counting,
             alive,

@@ -52,6 +52,8 @@ pub struct PendingStep {
     /// The step's root process, when known.
     pub(super) root: Option<u32>,
     pub(super) recorder: Recorder,
+    /// Whose read permission a hashed file needs (the step's user).
+    pub(super) reader: Reader,
     pub(super) trace: TraceInfo,
     /// How the backend counted events.
     pub(super) counting: Counting,
@@ -71,7 +73,9 @@ impl PendingStep {
             .map(|pid| self.recorder.root_seen(pid))
             .unwrap_or_default();
         let writes = self.recorder.written();
-        let st = self.recorder.finish(cache, &algs, &self.alive);
+        let st = self
+            .recorder
+            .finish(&cache.for_reader(self.reader.clone()), &algs, &self.alive);
         self.trace.truncated = st.truncated;
         let written = st.written;
         if self.counting == Counting::ProcessTable {
@@ -155,7 +159,6 @@ pub fn run_ptrace(
     let sink = Sink::new(Recorder::with_limits(
         None,
         TraceLimits::default(),
-        Reader::current(),
     ));
     let outcome = backend
         .run(cmd, wait_descendants, on_spawn, &sink)
@@ -192,6 +195,7 @@ pub fn run_ptrace(
             cmd: spec.cmd,
             root,
             recorder,
+            reader: Reader::current(),
             trace,
             counting: backend.info().counting,
             alive,

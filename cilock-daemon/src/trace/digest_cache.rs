@@ -30,98 +30,13 @@ use std::time::{Duration, Instant};
 
 use cilock_evidence::digest::{DigestSet, HashAlg};
 
-use super::event::FileStamp;
 use cilock_evidence::attestors::safeio::MountDevs;
+use cilock_trace::fold::hash::Hasher;
+pub use cilock_trace::fold::hash::{Hashed, Identity, Seen};
+use cilock_trace::FileStamp;
 
 /// How often a long read looks at the clock.
 const CLOCK_EVERY: u64 = 4 << 20;
-
-/// The outcome of hashing one path.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Hashed {
-    /// The digest, and the file's identity when it was hashed.
-    Digest(DigestSet, Seen),
-    /// The file at the path is not one the job opened (none of the
-    /// identities recorded at open/exec time matches it): not read.
-    Mismatch(Seen),
-    /// Not a regular file (directory, device, fifo, socket).
-    NotRegular(&'static str),
-    /// The step's user could not read it: not read.
-    Unreadable,
-    /// Larger than the cap: (size, cap).
-    TooLarge(u64, u64),
-    /// The step's hashing time budget ran out before or while reading it.
-    OutOfTime(Duration),
-    /// The file changed while it was being read.
-    ChangedWhileHashing,
-    /// It could not be opened or read.
-    Error(String),
-}
-
-/// A file as the daemon found it when hashing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Seen {
-    /// `fstat` of the open file.
-    pub stamp: FileStamp,
-    /// The device of its superblock (from the mount's `major:minor` in
-    /// mountinfo), when it differs from `stamp.dev` (btrfs subvolumes,
-    /// overlayfs) and was looked up.
-    pub sb_dev: Option<u64>,
-}
-
-/// An identity the kernel recorded for a path when the job opened or
-/// exec'd it; a digest is given only for a file that has it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Identity {
-    /// A read-only open or an exec: the content must be what it was then.
-    Read(FileStamp),
-    /// A write open: the same inode (its content is what the job left).
-    Write {
-        /// Device (user-space encoding).
-        dev: u64,
-        /// Inode number.
-        ino: u64,
-    },
-    /// A written file as the writer left it (its last close, dup over the
-    /// fd, close_range or exit): the same file with the same size and times.
-    Closed(FileStamp),
-}
-
-impl Identity {
-    fn dev_ino(&self) -> (u64, u64) {
-        match self {
-            Identity::Read(s) | Identity::Closed(s) => (s.dev, s.ino),
-            Identity::Write { dev, ino } => (*dev, *ino),
-        }
-    }
-
-    /// Same device and inode as `seen` (the device as `stat` reports it,
-    /// or as the kernel's superblock has it: the eBPF backend records the
-    /// latter, which btrfs subvolumes and overlayfs report differently).
-    pub fn same_file(&self, seen: &Seen) -> bool {
-        let (dev, ino) = self.dev_ino();
-        dev != 0
-            && ino != 0
-            && ino == seen.stamp.ino
-            && (dev == seen.stamp.dev || Some(dev) == seen.sb_dev)
-    }
-
-    /// The same file, and for a read-only open the same size and times.
-    pub fn matches(&self, seen: &Seen) -> bool {
-        if !self.same_file(seen) {
-            return false;
-        }
-        match self {
-            Identity::Read(then) | Identity::Closed(then) => {
-                let now = &seen.stamp;
-                then.size == now.size
-                    && then.mtime_ns == now.mtime_ns
-                    && then.ctime_ns == now.ctime_ns
-            }
-            Identity::Write { .. } => true,
-        }
-    }
-}
 
 /// The credentials a file must be readable with: the step owner's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,14 +175,7 @@ pub struct DigestCache {
 
 /// Identity of an open file from its metadata.
 pub fn stamp_of(md: &std::fs::Metadata) -> FileStamp {
-    FileStamp {
-        dev: md.dev(),
-        ino: md.ino(),
-        size: md.size() as i64,
-        mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-        ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
-        mode: md.mode(),
-    }
+    FileStamp::from_metadata(md)
 }
 
 fn key(s: &FileStamp) -> Key {
@@ -430,7 +338,7 @@ impl DigestCache {
                     };
                     // Paths are recorded escaped (trace::pathname): open
                     // the real bytes, never a lossy spelling of them.
-                    let h = match super::pathname::to_path(p) {
+                    let h = match cilock_trace::pathname::to_path(p) {
                         Some(path) => self.hash(&path, algs, rules, &mounts, expect),
                         None => Hashed::Error("the recorded path is not in escaped form".into()),
                     };
@@ -448,6 +356,37 @@ impl DigestCache {
                     .unwrap_or_else(|| Hashed::Error("not hashed".into()))
             })
             .collect()
+    }
+}
+
+/// The digest cache hashing for one step's user: what the fold's
+/// [`Hasher`] is in the daemon.
+pub struct StepHasher<'a> {
+    cache: &'a DigestCache,
+    reader: Reader,
+}
+
+impl DigestCache {
+    /// This cache, hashing only files `reader` could read.
+    pub fn for_reader(&self, reader: Reader) -> StepHasher<'_> {
+        StepHasher {
+            cache: self,
+            reader,
+        }
+    }
+}
+
+impl Hasher for StepHasher<'_> {
+    fn hash_all(
+        &self,
+        jobs: &[(&str, Vec<Identity>)],
+        algs: &[HashAlg],
+        max_file_size: u64,
+        budget: Duration,
+    ) -> Vec<Hashed> {
+        let rules = HashRules::new(self.reader.clone(), max_file_size, budget);
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        self.cache.hash_all(jobs, algs, &rules, threads)
     }
 }
 

@@ -1,13 +1,24 @@
-//! The trace model shared by all backends, and what is built from it.
+//! The daemon's side of the trace model: hashing the files a step opened
+//! ([`digest_cache`], the fold's [`cilock_trace::fold::hash::Hasher`]) and
+//! flagging products ([`products`]). The model itself (events, decoders,
+//! parsers, the per-step fold) is the pure `cilock-trace` crate.
 
 pub mod digest_cache;
-pub mod event;
-pub mod net;
-pub mod pathname;
+pub mod procfs;
 pub mod products;
-pub mod recorder;
 
+#[cfg(test)]
+mod fold_tests;
 #[cfg(test)]
 mod names_tests;
 
-pub use event::{FileStamp, NetCall, SockAddr, TraceEvent};
+pub use cilock_trace::fold as recorder; // shim: removed at merge
+pub use cilock_trace::{event, pathname}; // shim: removed at merge
+pub use cilock_trace::{FileStamp, NetCall, SockAddr, TraceEvent}; // shim: removed at merge
+/// The DNS and TLS parsers, now `cilock_trace::proto::{dns, tls}`.
+pub mod net {
+    // shim: removed at merge
+    pub use cilock_trace::event::family_name;
+    pub use cilock_trace::proto::dns::*;
+    pub use cilock_trace::proto::tls::*;
+}

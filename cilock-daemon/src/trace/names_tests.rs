@@ -8,10 +8,11 @@ use std::time::SystemTime;
 use cilock_evidence::attestors::command_run::ProcessInfo;
 use cilock_evidence::digest::{DigestSet, HashAlg};
 
-use super::digest_cache::{stamp_of, DigestCache};
-use super::pathname::escape;
-use super::recorder::{Recorder, REASON_FILELESS, REASON_MODIFIED, REASON_REPLACED};
-use super::{FileStamp, TraceEvent};
+use cilock_trace::fold::{Recorder, REASON_FILELESS, REASON_MODIFIED, REASON_REPLACED};
+use cilock_trace::pathname::escape;
+use cilock_trace::{FileStamp, TraceEvent};
+
+use super::digest_cache::{stamp_of, DigestCache, Reader};
 
 const O_RDONLY: u32 = 0;
 
@@ -27,8 +28,12 @@ fn open(pid: u32, path: &str, stamp: Option<FileStamp>) -> TraceEvent {
 }
 
 fn finish(r: Recorder) -> Vec<ProcessInfo> {
-    r.finish(&DigestCache::default(), &[HashAlg::Sha256], &[])
-        .processes
+    r.finish(
+        &DigestCache::default().for_reader(Reader::root()),
+        &[HashAlg::Sha256],
+        &[],
+    )
+    .processes
 }
 
 fn sha(b: &[u8]) -> String {

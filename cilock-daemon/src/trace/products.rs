@@ -14,7 +14,7 @@ use cilock_evidence::attestors::{command_run, product, AttestationContext};
 use cilock_evidence::digest::DigestSet;
 use serde_json::json;
 
-use super::pathname;
+use cilock_trace::pathname;
 
 /// Most mismatches listed (the rest are counted).
 const MAX_LISTED: usize = 10_000;

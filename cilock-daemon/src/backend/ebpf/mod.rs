@@ -7,18 +7,16 @@
 //! - [`sysconfig`]: the programs' `.rodata` syscall configuration;
 //! - [`offsets`] / [`btf`]: the kernel layout the programs read;
 //! - [`kernel_log`]: the programs' log forwarded to `tracing`;
-//! - [`decode`], [`syscalls`], [`network`]: records to events (the trace
-//!   model's side).
+//! - records become events in `cilock_trace::decode` (the pure trace model).
 
 pub mod btf;
-pub mod decode;
 pub mod kernel_log;
 mod loader;
-pub mod network;
 pub mod offsets;
 pub mod probes;
-pub mod syscalls;
 pub mod sysconfig;
+
+use cilock_trace::decode;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
@@ -38,7 +36,9 @@ use crate::backend::{
     Limitation, Sink, StepTarget, Tap,
 };
 use crate::cgroup::Cgroup;
-use crate::trace::TraceEvent;
+use cilock_trace::proto::stream::Streams;
+use cilock_trace::syscall::Host;
+use cilock_trace::TraceEvent;
 use decode::{Clock, Record};
 
 /// The compiled kernel programs (empty when built with CILOCK_SKIP_EBPF=1).
@@ -100,7 +100,7 @@ struct Route {
     sink: Sink,
     cgroup: PathBuf,
     counts: Arc<StepCounts>,
-    streams: Mutex<network::Streams>,
+    streams: Mutex<Streams>,
     _links: Option<probes::net::StepLinks>,
 }
 
@@ -526,7 +526,7 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
     tracing::trace!(pid = p.pid, fd = p.fd, dst = %p.dst, tcp = p.tcp, egress = p.egress, off = p.stream_off, len = p.bytes.len(), "payload");
     let (bytes, stream) = if p.tcp {
         let mut s = r.streams.lock().unwrap_or_else(|e| e.into_inner());
-        match s.push(&p) {
+        match s.push(p.step_cgroup, p.cookie, p.stream_off, &p.bytes) {
             Some(b) if !b.is_empty() => (b, true),
             _ => return,
         }
@@ -543,12 +543,25 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
             time: p.time,
         });
     } else {
-        r.sink.ingress(p.pid, p.src, stream, &bytes, p.time);
+        r.sink.push(TraceEvent::Ingress {
+            pid: p.pid,
+            src: p.src,
+            stream,
+            bytes,
+            time: p.time,
+        });
     }
 }
 
 fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
-    match decode::decode(bytes, clock) {
+    // What the decoder cannot know: the daemon's pid and pidfd inode, and
+    // /proc's answer for a pidfd.
+    let host = Host {
+        daemon_pid: std::process::id(),
+        daemon_pidfd_inode: sysconfig::daemon_pidfd_inode(),
+        pidfd_target: &crate::trace::procfs::pidfd_target,
+    };
+    match decode::decode(bytes, clock, &host) {
         Ok(Record::Event {
             step_cgroup,
             kind: k,
@@ -616,11 +629,13 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                     Some(src) => format!("another step (cgroup {})", src.cgroup.display()),
                     None => format!("a step that has ended (cgroup id {src_step})"),
                 };
+                let at_birth = flags & move_flags::AT_FORK != 0;
                 r.sink.push(TraceEvent::JoinedStep {
                     pid: moved,
                     by,
                     from,
-                    at_birth: flags & move_flags::AT_FORK != 0,
+                    at_birth,
+                    running: (!at_birth).then(|| crate::trace::procfs::running(moved)),
                     time,
                 });
             }

@@ -27,7 +27,7 @@ pub mod memory;
 mod modes;
 pub mod paths;
 pub mod seccomp;
-pub mod sockaddr;
+pub use cilock_trace::decode::sockaddr; // shim: removed at merge
 mod spawn;
 pub mod syscalls;
 mod tracer;
@@ -297,118 +297,9 @@ pub fn probe() -> Result<(), ProbeError> {
 }
 
 /// A JSON rendering of an event (for debugging tools and the
-/// `ptrace_run` example; not a stable format).
+/// `ptrace_run` example; not a stable format): `TraceEvent`'s `Serialize`.
 pub fn event_to_json(ev: &TraceEvent) -> serde_json::Value {
-    use serde_json::json;
-    let t = |t: &std::time::SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    };
-    let addr = |a: &crate::trace::SockAddr| match a {
-        crate::trace::SockAddr::Ip(s) => {
-            json!({"family": if s.is_ipv4() {"AF_INET"} else {"AF_INET6"}, "address": s.ip().to_string(), "port": s.port()})
-        }
-        crate::trace::SockAddr::Unix(p) => json!({"family": "AF_UNIX", "address": p}),
-        crate::trace::SockAddr::Other(f, b) => {
-            json!({"family": format!("AF_{f}"), "address": format!("raw:{}", hex::encode(b))})
-        }
-    };
-    match ev {
-        TraceEvent::Fork {
-            parent,
-            child,
-            time,
-        } => {
-            json!({"type": "fork", "parent": parent, "child": child, "time": t(time)})
-        }
-        TraceEvent::Exec {
-            pid,
-            ppid,
-            filename,
-            exe,
-            exe_stamp,
-            cwd,
-            argv,
-            comm,
-            time,
-        } => {
-            json!({"type": "exec", "pid": pid, "ppid": ppid, "filename": filename, "exe": exe,
-                   "exe_ino": exe_stamp.map(|s| s.ino), "cwd": cwd, "argv": argv, "comm": comm, "time": t(time)})
-        }
-        TraceEvent::Open {
-            pid,
-            path,
-            flags,
-            stamp,
-            unresolved,
-            time,
-        } => {
-            json!({"type": "open", "pid": pid, "path": path, "flags": flags, "ino": stamp.map(|s| s.ino),
-                   "unresolved": unresolved, "time": t(time)})
-        }
-        TraceEvent::Exit { pid, code, time } => {
-            json!({"type": "exit", "pid": pid, "code": code, "time": t(time)})
-        }
-        TraceEvent::Comm { pid, comm } => json!({"type": "comm", "pid": pid, "comm": comm}),
-        TraceEvent::Net {
-            pid,
-            call,
-            fd,
-            addr: a,
-            time,
-        } => {
-            json!({"type": "net", "pid": pid, "call": format!("{call:?}"), "fd": fd, "addr": addr(a), "time": t(time)})
-        }
-        TraceEvent::Egress {
-            pid,
-            fd,
-            dst,
-            stream,
-            bytes,
-            time,
-        } => {
-            json!({"type": "egress", "pid": pid, "fd": fd, "dst": dst.map(|d| d.to_string()), "stream": stream,
-                   "bytes": hex::encode(bytes), "time": t(time)})
-        }
-        TraceEvent::Syscall {
-            pid,
-            name,
-            detail,
-            args,
-            path,
-            time,
-        } => {
-            json!({"type": "syscall", "pid": pid, "name": name, "detail": detail, "args": args, "path": path, "time": t(time)})
-        }
-        TraceEvent::LeftStep { pid, by, time } => {
-            json!({"type": "left_step", "pid": pid, "by": by, "time": t(time)})
-        }
-        TraceEvent::BornOutside { pid, parent, time } => {
-            json!({"type": "born_outside", "pid": pid, "parent": parent, "time": t(time)})
-        }
-        TraceEvent::JoinedStep {
-            pid,
-            by,
-            from,
-            at_birth,
-            time,
-        } => {
-            json!({"type": "joined_step", "pid": pid, "by": by, "from": from, "at_birth": at_birth, "time": t(time)})
-        }
-        TraceEvent::Close { pid, stamp, time } => {
-            json!({"type": "close", "pid": pid, "ino": stamp.ino, "size": stamp.size, "time": t(time)})
-        }
-        TraceEvent::Ingress {
-            pid,
-            src,
-            stream,
-            bytes,
-            time,
-        } => {
-            json!({"type": "ingress", "pid": pid, "src": src.to_string(), "stream": stream, "bytes": hex::encode(bytes), "time": t(time)})
-        }
-    }
+    serde_json::to_value(ev).unwrap_or_default()
 }
 
 #[cfg(test)]

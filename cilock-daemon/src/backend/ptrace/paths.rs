@@ -331,14 +331,6 @@ pub fn auxv_execfn(pid: u32) -> Option<u64> {
     None
 }
 
-/// The pid a pidfd (`fd` of `pid`) refers to, from `/proc/PID/fdinfo/FD`.
-pub fn pidfd_target(pid: u32, fd: i64) -> Option<i64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Pid:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// What the tracer knows about a tracee's socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketInfo {

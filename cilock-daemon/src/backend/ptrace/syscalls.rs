@@ -1,6 +1,8 @@
-//! The syscalls the ptrace backend stops on, their numbers per ABI, and
+//! The syscalls the ptrace backend stops on, their numbers per ABI,
 //! decoding of a `(arch, nr)` pair from `PTRACE_GET_SYSCALL_INFO` into an
-//! ABI-neutral [`Sys`].
+//! ABI-neutral [`Sys`], and the [`SuspiciousCall`] a suspicious one is
+//! ([`suspicious`]: adding a suspicious syscall to the ptrace backend
+//! touches only this file).
 
 /// `AUDIT_ARCH_X86_64`.
 pub const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
@@ -226,23 +228,128 @@ pub const CLONE_NEW_MASK: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET) as u64
     | 0x80; // CLONE_NEWTIME
 
-/// Names of the `CLONE_NEW*` bits set in `flags`.
-pub fn clone_new_names(flags: u64) -> Vec<&'static str> {
-    let table: [(u64, &str); 8] = [
-        (libc::CLONE_NEWNS as u64, "CLONE_NEWNS"),
-        (libc::CLONE_NEWCGROUP as u64, "CLONE_NEWCGROUP"),
-        (libc::CLONE_NEWUTS as u64, "CLONE_NEWUTS"),
-        (libc::CLONE_NEWIPC as u64, "CLONE_NEWIPC"),
-        (libc::CLONE_NEWUSER as u64, "CLONE_NEWUSER"),
-        (libc::CLONE_NEWPID as u64, "CLONE_NEWPID"),
-        (libc::CLONE_NEWNET as u64, "CLONE_NEWNET"),
-        (0x80, "CLONE_NEWTIME"),
-    ];
-    table
-        .iter()
-        .filter(|(b, _)| flags & b != 0)
-        .map(|(_, n)| *n)
-        .collect()
+pub use cilock_trace::syscall::clone_new_names;
+use cilock_trace::syscall::{SignalCall, SuspiciousCall};
+
+use super::memory::{read_cstr, read_u32, read_u64};
+use super::paths;
+
+/// An escaped NUL-terminated string of the tracee (None for a NULL pointer).
+fn read_str(tid: u32, addr: u64) -> Option<String> {
+    if addr == 0 {
+        return None;
+    }
+    let (b, _) = read_cstr(tid, addr, 4096);
+    Some(cilock_trace::pathname::escape(&b))
+}
+
+/// The suspicious call `sys` with arguments `a` is, read from the tracee
+/// `tid` at its entry; None for a call that is not suspicious, or not aimed
+/// at the daemon `dpid` where only that is (signals, pidfd signals), or a
+/// clone without new namespaces. The kernel filters the same way for eBPF.
+pub fn suspicious(sys: Sys, tid: u32, a: &[u64; 6], dpid: Option<i64>) -> Option<SuspiciousCall> {
+    let fd_path = |fd: u64| paths::fd_path(tid, fd as i32 as i64).map(|r| r.path);
+    Some(match sys {
+        Sys::Ptrace => SuspiciousCall::Ptrace {
+            request: a[0] as i64,
+            target: a[1] as i32 as i64,
+        },
+        Sys::MemfdCreate => SuspiciousCall::MemfdCreate {
+            name: read_str(tid, a[0]).unwrap_or_default(),
+            flags: a[1] as u32,
+        },
+        Sys::Mount => SuspiciousCall::Mount {
+            source: read_str(tid, a[0]).unwrap_or_default(),
+            target: read_str(tid, a[1]),
+            fstype: read_str(tid, a[2]).unwrap_or_default(),
+            flags: a[3],
+        },
+        Sys::Fsopen => SuspiciousCall::Fsopen {
+            fstype: read_str(tid, a[0]).unwrap_or_default(),
+            flags: a[1] as u32,
+        },
+        Sys::Fsmount => SuspiciousCall::Fsmount {
+            fsfd: a[0] as i32,
+            flags: a[1] as u32,
+        },
+        Sys::MoveMount => SuspiciousCall::MoveMount {
+            from: read_str(tid, a[1]).unwrap_or_default(),
+            to: read_str(tid, a[3]),
+            flags: a[4] as u32,
+        },
+        Sys::OpenTree => SuspiciousCall::OpenTree {
+            path: read_str(tid, a[1]),
+            flags: a[2] as u32,
+        },
+        Sys::Unshare => SuspiciousCall::Unshare { flags: a[0] },
+        Sys::Setns => SuspiciousCall::Setns {
+            fd: a[0] as i32,
+            nstype: a[1] as u32,
+            ns: fd_path(a[0]),
+        },
+        Sys::Clone if a[0] & CLONE_NEW_MASK != 0 => SuspiciousCall::Clone { flags: a[0] },
+        Sys::Clone3 => {
+            let flags = read_u64(tid, a[0]).unwrap_or(0);
+            if flags & CLONE_NEW_MASK == 0 {
+                return None;
+            }
+            SuspiciousCall::Clone3 { flags }
+        }
+        Sys::Bpf => {
+            let cmd = a[0] as i64;
+            let prog_type = if cmd == cilock_trace::syscall::BPF_PROG_LOAD {
+                read_u32(tid, a[1]).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
+            SuspiciousCall::Bpf { cmd, prog_type }
+        }
+        Sys::InitModule => SuspiciousCall::InitModule {
+            len: a[1],
+            params: read_str(tid, a[2]).unwrap_or_default(),
+        },
+        Sys::FinitModule => SuspiciousCall::FinitModule {
+            fd: a[0] as i32,
+            flags: a[2] as u32,
+            params: read_str(tid, a[1]).unwrap_or_default(),
+            file: fd_path(a[0]),
+        },
+        Sys::IoUringSetup => SuspiciousCall::IoUringSetup {
+            entries: a[0] as u32,
+        },
+        Sys::ProcessVmReadv | Sys::ProcessVmWritev => SuspiciousCall::ProcessVm {
+            write: sys == Sys::ProcessVmWritev,
+            target: a[0] as i32 as i64,
+        },
+        Sys::Kill | Sys::Tkill | Sys::Tgkill => {
+            // Signals aimed at the daemon, and kill(-1) (every process, the
+            // daemon included).
+            let target = a[0] as i32 as i64;
+            if dpid != Some(target) && !(sys == Sys::Kill && target == -1) {
+                return None;
+            }
+            SuspiciousCall::Signal {
+                call: match sys {
+                    Sys::Kill => SignalCall::Kill,
+                    Sys::Tkill => SignalCall::Tkill,
+                    _ => SignalCall::Tgkill,
+                },
+                target,
+                signal: if sys == Sys::Tgkill { a[2] } else { a[1] } as i32 as i64,
+            }
+        }
+        Sys::PidfdSendSignal => {
+            let target = crate::trace::procfs::pidfd_target(tid, a[0] as i32 as i64);
+            if dpid.is_none() || target != dpid {
+                return None;
+            }
+            SuspiciousCall::PidfdSendSignal {
+                target: target.unwrap_or(-1),
+                signal: a[1] as i32 as i64,
+            }
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

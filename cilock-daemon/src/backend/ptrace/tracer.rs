@@ -31,15 +31,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::memory::{read_bytes, read_cstr, read_u32, read_u64};
+use super::memory::{read_bytes, read_cstr, read_u64};
 use super::paths;
-use super::sockaddr::{self, MAX_SOCKADDR};
-use super::syscalls::{self, clone_new_names, Sys, CLONE_NEW_MASK};
+use super::syscalls::{self, Sys};
 use super::{PtraceConfig, PtraceError};
-use crate::trace::net::{
-    dns_tcp_start, parse_client_hello, parse_dns_queries, ClientHello, DnsStart,
-};
-use crate::trace::{FileStamp, NetCall, SockAddr, TraceEvent};
+use cilock_trace::decode::sockaddr::{self, MAX_SOCKADDR};
+use cilock_trace::proto::dns::{dns_tcp_start, parse_dns_queries, DnsStart};
+use cilock_trace::proto::tls::{parse_client_hello, ClientHello};
+use cilock_trace::syscall::SuspiciousCall;
+use cilock_trace::{FileStamp, NetCall, SockAddr, TraceEvent};
 
 const PTRACE_EVENT_STOP: i32 = 128;
 const OP_ENTRY: u8 = 1;
@@ -528,7 +528,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         let filename = paths::auxv_execfn(tgid)
             .map(|a| {
                 let (b, _) = read_cstr(tgid, a, 4096);
-                crate::trace::pathname::escape(&b)
+                cilock_trace::pathname::escape(&b)
             })
             .unwrap_or_default();
         let (exe, exe_stamp) = paths::exe(tgid);
@@ -551,30 +551,14 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
         }
     }
 
-    fn syscall_event(
-        &mut self,
-        tgid: u32,
-        name: &str,
-        detail: String,
-        args: Vec<i64>,
-        path: Option<String>,
-    ) {
+    /// A suspicious call of `tgid` (described by the fold, the same text
+    /// as the eBPF backend's).
+    fn suspicious(&mut self, tgid: u32, call: SuspiciousCall) {
         self.emit(TraceEvent::Syscall {
             pid: tgid,
-            name: name.to_string(),
-            detail,
-            args,
-            path,
+            call,
             time: now(),
         });
-    }
-
-    fn read_str(tid: u32, addr: u64) -> Option<String> {
-        if addr == 0 {
-            return None;
-        }
-        let (b, _) = read_cstr(tid, addr, 4096);
-        Some(crate::trace::pathname::escape(&b))
     }
 
     /// A syscall entry (seccomp stop or syscall-entry stop).
@@ -632,7 +616,14 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                 } else {
                     None
                 };
-                self.send(tid, tgid, fd, dst, &[(a[1], a[2] as usize)], NetCall::SendTo);
+                self.send(
+                    tid,
+                    tgid,
+                    fd,
+                    dst,
+                    &[(a[1], a[2] as usize)],
+                    NetCall::SendTo,
+                );
             }
             Sys::SendMsg => {
                 let fd = a[0] as i64;
@@ -697,213 +688,11 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                     self.send(tid, tgid, fd, None, &parts, NetCall::SendTo);
                 }
             }
-            Sys::Ptrace => {
-                let req = a[0] as i64;
-                let target = a[1] as i32 as i64;
-                let at_daemon = dpid == Some(target);
-                self.syscall_event(
-                    tgid,
-                    "ptrace",
-                    format!(
-                        "ptrace request={req} target_pid={target}{}",
-                        if at_daemon { " (aimed at the cilock daemon)" } else { "" }
-                    ),
-                    vec![req, target],
-                    None,
-                );
-            }
-            Sys::MemfdCreate => {
-                let name = Self::read_str(tid, a[0]).unwrap_or_default();
-                self.syscall_event(
-                    tgid,
-                    "memfd_create",
-                    format!("anonymous memory file: {name} (flags: {})", a[1]),
-                    vec![a[1] as i64],
-                    Some(name),
-                );
-            }
-            Sys::Mount => {
-                let src = Self::read_str(tid, a[0]).unwrap_or_default();
-                let target = Self::read_str(tid, a[1]);
-                let fstype = Self::read_str(tid, a[2]).unwrap_or_default();
-                self.syscall_event(
-                    tgid,
-                    "mount",
-                    format!("mount source={src} type={fstype} flags={:#x}", a[3]),
-                    vec![a[3] as i64],
-                    target,
-                );
-            }
-            Sys::Fsopen => {
-                let fs = Self::read_str(tid, a[0]).unwrap_or_default();
-                self.syscall_event(tgid, "fsopen", format!("fsopen {fs}"), vec![a[1] as i64], None);
-            }
-            Sys::Fsmount => self.syscall_event(
-                tgid,
-                "fsmount",
-                format!("fsmount fsfd={} flags={:#x}", a[0] as i32, a[1]),
-                vec![a[0] as i32 as i64, a[1] as i64],
-                None,
-            ),
-            Sys::MoveMount => {
-                let from = Self::read_str(tid, a[1]).unwrap_or_default();
-                let to = Self::read_str(tid, a[3]);
-                self.syscall_event(
-                    tgid,
-                    "move_mount",
-                    format!("move_mount from={from:?} flags={:#x}", a[4] as u32),
-                    vec![a[4] as i64],
-                    to,
-                )
-            }
-            Sys::OpenTree => {
-                let p = Self::read_str(tid, a[1]);
-                self.syscall_event(
-                    tgid,
-                    "open_tree",
-                    format!("open_tree flags={:#x}", a[2]),
-                    vec![a[2] as i64],
-                    p,
-                )
-            }
-            Sys::Unshare => self.syscall_event(
-                tgid,
-                "unshare",
-                format!("unshare {}", clone_new_names(a[0]).join("|")),
-                vec![a[0] as i64],
-                None,
-            ),
-            Sys::Setns => {
-                let p = paths::fd_path(tid, a[0] as i32 as i64).map(|r| r.path);
-                self.syscall_event(
-                    tgid,
-                    "setns",
-                    format!("setns nstype={:#x}", a[1]),
-                    vec![a[0] as i32 as i64, a[1] as i64],
-                    p,
-                )
-            }
-            Sys::Clone => {
-                if a[0] & CLONE_NEW_MASK != 0 {
-                    self.syscall_event(
-                        tgid,
-                        "clone",
-                        format!("clone with {}", clone_new_names(a[0]).join("|")),
-                        vec![a[0] as i64],
-                        None,
-                    );
-                }
-            }
-            Sys::Clone3 => {
-                let flags = read_u64(tid, a[0]).unwrap_or(0);
-                if flags & CLONE_NEW_MASK != 0 {
-                    self.syscall_event(
-                        tgid,
-                        "clone3",
-                        format!("clone3 with {}", clone_new_names(flags).join("|")),
-                        vec![flags as i64],
-                        None,
-                    );
-                }
-            }
-            Sys::Bpf => {
-                let cmd = a[0] as i64;
-                let detail = if cmd == 5 {
-                    let pt = read_u32(tid, a[1]).unwrap_or(u32::MAX);
-                    format!("bpf BPF_PROG_LOAD prog_type={pt}")
-                } else {
-                    format!("bpf cmd={cmd}")
-                };
-                self.syscall_event(tgid, "bpf", detail, vec![cmd], None);
-            }
-            Sys::InitModule => {
-                let params = Self::read_str(tid, a[2]).unwrap_or_default();
-                self.syscall_event(
-                    tgid,
-                    "init_module",
-                    format!("init_module len={} params={params:?}", a[1]),
-                    vec![a[1] as i64],
-                    None,
-                )
-            }
-            Sys::FinitModule => {
-                let p = paths::fd_path(tid, a[0] as i32 as i64).map(|r| r.path);
-                self.syscall_event(
-                    tgid,
-                    "finit_module",
-                    format!(
-                        "finit_module flags={:#x} params={:?}",
-                        a[2] as u32,
-                        Self::read_str(tid, a[1]).unwrap_or_default()
-                    ),
-                    vec![a[0] as i32 as i64, a[2] as i64],
-                    p,
-                )
-            }
-            Sys::IoUringSetup => self.syscall_event(
-                tgid,
-                "io_uring_setup",
-                format!(
-                    "io_uring_setup entries={}: operations submitted through io_uring (opens, reads, writes, connects) are invisible to the ptrace backend",
-                    a[0] as u32
-                ),
-                vec![a[0] as u32 as i64],
-                None,
-            ),
-            Sys::ProcessVmReadv | Sys::ProcessVmWritev => {
-                let target = a[0] as i32 as i64;
-                self.syscall_event(
-                    tgid,
-                    sys.name(),
-                    format!(
-                        "{} target_pid={target}{}",
-                        sys.name(),
-                        if dpid == Some(target) { " (aimed at the cilock daemon)" } else { "" }
-                    ),
-                    vec![target],
-                    None,
-                )
-            }
-            Sys::Kill if a[0] as i32 == -1 => {
-                // Every process, the daemon included (same text as eBPF).
-                let sig = a[1] as i32 as i64;
-                self.syscall_event(
-                    tgid,
-                    sys.name(),
-                    format!("kill signal {sig} to every process (the cilock daemon included)"),
-                    vec![-1, sig],
-                    None,
-                );
-            }
-            Sys::Kill | Sys::Tkill | Sys::Tgkill => {
-                let target = a[0] as i32 as i64;
-                if dpid == Some(target) {
-                    let sig = if sys == Sys::Tgkill { a[2] } else { a[1] } as i64;
-                    self.syscall_event(
-                        tgid,
-                        sys.name(),
-                        format!("{} signal {sig} aimed at the cilock daemon (pid {target})", sys.name()),
-                        vec![target, sig],
-                        None,
-                    );
-                }
-            }
             Sys::Close | Sys::Dup2 | Sys::Dup3 | Sys::CloseRange => self.let_go(tid, sys, a),
-            Sys::PidfdSendSignal => {
-                let target = paths::pidfd_target(tid, a[0] as i32 as i64);
-                if dpid.is_some() && target == dpid {
-                    // Same text as the eBPF backend.
-                    self.syscall_event(
-                        tgid,
-                        "pidfd_send_signal",
-                        format!(
-                            "pidfd_send_signal signal {} to pid {} (the cilock daemon)",
-                            a[1] as i32,
-                            target.unwrap_or(-1)
-                        ),
-                        vec![target.unwrap_or(-1), a[1] as i32 as i64],
-                        None,
-                    );
+            // The suspicious calls: built (and filtered) in syscalls.rs.
+            _ => {
+                if let Some(call) = syscalls::suspicious(sys, tid, &a, dpid) {
+                    self.suspicious(tgid, call);
                 }
             }
         }
@@ -1146,12 +935,13 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
                     let traced = self.tids.contains_key(&(moved as u32));
                     if traced {
                         let moved_tgid = self.tgid_of(moved as u32);
-                        self.syscall_event(
+                        self.suspicious(
                             tgid,
-                            "cgroup_leave",
-                            format!("wrote pid {target} into {path}: traced pid {moved_tgid} moved to another cgroup"),
-                            vec![moved_tgid as i64],
-                            Some(path),
+                            SuspiciousCall::CgroupWrite {
+                                written: target,
+                                moved: moved_tgid,
+                                file: path,
+                            },
                         );
                         // Still traced (ptrace follows the tree), but no
                         // longer in the cgroup it was in: leftStep.

@@ -2,7 +2,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use crate::trace::SockAddr;
+use crate::SockAddr;
 
 /// Largest sockaddr read from a tracee (`sizeof(struct sockaddr_storage)`).
 pub const MAX_SOCKADDR: usize = 128;
@@ -39,10 +39,10 @@ pub fn decode(b: &[u8]) -> Option<SockAddr> {
                 // Abstract namespace: the name is the remaining bytes (may
                 // contain NULs), rendered with '@'.
                 let name = &path[1..];
-                SockAddr::Unix(format!("@{}", crate::trace::pathname::escape(name)))
+                SockAddr::Unix(format!("@{}", crate::pathname::escape(name)))
             } else {
                 let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
-                SockAddr::Unix(crate::trace::pathname::escape(&path[..end]))
+                SockAddr::Unix(crate::pathname::escape(&path[..end]))
             }
         }
         _ => SockAddr::Other(fam, b[2..].to_vec()),

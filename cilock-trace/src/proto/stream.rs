@@ -1,14 +1,16 @@
-//! Reassembly of captured TCP stream starts ([`Streams`]). The probes that
-//! were here are in [`super::probes::net`] and [`super::probes::syscall`],
-//! the syscall configuration in [`super::sysconfig`].
+//! Reassembly of the captured starts of TCP streams: the first
+//! [`STREAM_CAPTURE`] bytes of each (step, socket) stream, in order.
+//!
+//! The pieces come from the traced job's sockets: offsets and lengths are
+//! untrusted. Retransmitted bytes are dropped, out-of-order pieces wait for
+//! the gap, nothing past [`STREAM_CAPTURE`] is kept, and at most
+//! [`MAX_STREAMS`] streams are remembered.
 
 use std::collections::{BTreeMap, HashMap};
 
-use cilock_abi::STREAM_CAPTURE;
+pub use cilock_abi::STREAM_CAPTURE;
 
-use super::decode::Payload;
-pub use super::sysconfig::daemon_pidfd_inode; // shim: removed at merge
-
+/// One stream's reassembly state.
 #[derive(Default)]
 struct Stream {
     /// Bytes delivered so far.
@@ -25,31 +27,38 @@ pub struct Streams {
 }
 
 /// Most streams remembered (older ones are forgotten at random).
-const MAX_STREAMS: usize = 1 << 16;
+pub const MAX_STREAMS: usize = 1 << 16;
 
 impl Streams {
-    /// Adds a TCP payload; returns the new contiguous bytes, if any.
-    pub fn push(&mut self, p: &Payload) -> Option<Vec<u8>> {
+    /// Adds `bytes` found at `stream_off` of the stream of socket `cookie` in
+    /// step `step`; returns the new contiguous bytes, if any.
+    pub fn push(
+        &mut self,
+        step: u64,
+        cookie: u64,
+        stream_off: u32,
+        bytes: &[u8],
+    ) -> Option<Vec<u8>> {
         if self.streams.len() >= MAX_STREAMS {
             if let Some(k) = self.streams.keys().next().copied() {
                 self.streams.remove(&k);
             }
         }
-        let s = self.streams.entry((p.step_cgroup, p.cookie)).or_default();
+        let s = self.streams.entry((step, cookie)).or_default();
         if s.next >= STREAM_CAPTURE {
             return None;
         }
-        let end = p.stream_off.saturating_add(p.bytes.len() as u32);
+        let end = stream_off.saturating_add(bytes.len() as u32);
         if end <= s.next {
             return None; // a retransmission
         }
-        if p.stream_off > s.next {
+        if stream_off > s.next {
             s.pending
-                .entry(p.stream_off)
-                .or_insert_with(|| p.bytes.clone());
+                .entry(stream_off)
+                .or_insert_with(|| bytes.to_vec());
             return None;
         }
-        let mut out = p.bytes[(s.next - p.stream_off) as usize..].to_vec();
+        let mut out = bytes[(s.next - stream_off) as usize..].to_vec();
         s.next = end;
         // Pieces the new bytes made contiguous.
         while let Some((&off, _)) = s.pending.first_key_value() {
@@ -71,39 +80,23 @@ impl Streams {
         self.streams.retain(|k, _| k.0 != step);
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(off: u32, b: &[u8]) -> Payload {
-        Payload {
-            step_cgroup: 1,
-            pid: 2,
-            fd: 3,
-            cookie: 4,
-            egress: true,
-            tcp: true,
-            stream_off: off,
-            src: "127.0.0.1:1".parse().unwrap(),
-            dst: "127.0.0.1:2".parse().unwrap(),
-            bytes: b.to_vec(),
-            time: std::time::SystemTime::now(),
-        }
-    }
-
     #[test]
     fn reassembles_by_offset() {
         let mut s = Streams::default();
-        assert_eq!(s.push(&p(0, b"abc")), Some(b"abc".to_vec()));
+        let push = |s: &mut Streams, off: u32, b: &[u8]| s.push(1, 4, off, b);
+        assert_eq!(push(&mut s, 0, b"abc"), Some(b"abc".to_vec()));
         // retransmission
-        assert_eq!(s.push(&p(0, b"abc")), None);
+        assert_eq!(push(&mut s, 0, b"abc"), None);
         // out of order, then the gap
-        assert_eq!(s.push(&p(6, b"ghi")), None);
-        assert_eq!(s.push(&p(2, b"cdef")), Some(b"defghi".to_vec()));
+        assert_eq!(push(&mut s, 6, b"ghi"), None);
+        assert_eq!(push(&mut s, 2, b"cdef"), Some(b"defghi".to_vec()));
         // overlapping tail
-        assert_eq!(s.push(&p(8, b"ijk")), Some(b"jk".to_vec()));
+        assert_eq!(push(&mut s, 8, b"ijk"), Some(b"jk".to_vec()));
         s.forget_step(1);
-        assert_eq!(s.push(&p(0, b"x")), Some(b"x".to_vec()));
+        assert_eq!(push(&mut s, 0, b"x"), Some(b"x".to_vec()));
     }
 }

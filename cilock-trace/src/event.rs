@@ -1,15 +1,32 @@
 //! The backend-neutral trace model: what every backend (eBPF, ptrace) turns
-//! its raw observations into. The [`super::recorder`] folds these events into
+//! its raw observations into. The [`crate::fold`] folds these events into
 //! a per-step process table; nothing downstream knows which backend ran.
+//!
+//! Events are `Serialize` (for debugging tools and examples; not a stable
+//! format): `{"type": "exec", "pid": …, "time": <ns since the epoch>, …}`.
 //!
 //! Paths are data from the traced job: they are recorded, never trusted
 //! (never used to decide where the daemon writes).
 
+use std::path::PathBuf;
 use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+use crate::syscall::SuspiciousCall;
+
+/// A time as nanoseconds since the epoch (0 before it).
+fn ns<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let n = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    s.serialize_u64(n)
+}
 
 /// Identity of an inode when it was opened, used to tell whether a file
 /// changed before it was hashed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct FileStamp {
     /// Device (user-space `st_dev` encoding).
     pub dev: u64,
@@ -25,8 +42,25 @@ pub struct FileStamp {
     pub mode: u32,
 }
 
+impl FileStamp {
+    /// The identity in `md` (of an open file, or of a path the caller
+    /// stat'ed: the caller did the I/O).
+    pub fn from_metadata(md: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size() as i64,
+            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+            ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
+            mode: md.mode(),
+        }
+    }
+}
+
 /// What kind of network call a [`TraceEvent::Net`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NetCall {
     /// connect(2)
     Connect,
@@ -41,6 +75,19 @@ pub enum NetCall {
     SendMmsg,
 }
 
+impl NetCall {
+    /// The syscall's name, as the evidence's `syscall` field has it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetCall::Connect => "connect",
+            NetCall::SendTo => "sendto",
+            NetCall::Bind => "bind",
+            NetCall::SendMsg => "sendmsg",
+            NetCall::SendMmsg => "sendmmsg",
+        }
+    }
+}
+
 /// A socket address, decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SockAddr {
@@ -52,8 +99,106 @@ pub enum SockAddr {
     Other(u16, Vec<u8>),
 }
 
+impl SockAddr {
+    /// The address family as evidence names it: `AF_INET`, `AF_INET6`,
+    /// `AF_UNIX`, or [`family_name`] of another family's number.
+    pub fn family(&self) -> String {
+        match self {
+            SockAddr::Ip(s) if s.is_ipv4() => "AF_INET".into(),
+            SockAddr::Ip(_) => "AF_INET6".into(),
+            SockAddr::Unix(_) => "AF_UNIX".into(),
+            SockAddr::Other(f, _) => family_name(*f),
+        }
+    }
+
+    /// The address as evidence names it: the IP (without the port), the
+    /// socket path, or `raw:<hex>` of another family's bytes.
+    pub fn address(&self) -> String {
+        match self {
+            SockAddr::Ip(s) => s.ip().to_string(),
+            SockAddr::Unix(p) => p.clone(),
+            SockAddr::Other(_, b) => {
+                let mut out = String::with_capacity(4 + 2 * b.len());
+                out.push_str("raw:");
+                for x in b {
+                    out.push_str(&format!("{x:02x}"));
+                }
+                out
+            }
+        }
+    }
+
+    /// The port (0 for families without one).
+    pub fn port(&self) -> u16 {
+        match self {
+            SockAddr::Ip(s) => s.port(),
+            _ => 0,
+        }
+    }
+}
+
+impl Serialize for SockAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("family", &self.family())?;
+        m.serialize_entry("address", &self.address())?;
+        if let SockAddr::Ip(a) = self {
+            m.serialize_entry("port", &a.port())?;
+        }
+        m.end()
+    }
+}
+
+/// The name of an address family (`AF_NETLINK`, …), `AF_<n>` for others.
+pub fn family_name(f: u16) -> String {
+    let s = match f {
+        0 => "AF_UNSPEC",
+        1 => "AF_UNIX",
+        2 => "AF_INET",
+        3 => "AF_AX25",
+        4 => "AF_IPX",
+        5 => "AF_APPLETALK",
+        9 => "AF_X25",
+        10 => "AF_INET6",
+        15 => "AF_KEY",
+        16 => "AF_NETLINK",
+        17 => "AF_PACKET",
+        21 => "AF_RDS",
+        26 => "AF_LLC",
+        29 => "AF_CAN",
+        30 => "AF_TIPC",
+        31 => "AF_BLUETOOTH",
+        36 => "AF_IEEE802154",
+        38 => "AF_ALG",
+        40 => "AF_VSOCK",
+        41 => "AF_KCM",
+        42 => "AF_QIPCRTR",
+        43 => "AF_SMC",
+        44 => "AF_XDP",
+        45 => "AF_MCTP",
+        _ => return format!("AF_{f}"),
+    };
+    s.to_string()
+}
+
+/// What `/proc` showed of a live process, read by the caller (the fold
+/// does no I/O): its comm, the file it runs, and its parent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Running {
+    /// `/proc/PID/comm`, trimmed.
+    pub comm: Option<String>,
+    /// The target of `/proc/PID/exe` (the kernel's own link).
+    pub exe: Option<PathBuf>,
+    /// `stat` through that link: the running file's identity.
+    pub exe_stamp: Option<FileStamp>,
+    /// `PPid:` of `/proc/PID/status`.
+    pub ppid: Option<u32>,
+}
+
 /// One observation of a traced process. `pid` is always the thread-group id.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum TraceEvent {
     /// A new process (not thread) `child` forked by `parent`.
     Fork {
@@ -62,6 +207,7 @@ pub enum TraceEvent {
         /// Child tgid.
         child: u32,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// A successful exec.
@@ -84,6 +230,7 @@ pub enum TraceEvent {
         /// comm after exec.
         comm: String,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// A successful open of `path` (absolute, canonical as the kernel sees it).
@@ -100,6 +247,7 @@ pub enum TraceEvent {
         /// file); the reason goes to `unhashedOpens`.
         unresolved: Option<String>,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// The process's thread group exited.
@@ -109,6 +257,7 @@ pub enum TraceEvent {
         /// Exit code as the shell reports it (128+signal for a signal).
         code: i32,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// comm changed (prctl PR_SET_NAME) or became known.
@@ -129,6 +278,7 @@ pub enum TraceEvent {
         /// The address.
         addr: SockAddr,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// Bytes a process sent that may be a DNS query or TLS ClientHello
@@ -145,21 +295,17 @@ pub enum TraceEvent {
         /// The payload (a prefix of what was sent).
         bytes: Vec<u8>,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// A suspicious syscall.
     Syscall {
         /// tgid.
         pid: u32,
-        /// Syscall name.
-        name: String,
-        /// Free-text detail.
-        detail: String,
-        /// Numeric arguments.
-        args: Vec<i64>,
-        /// Path argument, if any.
-        path: Option<String>,
+        /// The call, typed (its evidence strings are made by the fold).
+        call: SuspiciousCall,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// A step process was moved out of the step's cgroup.
@@ -169,6 +315,7 @@ pub enum TraceEvent {
         /// tgid of the process that moved it.
         by: u32,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// A step process created `pid` directly in a cgroup outside the step
@@ -179,6 +326,7 @@ pub enum TraceEvent {
         /// tgid of its parent (a step process).
         parent: u32,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// A process came into the step from outside it (moved into the step's
@@ -192,7 +340,13 @@ pub enum TraceEvent {
         from: String,
         /// Created in the step by `by` (`clone3(CLONE_INTO_CGROUP)`).
         at_birth: bool,
+        /// What `/proc` showed of it when it joined (moved in, not created
+        /// there), read by the backend; the fold uses it when it has not
+        /// seen the process's exec.
+        #[serde(skip)]
+        running: Option<Running>,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// A process let go of a regular file it had open for writing (close,
@@ -203,6 +357,7 @@ pub enum TraceEvent {
         /// The file's identity at that moment.
         stamp: FileStamp,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
     /// Bytes a process received on a socket that sent a DNS query (the
@@ -217,6 +372,7 @@ pub enum TraceEvent {
         /// The payload (a prefix of what was received).
         bytes: Vec<u8>,
         /// When.
+        #[serde(serialize_with = "ns")]
         time: SystemTime,
     },
 }
