@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cilock_evidence::policy::rego::{CompiledRego, RegoModule};
-use cilock_tests::*;
+use cilock_testkit::*;
 use serde_json::{json, Value};
 
 /// One request on the daemon's socket (4-byte big-endian length + JSON).

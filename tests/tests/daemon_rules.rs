@@ -10,51 +10,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
-
-/// A group that exists for one test.
-struct Group {
-    name: String,
-    gid: u32,
-}
-
-impl Group {
-    fn create() -> Group {
-        let name = format!("clk{}", std::process::id());
-        let st = Command::new("groupadd")
-            .arg(&name)
-            .status()
-            .expect("groupadd");
-        assert!(st.success(), "groupadd {name}");
-        let line = sh(&format!("getent group {name}"));
-        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
-        Group { name, gid }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
-}
-
-/// Runs cilock as `uid` with the given supplementary groups.
-fn cilock_as(d: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
-    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"));
-    if groups.is_empty() {
-        c.arg("--clear-groups");
-    } else {
-        c.arg(format!("--groups={}", groups.join(",")));
-    }
-    c.arg(shared_cilock())
-        .args(args)
-        .env("CILOCK_SOCKET", &d.socket)
-        .output()
-        .expect("setpriv")
-}
+use cilock_testkit::users::{cilock_as, Group};
+use cilock_testkit::*;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -82,7 +39,7 @@ fn raw_request(socket: &Path, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
-    let g = Group::create();
+    let g = Group::create("clk");
     let mut d = Daemon::start_with("ebpf", &format!("group = {:?}", g.name));
     let (alice, bob, mallory) = (65534, 65533, 65532);
     let w = workdir_for(alice, g.gid);

@@ -4,16 +4,14 @@
 //! each job against the real daemon; every attack of the review is
 //! reproduced and must now yield no digest, with a reason.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::step::*;
+use cilock_testkit::*;
 use serde_json::Value;
 
 /// A user and its own group, created for one test (removed at drop). The

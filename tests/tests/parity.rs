@@ -4,12 +4,10 @@
 //! suspicious syscalls. Intended differences are listed below and in the
 //! README.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{net::*, programs::*, step::*};
 use serde_json::Value;
 
 /// Facts both backends must agree on, by value. A process is named by its

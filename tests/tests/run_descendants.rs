@@ -5,15 +5,13 @@
 //! (`aliveAtEnd`, `trace.waitDescendants`). And on ptrace a thread is never
 //! a process (D11).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{programs::*, step::*};
 use serde_json::Value;
 
 const MODES: [&str; 3] = ["daemon", "ebpf", "ptrace"];

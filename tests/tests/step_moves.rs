@@ -6,14 +6,12 @@
 //! from elsewhere, never as one of the step's own. Real daemon, real
 //! cgroups (found in /proc/self/mountinfo and /proc/PID/cgroup).
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{programs::*, step::*};
 use serde_json::Value;
 
 /// The cgroup2 mount point.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cilock_tests::*;
+use cilock_testkit::*;
 use serde_json::Value;
 
 const WORKLOAD: &str = r#"#!/bin/sh

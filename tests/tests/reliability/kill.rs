@@ -12,10 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
+use cilock_testkit::users::Group;
+use cilock_testkit::*;
 use serde_json::Value;
 
-use crate::common;
+use cilock_testkit::step as common;
 
 /// The state letter of /proc/PID/stat (`None`: no such process).
 fn proc_state(pid: i64) -> Option<char> {
@@ -388,35 +389,12 @@ fn step_end_and_inspect_say_what_was_alive() {
     unsafe { libc::kill(bg as i32, libc::SIGKILL) };
 }
 
-/// A group that exists for one test.
-struct Group {
-    name: String,
-    gid: u32,
-}
-
-impl Group {
-    fn create() -> Group {
-        let name = format!("clkk{}", std::process::id());
-        let st = Command::new("groupadd").arg(&name).status().unwrap();
-        assert!(st.success(), "groupadd {name}");
-        let line = sh(&format!("getent group {name}"));
-        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
-        Group { name, gid }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
-}
-
 /// An unprivileged job (uid 65534) kills in its own step from its own
 /// shell; another user of the daemon's group (65533) cannot end or kill
 /// it (to him the step does not exist), and nothing of it is killed.
 #[test]
 fn unprivileged_kill_only_in_its_own_step() {
-    let g = Group::create();
+    let g = Group::create("clkk");
     let d = Daemon::start_with("ebpf", &format!("group = {:?}", g.name));
     let (alice, bob) = (65534u32, 65533u32);
     let w = tempdir();
