@@ -31,8 +31,18 @@ pub struct Group {
 impl Group {
     /// `groupadd` a new group whose name starts with `prefix`.
     pub fn create(prefix: &str) -> Group {
+        Self::add(prefix, &[])
+    }
+
+    /// Like [`Group::create`], a system group (`groupadd --system`).
+    pub fn create_system(prefix: &str) -> Group {
+        Self::add(prefix, &["--system"])
+    }
+
+    fn add(prefix: &str, flags: &[&str]) -> Group {
         let name = unique_name(prefix);
         let st = Command::new("groupadd")
+            .args(flags)
             .arg(&name)
             .status()
             .expect("groupadd");

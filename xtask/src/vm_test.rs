@@ -19,7 +19,8 @@
 //!    `isa-debug-exit`; console and results are kept under
 //!    `target/vm-test/<kernel>/`.
 //!
-//! The tests are listed in `tests/vm/tests.list` (one test binary a line).
+//! The tests are listed in `tests/vm/tests.list` (a line: package, test
+//! binary, libtest filter, e.g. `cilock-tests e2e traced_step::`).
 //! QEMU and busybox come from Debian packages extracted under
 //! `target/vm-kernels/qemu/` (nothing installed) unless `qemu-system-x86_64`
 //! is already on PATH (or `CILOCK_QEMU` names one).
