@@ -13,37 +13,79 @@ use crate::daemon::Daemon;
 use crate::envelope::{attestation, statement};
 use crate::fixtures::write_script;
 
-/// Starts `sh -c 'read go; exec sh <dir>/<name>.sh'` in `dir` (the job's
-/// shell) and moves it into a new step named `name` of `daemon`; the script
-/// runs once "go" is written to its stdin.
+/// A job's shell moved into a new step before it does anything: started as
+/// `sh -c "read go; SCRIPT"` in `dir`, then `step begin --step NAME --pid
+/// <shell> --workdir DIR`; the script runs once the test [`release`]s it.
+pub struct StepJob<'a> {
+    daemon: &'a Daemon,
+    name: String,
+    dir: PathBuf,
+    stdout: Stdio,
+}
+
+impl<'a> StepJob<'a> {
+    /// A job for step `name` of `daemon`, working in `dir` (stdout
+    /// inherited).
+    pub fn new(daemon: &'a Daemon, name: &str, dir: &Path) -> StepJob<'a> {
+        StepJob {
+            daemon,
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            stdout: Stdio::inherit(),
+        }
+    }
+
+    /// Where the job's stdout goes.
+    pub fn stdout(mut self, stdout: Stdio) -> StepJob<'a> {
+        self.stdout = stdout;
+        self
+    }
+
+    /// Starts the shell (`script` runs after "go" on its stdin) and begins
+    /// the step on it, asserting the begin succeeds.
+    pub fn begin(self, script: &str) -> Child {
+        let job = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read go; {script}"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(self.stdout)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = self.daemon.cilock(&[
+            "step",
+            "begin",
+            "--step",
+            &self.name,
+            "--pid",
+            &job.id().to_string(),
+            "--workdir",
+            self.dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "begin: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        job
+    }
+}
+
+/// Lets a [`StepJob`]'s shell run its script.
+pub fn release(job: &mut Child) {
+    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+}
+
+/// Writes `script` to `dir/<name>.sh` and starts it as a [`StepJob`] of
+/// step `name` of `daemon` (`exec sh <dir>/<name>.sh`); the script runs
+/// once the job is [`release`]d.
 pub fn begin_job(daemon: &Daemon, name: &str, dir: &Path, script: &str, stdout: Stdio) -> Child {
     let sh = dir.join(format!("{name}.sh"));
     write_script(&sh, script);
-    let job = Command::new("sh")
-        .arg("-c")
-        .arg(format!("read go; exec sh {}", sh.display()))
-        .current_dir(dir)
-        .stdin(Stdio::piped())
+    StepJob::new(daemon, name, dir)
         .stdout(stdout)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = daemon.cilock(&[
-        "step",
-        "begin",
-        "--step",
-        name,
-        "--pid",
-        &job.id().to_string(),
-        "--workdir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "begin: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    job
+        .begin(&format!("exec sh {}", sh.display()))
 }
 
 /// Ends step `name` of `daemon`, writing its envelope to
@@ -72,7 +114,7 @@ pub fn run_step_with(
     before_end: impl FnOnce(),
 ) -> PathBuf {
     let mut job = begin_job(daemon, name, dir, script, Stdio::piped());
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     let mut stdout = String::new();
     std::io::Read::read_to_string(job.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     let st = job.wait().unwrap();

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cilock_testkit::step::{release, StepJob};
 use cilock_testkit::users::{cilock_as, Group};
 use cilock_testkit::*;
 
@@ -185,25 +186,8 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
 fn steps_nobody_ends_are_ended_and_kept_signed() {
     let d = Daemon::start_with("ebpf", "step_idle_timeout = \"1s\"");
     let w = tempdir();
-    let mut job = Command::new("sh")
-        .arg("-c")
-        .arg("read go; cat /etc/hostname > /dev/null")
-        .current_dir(w.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o = d.cilock(&[
-        "step",
-        "begin",
-        "--step",
-        "forgotten",
-        "--pid",
-        &job.id().to_string(),
-        "--workdir",
-        w.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut job = StepJob::new(&d, "forgotten", w.path()).begin("cat /etc/hostname > /dev/null");
+    release(&mut job);
     assert!(job.wait().unwrap().success());
     // Nobody calls `step end`: the daemon must end the idle step itself.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -254,25 +238,9 @@ fn steps_nobody_ends_are_ended_and_kept_signed() {
 fn end_with_kill_lists_and_kills_what_is_still_running() {
     let d = Daemon::start("ebpf");
     let w = tempdir();
-    let mut job = Command::new("sh")
-        .arg("-c")
-        .arg("read go; (setsid sleep 300 </dev/null >/dev/null 2>&1 &); sleep 300")
-        .current_dir(w.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o = d.cilock(&[
-        "step",
-        "begin",
-        "--step",
-        "k",
-        "--pid",
-        &job.id().to_string(),
-        "--workdir",
-        w.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut job = StepJob::new(&d, "k", w.path())
+        .begin("(setsid sleep 300 </dev/null >/dev/null 2>&1 &); sleep 300");
+    release(&mut job);
     // Wait until both sleeps run.
     let deadline = Instant::now() + Duration::from_secs(10);
     let sleeps_here = || {
