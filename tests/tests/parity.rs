@@ -1,8 +1,8 @@
 //! The two backends are interchangeable: the same workload, traced as a step
 //! by the eBPF daemon and by the ptrace fallback, yields the same programs,
 //! opened files with digests, connections, DNS names, TLS server names and
-//! suspicious syscalls. Intended differences are listed below and in the
-//! README.
+//! suspicious syscalls — the syscall records word for word. Intended
+//! differences are listed below and in the README.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +29,12 @@ struct Facts {
     /// (process, syscall, detail, args, path); pids in detail and args are
     /// replaced by `PID` (a process of the trace) or `DAEMON`.
     syscalls: BTreeSet<(String, String, String, String, String)>,
+    /// Every suspicious-syscall record as the attestation has it (process,
+    /// syscall, detail, args, path; pids normalised as above), sorted, one
+    /// entry per record: the two backends must describe the same calls in
+    /// the same words (one `SuspiciousCall` description), with no
+    /// exemption.
+    syscall_records: Vec<(String, String, String, String, String)>,
     /// `trace.limitations`, as JSON text.
     limitations: String,
 }
@@ -165,6 +171,13 @@ fn facts(att: &std::path::Path, daemon: i64) -> Facts {
                 .collect();
             let name = s["syscall"].as_str().unwrap_or("").to_string();
             let mut detail = norm_pids(s["detail"].as_str().unwrap_or(""), &pids, daemon);
+            f.syscall_records.push((
+                me.clone(),
+                name.clone(),
+                detail.clone(),
+                args.join(","),
+                unbackend(s["path"].as_str().unwrap_or("")),
+            ));
             if name == "io_uring_setup" {
                 // An admitted difference: the detail says what this backend
                 // misses of io_uring (eBPF still sees its connects through
@@ -190,6 +203,7 @@ fn facts(att: &std::path::Path, daemon: i64) -> Facts {
         }
     }
     f.processes.sort();
+    f.syscall_records.sort();
     f
 }
 
@@ -401,6 +415,39 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
             "suspicious syscalls (process, name, detail, args, path)",
             &only_e,
             &only_p
+        )
+    );
+    // The records themselves, by value and count: the same call gets the
+    // same record from both backends (no io_uring or setns exemption), for
+    // the syscalls both can see.
+    let records = |f: &Facts| -> Vec<_> {
+        f.syscall_records
+            .iter()
+            .filter(|s| !allowed.contains(&s.1))
+            .cloned()
+            .collect()
+    };
+    let (re, rp) = (records(&e), records(&p));
+    let only = |a: &[(String, String, String, String, String)], b: &[_]| -> Vec<String> {
+        let mut b: Vec<_> = b.to_vec();
+        a.iter()
+            .filter(|x| match b.iter().position(|y| y == *x) {
+                Some(i) => {
+                    b.remove(i);
+                    false
+                }
+                None => true,
+            })
+            .map(|x| format!("{x:?}"))
+            .collect()
+    };
+    assert!(
+        re == rp,
+        "{}",
+        diff(
+            "suspicious-syscall records (process, name, detail, args, path)",
+            &only(&re, &rp),
+            &only(&rp, &re)
         )
     );
 }
