@@ -10,6 +10,13 @@ use cilock_testkit::*;
 use cilock_testkit::{net::*, programs::*, step::*};
 use serde_json::Value;
 
+/// A connection: (process, syscall, family, address, port, fd, TLS name,
+/// ALPN).
+type Connection = (String, String, String, String, u64, i64, String, String);
+
+/// A suspicious-syscall record: (process, syscall, detail, args, path).
+type SyscallRecord = (String, String, String, String, String);
+
 /// Facts both backends must agree on, by value. A process is named by its
 /// program and command line (pids differ between runs); its parent likewise.
 #[derive(Debug, Default, PartialEq)]
@@ -21,20 +28,20 @@ struct Facts {
     /// (process, path, sha256).
     files: BTreeSet<(String, String, String)>,
     /// (process, syscall, family, address, port, fd, TLS name, ALPN).
-    connections: BTreeSet<(String, String, String, String, u64, i64, String, String)>,
+    connections: BTreeSet<Connection>,
     /// (process, name, type, server, port, transport).
     dns: BTreeSet<(String, String, String, String, u64, String)>,
     /// Per DNS name and type: the answers (compared separately).
     dns_answers: BTreeSet<(String, String, String)>,
     /// (process, syscall, detail, args, path); pids in detail and args are
     /// replaced by `PID` (a process of the trace) or `DAEMON`.
-    syscalls: BTreeSet<(String, String, String, String, String)>,
+    syscalls: BTreeSet<SyscallRecord>,
     /// Every suspicious-syscall record as the attestation has it (process,
     /// syscall, detail, args, path; pids normalised as above), sorted, one
     /// entry per record: the two backends must describe the same calls in
     /// the same words (one `SuspiciousCall` description), with no
     /// exemption.
-    syscall_records: Vec<(String, String, String, String, String)>,
+    syscall_records: Vec<SyscallRecord>,
     /// `trace.limitations`, as JSON text.
     limitations: String,
 }
@@ -405,7 +412,7 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
     // Suspicious syscalls by value; the only allowed difference is a
     // syscall the kernel has no tracepoint for (see below).
     let allowed = intended_syscall_differences();
-    let keep = |s: &&(String, String, String, String, String)| !allowed.contains(&s.1);
+    let keep = |s: &&SyscallRecord| !allowed.contains(&s.1);
     let only_e: Vec<_> = e.syscalls.difference(&p.syscalls).filter(keep).collect();
     let only_p: Vec<_> = p.syscalls.difference(&e.syscalls).filter(keep).collect();
     assert!(
@@ -427,8 +434,8 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
             .cloned()
             .collect()
     };
-    let (re, rp) = (records(&e), records(&p));
-    let only = |a: &[(String, String, String, String, String)], b: &[_]| -> Vec<String> {
+    let (re, rp) = (records(e), records(p));
+    let only = |a: &[SyscallRecord], b: &[SyscallRecord]| -> Vec<String> {
         let mut b: Vec<_> = b.to_vec();
         a.iter()
             .filter(|x| match b.iter().position(|y| y == *x) {

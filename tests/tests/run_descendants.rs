@@ -65,9 +65,12 @@ fn run(
     (cr, took)
 }
 
+/// A set of string pairs.
+type Pairs = BTreeSet<(String, String)>;
+
 /// (program, cmdline) of every process, and the workdir files opened with
 /// their digests: what must be the same in every mode.
-fn facts(cr: &Value, dir: &Path) -> (BTreeSet<(String, String)>, BTreeSet<(String, String)>) {
+fn facts(cr: &Value, dir: &Path) -> (Pairs, Pairs) {
     let mut procs = BTreeSet::new();
     let mut files = BTreeSet::new();
     let d = format!("{}/", dir.display());

@@ -314,7 +314,7 @@ fn leaving_and_joining_steps_on_ebpf() {
         &leave_script(w, &sib, &clone_into, true),
     );
     let cr = command_run(&att);
-    assert_left_ebpf(&cr, &w, true);
+    assert_left_ebpf(&cr, w, true);
 
     // D8: step A's process moves itself into step B's cgroup; a child of
     // A is created in B's cgroup; outsiders move in and are created in.
