@@ -154,7 +154,7 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
     assert!(d.alive(), "the daemon died");
 
     // alice's step still works end to end.
-    target.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut target);
     assert!(target.wait().unwrap().success());
     let att = w.path().join("owned.json");
     let o = cilock_as(

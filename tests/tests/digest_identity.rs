@@ -4,7 +4,6 @@
 //! each job against the real daemon; every attack of the review is
 //! reproduced and must now yield no digest, with a reason.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -129,7 +128,7 @@ fn step(
         "begin: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     let out = job.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -6,11 +6,11 @@
 //! Nothing runs the fake git, the root-only secret never reaches the
 //! envelope, and the envelope verifies.
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use cilock_testkit::step::release;
 use cilock_testkit::users::Group;
 use cilock_testkit::*;
 
@@ -133,7 +133,7 @@ fn job_controlled_attestor_inputs_never_run_or_read_anything_as_root() {
         stderr(&o),
         d.log_text()
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     assert!(job.wait().unwrap().success());
     let envelope = wd.join("isolated.json");
     let o = as_user(&[

@@ -6,7 +6,6 @@
 //! from elsewhere, never as one of the step's own. Real daemon, real
 //! cgroups (found in /proc/self/mountinfo and /proc/PID/cgroup).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -129,7 +128,7 @@ fn begin_waiting(daemon: &Daemon, name: &str, w: &Path, first: &str) -> Job {
         &format!("{first}\nwhile [ ! -e {name}.done ]; do sleep 0.02; done\n",),
         Stdio::inherit(),
     );
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut child);
     Job {
         child,
         name: name.to_string(),

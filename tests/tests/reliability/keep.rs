@@ -3,7 +3,6 @@
 //! retrieves what a client never wrote; envelopes of any size reach the
 //! client; `step end -o` with a bad path ends nothing.
 
-use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
@@ -12,7 +11,7 @@ use std::process::{Output, Stdio};
 use cilock_testkit::users::{as_user, cilock_as, Group};
 use cilock_testkit::*;
 
-use cilock_testkit::step::{begin_job, command_run, end_step};
+use cilock_testkit::step::{begin_job, command_run, end_step, release};
 
 /// The trace backend does not matter here; ptrace daemons start fastest.
 const BACKEND: &str = "ptrace";
@@ -26,7 +25,7 @@ fn stderr(o: &Output) -> String {
 
 /// Runs the job's script (writes "go" to the shell) and waits for it.
 fn run_job(mut job: std::process::Child) {
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     assert!(job.wait().unwrap().success());
 }
 

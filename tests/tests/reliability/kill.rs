@@ -7,7 +7,7 @@
 //! findings, and says "not recorded" for what another tool's envelope does
 //! not record.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,7 +84,7 @@ echo "shell $$ alive"
     let mut job = common::begin_job(&d, "k", dir, &script, Stdio::piped());
     let shell = job.id() as i64;
     let t0 = Instant::now();
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    common::release(&mut job);
     let mut stdout = String::new();
     job.stdout
         .as_mut()
@@ -182,7 +182,7 @@ fn step_end_kill_from_outside_kills_all() {
     let script = "sleep 3013 & echo $! > plain.pid\n: > ready\nwait\n";
     let mut job = common::begin_job(&d, "o", dir, script, Stdio::null());
     let shell = job.id() as i64;
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    common::release(&mut job);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !dir.join("ready").exists() {
         assert!(Instant::now() < deadline);
@@ -365,7 +365,7 @@ fn step_end_and_inspect_say_what_was_alive() {
         "sleep 3014 & echo $! > bg.pid\n",
         Stdio::null(),
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    common::release(&mut job);
     assert!(job.wait().unwrap().success());
     let bg = read_pid(dir, "bg.pid");
     let att = dir.join("a.att.json");
@@ -452,7 +452,7 @@ echo "shell $$ alive"
         matches!(proc_state(bg), Some(c) if c != 'Z'),
         "bob's --kill killed {bg}"
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    common::release(&mut job);
     let mut stdout = String::new();
     job.stdout
         .as_mut()
