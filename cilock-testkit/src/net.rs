@@ -24,7 +24,8 @@ impl Drop for Bg {
 /// A DNS responder (Python, outside any step) on `ip`:53, UDP and TCP.
 /// Every A query is answered with `a_answer`, AAAA with ::1, TXT with
 /// "cilock". Each query it receives is appended to `log` as `type name`.
-pub fn dns_server(ip: &str, a_answer: &str, log: &Path) -> Bg {
+pub fn dns_server(ip: &str, a_answer: &str, log: &Path) -> Dns {
+    let claim = Claim::take(ip);
     let script = format!(
         r#"
 import socket, struct, threading, sys
@@ -90,7 +91,43 @@ print("ready", flush=True)
 threading.Event().wait()
 "#
     );
-    spawn_ready(Command::new(python()).arg("-c").arg(script))
+    Dns {
+        _server: spawn_ready(Command::new(python()).arg("-c").arg(script)),
+        _claim: claim,
+    }
+}
+
+/// A running [`dns_server`]; stopped at drop, which frees its address.
+pub struct Dns {
+    _server: Bg,
+    /// Dropped after the server.
+    _claim: Claim,
+}
+
+/// An address:53 in use by a test, held until drop: an exclusive `flock`
+/// on `/tmp/cilock-test-dns-<ip>.lock`. The tests of one binary run side by
+/// side, and several test runs may share the machine; some tests use the
+/// same fixed resolver address (it appears in what they assert), so a
+/// second user waits for the first.
+struct Claim {
+    /// Holds the lock; closing it (at drop) releases it.
+    _lock: std::fs::File,
+}
+
+impl Claim {
+    fn take(ip: &str) -> Claim {
+        use std::os::fd::AsRawFd as _;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("/tmp/cilock-test-dns-{ip}.lock"))
+            .expect("open the DNS address lock");
+        // SAFETY: flock on a descriptor this function owns.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+        Claim { _lock: f }
+    }
 }
 
 /// Spawns `cmd` and waits for a line "ready" on its stdout.
