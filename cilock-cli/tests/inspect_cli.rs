@@ -1,22 +1,9 @@
 //! `cilock inspect` through the built binary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
+use cilock_testkit::fixtures::fx;
 use serde_json::{json, Value};
 
-fn fx(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(rel)
-}
-
-fn cilock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cilock"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::cilock;
 
 #[test]
 fn inspect_witness_envelope() {

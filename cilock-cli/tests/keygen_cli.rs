@@ -8,7 +8,7 @@ fn keygen_writes_usable_keys() {
     let d = tempfile::tempdir().unwrap();
     for t in ["ecdsa-p256", "ed25519"] {
         let key = d.path().join(format!("{t}.pem"));
-        let o = Command::new(env!("CARGO_BIN_EXE_cilock"))
+        let o = Command::new(crate::CILOCK)
             .args(["keygen", "-o", key.to_str().unwrap(), "-t", t])
             .output()
             .unwrap();
@@ -37,7 +37,7 @@ fn keygen_writes_usable_keys() {
         );
         assert_eq!(o.stdout, pub_pem);
         // Refuses to overwrite.
-        let o = Command::new(env!("CARGO_BIN_EXE_cilock"))
+        let o = Command::new(crate::CILOCK)
             .args(["keygen", "-o", key.to_str().unwrap()])
             .output()
             .unwrap();

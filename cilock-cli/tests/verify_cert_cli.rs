@@ -2,43 +2,20 @@
 //! functionaries and RFC 3161 timestamps, through the built binary, with a
 //! PKI and a TSA made by the `openssl` CLI.
 
-#[path = "../../cilock-evidence/tests/common/pki.rs"]
-mod pki;
-
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::Engine as _;
-use pki::{fulcio_leaf_ext, Issued, Pki};
+use cilock_testkit::cli::{b64, p, text};
+use cilock_testkit::pki::{fulcio_leaf_ext, Issued, Pki};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 use time::{Duration, OffsetDateTime};
 
+use crate::cilock;
+
 const ISSUER: &str = "https://token.actions.githubusercontent.com";
 const REPO: &str = "https://github.com/example/app";
-
-fn cilock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cilock"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn b64(v: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(v)
-}
 
 struct Setup {
     dir: tempfile::TempDir,

@@ -9,34 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use base64::Engine as _;
+use cilock_testkit::cli::{b64, p, text};
 use serde_json::{json, Value};
 
+use crate::cilock_in;
+
 const BUILD_CMD: &[&str] = &["sh", "-c", "cc -o app main.c"];
-
-fn cilock_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cilock"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn b64(v: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(v)
-}
 
 fn sh(dir: &Path, script: &str) {
     let o = Command::new("sh")

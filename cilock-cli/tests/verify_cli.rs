@@ -1,40 +1,15 @@
 //! `cilock sign` + `cilock verify` through the built binary.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use cilock_testkit::cli::{code, p, text};
+use cilock_testkit::fixtures::fx;
 use serde_json::{json, Value};
 
+use crate::cilock;
+
 const SBOM_SUBJECT: &str = "54c5b3dd459d5ef778bb2fa1e23a5fb0e1b62ae66970bcb436e8f81a1a1a8e41";
-
-fn fx(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(rel)
-}
-
-fn cilock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cilock"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 fn sign(dir: &Path, key: &str, policy: &Path, out: &str) -> PathBuf {
     let out = dir.join(out);

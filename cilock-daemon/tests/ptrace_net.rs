@@ -3,18 +3,16 @@
 //! here; each must appear exactly once with the right pid, and the payloads
 //! must parse (DNS name/type, SNI) from the egress bytes.
 
-mod ptrace_common;
-
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 
+use crate::ptrace_common::trace;
 use cilock_daemon::backend::ptrace::PtraceConfig;
 use cilock_daemon::trace::net::{parse_client_hello, parse_dns_queries, ClientHello};
 use cilock_daemon::trace::{NetCall, SockAddr, TraceEvent};
-use ptrace_common::trace;
 
 /// A real python3 binary (not the pyenv shim script).
 fn python() -> String {

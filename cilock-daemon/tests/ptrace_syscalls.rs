@@ -1,13 +1,11 @@
 //! Suspicious syscalls: each one performed by tests/programs/suspicious.c
 //! is recorded exactly once with the right pid.
 
-mod ptrace_common;
-
 use std::process::Command;
 
+use crate::ptrace_common::{compile, trace};
 use cilock_daemon::backend::ptrace::PtraceConfig;
 use cilock_daemon::trace::TraceEvent;
-use ptrace_common::{compile, trace};
 
 #[test]
 fn suspicious_syscalls_recorded_once() {

@@ -2,8 +2,6 @@
 //! re-executes itself through `setpriv` in helper mode, traces a small
 //! workload there and prints the events as JSON lines.
 
-mod ptrace_common;
-
 use std::process::Command;
 
 use cilock_daemon::backend::ptrace::{self, PtraceConfig};
@@ -21,7 +19,7 @@ fn helper() {
         "-c",
         "grep NoNewPrivs /proc/self/status; cat /etc/hostname > /dev/null; /bin/true; id -u",
     ]);
-    let (code, events, out) = ptrace_common::trace(cmd, &PtraceConfig::default());
+    let (code, events, out) = crate::ptrace_common::trace(cmd, &PtraceConfig::default());
     println!("STDOUT {}", serde_json::json!(out));
     println!("CODE {code}");
     for e in &events {
@@ -38,7 +36,12 @@ fn run_works_unprivileged() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&exe)
-        .args(["--exact", "helper", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "ptrace_unpriv::helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(HELPER_ENV, "1")
         .current_dir("/")
         .output()

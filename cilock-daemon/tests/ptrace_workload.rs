@@ -2,15 +2,13 @@
 //! successfully opened absolute paths seen by `ptrace::run` must equal what
 //! `strace -f -y` reports for the same workload.
 
-mod ptrace_common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Command;
 
+use crate::ptrace_common::{compile, norm_proc, trace};
 use cilock_daemon::backend::ptrace::PtraceConfig;
 use cilock_daemon::trace::TraceEvent;
-use ptrace_common::{compile, norm_proc, trace};
 
 fn workload(dir: &Path, bin: &Path) -> String {
     format!(

@@ -3,15 +3,14 @@
 //! These tests run as root (they change uids with `setpriv` and create a
 //! group with `groupadd`); they are skipped with a message otherwise.
 //! Requests come from this test binary re-run as another user (see
-//! `server_support::run_as`); the service is the in-test stand-in.
-
-mod server_support;
+//! `crate::server_support::run_as`); the service is the in-test stand-in.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+use crate::server_support::*;
 use cilock_daemon::api::{ErrorKind, Reply};
 use cilock_daemon::server::{Access, Server, ServerConfig};
-use server_support::*;
+use cilock_testkit::users::Group;
 
 /// A group name that does not exist: the socket becomes root-only.
 const NO_SUCH_GROUP: &str = "cilock-test-no-such-group";
@@ -38,12 +37,6 @@ fn is_root() -> bool {
         eprintln!("skipped: needs root");
     }
     root
-}
-
-/// Not a test: the client side run by `run_as`.
-#[test]
-fn peer_client_helper() {
-    server_support::peer_client_helper();
 }
 
 #[test]
@@ -94,7 +87,7 @@ fn socket_mode_and_group_follow_an_existing_group() {
     if !is_root() {
         return;
     }
-    let group = TempGroup::create("sock");
+    let group = Group::create_system("clksock");
     let (dir, path) = temp_socket_dir();
     let server = Server::bind(ServerConfig::new(&path, &group.name)).unwrap();
     assert_eq!(

@@ -2,13 +2,11 @@
 //! real server and client whole: a `Reply::Envelope` header, then the raw
 //! bytes, read from a file in chunks.
 
-mod server_support;
-
 use std::io::Read as _;
 
+use crate::server_support::*;
 use cilock_daemon::api::{FetchKept, Reply, Request, MAX_MESSAGE};
 use cilock_daemon::client::Client;
-use server_support::*;
 
 #[test]
 fn an_envelope_larger_than_a_frame_arrives_whole() {

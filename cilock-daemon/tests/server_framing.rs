@@ -1,27 +1,20 @@
 //! Framing, limits, timeouts, error replies and lifecycle of the daemon's
 //! socket server, run with the in-test stand-in service (no engine).
 
-mod server_support;
-
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
+use crate::server_support::*;
 use cilock_daemon::api::{BeginStep, EndStep, ErrorKind, Reply, Request, MAX_MESSAGE};
 use cilock_daemon::client::{self, Client, ClientError};
 use cilock_daemon::server::{Server, ServerConfig, ServerError};
-use server_support::*;
 
 /// The server runs as root in these tests; the group does not matter.
 const GROUP: &str = "cilock-test-no-such-group";
 
 /// Not a test: the client side run by `run_as` (unused here, but each test
 /// binary must provide it for the shared helpers).
-#[test]
-fn peer_client_helper() {
-    server_support::peer_client_helper();
-}
-
 fn expect_error(reply: Option<Reply>, kind: ErrorKind, needle: &str) {
     match reply {
         Some(Reply::Error(e)) => {
@@ -387,7 +380,7 @@ fn socket_env_selects_the_socket() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "socket_env_child",
+            "server_framing::socket_env_child",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -4,25 +4,18 @@
 //! service is told. Run as root (setpriv, groupadd); the service is the
 //! in-test stand-in.
 
-mod server_support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::server_support::*;
 use cilock_daemon::api::{ErrorKind, Reply, Request};
 use cilock_daemon::client::Client;
-use server_support::*;
+use cilock_testkit::users::Group;
 
 const HOLD_ENV: &str = "CILOCK_TEST_HOLD_SOCKET";
 const HOLD_N_ENV: &str = "CILOCK_TEST_HOLD_N";
-
-/// Not a test: the client side run by `run_as`.
-#[test]
-fn peer_client_helper() {
-    server_support::peer_client_helper();
-}
 
 /// Not a test: when `HOLD_ENV` is set, opens `HOLD_N_ENV` connections,
 /// reports how many were refused with `too-many`, and holds the others
@@ -76,7 +69,7 @@ fn one_users_connections_never_lock_out_root_or_another_user() {
     if !is_root() {
         return;
     }
-    let g = TempGroup::create("lim");
+    let g = Group::create_system("clklim");
     let srv = TestServer::start(&g.name, |c| {
         c.read_timeout = Duration::from_secs(60);
         c.max_connections = 40;
@@ -91,7 +84,7 @@ fn one_users_connections_never_lock_out_root_or_another_user() {
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "peer_hold_helper",
+            "server_limits::peer_hold_helper",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -123,7 +116,7 @@ fn one_users_connections_never_lock_out_root_or_another_user() {
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "peer_hold_helper",
+            "server_limits::peer_hold_helper",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -887,7 +887,7 @@ fn no_execve_under_strace() {
         .arg(&exe)
         .args([
             "--exact",
-            "strace_child",
+            "attestors_git::strace_child",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

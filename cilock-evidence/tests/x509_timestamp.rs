@@ -2,9 +2,6 @@
 //! with a real CA → intermediate → leaf chain and a real TSA made with the
 //! `openssl` CLI (`openssl ca`, `openssl ts -reply`, `openssl cms -sign`).
 
-#[path = "common/pki.rs"]
-mod pki;
-
 use base64::Engine as _;
 use cilock_evidence::collection::{Collection, CollectionAttestation, COLLECTION_TYPE};
 use cilock_evidence::digest::{DigestSet, HashAlg};
@@ -15,6 +12,7 @@ use cilock_evidence::policy::timestamp::{self, TimestampError};
 use cilock_evidence::policy::verify::{NamedEnvelope, VerificationReport};
 use cilock_evidence::policy::x509::{CertError, TrustAnchor};
 use cilock_evidence::policy::{verify, VerifyOptions};
+use cilock_testkit::pki;
 use pki::{fulcio_leaf_ext, Issued, Pki};
 use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use adversary::*;
-use cilock_tests::*;
+use cilock_testkit::*;
 use serde_json::{json, Value};
 
 const T20: Duration = Duration::from_secs(20);

@@ -22,7 +22,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cilock_evidence::policy::rego::{CompiledRego, RegoModule};
-use cilock_tests::*;
+use cilock_testkit::step::release;
+use cilock_testkit::*;
 use serde_json::{json, Value};
 
 /// One request on the daemon's socket (4-byte big-endian length + JSON).
@@ -96,7 +97,7 @@ fn forged_run(d: &Daemon, backend: &str) {
     );
     assert_eq!(r["reply"], "begun", "{r}");
     outsider_writes(dir, "dropped.txt");
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     assert_eq!(job.wait().unwrap().code(), Some(3));
     let r = req(
         &d.socket,

@@ -11,37 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
+use cilock_testkit::users::{as_user, cilock_as, Group};
+use cilock_testkit::*;
 use serde_json::{json, Value};
 
 const ALICE: u32 = 65534;
 const BOB: u32 = 65533;
-
-/// A group that exists for one test.
-struct Group {
-    name: String,
-    gid: u32,
-}
-
-impl Group {
-    fn create(tag: &str) -> Group {
-        let name = format!("clkl{tag}{}", std::process::id());
-        let st = Command::new("groupadd")
-            .arg(&name)
-            .status()
-            .expect("groupadd");
-        assert!(st.success(), "groupadd {name}");
-        let line = sh(&format!("getent group {name}"));
-        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
-        Group { name, gid }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
-}
 
 /// Files other users can read and execute: a copy of `cilock` and the
 /// Python client below, in the binary's shared directory.
@@ -113,24 +88,6 @@ elif mode == "flood":
     stop.set()
     print("stats", json.dumps(stats)); sys.stdout.flush()
 "#;
-
-/// `setpriv` as `uid` in group `gid` (primary and only supplementary).
-fn as_user(uid: u32, gid: u32) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg(format!("--groups={gid}"));
-    c
-}
-
-fn cilock_as(d: &Daemon, uid: u32, gid: u32, args: &[&str]) -> Output {
-    as_user(uid, gid)
-        .arg(test_files().join("cilock"))
-        .args(args)
-        .env("CILOCK_SOCKET", &d.socket)
-        .output()
-        .expect("setpriv cilock")
-}
 
 /// One raw request as `uid` (root: `None`), through the Python client.
 fn request_as(d: &Daemon, user: Option<(u32, u32)>, req: &Value) -> Value {
@@ -223,13 +180,14 @@ fn user_round_trip(d: &Daemon, uid: u32, gid: u32, step: &str) {
     let wd = w.path().to_str().unwrap();
     let job = sleeper(uid, gid, 60);
     let pid = job.id().to_string();
-    let o = cilock_as(d, uid, gid, &begin_args(step, &pid, wd));
+    let o = cilock_as(d, uid, gid, &[gid], &begin_args(step, &pid, wd));
     assert!(o.status.success(), "uid {uid} begin: {}", stderr(&o));
     let att = w.path().join("att.json");
     let o = cilock_as(
         d,
         uid,
         gid,
+        &[gid],
         &[
             "step",
             "end",
@@ -298,7 +256,7 @@ fn raw_session(socket: &Path, reqs: impl Iterator<Item = Value>) -> Vec<Value> {
 
 #[test]
 fn one_users_connection_flood_stops_neither_root_nor_another_user() {
-    let g = Group::create("c");
+    let g = Group::create("clklc");
     let d = Daemon::start_with("ebpf", &format!("group = {:?}", g.name));
     // alice: 200 idle connections and 128 keep-alive ones.
     let mut flood = as_user(ALICE, g.gid)
@@ -336,7 +294,7 @@ fn one_users_connection_flood_stops_neither_root_nor_another_user() {
 
 #[test]
 fn steps_are_keyed_by_owner_and_capped_per_user() {
-    let g = Group::create("s");
+    let g = Group::create("clkls");
     let d = Daemon::start_with(
         "ebpf",
         &format!("group = {:?}\nmax_steps_per_user = 3", g.name),
@@ -351,6 +309,7 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
             &d,
             ALICE,
             g.gid,
+            &[g.gid],
             &begin_args(step, &j.id().to_string(), wda),
         );
         assert!(o.status.success(), "{step}: {}", stderr(&o));
@@ -359,7 +318,7 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
     // The fourth is refused: too-many.
     let j4 = sleeper(ALICE, g.gid, 300);
     let pid4 = j4.id().to_string();
-    let o = cilock_as(&d, ALICE, g.gid, &begin_args("a4", &pid4, wda));
+    let o = cilock_as(&d, ALICE, g.gid, &[g.gid], &begin_args("a4", &pid4, wda));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("TooMany"), "{}", stderr(&o));
     assert!(stderr(&o).contains("max_steps_per_user"), "{}", stderr(&o));
@@ -375,6 +334,7 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
         &d,
         BOB,
         g.gid,
+        &[g.gid],
         &begin_args("build", &jb.id().to_string(), wdb),
     );
     assert!(o.status.success(), "bob build: {}", stderr(&o));
@@ -391,6 +351,7 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
         &d,
         BOB,
         g.gid,
+        &[g.gid],
         &["step", "end", "--step", "a1", "-o", "/dev/null"],
     );
     assert!(stderr(&o).contains("no active step"), "{}", stderr(&o));
@@ -398,6 +359,7 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
         &d,
         BOB,
         g.gid,
+        &[g.gid],
         &[
             "step",
             "end",
@@ -441,7 +403,7 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
     assert!(o.status.success(), "{}", stderr(&o));
     verify_with_python(&att, &d.pubkey);
     // alice has a free slot again; bob's `build` is still his.
-    let o = cilock_as(&d, ALICE, g.gid, &begin_args("a4", &pid4, wda));
+    let o = cilock_as(&d, ALICE, g.gid, &[g.gid], &begin_args("a4", &pid4, wda));
     assert!(o.status.success(), "{}", stderr(&o));
     let st = request_as(&d, Some((BOB, g.gid)), &json!({"request": "status"}));
     assert_eq!(st["steps"], json!(["build"]), "{st}");
@@ -450,6 +412,7 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
         &d,
         BOB,
         g.gid,
+        &[g.gid],
         &[
             "step",
             "end",
@@ -467,6 +430,7 @@ fn steps_are_keyed_by_owner_and_capped_per_user() {
             &d,
             ALICE,
             g.gid,
+            &[g.gid],
             &[
                 "step",
                 "end",
@@ -608,7 +572,7 @@ fn a_begin_whose_client_left_leaves_no_step() {
 
 #[test]
 fn a_reused_pid_is_never_moved_into_a_users_step() {
-    let g = Group::create("p");
+    let g = Group::create("clklp");
     let d = Daemon::start_with("ebpf", &format!("group = {:?}", g.name));
     let w = slow_workdir(ALICE, g.gid);
     let wd = w.path().to_str().unwrap().to_string();

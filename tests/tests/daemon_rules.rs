@@ -10,51 +10,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
-
-/// A group that exists for one test.
-struct Group {
-    name: String,
-    gid: u32,
-}
-
-impl Group {
-    fn create() -> Group {
-        let name = format!("clk{}", std::process::id());
-        let st = Command::new("groupadd")
-            .arg(&name)
-            .status()
-            .expect("groupadd");
-        assert!(st.success(), "groupadd {name}");
-        let line = sh(&format!("getent group {name}"));
-        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
-        Group { name, gid }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
-}
-
-/// Runs cilock as `uid` with the given supplementary groups.
-fn cilock_as(d: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
-    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"));
-    if groups.is_empty() {
-        c.arg("--clear-groups");
-    } else {
-        c.arg(format!("--groups={}", groups.join(",")));
-    }
-    c.arg(shared_cilock())
-        .args(args)
-        .env("CILOCK_SOCKET", &d.socket)
-        .output()
-        .expect("setpriv")
-}
+use cilock_testkit::step::{release, StepJob};
+use cilock_testkit::users::{cilock_as, Group};
+use cilock_testkit::*;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -82,7 +40,7 @@ fn raw_request(socket: &Path, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
-    let g = Group::create();
+    let g = Group::create("clk");
     let mut d = Daemon::start_with("ebpf", &format!("group = {:?}", g.name));
     let (alice, bob, mallory) = (65534, 65533, 65532);
     let w = workdir_for(alice, g.gid);
@@ -196,7 +154,7 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
     assert!(d.alive(), "the daemon died");
 
     // alice's step still works end to end.
-    target.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut target);
     assert!(target.wait().unwrap().success());
     let att = w.path().join("owned.json");
     let o = cilock_as(
@@ -228,25 +186,8 @@ fn steps_belong_to_their_user_and_bad_requests_do_not_stop_the_daemon() {
 fn steps_nobody_ends_are_ended_and_kept_signed() {
     let d = Daemon::start_with("ebpf", "step_idle_timeout = \"1s\"");
     let w = tempdir();
-    let mut job = Command::new("sh")
-        .arg("-c")
-        .arg("read go; cat /etc/hostname > /dev/null")
-        .current_dir(w.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o = d.cilock(&[
-        "step",
-        "begin",
-        "--step",
-        "forgotten",
-        "--pid",
-        &job.id().to_string(),
-        "--workdir",
-        w.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut job = StepJob::new(&d, "forgotten", w.path()).begin("cat /etc/hostname > /dev/null");
+    release(&mut job);
     assert!(job.wait().unwrap().success());
     // Nobody calls `step end`: the daemon must end the idle step itself.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -297,25 +238,9 @@ fn steps_nobody_ends_are_ended_and_kept_signed() {
 fn end_with_kill_lists_and_kills_what_is_still_running() {
     let d = Daemon::start("ebpf");
     let w = tempdir();
-    let mut job = Command::new("sh")
-        .arg("-c")
-        .arg("read go; (setsid sleep 300 </dev/null >/dev/null 2>&1 &); sleep 300")
-        .current_dir(w.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o = d.cilock(&[
-        "step",
-        "begin",
-        "--step",
-        "k",
-        "--pid",
-        &job.id().to_string(),
-        "--workdir",
-        w.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut job = StepJob::new(&d, "k", w.path())
+        .begin("(setsid sleep 300 </dev/null >/dev/null 2>&1 &); sleep 300");
+    release(&mut job);
     // Wait until both sleeps run.
     let deadline = Instant::now() + Duration::from_secs(10);
     let sleeps_here = || {

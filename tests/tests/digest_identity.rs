@@ -4,16 +4,13 @@
 //! each job against the real daemon; every attack of the review is
 //! reproduced and must now yield no digest, with a reason.
 
-mod common;
-
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::step::*;
+use cilock_testkit::*;
 use serde_json::Value;
 
 /// A user and its own group, created for one test (removed at drop). The
@@ -131,7 +128,7 @@ fn step(
         "begin: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     let out = job.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -6,38 +6,13 @@
 //! Nothing runs the fake git, the root-only secret never reaches the
 //! envelope, and the envelope verifies.
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use cilock_tests::*;
-
-/// A group that exists for one test.
-struct Group {
-    name: String,
-    gid: u32,
-}
-
-impl Group {
-    fn create() -> Group {
-        let name = format!("clki{}", std::process::id());
-        let st = Command::new("groupadd")
-            .arg(&name)
-            .status()
-            .expect("groupadd");
-        assert!(st.success(), "groupadd {name}");
-        let line = sh(&format!("getent group {name}"));
-        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
-        Group { name, gid }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
-}
+use cilock_testkit::step::release;
+use cilock_testkit::users::Group;
+use cilock_testkit::*;
 
 /// A copy of `cilock` other users can execute.
 fn shared_cilock(dir: &Path) -> PathBuf {
@@ -63,7 +38,7 @@ fn chown_r(p: &Path, uid: u32, gid: u32) {
 
 #[test]
 fn job_controlled_attestor_inputs_never_run_or_read_anything_as_root() {
-    let g = Group::create();
+    let g = Group::create("clki");
     let d = Daemon::start_with("ebpf", &format!("group = {:?}", g.name));
     let user = 65534u32; // nobody: a passwd entry, not root
     let top = tempdir();
@@ -158,7 +133,7 @@ fn job_controlled_attestor_inputs_never_run_or_read_anything_as_root() {
         stderr(&o),
         d.log_text()
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     assert!(job.wait().unwrap().success());
     let envelope = wd.join("isolated.json");
     let o = as_user(&[

@@ -6,12 +6,10 @@
 //! a tmpfs file that shadows a host file. Every value is checked against
 //! the ground truth (the names the program used, sha256 of the content).
 
-mod common;
-
 use std::path::Path;
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{programs::*, step::*};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

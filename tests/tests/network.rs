@@ -6,13 +6,11 @@
 //! loopback MTU is 1280. Every item must be attributed to the right process,
 //! exactly once; a concurrent process outside the step must not appear.
 
-mod common;
-
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{net::*, step::*};
 use serde_json::Value;
 
 const CLIENT: &str = r#"

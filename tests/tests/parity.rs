@@ -1,16 +1,21 @@
 //! The two backends are interchangeable: the same workload, traced as a step
 //! by the eBPF daemon and by the ptrace fallback, yields the same programs,
 //! opened files with digests, connections, DNS names, TLS server names and
-//! suspicious syscalls. Intended differences are listed below and in the
-//! README.
-
-mod common;
+//! suspicious syscalls — the syscall records word for word. Intended
+//! differences are listed below and in the README.
 
 use std::collections::BTreeSet;
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{net::*, programs::*, step::*};
 use serde_json::Value;
+
+/// A connection: (process, syscall, family, address, port, fd, TLS name,
+/// ALPN).
+type Connection = (String, String, String, String, u64, i64, String, String);
+
+/// A suspicious-syscall record: (process, syscall, detail, args, path).
+type SyscallRecord = (String, String, String, String, String);
 
 /// Facts both backends must agree on, by value. A process is named by its
 /// program and command line (pids differ between runs); its parent likewise.
@@ -23,14 +28,20 @@ struct Facts {
     /// (process, path, sha256).
     files: BTreeSet<(String, String, String)>,
     /// (process, syscall, family, address, port, fd, TLS name, ALPN).
-    connections: BTreeSet<(String, String, String, String, u64, i64, String, String)>,
+    connections: BTreeSet<Connection>,
     /// (process, name, type, server, port, transport).
     dns: BTreeSet<(String, String, String, String, u64, String)>,
     /// Per DNS name and type: the answers (compared separately).
     dns_answers: BTreeSet<(String, String, String)>,
     /// (process, syscall, detail, args, path); pids in detail and args are
     /// replaced by `PID` (a process of the trace) or `DAEMON`.
-    syscalls: BTreeSet<(String, String, String, String, String)>,
+    syscalls: BTreeSet<SyscallRecord>,
+    /// Every suspicious-syscall record as the attestation has it (process,
+    /// syscall, detail, args, path; pids normalised as above), sorted, one
+    /// entry per record: the two backends must describe the same calls in
+    /// the same words (one `SuspiciousCall` description), with no
+    /// exemption.
+    syscall_records: Vec<SyscallRecord>,
     /// `trace.limitations`, as JSON text.
     limitations: String,
 }
@@ -167,6 +178,13 @@ fn facts(att: &std::path::Path, daemon: i64) -> Facts {
                 .collect();
             let name = s["syscall"].as_str().unwrap_or("").to_string();
             let mut detail = norm_pids(s["detail"].as_str().unwrap_or(""), &pids, daemon);
+            f.syscall_records.push((
+                me.clone(),
+                name.clone(),
+                detail.clone(),
+                args.join(","),
+                unbackend(s["path"].as_str().unwrap_or("")),
+            ));
             if name == "io_uring_setup" {
                 // An admitted difference: the detail says what this backend
                 // misses of io_uring (eBPF still sees its connects through
@@ -192,6 +210,7 @@ fn facts(att: &std::path::Path, daemon: i64) -> Facts {
         }
     }
     f.processes.sort();
+    f.syscall_records.sort();
     f
 }
 
@@ -393,7 +412,7 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
     // Suspicious syscalls by value; the only allowed difference is a
     // syscall the kernel has no tracepoint for (see below).
     let allowed = intended_syscall_differences();
-    let keep = |s: &&(String, String, String, String, String)| !allowed.contains(&s.1);
+    let keep = |s: &&SyscallRecord| !allowed.contains(&s.1);
     let only_e: Vec<_> = e.syscalls.difference(&p.syscalls).filter(keep).collect();
     let only_p: Vec<_> = p.syscalls.difference(&e.syscalls).filter(keep).collect();
     assert!(
@@ -403,6 +422,39 @@ u.sendto(q("parity.example", 16), ("127.0.0.78", 53)); u.recvfrom(512)
             "suspicious syscalls (process, name, detail, args, path)",
             &only_e,
             &only_p
+        )
+    );
+    // The records themselves, by value and count: the same call gets the
+    // same record from both backends (no io_uring or setns exemption), for
+    // the syscalls both can see.
+    let records = |f: &Facts| -> Vec<_> {
+        f.syscall_records
+            .iter()
+            .filter(|s| !allowed.contains(&s.1))
+            .cloned()
+            .collect()
+    };
+    let (re, rp) = (records(e), records(p));
+    let only = |a: &[SyscallRecord], b: &[SyscallRecord]| -> Vec<String> {
+        let mut b: Vec<_> = b.to_vec();
+        a.iter()
+            .filter(|x| match b.iter().position(|y| y == *x) {
+                Some(i) => {
+                    b.remove(i);
+                    false
+                }
+                None => true,
+            })
+            .map(|x| format!("{x:?}"))
+            .collect()
+    };
+    assert!(
+        re == rp,
+        "{}",
+        diff(
+            "suspicious-syscall records (process, name, detail, args, path)",
+            &only(&re, &rp),
+            &only(&rp, &re)
         )
     );
 }

@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use cilock_tests::*;
+use cilock_testkit::*;
 use serde_json::Value;
 
 const SCRIPT: &str = "echo to-stdout; echo to-stderr >&2; cat /etc/hostname > /dev/null; exit 3";

@@ -5,15 +5,13 @@
 //! (`aliveAtEnd`, `trace.waitDescendants`). And on ptrace a thread is never
 //! a process (D11).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{programs::*, step::*};
 use serde_json::Value;
 
 const MODES: [&str; 3] = ["daemon", "ebpf", "ptrace"];
@@ -67,9 +65,12 @@ fn run(
     (cr, took)
 }
 
+/// A set of string pairs.
+type Pairs = BTreeSet<(String, String)>;
+
 /// (program, cmdline) of every process, and the workdir files opened with
 /// their digests: what must be the same in every mode.
-fn facts(cr: &Value, dir: &Path) -> (BTreeSet<(String, String)>, BTreeSet<(String, String)>) {
+fn facts(cr: &Value, dir: &Path) -> (Pairs, Pairs) {
     let mut procs = BTreeSet::new();
     let mut files = BTreeSet::new();
     let d = format!("{}/", dir.display());

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine;
-use cilock_tests::*;
+use cilock_testkit::*;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "ghp_R4nd0mT0k3nV4lu3Th4tL00ksR34lEnough1";

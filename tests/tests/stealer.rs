@@ -8,13 +8,11 @@
 //! and the evidence, and must pass a clean build step that resolves and
 //! connects to allow-listed hosts only.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{net::*, step::*};
 
 const STEALER: &str = r#"
 import os, socket, ssl, struct, sys

@@ -6,14 +6,11 @@
 //! from elsewhere, never as one of the step's own. Real daemon, real
 //! cgroups (found in /proc/self/mountinfo and /proc/PID/cgroup).
 
-mod common;
-
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{programs::*, step::*};
 use serde_json::Value;
 
 /// The cgroup2 mount point.
@@ -131,7 +128,7 @@ fn begin_waiting(daemon: &Daemon, name: &str, w: &Path, first: &str) -> Job {
         &format!("{first}\nwhile [ ! -e {name}.done ]; do sleep 0.02; done\n",),
         Stdio::inherit(),
     );
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut child);
     Job {
         child,
         name: name.to_string(),
@@ -316,7 +313,7 @@ fn leaving_and_joining_steps_on_ebpf() {
         &leave_script(w, &sib, &clone_into, true),
     );
     let cr = command_run(&att);
-    assert_left_ebpf(&cr, &w, true);
+    assert_left_ebpf(&cr, w, true);
 
     // D8: step A's process moves itself into step B's cgroup; a child of
     // A is created in B's cgroup; outsiders move in and are created in.

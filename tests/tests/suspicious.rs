@@ -5,14 +5,12 @@
 //! outside the step; reads of another process's environment and memory;
 //! a step process moved out of the step's cgroup.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::*;
+use cilock_testkit::{net::*, programs::*, step::*};
 use serde_json::Value;
 
 fn events(p: &Value) -> Vec<Value> {

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cilock_tests::*;
+use cilock_testkit::step::{release, StepJob};
+use cilock_testkit::*;
 use serde_json::Value;
 
 const WORKLOAD: &str = r#"#!/bin/sh
@@ -112,29 +113,8 @@ fn ground_truth(backend: &str) {
         .spawn()
         .unwrap();
     // The job's shell: waits for a line, then runs the workload.
-    let mut job = Command::new("sh")
-        .arg("-c")
-        .arg("read go; sh ./workload.sh")
-        .current_dir(w)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = daemon.cilock(&[
-        "step",
-        "begin",
-        "--step",
-        "e2e",
-        "--pid",
-        &job.id().to_string(),
-        "--workdir",
-        w.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "begin: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut job = StepJob::new(&daemon, "e2e", w).begin("sh ./workload.sh");
+    release(&mut job);
     assert!(job.wait().unwrap().success());
     // The background grandchild execs on its own schedule: end the step
     // once it runs (it is then alive at the end, by design).
@@ -275,30 +255,9 @@ fn eight_concurrent_steps_never_mix() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(format!("only-{i}.txt")), format!("{i}\n")).unwrap();
         let script = format!(
-            "read go; j=0; while [ $j -lt {n} ]; do cat only-{i}.txt > /dev/null; /bin/true; j=$((j+1)); done"
+            "j=0; while [ $j -lt {n} ]; do cat only-{i}.txt > /dev/null; /bin/true; j=$((j+1)); done"
         );
-        let mut job = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(&d)
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = daemon.cilock(&[
-            "step",
-            "begin",
-            "--step",
-            &format!("job-{i}"),
-            "--pid",
-            &job.id().to_string(),
-            "--workdir",
-            d.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut job = StepJob::new(&daemon, &format!("job-{i}"), &d).begin(&script);
         let stdin = job.stdin.take().unwrap();
         jobs.push((i, d, job, stdin));
     }

@@ -5,13 +5,11 @@
 //! daemon per backend, one step with every scenario, plus one step whose
 //! file an outsider rewrites in place before `step end`.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 
-use cilock_tests::*;
-use common::*;
+use cilock_testkit::step::*;
+use cilock_testkit::*;
 use serde_json::Value;
 
 /// [`run_step_with`], returning the command-run attestation.

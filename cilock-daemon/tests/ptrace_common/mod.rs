@@ -1,5 +1,4 @@
 //! Helpers shared by the ptrace_* integration tests.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,18 +8,8 @@ use cilock_daemon::trace::TraceEvent;
 
 /// Compiles `tests/programs/<name>.c` into `dir`, returns the binary path.
 pub fn compile(name: &str, dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/programs")
-        .join(format!("{name}.c"));
-    let out = dir.join(name);
-    let st = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc");
-    assert!(st.success(), "compiling {name}");
-    out
+    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
+    cilock_testkit::programs::compile(&programs, name, dir)
 }
 
 /// Runs `cmd` under ptrace::run, collecting events and stdout.

@@ -6,8 +6,6 @@
 //! socket server (framing, authentication, dispatch, error replies) without
 //! eBPF, cgroups or a signing key.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -134,8 +132,10 @@ pub fn big_marks(n: u64) -> [(u64, &'static [u8]); 3] {
 
 /// A server running on its own thread and runtime; stopped on drop.
 pub struct TestServer {
+    /// Its socket.
     pub path: PathBuf,
-    pub dir: tempfile::TempDir,
+    /// The temporary directory of the socket (removed at drop).
+    _dir: tempfile::TempDir,
     /// The stand-in service it dispatches to.
     pub service: Arc<StandInService>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -184,7 +184,7 @@ impl TestServer {
         });
         TestServer {
             path,
-            dir,
+            _dir: dir,
             service: stand_in,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -317,7 +317,7 @@ pub fn run_as(setpriv_args: &[&str], socket: &Path) -> PeerOutcome {
         .arg(&exe)
         .args([
             "--exact",
-            "peer_client_helper",
+            "peer_client_helper", // the one in tests/integration.rs
             "--nocapture",
             "--test-threads=1",
         ])
@@ -336,37 +336,4 @@ pub fn run_as(setpriv_args: &[&str], socket: &Path) -> PeerOutcome {
             )
         });
     serde_json::from_str(&line).unwrap()
-}
-
-/// A group created with `groupadd` for one test and deleted on drop.
-pub struct TempGroup {
-    /// Its name.
-    pub name: String,
-    /// Its gid.
-    pub gid: u32,
-}
-
-impl TempGroup {
-    /// Creates a system group with a unique name.
-    pub fn create(tag: &str) -> TempGroup {
-        let name = format!("clk{tag}{}", std::process::id());
-        let st = Command::new("groupadd")
-            .args(["--system", &name])
-            .status()
-            .expect("groupadd");
-        assert!(st.success(), "groupadd {name} failed");
-        let out = Command::new("getent")
-            .args(["group", &name])
-            .output()
-            .unwrap();
-        let line = String::from_utf8(out.stdout).unwrap();
-        let gid = line.trim().split(':').nth(2).unwrap().parse().unwrap();
-        TempGroup { name, gid }
-    }
-}
-
-impl Drop for TempGroup {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
 }

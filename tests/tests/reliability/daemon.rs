@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cilock_tests::{kept_envelopes, statement, tempdir, verify_with_python, Daemon};
+use cilock_testkit::{kept_envelopes, statement, tempdir, verify_with_python, Daemon};
 use serde_json::Value;
 
-use crate::common::{begin_job, command_run, end_step, processes};
+use cilock_testkit::step::{begin_job, command_run, end_step, processes, release};
 
 static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
@@ -81,7 +81,7 @@ fn second_daemon_on_the_same_parent_refuses_and_the_first_keeps_tracing() {
         "while [ ! -e go2 ]; do sleep 0.02; done\ncat after.txt > /dev/null\n",
         Stdio::null(),
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     let _go2 = Touch(dir.join("go2"));
     let step_cgs = children(&cg_parent, "u0.live.");
     assert_eq!(step_cgs.len(), 1, "the live step's cgroup: {step_cgs:?}");
@@ -167,7 +167,7 @@ fn a_step_left_by_a_killed_daemon_is_ended_with_an_interrupted_attestation() {
         "while [ ! -e stop ]; do sleep 0.02; done\n",
         Stdio::null(),
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     let _stop = Touch(dir.join("stop"));
     assert_eq!(children(&cg_parent, "u0.victim.").len(), 1);
     let records = state.join("steps").join(&parent);
@@ -225,7 +225,7 @@ fn a_step_left_by_a_killed_daemon_is_ended_with_an_interrupted_attestation() {
     assert_eq!(envs.len(), 1, "kept envelopes: {envs:?}");
     verify_with_python(&envs[0], &d2.pubkey);
     let stmt = statement(&envs[0]);
-    let cr: &Value = cilock_tests::attestation(&stmt, "/command-run/v0.1");
+    let cr: &Value = cilock_testkit::attestation(&stmt, "/command-run/v0.1");
     let trace = &cr["trace"];
     let ended_by = trace["endedBy"].as_str().unwrap();
     assert!(
@@ -336,7 +336,7 @@ fn stop_with_requests_in_flight_finishes_within_stop_timeout() {
     let envs = kept(&state, "hang");
     assert_eq!(envs.len(), 1, "{}", d2.log_text());
     let stmt = statement(&envs[0]);
-    let cr = cilock_tests::attestation(&stmt, "/command-run/v0.1");
+    let cr = cilock_testkit::attestation(&stmt, "/command-run/v0.1");
     assert!(
         cr["trace"]["endedBy"]
             .as_str()

@@ -3,16 +3,15 @@
 //! retrieves what a client never wrote; envelopes of any size reach the
 //! client; `step end -o` with a bad path ends nothing.
 
-use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Output, Stdio};
 
-use cilock_tests::*;
+use cilock_testkit::users::{as_user, cilock_as, Group};
+use cilock_testkit::*;
 
-use crate::common::{begin_job, command_run, end_step};
+use cilock_testkit::step::{begin_job, command_run, end_step, release};
 
 /// The trace backend does not matter here; ptrace daemons start fastest.
 const BACKEND: &str = "ptrace";
@@ -24,18 +23,9 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Polls `cond` every 50 ms until it holds; panics with `what` after `secs`.
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Runs the job's script (writes "go" to the shell) and waits for it.
 fn run_job(mut job: std::process::Child) {
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    release(&mut job);
     assert!(job.wait().unwrap().success());
 }
 
@@ -163,49 +153,9 @@ fn a_client_killed_before_acknowledging_leaves_a_fetchable_envelope() {
     assert!(stderr(&o).contains("no kept attestation"), "{}", stderr(&o));
 }
 
-/// A group that exists for one test.
-struct Group {
-    name: String,
-    gid: u32,
-}
-
-impl Group {
-    fn create() -> Group {
-        let name = format!("clkeep{}", std::process::id());
-        let st = Command::new("groupadd").arg(&name).status().unwrap();
-        assert!(st.success(), "groupadd {name}");
-        let line = sh(&format!("getent group {name}"));
-        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
-        Group { name, gid }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
-}
-
-fn as_user(uid: u32, gid: u32) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg(format!("--groups={gid}"));
-    c
-}
-
-fn cilock_as(d: &Daemon, uid: u32, gid: u32, args: &[&str]) -> Output {
-    as_user(uid, gid)
-        .arg(shared_cilock())
-        .args(args)
-        .env("CILOCK_SOCKET", &d.socket)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn a_reaped_step_is_fetched_by_its_owner_only() {
-    let g = Group::create();
+    let g = Group::create("clkeep");
     let d = Daemon::start_with(
         BACKEND,
         &format!("group = {:?}\nstep_idle_timeout = \"1s\"", g.name),
@@ -225,6 +175,7 @@ fn a_reaped_step_is_fetched_by_its_owner_only() {
         &d,
         ALICE,
         g.gid,
+        &[g.gid],
         &[
             "step",
             "begin",
@@ -255,6 +206,7 @@ fn a_reaped_step_is_fetched_by_its_owner_only() {
         &d,
         ALICE,
         g.gid,
+        &[g.gid],
         &["step", "end", "--step", "mine", "-o", "/dev/null"],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -269,6 +221,7 @@ fn a_reaped_step_is_fetched_by_its_owner_only() {
         &d,
         BOB,
         g.gid,
+        &[g.gid],
         &["step", "fetch", "--step", "mine", "-o", "/dev/null"],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -297,7 +250,7 @@ fn a_reaped_step_is_fetched_by_its_owner_only() {
         ][..],
         &["step", "fetch", "--list", "--owner", &alice][..],
     ] {
-        let o = cilock_as(&d, BOB, g.gid, args);
+        let o = cilock_as(&d, BOB, g.gid, &[g.gid], args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(
             stderr(&o).contains("may only fetch its own"),
@@ -309,10 +262,11 @@ fn a_reaped_step_is_fetched_by_its_owner_only() {
         &d,
         BOB,
         g.gid,
+        &[g.gid],
         &["step", "fetch", "--id", &id, "-o", "/dev/null"],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let o = cilock_as(&d, BOB, g.gid, &["step", "fetch", "--list"]);
+    let o = cilock_as(&d, BOB, g.gid, &[g.gid], &["step", "fetch", "--list"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("mine"));
     let o = as_user(BOB, g.gid).arg("cat").arg(&kept).output().unwrap();
@@ -331,6 +285,7 @@ fn a_reaped_step_is_fetched_by_its_owner_only() {
         &d,
         ALICE,
         g.gid,
+        &[g.gid],
         &[
             "step",
             "fetch",

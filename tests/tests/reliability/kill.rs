@@ -7,15 +7,16 @@
 //! findings, and says "not recorded" for what another tool's envelope does
 //! not record.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
+use cilock_testkit::users::Group;
+use cilock_testkit::*;
 use serde_json::Value;
 
-use crate::common;
+use cilock_testkit::step as common;
 
 /// The state letter of /proc/PID/stat (`None`: no such process).
 fn proc_state(pid: i64) -> Option<char> {
@@ -83,7 +84,7 @@ echo "shell $$ alive"
     let mut job = common::begin_job(&d, "k", dir, &script, Stdio::piped());
     let shell = job.id() as i64;
     let t0 = Instant::now();
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    common::release(&mut job);
     let mut stdout = String::new();
     job.stdout
         .as_mut()
@@ -181,7 +182,7 @@ fn step_end_kill_from_outside_kills_all() {
     let script = "sleep 3013 & echo $! > plain.pid\n: > ready\nwait\n";
     let mut job = common::begin_job(&d, "o", dir, script, Stdio::null());
     let shell = job.id() as i64;
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    common::release(&mut job);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !dir.join("ready").exists() {
         assert!(Instant::now() < deadline);
@@ -364,7 +365,7 @@ fn step_end_and_inspect_say_what_was_alive() {
         "sleep 3014 & echo $! > bg.pid\n",
         Stdio::null(),
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    common::release(&mut job);
     assert!(job.wait().unwrap().success());
     let bg = read_pid(dir, "bg.pid");
     let att = dir.join("a.att.json");
@@ -388,35 +389,12 @@ fn step_end_and_inspect_say_what_was_alive() {
     unsafe { libc::kill(bg as i32, libc::SIGKILL) };
 }
 
-/// A group that exists for one test.
-struct Group {
-    name: String,
-    gid: u32,
-}
-
-impl Group {
-    fn create() -> Group {
-        let name = format!("clkk{}", std::process::id());
-        let st = Command::new("groupadd").arg(&name).status().unwrap();
-        assert!(st.success(), "groupadd {name}");
-        let line = sh(&format!("getent group {name}"));
-        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
-        Group { name, gid }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
-}
-
 /// An unprivileged job (uid 65534) kills in its own step from its own
 /// shell; another user of the daemon's group (65533) cannot end or kill
 /// it (to him the step does not exist), and nothing of it is killed.
 #[test]
 fn unprivileged_kill_only_in_its_own_step() {
-    let g = Group::create();
+    let g = Group::create("clkk");
     let d = Daemon::start_with("ebpf", &format!("group = {:?}", g.name));
     let (alice, bob) = (65534u32, 65533u32);
     let w = tempdir();
@@ -474,7 +452,7 @@ echo "shell $$ alive"
         matches!(proc_state(bg), Some(c) if c != 'Z'),
         "bob's --kill killed {bg}"
     );
-    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    common::release(&mut job);
     let mut stdout = String::new();
     job.stdout
         .as_mut()

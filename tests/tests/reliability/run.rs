@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_tests::{attestation, bin, keygen, statement, tempdir, Daemon};
+use cilock_testkit::{attestation, bin, keygen, statement, tempdir, wait_for, Daemon};
 use serde_json::Value;
 
 /// The cgroup2 mount, from /proc/self/mountinfo.
@@ -29,15 +29,6 @@ fn cgroup_dir(pid: i32) -> Option<PathBuf> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = s.lines().find_map(|l| l.strip_prefix("0::"))?;
     Some(cgroup2_mount().join(rel.trim_start_matches('/')))
-}
-
-/// Polls `cond` every 10 ms for at most `secs`.
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Waits (bounded) for `child` to exit.
@@ -558,7 +549,7 @@ _, st = os.waitpid(pid, 0)
 sys.stderr.write(out.decode(errors='replace'))
 print(os.waitstatus_to_exitcode(st))
 "#;
-    let o = Command::new(cilock_tests::python())
+    let o = Command::new(cilock_testkit::python())
         .env("DIR", d)
         .arg("-c")
         .arg(py)

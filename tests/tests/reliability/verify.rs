@@ -16,7 +16,7 @@ use cilock_evidence::digest::DigestSet;
 use cilock_evidence::dsse::{self, POLICY_PAYLOAD_TYPE};
 use cilock_evidence::intoto::{Statement, Subject, PAYLOAD_TYPE};
 use cilock_evidence::keys::Signer;
-use cilock_tests::*;
+use cilock_testkit::*;
 use serde_json::{json, Value};
 
 const COMMAND_RUN: &str = "https://witness.dev/attestations/command-run/v0.1";

@@ -7,7 +7,6 @@
 //! Everything is cleaned up by Drop guards, in this order: processes the
 //! test started (by process group), the daemon (SIGTERM, then SIGKILL),
 //! cgroups left under the daemon's parent, users, the group.
-#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -19,7 +18,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cilock_tests::*;
+use cilock_testkit::step::daemon_pid;
+use cilock_testkit::users::Group;
+use cilock_testkit::*;
 use serde_json::{json, Value};
 
 /// cgroup2 mount of this machine.
@@ -42,32 +43,6 @@ pub fn token(tag: &str) -> String {
         .as_nanos();
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{tag}{:x}{:x}{n}", t, std::process::id())
-}
-
-/// A group that exists for one test.
-pub struct Group {
-    pub name: String,
-    pub gid: u32,
-}
-
-impl Group {
-    pub fn create() -> Group {
-        let name = unique("g");
-        let st = Command::new("groupadd")
-            .arg(&name)
-            .status()
-            .expect("groupadd");
-        assert!(st.success(), "groupadd {name}");
-        let line = sh(&format!("getent group {name}"));
-        let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
-        Group { name, gid }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).status();
-    }
 }
 
 /// A real user (useradd), with its own private group, optionally a member of
@@ -137,9 +112,6 @@ pub struct Ran {
 impl Ran {
     pub fn ok(&self) -> bool {
         self.status.is_some_and(|s| s.success())
-    }
-    pub fn code(&self) -> Option<i32> {
-        self.status.and_then(|s| s.code())
     }
     pub fn text(&self) -> String {
         format!(
@@ -536,7 +508,8 @@ pub fn sweep_cgroups(dir: &Path) {
 /// an outsider `eve`, root-only data.
 pub struct World {
     daemon: Option<Daemon>,
-    pub group: Group,
+    /// The daemon's group (deleted at drop).
+    _group: Group,
     pub mallory: User,
     pub bob: User,
     pub eve: User,
@@ -566,7 +539,7 @@ impl World {
     /// A world with an eBPF daemon and `extra` TOML lines in its config.
     pub fn new(extra: &str) -> World {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let group = Group::create();
+        let group = Group::create("clkfg");
         let mallory = User::create("m", Some(&group));
         let bob = User::create("b", Some(&group));
         let eve = User::create("e", None);
@@ -583,7 +556,7 @@ impl World {
         let pid = daemon_pid(&d);
         World {
             daemon: Some(d),
-            group,
+            _group: group,
             mallory,
             bob,
             eve,
@@ -851,23 +824,6 @@ impl StepRun {
     }
 }
 
-/// The pid of the daemon of `d` (found by its config path on its command
-/// line).
-pub fn daemon_pid(d: &Daemon) -> u32 {
-    let config = d.socket.parent().unwrap().join("cilock.toml");
-    let want = config.to_str().unwrap().as_bytes().to_vec();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if cmd.split(|&b| b == 0).any(|a| a == want.as_slice()) {
-            return pid;
-        }
-    }
-    panic!("daemon process not found");
-}
-
 /// Which of `needles` occur in `hay`.
 pub fn leaked<'a>(hay: &str, needles: &'a [String]) -> Vec<&'a String> {
     needles
@@ -881,12 +837,6 @@ pub fn keys(v: &Value) -> BTreeSet<String> {
     v.as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
-}
-
-/// Writes `body` to `path` as an executable owned by `u`.
-pub fn user_script(u: &User, path: &Path, body: &str) {
-    write_script(path, body);
-    std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).unwrap();
 }
 
 /// chown -R to `u`.

@@ -1,0 +1,46 @@
+//! cilock's end-to-end suite, as ONE test binary (ripgrep's `tests/tests.rs`,
+//! aya's integration-test): a real daemon, real eBPF, real cgroups, run as
+//! root. Helpers live in the `cilock-testkit` crate. Pick a part with a
+//! libtest filter, e.g. `cargo test -p cilock-tests --test e2e traced_step::`.
+//!
+//! Tests of different modules run side by side: every test uses its own
+//! daemon (own socket, key, cgroup parent and state directory), its own
+//! temporary directories and uniquely named users and groups.
+
+/// Every attack of the security review, replayed by an unprivileged member
+/// of the daemon's group.
+mod adversarial;
+/// Observed versus claimed: what the trace saw beats what the job says.
+mod claimed;
+/// Per-user connection, step and request limits with real users.
+mod daemon_limits;
+/// Who may reach the daemon, own a step and trace which processes.
+mod daemon_rules;
+/// Digests only of the file the kernel recorded, and only if readable.
+mod digest_identity;
+/// Attestors run without root's powers.
+mod helper_isolation;
+/// Names that are not text (memfd, long paths, non-UTF-8), both backends.
+mod names;
+/// Network evidence: connections, DNS, TLS SNI, HTTP CONNECT.
+mod network;
+/// The eBPF and ptrace backends record the same workload the same way.
+mod parity;
+/// Issue #13: no typo, signal, kill, restart or second daemon loses evidence.
+mod reliability;
+/// `cilock run` through the daemon, embedded eBPF and embedded ptrace.
+mod run;
+/// `cilock run` waits for what the command left running, in all modes.
+mod run_descendants;
+/// CI/lock's secretscan policy applied to a stealer-style step.
+mod secretscan_policy;
+/// A replay of the March 2026 credential-stealer pattern.
+mod stealer;
+/// Processes leaving and joining a step's cgroup.
+mod step_moves;
+/// Every suspicious syscall recorded once, with the right pid and details.
+mod suspicious;
+/// A traced step end to end against `strace -f` and Python `cryptography`.
+mod traced_step;
+/// A written file gets the digest of what its writer left.
+mod written_files;
