@@ -47,9 +47,6 @@ pub use payload::{payload_flags, PayloadEvent, PAYLOAD_MAX, STREAM_CAPTURE};
 pub use process::{ExecEvent, ExitEvent, ForkEvent, ARGS_MAX_BYTES, FILENAME_MAX_BYTES};
 pub use syscall::SyscallRecord;
 
-pub use syscall::what as sys_what; // shim: removed at merge
-pub use syscall::STR_MAX as SYS_STR_MAX; // shim: removed at merge
-
 /// A plain-old-data type shared by the kernel and user space: what a
 /// reader may build from any bytes of the right length, and what a map may
 /// hold.

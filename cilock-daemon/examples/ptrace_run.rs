@@ -38,7 +38,7 @@ fn main() {
         args.remove(0);
     }
     let mut n = 0u64;
-    let mut on_event = |e: cilock_daemon::trace::TraceEvent| {
+    let mut on_event = |e: cilock_trace::TraceEvent| {
         n += 1;
         if !count {
             println!("{}", ptrace::event_to_json(&e));

@@ -63,10 +63,10 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::api::{DEFAULT_MAX_REQUEST, DEFAULT_SOCKET, MAX_MESSAGE};
 use crate::attest_helper::HelperConfig;
 use crate::backend::BackendChoice;
 use crate::engine::EngineConfig;
+use cilock_api::{DEFAULT_MAX_REQUEST, DEFAULT_SOCKET, MAX_MESSAGE};
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cilock/cilock.toml";
@@ -478,7 +478,7 @@ impl DaemonConfig {
             default_attestations: self.default_attestations.clone(),
             idle_timeout: self.step_idle_timeout,
             state_dir: self.state_dir.clone(),
-            trace_limits: crate::trace::recorder::TraceLimits {
+            trace_limits: cilock_trace::fold::TraceLimits {
                 max_hash_file_size: self.max_hash_file_size,
                 hash_time_budget: self.hash_time_budget,
                 max_processes: self.max_processes_per_step,
@@ -530,8 +530,6 @@ fn valid_cgroup_parent(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub use cilock_api::timefmt::parse_duration; // shim: removed at merge (moved to cilock-api, shared with the CLI)
-
 fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl Visitor<'_> for V {
@@ -548,7 +546,7 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::
             Ok(Duration::from_secs(v))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse_duration(v).map_err(E::custom)
+            cilock_api::timefmt::parse_duration(v).map_err(E::custom)
         }
     }
     d.deserialize_any(V)
@@ -717,7 +715,7 @@ mod tests {
         assert_eq!(c.max_hash_file_size, 4096);
         assert_eq!(
             DaemonConfig::default().engine_config().trace_limits,
-            crate::trace::recorder::TraceLimits::default()
+            cilock_trace::fold::TraceLimits::default()
         );
         for bad in [
             "max_hash_file_size = 0",

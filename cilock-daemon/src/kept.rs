@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::KeptInfo;
+use cilock_api::KeptInfo;
 
 /// How long an envelope nobody fetched is kept.
 pub const KEPT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -83,8 +83,6 @@ pub fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
-
-pub use cilock_api::timefmt::fmt_utc; // shim: removed at merge (moved to cilock-api, shared with the CLI)
 
 /// Ids are file stems the daemon made: `<step>.<nanoseconds>.<n>`.
 pub fn valid_id(id: &str) -> bool {
@@ -386,7 +384,7 @@ impl KeptStore {
                 uid = k.owner_uid,
                 step = %k.step,
                 id = %k.id,
-                kept_at = %fmt_utc(k.kept_at),
+                kept_at = %cilock_api::timefmt::fmt_utc(k.kept_at),
                 "deleted a kept attestation nobody fetched: {why}"
             ),
             Err(e) => tracing::error!(

@@ -20,11 +20,9 @@
 //! crate only with its `embedded` feature (the default): `cilock run` then
 //! uses the same engine in-process when no daemon answers.
 
-pub use cilock_api as api; // shim: removed at merge (the contract is the cilock-api crate)
 pub mod attest_helper;
 pub mod backend;
 pub mod cgroup;
-pub use cilock_api::client; // shim: removed at merge
 pub mod config;
 pub mod engine;
 pub mod kept;

@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use cilock_evidence::keys::Signer;
 
-use crate::api::{
-    self, AckKept, ApiError, BeginStep, EndStep, EnvelopeHeader, ErrorKind, FetchKept, KeptInfo,
-    ListKept, Outgoing, Payload, Peer, Reply, RequestCtx, StatusReply,
-};
 use crate::attest_helper;
 use crate::cgroup::PidFd;
 use crate::engine::valid_step_name;
@@ -21,6 +17,10 @@ use crate::engine::{
     StepSpec, HEARTBEAT_EVERY,
 };
 use crate::kept::{KeptStore, ToKeep};
+use cilock_api::{
+    self, AckKept, ApiError, BeginStep, EndStep, EnvelopeHeader, ErrorKind, FetchKept, KeptInfo,
+    ListKept, Outgoing, Payload, Peer, Reply, RequestCtx, StatusReply,
+};
 
 /// The daemon's service: the engine, the signing key and the store of
 /// envelopes not yet in their client's hands ([`crate::kept`]).
@@ -33,7 +33,7 @@ pub struct DaemonService {
 /// Largest signed envelope returned inline in a [`Reply::Ended`] (older
 /// clients; room left for the rest of the reply). Larger ones stay kept and
 /// the reply says how to fetch them; `stream` clients get any size.
-const MAX_REPLY_ENVELOPE: usize = api::MAX_MESSAGE - 64 * 1024;
+const MAX_REPLY_ENVELOPE: usize = cilock_api::MAX_MESSAGE - 64 * 1024;
 
 /// How often the reaper applies the kept store's retention time.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -287,7 +287,7 @@ impl DaemonService {
                             format!(
                                 "it was ended by `{}` at {} and its attestation was never acknowledged as written",
                                 k.ended_by,
-                                crate::kept::fmt_utc(k.kept_at)
+                                cilock_api::timefmt::fmt_utc(k.kept_at)
                             )
                         } else {
                             format!(
@@ -297,7 +297,7 @@ impl DaemonService {
                                 } else {
                                     &k.ended_by
                                 },
-                                crate::kept::fmt_utc(k.kept_at)
+                                cilock_api::timefmt::fmt_utc(k.kept_at)
                             )
                         };
                         ApiError::new(
@@ -365,7 +365,7 @@ impl Drop for DaemonService {
     }
 }
 
-impl api::StepService for DaemonService {
+impl cilock_api::StepService for DaemonService {
     fn status(&self, peer: Peer) -> StatusReply {
         let active = self.engine.active_steps(peer.uid);
         StatusReply {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cilock_daemon::backend::ptrace::{self, PtraceConfig};
-use cilock_daemon::trace::TraceEvent;
+use cilock_trace::TraceEvent;
 
 fn status_field(pid: u32, key: &str) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -11,8 +11,11 @@ use std::process::Command;
 
 use crate::ptrace_common::trace;
 use cilock_daemon::backend::ptrace::PtraceConfig;
-use cilock_daemon::trace::net::{parse_client_hello, parse_dns_queries, ClientHello};
-use cilock_daemon::trace::{NetCall, SockAddr, TraceEvent};
+use cilock_trace::proto::{
+    dns::parse_dns_queries,
+    tls::{parse_client_hello, ClientHello},
+};
+use cilock_trace::{NetCall, SockAddr, TraceEvent};
 
 /// A real python3 binary (not the pyenv shim script).
 fn python() -> String {

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::ptrace_common::{compile, trace};
 use cilock_daemon::backend::ptrace::PtraceConfig;
-use cilock_daemon::trace::TraceEvent;
+use cilock_trace::TraceEvent;
 
 #[test]
 fn suspicious_syscalls_recorded_once() {

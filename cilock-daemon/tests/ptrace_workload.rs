@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::ptrace_common::{compile, norm_proc, trace};
 use cilock_daemon::backend::ptrace::PtraceConfig;
-use cilock_daemon::trace::TraceEvent;
+use cilock_trace::TraceEvent;
 
 fn workload(dir: &Path, bin: &Path) -> String {
     format!(

@@ -8,7 +8,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use crate::server_support::*;
-use cilock_daemon::api::{ErrorKind, Reply};
+use cilock_api::{ErrorKind, Reply};
 use cilock_daemon::server::{Access, Server, ServerConfig};
 use cilock_testkit::users::Group;
 

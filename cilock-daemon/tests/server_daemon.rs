@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_daemon::api::{Reply, Request};
+use cilock_api::{Reply, Request};
 use cilock_evidence::keys::{KeyAlgorithm, Signer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cilock-daemon");
@@ -215,7 +215,7 @@ fn daemon_starts_notifies_serves_and_stops_on_sigterm() {
     let mut seen = Vec::new();
     wait_notify(&notify, "READY=1", Duration::from_secs(60), &mut seen);
     // The socket listens before READY=1.
-    match cilock_daemon::client::request_at(&s.socket, &Request::Status) {
+    match cilock_api::client::request_at(&s.socket, &Request::Status) {
         Ok(Reply::Status(st)) => assert_eq!(st.keyid, s.keyid),
         other => {
             let _ = child.kill();

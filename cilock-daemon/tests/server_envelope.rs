@@ -5,8 +5,8 @@
 use std::io::Read as _;
 
 use crate::server_support::*;
-use cilock_daemon::api::{FetchKept, Reply, Request, MAX_MESSAGE};
-use cilock_daemon::client::Client;
+use cilock_api::client::Client;
+use cilock_api::{FetchKept, Reply, Request, MAX_MESSAGE};
 
 #[test]
 fn an_envelope_larger_than_a_frame_arrives_whole() {

@@ -6,8 +6,8 @@ use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use crate::server_support::*;
-use cilock_daemon::api::{BeginStep, EndStep, ErrorKind, Reply, Request, MAX_MESSAGE};
-use cilock_daemon::client::{self, Client, ClientError};
+use cilock_api::client::{self, Client, ClientError};
+use cilock_api::{BeginStep, EndStep, ErrorKind, Reply, Request, MAX_MESSAGE};
 use cilock_daemon::server::{Server, ServerConfig, ServerError};
 
 /// The server runs as root in these tests; the group does not matter.
@@ -400,10 +400,7 @@ fn socket_env_child() {
     let Some(expect) = std::env::var_os("CILOCK_TEST_EXPECT_SOCKET") else {
         return;
     };
-    assert_eq!(
-        cilock_daemon::api::socket_path(),
-        std::path::PathBuf::from(&expect)
-    );
+    assert_eq!(cilock_api::socket_path(), std::path::PathBuf::from(&expect));
     // The default client uses it: no daemon there, so Unavailable names it.
     match client::request(&Request::Status) {
         Err(ClientError::Unavailable { path, .. }) => assert_eq!(path, expect),

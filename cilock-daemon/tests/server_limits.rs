@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::server_support::*;
-use cilock_daemon::api::{ErrorKind, Reply, Request};
-use cilock_daemon::client::Client;
+use cilock_api::client::Client;
+use cilock_api::{ErrorKind, Reply, Request};
 use cilock_testkit::users::Group;
 
 const HOLD_ENV: &str = "CILOCK_TEST_HOLD_SOCKET";

@@ -24,7 +24,7 @@
 //! `sys_what` (the backends' areas, not this crate's): the eBPF loader's
 //! `SUSPICIOUS` program names and the ptrace backend's hooks text.
 
-use cilock_abi::{sys_what, SyscallRecord};
+use cilock_abi::SyscallRecord;
 use serde::Serialize;
 
 /// `BPF_PROG_LOAD`.
@@ -283,7 +283,7 @@ impl SuspiciousCall {
             } => "tgkill",
             PidfdSendSignal { .. } => "pidfd_send_signal",
             CgroupWrite { .. } => "cgroup_leave",
-            Unknown { what, .. } => sys_what::name(*what),
+            Unknown { what, .. } => cilock_abi::syscall::what::name(*what),
         }
     }
 
@@ -446,80 +446,83 @@ impl SuspiciousCall {
         let i32a = |i: usize| a[i] as i32 as i64;
         let [s0, s1, s2] = strs;
         match e.what {
-            sys_what::PTRACE => Ptrace {
+            cilock_abi::syscall::what::PTRACE => Ptrace {
                 request: a[0] as i64,
                 target: i32a(1),
             },
-            sys_what::MEMFD_CREATE => MemfdCreate {
+            cilock_abi::syscall::what::MEMFD_CREATE => MemfdCreate {
                 name: s0.unwrap_or_default(),
                 flags: a[1] as u32,
             },
-            sys_what::MOUNT => Mount {
+            cilock_abi::syscall::what::MOUNT => Mount {
                 source: s0.unwrap_or_default(),
                 target: s1,
                 fstype: s2.unwrap_or_default(),
                 flags: a[3],
             },
-            sys_what::FSOPEN => Fsopen {
+            cilock_abi::syscall::what::FSOPEN => Fsopen {
                 fstype: s0.unwrap_or_default(),
                 flags: a[1] as u32,
             },
-            sys_what::FSMOUNT => Fsmount {
+            cilock_abi::syscall::what::FSMOUNT => Fsmount {
                 fsfd: a[0] as i32,
                 flags: a[1] as u32,
             },
-            sys_what::MOVE_MOUNT => MoveMount {
+            cilock_abi::syscall::what::MOVE_MOUNT => MoveMount {
                 from: s0.unwrap_or_default(),
                 to: s1,
                 flags: a[4] as u32,
             },
-            sys_what::OPEN_TREE => OpenTree {
+            cilock_abi::syscall::what::OPEN_TREE => OpenTree {
                 path: s0,
                 flags: a[2] as u32,
             },
-            sys_what::UNSHARE => Unshare { flags: a[0] },
-            sys_what::SETNS => Setns {
+            cilock_abi::syscall::what::UNSHARE => Unshare { flags: a[0] },
+            cilock_abi::syscall::what::SETNS => Setns {
                 fd: a[0] as i32,
                 nstype: a[1] as u32,
                 ns: fd_path,
             },
-            sys_what::CLONE => Clone { flags: a[0] },
-            sys_what::CLONE3 => Clone3 { flags: e.extra },
-            sys_what::BPF => Bpf {
+            cilock_abi::syscall::what::CLONE => Clone { flags: a[0] },
+            cilock_abi::syscall::what::CLONE3 => Clone3 { flags: e.extra },
+            cilock_abi::syscall::what::BPF => Bpf {
                 cmd: a[0] as i64,
                 prog_type: e.extra as u32,
             },
-            sys_what::INIT_MODULE => InitModule {
+            cilock_abi::syscall::what::INIT_MODULE => InitModule {
                 len: a[1],
                 params: s0.unwrap_or_default(),
             },
-            sys_what::FINIT_MODULE => FinitModule {
+            cilock_abi::syscall::what::FINIT_MODULE => FinitModule {
                 fd: a[0] as i32,
                 flags: a[2] as u32,
                 params: s0.unwrap_or_default(),
                 file: fd_path,
             },
-            sys_what::IO_URING_SETUP => IoUringSetup {
+            cilock_abi::syscall::what::IO_URING_SETUP => IoUringSetup {
                 entries: a[0] as u32,
             },
-            sys_what::PROCESS_VM_READV | sys_what::PROCESS_VM_WRITEV => ProcessVm {
-                write: e.what == sys_what::PROCESS_VM_WRITEV,
+            cilock_abi::syscall::what::PROCESS_VM_READV
+            | cilock_abi::syscall::what::PROCESS_VM_WRITEV => ProcessVm {
+                write: e.what == cilock_abi::syscall::what::PROCESS_VM_WRITEV,
                 target: i32a(0),
             },
-            sys_what::KILL | sys_what::TKILL | sys_what::TGKILL => Signal {
+            cilock_abi::syscall::what::KILL
+            | cilock_abi::syscall::what::TKILL
+            | cilock_abi::syscall::what::TGKILL => Signal {
                 call: match e.what {
-                    sys_what::KILL => SignalCall::Kill,
-                    sys_what::TKILL => SignalCall::Tkill,
+                    cilock_abi::syscall::what::KILL => SignalCall::Kill,
+                    cilock_abi::syscall::what::TKILL => SignalCall::Tkill,
                     _ => SignalCall::Tgkill,
                 },
                 target: i32a(0),
-                signal: if e.what == sys_what::TGKILL {
+                signal: if e.what == cilock_abi::syscall::what::TGKILL {
                     i32a(2)
                 } else {
                     i32a(1)
                 },
             },
-            sys_what::PIDFD_SEND_SIGNAL => {
+            cilock_abi::syscall::what::PIDFD_SEND_SIGNAL => {
                 // On pidfs the kernel matched the pidfd's inode (in
                 // `extra`) against the daemon's: that is the target.
                 // Without pidfs the backend asks /proc which pid the fd

@@ -6,10 +6,10 @@
 //! options). Nothing here may panic.
 #![no_main]
 
-use cilock_daemon::api::Request;
+use cilock_api::Request;
 use cilock_daemon::engine::valid_step_name;
 use cilock_daemon::kept::valid_id;
-use cilock_daemon::server::frame::FrameDecoder;
+use cilock_api::frame::FrameDecoder;
 use cilock_evidence::attestors::lifecycle::Lifecycle;
 use libfuzzer_sys::fuzz_target;
 

@@ -24,8 +24,8 @@ pub use capture::{
 };
 
 use crate::cgroup::Cgroup;
-use crate::trace::recorder::Recorder;
-use crate::trace::TraceEvent;
+use cilock_trace::fold::Recorder;
+use cilock_trace::TraceEvent;
 
 /// Which backend to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

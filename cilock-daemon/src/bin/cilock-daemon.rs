@@ -33,7 +33,7 @@ use clap::Parser;
 use sd_notify::NotifyState;
 use tracing::{debug, error, info, warn};
 
-use cilock_daemon::api::{Peer, StepService};
+use cilock_api::{Peer, StepService};
 use cilock_daemon::config::{check_key_file, DaemonConfig, DEFAULT_CONFIG_PATH};
 use cilock_daemon::engine::{EngineConfig, Reap};
 use cilock_daemon::server::{Access, Server};

@@ -55,7 +55,7 @@ pub(super) fn observe(
     end: EndSpec,
     cmd: Vec<String>,
     root: Option<u32>,
-    seen: crate::trace::recorder::RootSeen,
+    seen: cilock_trace::fold::RootSeen,
     alive: &[u32],
 ) {
     if end.observed {

@@ -29,13 +29,13 @@ use cilock_evidence::collection::Collection;
 use cilock_evidence::dsse::DsseError;
 use cilock_evidence::intoto::Statement;
 
-use crate::api::{ActiveStep, ApiError, ErrorKind};
 use crate::attest_helper::{self, HelperConfig, Identity};
 use crate::backend::{Backend, BackendChoice, BackendError, CaptureInfo, Sink, StepTarget, Tap};
 use crate::cgroup::{Cgroup, CgroupError, Hierarchy, LockError, PidFd};
 use crate::trace::digest_cache::DigestCache;
 use crate::trace::digest_cache::Reader;
-use crate::trace::recorder::{Recorder, TraceLimits};
+use cilock_api::{ActiveStep, ApiError, ErrorKind};
+use cilock_trace::fold::{Recorder, TraceLimits};
 
 mod attest;
 mod kill;
@@ -87,7 +87,7 @@ pub struct EngineConfig {
 pub const DEFAULT_RUN_WAIT_DESCENDANTS: Duration = Duration::from_secs(30);
 
 /// Active steps at most, all users together: below the size of the eBPF
-/// `STEPS` map (1 024 entries, `cilock-ebpf/src/maps.rs`).
+/// `STEPS` map (1 024 entries, `cilock-ebpf/src/common/maps.rs`).
 pub const MAX_STEPS: usize = 1000;
 /// Of [`MAX_STEPS`], how many only root may begin.
 pub const ROOT_STEP_RESERVE: usize = 40;

@@ -17,7 +17,7 @@ use super::{kernel_release, valid_step_name, EndSpec, EngineError, StepOutcome, 
 use crate::backend::{ptrace, Backend, Counting, Sink, Tap};
 use crate::cgroup::Cgroup;
 use crate::trace::digest_cache::{DigestCache, Reader};
-use crate::trace::recorder::{Recorder, TraceLimits};
+use cilock_trace::fold::{Recorder, TraceLimits};
 
 /// An active step: its cgroup, the backend's tap on it, and what its end
 /// needs.
@@ -156,10 +156,7 @@ pub fn run_ptrace(
     let attest = in_process_before(&spec.attestations, &spec)?;
     ptrace::probe().map_err(|e| EngineError::Backend(e.into()))?;
     let backend = ptrace::PtraceBackend::new(reason);
-    let sink = Sink::new(Recorder::with_limits(
-        None,
-        TraceLimits::default(),
-    ));
+    let sink = Sink::new(Recorder::with_limits(None, TraceLimits::default()));
     let outcome = backend
         .run(cmd, wait_descendants, on_spawn, &sink)
         .map_err(EngineError::Backend)?;

@@ -44,7 +44,6 @@
 //!   kept; a log line says so).
 
 pub mod auth;
-pub use cilock_api::frame; // shim: removed at merge (the framing is cilock-api's)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -648,7 +647,7 @@ async fn read_frame(
         // Reads at most what the current frame still needs (never the next
         // frame); the body grows with the data received, not the declared
         // length.
-        let mut dec = frame::FrameDecoder::new(max);
+        let mut dec = cilock_api::frame::FrameDecoder::new(max);
         // Grown to what is wanted (at most 64 KiB): an idle connection
         // waiting for a header holds 4 bytes.
         let mut chunk = Vec::new();
@@ -663,7 +662,7 @@ async fn read_frame(
                 Ok(n) => match dec.push(&chunk[..n]) {
                     Ok((_, Some(body))) => return Ok(Some(body)),
                     Ok((_, None)) => {}
-                    Err(frame::TooLarge(len)) => return Err(FrameError::TooLarge(len)),
+                    Err(cilock_api::frame::TooLarge(len)) => return Err(FrameError::TooLarge(len)),
                 },
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(FrameError::Io(e)),

@@ -11,14 +11,3 @@ pub mod products;
 mod fold_tests;
 #[cfg(test)]
 mod names_tests;
-
-pub use cilock_trace::fold as recorder; // shim: removed at merge
-pub use cilock_trace::{event, pathname}; // shim: removed at merge
-pub use cilock_trace::{FileStamp, NetCall, SockAddr, TraceEvent}; // shim: removed at merge
-/// The DNS and TLS parsers, now `cilock_trace::proto::{dns, tls}`.
-pub mod net {
-    // shim: removed at merge
-    pub use cilock_trace::event::family_name;
-    pub use cilock_trace::proto::dns::*;
-    pub use cilock_trace::proto::tls::*;
-}

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cilock_daemon::backend::ptrace::{self, PtraceConfig};
-use cilock_daemon::trace::TraceEvent;
+use cilock_trace::TraceEvent;
 
 /// Compiles `tests/programs/<name>.c` into `dir`, returns the binary path.
 pub fn compile(name: &str, dir: &Path) -> PathBuf {

@@ -1,7 +1,7 @@
 //! Shared helpers for the `server_*` integration tests.
 //!
 //! [`StandInService`] is a stand-in for the tracing engine
-//! (`engine::DaemonService`): it keeps a map of active steps in memory and
+//! (`service::DaemonService`): it keeps a map of active steps in memory and
 //! does no tracing at all. It exists only so the tests can exercise the real
 //! socket server (framing, authentication, dispatch, error replies) without
 //! eBPF, cgroups or a signing key.
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cilock_daemon::api::{
+use cilock_api::{
     ApiError, BeginStep, EndStep, EnvelopeHeader, ErrorKind, FetchKept, Outgoing, Payload, Peer,
     Reply, Request, RequestCtx, StatusReply, StepService,
 };
@@ -260,7 +260,7 @@ pub fn connect(path: &Path) -> UnixStream {
 
 /// One request on a fresh connection, through the crate's client.
 pub fn status_ok(path: &Path) {
-    match cilock_daemon::client::request_at(path, &Request::Status) {
+    match cilock_api::client::request_at(path, &Request::Status) {
         Ok(Reply::Status(s)) => assert_eq!(s.keyid, "test-key"),
         other => panic!("expected a status reply, got {other:?}"),
     }
@@ -292,13 +292,13 @@ pub fn peer_client_helper() {
     let Some(path) = std::env::var_os(PEER_SOCKET_ENV) else {
         return;
     };
-    let outcome = match cilock_daemon::client::request_at(Path::new(&path), &Request::Status) {
+    let outcome = match cilock_api::client::request_at(Path::new(&path), &Request::Status) {
         Ok(r) => PeerOutcome::Ok(r),
-        Err(cilock_daemon::client::ClientError::Daemon(e)) => PeerOutcome::Daemon(e),
-        Err(e @ cilock_daemon::client::ClientError::Connect { .. }) => {
+        Err(cilock_api::client::ClientError::Daemon(e)) => PeerOutcome::Daemon(e),
+        Err(e @ cilock_api::client::ClientError::Connect { .. }) => {
             PeerOutcome::Connect(e.to_string())
         }
-        Err(e @ cilock_daemon::client::ClientError::Unavailable { .. }) => {
+        Err(e @ cilock_api::client::ClientError::Unavailable { .. }) => {
             PeerOutcome::Unavailable(e.to_string())
         }
         Err(e) => PeerOutcome::Other(e.to_string()),

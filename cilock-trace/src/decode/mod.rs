@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn decodes_network_payload_and_syscall_records() {
-        use cilock_abi::{sys_what, SOCKADDR_MAX};
+        use cilock_abi::SOCKADDR_MAX;
         let clock = Clock::now();
         let mut e = NetEvent {
             hdr: Header::default(),
@@ -373,7 +373,7 @@ mod tests {
 
         let mut s = SyscallRecord::default();
         s.hdr.kind = kind::SYSCALL;
-        s.what = sys_what::MEMFD_CREATE;
+        s.what = cilock_abi::syscall::what::MEMFD_CREATE;
         s.args[1] = 1;
         s.str_len[0] = 6;
         let mut b = bytes_of(&s);

@@ -27,7 +27,6 @@ pub mod memory;
 mod modes;
 pub mod paths;
 pub mod seccomp;
-pub use cilock_trace::decode::sockaddr; // shim: removed at merge
 mod spawn;
 pub mod syscalls;
 mod tracer;
@@ -38,7 +37,7 @@ use std::sync::Arc;
 pub use modes::{PtraceBackend, SpawnedRun};
 
 use crate::backend::{BackendKind, CaptureInfo, Concern, Counting, Hook, Limitation};
-use crate::trace::TraceEvent;
+use cilock_trace::TraceEvent;
 
 /// Configuration of the ptrace backend.
 #[derive(Clone, Debug)]

@@ -9,8 +9,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 
-use crate::trace::pathname::escape;
-use crate::trace::FileStamp;
+use cilock_trace::pathname::escape;
+use cilock_trace::FileStamp;
 
 /// Result of resolving an fd of a tracee to a path.
 #[derive(Clone, Debug, PartialEq, Eq)]

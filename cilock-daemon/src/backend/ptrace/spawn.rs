@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::seccomp::{self, FilterSpec};
 use super::tracer::{seize, Mode, Tracer};
 use super::{ProbeError, PtraceConfig, PtraceError, RunOutcome};
-use crate::trace::TraceEvent;
+use cilock_trace::TraceEvent;
 
 fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];

@@ -1,6 +1,6 @@
 //! The cgroup family's probe: the raw tracepoint on `cgroup_attach_task`
 //! that sees processes leave or join a step's cgroup
-//! (`cilock-ebpf/src/moves.rs`).
+//! (`cilock-ebpf/src/probes/cgroup.rs`).
 
 use aya::Ebpf;
 

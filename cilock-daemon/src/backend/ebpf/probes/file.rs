@@ -1,6 +1,6 @@
 //! The file family's probes: the file-open hook (fexit on
 //! `security_file_open`, else the open-syscall exit tracepoints), and the
-//! written-file programs (`cilock-ebpf/src/files.rs`): the close,
+//! written-file programs (`cilock-ebpf/src/probes/file.rs`): the close,
 //! dup2/dup3 and close_range tracepoints that stamp a written file when a
 //! step process lets go of it, and the rename tracepoints that keep the
 //! open de-duplication from hiding a reopen under a new name.

@@ -61,7 +61,7 @@ pub fn limitations() -> Vec<Limitation> {
     .collect()
 }
 
-/// Largest DNS datagram captured (`DNS_MAX` in `cilock-ebpf/src/skb.rs`).
+/// Largest DNS datagram captured (`DNS_MAX` in `cilock-ebpf/src/probes/payload.rs`).
 const DNS_MAX: u32 = 2048;
 
 /// Loads and attaches the global programs (syscall tracepoints) and loads

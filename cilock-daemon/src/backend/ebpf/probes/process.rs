@@ -1,5 +1,5 @@
 //! The process family's probes: raw tracepoints on exec, fork and exit
-//! (`cilock-ebpf/src/probes.rs`).
+//! (`cilock-ebpf/src/probes/process.rs`).
 
 use aya::Ebpf;
 

@@ -1,5 +1,5 @@
 //! The syscall family's probes: one `sys_enter_*` tracepoint program per
-//! suspicious syscall (`cilock-ebpf/src/syscalls.rs`; program name =
+//! suspicious syscall (`cilock-ebpf/src/probes/syscall.rs`; program name =
 //! tracepoint name).
 
 use std::path::Path;
