@@ -2,7 +2,6 @@
 //! command line run as a user would (sign, verify, inspect, keygen, run).
 //! Shared helpers live in `cilock-testkit` (`cli`, `pki`, `fixtures`).
 
-use std::path::Path;
 use std::process::Output;
 
 /// `cilock inspect`.
@@ -26,7 +25,8 @@ fn cilock(args: &[&str]) -> Output {
     cilock_testkit::cli::run(CILOCK, args)
 }
 
-/// Runs `cilock ARGS` in `dir`.
-fn cilock_in(dir: &Path, args: &[&str]) -> Output {
+/// Runs `cilock ARGS` in `dir` (only `cilock run` needs a directory).
+#[cfg(feature = "embedded")]
+fn cilock_in(dir: &std::path::Path, args: &[&str]) -> Output {
     cilock_testkit::cli::run_in(CILOCK, dir, args)
 }

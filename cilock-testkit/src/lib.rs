@@ -3,7 +3,7 @@
 //! which depends on no cilock crate, so it sees cilock only from outside —
 //! its binaries, its files and its wire bytes.
 //!
-//! - [`bin`]: paths of the built binaries, temporary directories.
+//! - [`mod@bin`]: paths of the built binaries, temporary directories.
 //! - [`daemon`]: a throw-away `cilock-daemon` ([`Daemon`]).
 //! - [`step`]: one traced step through a daemon ([`step::StepJob`]).
 //! - [`envelope`]: reading envelopes and statements; an independent

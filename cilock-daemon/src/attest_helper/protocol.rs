@@ -19,7 +19,7 @@ use cilock_evidence::digest::DigestSet;
 /// Version of the request/reply format.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The argv[1] that makes `cilock-daemon` run as the attestor helper.
+/// The `argv[1]` that makes `cilock-daemon` run as the attestor helper.
 pub const HELPER_ARG: &str = "__attest-helper";
 
 /// Which part of the lifecycle the helper runs.

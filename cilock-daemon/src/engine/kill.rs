@@ -25,7 +25,7 @@ impl Engine {
     /// the step (a runner hook, the reaper) everything goes, by
     /// `cgroup.kill`. When `caller` (the process asking) is inside the
     /// step, it and its ancestors are spared and the rest is killed with
-    /// [`Cgroup::kill_except`] (frozen, pidfd by pidfd, until only they are
+    /// [`crate::cgroup::Cgroup::kill_except`] (frozen, pidfd by pidfd, until only they are
     /// left).
     pub(super) fn kill_step(
         &self,

@@ -2,7 +2,7 @@
 //! product attestation digests the workdir at step end (in the attestor
 //! helper); the trace knows, for every path a step process opened for
 //! writing, the digest of what that process left (see
-//! [`super::recorder`]). A product whose path a step process wrote but
+//! [`cilock_trace::fold`]). A product whose path a step process wrote but
 //! whose digest is not what any of its writers left is listed in the
 //! command-run's `trace.productsNotAsWritten` (path relative to the
 //! workdir, and why). Products no step process wrote are not listed here.

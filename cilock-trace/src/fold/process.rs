@@ -232,7 +232,7 @@ pub(super) enum ProgramKind {
 ///   (made absolute against the cwd and normalised lexically), or when it
 ///   reached the same file through a symlink;
 /// - for a script (the kernel rewrote argv to `interpreter [arg] NAME …`,
-///   so NAME is argv[1] or argv[2]), the script's name made absolute
+///   so NAME is `argv[1]` or `argv[2]`), the script's name made absolute
 ///   lexically: its content is proven only by its interpreter's open;
 /// - the execve name, made absolute, when the kernel gave no exe path.
 pub(super) fn program_of(

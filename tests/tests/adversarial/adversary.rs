@@ -620,7 +620,10 @@ impl World {
     /// step `name` with workdir `wd` (`begin_flags` added to begin, e.g.
     /// `-a secretscan`), `env` added to the job's environment. The envelope
     /// goes to `wd/NAME.att.json`. Exit 3: begin failed; 4: end failed.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a test helper mirroring the step command line"
+    )]
     pub fn user_step(
         &self,
         u: &User,
@@ -638,7 +641,10 @@ impl World {
     /// Like [`World::user_step`] with the envelope written to `out` and
     /// `pre` (sh) run before `step begin` (so what it starts in the
     /// background stays outside the step).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a test helper mirroring the step command line"
+    )]
     pub fn user_step_full(
         &self,
         u: &User,

@@ -162,7 +162,10 @@ pub(super) fn machine_description(bin_dir: &Path) -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per piece of the run; a struct would only rename them"
+)]
 pub(super) fn render_report(
     ctx: &Ctx,
     machine: &str,

@@ -18,7 +18,7 @@
 //! as the step itself would).
 //!
 //! Modules: [`seccomp`] (filter), [`syscalls`] (numbers/decoding),
-//! [`memory`] (tracee memory), [`paths`] (`/proc` lookups), [`sockaddr`],
+//! [`memory`] (tracee memory), [`paths`] (`/proc` lookups), `cilock_trace::decode::sockaddr`,
 //! `spawn` (traced spawn handshake), `tracer` (the wait loop) and
 //! `modes` ([`PtraceBackend`]: a follower thread per daemon step, or a
 //! spawned command for `cilock run` without a daemon).

@@ -22,7 +22,7 @@ pub const NATIVE_ARCH: u32 = AUDIT_ARCH_AARCH64;
 
 /// A traced syscall, independent of the ABI it was made through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
+#[allow(missing_docs, reason = "each variant is the syscall of the same name")]
 pub enum Sys {
     Open,
     OpenAt,

@@ -233,7 +233,7 @@ pub(crate) struct Tracer<'c, F: FnMut(TraceEvent)> {
     pub(crate) root: u32,
     pub(crate) root_code: Option<i32>,
     pub(crate) root_exec_seen: bool,
-    /// Set at the root's first exec, cleared by [`Tracer::run_loop`].
+    /// Set at the root's first exec, cleared by [`Tracer::run_loop_bounded`].
     root_exec_now: bool,
     /// Tids whose creation was not yet reported by their parent's
     /// `PTRACE_EVENT_{FORK,VFORK,CLONE}` (their own stops came first).
@@ -759,7 +759,10 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
 
     /// A DNS reply received on a tracked datagram socket: its first bytes
     /// and sender go to the recorder.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the tracee's syscall arguments, passed as they come"
+    )]
     fn recv_exit(
         &mut self,
         tid: u32,
@@ -1050,13 +1053,6 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             time: now(),
         });
     }
-
-    /// Waits for and handles stops until no tracee is left (run mode).
-    /// `at_root_exec` runs once, right after the root's first exec event.
-    #[allow(dead_code)]
-    pub(crate) fn run_loop(&mut self, at_root_exec: impl FnMut()) -> Result<(), PtraceError> {
-        self.run_loop_bounded(None, at_root_exec).map(drop)
-    }
 }
 
 /// How [`Tracer::run_loop_bounded`] ended.
@@ -1071,7 +1067,7 @@ pub(crate) struct LoopEnd {
 }
 
 impl<F: FnMut(TraceEvent)> Tracer<'_, F> {
-    /// [`Tracer::run_loop`], but after the root's exit the descendants are
+    /// [`Tracer::run_loop_bounded`], but after the root's exit the descendants are
     /// waited for at most `wait` (`None`: until they are all gone). When the
     /// bound runs out, the processes left are recorded as survivors and
     /// killed, and the loop reaps them (for at most 5 s more).
