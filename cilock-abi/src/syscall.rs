@@ -36,6 +36,32 @@ pub mod what {
     pub const TGKILL: u32 = 20;
     pub const PIDFD_SEND_SIGNAL: u32 = 21;
 
+    /// Every suspicious syscall, in number order: the eBPF loader attaches
+    /// one `sys_enter_<name>` program per entry.
+    pub const ALL: [u32; 21] = [
+        PTRACE,
+        MEMFD_CREATE,
+        MOUNT,
+        FSMOUNT,
+        MOVE_MOUNT,
+        OPEN_TREE,
+        FSOPEN,
+        UNSHARE,
+        SETNS,
+        CLONE,
+        CLONE3,
+        BPF,
+        INIT_MODULE,
+        FINIT_MODULE,
+        IO_URING_SETUP,
+        PROCESS_VM_READV,
+        PROCESS_VM_WRITEV,
+        KILL,
+        TKILL,
+        TGKILL,
+        PIDFD_SEND_SIGNAL,
+    ];
+
     /// The syscall's name.
     ///
     /// Evidence vocabulary: this is the `syscall` field of the

@@ -12,17 +12,16 @@
 //!
 //! # Adding a suspicious syscall touches four files
 //!
-//! 1. `cilock-abi` (`sys_what`): its number and name in the kernel records;
-//! 2. `cilock-ebpf`'s syscall probes: the tracepoint program that fills the
-//!    record;
+//! 1. `cilock-abi/src/syscall.rs` (`syscall::what`): its number, its name and
+//!    its place in `what::ALL` (the eBPF loader attaches one
+//!    `sys_enter_<name>` program per entry);
+//! 2. `cilock-ebpf/src/probes/syscall.rs`: the tracepoint program that fills
+//!    the record;
 //! 3. this file: the variant, its name, args, path and description, and its
 //!    arm in [`SuspiciousCall::from_record`];
 //! 4. `cilock-daemon/src/backend/ptrace/syscalls.rs`: the `Sys` entry, its
-//!    numbers per ABI, and its arm in `suspicious` (the tracer only calls it).
-//!
-//! Two lists still repeat the set in the daemon and are to be derived from
-//! `sys_what` (the backends' areas, not this crate's): the eBPF loader's
-//! `SUSPICIOUS` program names and the ptrace backend's hooks text.
+//!    numbers per ABI, its arm in `suspicious` (the tracer only calls it) and
+//!    its name in `SUSPICIOUS_HOOK`.
 
 use cilock_abi::SyscallRecord;
 use serde::Serialize;

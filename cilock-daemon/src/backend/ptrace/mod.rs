@@ -235,7 +235,7 @@ fn hooks() -> Vec<Hook> {
         ),
         (
             Concern::SuspiciousSyscalls,
-            "ptrace+seccomp:ptrace,memfd_create,mount,fsopen,fsmount,move_mount,open_tree,unshare,setns,clone(CLONE_NEW*),clone3(CLONE_NEW*),bpf,init_module,finit_module,io_uring_setup,process_vm_readv,process_vm_writev,kill/tkill/tgkill/pidfd_send_signal(daemon pid)",
+            syscalls::SUSPICIOUS_HOOK,
         ),
         (
             Concern::CgroupLeave,

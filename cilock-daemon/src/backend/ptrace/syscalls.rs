@@ -20,6 +20,10 @@ pub const NATIVE_ARCH: u32 = AUDIT_ARCH_X86_64;
 #[cfg(target_arch = "aarch64")]
 pub const NATIVE_ARCH: u32 = AUDIT_ARCH_AARCH64;
 
+/// The `trace.hooks` entry of the suspicious calls under ptrace (kept next
+/// to the table and `suspicious`, so a new call is one file here).
+pub const SUSPICIOUS_HOOK: &str = "ptrace+seccomp:ptrace,memfd_create,mount,fsopen,fsmount,move_mount,open_tree,unshare,setns,clone(CLONE_NEW*),clone3(CLONE_NEW*),bpf,init_module,finit_module,io_uring_setup,process_vm_readv,process_vm_writev,kill/tkill/tgkill/pidfd_send_signal(daemon pid)";
+
 /// A traced syscall, independent of the ABI it was made through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(missing_docs, reason = "each variant is the syscall of the same name")]
