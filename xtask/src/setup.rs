@@ -6,9 +6,11 @@
 //!    updated);
 //! 3. `bpf-linker` 0.13.0 built against LLVM 22 (skipped when
 //!    `bpf-linker --version` already reports 0.13.0);
-//! 4. `cargo-fuzz` 0.13.1 (for the fuzz smoke run of `cargo xtask test`;
+//! 4. `clippy` and `rustfmt` for the build toolchain (the gates of
+//!    `cargo xtask lint`; added only when missing);
+//! 5. `cargo-fuzz` 0.13.1 (for the fuzz smoke run of `cargo xtask test`;
 //!    skipped when `cargo fuzz --version` already reports it);
-//! 5. tracefs at `/sys/kernel/tracing`, bpffs at `/sys/fs/bpf`, and a cgroup2
+//! 6. tracefs at `/sys/kernel/tracing`, bpffs at `/sys/fs/bpf`, and a cgroup2
 //!    hierarchy (at `/sys/fs/cgroup` when that is empty, else at
 //!    `/sys/fs/cgroup/unified`), each only when missing.
 
@@ -57,6 +59,7 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     apt(&args, &mut missing)?;
     rust_src(&args, &mut missing)?;
     bpf_linker(&args, &mut missing)?;
+    lint_tools(&args, &mut missing)?;
     cargo_fuzz(&args, &mut missing)?;
     mounts(&args, &mut missing)?;
     if args.check {
@@ -146,6 +149,27 @@ fn rust_src(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
         return Ok(());
     }
     exec(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// `clippy` and `rustfmt` for the active (build) toolchain: `cargo xtask
+/// lint` runs them, and a minimal rustup profile has neither.
+fn lint_tools(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
+    step("clippy and rustfmt for the build toolchain");
+    let installed =
+        output(cmd("rustup").args(["component", "list", "--installed"])).unwrap_or_default();
+    let absent: Vec<&str> = ["clippy", "rustfmt"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.trim().starts_with(c)))
+        .collect();
+    if absent.is_empty() {
+        note("already installed");
+        return Ok(());
+    }
+    if args.check {
+        missing.extend(absent.iter().map(|c| format!("{c} (rustup component)")));
+        return Ok(());
+    }
+    exec(cmd("rustup").args(["component", "add"]).args(&absent))
 }
 
 fn bpf_linker(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
