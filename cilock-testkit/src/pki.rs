@@ -2,12 +2,7 @@
 //! tests: CA → intermediate → leaf chains (leaves issued with `openssl ca`,
 //! so their validity can be set to the second) and TimeStampTokens made by
 //! `openssl ts -reply`. Shared by cilock-evidence's and cilock-cli's tests
-//! (`#[path]`-included).
-
-#![allow(
-    dead_code,
-    reason = "each test binary that includes this module uses part of it"
-)]
+//! (through the testkit).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -53,8 +53,11 @@ impl Sink {
     }
 
     /// Delivers one event.
+    /// A recorder a panic left half-updated takes no more events.
     pub fn push(&self, ev: TraceEvent) {
-        self.with(|r| r.push(ev));
+        if let Ok(mut r) = self.0.lock() {
+            r.push(ev);
+        }
     }
 
     /// Runs `f` on the recorder (the engine: roots, the final take).

@@ -83,8 +83,9 @@ pub struct EngineConfig {
     pub step_records: bool,
 }
 
-/// Default of [`EngineConfig::run_wait_descendants`].
-pub const DEFAULT_RUN_WAIT_DESCENDANTS: Duration = Duration::from_secs(30);
+/// Default of [`EngineConfig::run_wait_descendants`]: the contract's, so the
+/// CLI (which may have no engine) bounds its wait the same.
+pub use cilock_api::DEFAULT_RUN_WAIT_DESCENDANTS;
 
 /// Active steps at most, all users together: below the size of the eBPF
 /// `STEPS` map (1 024 entries, `cilock-ebpf/src/common/maps.rs`).
@@ -127,7 +128,7 @@ enum EndedBy {
 
 impl EndedBy {
     /// The attested text.
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             EndedBy::StepEnd => "step end",
             EndedBy::Run => "run",

@@ -13,7 +13,9 @@ use cilock_evidence::intoto::Statement;
 use super::attest::{
     capture_fields, in_process_before, observe, record_skipped, Attest, CommandRunAttestor,
 };
-use super::{kernel_release, valid_step_name, EndSpec, EngineError, StepOutcome, StepSpec};
+use super::{
+    kernel_release, valid_step_name, EndSpec, EndedBy, EngineError, StepOutcome, StepSpec,
+};
 use crate::backend::{ptrace, Backend, Counting, Sink, Tap};
 use crate::cgroup::Cgroup;
 use crate::trace::digest_cache::{DigestCache, Reader};
@@ -167,7 +169,7 @@ pub fn run_ptrace(
     let alive = outcome.survivors.clone();
     let mut trace = TraceInfo {
         kernel: kernel_release(),
-        ended_by: "run".to_string(),
+        ended_by: EndedBy::Run.as_str().to_string(),
         wait_descendants: Some(WaitDescendants {
             timeout_seconds: wait_descendants.as_secs_f64(),
             waited_seconds: outcome.waited.as_secs_f64(),

@@ -181,7 +181,7 @@ impl Recorder {
             let running = running.unwrap_or_default();
             if let Some(exe) = running.exe {
                 let stamp = running.exe_stamp;
-                let exe = exe.display().to_string();
+                let exe = crate::pathname::escape_os(&exe);
                 p.image = Some(Image {
                     program: exe.clone(),
                     exe: Some(exe),

@@ -29,6 +29,9 @@ pub struct Streams {
 /// Most streams remembered (older ones are forgotten at random).
 pub const MAX_STREAMS: usize = 1 << 16;
 
+/// Most out-of-order pieces one stream keeps waiting for a gap.
+const MAX_PENDING: usize = 64;
+
 impl Streams {
     /// Adds `bytes` found at `stream_off` of the stream of socket `cookie` in
     /// step `step`; returns the new contiguous bytes, if any.
@@ -53,6 +56,11 @@ impl Streams {
             return None; // a retransmission
         }
         if stream_off > s.next {
+            // Only what can still become contiguous within the capture, and
+            // a bounded number of pieces waiting for a gap.
+            if stream_off >= STREAM_CAPTURE || s.pending.len() >= MAX_PENDING {
+                return None;
+            }
             s.pending
                 .entry(stream_off)
                 .or_insert_with(|| bytes.to_vec());

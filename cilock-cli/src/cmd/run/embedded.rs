@@ -254,16 +254,3 @@ fn run_with_ptrace(
     let r = sign_and_write(out, code, signer, dest, &a.step, "ptrace, in-process");
     after_run(r, code, sig)
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_embedded_engine_waits_as_long_as_the_contract_says() {
-        // The CLI bounds the output wait with cilock-api's default (it may
-        // have no engine); the engine's own default must be the same.
-        assert_eq!(
-            cilock_daemon::engine::DEFAULT_RUN_WAIT_DESCENDANTS,
-            cilock_api::DEFAULT_RUN_WAIT_DESCENDANTS
-        );
-    }
-}

@@ -474,6 +474,13 @@ fn consume(
     stop: Arc<AtomicBool>,
 ) {
     let clock = Clock::now();
+    // What the decoder cannot know: the daemon's pid and pidfd inode, and
+    // /proc's answer for a pidfd (built once, not per record).
+    let host = Host {
+        daemon_pid: std::process::id(),
+        daemon_pidfd_inode: sysconfig::daemon_pidfd_inode(),
+        pidfd_target: &crate::trace::procfs::pidfd_target,
+    };
     let fd = ring.as_raw_fd();
     let log_fd = logger.as_ref().map_or(-1, kernel_log::logger_fd);
     loop {
@@ -484,7 +491,7 @@ fn consume(
         {
             let routes = routes.read().unwrap_or_else(|e| e.into_inner());
             while let Some(item) = ring.next() {
-                route(&item, &routes, &clock);
+                route(&item, &routes, &clock, &host);
             }
         }
         {
@@ -553,15 +560,8 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
     }
 }
 
-fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
-    // What the decoder cannot know: the daemon's pid and pidfd inode, and
-    // /proc's answer for a pidfd.
-    let host = Host {
-        daemon_pid: std::process::id(),
-        daemon_pidfd_inode: sysconfig::daemon_pidfd_inode(),
-        pidfd_target: &crate::trace::procfs::pidfd_target,
-    };
-    match decode::decode(bytes, clock, &host) {
+fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock, host: &Host) {
+    match decode::decode(bytes, clock, host) {
         Ok(Record::Event {
             step_cgroup,
             kind: k,
@@ -620,7 +620,7 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock) {
                 // The daemon's own moves (a step's root at begin, processes
                 // returned at a step's end) are not joins: roots are
                 // registered by the engine.
-                if by == std::process::id() {
+                if by == host.daemon_pid {
                     return;
                 }
                 r.counts.captured[kind::CGROUP_JOIN as usize].fetch_add(1, Ordering::Relaxed);

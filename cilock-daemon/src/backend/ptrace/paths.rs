@@ -232,24 +232,12 @@ fn parent_among_fds(tid: u32, id: (u64, u64)) -> Option<(OwnedFd, Vec<u8>)> {
     None
 }
 
-/// A stamp from metadata.
-pub fn stamp_of(m: &std::fs::Metadata) -> FileStamp {
-    FileStamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size() as i64,
-        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-        ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-        mode: m.mode(),
-    }
-}
-
 /// Stamp of the file open as `fd` in `tid` (stat through the magic link, so
 /// it is the opened inode even if the path was replaced since).
 pub fn fd_stamp(tid: u32, fd: i64) -> Option<FileStamp> {
     std::fs::metadata(format!("/proc/{tid}/fd/{fd}"))
         .ok()
-        .map(|m| stamp_of(&m))
+        .map(|m| FileStamp::from_metadata(&m))
 }
 
 /// The inode of the socket behind `fd`, from the `socket:[N]` link.
@@ -266,7 +254,7 @@ pub fn exe(pid: u32) -> (Option<String>, Option<FileStamp>) {
         .map(|p| classify(p.into_os_string()).path);
     let st = std::fs::metadata(format!("/proc/{pid}/exe"))
         .ok()
-        .map(|m| stamp_of(&m));
+        .map(|m| FileStamp::from_metadata(&m));
     (p, st)
 }
 
