@@ -15,6 +15,8 @@
 //!   (`cilock step fetch`).
 //! - [`server`]: the Unix-socket server with SO_PEERCRED authentication.
 //! - [`config`]: the daemon's TOML configuration.
+//! - [`docker`]: the Docker API proxy that puts a step's containers in
+//!   the step's cgroup and records them.
 //!
 //! The daemon ↔ CLI contract is the `cilock-api` crate. The CLI links this
 //! crate only with its `embedded` feature (the default): `cilock run` then
@@ -24,6 +26,7 @@ pub mod attest_helper;
 pub mod backend;
 pub mod cgroup;
 pub mod config;
+pub mod docker;
 pub mod engine;
 pub mod kept;
 pub mod server;
