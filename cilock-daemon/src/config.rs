@@ -25,6 +25,17 @@
 //! | `max_files_per_step`   | integer ≥ 1               | `1000000`                        |
 //! | `run_wait_descendants` | duration, as above (0: no wait; ≤ `step_timeout`) | `"30s"`  |
 //! | `stop_timeout`         | duration, as above (1 s to 1 h) | `"45s"`                    |
+//! | `docker_proxy`         | absolute socket path, `""` disables | `/run/cilock/docker.sock` |
+//! | `docker_socket`        | absolute socket path (the engine's) | `/var/run/docker.sock`   |
+//! | `docker_buildkit_cgroup` | relative cgroup path    | `docker/buildkit`                |
+//!
+//! `docker_proxy` is the Docker API proxy ([`crate::docker`]) a step's
+//! `docker` client talks to (`DOCKER_HOST=unix://<docker_proxy>`); it
+//! forwards to `docker_socket`, has the main socket's group and mode, and
+//! serves a peer only if that peer could open `docker_socket` itself.
+//! `docker_buildkit_cgroup` is where the engine runs BuildKit RUNs (its
+//! `--cgroup-parent`, default `docker`, then `buildkit`), relative to the
+//! cgroup2 root: during a step's BuildKit build it is traced as the step's.
 //!
 //! `stop_timeout` bounds a stop (SIGTERM/SIGINT): requests in flight get a
 //! third of it, ending the active steps the rest; then the daemon exits
@@ -134,7 +145,21 @@ pub struct DaemonConfig {
     /// A stop (SIGTERM/SIGINT) takes at most this long.
     #[serde(deserialize_with = "deserialize_duration")]
     pub stop_timeout: Duration,
+    /// The Docker API proxy's socket (empty: no proxy).
+    pub docker_proxy: PathBuf,
+    /// The Docker engine's socket the proxy forwards to.
+    pub docker_socket: PathBuf,
+    /// Where the engine runs BuildKit RUNs, relative to the cgroup2 root.
+    pub docker_buildkit_cgroup: String,
 }
+
+/// Default of [`DaemonConfig::docker_proxy`].
+pub const DEFAULT_DOCKER_PROXY: &str = "/run/cilock/docker.sock";
+/// Default of [`DaemonConfig::docker_socket`].
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Default of [`DaemonConfig::docker_buildkit_cgroup`]: dockerd's default
+/// `--cgroup-parent` (`docker`), then BuildKit's `buildkit`.
+pub const DEFAULT_DOCKER_BUILDKIT_CGROUP: &str = "docker/buildkit";
 
 /// Default of [`DaemonConfig::stop_timeout`]: below the shipped unit's
 /// `TimeoutStopSec=60`.
@@ -248,6 +273,9 @@ impl Default for DaemonConfig {
             max_request: DEFAULT_MAX_REQUEST as u64,
             run_wait_descendants: engine.run_wait_descendants,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            docker_proxy: PathBuf::from(DEFAULT_DOCKER_PROXY),
+            docker_socket: PathBuf::from(DEFAULT_DOCKER_SOCKET),
+            docker_buildkit_cgroup: DEFAULT_DOCKER_BUILDKIT_CGROUP.to_string(),
         }
     }
 }
@@ -460,6 +488,29 @@ impl DaemonConfig {
                 format!("must be between 4096 bytes and {MAX_MESSAGE} bytes (256MiB)"),
             ));
         }
+        if !self.docker_proxy.as_os_str().is_empty() {
+            if let Err(m) = valid_socket_path(&self.docker_proxy) {
+                return Err(invalid("docker_proxy", m));
+            }
+            if self.docker_proxy == self.socket {
+                return Err(invalid(
+                    "docker_proxy",
+                    "must differ from socket (the daemon's own socket)".into(),
+                ));
+            }
+            if self.docker_proxy == self.docker_socket {
+                return Err(invalid(
+                    "docker_proxy",
+                    "must differ from docker_socket (the engine's socket)".into(),
+                ));
+            }
+        }
+        if let Err(m) = valid_socket_path(&self.docker_socket) {
+            return Err(invalid("docker_socket", m));
+        }
+        if let Err(m) = valid_cgroup_parent(&self.docker_buildkit_cgroup) {
+            return Err(invalid("docker_buildkit_cgroup", m));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(invalid(
                 "log_level",
@@ -500,6 +551,33 @@ impl DaemonConfig {
         s.shutdown_grace = self.stop_timeout / 3;
         s
     }
+
+    /// The Docker API proxy's settings (None: `docker_proxy` is empty).
+    pub fn docker_proxy_config(&self) -> Option<crate::docker::ProxyConfig> {
+        (!self.docker_proxy.as_os_str().is_empty()).then(|| crate::docker::ProxyConfig {
+            socket: self.docker_proxy.clone(),
+            engine: self.docker_socket.clone(),
+            buildkit_cgroup: self.docker_buildkit_cgroup.clone(),
+            group: self.group.clone(),
+        })
+    }
+}
+
+/// An absolute path a Unix socket can have.
+fn valid_socket_path(p: &Path) -> Result<(), String> {
+    if !p.is_absolute() {
+        return Err(format!("{} is not an absolute path", p.display()));
+    }
+    if p.file_name().is_none() {
+        return Err(format!("{} does not name a file", p.display()));
+    }
+    if p.as_os_str().len() > 107 {
+        return Err(format!(
+            "{} is longer than the 107 bytes a Unix socket path may have",
+            p.display()
+        ));
+    }
+    Ok(())
 }
 
 fn valid_group(g: &str) -> bool {
@@ -824,6 +902,59 @@ mod tests {
         .to_string();
         assert!(e.contains("run_wait_descendants"), "{e}");
         assert!(DaemonConfig::from_toml_str("run_wait_descendants = \"x\"", "t").is_err());
+    }
+
+    #[test]
+    fn docker_keys() {
+        let d = DaemonConfig::default();
+        let p = d.docker_proxy_config().unwrap();
+        assert_eq!(p.socket, Path::new("/run/cilock/docker.sock"));
+        assert_eq!(p.engine, Path::new("/var/run/docker.sock"));
+        assert_eq!(p.buildkit_cgroup, "docker/buildkit");
+        assert_eq!(p.group, "cilock");
+        // The shipped file's commented values are the defaults.
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/cilock.toml"))
+                .unwrap();
+        let keys: Vec<&str> = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.starts_with("docker_"))
+            .collect();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert_eq!(
+            DaemonConfig::from_toml_str(&keys.join("\n"), "t").unwrap(),
+            d
+        );
+        let off = DaemonConfig::from_toml_str("docker_proxy = \"\"", "t").unwrap();
+        assert!(off.docker_proxy_config().is_none());
+        let c = DaemonConfig::from_toml_str(
+            "docker_proxy = \"/tmp/p.sock\"\ndocker_socket = \"/tmp/d.sock\"\ndocker_buildkit_cgroup = \"system.slice/buildkit\"",
+            "t",
+        )
+        .unwrap();
+        let p = c.docker_proxy_config().unwrap();
+        assert_eq!(p.engine, Path::new("/tmp/d.sock"));
+        assert_eq!(p.buildkit_cgroup, "system.slice/buildkit");
+        for (bad, key) in [
+            ("docker_proxy = \"rel.sock\"", "docker_proxy"),
+            ("docker_proxy = \"/run/cilock/cilock.sock\"", "docker_proxy"),
+            ("docker_proxy = \"/var/run/docker.sock\"", "docker_proxy"),
+            ("docker_socket = \"\"", "docker_socket"),
+            (
+                "docker_buildkit_cgroup = \"/docker/buildkit\"",
+                "docker_buildkit_cgroup",
+            ),
+            (
+                "docker_buildkit_cgroup = \"docker/../x\"",
+                "docker_buildkit_cgroup",
+            ),
+        ] {
+            let e = DaemonConfig::from_toml_str(bad, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

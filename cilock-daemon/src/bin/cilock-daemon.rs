@@ -18,6 +18,9 @@
 //! next daemon on the same `cgroup_parent` ends them with an attestation
 //! that says the trace was interrupted.
 //!
+//! The Docker API proxy (`docker_proxy`) starts after the socket is bound
+//! and stops first at a stop (its hijacked streams and builds are cut).
+//!
 //! One daemon per `cgroup_parent`: the engine holds a lock on the parent
 //! cgroup; a second daemon on the same parent refuses to start (exit 1)
 //! before touching anything.
@@ -35,6 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use cilock_api::{Peer, StepService};
 use cilock_daemon::config::{check_key_file, DaemonConfig, DEFAULT_CONFIG_PATH};
+use cilock_daemon::docker::{Proxy as DockerProxy, StepDirectory};
 use cilock_daemon::engine::{EngineConfig, Reap};
 use cilock_daemon::server::{Access, Server};
 use cilock_daemon::service::DaemonService;
@@ -227,6 +231,15 @@ fn print_summary(
         cfg.helper.max_reply
     );
     println!("stop_timeout:  {} s", cfg.stop_timeout.as_secs_f64());
+    match cfg.docker_proxy_config() {
+        Some(p) => println!(
+            "docker proxy:  {} -> {} (BuildKit cgroup {})",
+            p.socket.display(),
+            p.engine.display(),
+            p.buildkit_cgroup
+        ),
+        None => println!("docker proxy:  disabled"),
+    }
     println!("state_dir:     {}", cfg.state_dir.display());
     println!("log_level:     {}", cfg.log_level);
     println!("configuration OK");
@@ -266,6 +279,21 @@ async fn serve(cfg: DaemonConfig, signer: Signer) -> anyhow::Result<()> {
     let service: Arc<dyn StepService> = service;
 
     let server = Server::bind(cfg.server_config())?;
+    // The Docker API proxy: a failure to start it is logged, not fatal
+    // (the daemon's own service does not depend on it).
+    let proxy = match cfg.docker_proxy_config() {
+        Some(pc) => {
+            let dir: Arc<dyn StepDirectory> = daemon_service.engine().clone();
+            match DockerProxy::start(pc, dir) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    error!("the docker proxy did not start: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let status = {
         let s = service.clone();
         tokio::task::spawn_blocking(move || s.status(ROOT))
@@ -303,6 +331,9 @@ async fn serve(cfg: DaemonConfig, signer: Signer) -> anyhow::Result<()> {
     notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if let Some(p) = proxy {
+        p.stop().await;
     }
     let served = match result {
         Some(r) => r,

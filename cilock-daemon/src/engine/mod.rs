@@ -38,6 +38,7 @@ use cilock_api::{ActiveStep, ApiError, ErrorKind};
 use cilock_trace::fold::{Recorder, TraceLimits};
 
 mod attest;
+mod directory; // shim: removed at merge (owned by `steps`)
 mod kill;
 mod records;
 mod step;
