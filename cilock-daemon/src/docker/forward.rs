@@ -279,6 +279,11 @@ async fn send(req: Request<ProxyBody>, shared: &Shared) -> Result<Response<Incom
         .map_err(|e| format!("cilock docker proxy: the engine did not answer: {e}"))
 }
 
+/// Most bytes of an oversized create body read (and dropped) before the
+/// 413, so that the client, still sending, reads the answer rather than a
+/// broken pipe.
+const MAX_DRAIN: u64 = 16 << 20;
+
 /// Reads a create body whole, bounded.
 async fn read_create_body(
     req: Request<Incoming>,
@@ -296,19 +301,34 @@ async fn read_create_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_CREATE_BODY as u64) {
+    if declared.is_some_and(|n| n > MAX_DRAIN) {
         return Err(too_big());
     }
-    let (parts, body) = req.into_parts();
-    match Limited::new(body, MAX_CREATE_BODY).collect().await {
-        Ok(c) => Ok((parts, c.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
-        Err(e) => Err(refuse(
-            client,
-            StatusCode::BAD_REQUEST,
-            &format!("reading the create body: {e}"),
-        )),
+    let (parts, mut body) = req.into_parts();
+    let mut buf = bytes::BytesMut::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            refuse(
+                client,
+                StatusCode::BAD_REQUEST,
+                &format!("reading the create body: {e}"),
+            )
+        })?;
+        if let Some(d) = frame.data_ref() {
+            total += d.len() as u64;
+            if total > MAX_DRAIN {
+                return Err(too_big());
+            }
+            if total <= MAX_CREATE_BODY as u64 {
+                buf.extend_from_slice(d);
+            }
+        }
     }
+    if total > MAX_CREATE_BODY as u64 {
+        return Err(too_big());
+    }
+    Ok((parts, buf.freeze()))
 }
 
 fn with_body(mut parts: hyper::http::request::Parts, body: Bytes) -> Request<ProxyBody> {

@@ -38,6 +38,8 @@ mod peer;
 mod rewrite;
 mod route;
 mod shim;
+#[cfg(test)]
+mod tests;
 
 pub use peer::PeerCred;
 // shim: removed at merge (becomes a re-export of cilock_evidence::attestors::command_run's types)
