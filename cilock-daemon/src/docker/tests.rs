@@ -430,3 +430,45 @@ async fn an_engine_that_is_down_is_a_502() {
     assert_eq!(st, StatusCode::BAD_GATEWAY);
     assert!(message(&b).contains("not reachable"), "{}", message(&b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_private_without_the_group_and_never_stolen() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("run").join("docker.sock");
+    let cfg = ProxyConfig {
+        socket: sock.clone(),
+        engine: tmp.path().join("engine.sock"),
+        buildkit_cgroup: "docker/buildkit".into(),
+        group: "no-such-group-cilock-test".into(),
+    };
+    // A stale socket (nothing answers) is replaced.
+    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let dir: Arc<dyn StepDirectory> = Arc::new(TestDir::default());
+    let p = Proxy::start(cfg.clone(), dir.clone()).unwrap();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // One in use is not.
+    match Proxy::start(cfg.clone(), dir.clone()) {
+        Err(ProxyError::InUse { path }) => assert_eq!(path, sock),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a second proxy took the socket"),
+    }
+    // A file that is not a socket is left alone.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let e = Proxy::start(
+        ProxyConfig {
+            socket: file.clone(),
+            ..cfg.clone()
+        },
+        dir,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    p.stop().await;
+    assert!(!sock.exists(), "removed at stop");
+}
