@@ -86,10 +86,15 @@ pub(crate) async fn connection(stream: UnixStream, shared: Arc<Shared>) {
     } else {
         let dir = shared.dir.clone();
         let pid = peer.pid;
-        tokio::task::spawn_blocking(move || dir.step_of(pid))
-            .await
-            .ok()
-            .flatten()
+        match tokio::task::spawn_blocking(move || dir.step_of(pid)).await {
+            Ok(step) => step,
+            Err(e) => {
+                // Never serve a client as "outside" when its step is unknown.
+                warn!(pid, "docker proxy: finding the client's step failed: {e}");
+                refuse_connection(stream, format!("cannot tell which step pid {pid} is in")).await;
+                return;
+            }
+        }
     };
     debug!(pid = peer.pid, uid = peer.uid, step = ?step.as_ref().map(|s| &s.name), "docker proxy: connection");
     let client = Arc::new(Client { peer, step });
@@ -255,7 +260,9 @@ async fn forward(mut req: Request<ProxyBody>, shared: &Shared) -> Response<Proxy
     resp.map(boxed)
 }
 
-async fn send(req: Request<ProxyBody>, shared: &Shared) -> Result<Response<Incoming>, String> {
+async fn send(mut req: Request<ProxyBody>, shared: &Shared) -> Result<Response<Incoming>, String> {
+    // The client got its `100 Continue` from this side already.
+    req.headers_mut().remove(hyper::header::EXPECT);
     let engine = &shared.cfg.engine;
     let stream = UnixStream::connect(engine).await.map_err(|e| {
         format!(
