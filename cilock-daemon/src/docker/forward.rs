@@ -633,6 +633,13 @@ async fn build_in_step(
                         "docker proxy: build stream lines skipped"
                     );
                 }
+                if p.dropped_containers > 0 {
+                    warn!(
+                        build = %build.id,
+                        dropped = p.dropped_containers,
+                        "docker proxy: the build ran more RUN containers than are recorded"
+                    );
+                }
                 build.containers = p.containers;
                 build.image_id = p.image_id;
                 info!(step = %step.name, build = %build.id, image = %build.image_id, runs = build.containers.len(), "docker proxy: build recorded");
