@@ -5,6 +5,19 @@
 //! the same depth, which the kernel programs use to find a task's step with
 //! one `bpf_get_current_ancestor_cgroup_id()` call — cgroups a step creates
 //! below its own are part of the step.
+//!
+//! A step cgroup holds no process itself: the step's own processes live in
+//! its leaf `<step>/shell` ([`SHELL_LEAF`]), so that a container runtime
+//! can enable controllers in `<step>` (cgroup v2's no-internal-process
+//! rule) and put containers in `<step>/<container id>`. At the end the
+//! leaf's processes go back where they came from; container cgroups still
+//! populated stay (and the step cgroup with them) until they empty
+//! ([`Cgroup::release`], [`remove_empty_tree`]). On hybrid hosts runc also
+//! makes copies of the step's path in every v1 hierarchy ([`V1Mounts`]).
+//!
+//! When the steps' parent is a systemd slice (`<stem>.slice`), each step is
+//! a slice below it (`<stem>-<escaped>.slice`, [`step_dir_name`]) so that an
+//! engine on the systemd cgroup driver accepts it as a parent.
 
 use std::fs;
 use std::io::{self, Write};
@@ -157,6 +170,44 @@ impl Cgroup {
     /// The kernel's cgroup id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Ends a step's cgroup: the processes of the cgroup itself and of its
+    /// [`SHELL_LEAF`] subtree go to `to` (the cgroup they came from) and
+    /// the leaf is removed; every other child (a container the step
+    /// started) is removed when empty and kept, with its processes, while
+    /// populated; the cgroup itself is removed when nothing is left.
+    pub fn release(&self, to: &Path) -> Released {
+        let shell = self.path.join(SHELL_LEAF);
+        if let Ok(dest) = Cgroup::open(to) {
+            for _ in 0..3 {
+                let mut pids = Vec::new();
+                if let Ok(s) = fs::read_to_string(self.path.join("cgroup.procs")) {
+                    pids.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+                }
+                collect_pids(&shell, &mut pids, 0);
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = dest.add_pid(pid);
+                }
+            }
+        }
+        let mut out = Released::default();
+        if let Err(e) = remove_tree(&shell) {
+            out.error = Some(e);
+        }
+        if let Ok(rd) = fs::read_dir(&self.path) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) && !remove_empty_tree(&e.path(), 8) {
+                    out.kept.push(e.path());
+                }
+            }
+        }
+        out.kept.sort();
+        out.removed = out.kept.is_empty() && out.error.is_none() && remove_tree(&self.path).is_ok();
+        out
     }
 
     /// Moves process `pid` (its whole thread group) into this cgroup.
@@ -358,18 +409,216 @@ impl Cgroup {
 
     /// Moves every process out (into `to`) and removes the directory tree.
     pub fn remove(&self, to: &Path) -> Result<(), CgroupError> {
-        if let Ok(dest) = Cgroup::open(to) {
-            for _ in 0..3 {
-                let pids = self.pids_recursive();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    let _ = dest.add_pid(pid);
+        let r = self.release(to);
+        match r.error {
+            Some(e) => Err(e),
+            None if r.removed => Ok(()),
+            None => Err(CgroupError::Busy(self.path.clone())),
+        }
+    }
+}
+
+/// The leaf of a step cgroup the step's own processes live in.
+pub const SHELL_LEAF: &str = "shell";
+
+/// What [`Cgroup::release`] did.
+#[derive(Debug, Default)]
+pub struct Released {
+    /// The step cgroup is gone.
+    pub removed: bool,
+    /// Child cgroups still populated (containers), left in place.
+    pub kept: Vec<PathBuf>,
+    /// Why the leaf could not be removed.
+    pub error: Option<CgroupError>,
+}
+
+/// Removes the cgroup `dir` and the cgroups below it (at most `depth`
+/// levels), deepest first, without waiting: a populated cgroup (and so its
+/// ancestors) stays. True when `dir` is gone.
+pub fn remove_empty_tree(dir: &Path, depth: u32) -> bool {
+    if depth > 0 {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_empty_tree(&e.path(), depth - 1);
                 }
             }
         }
-        remove_tree(&self.path)
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
+/// The cgroup v1 hierarchies mounted here (hybrid hosts), where runc makes
+/// a copy of a container's cgroup path in each one and leaves the parents
+/// it created behind.
+#[derive(Clone, Debug, Default)]
+pub struct V1Mounts(Vec<Hierarchy>);
+
+impl V1Mounts {
+    /// The v1 mounts in `/proc/self/mountinfo` (none when unreadable).
+    pub fn find() -> V1Mounts {
+        fs::read_to_string("/proc/self/mountinfo")
+            .map(|s| Self::from_mountinfo(&s))
+            .unwrap_or_default()
+    }
+
+    /// Parses mountinfo text: every `cgroup` (v1) mount, one per hierarchy
+    /// (the first mount of each root seen).
+    pub fn from_mountinfo(info: &str) -> V1Mounts {
+        let mut out: Vec<Hierarchy> = Vec::new();
+        let mut seen_super: Vec<String> = Vec::new();
+        for line in info.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut p = post.split_whitespace();
+            if p.next() != Some("cgroup") {
+                continue;
+            }
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            if f.len() < 5 {
+                continue;
+            }
+            // One entry per hierarchy (bind mounts share major:minor).
+            if seen_super.iter().any(|d| d == f[2]) {
+                continue;
+            }
+            seen_super.push(f[2].to_string());
+            out.push(Hierarchy {
+                root: PathBuf::from(unescape(f[3])),
+                mount: PathBuf::from(unescape(f[4])),
+            });
+        }
+        V1Mounts(out)
+    }
+
+    /// Where `rel` (a cgroup path relative to the hierarchy root, leading
+    /// '/') is in each v1 hierarchy whose mount shows it.
+    pub fn copies(&self, rel: &Path) -> Vec<PathBuf> {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        self.0
+            .iter()
+            .filter_map(|h| {
+                let root = h.root.strip_prefix("/").unwrap_or(&h.root);
+                let under = rel.strip_prefix(root).ok()?;
+                if under.as_os_str().is_empty() {
+                    return None;
+                }
+                Some(h.mount.join(under))
+            })
+            .collect()
+    }
+
+    /// Removes the copies of `rel` that are empty (deepest first, without
+    /// waiting); returns those still there.
+    pub fn remove_empty(&self, rel: &Path) -> Vec<PathBuf> {
+        self.copies(rel)
+            .into_iter()
+            .filter(|p| p.exists() && !remove_empty_tree(p, 8))
+            .collect()
+    }
+}
+
+/// systemd's unit-name escaping (`systemd-escape`): '/' becomes '-';
+/// ASCII letters, digits, ':', '_' and '.' (not leading) stay; every other
+/// byte becomes `\xNN`.
+pub fn systemd_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i > 0 => out.push('.'),
+            b if b.is_ascii_alphanumeric() || b == b':' || b == b'_' => out.push(b as char),
+            b => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+/// The name of a step's cgroup directory under a parent whose last
+/// component is `parent_leaf`: `base` itself, or, when the parent is a
+/// systemd slice `<stem>.slice`, the slice `<stem>-<base escaped>.slice`
+/// (a child slice of the parent, the only parent an engine on the systemd
+/// driver accepts).
+pub fn step_dir_name(parent_leaf: &str, base: &str) -> String {
+    match parent_leaf.strip_suffix(".slice") {
+        Some(stem) if !stem.is_empty() && stem != "-" => {
+            format!("{stem}-{}.slice", systemd_escape(base))
+        }
+        _ => base.to_string(),
+    }
+}
+
+/// The cgroup path (leading '/') systemd gives the slice `name`:
+/// `a-b-c.slice` is `/a.slice/a-b.slice/a-b-c.slice`, `-.slice` is `/`.
+/// `None` when `name` is not a valid slice name.
+pub fn slice_path(name: &str) -> Option<String> {
+    let stem = name.strip_suffix(".slice")?;
+    if stem == "-" {
+        return Some("/".to_string());
+    }
+    if stem.is_empty()
+        || name.contains('/')
+        || stem.starts_with('-')
+        || stem.ends_with('-')
+        || stem.contains("--")
+    {
+        return None;
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push('/');
+        path.push_str(&prefix);
+        path.push_str(".slice");
+    }
+    Some(path)
+}
+
+/// `cgroup_parent`, as a container engine's client wrote it, names `steps`
+/// (the steps' parent, relative to the cgroup2 root with a leading '/') or
+/// a cgroup below it. An absolute path is cleaned ('.', '..', '//'); a
+/// systemd slice name is expanded as systemd does; a relative path is
+/// resolved by the runtime against a cgroup cilock does not know, so it
+/// counts when any of its components is the steps' parent's name.
+pub fn names_inside(cgroup_parent: &str, steps: &str) -> bool {
+    let comps = |p: &str| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for c in p.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    v.pop();
+                }
+                c => v.push(c.to_string()),
+            }
+        }
+        v
+    };
+    let steps = comps(steps);
+    let Some(name) = steps.last().cloned() else {
+        return true;
+    };
+    let relative_inside = |p: &str| p.split('/').any(|c| c == name);
+    let p = cgroup_parent.trim();
+    if !p.contains('/') && p.ends_with(".slice") {
+        return match slice_path(p) {
+            Some(abs) => comps(&abs).starts_with(&steps),
+            // Not a slice systemd would accept: judged as a relative path.
+            None => relative_inside(p),
+        };
+    }
+    if p.starts_with('/') {
+        comps(p).starts_with(&steps)
+    } else {
+        relative_inside(p)
     }
 }
 

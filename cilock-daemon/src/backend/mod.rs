@@ -97,6 +97,18 @@ pub trait Tap: Send {
     /// Stops tracing; returns once everything the step emitted is in its
     /// sink, with the step's event counts.
     fn stop(self: Box<Self>) -> Result<EventCounts, BackendError>;
+
+    /// Traces every process whose ancestor at the step level is `cgroup`
+    /// (a cgroup at the step level, outside the steps' tree) as this
+    /// step's while the returned guard lives, and until the step ends at
+    /// the latest. Backends that do not filter by cgroup (ptrace follows
+    /// the process tree) refuse.
+    fn alias(&self, cgroup: &Cgroup) -> Result<Box<dyn Send>, BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "attributing cgroup {} to a step needs the eBPF backend (this backend follows the step's process tree, not cgroups)",
+            cgroup.path().display()
+        )))
+    }
 }
 
 /// Why a backend could not be loaded or a step not traced.
@@ -115,6 +127,9 @@ pub enum BackendError {
     /// A tracer thread could not start.
     #[error("starting a tracer thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The backend cannot do what was asked.
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 /// Loads the backend `choice` asks for; with [`BackendChoice::Auto`], eBPF
