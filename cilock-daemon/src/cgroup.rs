@@ -1022,4 +1022,140 @@ mod tests {
         assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0);
         assert!(acquire().is_ok());
     }
+
+    #[test]
+    fn systemd_escaping_matches_systemd_escape() {
+        // Ground truth: `systemd-escape` (systemd 252) on these inputs.
+        assert_eq!(systemd_escape("u0.build.12.3"), "u0.build.12.3");
+        assert_eq!(systemd_escape("u1000.a-b.7.0"), "u1000.a\\x2db.7.0");
+        assert_eq!(systemd_escape("u0.x@y+z.1.2"), "u0.x\\x40y\\x2bz.1.2");
+        assert_eq!(systemd_escape(".hidden"), "\\x2ehidden");
+        assert_eq!(systemd_escape("a/b"), "a-b");
+        assert_eq!(systemd_escape("a:b_c"), "a:b_c");
+    }
+
+    #[test]
+    fn steps_under_a_slice_are_child_slices() {
+        assert_eq!(step_dir_name("cilock.steps", "u0.x.12.3"), "u0.x.12.3");
+        assert_eq!(
+            step_dir_name("cilock.slice", "u0.x.12.3"),
+            "cilock-u0.x.12.3.slice"
+        );
+        assert_eq!(
+            step_dir_name("system-cilock.slice", "u5.a-b.1.0"),
+            "system-cilock-u5.a\\x2db.1.0.slice"
+        );
+        // The slice systemd would make of that name is the step's path.
+        assert_eq!(
+            slice_path("cilock-u0.x.12.3.slice").as_deref(),
+            Some("/cilock.slice/cilock-u0.x.12.3.slice")
+        );
+        assert_eq!(
+            slice_path("system-cilock-u5.a\\x2db.1.0.slice").as_deref(),
+            Some("/system.slice/system-cilock.slice/system-cilock-u5.a\\x2db.1.0.slice")
+        );
+        assert_eq!(slice_path("-.slice").as_deref(), Some("/"));
+        assert_eq!(slice_path("a--b.slice"), None);
+        assert_eq!(slice_path("-a.slice"), None);
+        assert_eq!(slice_path("a.scope"), None);
+        assert_eq!(slice_path("a/b.slice"), None);
+    }
+
+    #[test]
+    fn cgroup_parents_inside_the_steps_tree() {
+        let steps = "/cilock.steps";
+        for inside in [
+            "/cilock.steps",
+            "/cilock.steps/u0.x.1.2",
+            "/cilock.steps/u0.x.1.2/shell",
+            "//cilock.steps//u0.x.1.2/",
+            "/a/../cilock.steps/u0.x.1.2",
+            "/../../cilock.steps",
+            "/./cilock.steps/.",
+            "cilock.steps/u0.x.1.2",
+            "../../cilock.steps/u0.x.1.2",
+            "x/../cilock.steps",
+        ] {
+            assert!(names_inside(inside, steps), "{inside}");
+        }
+        for outside in [
+            "",
+            "/",
+            "/docker",
+            "/cilock.stepsX/a",
+            "/cilock.steps/../docker",
+            "/x/cilock.steps",
+            "docker",
+            "cilock.stepsX",
+            "system.slice",
+            "cilock-u0.x.1.2.slice",
+        ] {
+            assert!(!names_inside(outside, steps), "{outside}");
+        }
+        // Steps as slices: slice names expand as systemd expands them.
+        let slices = "/cilock.slice";
+        assert!(names_inside("cilock-u0.x.1.2.slice", slices));
+        assert!(names_inside("cilock.slice", slices));
+        assert!(names_inside("/cilock.slice/cilock-u0.x.1.2.slice", slices));
+        assert!(!names_inside("system.slice", slices));
+        assert!(!names_inside("cilockx-a.slice", slices));
+        // Not a valid slice: judged as a relative path.
+        assert!(names_inside("cilock.slice/x.slice", slices));
+        // A nested parent: only its own name counts for relative paths.
+        assert!(names_inside(
+            "/system.slice/cilock.steps/s",
+            "/system.slice/cilock.steps"
+        ));
+        assert!(!names_inside("system.slice", "/system.slice/cilock.steps"));
+    }
+
+    #[test]
+    fn v1_copies_follow_each_hierarchy_root() {
+        let info = "25 18 0:22 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
+                    26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                    27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                    28 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                    29 25 0:26 /ns /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n\
+                    30 25 0:24 / /mnt/cpu-again rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let v1 = V1Mounts::from_mountinfo(info);
+        assert_eq!(
+            v1.copies(Path::new("/cilock.steps/u0.x.1.2")),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/cilock.steps/u0.x.1.2"),
+                PathBuf::from("/sys/fs/cgroup/memory/cilock.steps/u0.x.1.2"),
+            ]
+        );
+        assert_eq!(
+            v1.copies(Path::new("/ns/cilock.steps/s")),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/ns/cilock.steps/s"),
+                PathBuf::from("/sys/fs/cgroup/memory/ns/cilock.steps/s"),
+                PathBuf::from("/sys/fs/cgroup/pids/cilock.steps/s"),
+            ]
+        );
+        assert!(
+            V1Mounts::from_mountinfo("30 20 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+                .copies(Path::new("/a"))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn empty_trees_go_deepest_first_and_stop_at_what_stays() {
+        // On a plain filesystem a file stands for a populated cgroup (rmdir
+        // fails on it as on a cgroup with processes).
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("step");
+        std::fs::create_dir_all(a.join("c1/x")).unwrap();
+        std::fs::create_dir_all(a.join("c2")).unwrap();
+        std::fs::write(a.join("c2/busy"), b"").unwrap();
+        assert!(!remove_empty_tree(&a, 8));
+        assert!(!a.join("c1").exists());
+        assert!(a.join("c2").exists());
+        std::fs::remove_file(a.join("c2/busy")).unwrap();
+        assert!(remove_empty_tree(&a, 8));
+        assert!(!a.exists());
+        // Gone already: nothing left to remove.
+        assert!(remove_empty_tree(&a, 8));
+    }
 }
