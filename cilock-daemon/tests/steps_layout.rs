@@ -22,17 +22,22 @@ struct Fixture {
     dir: tempfile::TempDir,
 }
 
+fn start(parent: &str, state: &Path) -> Arc<Engine> {
+    Engine::start(EngineConfig {
+        backend: BackendChoice::Ebpf,
+        cgroup_parent: parent.to_string(),
+        state_dir: state.to_path_buf(),
+        step_records: true,
+        ..Default::default()
+    })
+    .expect("the engine starts (root, eBPF)")
+}
+
 impl Fixture {
     fn new(tag: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let parent = format!("cilock.itest-{tag}.{}", std::process::id());
-        let engine = Engine::start(EngineConfig {
-            backend: BackendChoice::Ebpf,
-            cgroup_parent: parent.clone(),
-            state_dir: dir.path().join("state"),
-            ..Default::default()
-        })
-        .expect("the engine starts (root, eBPF)");
+        let engine = start(&parent, &dir.path().join("state"));
         Fixture {
             engine,
             mount: Hierarchy::find().unwrap().mount,
@@ -215,6 +220,52 @@ fn a_populated_container_cgroup_outlives_the_end_and_is_swept_once_empty() {
     });
     assert_eq!(f.engine.sweep(), 0);
     assert!(!step.exists(), "swept once empty");
+    kill(job);
+}
+
+#[test]
+fn a_container_cgroup_left_by_a_dead_engine_is_swept_by_the_next_once_empty() {
+    let mut f = Fixture::new("restart");
+    let job = sleeper();
+    let step = f.begin("restart", job.id());
+    let ctr_cg = step.join("00ddeeff");
+    std::fs::create_dir(&ctr_cg).unwrap();
+    let ctr = sleeper();
+    std::fs::write(ctr_cg.join("cgroup.procs"), ctr.id().to_string()).unwrap();
+    // The engine goes away without ending its step (as a killed daemon
+    // would); the next one on the same parent and state recovers it.
+    let state = f.dir.path().join("state");
+    let dead = std::mem::replace(
+        &mut f.engine,
+        start(&format!("{}-unused", f.parent), &state),
+    );
+    drop(dead);
+    let next = start(&f.parent, &state);
+    assert!(
+        !step.join("shell").exists(),
+        "the job's leaf was emptied and removed"
+    );
+    assert!(
+        !cgroup_of(job.id()).contains(&f.parent),
+        "the job went back"
+    );
+    assert_eq!(
+        procs(&ctr_cg),
+        vec![ctr.id()],
+        "the container was left where it is"
+    );
+    assert_eq!(next.sweep(), 1, "kept while populated");
+    kill(ctr);
+    cilock_testkit::fixtures::wait_for(10, "the container cgroup to empty", || {
+        procs(&ctr_cg).is_empty()
+    });
+    assert_eq!(next.sweep(), 0);
+    assert!(!step.exists(), "swept once empty");
+    let interrupted = next.take_interrupted();
+    assert_eq!(interrupted.len(), 1);
+    // The placeholder engine's parent goes with the fixture; this one too.
+    next.shutdown();
+    next.remove_parent();
     kill(job);
 }
 

@@ -455,6 +455,13 @@ impl Engine {
                 .to_string_lossy()
                 .trim_start_matches('/')
         );
+        // Cgroups of interrupted steps still populated (their containers
+        // run on) are swept once empty, like those of ended steps.
+        let leftovers: Vec<PathBuf> = interrupted
+            .iter()
+            .filter_map(InterruptedStep::kept_cgroup)
+            .take(MAX_LEFTOVERS)
+            .collect();
         let engine = Arc::new(Engine {
             cfg,
             mount: hier.mount.clone(),
@@ -473,7 +480,7 @@ impl Engine {
             rel_parent,
             step_level: level,
             v1: V1Mounts::find(),
-            leftovers: Mutex::new(Vec::new()),
+            leftovers: Mutex::new(leftovers),
         });
         engine.heartbeat();
         Ok(engine)

@@ -245,6 +245,14 @@ impl InterruptedStep {
         &self.record.name
     }
 
+    /// The step's cgroup when recovery left it in place because it is
+    /// still populated (containers that outlived the daemon), for the
+    /// engine to sweep once empty.
+    pub(super) fn kept_cgroup(&self) -> Option<PathBuf> {
+        let p = PathBuf::from(&self.record.cgroup);
+        (self.cgroup_fate.starts_with("could not be removed") && p.is_dir()).then_some(p)
+    }
+
     /// The uid that began the step.
     pub fn owner_uid(&self) -> u32 {
         self.record.owner_uid
