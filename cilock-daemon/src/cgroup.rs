@@ -552,6 +552,19 @@ pub fn step_dir_name(parent_leaf: &str, base: &str) -> String {
     }
 }
 
+/// What the directory names [`step_dir_name`] gives the steps of `uid`
+/// named `name` under `parent_leaf` start with (`u<uid>.<name>.` before the
+/// daemon's pid and serial; escaping is byte by byte, so a prefix of the
+/// name escapes to a prefix of the escaped name).
+pub fn step_dir_prefix(parent_leaf: &str, uid: u32, name: &str) -> String {
+    let base = format!("u{uid}.{name}.");
+    let full = step_dir_name(parent_leaf, &base);
+    match full.strip_suffix(".slice") {
+        Some(p) if full != base => p.to_string(),
+        _ => full,
+    }
+}
+
 /// The cgroup path (leading '/') systemd gives the slice `name`:
 /// `a-b-c.slice` is `/a.slice/a-b.slice/a-b-c.slice`, `-.slice` is `/`.
 /// `None` when `name` is not a valid slice name.
@@ -1044,6 +1057,22 @@ mod tests {
         assert_eq!(
             step_dir_name("system-cilock.slice", "u5.a-b.1.0"),
             "system-cilock-u5.a\\x2db.1.0.slice"
+        );
+        // Recovery recognizes a step's directory by its prefix.
+        for (parent, uid, name) in [
+            ("cilock.steps", 0, "x"),
+            ("cilock.slice", 0, "x"),
+            ("cilock.slice", 1000, "a-b@c+d"),
+        ] {
+            let dir = step_dir_name(parent, &format!("u{uid}.{name}.4242.7"));
+            let prefix = step_dir_prefix(parent, uid, name);
+            assert!(dir.starts_with(&prefix), "{dir} {prefix}");
+            assert!(!step_dir_name(parent, &format!("u{uid}.{name}x.1.2")).starts_with(&prefix));
+        }
+        assert_eq!(step_dir_prefix("cilock.steps", 5, "b"), "u5.b.");
+        assert_eq!(
+            step_dir_prefix("cilock.slice", 5, "a-b"),
+            "cilock-u5.a\\x2db."
         );
         // The slice systemd would make of that name is the step's path.
         assert_eq!(
