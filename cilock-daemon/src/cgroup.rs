@@ -5,6 +5,19 @@
 //! the same depth, which the kernel programs use to find a task's step with
 //! one `bpf_get_current_ancestor_cgroup_id()` call — cgroups a step creates
 //! below its own are part of the step.
+//!
+//! A step cgroup holds no process itself: the step's own processes live in
+//! its leaf `<step>/shell` ([`SHELL_LEAF`]), so that a container runtime
+//! can enable controllers in `<step>` (cgroup v2's no-internal-process
+//! rule) and put containers in `<step>/<container id>`. At the end the
+//! leaf's processes go back where they came from; container cgroups still
+//! populated stay (and the step cgroup with them) until they empty
+//! ([`Cgroup::release`], [`remove_empty_tree`]). On hybrid hosts runc also
+//! makes copies of the step's path in every v1 hierarchy ([`V1Mounts`]).
+//!
+//! When the steps' parent is a systemd slice (`<stem>.slice`), each step is
+//! a slice below it (`<stem>-<escaped>.slice`, [`step_dir_name`]) so that an
+//! engine on the systemd cgroup driver accepts it as a parent.
 
 use std::fs;
 use std::io::{self, Write};
@@ -157,6 +170,44 @@ impl Cgroup {
     /// The kernel's cgroup id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Ends a step's cgroup: the processes of the cgroup itself and of its
+    /// [`SHELL_LEAF`] subtree go to `to` (the cgroup they came from) and
+    /// the leaf is removed; every other child (a container the step
+    /// started) is removed when empty and kept, with its processes, while
+    /// populated; the cgroup itself is removed when nothing is left.
+    pub fn release(&self, to: &Path) -> Released {
+        let shell = self.path.join(SHELL_LEAF);
+        if let Ok(dest) = Cgroup::open(to) {
+            for _ in 0..3 {
+                let mut pids = Vec::new();
+                if let Ok(s) = fs::read_to_string(self.path.join("cgroup.procs")) {
+                    pids.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+                }
+                collect_pids(&shell, &mut pids, 0);
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = dest.add_pid(pid);
+                }
+            }
+        }
+        let mut out = Released::default();
+        if let Err(e) = remove_tree(&shell) {
+            out.error = Some(e);
+        }
+        if let Ok(rd) = fs::read_dir(&self.path) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) && !remove_empty_tree(&e.path(), 8) {
+                    out.kept.push(e.path());
+                }
+            }
+        }
+        out.kept.sort();
+        out.removed = out.kept.is_empty() && out.error.is_none() && remove_tree(&self.path).is_ok();
+        out
     }
 
     /// Moves process `pid` (its whole thread group) into this cgroup.
@@ -358,18 +409,229 @@ impl Cgroup {
 
     /// Moves every process out (into `to`) and removes the directory tree.
     pub fn remove(&self, to: &Path) -> Result<(), CgroupError> {
-        if let Ok(dest) = Cgroup::open(to) {
-            for _ in 0..3 {
-                let pids = self.pids_recursive();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    let _ = dest.add_pid(pid);
+        let r = self.release(to);
+        match r.error {
+            Some(e) => Err(e),
+            None if r.removed => Ok(()),
+            None => Err(CgroupError::Busy(self.path.clone())),
+        }
+    }
+}
+
+/// The leaf of a step cgroup the step's own processes live in.
+pub const SHELL_LEAF: &str = "shell";
+
+/// What [`Cgroup::release`] did.
+#[derive(Debug, Default)]
+pub struct Released {
+    /// The step cgroup is gone.
+    pub removed: bool,
+    /// Child cgroups still populated (containers), left in place.
+    pub kept: Vec<PathBuf>,
+    /// Why the leaf could not be removed.
+    pub error: Option<CgroupError>,
+}
+
+/// Removes the cgroup `dir` and the cgroups below it (at most `depth`
+/// levels), deepest first, without waiting: a populated cgroup (and so its
+/// ancestors) stays. True when `dir` is gone.
+pub fn remove_empty_tree(dir: &Path, depth: u32) -> bool {
+    if depth > 0 {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_empty_tree(&e.path(), depth - 1);
                 }
             }
         }
-        remove_tree(&self.path)
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
+/// The cgroup v1 hierarchies mounted here (hybrid hosts), where runc makes
+/// a copy of a container's cgroup path in each one and leaves the parents
+/// it created behind.
+#[derive(Clone, Debug, Default)]
+pub struct V1Mounts(Vec<Hierarchy>);
+
+impl V1Mounts {
+    /// The v1 mounts in `/proc/self/mountinfo` (none when unreadable).
+    pub fn find() -> V1Mounts {
+        fs::read_to_string("/proc/self/mountinfo")
+            .map(|s| Self::from_mountinfo(&s))
+            .unwrap_or_default()
+    }
+
+    /// Parses mountinfo text: every `cgroup` (v1) mount, one per hierarchy
+    /// (the first mount of each root seen).
+    pub fn from_mountinfo(info: &str) -> V1Mounts {
+        let mut out: Vec<Hierarchy> = Vec::new();
+        let mut seen_super: Vec<String> = Vec::new();
+        for line in info.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut p = post.split_whitespace();
+            if p.next() != Some("cgroup") {
+                continue;
+            }
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            if f.len() < 5 {
+                continue;
+            }
+            // One entry per hierarchy (bind mounts share major:minor).
+            if seen_super.iter().any(|d| d == f[2]) {
+                continue;
+            }
+            seen_super.push(f[2].to_string());
+            out.push(Hierarchy {
+                root: PathBuf::from(unescape(f[3])),
+                mount: PathBuf::from(unescape(f[4])),
+            });
+        }
+        V1Mounts(out)
+    }
+
+    /// Where `rel` (a cgroup path relative to the hierarchy root, leading
+    /// '/') is in each v1 hierarchy whose mount shows it.
+    pub fn copies(&self, rel: &Path) -> Vec<PathBuf> {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        self.0
+            .iter()
+            .filter_map(|h| {
+                let root = h.root.strip_prefix("/").unwrap_or(&h.root);
+                let under = rel.strip_prefix(root).ok()?;
+                if under.as_os_str().is_empty() {
+                    return None;
+                }
+                Some(h.mount.join(under))
+            })
+            .collect()
+    }
+
+    /// Removes the copies of `rel` that are empty (deepest first, without
+    /// waiting); returns those still there.
+    pub fn remove_empty(&self, rel: &Path) -> Vec<PathBuf> {
+        self.copies(rel)
+            .into_iter()
+            .filter(|p| p.exists() && !remove_empty_tree(p, 8))
+            .collect()
+    }
+}
+
+/// systemd's unit-name escaping (`systemd-escape`): '/' becomes '-';
+/// ASCII letters, digits, ':', '_' and '.' (not leading) stay; every other
+/// byte becomes `\xNN`.
+pub fn systemd_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i > 0 => out.push('.'),
+            b if b.is_ascii_alphanumeric() || b == b':' || b == b'_' => out.push(b as char),
+            b => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+/// The name of a step's cgroup directory under a parent whose last
+/// component is `parent_leaf`: `base` itself, or, when the parent is a
+/// systemd slice `<stem>.slice`, the slice `<stem>-<base escaped>.slice`
+/// (a child slice of the parent, the only parent an engine on the systemd
+/// driver accepts).
+pub fn step_dir_name(parent_leaf: &str, base: &str) -> String {
+    match parent_leaf.strip_suffix(".slice") {
+        Some(stem) if !stem.is_empty() && stem != "-" => {
+            format!("{stem}-{}.slice", systemd_escape(base))
+        }
+        _ => base.to_string(),
+    }
+}
+
+/// What the directory names [`step_dir_name`] gives the steps of `uid`
+/// named `name` under `parent_leaf` start with (`u<uid>.<name>.` before the
+/// daemon's pid and serial; escaping is byte by byte, so a prefix of the
+/// name escapes to a prefix of the escaped name).
+pub fn step_dir_prefix(parent_leaf: &str, uid: u32, name: &str) -> String {
+    let base = format!("u{uid}.{name}.");
+    let full = step_dir_name(parent_leaf, &base);
+    match full.strip_suffix(".slice") {
+        Some(p) if full != base => p.to_string(),
+        _ => full,
+    }
+}
+
+/// The cgroup path (leading '/') systemd gives the slice `name`:
+/// `a-b-c.slice` is `/a.slice/a-b.slice/a-b-c.slice`, `-.slice` is `/`.
+/// `None` when `name` is not a valid slice name.
+pub fn slice_path(name: &str) -> Option<String> {
+    let stem = name.strip_suffix(".slice")?;
+    if stem == "-" {
+        return Some("/".to_string());
+    }
+    if stem.is_empty()
+        || name.contains('/')
+        || stem.starts_with('-')
+        || stem.ends_with('-')
+        || stem.contains("--")
+    {
+        return None;
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push('/');
+        path.push_str(&prefix);
+        path.push_str(".slice");
+    }
+    Some(path)
+}
+
+/// `cgroup_parent`, as a container engine's client wrote it, names `steps`
+/// (the steps' parent, relative to the cgroup2 root with a leading '/') or
+/// a cgroup below it. An absolute path is cleaned ('.', '..', '//'); a
+/// systemd slice name is expanded as systemd does; a relative path is
+/// resolved by the runtime against a cgroup cilock does not know, so it
+/// counts when any of its components is the steps' parent's name.
+pub fn names_inside(cgroup_parent: &str, steps: &str) -> bool {
+    let comps = |p: &str| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for c in p.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    v.pop();
+                }
+                c => v.push(c.to_string()),
+            }
+        }
+        v
+    };
+    let steps = comps(steps);
+    let Some(name) = steps.last().cloned() else {
+        return true;
+    };
+    let relative_inside = |p: &str| p.split('/').any(|c| c == name);
+    let p = cgroup_parent.trim();
+    if !p.contains('/') && p.ends_with(".slice") {
+        return match slice_path(p) {
+            Some(abs) => comps(&abs).starts_with(&steps),
+            // Not a slice systemd would accept: judged as a relative path.
+            None => relative_inside(p),
+        };
+    }
+    if p.starts_with('/') {
+        comps(p).starts_with(&steps)
+    } else {
+        relative_inside(p)
     }
 }
 
@@ -772,5 +1034,157 @@ mod tests {
         // Released and removed: lock files of per-run parents do not pile up.
         assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0);
         assert!(acquire().is_ok());
+    }
+
+    #[test]
+    fn systemd_escaping_matches_systemd_escape() {
+        // Ground truth: `systemd-escape` (systemd 252) on these inputs.
+        assert_eq!(systemd_escape("u0.build.12.3"), "u0.build.12.3");
+        assert_eq!(systemd_escape("u1000.a-b.7.0"), "u1000.a\\x2db.7.0");
+        assert_eq!(systemd_escape("u0.x@y+z.1.2"), "u0.x\\x40y\\x2bz.1.2");
+        assert_eq!(systemd_escape(".hidden"), "\\x2ehidden");
+        assert_eq!(systemd_escape("a/b"), "a-b");
+        assert_eq!(systemd_escape("a:b_c"), "a:b_c");
+    }
+
+    #[test]
+    fn steps_under_a_slice_are_child_slices() {
+        assert_eq!(step_dir_name("cilock.steps", "u0.x.12.3"), "u0.x.12.3");
+        assert_eq!(
+            step_dir_name("cilock.slice", "u0.x.12.3"),
+            "cilock-u0.x.12.3.slice"
+        );
+        assert_eq!(
+            step_dir_name("system-cilock.slice", "u5.a-b.1.0"),
+            "system-cilock-u5.a\\x2db.1.0.slice"
+        );
+        // Recovery recognizes a step's directory by its prefix.
+        for (parent, uid, name) in [
+            ("cilock.steps", 0, "x"),
+            ("cilock.slice", 0, "x"),
+            ("cilock.slice", 1000, "a-b@c+d"),
+        ] {
+            let dir = step_dir_name(parent, &format!("u{uid}.{name}.4242.7"));
+            let prefix = step_dir_prefix(parent, uid, name);
+            assert!(dir.starts_with(&prefix), "{dir} {prefix}");
+            assert!(!step_dir_name(parent, &format!("u{uid}.{name}x.1.2")).starts_with(&prefix));
+        }
+        assert_eq!(step_dir_prefix("cilock.steps", 5, "b"), "u5.b.");
+        assert_eq!(
+            step_dir_prefix("cilock.slice", 5, "a-b"),
+            "cilock-u5.a\\x2db."
+        );
+        // The slice systemd would make of that name is the step's path.
+        assert_eq!(
+            slice_path("cilock-u0.x.12.3.slice").as_deref(),
+            Some("/cilock.slice/cilock-u0.x.12.3.slice")
+        );
+        assert_eq!(
+            slice_path("system-cilock-u5.a\\x2db.1.0.slice").as_deref(),
+            Some("/system.slice/system-cilock.slice/system-cilock-u5.a\\x2db.1.0.slice")
+        );
+        assert_eq!(slice_path("-.slice").as_deref(), Some("/"));
+        assert_eq!(slice_path("a--b.slice"), None);
+        assert_eq!(slice_path("-a.slice"), None);
+        assert_eq!(slice_path("a.scope"), None);
+        assert_eq!(slice_path("a/b.slice"), None);
+    }
+
+    #[test]
+    fn cgroup_parents_inside_the_steps_tree() {
+        let steps = "/cilock.steps";
+        for inside in [
+            "/cilock.steps",
+            "/cilock.steps/u0.x.1.2",
+            "/cilock.steps/u0.x.1.2/shell",
+            "//cilock.steps//u0.x.1.2/",
+            "/a/../cilock.steps/u0.x.1.2",
+            "/../../cilock.steps",
+            "/./cilock.steps/.",
+            "cilock.steps/u0.x.1.2",
+            "../../cilock.steps/u0.x.1.2",
+            "x/../cilock.steps",
+        ] {
+            assert!(names_inside(inside, steps), "{inside}");
+        }
+        for outside in [
+            "",
+            "/",
+            "/docker",
+            "/cilock.stepsX/a",
+            "/cilock.steps/../docker",
+            "/x/cilock.steps",
+            "docker",
+            "cilock.stepsX",
+            "system.slice",
+            "cilock-u0.x.1.2.slice",
+        ] {
+            assert!(!names_inside(outside, steps), "{outside}");
+        }
+        // Steps as slices: slice names expand as systemd expands them.
+        let slices = "/cilock.slice";
+        assert!(names_inside("cilock-u0.x.1.2.slice", slices));
+        assert!(names_inside("cilock.slice", slices));
+        assert!(names_inside("/cilock.slice/cilock-u0.x.1.2.slice", slices));
+        assert!(!names_inside("system.slice", slices));
+        assert!(!names_inside("cilockx-a.slice", slices));
+        // Not a valid slice: judged as a relative path.
+        assert!(names_inside("cilock.slice/x.slice", slices));
+        // A nested parent: only its own name counts for relative paths.
+        assert!(names_inside(
+            "/system.slice/cilock.steps/s",
+            "/system.slice/cilock.steps"
+        ));
+        assert!(!names_inside("system.slice", "/system.slice/cilock.steps"));
+    }
+
+    #[test]
+    fn v1_copies_follow_each_hierarchy_root() {
+        let info = "25 18 0:22 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
+                    26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                    27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                    28 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                    29 25 0:26 /ns /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n\
+                    30 25 0:24 / /mnt/cpu-again rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let v1 = V1Mounts::from_mountinfo(info);
+        assert_eq!(
+            v1.copies(Path::new("/cilock.steps/u0.x.1.2")),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/cilock.steps/u0.x.1.2"),
+                PathBuf::from("/sys/fs/cgroup/memory/cilock.steps/u0.x.1.2"),
+            ]
+        );
+        assert_eq!(
+            v1.copies(Path::new("/ns/cilock.steps/s")),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/ns/cilock.steps/s"),
+                PathBuf::from("/sys/fs/cgroup/memory/ns/cilock.steps/s"),
+                PathBuf::from("/sys/fs/cgroup/pids/cilock.steps/s"),
+            ]
+        );
+        assert!(
+            V1Mounts::from_mountinfo("30 20 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+                .copies(Path::new("/a"))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn empty_trees_go_deepest_first_and_stop_at_what_stays() {
+        // On a plain filesystem a file stands for a populated cgroup (rmdir
+        // fails on it as on a cgroup with processes).
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("step");
+        std::fs::create_dir_all(a.join("c1/x")).unwrap();
+        std::fs::create_dir_all(a.join("c2")).unwrap();
+        std::fs::write(a.join("c2/busy"), b"").unwrap();
+        assert!(!remove_empty_tree(&a, 8));
+        assert!(!a.join("c1").exists());
+        assert!(a.join("c2").exists());
+        std::fs::remove_file(a.join("c2/busy")).unwrap();
+        assert!(remove_empty_tree(&a, 8));
+        assert!(!a.exists());
+        // Gone already: nothing left to remove.
+        assert!(remove_empty_tree(&a, 8));
     }
 }

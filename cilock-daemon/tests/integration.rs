@@ -34,6 +34,9 @@ mod server_envelope;
 mod server_framing;
 /// Connection limits with real users.
 mod server_limits;
+/// The step cgroup layout: shell leaf, kept and swept container cgroups,
+/// v1 copies, `--kill`, the cgroup alias (root, eBPF).
+mod steps_layout;
 
 /// Not a test: the client side that `server_support::run_as` re-runs as
 /// another user (does nothing unless its environment variable is set).

@@ -7,6 +7,9 @@
 //!   [`Tap::stop`] ends it once everything the step emitted was delivered.
 //! - Both backends deliver [`TraceEvent`]s into the step's [`Sink`]; they
 //!   never see the recorder behind it.
+//! - [`Tap::alias`] traces another cgroup at the step level as the step's
+//!   while a guard lives (the BuildKit engine window); only the eBPF
+//!   backend, which filters by cgroup, can.
 //!
 //! The engine only talks to `dyn Backend` and `dyn Tap`: it never asks
 //! which backend it has.
@@ -97,6 +100,18 @@ pub trait Tap: Send {
     /// Stops tracing; returns once everything the step emitted is in its
     /// sink, with the step's event counts.
     fn stop(self: Box<Self>) -> Result<EventCounts, BackendError>;
+
+    /// Traces every process whose ancestor at the step level is `cgroup`
+    /// (a cgroup at the step level, outside the steps' tree) as this
+    /// step's while the returned guard lives, and until the step ends at
+    /// the latest. Backends that do not filter by cgroup (ptrace follows
+    /// the process tree) refuse.
+    fn alias(&self, cgroup: &Cgroup) -> Result<Box<dyn Send>, BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "attributing cgroup {} to a step needs the eBPF backend (this backend follows the step's process tree, not cgroups)",
+            cgroup.path().display()
+        )))
+    }
 }
 
 /// Why a backend could not be loaded or a step not traced.
@@ -115,6 +130,9 @@ pub enum BackendError {
     /// A tracer thread could not start.
     #[error("starting a tracer thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The backend cannot do what was asked.
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 /// Loads the backend `choice` asks for; with [`BackendChoice::Auto`], eBPF
@@ -134,4 +152,35 @@ pub fn choose(choice: BackendChoice, step_level: u32) -> Result<Box<dyn Backend>
     };
     ptrace::probe()?;
     Ok(Box::new(ptrace::PtraceBackend::new(reason)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoAlias;
+
+    impl Tap for NoAlias {
+        fn stop(self: Box<Self>) -> Result<EventCounts, BackendError> {
+            Ok(EventCounts::default())
+        }
+    }
+
+    /// A backend that follows process trees (ptrace) refuses an alias and
+    /// says why.
+    #[test]
+    fn a_tap_without_cgroup_filtering_refuses_an_alias() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup::open(dir.path()).unwrap();
+        let msg = match NoAlias.alias(&cg) {
+            Ok(_) => panic!("an alias was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.starts_with("not supported: attributing cgroup"),
+            "{msg}"
+        );
+        assert!(msg.contains("needs the eBPF backend"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    }
 }

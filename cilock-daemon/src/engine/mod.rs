@@ -13,7 +13,16 @@
 //! - `attest`: where the attestors run, command-run's observed and claimed
 //!   fields, the capture facts as attestation strings, signing;
 //! - `records`: step records and the recovery of interrupted steps;
-//! - `kill`: `step end --kill`.
+//! - `kill`: `step end --kill`;
+//! - `directory`: the steps as the Docker proxy sees them
+//!   ([`crate::docker::StepDirectory`]);
+//! - `containers`: what the proxy recorded for a step.
+//!
+//! A step's cgroup holds no process itself: the step's processes live in
+//! its leaf `<step>/shell`, containers the step starts through the proxy
+//! in `<step>/<id>` (see [`crate::cgroup`]). Container cgroups still
+//! populated at the end stay, with the step's cgroup, and are swept by the
+//! reaper once empty (with the v1 copies runc made on hybrid hosts).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -31,14 +40,16 @@ use cilock_evidence::intoto::Statement;
 
 use crate::attest_helper::{self, HelperConfig, Identity};
 use crate::backend::{Backend, BackendChoice, BackendError, CaptureInfo, Sink, StepTarget, Tap};
-use crate::cgroup::{Cgroup, CgroupError, Hierarchy, LockError, PidFd};
+use crate::cgroup::{Cgroup, CgroupError, Hierarchy, LockError, PidFd, V1Mounts};
 use crate::trace::digest_cache::DigestCache;
 use crate::trace::digest_cache::Reader;
 use cilock_api::{ActiveStep, ApiError, ErrorKind};
 use cilock_trace::fold::{Recorder, TraceLimits};
 
 mod attest;
-mod directory; // shim: removed at merge (owned by `steps`)
+mod cleanup;
+pub mod containers;
+mod directory;
 mod kill;
 mod records;
 mod step;
@@ -349,7 +360,22 @@ pub struct Engine {
     /// Steps ended at start because their daemon died, by (owner, name):
     /// where their attestation is (a later `step end` says so).
     ended_at_start: Mutex<HashMap<StepKey, String>>,
+    /// The cgroup2 mount's root within the hierarchy.
+    root: PathBuf,
+    /// The steps' parent relative to the cgroup2 root, leading '/'.
+    rel_parent: String,
+    /// The level of step cgroups below the cgroup2 root.
+    step_level: u32,
+    /// The v1 hierarchies (hybrid hosts), where runc copies step paths.
+    v1: V1Mounts,
+    /// Cgroups of ended steps still populated (containers that outlived
+    /// the step), or whose v1 copies are, removed once empty (bounded).
+    leftovers: Mutex<Vec<PathBuf>>,
 }
+
+/// Ended steps' cgroups waiting to be swept, at most (beyond it they stay
+/// on the host, with a warning).
+pub const MAX_LEFTOVERS: usize = 4096;
 
 /// Steps are keyed by owner uid and name: two users may both have `build`.
 type StepKey = (u32, String);
@@ -422,6 +448,20 @@ impl Engine {
             .ok_or_else(|| internal("step parent is outside the cgroup2 mount"))?
             + 1;
         let backend = crate::backend::choose(cfg.backend, level).map_err(EngineError::Backend)?;
+        let rel_parent = format!(
+            "/{}",
+            hier.root
+                .join(&cfg.cgroup_parent)
+                .to_string_lossy()
+                .trim_start_matches('/')
+        );
+        // Cgroups of interrupted steps still populated (their containers
+        // run on) are swept once empty, like those of ended steps.
+        let leftovers: Vec<PathBuf> = interrupted
+            .iter()
+            .filter_map(InterruptedStep::kept_cgroup)
+            .take(MAX_LEFTOVERS)
+            .collect();
         let engine = Arc::new(Engine {
             cfg,
             mount: hier.mount.clone(),
@@ -436,6 +476,11 @@ impl Engine {
             records,
             interrupted: Mutex::new(interrupted),
             ended_at_start: Mutex::new(HashMap::new()),
+            root: hier.root.clone(),
+            rel_parent,
+            step_level: level,
+            v1: V1Mounts::find(),
+            leftovers: Mutex::new(leftovers),
         });
         engine.heartbeat();
         Ok(engine)
@@ -601,14 +646,31 @@ impl Engine {
 
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
         // Unique per step: owner, name, daemon, serial.
-        let cg_path = self.parent.join(format!(
-            "u{}.{}.{}.{}",
-            spec.owner_uid,
-            spec.name,
-            std::process::id(),
-            n
+        let parent_leaf = self
+            .parent
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cg_path = self.parent.join(crate::cgroup::step_dir_name(
+            &parent_leaf,
+            &format!(
+                "u{}.{}.{}.{}",
+                spec.owner_uid,
+                spec.name,
+                std::process::id(),
+                n
+            ),
         ));
         let cgroup = Cgroup::create(&cg_path)?;
+        // The step's own processes live in its leaf; the step cgroup stays
+        // empty of processes (containers go beside the leaf).
+        let shell = match Cgroup::create(&cg_path.join(crate::cgroup::SHELL_LEAF)) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = cgroup.remove(&self.mount);
+                return Err(e.into());
+            }
+        };
         let sink = Sink::new(Recorder::with_limits(
             Some(std::process::id()),
             self.cfg.trace_limits.clone(),
@@ -677,7 +739,7 @@ impl Engine {
                 let _ = std::fs::remove_file(p);
             }
         };
-        if let Err(e) = cgroup.add_pid(spec.pid) {
+        if let Err(e) = shell.add_pid(spec.pid) {
             undo(Some(tap), &cgroup, &origin);
             unrecord(&record);
             return Err(EngineError::BadRequest(format!(
@@ -709,6 +771,7 @@ impl Engine {
             empty_since: None,
             origin,
             record,
+            containers: Arc::default(),
         };
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         if steps.contains_key(&key) {
@@ -843,10 +906,9 @@ impl Engine {
         };
         attest::capture_fields(&mut trace, self.backend.info());
         trace.events = attest::event_counts(step.tap.stop().map_err(EngineError::Backend)?);
-        // Leave the cgroup (processes still alive go back to the parent).
-        if let Err(e) = step.cgroup.remove(&self.return_to(&step.origin)) {
-            tracing::warn!("step {}: {e}", step.name);
-        }
+        // Leave the cgroup: the leaf's processes still alive go back where
+        // they came from; populated container cgroups stay until swept.
+        self.release(&step.name, &step.cgroup, &step.origin);
         let recorder = step.sink.take();
         tracing::info!(step = %step.name, seconds = step.started.elapsed().as_secs_f64(), "step stopped");
         let owner_uid = step.owner_uid;
@@ -860,6 +922,7 @@ impl Engine {
             trace,
             counting: self.backend.info().counting,
             alive,
+            containers: step.containers.clone(),
         }
         .finish(&self.cache, end);
         match out {
@@ -885,6 +948,7 @@ impl Engine {
     /// has stayed empty for the idle timeout; with `Reap::All`, every step
     /// (its processes keep running, untraced). Returns each step's outcome.
     pub fn reap(&self, which: Reap) -> Vec<(String, Result<StepOutcome, EngineError>)> {
+        self.sweep();
         let taken: Vec<(Step, EndedBy, bool)> = {
             let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
             let mut chosen = Vec::new();
@@ -930,7 +994,9 @@ impl Engine {
     /// Removes the (empty) parent cgroup of the steps (embedded engines use
     /// one of their own).
     pub fn remove_parent(&self) {
+        self.sweep();
         let _ = std::fs::remove_dir(&self.parent);
+        self.remove_parent_v1_copies();
     }
 
     /// Drops every active step without attesting it (embedded engines after

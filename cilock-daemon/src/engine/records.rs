@@ -18,7 +18,7 @@ use cilock_evidence::collection::{Collection, COLLECTION_TYPE};
 use cilock_evidence::intoto::Statement;
 
 use super::attest::CommandRunAttestor;
-use super::{valid_leaf, Engine, EngineError, StepSpec, MAX_STEPS};
+use super::{valid_step_name as valid_record_name, Engine, EngineError, StepSpec, MAX_STEPS};
 use crate::cgroup::Cgroup;
 
 /// What is persisted of an active step (`<state_dir>/steps/<parent>/<cgroup
@@ -179,11 +179,20 @@ pub(super) fn recover(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // The leaf is `u<uid>.<name>.<pid>.<n>` (longer than a step name).
+        // The leaf is `u<uid>.<name>.<pid>.<n>` (longer than a step name),
+        // or that as a child slice of a slice parent (`step_dir_name`).
+        let parent_leaf = parent
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let (survivors, cgroup_fate) = if cg_path.parent() != Some(parent)
-            || !valid_leaf(&leaf)
-            || !leaf.starts_with(&format!("u{}.{}.", record.owner_uid, record.name))
-        {
+            || leaf.starts_with('.')
+            || !valid_record_name(&record.name)
+            || !leaf.starts_with(&crate::cgroup::step_dir_prefix(
+                &parent_leaf,
+                record.owner_uid,
+                &record.name,
+            )) {
             (
                 Vec::new(),
                 format!(
@@ -243,6 +252,14 @@ impl InterruptedStep {
     /// Step name.
     pub fn name(&self) -> &str {
         &self.record.name
+    }
+
+    /// The step's cgroup when recovery left it in place because it is
+    /// still populated (containers that outlived the daemon), for the
+    /// engine to sweep once empty.
+    pub(super) fn kept_cgroup(&self) -> Option<PathBuf> {
+        let p = PathBuf::from(&self.record.cgroup);
+        (self.cgroup_fate.starts_with("could not be removed") && p.is_dir()).then_some(p)
     }
 
     /// The uid that began the step.

@@ -122,6 +122,14 @@ fn forwarded(mode: &str, sig: i32, name: &str) {
     let mut child = spawn(c, d);
     let pid = read_pid(d);
     let cg = cgroup_dir(pid).unwrap();
+    // The command runs in its step's `shell` leaf; the step cgroup is the
+    // leaf's parent.
+    let cg = if mode != "ptrace" {
+        assert_eq!(cg.file_name().unwrap(), "shell", "{}", cg.display());
+        cg.parent().unwrap().to_path_buf()
+    } else {
+        cg
+    };
     if mode != "ptrace" {
         assert!(
             cg.file_name().unwrap().to_string_lossy().contains(".sig."),

@@ -9,6 +9,7 @@
 //! - [`kernel_log`]: the programs' log forwarded to `tracing`;
 //! - records become events in `cilock_trace::decode` (the pure trace model).
 
+mod alias;
 pub mod btf;
 pub mod kernel_log;
 mod loader;
@@ -40,6 +41,8 @@ use cilock_trace::proto::stream::Streams;
 use cilock_trace::syscall::Host;
 use cilock_trace::TraceEvent;
 use decode::{Clock, Record};
+
+pub use alias::AliasGuard;
 
 /// The compiled kernel programs (empty when built with CILOCK_SKIP_EBPF=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cilock"));
@@ -87,6 +90,9 @@ pub enum EbpfError {
     /// The step is not registered.
     #[error("step cgroup {0} is not registered")]
     UnknownStep(u64),
+    /// A cgroup alias could not be added.
+    #[error("{0}")]
+    Alias(String),
 }
 
 /// Captured records per kind for one step, counted by the consumer.
@@ -94,6 +100,9 @@ pub enum EbpfError {
 pub struct StepCounts {
     captured: [AtomicU64; kind::COUNT],
     malformed: AtomicU64,
+    /// Lost in the kernel under the step's aliases (folded in when each
+    /// alias is removed).
+    alias_lost: [AtomicU64; kind::COUNT],
 }
 
 struct Route {
@@ -131,6 +140,8 @@ pub struct EbpfBackend {
     /// Hooks and limitations, decided at load.
     info: CaptureInfo,
     step_level: u32,
+    /// Cgroups traced as a step's ([`EbpfBackend::add_alias`]).
+    aliases: alias::Aliases,
 }
 
 impl EbpfBackend {
@@ -232,6 +243,7 @@ impl EbpfBackend {
             consumer: Some(consumer),
             info,
             step_level,
+            aliases: alias::Aliases::default(),
         })
     }
 
@@ -285,6 +297,9 @@ impl EbpfBackend {
     /// Stops tracing the step, delivers everything it emitted to its
     /// recorder, and returns captured/lost counts per kind.
     pub fn unregister(&self, cgroup_id: u64) -> Result<BTreeMap<String, Count>, EbpfError> {
+        // The step's aliases leave the kernel with it.
+        let aliases = self.aliases.take_step(cgroup_id);
+        self.remove_from_kernel(&aliases);
         let removed = {
             let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
             maps.steps
@@ -292,6 +307,7 @@ impl EbpfBackend {
                 .map_err(map_err("STEPS remove"))
         };
         if let Err(e) = removed {
+            self.drop_alias_routes(&aliases);
             // Never leave the route (and its links) behind.
             if let Ok(mut r) = self.routes.write() {
                 r.remove(&cgroup_id);
@@ -304,6 +320,7 @@ impl EbpfBackend {
         // microseconds; then everything they emitted is in the ring.
         std::thread::sleep(Duration::from_millis(20));
         self.flush();
+        self.drop_alias_routes(&aliases);
         let route = self
             .routes
             .write()
@@ -331,7 +348,8 @@ impl EbpfBackend {
                 kind::name(k).to_string(),
                 Count {
                     captured: route.counts.captured[k as usize].load(Ordering::Relaxed),
-                    lost: lost[k as usize],
+                    lost: lost[k as usize]
+                        + route.counts.alias_lost[k as usize].load(Ordering::Relaxed),
                 },
             );
         }
@@ -441,6 +459,10 @@ struct EbpfTap {
 impl Tap for EbpfTap {
     fn stop(self: Box<Self>) -> Result<EventCounts, BackendError> {
         Ok(EventCounts(self.backend.unregister(self.cgroup_id)?))
+    }
+
+    fn alias(&self, cgroup: &Cgroup) -> Result<Box<dyn Send>, BackendError> {
+        Ok(Box::new(self.backend.add_alias(self.cgroup_id, cgroup)?))
     }
 }
 
