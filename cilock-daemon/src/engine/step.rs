@@ -158,7 +158,9 @@ pub fn run_ptrace(
     let attest = in_process_before(&spec.attestations, &spec)?;
     ptrace::probe().map_err(|e| EngineError::Backend(e.into()))?;
     let backend = ptrace::PtraceBackend::new(reason);
-    let sink = Sink::new(Recorder::with_limits(None, TraceLimits::default()));
+    let mut recorder = Recorder::with_limits(None, TraceLimits::default());
+    recorder.set_host_mnt_ns(crate::backend::ptrace::paths::mnt_ns_of(None));
+    let sink = Sink::new(recorder);
     let outcome = backend
         .run(cmd, wait_descendants, on_spawn, &sink)
         .map_err(EngineError::Backend)?;

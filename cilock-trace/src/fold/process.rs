@@ -27,6 +27,7 @@ impl Recorder {
                     exe: Some(exe),
                     exe_stamp: stamp,
                     kind: ImageKind::Binary,
+                    foreign: None,
                 });
             }
         }
@@ -187,6 +188,7 @@ impl Recorder {
                     exe: Some(exe),
                     exe_stamp: stamp,
                     kind: ImageKind::Binary,
+                    foreign: None,
                 });
             }
             if p.comm.is_empty() {
