@@ -38,6 +38,7 @@ use cilock_api::{ActiveStep, ApiError, ErrorKind};
 use cilock_trace::fold::{Recorder, TraceLimits};
 
 mod attest;
+pub mod containers;
 mod kill;
 mod records;
 mod step;
@@ -708,6 +709,7 @@ impl Engine {
             empty_since: None,
             origin,
             record,
+            containers: Arc::default(),
         };
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         if steps.contains_key(&key) {
@@ -859,6 +861,7 @@ impl Engine {
             trace,
             counting: self.backend.info().counting,
             alive,
+            containers: step.containers.clone(),
         }
         .finish(&self.cache, end);
         match out {

@@ -3,6 +3,7 @@
 //! the statement are what is left.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{CommandRun, EventCount, TraceInfo, WaitDescendants};
@@ -13,6 +14,7 @@ use cilock_evidence::intoto::Statement;
 use super::attest::{
     capture_fields, in_process_before, observe, record_skipped, Attest, CommandRunAttestor,
 };
+use super::containers::ContainerLog;
 use super::{
     kernel_release, valid_step_name, EndSpec, EndedBy, EngineError, StepOutcome, StepSpec,
 };
@@ -43,6 +45,8 @@ pub(super) struct Step {
     pub(super) origin: PathBuf,
     /// The step's persisted record (removed when the step ends).
     pub(super) record: Option<PathBuf>,
+    /// What the Docker API proxy recorded for the step.
+    pub(super) containers: Arc<ContainerLog>,
 }
 
 /// A traced step whose trace is complete: hashing, attestors and the
@@ -60,6 +64,8 @@ pub struct PendingStep {
     /// How the backend counted events.
     pub(super) counting: Counting,
     pub(super) alive: Vec<u32>,
+    /// What the Docker API proxy recorded for the step.
+    pub(super) containers: Arc<ContainerLog>,
 }
 
 impl PendingStep {
@@ -94,6 +100,7 @@ impl PendingStep {
             processes: st.processes,
             ..Default::default()
         };
+        super::attest::add_containers(&mut run, &mut self.trace, &self.containers);
         observe(
             &mut run,
             &mut self.trace,
@@ -200,6 +207,7 @@ pub fn run_ptrace(
             trace,
             counting: backend.info().counting,
             alive,
+            containers: Arc::default(),
         },
     ))
 }
