@@ -194,6 +194,8 @@ pub struct Running {
     pub exe_stamp: Option<FileStamp>,
     /// `PPid:` of `/proc/PID/status`.
     pub ppid: Option<u32>,
+    /// The inode of `/proc/PID/ns/mnt` (its mount namespace).
+    pub mnt_ns: Option<u64>,
 }
 
 /// One observation of a traced process. `pid` is always the thread-group id.

@@ -1146,6 +1146,30 @@ mod tests {
                 .map(|u| u.reason.clone()),
             Some(reason_other_mnt_ns(CTR + 1, ""))
         );
+        // A process moved in while running in another namespace (no exec
+        // seen): its namespace from /proc at the join.
+        let mut r = Recorder::new(None);
+        r.set_host_mnt_ns(Some(HOST));
+        r.push(TraceEvent::JoinedStep {
+            pid: 80,
+            by: 40,
+            from: "outside the daemon's steps".into(),
+            at_birth: false,
+            cgroup: Some(format!("docker-{id}.scope")),
+            running: Some(Running {
+                mnt_ns: Some(CTR),
+                ..Default::default()
+            }),
+            time: SystemTime::UNIX_EPOCH,
+        });
+        r.push(open(80, "/in/h"));
+        let out = r.finish(&Asked::default(), &[HashAlg::Sha256], &[]);
+        let p = &out.processes[0];
+        assert_eq!(
+            (p.container.as_str(), p.mount_namespace),
+            (id.as_str(), CTR)
+        );
+        assert_eq!(p.unhashed_opens[0].reason, why);
         // Without the daemon's namespace known, nothing is foreign.
         let mut r = Recorder::new(None);
         r.add_root(10, Running::default());

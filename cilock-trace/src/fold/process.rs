@@ -34,6 +34,9 @@ impl Recorder {
         if let Some(pp) = running.ppid {
             p.ppid = pp;
         }
+        if p.mnt_ns == 0 {
+            p.mnt_ns = running.mnt_ns.unwrap_or(0);
+        }
     }
 
     /// What the trace saw of the root process `pid` (its first incarnation
@@ -180,6 +183,7 @@ impl Recorder {
         if p.image.is_none() && !at_birth {
             // What it runs, from the kernel's own link (as for a root).
             let running = running.unwrap_or_default();
+            p.mnt_ns = running.mnt_ns.unwrap_or(0);
             if let Some(exe) = running.exe {
                 let stamp = running.exe_stamp;
                 let exe = crate::pathname::escape_os(&exe);
