@@ -88,7 +88,8 @@ pub struct Container {
     /// the engine's build window), `none` (see `reason`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub attribution: String,
-    /// Why `attribution` is `none`.
+    /// Why `attribution` is `none`; for a container the proxy did not
+    /// record, that only the trace saw it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     /// Pid of the client process that asked for it (0: unknown).
