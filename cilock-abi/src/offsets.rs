@@ -89,6 +89,12 @@ pub struct Offsets {
     /// `fdtable.max_fds` (ABSENT: fds are not bounds-checked and files
     /// open at exit are not stamped).
     pub fdtable_max_fds: u32,
+    /// `task_struct.nsproxy`, `nsproxy.mnt_ns`, and `mnt_namespace.ns` +
+    /// `ns_common.inum` (one offset): a task's mount namespace inode
+    /// (ABSENT: `ExecEvent.mnt_ns` is 0).
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_namespace_inum: u32,
 }
 
 impl Offsets {

@@ -26,8 +26,9 @@ pub struct ExecEvent {
     pub args_truncated: u32,
     /// Parent's tgid (`real_parent->tgid`).
     pub ppid: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// Inode of the task's mount namespace after the exec
+    /// (`task->nsproxy->mnt_ns->ns.inum`; 0: not read).
+    pub mnt_ns: u32,
     /// The executed file (`bprm->file`).
     pub exe_inode: InodeStamp,
     /// Walked path of `bprm->file`.

@@ -194,6 +194,8 @@ pub struct Running {
     pub exe_stamp: Option<FileStamp>,
     /// `PPid:` of `/proc/PID/status`.
     pub ppid: Option<u32>,
+    /// The inode of `/proc/PID/ns/mnt` (its mount namespace).
+    pub mnt_ns: Option<u64>,
 }
 
 /// One observation of a traced process. `pid` is always the thread-group id.
@@ -229,6 +231,9 @@ pub enum TraceEvent {
         argv: Vec<String>,
         /// comm after exec.
         comm: String,
+        /// Inode of the process's mount namespace at the exec, if the
+        /// backend read it (its paths are as that namespace sees them).
+        mnt_ns: Option<u64>,
         /// When.
         #[serde(serialize_with = "ns")]
         time: SystemTime,
@@ -340,6 +345,11 @@ pub enum TraceEvent {
         from: String,
         /// Created in the step by `by` (`clone3(CLONE_INTO_CGROUP)`).
         at_birth: bool,
+        /// The cgroup it came into, relative to the step's cgroup
+        /// (`<container id>`, `<container id>/…`; for a cgroup the step is
+        /// attributed, its last component first: `buildkit/<name>`), when
+        /// the backend could resolve it.
+        cgroup: Option<String>,
         /// What `/proc` showed of it when it joined (moved in, not created
         /// there), read by the backend; the fold uses it when it has not
         /// seen the process's exec.

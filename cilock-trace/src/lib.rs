@@ -18,6 +18,7 @@
 //! passed in by the daemon. Everything here is testable and fuzzable
 //! without a kernel (`fuzz/fuzz_targets/{decode,dns,tls}.rs`).
 
+pub mod container;
 pub mod decode;
 pub mod event;
 pub mod fold;

@@ -22,6 +22,9 @@ mod digest_identity;
 mod helper_isolation;
 /// Names that are not text (memfd, long paths, non-UTF-8), both backends.
 mod names;
+/// Containers and mount namespaces: `container`, `mountNamespace`, unhashed
+/// opens of another namespace.
+mod namespaces;
 /// Network evidence: connections, DNS, TLS SNI, HTTP CONNECT.
 mod network;
 /// The eBPF and ptrace backends record the same workload the same way.

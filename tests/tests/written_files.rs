@@ -106,7 +106,13 @@ fn written(backend: &str) {
     let w4 = the(&procs, "d4-writer", &cr);
     assert_eq!(w4["openedfiles"][&shadow], serde_json::json!({}), "{w4}");
     let why = reason(w4, &shadow);
-    assert!(why.contains("another file"), "D4 reason: {why:?}");
+    // Written in another mount namespace: never hashed at the daemon's
+    // path, the reason names the namespace (issue #15).
+    let ns = w4["mountNamespace"].as_u64().unwrap_or(0);
+    assert!(
+        ns != 0 && why.starts_with(&format!("opened in another mount namespace (mnt:[{ns}])")),
+        "D4 reason: {why:?}"
+    );
     assert!(
         !text.contains(&sha_of("HOST-SHADOWED\n")),
         "the host file's digest is attested"

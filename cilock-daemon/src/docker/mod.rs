@@ -37,13 +37,11 @@ mod forward;
 mod peer;
 mod rewrite;
 mod route;
-mod shim;
 #[cfg(test)]
 mod tests;
 
 pub use peer::PeerCred;
-// shim: removed at merge (becomes a re-export of cilock_evidence::attestors::command_run's types)
-pub use shim::{Container, ContainerBuild, ContainerMount};
+pub use cilock_evidence::attestors::command_run::{Container, ContainerBuild, ContainerMount};
 
 /// Most proxy connections served at once; further clients wait in the
 /// listen backlog until one ends.

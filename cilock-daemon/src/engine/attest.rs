@@ -35,6 +35,22 @@ pub(super) enum Attest {
     Helper(HelperStep),
 }
 
+/// Puts what the Docker API proxy recorded for the step into command-run
+/// (`containers`, `builds`, with the containers only the trace saw), and
+/// what its bounds left out into `trace.truncated.containers`.
+pub(super) fn add_containers(
+    run: &mut CommandRun,
+    trace: &mut TraceInfo,
+    log: &super::containers::ContainerLog,
+) {
+    let (containers, builds, dropped) = log.finish(&run.processes);
+    run.containers = containers;
+    run.builds = builds;
+    if dropped > 0 {
+        *trace.truncated.entry("containers".into()).or_default() += dropped;
+    }
+}
+
 /// Fills command-run's `cmd`, `exitcode`, `stdout` and `stderr` with what
 /// was observed, and `claimed` with what a client reported.
 ///

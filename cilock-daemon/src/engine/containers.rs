@@ -1,62 +1,279 @@
-//! What the Docker proxy recorded for one step (shim: the `evidence`
-//! helper owns this module; only the brief's signatures are copied here).
-// shim: removed at merge (the whole file is the `evidence` helper's)
+//! What the Docker API proxy recorded for one step (the containers it
+//! created, the builds it ran), bounded, and how it meets the trace at the
+//! step's end ([`ContainerLog::finish`]).
+//!
+//! Everything in a record comes from the job's request or the engine's
+//! answer: it is kept within bounds (records per step, list entries and
+//! bytes per record), and what a bound leaves out is counted and attested
+//! (`trace.truncated.containers`).
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use cilock_evidence::attestors::command_run::ProcessInfo;
+use cilock_evidence::attestors::command_run::{Container, ContainerBuild, ProcessInfo};
 
-// shim: removed at merge (cilock_evidence::attestors::command_run::Container)
-/// A container the step created (shim).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Container {
-    /// Full id.
-    pub id: String,
-    /// Where it ran.
-    pub cgroup: String,
-    /// How it was attributed.
-    pub attribution: String,
-}
+/// Containers recorded per step (created through the proxy, and seen only
+/// in the trace).
+pub const MAX_CONTAINERS: usize = 1024;
+/// Builds recorded per step.
+pub const MAX_BUILDS: usize = 256;
+/// Entries kept per list of one record (`cmd`, `mounts`, `imageDigests`,
+/// `tags`, a build's `containers`).
+pub const MAX_LIST: usize = 256;
+/// Bytes kept per string of one record.
+pub const MAX_STRING: usize = 4096;
 
-// shim: removed at merge (cilock_evidence::attestors::command_run::ContainerBuild)
-/// A build the step ran (shim).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ContainerBuild {
-    /// `build-<n>`.
-    pub id: String,
-    /// How it was attributed.
-    pub attribution: String,
-}
+/// `reason` of a container the proxy did not record whose processes the
+/// trace saw in a cgroup named for it under the step.
+pub const REASON_TRACE_ONLY: &str = "seen only in the trace: its processes ran in a cgroup named for it under the step's cgroup (or in the engine's build window); not created through the daemon's proxy, so the engine's facts (image, command, mounts) are absent";
 
-// shim: removed at merge
-/// What the proxy recorded for one step (shim: unbounded here).
-#[derive(Default)]
+/// What the proxy recorded for one step (bounded; what is dropped is
+/// counted).
+#[derive(Debug, Default)]
 pub struct ContainerLog {
-    inner: Mutex<(Vec<Container>, Vec<ContainerBuild>)>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    containers: Vec<Container>,
+    builds: Vec<ContainerBuild>,
+    dropped: u64,
 }
 
 impl ContainerLog {
-    /// Records a container.
-    pub fn record_container(&self, c: Container) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .push(c);
+    /// A container the step created (a second record of the same id
+    /// replaces the first).
+    pub fn record_container(&self, mut c: Container) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.dropped += bound_container(&mut c);
+        if let Some(old) = g.containers.iter_mut().find(|o| o.id == c.id) {
+            *old = c;
+        } else if g.containers.len() >= MAX_CONTAINERS {
+            g.dropped += 1;
+        } else {
+            g.containers.push(c);
+        }
     }
 
-    /// Records a build.
-    pub fn record_build(&self, b: ContainerBuild) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .push(b);
+    /// A build the step ran (a second record of the same id replaces the
+    /// first).
+    pub fn record_build(&self, mut b: ContainerBuild) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.dropped += bound_build(&mut b);
+        if let Some(old) = g.builds.iter_mut().find(|o| o.id == b.id) {
+            *old = b;
+        } else if g.builds.len() >= MAX_BUILDS {
+            g.dropped += 1;
+        } else {
+            g.builds.push(b);
+        }
     }
 
-    /// At step end: the containers and builds, and the count dropped.
-    pub fn finish(&self, _processes: &[ProcessInfo]) -> (Vec<Container>, Vec<ContainerBuild>, u64) {
+    /// At step end: the containers and builds, with `aliveAtEnd` (a
+    /// process the trace gave that container outlived the step) and with
+    /// containers seen only in the trace (processes with a `container` the
+    /// proxy did not record) added, attributed by their cgroup
+    /// (`cgroup-parent`, or `engine-window` for a BuildKit RUN); and the
+    /// count of what the bounds left out.
+    pub fn finish(&self, processes: &[ProcessInfo]) -> (Vec<Container>, Vec<ContainerBuild>, u64) {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        (g.0.clone(), g.1.clone(), 0)
+        let mut containers = g.containers.clone();
+        let mut dropped = g.dropped;
+        let alive: BTreeSet<&str> = processes
+            .iter()
+            .filter(|p| p.alive_at_end && !p.container.is_empty())
+            .map(|p| p.container.as_str())
+            .collect();
+        for c in &mut containers {
+            c.alive_at_end = alive.contains(c.id.as_str());
+        }
+        let mut seen: BTreeSet<String> = containers.iter().map(|c| c.id.clone()).collect();
+        for p in processes.iter().filter(|p| !p.container.is_empty()) {
+            let id = p.container.as_str();
+            if !seen.insert(id.to_string()) {
+                continue;
+            }
+            if containers.len() >= MAX_CONTAINERS {
+                dropped += 1;
+                continue;
+            }
+            let buildkit = id.starts_with("buildkit:");
+            containers.push(Container {
+                id: id.to_string(),
+                attribution: if buildkit {
+                    "engine-window"
+                } else {
+                    "cgroup-parent"
+                }
+                .into(),
+                reason: REASON_TRACE_ONLY.into(),
+                alive_at_end: alive.contains(id),
+                ..Default::default()
+            });
+        }
+        (containers, g.builds.clone(), dropped)
+    }
+}
+
+/// Cuts `s` to [`MAX_STRING`] bytes (on a char boundary); 1 when cut.
+fn cut(s: &mut String) -> u64 {
+    if s.len() <= MAX_STRING {
+        return 0;
+    }
+    let mut end = MAX_STRING;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    1
+}
+
+/// Cuts a list to [`MAX_LIST`] entries; the number of entries left out.
+fn cut_list<T>(v: &mut Vec<T>) -> u64 {
+    let n = v.len().saturating_sub(MAX_LIST) as u64;
+    v.truncate(MAX_LIST);
+    n
+}
+
+fn cut_strings(v: &mut Vec<String>) -> u64 {
+    cut_list(v) + v.iter_mut().map(cut).sum::<u64>()
+}
+
+fn bound_container(c: &mut Container) -> u64 {
+    let mut n = 0;
+    for s in [
+        &mut c.id,
+        &mut c.engine,
+        &mut c.image_ref,
+        &mut c.image_id,
+        &mut c.cgroup,
+        &mut c.attribution,
+        &mut c.reason,
+        &mut c.build,
+    ] {
+        n += cut(s);
+    }
+    n += cut_strings(&mut c.image_digests) + cut_strings(&mut c.cmd) + cut_list(&mut c.mounts);
+    for m in &mut c.mounts {
+        n += cut(&mut m.kind) + cut(&mut m.source) + cut(&mut m.destination);
+    }
+    n
+}
+
+fn bound_build(b: &mut ContainerBuild) -> u64 {
+    let mut n = 0;
+    for s in [
+        &mut b.id,
+        &mut b.builder,
+        &mut b.attribution,
+        &mut b.reason,
+        &mut b.dockerfile,
+        &mut b.image_id,
+    ] {
+        n += cut(s);
+    }
+    n + cut_strings(&mut b.tags) + cut_strings(&mut b.containers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cilock_evidence::attestors::command_run::ContainerMount;
+
+    fn proc(pid: i64, container: &str, alive: bool) -> ProcessInfo {
+        ProcessInfo {
+            processid: pid,
+            container: container.into(),
+            alive_at_end: alive,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn finish_marks_alive_and_adds_containers_seen_only_in_the_trace() {
+        let (a, b, t) = ("a".repeat(64), "b".repeat(64), "t".repeat(64));
+        let log = ContainerLog::default();
+        for id in [&a, &b] {
+            log.record_container(Container {
+                id: id.clone(),
+                engine: "docker".into(),
+                image_ref: "bb:local".into(),
+                attribution: "cgroup-parent".into(),
+                created_by: 7,
+                ..Default::default()
+            });
+        }
+        // A second record of `a` replaces the first.
+        log.record_container(Container {
+            id: a.clone(),
+            engine: "docker".into(),
+            image_ref: "bb:2".into(),
+            attribution: "cgroup-parent".into(),
+            ..Default::default()
+        });
+        log.record_build(ContainerBuild {
+            id: "build-1".into(),
+            builder: "buildkit".into(),
+            attribution: "engine-window".into(),
+            ..Default::default()
+        });
+        let ps = [
+            proc(1, "", true),
+            proc(2, &a, false),
+            proc(3, &b, true),
+            proc(4, &t, false),
+            proc(5, &t, false),
+            proc(6, "buildkit:u5mr", false),
+        ];
+        let (cs, bs, dropped) = log.finish(&ps);
+        assert_eq!(dropped, 0);
+        let ids: Vec<&str> = cs.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, [a.as_str(), b.as_str(), t.as_str(), "buildkit:u5mr"]);
+        assert_eq!(cs[0].image_ref, "bb:2");
+        assert!(!cs[0].alive_at_end && cs[1].alive_at_end);
+        assert_eq!(cs[1].created_by, 7);
+        assert_eq!(
+            (
+                cs[2].attribution.as_str(),
+                cs[2].reason.as_str(),
+                cs[2].engine.as_str()
+            ),
+            ("cgroup-parent", REASON_TRACE_ONLY, "")
+        );
+        assert_eq!(cs[3].attribution, "engine-window");
+        assert_eq!(bs.len(), 1);
+        assert_eq!(bs[0].builder, "buildkit");
+    }
+
+    #[test]
+    fn bounds_count_what_they_leave_out() {
+        let log = ContainerLog::default();
+        for i in 0..MAX_CONTAINERS + 3 {
+            log.record_container(Container {
+                id: format!("{i:064x}"),
+                ..Default::default()
+            });
+        }
+        for i in 0..MAX_BUILDS + 2 {
+            log.record_build(ContainerBuild {
+                id: format!("build-{i}"),
+                tags: vec!["x".into(); MAX_LIST + 1],
+                ..Default::default()
+            });
+        }
+        let (cs, bs, dropped) = log.finish(&[proc(1, &"f".repeat(64), false)]);
+        assert_eq!(cs.len(), MAX_CONTAINERS);
+        assert_eq!(bs.len(), MAX_BUILDS);
+        // 3 containers, 2 builds, one tag cut from each build recorded or
+        // not, and the trace-only container over the bound.
+        assert_eq!(dropped, 3 + 2 + (MAX_BUILDS as u64 + 2) + 1);
+        let mut c = Container {
+            cmd: vec!["é".repeat(MAX_STRING)],
+            mounts: vec![ContainerMount::default(); MAX_LIST + 2],
+            ..Default::default()
+        };
+        assert_eq!(bound_container(&mut c), 1 + 2);
+        assert!(c.cmd[0].len() <= MAX_STRING && c.mounts.len() == MAX_LIST);
     }
 }

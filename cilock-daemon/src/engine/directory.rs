@@ -10,7 +10,7 @@
 
 use std::path::{Component, Path};
 
-use super::containers::{Container, ContainerBuild};
+use crate::docker::{Container, ContainerBuild};
 use super::step::Step;
 use super::Engine;
 use crate::cgroup::{Cgroup, Hierarchy};

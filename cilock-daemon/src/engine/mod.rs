@@ -671,10 +671,10 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        let sink = Sink::new(Recorder::with_limits(
-            Some(std::process::id()),
-            self.cfg.trace_limits.clone(),
-        ));
+        let mut recorder =
+            Recorder::with_limits(Some(std::process::id()), self.cfg.trace_limits.clone());
+        recorder.set_host_mnt_ns(crate::backend::ptrace::paths::mnt_ns_of(None));
+        let sink = Sink::new(recorder);
         // Nothing of the step exists outside the daemon until the move: undo
         // is stopping the tap and removing the (empty) cgroup.
         let undo = |tap: Option<Box<dyn Tap>>, cgroup: &Cgroup, origin: &Path| {

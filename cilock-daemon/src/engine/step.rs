@@ -45,7 +45,7 @@ pub(super) struct Step {
     pub(super) origin: PathBuf,
     /// The step's persisted record (removed when the step ends).
     pub(super) record: Option<PathBuf>,
-    /// What the Docker proxy recorded for the step.
+    /// What the Docker API proxy recorded for the step.
     pub(super) containers: Arc<ContainerLog>,
 }
 
@@ -64,12 +64,7 @@ pub struct PendingStep {
     /// How the backend counted events.
     pub(super) counting: Counting,
     pub(super) alive: Vec<u32>,
-    /// What the Docker proxy recorded for the step (the attestation
-    /// building lists it: `ContainerLog::finish`).
-    #[allow(
-        dead_code,
-        reason = "read by the attestation building (evidence helper) at merge"
-    )]
+    /// What the Docker API proxy recorded for the step.
     pub(super) containers: Arc<ContainerLog>,
 }
 
@@ -105,6 +100,7 @@ impl PendingStep {
             processes: st.processes,
             ..Default::default()
         };
+        super::attest::add_containers(&mut run, &mut self.trace, &self.containers);
         observe(
             &mut run,
             &mut self.trace,
@@ -169,7 +165,9 @@ pub fn run_ptrace(
     let attest = in_process_before(&spec.attestations, &spec)?;
     ptrace::probe().map_err(|e| EngineError::Backend(e.into()))?;
     let backend = ptrace::PtraceBackend::new(reason);
-    let sink = Sink::new(Recorder::with_limits(None, TraceLimits::default()));
+    let mut recorder = Recorder::with_limits(None, TraceLimits::default());
+    recorder.set_host_mnt_ns(crate::backend::ptrace::paths::mnt_ns_of(None));
+    let sink = Sink::new(recorder);
     let outcome = backend
         .run(cmd, wait_descendants, on_spawn, &sink)
         .map_err(EngineError::Backend)?;

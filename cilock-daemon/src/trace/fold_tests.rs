@@ -35,6 +35,7 @@ mod tests {
             cwd: Some(cwd.into()),
             argv: argv.iter().map(|a| a.to_string()).collect(),
             comm: "x".into(),
+            mnt_ns: None,
             time: t(),
         }
     }
@@ -417,6 +418,7 @@ mod tests {
             cwd: None,
             argv: big,
             comm: "true".into(),
+            mnt_ns: None,
             time: t(),
         });
         for _ in 0..MAX_SYSCALL_EVENTS_PER_PROCESS + 7 {
@@ -466,6 +468,7 @@ mod tests {
             cwd: Some("/".into()),
             argv: vec!["cat".into(), f.clone()],
             comm: "cat".into(),
+            mnt_ns: None,
             time: t(),
         });
         r.push(TraceEvent::Open {
@@ -982,6 +985,7 @@ mod move_tests {
             by: 50,
             from: "another step (cgroup /cg/a)".into(),
             at_birth: false,
+            cgroup: None,
             running: None,
             time: t(),
         });
@@ -991,6 +995,7 @@ mod move_tests {
             by: 7,
             from: "outside the daemon's steps".into(),
             at_birth: true,
+            cgroup: None,
             running: None,
             time: t(),
         });

@@ -70,6 +70,7 @@ fn a_memfd_program_is_named_by_the_kernel_and_flagged() {
         cwd: Some("/".into()),
         argv: vec!["stage2".into()],
         comm: "3".into(),
+        mnt_ns: None,
         time: SystemTime::now(),
     });
     let out = finish(r);

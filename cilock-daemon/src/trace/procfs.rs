@@ -27,6 +27,7 @@ pub fn running(pid: u32) -> Running {
                     .find_map(|l| l.strip_prefix("PPid:"))
                     .and_then(|v| v.trim().parse().ok())
             }),
+        mnt_ns: crate::backend::ptrace::paths::mnt_ns(pid),
     }
 }
 

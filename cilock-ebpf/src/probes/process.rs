@@ -21,7 +21,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use cilock_abi::{ARGS_MAX_BYTES, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, ForkEvent};
+use cilock_abi::{ARGS_MAX_BYTES, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, ForkEvent, Offsets};
 
 use crate::common::maps::{current_step, off};
 use crate::common::path::{stamp, walk_path};
@@ -45,7 +45,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
     let bprm: u64 = ctx.arg(2);
     let (buf, ev) = record::start::<ExecEvent>(step)?;
     ev.old_tid = old_pid as u32;
-    ev._pad = 0;
+    ev.mnt_ns = mnt_ns(task);
     ev.ppid = match rd_ptr(task, off!(task_real_parent)) {
         Some(p) => rd::<u32>(p + off!(task_tgid)).unwrap_or(0),
         None => 0,
@@ -115,6 +115,25 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
     record::send::<ExecEvent>(buf, size, step);
     cgroup::on_exec(step, task);
     Some(())
+}
+
+/// Inode of `task`'s mount namespace (`task->nsproxy->mnt_ns->ns.inum`);
+/// 0 when the kernel's layout lacks a member or a read fails.
+#[inline(always)]
+fn mnt_ns(task: u64) -> u32 {
+    let (a, b, c) = (
+        off!(task_nsproxy),
+        off!(nsproxy_mnt_ns),
+        off!(mnt_namespace_inum),
+    );
+    let absent = Offsets::ABSENT as u64;
+    if a == absent || b == absent || c == absent {
+        return 0;
+    }
+    rd_ptr(task, a)
+        .and_then(|ns| rd_ptr(ns, b))
+        .and_then(|m| rd::<u32>(m + c))
+        .unwrap_or(0)
 }
 
 /// A new process (thread groups only; threads are ignored).

@@ -41,6 +41,126 @@ pub struct CommandRun {
     /// (see `trace.observed`). Omitted when nothing was claimed.
     #[serde(default, skip_serializing_if = "Claimed::is_empty")]
     pub claimed: Claimed,
+    /// Containers the step created through the daemon's Docker API proxy,
+    /// or whose processes the trace saw in the step (cilock extension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<Container>,
+    /// Image builds the step ran through the proxy (cilock extension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<ContainerBuild>,
+}
+
+/// A container the step created through the daemon's Docker API proxy, or
+/// whose processes the trace saw in the step's cgroup (cilock extension).
+/// What the engine answered is the engine's word (the daemon asked it);
+/// `cgroup` and the processes listed with this `container` are what the
+/// daemon observed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// The full container id, from the engine (or from the cgroup name for
+    /// a container only the trace saw).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// The engine: `docker` (empty when only the trace saw it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine: String,
+    /// The image as the create request named it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_ref: String,
+    /// The engine's image id (`sha256:…`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
+    /// The image's repository digests (`RepoDigests`), from the engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_digests: Vec<String>,
+    /// `Path` + `Args` as the engine resolved them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// The container's mounts, from the engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ContainerMount>,
+    /// The cgroup it ran in (v2, relative to the cgroup2 root, leading `/`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cgroup: String,
+    /// How it was tied to the step: `cgroup-parent` (the proxy placed it
+    /// under the step's cgroup), `engine-window` (it ran while the step held
+    /// the engine's build window), `none` (see `reason`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub attribution: String,
+    /// Why `attribution` is `none`; for a container the proxy did not
+    /// record, that only the trace saw it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Pid of the client process that asked for it (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub created_by: u32,
+    /// For a build's RUN container: the build's `id`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub build: String,
+    /// Some process of it outlived the step.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub alive_at_end: bool,
+}
+
+/// One mount of a [`Container`], as the engine reported it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerMount {
+    /// `bind`, `volume`, `tmpfs`, ….
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// The source (a host path for a bind, a volume's name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// Where it is mounted in the container.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub destination: String,
+    /// Mounted read-only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+}
+
+/// An image build the step ran through the daemon's Docker API proxy
+/// (cilock extension).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerBuild {
+    /// `build-<n>`, unique in the step.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// `classic` or `buildkit`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub builder: String,
+    /// `cgroup-parent`, `engine-window` or `none` (see `reason`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub attribution: String,
+    /// Why `attribution` is `none`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The tags asked for (`t=`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The Dockerfile asked for (`dockerfile=`, default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dockerfile: String,
+    /// RUN container ids as the engine printed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// The built image's id, from the engine's stream.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
+    /// Pid of the client process that asked for it (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub created_by: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `exitcode` when the tracer did not see the command's root process exit
@@ -199,6 +319,19 @@ pub struct ProcessInfo {
         skip_serializing_if = "String::is_empty"
     )]
     pub joined_from: String,
+    /// The id of the container the process ran in, from its cgroup (a
+    /// BuildKit RUN: `buildkit:<exec id>`) (cilock extension).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    /// Inode of the process's mount namespace when it differs from the
+    /// daemon's: its paths are as that namespace sees them (cilock
+    /// extension).
+    #[serde(
+        default,
+        rename = "mountNamespace",
+        skip_serializing_if = "is_zero_u64"
+    )]
+    pub mount_namespace: u64,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -538,5 +671,87 @@ mod tests {
         let w: WitnessCommandRun = serde_json::from_value(v).unwrap();
         assert_eq!((w.cmd.len(), w.stdout.as_str(), w.exitcode), (0, "", 3));
         const { assert!(EXITCODE_UNKNOWN < 0) };
+    }
+
+    #[test]
+    fn containers_builds_and_process_container_round_trip_with_their_names() {
+        let run = CommandRun {
+            containers: vec![Container {
+                id: "a".repeat(64),
+                engine: "docker".into(),
+                image_ref: "bb:local".into(),
+                image_id: format!("sha256:{}", "b".repeat(64)),
+                image_digests: vec![format!("bb@sha256:{}", "c".repeat(64))],
+                cmd: vec!["cat".into(), "/in/f".into()],
+                mounts: vec![ContainerMount {
+                    kind: "bind".into(),
+                    source: "/w".into(),
+                    destination: "/in".into(),
+                    read_only: true,
+                }],
+                cgroup: format!("/cilock.steps/u0.s.1/{}", "a".repeat(64)),
+                attribution: "cgroup-parent".into(),
+                reason: String::new(),
+                created_by: 4242,
+                build: "build-1".into(),
+                alive_at_end: true,
+            }],
+            builds: vec![ContainerBuild {
+                id: "build-1".into(),
+                builder: "classic".into(),
+                attribution: "none".into(),
+                reason: "engine down".into(),
+                tags: vec!["x:1".into()],
+                dockerfile: "Dockerfile".into(),
+                containers: vec!["0123456789ab".into()],
+                image_id: "sha256:dd".into(),
+                created_by: 7,
+            }],
+            processes: vec![ProcessInfo {
+                processid: 9,
+                container: "buildkit:u5mrixvmmd8irvmgr87xtoq16".into(),
+                mount_namespace: 4026532801,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&run).unwrap();
+        let c = &v["containers"][0];
+        assert_eq!(c["imageRef"], "bb:local");
+        assert_eq!(
+            c["imageDigests"][0],
+            format!("bb@sha256:{}", "c".repeat(64))
+        );
+        assert_eq!(c["createdBy"], 4242);
+        assert_eq!(c["aliveAtEnd"], true);
+        assert_eq!(c["build"], "build-1");
+        assert!(c.get("reason").is_none(), "{c}");
+        assert_eq!(
+            c["mounts"][0],
+            serde_json::json!({"type": "bind", "source": "/w", "destination": "/in", "readOnly": true})
+        );
+        let b = &v["builds"][0];
+        assert_eq!(b["builder"], "classic");
+        assert_eq!(b["attribution"], "none");
+        assert_eq!(b["reason"], "engine down");
+        assert_eq!(b["imageId"], "sha256:dd");
+        assert_eq!(b["createdBy"], 7);
+        assert_eq!(b["containers"][0], "0123456789ab");
+        let p = &v["processes"][0];
+        assert_eq!(p["container"], "buildkit:u5mrixvmmd8irvmgr87xtoq16");
+        assert_eq!(p["mountNamespace"], 4026532801u64);
+        let back: CommandRun = serde_json::from_value(v).unwrap();
+        assert_eq!(back.containers, run.containers);
+        assert_eq!(back.builds, run.builds);
+        assert_eq!(back.processes, run.processes);
+        // Empty values are omitted: an attestation without containers keeps its shape.
+        let plain = serde_json::to_value(CommandRun::default()).unwrap();
+        assert!(plain.get("containers").is_none() && plain.get("builds").is_none());
+        let p = serde_json::to_value(ProcessInfo::default()).unwrap();
+        assert!(p.get("container").is_none() && p.get("mountNamespace").is_none());
+        let c = serde_json::to_value(Container::default()).unwrap();
+        assert_eq!(c, serde_json::json!({}));
+        let b = serde_json::to_value(ContainerBuild::default()).unwrap();
+        assert_eq!(b, serde_json::json!({}));
     }
 }

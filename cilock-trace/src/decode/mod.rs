@@ -398,6 +398,30 @@ mod tests {
     }
 
     #[test]
+    fn decodes_the_mount_namespace_of_an_exec() {
+        let clock = Clock::now();
+        let mut e = ExecEvent::default();
+        e.hdr.kind = kind::EXEC;
+        e.hdr.size = size_of::<ExecEvent>() as u32;
+        e.hdr.tgid = 7;
+        e.mnt_ns = 4026532174;
+        let ns = |e: &ExecEvent| match decode(&bytes_of(e), &clock, &Host::detached()).unwrap() {
+            Record::Event {
+                event: TraceEvent::Exec { mnt_ns, pid, .. },
+                ..
+            } => {
+                assert_eq!(pid, 7);
+                mnt_ns
+            }
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(ns(&e), Some(4026532174));
+        // 0: the kernel could not read it.
+        e.mnt_ns = 0;
+        assert_eq!(ns(&e), None);
+    }
+
+    #[test]
     fn decodes_move_and_join_records() {
         use cilock_abi::move_flags;
         let clock = Clock::now();

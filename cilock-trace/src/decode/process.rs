@@ -52,6 +52,7 @@ pub(super) fn exec(r: &Raw<'_>) -> Result<Record, DecodeError> {
         cwd: (e.cwd.len > 0 && cwd_why.is_none()).then_some(cwd),
         argv,
         comm: comm(&hdr.comm),
+        mnt_ns: (e.mnt_ns != 0).then_some(u64::from(e.mnt_ns)),
         time,
     }))
 }

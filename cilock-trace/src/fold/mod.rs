@@ -112,6 +112,19 @@ pub fn is_fileless(exe: &str) -> bool {
 /// lost): it is not attested as one of the step's own.
 pub const REASON_ORIGIN_UNKNOWN: &str =
     "unknown: it was neither forked by a step process nor a root of the step";
+/// Reason given for a file opened (or exec'd) in another mount namespace
+/// than the daemon's, `ns` (in the container `container` when known): the
+/// daemon cannot prove that the file at this path in its own namespace is
+/// that file, so it hashes neither.
+pub fn reason_other_mnt_ns(ns: u64, container: &str) -> String {
+    let inside = if container.is_empty() {
+        String::new()
+    } else {
+        format!(", container {container}")
+    };
+    format!("opened in another mount namespace (mnt:[{ns}]{inside}): the path is as that namespace sees it; the daemon's file at this path may be another, so it is not hashed")
+}
+
 /// Reason given for a written path that now holds another file.
 pub const REASON_WRITE_OTHER: &str = "another file is at this path now, not the one the process wrote (renamed or moved over it, or written in another mount namespace)";
 /// Reason given for a written file changed after the writer let go of it.
@@ -207,6 +220,9 @@ struct Image {
     exe: Option<String>,
     exe_stamp: Option<FileStamp>,
     kind: ImageKind,
+    /// Exec'd in another mount namespace than the daemon's: why its files
+    /// are not hashed.
+    foreign: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -234,6 +250,12 @@ struct Proc {
     origin_known: bool,
     /// argv of the first exec seen (the command a root process ran).
     first_argv: Option<Arc<Vec<String>>>,
+    /// The container it runs in (from the cgroup it joined, or its
+    /// parent's).
+    container: String,
+    /// Inode of its mount namespace (at its last exec, or its parent's; 0:
+    /// unknown).
+    mnt_ns: u64,
 }
 
 /// What the trace saw of a root process of the step.
@@ -291,6 +313,9 @@ pub struct Recorder {
     written: HashMap<(usize, u64, u64), Vec<Arc<str>>>,
     /// TCP streams on ports other than 53 that started with a DNS query.
     dns_streams: HashSet<(u32, i32)>,
+    /// The daemon's mount namespace: paths seen in another one are not
+    /// hashed (see [`Recorder::set_host_mnt_ns`]).
+    host_mnt_ns: Option<u64>,
 }
 
 fn ts(t: SystemTime) -> String {
@@ -315,6 +340,27 @@ impl Recorder {
             limits,
             ..Default::default()
         }
+    }
+
+    /// The daemon's mount namespace (`/proc/self/ns/mnt`'s inode): a
+    /// process whose exec the backend saw in another one is attested with
+    /// `mountNamespace`, and the files it opens (as that namespace names
+    /// them) are not hashed. Unknown (never set): nothing is foreign.
+    pub fn set_host_mnt_ns(&mut self, ns: Option<u64>) {
+        self.host_mnt_ns = ns;
+    }
+
+    /// Whether `ns` is known and another than the daemon's.
+    fn is_foreign(&self, ns: u64) -> bool {
+        ns != 0 && self.host_mnt_ns.is_some_and(|h| h != ns)
+    }
+
+    /// Why process `i`'s paths are not hashed, when it is in another mount
+    /// namespace than the daemon's.
+    fn foreign_ns(&self, i: usize) -> Option<String> {
+        let p = &self.procs[i];
+        self.is_foreign(p.mnt_ns)
+            .then(|| reason_other_mnt_ns(p.mnt_ns, &p.container))
     }
 
     fn count(&mut self, what: &'static str) {
@@ -350,6 +396,8 @@ impl Recorder {
                         ps.image.clone(),
                         ps.cwd.clone(),
                         ps.argv.clone(),
+                        ps.container.clone(),
+                        ps.mnt_ns,
                     )
                 });
                 let parent_joined = self.joined_origin(parent);
@@ -365,12 +413,15 @@ impl Recorder {
                     p.joined = true;
                     p.joined_from = from;
                 }
-                if let Some((comm, image, cwd, argv)) = parent_state {
-                    // Same image as the parent until it execs.
+                if let Some((comm, image, cwd, argv, container, mnt_ns)) = parent_state {
+                    // Same image as the parent until it execs; same
+                    // container and mount namespace.
                     p.comm = comm;
                     p.image = image;
                     p.cwd = cwd;
                     p.argv = argv;
+                    p.container = container;
+                    p.mnt_ns = mnt_ns;
                 }
             }
             TraceEvent::Exec {
@@ -382,6 +433,7 @@ impl Recorder {
                 cwd,
                 argv,
                 comm,
+                mnt_ns,
                 time,
                 ..
             } => {
@@ -391,6 +443,10 @@ impl Recorder {
                 if self.procs[i].ppid == 0 {
                     self.procs[i].ppid = ppid.unwrap_or(0);
                 }
+                if let Some(ns) = mnt_ns {
+                    self.procs[i].mnt_ns = ns;
+                }
+                let foreign = self.foreign_ns(i);
                 let exe_stamp = exe_stamp.filter(|s| s.ino != 0);
                 let (program, kind) = program_of(&filename, cwd.as_deref(), exe.as_deref(), &argv);
                 let kind = match kind {
@@ -405,6 +461,9 @@ impl Recorder {
                         rec.opened = true;
                         if rec.read.is_none() {
                             rec.read = exe_stamp;
+                        }
+                        if rec.unresolved.is_none() {
+                            rec.unresolved = foreign.clone();
                         }
                     }
                 }
@@ -428,6 +487,9 @@ impl Recorder {
                         if unnamed && rec.read.is_none() {
                             rec.read = exe_stamp;
                         }
+                        if rec.unresolved.is_none() {
+                            rec.unresolved = foreign.clone();
+                        }
                     }
                 }
                 let argv = self.bound_argv(argv);
@@ -442,6 +504,7 @@ impl Recorder {
                     exe,
                     exe_stamp,
                     kind,
+                    foreign,
                 });
                 p.cwd = cwd;
                 p.argv = Arc::new(argv);
@@ -478,6 +541,9 @@ impl Recorder {
                     }
                 }
                 let stamp = stamp.filter(|s| s.ino != 0);
+                // In another mount namespace the path names a file of
+                // that namespace: never hashed at the daemon's path.
+                let unresolved = unresolved.or_else(|| self.foreign_ns(i));
                 let Some(rec) = self.open_rec(i, &path) else {
                     return;
                 };
@@ -645,9 +711,18 @@ impl Recorder {
                 by,
                 from,
                 at_birth,
+                cgroup,
                 running,
                 time,
-            } => self.joined(pid, by, from, at_birth, running, time),
+            } => {
+                self.joined(pid, by, from, at_birth, running, time);
+                let container = cgroup
+                    .as_deref()
+                    .and_then(crate::container::container_of_cgroup);
+                if let (Some(c), Some(&i)) = (container, self.live.get(&pid)) {
+                    self.procs[i].container = c;
+                }
+            }
             TraceEvent::Ingress {
                 pid,
                 src,
@@ -675,7 +750,7 @@ impl Recorder {
             }
             if let Some(img) = &p.image {
                 if let (Some(e), Some(s)) = (&img.exe, img.exe_stamp) {
-                    if !is_fileless(e) {
+                    if !is_fileless(e) && img.foreign.is_none() {
                         wanted.push((e, Identity::Read(s)));
                     }
                 }
@@ -727,6 +802,12 @@ impl Recorder {
                     String::new()
                 },
                 syscall_events: p.syscalls.clone(),
+                container: p.container.clone(),
+                mount_namespace: if self.is_foreign(p.mnt_ns) {
+                    p.mnt_ns
+                } else {
+                    0
+                },
                 ..Default::default()
             };
             if !p.net.connections.is_empty() || !p.net.dns_lookups.is_empty() {
@@ -755,11 +836,15 @@ impl Recorder {
             if let Some(img) = &p.image {
                 let exe = match (&img.exe, img.exe_stamp) {
                     (Some(e), _) if is_fileless(e) => Err(REASON_FILELESS.to_string()),
+                    (Some(_), _) if img.foreign.is_some() => {
+                        Err(img.foreign.clone().unwrap_or_default())
+                    }
                     (Some(e), Some(s)) => by_identity(e, Identity::Read(s), &results),
                     (Some(_), None) => Err(REASON_NO_STAMP.to_string()),
                     (None, _) => Err("the kernel's path of the executed file is unknown".into()),
                 };
                 let program = match img.kind {
+                    _ if img.foreign.is_some() => Err(img.foreign.clone().unwrap_or_default()),
                     ImageKind::Binary => exe.clone(),
                     ImageKind::Unnamed => match img.exe_stamp {
                         Some(s) => by_identity(&img.program, Identity::Read(s), &results),
@@ -886,5 +971,215 @@ mod tests {
             http_connect(b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\n\r\nX"),
             Connect::Target("2001:db8::1".into(), 38)
         );
+    }
+
+    /// A hasher that hashes nothing and remembers what it was asked.
+    #[derive(Default)]
+    struct Asked(std::sync::Mutex<Vec<String>>);
+
+    impl Hasher for Asked {
+        fn hash_all(
+            &self,
+            jobs: &[(&str, Vec<Identity>)],
+            _: &[HashAlg],
+            _: u64,
+            _: Duration,
+        ) -> Vec<Hashed> {
+            let mut a = self.0.lock().unwrap();
+            a.extend(jobs.iter().map(|j| j.0.to_string()));
+            jobs.iter().map(|_| Hashed::Unreadable).collect()
+        }
+    }
+
+    fn stamp(ino: u64) -> FileStamp {
+        FileStamp {
+            dev: 1,
+            ino,
+            mode: libc::S_IFREG,
+            ..Default::default()
+        }
+    }
+
+    fn exec(pid: u32, exe: &str, mnt_ns: Option<u64>) -> TraceEvent {
+        TraceEvent::Exec {
+            pid,
+            ppid: None,
+            filename: exe.into(),
+            exe: Some(exe.into()),
+            exe_stamp: Some(stamp(7)),
+            cwd: Some("/".into()),
+            argv: vec![exe.into()],
+            comm: "x".into(),
+            mnt_ns,
+            time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn open(pid: u32, path: &str) -> TraceEvent {
+        TraceEvent::Open {
+            pid,
+            path: path.into(),
+            flags: 0,
+            stamp: Some(stamp(9)),
+            unresolved: None,
+            time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn fork(parent: u32, child: u32) -> TraceEvent {
+        TraceEvent::Fork {
+            parent,
+            child,
+            time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn joined_containers_are_inherited_and_their_namespace_is_not_hashed() {
+        const HOST: u64 = 4026531841;
+        const CTR: u64 = 4026532999;
+        let id = "c".repeat(64);
+        let mut r = Recorder::new(None);
+        r.set_host_mnt_ns(Some(HOST));
+        r.add_root(10, Running::default());
+        r.push(exec(10, "/usr/bin/sh", Some(HOST)));
+        r.push(open(10, "/w/host.txt"));
+        // runc init comes into <step>/<id> from outside, forks the
+        // container's process, which execs in the container's namespace.
+        r.push(TraceEvent::JoinedStep {
+            pid: 50,
+            by: 40,
+            from: "outside the daemon's steps".into(),
+            at_birth: false,
+            cgroup: Some(id.clone()),
+            running: None,
+            time: SystemTime::UNIX_EPOCH,
+        });
+        r.push(fork(50, 51));
+        r.push(exec(51, "/bin/cat", Some(CTR)));
+        r.push(open(51, "/in/f"));
+        r.push(fork(51, 52));
+        r.push(open(52, "/in/g"));
+        // A BuildKit RUN in the engine's window; a join into the shell leaf.
+        r.push(TraceEvent::JoinedStep {
+            pid: 60,
+            by: 40,
+            from: "outside the daemon's steps".into(),
+            at_birth: true,
+            cgroup: Some("buildkit/u5mr".into()),
+            running: None,
+            time: SystemTime::UNIX_EPOCH,
+        });
+        r.push(TraceEvent::JoinedStep {
+            pid: 70,
+            by: 40,
+            from: "outside the daemon's steps".into(),
+            at_birth: true,
+            cgroup: Some("shell".into()),
+            running: None,
+            time: SystemTime::UNIX_EPOCH,
+        });
+        // The step's own unshare -m child: another namespace, no container.
+        r.push(fork(10, 11));
+        r.push(exec(11, "/usr/bin/cat", Some(CTR + 1)));
+        r.push(open(11, "/etc/hostname"));
+        let asked = Asked::default();
+        let out = r.finish(&asked, &[HashAlg::Sha256], &[]);
+        let get = |pid: i64| out.processes.iter().find(|p| p.processid == pid).unwrap();
+        let asked = asked.0.lock().unwrap().clone();
+        // The host's files are hashed; nothing a foreign namespace named is.
+        assert!(asked.contains(&"/w/host.txt".to_string()), "{asked:?}");
+        assert!(asked.contains(&"/usr/bin/sh".to_string()), "{asked:?}");
+        for p in [
+            "/in/f",
+            "/in/g",
+            "/bin/cat",
+            "/etc/hostname",
+            "/usr/bin/cat",
+        ] {
+            assert!(!asked.contains(&p.to_string()), "{p} hashed: {asked:?}");
+        }
+        let root = get(10);
+        assert_eq!((root.container.as_str(), root.mount_namespace), ("", 0));
+        assert_eq!(get(50).container, id);
+        assert_eq!(get(50).mount_namespace, 0);
+        let cat = get(51);
+        assert_eq!(cat.container, id);
+        assert_eq!(cat.mount_namespace, CTR);
+        let why = reason_other_mnt_ns(CTR, &id);
+        assert!(
+            why.contains(&format!("mnt:[{CTR}], container {id}")),
+            "{why}"
+        );
+        assert_eq!(
+            cat.unhashed_opens,
+            vec![
+                UnhashedOpen {
+                    path: "/bin/cat".into(),
+                    reason: why.clone()
+                },
+                UnhashedOpen {
+                    path: "/in/f".into(),
+                    reason: why.clone()
+                }
+            ]
+        );
+        assert_eq!(cat.exe_unhashed_reason, why);
+        assert_eq!(cat.program_unhashed_reason, why);
+        assert!(cat.exedigest.is_none() && cat.openedfiles["/in/f"].is_empty());
+        // The child inherits container and namespace.
+        let child = get(52);
+        assert_eq!(
+            (child.container.as_str(), child.mount_namespace),
+            (id.as_str(), CTR)
+        );
+        assert_eq!(child.unhashed_opens[0].path, "/in/g");
+        assert_eq!(child.unhashed_opens[0].reason, why);
+        assert_eq!(get(60).container, "buildkit:u5mr");
+        assert_eq!(get(70).container, "");
+        let own = get(11);
+        assert_eq!((own.container.as_str(), own.mount_namespace), ("", CTR + 1));
+        assert_eq!(
+            own.unhashed_opens
+                .iter()
+                .find(|u| u.path == "/etc/hostname")
+                .map(|u| u.reason.clone()),
+            Some(reason_other_mnt_ns(CTR + 1, ""))
+        );
+        // A process moved in while running in another namespace (no exec
+        // seen): its namespace from /proc at the join.
+        let mut r = Recorder::new(None);
+        r.set_host_mnt_ns(Some(HOST));
+        r.push(TraceEvent::JoinedStep {
+            pid: 80,
+            by: 40,
+            from: "outside the daemon's steps".into(),
+            at_birth: false,
+            cgroup: Some(format!("docker-{id}.scope")),
+            running: Some(Running {
+                mnt_ns: Some(CTR),
+                ..Default::default()
+            }),
+            time: SystemTime::UNIX_EPOCH,
+        });
+        r.push(open(80, "/in/h"));
+        let out = r.finish(&Asked::default(), &[HashAlg::Sha256], &[]);
+        let p = &out.processes[0];
+        assert_eq!(
+            (p.container.as_str(), p.mount_namespace),
+            (id.as_str(), CTR)
+        );
+        assert_eq!(p.unhashed_opens[0].reason, why);
+        // Without the daemon's namespace known, nothing is foreign.
+        let mut r = Recorder::new(None);
+        r.add_root(10, Running::default());
+        r.push(exec(10, "/usr/bin/cat", Some(CTR)));
+        r.push(open(10, "/w/x"));
+        let out = r.finish(&Asked::default(), &[HashAlg::Sha256], &[]);
+        assert_eq!(out.processes[0].mount_namespace, 0);
+        assert!(out.processes[0]
+            .unhashed_opens
+            .iter()
+            .all(|u| !u.reason.contains("mount namespace")));
     }
 }

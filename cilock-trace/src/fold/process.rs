@@ -27,11 +27,15 @@ impl Recorder {
                     exe: Some(exe),
                     exe_stamp: stamp,
                     kind: ImageKind::Binary,
+                    foreign: None,
                 });
             }
         }
         if let Some(pp) = running.ppid {
             p.ppid = pp;
+        }
+        if p.mnt_ns == 0 {
+            p.mnt_ns = running.mnt_ns.unwrap_or(0);
         }
     }
 
@@ -179,6 +183,7 @@ impl Recorder {
         if p.image.is_none() && !at_birth {
             // What it runs, from the kernel's own link (as for a root).
             let running = running.unwrap_or_default();
+            p.mnt_ns = running.mnt_ns.unwrap_or(0);
             if let Some(exe) = running.exe {
                 let stamp = running.exe_stamp;
                 let exe = crate::pathname::escape_os(&exe);
@@ -187,6 +192,7 @@ impl Recorder {
                     exe: Some(exe),
                     exe_stamp: stamp,
                     kind: ImageKind::Binary,
+                    foreign: None,
                 });
             }
             if p.comm.is_empty() {

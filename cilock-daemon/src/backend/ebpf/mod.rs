@@ -11,6 +11,7 @@
 
 mod alias;
 pub mod btf;
+pub mod cgroup_id;
 pub mod kernel_log;
 mod loader;
 pub mod offsets;
@@ -503,6 +504,11 @@ fn consume(
         daemon_pidfd_inode: sysconfig::daemon_pidfd_inode(),
         pidfd_target: &crate::trace::procfs::pidfd_target,
     };
+    // Where a process joining a step went (a container's cgroup): resolved
+    // while the cgroup exists.
+    let ids = crate::cgroup::Hierarchy::find()
+        .ok()
+        .and_then(|h| cgroup_id::CgroupIds::open(&h.mount).ok());
     let fd = ring.as_raw_fd();
     let log_fd = logger.as_ref().map_or(-1, kernel_log::logger_fd);
     loop {
@@ -513,7 +519,7 @@ fn consume(
         {
             let routes = routes.read().unwrap_or_else(|e| e.into_inner());
             while let Some(item) = ring.next() {
-                route(&item, &routes, &clock, &host);
+                route(&item, &routes, &clock, &host, ids.as_ref());
             }
         }
         {
@@ -582,7 +588,13 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
     }
 }
 
-fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock, host: &Host) {
+fn route(
+    bytes: &[u8],
+    routes: &HashMap<u64, Route>,
+    clock: &Clock,
+    host: &Host,
+    ids: Option<&cgroup_id::CgroupIds>,
+) {
     match decode::decode(bytes, clock, host) {
         Ok(Record::Event {
             step_cgroup,
@@ -633,7 +645,7 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock, host: &Host)
             step_cgroup,
             moved,
             by,
-            dst: _,
+            dst,
             src_step,
             flags,
             time,
@@ -652,11 +664,20 @@ fn route(bytes: &[u8], routes: &HashMap<u64, Route>, clock: &Clock, host: &Host)
                     None => format!("a step that has ended (cgroup id {src_step})"),
                 };
                 let at_birth = flags & move_flags::AT_FORK != 0;
+                // The cgroup it came into, named under the step (a
+                // container's id). A route whose cgroup is the engine's
+                // BuildKit cgroup (attributed to a step) names it
+                // `buildkit/<name>`.
+                let is_step = r.cgroup.file_name().is_none_or(|n| n != "buildkit");
+                let cgroup = ids
+                    .and_then(|i| i.path_of(dst).ok())
+                    .and_then(|d| cgroup_id::step_relative(&r.cgroup, is_step, &d));
                 r.sink.push(TraceEvent::JoinedStep {
                     pid: moved,
                     by,
                     from,
                     at_birth,
+                    cgroup,
                     running: (!at_birth).then(|| crate::trace::procfs::running(moved)),
                     time,
                 });

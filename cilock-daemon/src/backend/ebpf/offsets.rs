@@ -131,6 +131,19 @@ pub fn compute(btf: &Btf, tracefs: &Path) -> Result<Offsets, OffsetsError> {
         fdtable_max_fds: btf
             .try_offset("fdtable", "max_fds")
             .unwrap_or(Offsets::ABSENT),
+        task_nsproxy: btf
+            .try_offset("task_struct", "nsproxy")
+            .unwrap_or(Offsets::ABSENT),
+        nsproxy_mnt_ns: btf
+            .try_offset("nsproxy", "mnt_ns")
+            .unwrap_or(Offsets::ABSENT),
+        mnt_namespace_inum: match (
+            btf.try_offset("mnt_namespace", "ns"),
+            btf.try_offset("ns_common", "inum"),
+        ) {
+            (Some(a), Some(b)) => a + b,
+            _ => Offsets::ABSENT,
+        },
     })
 }
 
@@ -192,6 +205,15 @@ mod tests {
                 || btf.try_offset("cgroup", "ancestor_ids").is_some()
         );
         assert!(btf.try_offset("cgroup", "no_such_member").is_none());
+        // A task's mount namespace inode (ExecEvent.mnt_ns).
+        for (s, m) in [
+            ("task_struct", "nsproxy"),
+            ("nsproxy", "mnt_ns"),
+            ("mnt_namespace", "ns"),
+            ("ns_common", "inum"),
+        ] {
+            assert!(btf.try_offset(s, m).is_some(), "{s}.{m}");
+        }
     }
 
     #[test]

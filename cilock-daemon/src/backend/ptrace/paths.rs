@@ -12,6 +12,26 @@ use std::os::unix::fs::MetadataExt;
 use cilock_trace::pathname::escape;
 use cilock_trace::FileStamp;
 
+/// Inode of the mount namespace of `pid` (`/proc/PID/ns/mnt` is
+/// `mnt:[INODE]`), or of the calling process for `None`.
+pub fn mnt_ns_of(pid: Option<u32>) -> Option<u64> {
+    let link = match pid {
+        Some(p) => format!("/proc/{p}/ns/mnt"),
+        None => "/proc/self/ns/mnt".to_string(),
+    };
+    let t = std::fs::read_link(link).ok()?;
+    t.to_str()?
+        .strip_prefix("mnt:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Inode of the mount namespace of the tracee `pid` (at its exec stop).
+pub fn mnt_ns(pid: u32) -> Option<u64> {
+    mnt_ns_of(Some(pid))
+}
+
 /// Result of resolving an fd of a tracee to a path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {

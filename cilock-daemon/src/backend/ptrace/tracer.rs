@@ -542,6 +542,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             cwd: paths::cwd(tgid),
             argv: paths::cmdline(tgid),
             comm: paths::comm(tgid),
+            mnt_ns: paths::mnt_ns(tgid),
             time: now(),
         };
         self.emit(ev);

@@ -1,0 +1,167 @@
+//! A cgroup id (the kernfs node id the kernel records, `bpf_get_current_cgroup_id`,
+//! `CgroupJoinEvent.dst_cgroup`) back to its directory while the cgroup
+//! exists: `open_by_handle_at` on the cgroup2 mount with the 8-byte id as a
+//! `FILEID_KERNFS` handle, then the opened directory's path. Needs
+//! `CAP_DAC_READ_SEARCH` (the daemon is root).
+//!
+//! The path is the cgroup's name as the kernel has it; a job may name its
+//! own sub-cgroups anything, so what is made of it ([`step_relative`]) is a
+//! name under the step, never used to decide where the daemon writes.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// `FILEID_KERNFS` (include/linux/exportfs.h).
+const FILEID_KERNFS: i32 = 0xfe;
+
+/// `struct file_handle` with the 8 bytes of a kernfs id.
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    id: [u8; 8],
+}
+
+/// Resolves cgroup ids on one cgroup2 mount.
+#[derive(Debug)]
+pub struct CgroupIds {
+    mount: OwnedFd,
+}
+
+impl CgroupIds {
+    /// Opens the cgroup2 mount at `mount`.
+    pub fn open(mount: &Path) -> io::Result<CgroupIds> {
+        let c = CString::new(mount.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a valid C string; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd we own.
+        Ok(CgroupIds {
+            mount: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The directory of the cgroup `id` (absolute, under the mount), while
+    /// it exists.
+    pub fn path_of(&self, id: u64) -> io::Result<PathBuf> {
+        let mut h = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            id: id.to_ne_bytes(),
+        };
+        // SAFETY: `h` is a valid file_handle of 8 bytes; the result is checked.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                self.mount.as_raw_fd(),
+                &mut h as *mut KernfsHandle,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    }
+}
+
+/// The name a join into `dst` gets (`TraceEvent::JoinedStep.cgroup`),
+/// given the cgroup `step` the join was routed to: `dst` relative to it
+/// (`<container id>`, `shell`, …); when `step` is a cgroup attributed to a
+/// step (the engine's BuildKit cgroup), prefixed with its last component
+/// (`buildkit/<name>`) — `is_step` tells the two apart. A `dst` outside
+/// `step` (a route by alias to the step's own cgroup): its last two
+/// components when the first is `buildkit`. None otherwise and for `step`
+/// itself.
+pub fn step_relative(step: &Path, is_step: bool, dst: &Path) -> Option<String> {
+    let name = |p: &Path| p.to_str().map(str::to_string);
+    match dst.strip_prefix(step) {
+        Ok(rel) if rel.as_os_str().is_empty() => None,
+        Ok(rel) if is_step => name(rel),
+        Ok(rel) => name(&Path::new(step.file_name()?).join(rel)),
+        Err(_) => {
+            let parts: Vec<&std::ffi::OsStr> = dst.iter().collect();
+            let n = parts.len();
+            (n >= 2 && parts[n - 2] == "buildkit")
+                .then(|| name(&Path::new(parts[n - 2]).join(parts[n - 1])))
+                .flatten()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_relative_to_the_step() {
+        let step = Path::new("/sys/fs/cgroup/cilock.steps/u0.s.1.2");
+        let id = "a".repeat(64);
+        assert_eq!(step_relative(step, true, &step.join(&id)), Some(id.clone()));
+        assert_eq!(
+            step_relative(step, true, &step.join("shell")),
+            Some("shell".into())
+        );
+        assert_eq!(step_relative(step, true, step), None);
+        let bk = Path::new("/sys/fs/cgroup/docker/buildkit");
+        assert_eq!(
+            step_relative(bk, false, &bk.join("u5mr")),
+            Some("buildkit/u5mr".into())
+        );
+        assert_eq!(
+            step_relative(step, true, &bk.join("u5mr")),
+            Some("buildkit/u5mr".into())
+        );
+        assert_eq!(
+            step_relative(step, true, Path::new("/sys/fs/cgroup/x/y")),
+            None
+        );
+    }
+
+    /// For real: a cgroup created here, resolved from its id (the inode of
+    /// its directory), and an id that names no cgroup.
+    #[test]
+    fn resolves_a_real_cgroup_id() {
+        if !nix_root() {
+            eprintln!("skipped: needs root (CAP_DAC_READ_SEARCH, cgroup mkdir)");
+            return;
+        }
+        let h = crate::cgroup::Hierarchy::find().expect("a cgroup2 mount");
+        let dir = h
+            .mount
+            .join(format!("cilock-test-ids.{}", std::process::id()));
+        let sub = dir.join("b".repeat(64));
+        std::fs::create_dir_all(&sub).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let id = std::fs::metadata(&sub).unwrap().ino();
+        let ids = CgroupIds::open(&h.mount).unwrap();
+        let got = ids.path_of(id);
+        let missing = ids.path_of(u64::MAX - 1);
+        let _ = std::fs::remove_dir(&sub);
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(got.unwrap(), sub);
+        assert!(missing.is_err());
+        assert_eq!(
+            step_relative(&dir, true, &sub).as_deref(),
+            Some("b".repeat(64).as_str())
+        );
+    }
+
+    fn nix_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+}
