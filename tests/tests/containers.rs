@@ -616,7 +616,12 @@ fn classic_build_in_a_step_records_the_build_and_its_run() {
         .into_iter()
         .find(|c| c["id"] == full.as_str())
         .unwrap_or_else(|| panic!("RUN container {full} not listed: {}", pretty(&cr)));
-    assert_eq!(run["cgroup"], run_cg.as_str());
+    assert_eq!(
+        run["cgroup"],
+        run_cg.as_str(),
+        "{}",
+        pretty(&cr["containers"])
+    );
     assert_eq!(run["build"], build_id.as_str(), "{}", pretty(&run));
 }
 
