@@ -35,6 +35,11 @@ pub struct Daemon {
     pub log: PathBuf,
     /// Its state directory.
     pub state: PathBuf,
+    /// Its `cgroup_parent` (relative to the cgroup2 root, no leading '/').
+    pub cgroup_parent: String,
+    /// The Docker API proxy socket it serves (`docker_proxy`), when started
+    /// with [`Daemon::start_with_docker`].
+    pub docker_proxy: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,7 +54,33 @@ impl Daemon {
     /// daemon's directory is world-traversable (other users reach the
     /// socket; its mode and group decide); the key stays 0600.
     pub fn start_with(backend: &str, extra: &str) -> Daemon {
+        Self::start_in(tempdir(), backend, extra)
+    }
+
+    /// Like [`Daemon::start_with`], with the Docker API proxy on: its
+    /// config sets `docker_proxy` (a socket in the daemon's temporary
+    /// directory, [`Daemon::docker_proxy`]), `docker_socket` (the private
+    /// engine's socket) and `docker_buildkit_cgroup` (where that engine runs
+    /// BuildKit RUNs).
+    pub fn start_with_docker(
+        backend: &str,
+        engine: &crate::docker::Dockerd,
+        extra: &str,
+    ) -> Daemon {
         let dir = tempdir();
+        let proxy = dir.path().join("docker-proxy.sock");
+        let extra = format!(
+            "docker_proxy = {:?}\ndocker_socket = {:?}\ndocker_buildkit_cgroup = {:?}\n{extra}",
+            proxy.display().to_string(),
+            engine.socket.display().to_string(),
+            engine.buildkit_cgroup(),
+        );
+        let mut d = Self::start_in(dir, backend, &extra);
+        d.docker_proxy = Some(proxy);
+        d
+    }
+
+    fn start_in(dir: tempfile::TempDir, backend: &str, extra: &str) -> Daemon {
         let state = dir.path().join("state");
         let n = std::process::id();
         let unique = format!(
@@ -188,6 +219,8 @@ impl Daemon {
             pubkey,
             log,
             state: state.to_path_buf(),
+            cgroup_parent: parent.to_string(),
+            docker_proxy: None,
             _dir: dir,
         }
     }

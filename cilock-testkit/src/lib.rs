@@ -15,6 +15,8 @@
 //! - [`cli`]: running the `cilock` command line and reading its output.
 //! - [`pki`]: a PKI and an RFC 3161 TSA made by the `openssl` CLI.
 //! - [`users`]: throw-away users and groups (`useradd`/`groupadd`).
+//! - [`docker`]: a private `dockerd` per test, its busybox image, cgroups.
+//! - [`podman`]: a throw-away user running rootless podman.
 //!
 //! The end-to-end tests need root, a cgroup2 mount, tracefs and BTF: the
 //! machine `cargo xtask setup` prepares. They fail (never skip) when those
@@ -23,10 +25,12 @@
 pub mod bin;
 pub mod cli;
 pub mod daemon;
+pub mod docker;
 pub mod envelope;
 pub mod fixtures;
 pub mod net;
 pub mod pki;
+pub mod podman;
 pub mod programs;
 pub mod step;
 pub mod strace;

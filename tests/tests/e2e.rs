@@ -12,6 +12,8 @@
 mod adversarial;
 /// Observed versus claimed: what the trace saw beats what the job says.
 mod claimed;
+/// Issue #15: containers a step runs (docker, BuildKit, rootless podman).
+mod containers;
 /// Per-user connection, step and request limits with real users.
 mod daemon_limits;
 /// Who may reach the daemon, own a step and trace which processes.
