@@ -9,6 +9,8 @@ mod attestors_files;
 mod attestors_git;
 /// secretscan: findings never appear in clear in the collection.
 mod attestors_secretscan;
+/// The example policy against a step reaching the container engine's own socket.
+mod engine_socket_policy;
 /// Keys and DSSE against Witness fixtures and independent implementations.
 mod keys_dsse;
 /// The example policies gate on what the tracer observed, not what was claimed.

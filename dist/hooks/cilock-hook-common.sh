@@ -14,6 +14,11 @@
 #   CILOCK_ATTESTATIONS   extra attestors, comma-separated [per hook]
 #   CILOCK_OUTPUT_DIR     where `step end` writes the envelope [per hook]
 #   CILOCK_SOCKET         daemon socket [/run/cilock/cilock.sock]
+#   CILOCK_DOCKER_PROXY   the daemon's Docker API proxy socket (its
+#                         docker_proxy key) [/run/cilock/docker.sock]; once
+#                         the step has begun, the job's DOCKER_HOST points at
+#                         it when this user can use it. "": leave DOCKER_HOST
+#                         alone (e.g. for `container:` jobs, see README.md)
 
 cilock_log() {
     printf 'cilock: %s\n' "$*" >&2
@@ -110,4 +115,41 @@ cilock_chain() {
         *) bash -e "$prev"; rc=$? ;;
     esac
     return "$rc"
+}
+
+# The DOCKER_HOST value that sends the job's docker CLI through the daemon's
+# Docker API proxy (so the containers and builds it starts are the step's
+# evidence), printed on stdout; status 1 (and a line on stderr saying why,
+# unless the proxy is simply absent) when the job should keep its own:
+#   - CILOCK_DOCKER_PROXY is "" (disabled here) or not an absolute path;
+#   - no socket there (the daemon runs without the proxy, or is down);
+#   - this user may not connect to it (connecting to a Unix socket needs
+#     write permission on it; the proxy's is 0660, group cilock);
+#   - DOCKER_HOST already names another engine than the default socket
+#     (the proxy forwards to the daemon's docker_socket, not to that one).
+# Call it only after `step begin` succeeded: the daemon answered then, so a
+# socket left behind by a daemon that is gone is not mistaken for its proxy.
+cilock_docker_host() {
+    local sock="${CILOCK_DOCKER_PROXY-/run/cilock/docker.sock}"
+    [ -n "$sock" ] || return 1
+    case "$sock" in
+        /*) ;;
+        *)
+            cilock_log "CILOCK_DOCKER_PROXY=$sock is not an absolute path; DOCKER_HOST left alone"
+            return 1
+            ;;
+    esac
+    [ -S "$sock" ] || return 1
+    if [ ! -r "$sock" ] || [ ! -w "$sock" ]; then
+        cilock_log "this user ($(id -un 2>/dev/null || id -u)) may not use the Docker proxy $sock (not in its group?); DOCKER_HOST left alone: containers this job starts are not the step's evidence"
+        return 1
+    fi
+    case "${DOCKER_HOST:-}" in
+        "" | unix:///var/run/docker.sock | unix:///run/docker.sock | "unix://$sock") ;;
+        *)
+            cilock_log "DOCKER_HOST is already $DOCKER_HOST (not the default engine); left alone: containers this job starts there are not the step's evidence"
+            return 1
+            ;;
+    esac
+    printf 'unix://%s' "$sock"
 }

@@ -16,6 +16,14 @@
 # that value in CILOCK_PREVIOUS_JOB_STARTED_HOOK; it runs after the step has
 # begun, and its failure fails the job as before.
 #
+# Docker: once the step has begun, when the daemon's Docker API proxy
+# (CILOCK_DOCKER_PROXY, default /run/cilock/docker.sock) exists and this user
+# may use it, DOCKER_HOST=unix://<proxy> is written to $GITHUB_ENV, so the
+# docker CLI of every later step goes through the proxy and the containers
+# and builds it starts are part of the step's evidence. The runner's own
+# docker calls (container: jobs, services, container actions) do not read
+# $GITHUB_ENV and are not covered; see README.md.
+#
 # Other settings: see cilock-hook-common.sh (CILOCK_FAIL_CLOSED,
 # CILOCK_HOOK_TIMEOUT, CILOCK_STEP, CILOCK_BIN). CILOCK_ATTESTATIONS defaults
 # to "environment,git,github".
@@ -38,7 +46,16 @@ cilock_run step begin \
     --pid "$worker" \
     --workdir "$workdir" \
     --attestations "${CILOCK_ATTESTATIONS:-environment,git,github}"
-cilock_outcome $? "cilock step begin --step $step" || exit $?
+begin_rc=$?
+cilock_outcome "$begin_rc" "cilock step begin --step $step" || exit $?
+
+if [ "$begin_rc" -eq 0 ] && docker_host="$(cilock_docker_host)"; then
+    if [ -n "${GITHUB_ENV:-}" ] && printf 'DOCKER_HOST=%s\n' "$docker_host" >>"$GITHUB_ENV"; then
+        cilock_log "DOCKER_HOST=$docker_host for the job's steps (through cilock's Docker proxy)"
+    else
+        cilock_warn "could not write DOCKER_HOST to \$GITHUB_ENV (${GITHUB_ENV:-unset}): containers this job starts are not the step's evidence"
+    fi
+fi
 
 cilock_chain "${CILOCK_PREVIOUS_JOB_STARTED_HOOK:-}"
 exit $?

@@ -16,6 +16,16 @@
 # stage's cgroup empties (or after step_timeout), or use a custom executor
 # whose cleanup_exec runs `cilock step end`.
 #
+# Docker: a program cannot change the environment of the shell that runs it,
+# so this file cannot set the job's DOCKER_HOST. To send the job's docker CLI
+# through the daemon's Docker API proxy, source gitlab-pre-build-env.sh
+# instead of running this file (it runs this file, then exports DOCKER_HOST
+# in the job's shell):
+#   pre_build_script = ". /usr/libexec/cilock/gitlab-pre-build-env.sh"
+# With CILOCK_DOCKER_HOST_FILE set, this file writes the DOCKER_HOST value
+# there once the step has begun and the proxy is usable (see
+# cilock_docker_host in cilock-hook-common.sh); nothing otherwise.
+#
 # Chaining: a previous pre_build_script file goes in
 # CILOCK_PREVIOUS_PRE_BUILD_HOOK (run after the step has begun; its failure
 # fails the job as before). Settings: see cilock-hook-common.sh;
@@ -34,7 +44,14 @@ cilock_run step begin \
     --pid "$PPID" \
     --workdir "$workdir" \
     --attestations "${CILOCK_ATTESTATIONS:-environment,git,gitlab}"
-cilock_outcome $? "cilock step begin --step $step" || exit $?
+begin_rc=$?
+cilock_outcome "$begin_rc" "cilock step begin --step $step" || exit $?
+
+if [ "$begin_rc" -eq 0 ] && [ -n "${CILOCK_DOCKER_HOST_FILE:-}" ] &&
+    docker_host="$(cilock_docker_host)"; then
+    printf '%s\n' "$docker_host" >"$CILOCK_DOCKER_HOST_FILE" ||
+        cilock_warn "could not write $CILOCK_DOCKER_HOST_FILE: DOCKER_HOST left alone"
+fi
 
 cilock_chain "${CILOCK_PREVIOUS_PRE_BUILD_HOOK:-}"
 exit $?

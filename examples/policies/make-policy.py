@@ -30,9 +30,10 @@ def module(name):
         return {"name": name[: -len(".rego")], "module": base64.b64encode(f.read()).decode()}
 
 
-def policy(step, pem, expires, require_success=False, built_products=False):
+def policy(step, pem, expires, require_success=False, built_products=False, no_engine_socket=False):
     keyid = hashlib.sha256(pem).hexdigest()
     modules = MODULES + (["command-succeeded.rego"] if require_success else [])
+    modules += ["no-engine-socket.rego"] if no_engine_socket else []
     attestations = [{"type": COMMAND_RUN, "regopolicies": [module(m) for m in modules]}]
     if built_products:
         attestations.append({"type": PRODUCT, "regopolicies": [module("products-built-by-step.rego")]})
@@ -58,12 +59,14 @@ def main():
                     help="also require the observed exit status 0 (command-succeeded.rego)")
     ap.add_argument("--built-products", action="store_true",
                     help="also require every product to be written by the step (products-built-by-step.rego)")
+    ap.add_argument("--no-engine-socket", action="store_true",
+                    help="also deny reaching the container engine's own socket, bypassing cilock's Docker proxy (no-engine-socket.rego)")
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
     with open(a.pubkey, "rb") as f:
         pem = f.read()
     with open(a.out, "w") as f:
-        json.dump(policy(a.step, pem, a.expires, a.require_success, a.built_products), f, indent=2)
+        json.dump(policy(a.step, pem, a.expires, a.require_success, a.built_products, a.no_engine_socket), f, indent=2)
         f.write("\n")
 
 

@@ -42,6 +42,8 @@ pub const HOOK_FILES: &[(&str, u32)] = &[
     ("gha-job-completed.sh", 0o755),
     ("gitlab-pre-build.sh", 0o755),
     ("gitlab-post-build.sh", 0o755),
+    // Sourced into the job's shell (it exports DOCKER_HOST there), not run.
+    ("gitlab-pre-build-env.sh", 0o644),
     ("cilock-hook-common.sh", 0o644),
     ("README.md", 0o644),
 ];
@@ -189,7 +191,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         "        and ACTIONS_RUNNER_HOOK_JOB_COMPLETED={HOOK_DIR}/gha-job-completed.sh"
     ));
     note(format!(
-        "GitLab: pre_build_script = \"{HOOK_DIR}/gitlab-pre-build.sh\" (see {HOOK_DIR}/README.md)"
+        "GitLab: pre_build_script = \". {HOOK_DIR}/gitlab-pre-build-env.sh\" (sourced: it also points the job's docker at cilock's Docker proxy; see {HOOK_DIR}/README.md)"
     ));
     note(format!("verifiers need the public key: {KEY_FILE}.pub"));
     Ok(())
@@ -243,5 +245,28 @@ mod tests {
             "ExecStart=/opt/cilock/bin/cilock-daemon --config /etc/cilock/cilock.toml\n"
         );
         assert_eq!(render_unit(u, Path::new("/usr/local")), u);
+    }
+
+    /// Every file in `dist/hooks` is installed, and the sourced ones are
+    /// not executable.
+    #[test]
+    fn every_hook_file_is_installed() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/hooks");
+        let mut shipped: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        shipped.sort();
+        let mut installed: Vec<String> = HOOK_FILES.iter().map(|(n, _)| (*n).to_owned()).collect();
+        installed.sort();
+        assert_eq!(shipped, installed);
+        for (name, mode) in HOOK_FILES {
+            let sourced = *name == "cilock-hook-common.sh" || *name == "gitlab-pre-build-env.sh";
+            if sourced || name.ends_with(".md") {
+                assert_eq!(*mode, 0o644, "{name}");
+            } else {
+                assert_eq!(*mode, 0o755, "{name}");
+            }
+        }
     }
 }

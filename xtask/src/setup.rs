@@ -1,7 +1,10 @@
 //! `cargo xtask setup`: build prerequisites and kernel filesystems.
 //!
 //! 1. apt packages (installed only when missing; `apt-get update` runs only
-//!    when something must be installed);
+//!    when something must be installed), among them the container engines
+//!    the container tests drive (`docker.io`, `podman`, …), installed with
+//!    service starts denied (`policy-rc.d`), so no system dockerd is left
+//!    running: the tests start their own on private sockets;
 //! 2. `rust-src` for the nightly toolchain (the nightly itself is never
 //!    updated);
 //! 3. `bpf-linker` 0.13.0 built against LLVM 22 (skipped when
@@ -40,6 +43,105 @@ pub const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "passwd",
 ];
+
+/// Packages of the container tests: dockerd/containerd/runc and the docker
+/// CLI, a static busybox for the test image, podman and the uid maps of its
+/// rootless mode. Installing them must not leave a system dockerd running
+/// (see [`NoServiceStarts`] and [`stop_system_dockerd`]).
+pub const CONTAINER_PACKAGES: &[&str] = &["docker.io", "busybox-static", "podman", "uidmap"];
+
+/// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before
+/// starting a service from a package's maintainer scripts.
+pub const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// While it lives, `path` (a `policy-rc.d`) denies every service start
+/// (exit 101, "action forbidden by policy"); on drop the file that was
+/// there before, if any, is put back, else the file is removed.
+#[derive(Debug)]
+pub struct NoServiceStarts {
+    path: std::path::PathBuf,
+    saved: Option<std::path::PathBuf>,
+}
+
+impl NoServiceStarts {
+    /// Installs the denying policy at `path`, moving an existing one aside.
+    pub fn at(path: &Path) -> anyhow::Result<NoServiceStarts> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let saved = if path.symlink_metadata().is_ok() {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".cilock-setup-saved");
+            let aside = std::path::PathBuf::from(aside);
+            std::fs::rename(path, &aside)
+                .with_context(|| format!("moving {} aside", path.display()))?;
+            Some(aside)
+        } else {
+            None
+        };
+        let guard = NoServiceStarts {
+            path: path.to_path_buf(),
+            saved,
+        };
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(saved) = &self.saved {
+            if let Err(e) = std::fs::rename(saved, &self.path) {
+                eprintln!(
+                    "cargo xtask setup: could not put {} back from {}: {e}",
+                    self.path.display(),
+                    saved.display()
+                );
+            }
+        }
+    }
+}
+
+/// The pid of a running system dockerd (the one whose pid file is the
+/// default `/run/docker.pid`), if any. Test dockerds use their own pid files.
+pub fn system_dockerd() -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string("/run/docker.pid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "dockerd").then_some(pid)
+}
+
+/// After `docker.io` was installed by setup: stops (and, under systemd,
+/// disables, with its socket unit, which would start it on the first
+/// connection) a system dockerd that its installation started anyway.
+pub fn stop_system_dockerd() -> anyhow::Result<()> {
+    if util::systemd_is_pid1() {
+        exec(cmd("systemctl").args(["disable", "--now", "docker.socket", "docker.service"]))?;
+    } else if let Some(pid) = system_dockerd() {
+        note(format!(
+            "stopping the system dockerd (pid {pid}) the installation started"
+        ));
+        exec(cmd("kill").args(["-TERM", &pid.to_string()]))?;
+    }
+    for _ in 0..100 {
+        if system_dockerd().is_none() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!(
+        "a system dockerd is still running (pid {}): stop it; the tests start their own",
+        system_dockerd().unwrap_or(0)
+    )
+}
 
 /// The bpf-linker version the eBPF build is pinned to.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -88,10 +190,15 @@ fn apt(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
     if output(cmd("dpkg-query").arg("--version")).is_none() {
         note("dpkg-query not found: not a Debian/Ubuntu host; install these by hand:");
         note(APT_PACKAGES.join(" "));
+        note(format!(
+            "{} (without leaving a system dockerd running)",
+            CONTAINER_PACKAGES.join(" ")
+        ));
         return Ok(());
     }
     let absent: Vec<&str> = APT_PACKAGES
         .iter()
+        .chain(CONTAINER_PACKAGES)
         .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
@@ -106,12 +213,21 @@ fn apt(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
     }
     util::require_root("setup")?;
     exec(cmd("apt-get").arg("update"))?;
-    exec(
-        cmd("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&absent)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    let docker = absent.contains(&"docker.io");
+    {
+        // The maintainer scripts of docker.io and containerd start their
+        // services; nothing installed here needs a service running.
+        let _no_starts = NoServiceStarts::at(Path::new(POLICY_RC_D))?;
+        exec(
+            cmd("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&absent)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if docker {
+        stop_system_dockerd()?;
+    }
     Ok(())
 }
 
@@ -358,6 +474,41 @@ fn mounts(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_service_starts_denies_then_restores() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("policy-rc.d");
+        // None before: ours denies (exit 101 when run), then it is gone.
+        {
+            let _g = NoServiceStarts::at(&p).unwrap();
+            let st = std::process::Command::new("sh").arg(&p).status().unwrap();
+            assert_eq!(st.code(), Some(101));
+        }
+        assert!(p.symlink_metadata().is_err());
+        // An existing one (the admin's) is put back byte for byte, mode too.
+        std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o750)).unwrap();
+        {
+            let _g = NoServiceStarts::at(&p).unwrap();
+            assert_eq!(
+                std::process::Command::new("sh")
+                    .arg(&p)
+                    .status()
+                    .unwrap()
+                    .code(),
+                Some(101)
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "#!/bin/sh\nexit 0\n");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o750
+        );
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
 
     #[test]
     fn mountinfo() {

@@ -277,6 +277,27 @@ fn alive_notes(cr: &Value) -> Vec<String> {
         }
         return out;
     }
+    let containers: Vec<String> = cr
+        .get("containers")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.get("aliveAtEnd") == Some(&Value::Bool(true)))
+        .map(|c| short_id(c.get("id").and_then(Value::as_str).unwrap_or("?")))
+        .collect();
+    if !containers.is_empty() {
+        let n = containers.len();
+        let mut v: Vec<String> = containers.into_iter().take(MAX_LISTED).collect();
+        if n > MAX_LISTED {
+            v.push(format!("… {} more", n - MAX_LISTED));
+        }
+        out.push(format!(
+            "{n} container{} still running when the step ended (left running, no longer traced): {}",
+            if n == 1 { "" } else { "s" },
+            v.join(", ")
+        ));
+    }
     let alive: Vec<i64> = procs
         .iter()
         .filter(|p| p.get("aliveAtEnd") == Some(&Value::Bool(true)))
@@ -424,7 +445,12 @@ fn command_run_summary(o: &mut String, cr: &Value) {
             .filter(|s| !s.is_empty())
             .or_else(|| p.get("comm").and_then(Value::as_str))
             .unwrap_or("?");
-        let _ = writeln!(o, "  {}{pid} (parent {ppid}) {prog}", "  ".repeat(depth));
+        let _ = writeln!(
+            o,
+            "  {}{pid} (parent {ppid}) {prog}{}",
+            "  ".repeat(depth),
+            where_it_ran(p)
+        );
         if let Some(kids) = children.get(&pid) {
             for k in kids.iter().rev() {
                 stack.push((*k, depth + 1));
@@ -438,6 +464,7 @@ fn command_run_summary(o: &mut String, cr: &Value) {
             NOT_RECORDED.to_string()
         }
     };
+    containers_summary(o, cr);
     let _ = writeln!(o, "opened files:   {}", count(files, has_procs || traced));
     let _ = writeln!(o, "network conns:  {}", count(conns, traced));
     let _ = writeln!(o, "syscall events: {}", count(sys, traced));
@@ -461,5 +488,194 @@ fn command_run_summary(o: &mut String, cr: &Value) {
             let lost = c.get("lost").and_then(Value::as_u64).unwrap_or(0);
             let _ = writeln!(o, "trace events:   {kind}: captured {cap}, lost {lost}");
         }
+    }
+}
+
+/// A container id as people read it: the first 12 characters of a 64-hex
+/// id, anything else (e.g. `buildkit:<exec id>`) whole.
+fn short_id(id: &str) -> String {
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        id[..12].to_string()
+    } else {
+        id.to_string()
+    }
+}
+
+/// Where a process ran when it was not the daemon's own view: its
+/// container (from its cgroup) and its mount namespace (whose paths its
+/// `openedfiles` are in), as ` [container …, mount ns …]`; empty otherwise.
+fn where_it_ran(p: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = p
+        .get("container")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+    {
+        parts.push(format!("container {}", short_id(c)));
+    }
+    if let Some(ns) = p
+        .get("mountNamespace")
+        .and_then(Value::as_u64)
+        .filter(|n| *n != 0)
+    {
+        parts.push(format!("mount ns {ns}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", parts.join(", "))
+    }
+}
+
+/// A string field of a JSON object, "" when absent.
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The strings of an array field of a JSON object.
+fn texts<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// How a container or build was tied to the step, with the reason when it
+/// was not.
+fn attribution(v: &Value) -> String {
+    let a = text(v, "attribution");
+    let a = if a.is_empty() { "?" } else { a };
+    match text(v, "reason") {
+        "" => a.to_string(),
+        why => format!("{a} ({why})"),
+    }
+}
+
+/// The containers and builds the step ran through the daemon's Docker proxy
+/// (or whose processes the trace saw), when there are any. The image as the
+/// request named it is the client's word; ids, digests, the resolved
+/// command and mounts are the engine's answer.
+fn containers_summary(o: &mut String, cr: &Value) {
+    let containers = cr
+        .get("containers")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !containers.is_empty() {
+        let _ = writeln!(o, "containers:     {}", containers.len());
+    }
+    for c in containers.iter().take(MAX_LISTED) {
+        let engine = match text(c, "engine") {
+            "" => String::new(),
+            e => format!(" ({e})"),
+        };
+        let mut line = format!("  - {}{engine}", short_id(text(c, "id")));
+        let image_ref = text(c, "imageRef");
+        if !image_ref.is_empty() {
+            let _ = write!(line, " image {image_ref:?} (as requested)");
+        }
+        let image_id = text(c, "imageId");
+        if !image_id.is_empty() {
+            let _ = write!(line, " = {image_id}");
+        }
+        let _ = write!(line, ", attribution {}", attribution(c));
+        if let Some(pid) = c
+            .get("createdBy")
+            .and_then(Value::as_u64)
+            .filter(|p| *p != 0)
+        {
+            let _ = write!(line, ", created by pid {pid}");
+        }
+        let build = text(c, "build");
+        if !build.is_empty() {
+            let _ = write!(line, ", RUN of {build}");
+        }
+        if c.get("aliveAtEnd") == Some(&Value::Bool(true)) {
+            line.push_str(", still running at the end");
+        }
+        let _ = writeln!(o, "{line}");
+        let cmd = texts(c, "cmd");
+        if !cmd.is_empty() {
+            let _ = writeln!(o, "      cmd:    {}", cmd.join(" "));
+        }
+        let cgroup = text(c, "cgroup");
+        if !cgroup.is_empty() {
+            let _ = writeln!(o, "      cgroup: {cgroup}");
+        }
+        for d in texts(c, "imageDigests").iter().take(MAX_LISTED) {
+            let _ = writeln!(o, "      digest: {d}");
+        }
+        let mounts = c
+            .get("mounts")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for m in mounts.iter().take(MAX_LISTED) {
+            let ro = if m.get("readOnly") == Some(&Value::Bool(true)) {
+                " (read-only)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                o,
+                "      mount:  {} {} -> {}{ro}",
+                text(m, "type"),
+                text(m, "source"),
+                text(m, "destination")
+            );
+        }
+        if mounts.len() > MAX_LISTED {
+            let _ = writeln!(o, "      … {} more mounts", mounts.len() - MAX_LISTED);
+        }
+    }
+    if containers.len() > MAX_LISTED {
+        let _ = writeln!(o, "  … {} more", containers.len() - MAX_LISTED);
+    }
+    let builds = cr
+        .get("builds")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !builds.is_empty() {
+        let _ = writeln!(o, "builds:         {}", builds.len());
+    }
+    for b in builds.iter().take(MAX_LISTED) {
+        let mut line = format!("  - {}", text(b, "id"));
+        let builder = text(b, "builder");
+        if !builder.is_empty() {
+            let _ = write!(line, " ({builder})");
+        }
+        let dockerfile = text(b, "dockerfile");
+        if !dockerfile.is_empty() {
+            let _ = write!(line, " {dockerfile}");
+        }
+        let tags = texts(b, "tags");
+        if !tags.is_empty() {
+            let _ = write!(line, " tags {}", tags.join(", "));
+        }
+        let image_id = text(b, "imageId");
+        if !image_id.is_empty() {
+            let _ = write!(line, " -> {image_id}");
+        }
+        let _ = write!(line, ", attribution {}", attribution(b));
+        if let Some(pid) = b
+            .get("createdBy")
+            .and_then(Value::as_u64)
+            .filter(|p| *p != 0)
+        {
+            let _ = write!(line, ", created by pid {pid}");
+        }
+        let _ = writeln!(o, "{line}");
+        let runs = texts(b, "containers");
+        if !runs.is_empty() {
+            let mut v: Vec<String> = runs.iter().take(MAX_LISTED).map(|c| short_id(c)).collect();
+            if runs.len() > MAX_LISTED {
+                v.push(format!("… {} more", runs.len() - MAX_LISTED));
+            }
+            let _ = writeln!(o, "      RUN containers: {}", v.join(", "));
+        }
+    }
+    if builds.len() > MAX_LISTED {
+        let _ = writeln!(o, "  … {} more", builds.len() - MAX_LISTED);
     }
 }
