@@ -40,8 +40,8 @@ mod route;
 #[cfg(test)]
 mod tests;
 
-pub use peer::PeerCred;
 pub use cilock_evidence::attestors::command_run::{Container, ContainerBuild, ContainerMount};
+pub use peer::PeerCred;
 
 /// Most proxy connections served at once; further clients wait in the
 /// listen backlog until one ends.

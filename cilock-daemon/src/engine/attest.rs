@@ -42,8 +42,9 @@ pub(super) fn add_containers(
     run: &mut CommandRun,
     trace: &mut TraceInfo,
     log: &super::containers::ContainerLog,
+    cgroups: &std::collections::BTreeMap<String, String>,
 ) {
-    let (containers, builds, dropped) = log.finish(&run.processes);
+    let (containers, builds, dropped) = log.finish(&run.processes, cgroups);
     run.containers = containers;
     run.builds = builds;
     if dropped > 0 {

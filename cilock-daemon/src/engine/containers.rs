@@ -7,7 +7,7 @@
 //! bytes per record), and what a bound leaves out is counted and attested
 //! (`trace.truncated.containers`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use cilock_evidence::attestors::command_run::{Container, ContainerBuild, ProcessInfo};
@@ -31,6 +31,9 @@ pub const REASON_TRACE_ONLY: &str = "seen only in the trace: its processes ran i
 /// counted).
 #[derive(Debug, Default)]
 pub struct ContainerLog {
+    /// The step's cgroup relative to the cgroup2 root (leading `/`; empty
+    /// when the step has none, as in the embedded engine).
+    step_cgroup: String,
     inner: Mutex<Inner>,
 }
 
@@ -42,6 +45,15 @@ struct Inner {
 }
 
 impl ContainerLog {
+    /// The log of the step whose cgroup is `step_cgroup` (relative to the
+    /// cgroup2 root, leading `/`).
+    pub fn for_step(step_cgroup: String) -> Self {
+        ContainerLog {
+            step_cgroup,
+            ..Default::default()
+        }
+    }
+
     /// A container the step created (a second record of the same id
     /// replaces the first).
     pub fn record_container(&self, mut c: Container) {
@@ -74,9 +86,17 @@ impl ContainerLog {
     /// process the trace gave that container outlived the step) and with
     /// containers seen only in the trace (processes with a `container` the
     /// proxy did not record) added, attributed by their cgroup
-    /// (`cgroup-parent`, or `engine-window` for a BuildKit RUN); and the
-    /// count of what the bounds left out.
-    pub fn finish(&self, processes: &[ProcessInfo]) -> (Vec<Container>, Vec<ContainerBuild>, u64) {
+    /// (`cgroup-parent`, or `engine-window` for a BuildKit RUN), with the
+    /// cgroup the trace saw them in (`cgroups`: relative to the step's
+    /// cgroup, from the fold); a classic build's RUN container (its id
+    /// starts with one the engine named in the build's stream) is tied to
+    /// that build (`build`, the build's attribution). Also the count of what
+    /// the bounds left out.
+    pub fn finish(
+        &self,
+        processes: &[ProcessInfo],
+        cgroups: &BTreeMap<String, String>,
+    ) -> (Vec<Container>, Vec<ContainerBuild>, u64) {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut containers = g.containers.clone();
         let mut dropped = g.dropped;
@@ -99,17 +119,42 @@ impl ContainerLog {
                 continue;
             }
             let buildkit = id.starts_with("buildkit:");
-            containers.push(Container {
-                id: id.to_string(),
-                attribution: if buildkit {
-                    "engine-window"
-                } else {
-                    "cgroup-parent"
+            // Where the trace saw it: under the step's cgroup (a BuildKit
+            // RUN's cgroup is the engine's, aliased: named in the build).
+            let cgroup = match cgroups.get(id) {
+                Some(rel) if !buildkit && !self.step_cgroup.is_empty() => {
+                    format!("{}/{rel}", self.step_cgroup)
                 }
-                .into(),
-                reason: REASON_TRACE_ONLY.into(),
-                alive_at_end: alive.contains(id),
-                ..Default::default()
+                _ => String::new(),
+            };
+            let build = g.builds.iter().find(|b| {
+                !buildkit
+                    && b.containers
+                        .iter()
+                        .any(|short| short.len() >= 12 && id.starts_with(short.as_str()))
+            });
+            containers.push(match build {
+                Some(b) => Container {
+                    id: id.to_string(),
+                    cgroup,
+                    attribution: b.attribution.clone(),
+                    build: b.id.clone(),
+                    alive_at_end: alive.contains(id),
+                    ..Default::default()
+                },
+                None => Container {
+                    id: id.to_string(),
+                    cgroup,
+                    attribution: if buildkit {
+                        "engine-window"
+                    } else {
+                        "cgroup-parent"
+                    }
+                    .into(),
+                    reason: REASON_TRACE_ONLY.into(),
+                    alive_at_end: alive.contains(id),
+                    ..Default::default()
+                },
             });
         }
         (containers, g.builds.clone(), dropped)
@@ -192,8 +237,13 @@ mod tests {
 
     #[test]
     fn finish_marks_alive_and_adds_containers_seen_only_in_the_trace() {
-        let (a, b, t) = ("a".repeat(64), "b".repeat(64), "t".repeat(64));
-        let log = ContainerLog::default();
+        let (a, b, t, r) = (
+            "a".repeat(64),
+            "b".repeat(64),
+            "c".repeat(64),
+            format!("{}{}", "d".repeat(12), "e".repeat(52)),
+        );
+        let log = ContainerLog::for_step("/cilock.steps/u0.s.1.2".into());
         for id in [&a, &b] {
             log.record_container(Container {
                 id: id.clone(),
@@ -218,6 +268,20 @@ mod tests {
             attribution: "engine-window".into(),
             ..Default::default()
         });
+        // A classic build names its RUN container by a short id.
+        log.record_build(ContainerBuild {
+            id: "build-2".into(),
+            builder: "classic".into(),
+            attribution: "cgroup-parent".into(),
+            containers: vec!["d".repeat(12)],
+            ..Default::default()
+        });
+        let cgroups: BTreeMap<String, String> = [
+            (t.clone(), format!("docker-{t}.scope")),
+            (r.clone(), r.clone()),
+            ("buildkit:u5mr".into(), "buildkit/u5mr".into()),
+        ]
+        .into();
         let ps = [
             proc(1, "", true),
             proc(2, &a, false),
@@ -225,11 +289,21 @@ mod tests {
             proc(4, &t, false),
             proc(5, &t, false),
             proc(6, "buildkit:u5mr", false),
+            proc(7, &r, true),
         ];
-        let (cs, bs, dropped) = log.finish(&ps);
+        let (cs, bs, dropped) = log.finish(&ps, &cgroups);
         assert_eq!(dropped, 0);
         let ids: Vec<&str> = cs.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, [a.as_str(), b.as_str(), t.as_str(), "buildkit:u5mr"]);
+        assert_eq!(
+            ids,
+            [
+                a.as_str(),
+                b.as_str(),
+                t.as_str(),
+                "buildkit:u5mr",
+                r.as_str()
+            ]
+        );
         assert_eq!(cs[0].image_ref, "bb:2");
         assert!(!cs[0].alive_at_end && cs[1].alive_at_end);
         assert_eq!(cs[1].created_by, 7);
@@ -241,8 +315,31 @@ mod tests {
             ),
             ("cgroup-parent", REASON_TRACE_ONLY, "")
         );
+        assert_eq!(
+            cs[2].cgroup,
+            format!("/cilock.steps/u0.s.1.2/docker-{t}.scope")
+        );
+        assert_eq!((cs[2].build.as_str(), cs[2].alive_at_end), ("", false));
         assert_eq!(cs[3].attribution, "engine-window");
-        assert_eq!(bs.len(), 1);
+        assert_eq!((cs[3].cgroup.as_str(), cs[3].build.as_str()), ("", ""));
+        // The classic build's RUN: tied to its build, no trace-only reason.
+        assert_eq!(
+            (
+                cs[4].attribution.as_str(),
+                cs[4].reason.as_str(),
+                cs[4].build.as_str(),
+                cs[4].cgroup.clone(),
+                cs[4].alive_at_end
+            ),
+            (
+                "cgroup-parent",
+                "",
+                "build-2",
+                format!("/cilock.steps/u0.s.1.2/{r}"),
+                true
+            )
+        );
+        assert_eq!(bs.len(), 2);
         assert_eq!(bs[0].builder, "buildkit");
     }
 
@@ -262,7 +359,7 @@ mod tests {
                 ..Default::default()
             });
         }
-        let (cs, bs, dropped) = log.finish(&[proc(1, &"f".repeat(64), false)]);
+        let (cs, bs, dropped) = log.finish(&[proc(1, &"f".repeat(64), false)], &BTreeMap::new());
         assert_eq!(cs.len(), MAX_CONTAINERS);
         assert_eq!(bs.len(), MAX_BUILDS);
         // 3 containers, 2 builds, one tag cut from each build recorded or

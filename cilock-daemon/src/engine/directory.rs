@@ -10,26 +10,37 @@
 
 use std::path::{Component, Path};
 
-use crate::docker::{Container, ContainerBuild};
 use super::step::Step;
 use super::Engine;
 use crate::cgroup::{Cgroup, Hierarchy};
+use crate::docker::{Container, ContainerBuild};
 use crate::docker::{StepDirectory, StepRef};
 
 impl Engine {
-    /// The step's reference for the proxy.
-    fn step_ref(&self, s: &Step) -> StepRef {
-        let dir = s
-            .cgroup
+    /// A step cgroup's path relative to the cgroup2 root (leading '/'), as
+    /// the engine's `CgroupParent` takes it.
+    pub(super) fn step_cgroup_rel(&self, cgroup: &Cgroup) -> String {
+        let dir = cgroup
             .path()
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        format!("{}/{dir}", self.rel_parent)
+    }
+
+    /// The step's reference for the proxy.
+    fn step_ref(&self, s: &Step) -> StepRef {
+        let cgroup = self.step_cgroup_rel(&s.cgroup);
+        let slice = cgroup
+            .rsplit('/')
+            .next()
+            .filter(|d| d.ends_with(".slice"))
+            .map(str::to_string);
         StepRef {
             owner_uid: s.owner_uid,
             name: s.name.clone(),
-            cgroup: format!("{}/{dir}", self.rel_parent),
-            slice: dir.ends_with(".slice").then(|| dir.clone()),
+            cgroup,
+            slice,
         }
     }
 

@@ -758,6 +758,7 @@ impl Engine {
             )));
         }
         sink.with(|r| r.add_root(spec.pid, crate::trace::procfs::running(spec.pid)));
+        let containers_cgroup = self.step_cgroup_rel(&cgroup);
         let step = Step {
             name: spec.name.clone(),
             owner_uid: spec.owner_uid,
@@ -771,7 +772,7 @@ impl Engine {
             empty_since: None,
             origin,
             record,
-            containers: Arc::default(),
+            containers: Arc::new(containers::ContainerLog::for_step(containers_cgroup)),
         };
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         if steps.contains_key(&key) {

@@ -100,7 +100,12 @@ impl PendingStep {
             processes: st.processes,
             ..Default::default()
         };
-        super::attest::add_containers(&mut run, &mut self.trace, &self.containers);
+        super::attest::add_containers(
+            &mut run,
+            &mut self.trace,
+            &self.containers,
+            &st.container_cgroups,
+        );
         observe(
             &mut run,
             &mut self.trace,

@@ -280,7 +280,16 @@ pub struct StepTrace {
     /// digest of what it left or why there is none (compared with the
     /// product attestation).
     pub written: BTreeMap<String, Vec<Result<DigestSet, String>>>,
+    /// Each container the trace saw → the cgroup its first process joined,
+    /// relative to the step's cgroup (`<id>`, `docker-<id>.scope`,
+    /// `buildkit/<name>`), at most [`MAX_CONTAINER_CGROUPS`] (more are
+    /// counted in `truncated["containers"]`).
+    pub container_cgroups: BTreeMap<String, String>,
 }
+
+/// Containers whose cgroup the fold keeps (a job can create any number of
+/// container-named cgroups under its step).
+pub const MAX_CONTAINER_CGROUPS: usize = 4096;
 
 /// The per-step process table.
 #[derive(Debug, Default)]
@@ -316,6 +325,9 @@ pub struct Recorder {
     /// The daemon's mount namespace: paths seen in another one are not
     /// hashed (see [`Recorder::set_host_mnt_ns`]).
     host_mnt_ns: Option<u64>,
+    /// Container → the cgroup it was first seen in (see
+    /// [`StepTrace::container_cgroups`]).
+    container_cgroups: BTreeMap<String, String>,
 }
 
 fn ts(t: SystemTime) -> String {
@@ -716,10 +728,23 @@ impl Recorder {
                 time,
             } => {
                 self.joined(pid, by, from, at_birth, running, time);
-                let container = cgroup
-                    .as_deref()
-                    .and_then(crate::container::container_of_cgroup);
-                if let (Some(c), Some(&i)) = (container, self.live.get(&pid)) {
+                let Some(rel) = cgroup.as_deref() else {
+                    return;
+                };
+                let Some(c) = crate::container::container_of_cgroup(rel) else {
+                    return;
+                };
+                if !self.container_cgroups.contains_key(&c) {
+                    if self.container_cgroups.len() < MAX_CONTAINER_CGROUPS {
+                        let depth = if c.starts_with("buildkit:") { 2 } else { 1 };
+                        let dir: Vec<&str> =
+                            rel.trim_start_matches('/').split('/').take(depth).collect();
+                        self.container_cgroups.insert(c.clone(), dir.join("/"));
+                    } else {
+                        self.count("containers");
+                    }
+                }
+                if let Some(&i) = self.live.get(&pid) {
                     self.procs[i].container = c;
                 }
             }
@@ -883,6 +908,7 @@ impl Recorder {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             written,
+            container_cgroups: self.container_cgroups,
         }
     }
 }
@@ -1137,6 +1163,14 @@ mod tests {
         assert_eq!(child.unhashed_opens[0].reason, why);
         assert_eq!(get(60).container, "buildkit:u5mr");
         assert_eq!(get(70).container, "");
+        // Each container's cgroup as the trace saw it (the leaf is none).
+        assert_eq!(
+            out.container_cgroups,
+            BTreeMap::from([
+                (id.clone(), id.clone()),
+                ("buildkit:u5mr".to_string(), "buildkit/u5mr".to_string())
+            ])
+        );
         let own = get(11);
         assert_eq!((own.container.as_str(), own.mount_namespace), ("", CTR + 1));
         assert_eq!(
@@ -1170,6 +1204,10 @@ mod tests {
             (id.as_str(), CTR)
         );
         assert_eq!(p.unhashed_opens[0].reason, why);
+        assert_eq!(
+            out.container_cgroups,
+            BTreeMap::from([(id.clone(), format!("docker-{id}.scope"))])
+        );
         // Without the daemon's namespace known, nothing is foreign.
         let mut r = Recorder::new(None);
         r.add_root(10, Running::default());
