@@ -28,7 +28,8 @@ use crate::bin::tempdir;
 
 /// The docker 20.10 CLI of Debian's `docker.io`.
 pub const CLI_20_10: &str = "/usr/bin/docker";
-/// The docker 28.2 CLI (legacy builder only: no buildx), when installed.
+/// The docker 28.2 CLI (legacy builder only: no buildx), preinstalled on
+/// these machines.
 pub const CLI_28: &str = "/usr/local/bin/docker";
 /// The tag of the busybox image [`Dockerd::import_busybox`] imports.
 pub const BUSYBOX_IMAGE: &str = "bb:local";
