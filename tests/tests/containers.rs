@@ -70,7 +70,7 @@
 //! a failure, never a skip (also the 28.2 CLI, preinstalled at
 //! /usr/local/bin/docker on these machines).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cilock_testkit::docker::*;
@@ -558,23 +558,34 @@ fn build_context(e: &Env, content: &str) {
     .unwrap();
 }
 
+/// Builds the context of [`build_context`] in step `step` with `build`
+/// (the docker command line after the CLI): the verified envelope, the
+/// build's output and the CLI's pid. The job's cgroup is in `job.cgroup`.
+fn build_in_a_step(e: &Env, step: &str, build: &str) -> (PathBuf, String, i64) {
+    let script = format!(
+        "{env}cat /proc/self/cgroup > job.cgroup\n\
+         {build} > build.out 2>&1 &\n\
+         echo $! > cli.pid\n\
+         wait $! || {{ cat build.out; exit 1; }}\n",
+        env = e.docker_env()
+    );
+    let att = run_step(&e.d, step, e.w(), &script);
+    verify_with_python(&att, &e.d.pubkey);
+    let out = e.read("build.out");
+    let cli_pid = e.read("cli.pid").parse().unwrap();
+    (att, out, cli_pid)
+}
+
 #[test]
 fn classic_build_in_a_step_records_the_build_and_its_run() {
     let e = Env::new("");
     let content = unique("classic-run-read");
     build_context(&e, &content);
-    let script = format!(
-        "{env}cat /proc/self/cgroup > job.cgroup\n\
-         DOCKER_BUILDKIT=0 {CLI_20_10} build --no-cache -t b1:classic ctx > build.out 2>&1 &\n\
-         echo $! > cli.pid\n\
-         wait $! || {{ cat build.out; exit 1; }}\n",
-        env = e.docker_env()
+    let (att, out, cli_pid) = build_in_a_step(
+        &e,
+        "classic",
+        &format!("DOCKER_BUILDKIT=0 {CLI_20_10} build --no-cache -t b1:classic ctx"),
     );
-    let att = run_step(&e.d, "classic", e.w(), &script);
-    verify_with_python(&att, &e.d.pubkey);
-
-    let out = e.read("build.out");
-    let cli_pid: i64 = e.read("cli.pid").parse().unwrap();
     let step = step_cgroup(&e.d, &cgroup2_line(&e.read("job.cgroup")).unwrap());
     assert!(out.lines().any(|l| l == content), "{out}");
     let short = out
@@ -632,17 +643,13 @@ fn buildkit_build_in_a_step_is_attributed_by_the_engine_window() {
     let e = Env::new("");
     let content = unique("buildkit-run-read");
     build_context(&e, &content);
-    let script = format!(
-        "{env}DOCKER_BUILDKIT=1 {CLI_20_10} build --no-cache --progress=plain --network=none -t b1:bk ctx > build.out 2>&1 &\n\
-         echo $! > cli.pid\n\
-         wait $! || {{ cat build.out; exit 1; }}\n",
-        env = e.docker_env()
+    let (att, out, cli_pid) = build_in_a_step(
+        &e,
+        "buildkit",
+        &format!(
+            "DOCKER_BUILDKIT=1 {CLI_20_10} build --no-cache --progress=plain --network=none -t b1:bk ctx"
+        ),
     );
-    let att = run_step(&e.d, "buildkit", e.w(), &script);
-    verify_with_python(&att, &e.d.pubkey);
-
-    let out = e.read("build.out");
-    let cli_pid: i64 = e.read("cli.pid").parse().unwrap();
     assert!(out.lines().any(|l| l.ends_with(&content)), "{out}");
     let run_cg = cgroup2_line(&out).unwrap_or_else(|| panic!("no cgroup line in {out}"));
     let exec_id = run_cg

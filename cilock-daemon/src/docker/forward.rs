@@ -339,11 +339,14 @@ async fn read_create_body(
 }
 
 fn with_body(mut parts: hyper::http::request::Parts, body: Bytes) -> Request<ProxyBody> {
-    parts.headers.remove(TRANSFER_ENCODING);
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    frame_whole(&mut parts.headers, &body);
     Request::from_parts(parts, full(body))
+}
+
+/// The framing of a body sent whole: its length, no chunking.
+fn frame_whole(headers: &mut hyper::HeaderMap, body: &Bytes) {
+    headers.remove(TRANSFER_ENCODING);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
 }
 
 /// A create from outside any step: forwarded unchanged unless it names a
@@ -378,10 +381,7 @@ async fn create_outside(
     let mut parts = parts;
     // Forwarded as received (only the framing may change).
     if parts.headers.contains_key(TRANSFER_ENCODING) {
-        parts.headers.remove(TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        frame_whole(&mut parts.headers, &body);
     }
     forward(Request::from_parts(parts, full(body)), shared).await
 }
@@ -471,10 +471,7 @@ async fn create_in_step(
     } else {
         warn!(step = %step.name, "docker proxy: the engine's create answer has no valid Id");
     }
-    parts.headers.remove(TRANSFER_ENCODING);
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    frame_whole(&mut parts.headers, &body);
     Response::from_parts(parts, full(body))
 }
 
@@ -569,12 +566,12 @@ async fn build_in_step(
         created_by: client.peer.pid,
         ..ContainerBuild::default()
     };
-    let mut hold: Vec<Box<dyn Send>> = Vec::new();
+    let mut hold = Held::default();
     if buildkit {
         // The engine window: one BuildKit build at a time, attributed to
         // this step while it runs.
         let lock = shared.buildkit.clone().lock_owned().await;
-        hold.push(Box::new(lock));
+        hold.0.push(Box::new(lock));
         build.attribution = "engine-window".into();
         match &shared.mount {
             Some(mount) => {
@@ -583,7 +580,7 @@ async fn build_in_step(
                 let s = step.clone();
                 let c = cgroup.clone();
                 match tokio::task::spawn_blocking(move || dir.attribute_cgroup(&s, &c)).await {
-                    Ok(Ok(guard)) => hold.push(guard),
+                    Ok(Ok(guard)) => hold.0.push(guard),
                     Ok(Err(e)) => {
                         build.attribution = "none".into();
                         build.reason = format!(
@@ -653,6 +650,34 @@ async fn build_in_step(
 
 type Done = Box<dyn FnOnce(BuildStream) + Send>;
 
+/// What a build holds while it runs (the engine lock, then the cgroup
+/// alias), released in reverse order — the alias ends before the next
+/// build can take the lock — and off the runtime's workers, since ending
+/// an alias drains the ring buffer (tens of milliseconds).
+#[derive(Default)]
+struct Held(Vec<Box<dyn Send>>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let held = std::mem::take(&mut self.0);
+        if held.is_empty() {
+            return;
+        }
+        let release = move || {
+            let mut held = held;
+            while let Some(g) = held.pop() {
+                drop(g);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(release);
+            }
+            Err(_) => release(),
+        }
+    }
+}
+
 /// A build's answer on its way to the client, parsed as it passes; what
 /// was seen is recorded when it ends or is dropped, and the engine window
 /// (if any) is held until then.
@@ -660,7 +685,7 @@ struct Watched {
     inner: ProxyBody,
     parser: BuildStream,
     done: Option<Done>,
-    _hold: Vec<Box<dyn Send>>,
+    _hold: Held,
 }
 
 impl Watched {
