@@ -15,6 +15,23 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
+/// `path` (absolute) with `.`, `..` and repeated `/` resolved as text,
+/// without touching the file system (Go's `path.Clean` for an absolute
+/// path: `/a//b/./c/../d/` → `/a/b/d`, `/../x` → `/x`).
+pub fn lexically_normal(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 /// The escaped text of `bytes` (see the module documentation).
 pub fn escape(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());

@@ -190,22 +190,37 @@ async fn handle(req: Request<Incoming>, shared: &Shared, client: &Client) -> Res
                 Some(step) => build_in_step(req, shared, client, step, buildkit).await,
                 None => {
                     let facts = rewrite::build_facts(req.uri().query().unwrap_or(""));
-                    if let Some(p) = facts
-                        .cgroup_parents
-                        .iter()
-                        .find(|p| shared.dir.inside_steps(p))
-                    {
-                        return refuse(
-                            client,
-                            StatusCode::FORBIDDEN,
-                            &format!("cgroupparent {p:?} is inside cilock's steps: only a step's own builds run there"),
-                        );
+                    if let Some(r) = refuse_inside_steps(
+                        client,
+                        shared,
+                        &facts.cgroup_parents,
+                        "cgroupparent",
+                        "builds",
+                    ) {
+                        return r;
                     }
                     forward(req.map(boxed), shared).await
                 }
             }
         }
     }
+}
+
+/// A 403 when a caller outside any step names a cgroup parent (`key`)
+/// inside cilock's steps: only a step's own `what` run there.
+fn refuse_inside_steps(
+    client: &Client,
+    shared: &Shared,
+    parents: &[String],
+    key: &str,
+    what: &str,
+) -> Option<Response<ProxyBody>> {
+    let p = parents.iter().find(|p| shared.dir.inside_steps(p))?;
+    Some(refuse(
+        client,
+        StatusCode::FORBIDDEN,
+        &format!("{key} {p:?} is inside cilock's steps: only a step's own {what} run there"),
+    ))
 }
 
 fn refuse(client: &Client, status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -363,16 +378,14 @@ async fn create_outside(
     if !body.is_empty() {
         match rewrite::scan_create(&body) {
             Ok(facts) => {
-                if let Some(p) = facts
-                    .cgroup_parents
-                    .iter()
-                    .find(|p| shared.dir.inside_steps(p))
-                {
-                    return refuse(
-                        client,
-                        StatusCode::FORBIDDEN,
-                        &format!("CgroupParent {p:?} is inside cilock's steps: only a step's own containers run there"),
-                    );
+                if let Some(r) = refuse_inside_steps(
+                    client,
+                    shared,
+                    &facts.cgroup_parents,
+                    "CgroupParent",
+                    "containers",
+                ) {
+                    return r;
                 }
             }
             Err(m) => return refuse(client, StatusCode::BAD_REQUEST, &m),

@@ -34,7 +34,7 @@ pub enum Route {
 pub fn classify(method: &str, raw_path: &str, query: Option<&str>) -> Result<Route, String> {
     let decoded =
         decode_path(raw_path).ok_or_else(|| format!("the path {raw_path:?} does not decode"))?;
-    let clean = clean_path(&decoded);
+    let clean = cilock_trace::pathname::lexically_normal(&decoded);
     let (version, rest) = split_version(&clean);
     if method != "POST" {
         return Ok(Route::Other);
@@ -87,21 +87,6 @@ fn unescape(s: &str, plus_is_space: bool) -> Option<String> {
     // Go strings may hold any bytes; a lossy conversion can only make a
     // match less likely for bytes that are not UTF-8, which no route name has.
     Some(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// Go's `path.Clean` for an absolute path.
-pub fn clean_path(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
 }
 
 /// Splits `/v1.41/rest` into (`Some("1.41")`, `/rest`).

@@ -50,11 +50,8 @@ mod network;
 mod process;
 
 use self::files::{by_identity, digest_for, normalize_proc_self, proc_secret_read};
-#[cfg(test)]
-use self::process::lexically_normal;
-use self::process::{program_of, ProgramKind};
-
 use self::hash::{Hashed, Hasher, Identity, Seen};
+use self::process::{program_of, ProgramKind};
 use crate::proto::http_connect::{http_connect, Connect};
 use crate::proto::{dns, tls};
 use crate::{FileStamp, NetCall, Running, SockAddr, TraceEvent};
@@ -922,8 +919,11 @@ mod tests {
     #[test]
     fn program_names_without_the_filesystem() {
         let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(lexically_normal("/a//b/./c/../d/"), "/a/b/d");
-        assert_eq!(lexically_normal("/../x"), "/x");
+        assert_eq!(
+            crate::pathname::lexically_normal("/a//b/./c/../d/"),
+            "/a/b/d"
+        );
+        assert_eq!(crate::pathname::lexically_normal("/../x"), "/x");
         assert_eq!(
             program_of("./t", Some("/w"), Some("/w/t"), &argv(&["./t"])),
             ("/w/t".into(), ProgramKind::Binary)

@@ -2,6 +2,7 @@
 //! moves out), their images and argv within bounds.
 
 use super::*;
+use crate::pathname::lexically_normal;
 
 impl Recorder {
     /// Registers a process that is part of the step from the start (the
@@ -270,19 +271,4 @@ pub(super) fn program_of(
         Some(l) if script => (l, ProgramKind::Script),
         _ => (exe.to_string(), ProgramKind::Binary),
     }
-}
-
-/// `path` (absolute) with `.`, `..` and repeated `/` resolved as text.
-pub(super) fn lexically_normal(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
 }
