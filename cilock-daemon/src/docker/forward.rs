@@ -42,11 +42,47 @@ const MAX_HEAD: usize = 256 * 1024;
 /// A client that sends no complete request head for this long is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Who sent the requests of one connection.
-#[derive(Clone, Debug)]
+/// Who sent the requests of one connection, and its hijacked streams.
+#[derive(Debug)]
 pub(crate) struct Client {
     peer: PeerCred,
     step: Option<StepRef>,
+    splices: Splices,
+}
+
+/// The hijacked streams of one connection, spliced in tasks of their own:
+/// the connection's task waits for them before it ends (so a splice keeps
+/// the connection's slot of [`super::MAX_CONNECTIONS`]), and aborts them
+/// when it is itself aborted ([`super::Proxy::stop`], or the proxy dropped).
+#[derive(Clone, Debug, Default)]
+struct Splices(Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>);
+
+impl Splices {
+    fn spawn(&self, splice: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn(splice);
+    }
+
+    /// Waits until every splice spawned so far has ended.
+    async fn wait(&self) {
+        let mut set = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        while set.join_next().await.is_some() {}
+    }
+}
+
+/// Aborts a connection's splices when its task ends in any way.
+struct AbortSplices(Splices);
+
+impl Drop for AbortSplices {
+    fn drop(&mut self) {
+        self.0
+             .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort_all();
+    }
 }
 
 /// Serves one accepted connection.
@@ -97,7 +133,15 @@ pub(crate) async fn connection(stream: UnixStream, shared: Arc<Shared>) {
         }
     };
     debug!(pid = peer.pid, uid = peer.uid, step = ?step.as_ref().map(|s| &s.name), "docker proxy: connection");
-    let client = Arc::new(Client { peer, step });
+    let splices = Splices::default();
+    // Declared before the service: dropped (aborting the splices) whatever
+    // ends this task, even when other references to the client remain.
+    let _abort = AbortSplices(splices.clone());
+    let client = Arc::new(Client {
+        peer,
+        step,
+        splices: splices.clone(),
+    });
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let client = client.clone();
@@ -113,6 +157,9 @@ pub(crate) async fn connection(stream: UnixStream, shared: Arc<Shared>) {
     if let Err(e) = served {
         debug!("docker proxy: connection ended: {e}");
     }
+    // An upgraded connection ends here, handing its socket to a splice:
+    // the connection (and its slot) lasts as long as the splice does.
+    splices.wait().await;
 }
 
 /// Answers the connection's first request with 403 and closes it.
@@ -157,7 +204,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, client: &Client) -> Res
         Err(m) => return refuse(client, StatusCode::BAD_REQUEST, &m),
     };
     match route {
-        Route::Other => forward(req.map(boxed), shared).await,
+        Route::Other => forward(req.map(boxed), shared, client).await,
         Route::LegacyStart => {
             if has_body(&req) {
                 refuse(
@@ -166,7 +213,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, client: &Client) -> Res
                     "a HostConfig in a start request (API below 1.24) is refused by the cilock proxy: set it at create",
                 )
             } else {
-                forward(req.map(boxed), shared).await
+                forward(req.map(boxed), shared, client).await
             }
         }
         Route::Create => match &client.step {
@@ -199,7 +246,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, client: &Client) -> Res
                     ) {
                         return r;
                     }
-                    forward(req.map(boxed), shared).await
+                    forward(req.map(boxed), shared, client).await
                 }
             }
         }
@@ -243,8 +290,13 @@ fn has_body<B>(req: &Request<B>) -> bool {
 }
 
 /// Sends `req` to the engine on a new connection; splices the two
-/// connections when the engine switches protocols.
-async fn forward(mut req: Request<ProxyBody>, shared: &Shared) -> Response<ProxyBody> {
+/// connections when the engine switches protocols (a task among the
+/// client connection's [`Splices`]).
+async fn forward(
+    mut req: Request<ProxyBody>,
+    shared: &Shared,
+    client: &Client,
+) -> Response<ProxyBody> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut resp = match send(req, shared).await {
         Ok(r) => r,
@@ -252,7 +304,7 @@ async fn forward(mut req: Request<ProxyBody>, shared: &Shared) -> Response<Proxy
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let engine_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
+        client.splices.spawn(async move {
             let (c, e) = match tokio::join!(client_upgrade, engine_upgrade) {
                 (Ok(c), Ok(e)) => (c, e),
                 (c, e) => {
@@ -396,7 +448,7 @@ async fn create_outside(
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         frame_whole(&mut parts.headers, &body);
     }
-    forward(Request::from_parts(parts, full(body)), shared).await
+    forward(Request::from_parts(parts, full(body)), shared, client).await
 }
 
 /// The cgroup parent the engine must use for `step`.

@@ -43,7 +43,8 @@ mod tests;
 pub use cilock_evidence::attestors::command_run::{Container, ContainerBuild, ContainerMount};
 pub use peer::PeerCred;
 
-/// Most proxy connections served at once; further clients wait in the
+/// Most proxy connections served at once, a connection whose stream was
+/// hijacked counting until that stream ends; further clients wait in the
 /// listen backlog until one ends.
 pub const MAX_CONNECTIONS: usize = 512;
 
@@ -142,6 +143,16 @@ impl Proxy {
     /// Binds the socket (replacing a stale one, refusing one in use),
     /// gives it the group and mode of the main socket, and serves.
     pub fn start(cfg: ProxyConfig, dir: Arc<dyn StepDirectory>) -> Result<Proxy, ProxyError> {
+        Self::start_with_slots(cfg, dir, MAX_CONNECTIONS)
+    }
+
+    /// [`Proxy::start`] serving at most `slots` connections at once (a
+    /// hijacked stream holds its connection's slot until it ends).
+    pub(crate) fn start_with_slots(
+        cfg: ProxyConfig,
+        dir: Arc<dyn StepDirectory>,
+        slots: usize,
+    ) -> Result<Proxy, ProxyError> {
         let path = cfg.socket.clone();
         let err = |source| ProxyError::Socket {
             path: path.clone(),
@@ -188,7 +199,7 @@ impl Proxy {
             driver: tokio::sync::OnceCell::new(),
         });
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(listener, shared, rx));
+        let task = tokio::spawn(accept_loop(listener, shared, slots, rx));
         Ok(Proxy {
             stop: Some(tx),
             task,
@@ -224,8 +235,13 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+async fn accept_loop(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    slots: usize,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(Semaphore::new(slots));
     let mut conns = JoinSet::new();
     loop {
         let permit = tokio::select! {

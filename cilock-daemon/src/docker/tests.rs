@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -146,6 +147,10 @@ struct Setup {
 }
 
 async fn setup(driver: &'static str, engine_up: bool) -> Setup {
+    setup_with_slots(driver, engine_up, MAX_CONNECTIONS).await
+}
+
+async fn setup_with_slots(driver: &'static str, engine_up: bool, slots: usize) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let engine = tmp.path().join("engine.sock");
     let seen: Seen = Arc::default();
@@ -157,7 +162,7 @@ async fn setup(driver: &'static str, engine_up: bool) -> Setup {
     }
     let proxy = tmp.path().join("proxy.sock");
     let dir = Arc::new(TestDir::default());
-    let p = Proxy::start(
+    let p = Proxy::start_with_slots(
         ProxyConfig {
             socket: proxy.clone(),
             engine,
@@ -165,6 +170,7 @@ async fn setup(driver: &'static str, engine_up: bool) -> Setup {
             group: "no-such-group-cilock-test".into(),
         },
         dir.clone(),
+        slots,
     )
     .unwrap();
     Setup {
@@ -396,10 +402,10 @@ async fn the_systemd_driver_takes_the_steps_slice_or_refuses() {
     assert_eq!(c.attribution, "cgroup-parent");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hijacked_streams_are_spliced_both_ways() {
-    let t = setup("cgroupfs", true).await;
-    let mut s = UnixStream::connect(&t.proxy).await.unwrap();
+/// An attach through the proxy at `sock`, switched to the raw stream (the
+/// `101` read).
+async fn attach(sock: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(sock).await.unwrap();
     s.write_all(
         b"POST /v1.41/containers/abc/attach?stream=1&stdin=1 HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n",
     )
@@ -416,11 +422,73 @@ async fn hijacked_streams_are_spliced_both_ways() {
         "{}",
         String::from_utf8_lossy(&head)
     );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hijacked_streams_are_spliced_both_ways() {
+    let t = setup("cgroupfs", true).await;
+    let mut s = attach(&t.proxy).await;
     s.write_all(b"stdin bytes \x00\x01").await.unwrap();
     s.shutdown().await.unwrap();
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, b"stdin bytes \x00\x01bye");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_a_live_hijacked_stream() {
+    let t = setup("cgroupfs", true).await;
+    let mut s = attach(&t.proxy).await;
+    s.write_all(b"still typing").await.unwrap();
+    // The engine's side waits for the end of stdin: the splice is live.
+    let mut b = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), s.read(&mut b))
+            .await
+            .is_err(),
+        "the stream ended before the stop"
+    );
+    tokio::time::timeout(Duration::from_secs(10), t._proxy.stop())
+        .await
+        .expect("stop did not return");
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        ended.is_ok(),
+        "the hijacked stream outlived the proxy's stop"
+    );
+    // Cut, not completed: the engine's answer to the end of stdin never came.
+    assert!(!rest.ends_with(b"bye"), "{rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hijacked_stream_holds_its_connections_slot() {
+    let t = setup_with_slots("cgroupfs", true, 1).await;
+    let mut s = attach(&t.proxy).await;
+    // The one slot is the splice's: another client waits.
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            call(&t.proxy, "GET", "/_ping", vec![])
+        )
+        .await
+        .is_err(),
+        "a client was served beside a live hijacked stream with one slot"
+    );
+    s.write_all(b"x").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"xbye");
+    // The splice ended: its slot is free.
+    let (st, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        call(&t.proxy, "GET", "/_ping", vec![]),
+    )
+    .await
+    .expect("no client is served after the hijacked stream ended");
+    assert_eq!(st, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
