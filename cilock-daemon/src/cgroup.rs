@@ -162,6 +162,21 @@ impl Cgroup {
         })
     }
 
+    /// Bounds the tree below this cgroup: at most `descendants` cgroups
+    /// (`cgroup.max.descendants`) at most `depth` levels deep
+    /// (`cgroup.max.depth`); the kernel refuses a mkdir past either with
+    /// EAGAIN.
+    pub fn bound_tree(&self, descendants: u32, depth: u32) -> Result<(), CgroupError> {
+        for (file, n) in [
+            ("cgroup.max.descendants", descendants),
+            ("cgroup.max.depth", depth),
+        ] {
+            let p = self.path.join(file);
+            fs::write(&p, n.to_string()).map_err(io_err("bound the cgroup tree: write", &p))?;
+        }
+        Ok(())
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -200,7 +215,9 @@ impl Cgroup {
         }
         if let Ok(rd) = fs::read_dir(&self.path) {
             for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) && !remove_empty_tree(&e.path(), 8) {
+                if e.file_type().is_ok_and(|t| t.is_dir())
+                    && !remove_empty_tree(&e.path(), STEP_MAX_DEPTH - 1)
+                {
                     out.kept.push(e.path());
                 }
             }
@@ -421,6 +438,16 @@ impl Cgroup {
 /// The leaf of a step cgroup the step's own processes live in.
 pub const SHELL_LEAF: &str = "shell";
 
+/// At most this many cgroups below a step's (its leaf, its containers' and
+/// whatever its jobs create), its `cgroup.max.descendants`: a job cannot
+/// grow a tree the end and the sweep walk without bound.
+pub const STEP_MAX_DESCENDANTS: u32 = 1024;
+
+/// At most this many levels of cgroups below a step's, its
+/// `cgroup.max.depth`; the walks that empty and remove a step's tree
+/// ([`Cgroup::release`], the sweep's [`remove_empty_tree`]) reach this deep.
+pub const STEP_MAX_DEPTH: u32 = 8;
+
 /// What [`Cgroup::release`] did.
 #[derive(Debug, Default)]
 pub struct Released {
@@ -517,7 +544,7 @@ impl V1Mounts {
     pub fn remove_empty(&self, rel: &Path) -> Vec<PathBuf> {
         self.copies(rel)
             .into_iter()
-            .filter(|p| p.exists() && !remove_empty_tree(p, 8))
+            .filter(|p| p.exists() && !remove_empty_tree(p, STEP_MAX_DEPTH))
             .collect()
     }
 }

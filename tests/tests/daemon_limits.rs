@@ -2,7 +2,8 @@
 //! user's connections never stop root or another user; steps are keyed by
 //! owner and capped per user; failing begins leak nothing; a begin whose
 //! client left is not carried out; a pid reused between the check and the
-//! move is never moved into a user's step.
+//! move is never moved into a user's step; a step's cgroup tree is
+//! bounded and removed whole.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -747,4 +748,97 @@ fn the_daemon_stops_in_time_while_a_request_is_stuck() {
     let _ = end.wait();
     kill(job);
     kill(job2);
+}
+
+/// The job of [`a_steps_cgroup_tree_is_bounded_and_removed_whole`]: from its
+/// leaf (`<step>/shell`) it makes a chain `d/d/…` beside the leaf as deep
+/// as the kernel lets it, puts a sleeper in the deepest, then as many
+/// cgroups in its leaf as it can; prints `step=`, `deep=`, `deep_errno=`,
+/// `wide=`, `wide_errno=`, `sleeper=`.
+const TREE_PY: &str = r#"
+import os, subprocess
+cg = open("/proc/self/cgroup").read().split("0::", 1)[1].split("\n")[0]
+mount = [l.split(" ")[4] for l in open("/proc/self/mountinfo") if " - cgroup2 " in l][0]
+leaf = mount + cg
+step = os.path.dirname(leaf)
+print("step=" + step)
+def mk(p):
+    try:
+        os.mkdir(p)
+        return 0
+    except OSError as e:
+        return e.errno
+p, deep, err = step, 0, 0
+while deep < 64:
+    err = mk(os.path.join(p, "d"))
+    if err:
+        break
+    p = os.path.join(p, "d")
+    deep += 1
+print("deep=%d" % deep)
+print("deep_errno=%d" % err)
+s = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL,
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+open(os.path.join(p, "cgroup.procs"), "w").write(str(s.pid))
+print("sleeper=%d" % s.pid)
+wide, err = 0, 0
+while wide < 5000:
+    err = mk(os.path.join(leaf, "w%d" % wide))
+    if err:
+        break
+    wide += 1
+print("wide=%d" % wide)
+print("wide_errno=%d" % err)
+"#;
+
+/// `key=VALUE` from a text.
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {text:?}"))
+}
+
+/// A step's cgroup tree is bounded (`cgroup.max.depth` 8,
+/// `cgroup.max.descendants` 1024): past either a job's mkdir fails with
+/// EAGAIN. The end removes the whole tree but what is still populated; the
+/// sweep removes that once empty, at the deepest level the bound allows.
+#[test]
+fn a_steps_cgroup_tree_is_bounded_and_removed_whole() {
+    let d = Daemon::start("ebpf");
+    let w = tempdir();
+    std::fs::write(w.path().join("tree.py"), TREE_PY).unwrap();
+    let att =
+        cilock_testkit::step::run_step(&d, "tree", w.path(), &format!("{} tree.py\n", python()));
+    let out = std::fs::read_to_string(w.path().join("tree.stdout")).unwrap();
+    assert_eq!(field(&out, "deep"), "8", "{out}");
+    assert_eq!(field(&out, "deep_errno"), libc::EAGAIN.to_string(), "{out}");
+    // 1024 below the step: its leaf, the chain of 8, and these.
+    assert_eq!(field(&out, "wide"), "1015", "{out}");
+    assert_eq!(field(&out, "wide_errno"), libc::EAGAIN.to_string(), "{out}");
+    assert!(att.exists());
+    let step = PathBuf::from(field(&out, "step"));
+    let sleeper: i32 = field(&out, "sleeper").parse().unwrap();
+    let deepest = (0..8).fold(step.clone(), |p, _| p.join("d"));
+    // The end removed the leaf and its 1015 cgroups; the populated chain
+    // stays, and the step's cgroup with it.
+    assert!(!step.join("shell").exists(), "{}", d.log_text());
+    assert_eq!(
+        std::fs::read_to_string(deepest.join("cgroup.procs"))
+            .unwrap()
+            .trim(),
+        sleeper.to_string()
+    );
+    // SAFETY: plain syscall on the sleeper this test's job started.
+    unsafe { libc::kill(sleeper, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while step.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the sweep left {}: {}",
+            step.display(),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(subdirs(step.parent().unwrap()), 0);
 }

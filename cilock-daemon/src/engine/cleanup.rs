@@ -56,7 +56,7 @@ impl Engine {
             std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
         let mut left = Vec::new();
         for p in taken {
-            let v2_gone = crate::cgroup::remove_empty_tree(&p, 8);
+            let v2_gone = crate::cgroup::remove_empty_tree(&p, crate::cgroup::STEP_MAX_DEPTH);
             let v1_left = self
                 .rel_of(&p)
                 .map(|rel| self.v1.remove_empty(&rel))

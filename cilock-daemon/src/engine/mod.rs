@@ -662,6 +662,15 @@ impl Engine {
             ),
         ));
         let cgroup = Cgroup::create(&cg_path)?;
+        // Bounded before anything can be put in it: the end and the sweep
+        // walk the whole tree (see STEP_MAX_DEPTH).
+        if let Err(e) = cgroup.bound_tree(
+            crate::cgroup::STEP_MAX_DESCENDANTS,
+            crate::cgroup::STEP_MAX_DEPTH,
+        ) {
+            let _ = cgroup.remove(&self.mount);
+            return Err(e.into());
+        }
         // The step's own processes live in its leaf; the step cgroup stays
         // empty of processes (containers go beside the leaf).
         let shell = match Cgroup::create(&cg_path.join(crate::cgroup::SHELL_LEAF)) {
