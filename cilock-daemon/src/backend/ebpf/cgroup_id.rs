@@ -7,11 +7,18 @@
 //! The path is the cgroup's name as the kernel has it; a job may name its
 //! own sub-cgroups anything, so what is made of it ([`step_relative`]) is a
 //! name under the step, never used to decide where the daemon writes.
+//!
+//! The last paths found are kept ([`MAX_CACHED`]): the processes of a
+//! container all join its one cgroup. A kept path is used only while the
+//! directory there still has the id (one stat): a removed cgroup is looked
+//! up again, and fails (cgroup v2 directories cannot be renamed).
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 /// `FILEID_KERNFS` (include/linux/exportfs.h).
@@ -25,10 +32,14 @@ struct KernfsHandle {
     id: [u8; 8],
 }
 
+/// Most paths a [`CgroupIds`] keeps (all are dropped when it is full).
+pub const MAX_CACHED: usize = 256;
+
 /// Resolves cgroup ids on one cgroup2 mount.
 #[derive(Debug)]
 pub struct CgroupIds {
     mount: OwnedFd,
+    cache: HashMap<u64, PathBuf>,
 }
 
 impl CgroupIds {
@@ -49,7 +60,24 @@ impl CgroupIds {
         // SAFETY: a new fd we own.
         Ok(CgroupIds {
             mount: unsafe { OwnedFd::from_raw_fd(fd) },
+            cache: HashMap::new(),
         })
+    }
+
+    /// [`CgroupIds::path_of`], from the paths kept when the directory
+    /// there still has the id `id`.
+    pub fn path_of_cached(&mut self, id: u64) -> io::Result<PathBuf> {
+        if let Some(p) = self.cache.get(&id) {
+            if std::fs::symlink_metadata(p).is_ok_and(|m| m.ino() == id) {
+                return Ok(p.clone());
+            }
+        }
+        let p = self.path_of(id)?;
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.clear();
+        }
+        self.cache.insert(id, p.clone());
+        Ok(p)
     }
 
     /// The directory of the cgroup `id` (absolute, under the mount), while
@@ -147,13 +175,18 @@ mod tests {
         std::fs::create_dir_all(&sub).unwrap();
         use std::os::unix::fs::MetadataExt;
         let id = std::fs::metadata(&sub).unwrap().ino();
-        let ids = CgroupIds::open(&h.mount).unwrap();
+        let mut ids = CgroupIds::open(&h.mount).unwrap();
         let got = ids.path_of(id);
         let missing = ids.path_of(u64::MAX - 1);
+        let cached = ids.path_of_cached(id).and_then(|_| ids.path_of_cached(id));
+        // Removed: the kept path is not used.
         let _ = std::fs::remove_dir(&sub);
+        let gone = ids.path_of_cached(id);
         let _ = std::fs::remove_dir(&dir);
         assert_eq!(got.unwrap(), sub);
         assert!(missing.is_err());
+        assert_eq!(cached.unwrap(), sub);
+        assert!(gone.is_err(), "{gone:?}");
         assert_eq!(
             step_relative(&dir, true, &sub).as_deref(),
             Some("b".repeat(64).as_str())

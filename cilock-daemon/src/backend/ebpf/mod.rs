@@ -506,7 +506,7 @@ fn consume(
     };
     // Where a process joining a step went (a container's cgroup): resolved
     // while the cgroup exists.
-    let ids = crate::cgroup::Hierarchy::find()
+    let mut ids = crate::cgroup::Hierarchy::find()
         .ok()
         .and_then(|h| cgroup_id::CgroupIds::open(&h.mount).ok());
     let fd = ring.as_raw_fd();
@@ -516,11 +516,13 @@ fn consume(
             l.flush();
         }
         let req = flush.requested.load(Ordering::SeqCst);
-        {
+        while let Some(item) = ring.next() {
+            // Decoded, and what a join needs from the system found, before
+            // the routes are locked (a begin or an end waits for that lock).
+            let rec = decode::decode(&item, &clock, &host);
+            let joined = Joined::of(&rec, &host, ids.as_mut());
             let routes = routes.read().unwrap_or_else(|e| e.into_inner());
-            while let Some(item) = ring.next() {
-                route(&item, &routes, &clock, &host, ids.as_ref());
-            }
+            route(rec, &item, &routes, &host, joined);
         }
         {
             let mut done = flush.done.lock().unwrap_or_else(|e| e.into_inner());
@@ -588,14 +590,46 @@ fn deliver_payload(r: &Route, p: decode::Payload) {
     }
 }
 
+/// What a join record needs from the system, read before the routes are
+/// locked: the path of the cgroup the process came into and, when it moved
+/// in (not created there), what `/proc` shows of it.
+#[derive(Default)]
+struct Joined {
+    dst: Option<PathBuf>,
+    running: Option<cilock_trace::Running>,
+}
+
+impl Joined {
+    fn of(
+        rec: &Result<Record, decode::DecodeError>,
+        host: &Host,
+        ids: Option<&mut cgroup_id::CgroupIds>,
+    ) -> Joined {
+        match rec {
+            Ok(Record::CgroupJoin {
+                moved,
+                by,
+                dst,
+                flags,
+                ..
+            }) if *by != host.daemon_pid => Joined {
+                dst: ids.and_then(|i| i.path_of_cached(*dst).ok()),
+                running: (flags & move_flags::AT_FORK == 0)
+                    .then(|| crate::trace::procfs::running(*moved)),
+            },
+            _ => Joined::default(),
+        }
+    }
+}
+
 fn route(
+    rec: Result<Record, decode::DecodeError>,
     bytes: &[u8],
     routes: &HashMap<u64, Route>,
-    clock: &Clock,
     host: &Host,
-    ids: Option<&cgroup_id::CgroupIds>,
+    joined: Joined,
 ) {
-    match decode::decode(bytes, clock, host) {
+    match rec {
         Ok(Record::Event {
             step_cgroup,
             kind: k,
@@ -645,7 +679,7 @@ fn route(
             step_cgroup,
             moved,
             by,
-            dst,
+            dst: _,
             src_step,
             flags,
             time,
@@ -669,8 +703,8 @@ fn route(
                 // BuildKit cgroup (attributed to a step) names it
                 // `buildkit/<name>`.
                 let is_step = r.cgroup.file_name().is_none_or(|n| n != "buildkit");
-                let cgroup = ids
-                    .and_then(|i| i.path_of(dst).ok())
+                let cgroup = joined
+                    .dst
                     .and_then(|d| cgroup_id::step_relative(&r.cgroup, is_step, &d));
                 r.sink.push(TraceEvent::JoinedStep {
                     pid: moved,
@@ -678,7 +712,7 @@ fn route(
                     from,
                     at_birth,
                     cgroup,
-                    running: (!at_birth).then(|| crate::trace::procfs::running(moved)),
+                    running: joined.running.filter(|_| !at_birth),
                     time,
                 });
             }
