@@ -105,7 +105,7 @@ pub(super) fn digest_for(
 ) -> (DigestSet, Option<String>) {
     let no = |why: String| (DigestSet::default(), Some(why));
     if let Some(why) = &rec.unresolved {
-        return no(why.clone());
+        return no(why.to_string());
     }
     if rec.opath && !rec.opened {
         return no(REASON_O_PATH.into());

@@ -169,8 +169,9 @@ struct OpenRec {
     opath: bool,
     /// Opened without O_PATH (or exec'd) at least once.
     opened: bool,
-    /// Why the path is not a plain absolute path.
-    unresolved: Option<String>,
+    /// Why the path is not hashed as it is (shared: one text per process
+    /// for every open in its mount namespace).
+    unresolved: Option<Arc<str>>,
     /// The file of the last write open as the process left it (its last
     /// close, dup over the fd, close_range or exit after that open).
     closed: Option<FileStamp>,
@@ -219,7 +220,7 @@ struct Image {
     kind: ImageKind,
     /// Exec'd in another mount namespace than the daemon's: why its files
     /// are not hashed.
-    foreign: Option<String>,
+    foreign: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -253,6 +254,9 @@ struct Proc {
     /// Inode of its mount namespace (at its last exec, or its parent's; 0:
     /// unknown).
     mnt_ns: u64,
+    /// The reason of [`Recorder::foreign_ns`], made once for the mount
+    /// namespace it names (forgotten when the container changes).
+    ns_reason: Option<(u64, Arc<str>)>,
 }
 
 /// What the trace saw of a root process of the step.
@@ -366,10 +370,20 @@ impl Recorder {
 
     /// Why process `i`'s paths are not hashed, when it is in another mount
     /// namespace than the daemon's.
-    fn foreign_ns(&self, i: usize) -> Option<String> {
-        let p = &self.procs[i];
-        self.is_foreign(p.mnt_ns)
-            .then(|| reason_other_mnt_ns(p.mnt_ns, &p.container))
+    fn foreign_ns(&mut self, i: usize) -> Option<Arc<str>> {
+        let ns = self.procs[i].mnt_ns;
+        if !self.is_foreign(ns) {
+            return None;
+        }
+        let p = &mut self.procs[i];
+        match &p.ns_reason {
+            Some((n, why)) if *n == ns => Some(why.clone()),
+            _ => {
+                let why: Arc<str> = reason_other_mnt_ns(ns, &p.container).into();
+                p.ns_reason = Some((ns, why.clone()));
+                Some(why)
+            }
+        }
     }
 
     fn count(&mut self, what: &'static str) {
@@ -478,7 +492,7 @@ impl Recorder {
                 }
                 if let Some(e) = exe.as_deref().filter(|e| is_fileless(e)) {
                     if let Some(rec) = self.open_rec(i, e) {
-                        rec.unresolved = Some(REASON_FILELESS.to_string());
+                        rec.unresolved = Some(REASON_FILELESS.into());
                     }
                     let ev = SyscallEvent {
                         syscall: "fileless_exec".into(),
@@ -552,7 +566,7 @@ impl Recorder {
                 let stamp = stamp.filter(|s| s.ino != 0);
                 // In another mount namespace the path names a file of
                 // that namespace: never hashed at the daemon's path.
-                let unresolved = unresolved.or_else(|| self.foreign_ns(i));
+                let unresolved = unresolved.map(Arc::from).or_else(|| self.foreign_ns(i));
                 let Some(rec) = self.open_rec(i, &path) else {
                     return;
                 };
@@ -743,6 +757,7 @@ impl Recorder {
                 }
                 if let Some(&i) = self.live.get(&pid) {
                     self.procs[i].container = c;
+                    self.procs[i].ns_reason = None;
                 }
             }
             TraceEvent::Ingress {
@@ -859,14 +874,16 @@ impl Recorder {
                 let exe = match (&img.exe, img.exe_stamp) {
                     (Some(e), _) if is_fileless(e) => Err(REASON_FILELESS.to_string()),
                     (Some(_), _) if img.foreign.is_some() => {
-                        Err(img.foreign.clone().unwrap_or_default())
+                        Err(img.foreign.as_deref().unwrap_or_default().to_string())
                     }
                     (Some(e), Some(s)) => by_identity(e, Identity::Read(s), &results),
                     (Some(_), None) => Err(REASON_NO_STAMP.to_string()),
                     (None, _) => Err("the kernel's path of the executed file is unknown".into()),
                 };
                 let program = match img.kind {
-                    _ if img.foreign.is_some() => Err(img.foreign.clone().unwrap_or_default()),
+                    _ if img.foreign.is_some() => {
+                        Err(img.foreign.as_deref().unwrap_or_default().to_string())
+                    }
                     ImageKind::Binary => exe.clone(),
                     ImageKind::Unnamed => match img.exe_stamp {
                         Some(s) => by_identity(&img.program, Identity::Read(s), &results),
@@ -1207,6 +1224,41 @@ mod tests {
         assert_eq!(
             out.container_cgroups,
             BTreeMap::from([(id.clone(), format!("docker-{id}.scope"))])
+        );
+        // The reason is made once per namespace and container: a process
+        // moved into a container's cgroup after some opens names it from
+        // then on.
+        let mut r = Recorder::new(None);
+        r.set_host_mnt_ns(Some(HOST));
+        r.add_root(10, Running::default());
+        r.push(exec(10, "/usr/bin/cat", Some(CTR)));
+        r.push(open(10, "/in/a"));
+        r.push(open(10, "/in/b"));
+        r.push(TraceEvent::JoinedStep {
+            pid: 10,
+            by: 40,
+            from: "outside the daemon's steps".into(),
+            at_birth: false,
+            cgroup: Some(id.clone()),
+            running: None,
+            time: SystemTime::UNIX_EPOCH,
+        });
+        r.push(open(10, "/in/c"));
+        let out = r.finish(&Asked::default(), &[HashAlg::Sha256], &[]);
+        let reasons: Vec<(&str, &str)> = out.processes[0]
+            .unhashed_opens
+            .iter()
+            .map(|u| (u.path.as_str(), u.reason.as_str()))
+            .collect();
+        let bare = reason_other_mnt_ns(CTR, "");
+        assert_eq!(
+            reasons,
+            vec![
+                ("/in/a", bare.as_str()),
+                ("/in/b", bare.as_str()),
+                ("/in/c", why.as_str()),
+                ("/usr/bin/cat", bare.as_str()),
+            ]
         );
         // Without the daemon's namespace known, nothing is foreign.
         let mut r = Recorder::new(None);
