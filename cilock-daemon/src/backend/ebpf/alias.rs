@@ -118,6 +118,7 @@ impl EbpfBackend {
                 Route {
                     sink,
                     cgroup: alias.path().to_path_buf(),
+                    alias: true,
                     counts,
                     streams: Mutex::default(),
                     _links: links,

@@ -106,28 +106,28 @@ impl CgroupIds {
     }
 }
 
-/// The name a join into `dst` gets (`TraceEvent::JoinedStep.cgroup`),
-/// given the cgroup `step` the join was routed to: `dst` relative to it
-/// (`<container id>`, `shell`, …); when `step` is a cgroup attributed to a
-/// step (the engine's BuildKit cgroup), prefixed with its last component
-/// (`buildkit/<name>`) — `is_step` tells the two apart. A `dst` outside
-/// `step` (a route by alias to the step's own cgroup): its last two
-/// components when the first is `buildkit`. None otherwise and for `step`
-/// itself.
-pub fn step_relative(step: &Path, is_step: bool, dst: &Path) -> Option<String> {
-    let name = |p: &Path| p.to_str().map(str::to_string);
-    match dst.strip_prefix(step) {
-        Ok(rel) if rel.as_os_str().is_empty() => None,
-        Ok(rel) if is_step => name(rel),
-        Ok(rel) => name(&Path::new(step.file_name()?).join(rel)),
-        Err(_) => {
-            let parts: Vec<&std::ffi::OsStr> = dst.iter().collect();
-            let n = parts.len();
-            (n >= 2 && parts[n - 2] == "buildkit")
-                .then(|| name(&Path::new(parts[n - 2]).join(parts[n - 1])))
-                .flatten()
-        }
+/// The first component of the name of a cgroup below an alias (a cgroup
+/// attributed to a step: the engine's BuildKit cgroup, whatever its path),
+/// which makes its processes' container `buildkit:<name>`
+/// (`cilock_trace::container::container_of_cgroup`).
+pub const ALIAS_PREFIX: &str = "buildkit";
+
+/// The name a join into `dst` gets (`TraceEvent::JoinedStep.cgroup`): `dst`
+/// relative to `base`, the step's cgroup (`<container id>`, `shell`, …)
+/// or, when `alias`, a cgroup attributed to a step, then prefixed with
+/// [`ALIAS_PREFIX`] (`buildkit/<name>`). None for `base` itself and for a
+/// `dst` outside it.
+pub fn step_relative(base: &Path, alias: bool, dst: &Path) -> Option<String> {
+    let rel = dst.strip_prefix(base).ok()?;
+    if rel.as_os_str().is_empty() {
+        return None;
     }
+    let rel = if alias {
+        Path::new(ALIAS_PREFIX).join(rel)
+    } else {
+        rel.to_path_buf()
+    };
+    rel.to_str().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -138,23 +138,36 @@ mod tests {
     fn names_relative_to_the_step() {
         let step = Path::new("/sys/fs/cgroup/cilock.steps/u0.s.1.2");
         let id = "a".repeat(64);
-        assert_eq!(step_relative(step, true, &step.join(&id)), Some(id.clone()));
         assert_eq!(
-            step_relative(step, true, &step.join("shell")),
+            step_relative(step, false, &step.join(&id)),
+            Some(id.clone())
+        );
+        assert_eq!(
+            step_relative(step, false, &step.join("shell")),
             Some("shell".into())
         );
-        assert_eq!(step_relative(step, true, step), None);
-        let bk = Path::new("/sys/fs/cgroup/docker/buildkit");
+        assert_eq!(step_relative(step, false, step), None);
+        // An alias is named buildkit/… whatever its path is.
+        for bk in ["/sys/fs/cgroup/docker/buildkit", "/sys/fs/cgroup/engine/bk"] {
+            let bk = Path::new(bk);
+            assert_eq!(
+                step_relative(bk, true, &bk.join("u5mr")),
+                Some("buildkit/u5mr".into())
+            );
+            assert_eq!(step_relative(bk, true, bk), None);
+        }
+        // Not below the base: no name (a last component `buildkit` is
+        // nothing special).
         assert_eq!(
-            step_relative(bk, false, &bk.join("u5mr")),
-            Some("buildkit/u5mr".into())
+            step_relative(
+                step,
+                false,
+                Path::new("/sys/fs/cgroup/docker/buildkit/u5mr")
+            ),
+            None
         );
         assert_eq!(
-            step_relative(step, true, &bk.join("u5mr")),
-            Some("buildkit/u5mr".into())
-        );
-        assert_eq!(
-            step_relative(step, true, Path::new("/sys/fs/cgroup/x/y")),
+            step_relative(step, false, Path::new("/sys/fs/cgroup/x/y")),
             None
         );
     }
@@ -188,7 +201,7 @@ mod tests {
         assert_eq!(cached.unwrap(), sub);
         assert!(gone.is_err(), "{gone:?}");
         assert_eq!(
-            step_relative(&dir, true, &sub).as_deref(),
+            step_relative(&dir, false, &sub).as_deref(),
             Some("b".repeat(64).as_str())
         );
     }

@@ -109,6 +109,9 @@ pub struct StepCounts {
 struct Route {
     sink: Sink,
     cgroup: PathBuf,
+    /// A cgroup attributed to a step ([`EbpfBackend::add_alias`]: the
+    /// BuildKit engine window), not a step's own.
+    alias: bool,
     counts: Arc<StepCounts>,
     streams: Mutex<Streams>,
     _links: Option<probes::net::StepLinks>,
@@ -269,6 +272,7 @@ impl EbpfBackend {
                 Route {
                     sink,
                     cgroup: cgroup.path().to_path_buf(),
+                    alias: false,
                     counts: counts.clone(),
                     streams: Mutex::default(),
                     _links: links,
@@ -698,14 +702,24 @@ fn route(
                     None => format!("a step that has ended (cgroup id {src_step})"),
                 };
                 let at_birth = flags & move_flags::AT_FORK != 0;
-                // The cgroup it came into, named under the step (a
-                // container's id). A route whose cgroup is the engine's
-                // BuildKit cgroup (attributed to a step) names it
-                // `buildkit/<name>`.
-                let is_step = r.cgroup.file_name().is_none_or(|n| n != "buildkit");
-                let cgroup = joined
-                    .dst
-                    .and_then(|d| cgroup_id::step_relative(&r.cgroup, is_step, &d));
+                // The cgroup it came into, named under the route's cgroup
+                // (a container's id), or under an alias of the same step
+                // when it is in one (`buildkit/<name>`, see `step_relative`).
+                let cgroup = joined.dst.and_then(|d| {
+                    let (base, alias) = if d.starts_with(&r.cgroup) {
+                        (&r.cgroup, r.alias)
+                    } else {
+                        routes
+                            .values()
+                            .find(|a| {
+                                a.alias
+                                    && Arc::ptr_eq(&a.counts, &r.counts)
+                                    && d.starts_with(&a.cgroup)
+                            })
+                            .map(|a| (&a.cgroup, true))?
+                    };
+                    cgroup_id::step_relative(base, alias, &d)
+                });
                 r.sink.push(TraceEvent::JoinedStep {
                     pid: moved,
                     by,
