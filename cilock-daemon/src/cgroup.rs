@@ -630,17 +630,11 @@ pub fn slice_path(name: &str) -> Option<String> {
 /// counts when any of its components is the steps' parent's name.
 pub fn names_inside(cgroup_parent: &str, steps: &str) -> bool {
     let comps = |p: &str| -> Vec<String> {
-        let mut v: Vec<String> = Vec::new();
-        for c in p.split('/') {
-            match c {
-                "" | "." => {}
-                ".." => {
-                    v.pop();
-                }
-                c => v.push(c.to_string()),
-            }
-        }
-        v
+        cilock_trace::pathname::lexically_normal(p)
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
     };
     let steps = comps(steps);
     let Some(name) = steps.last().cloned() else {

@@ -26,8 +26,6 @@ pub struct BuildStream {
     pub skipped_lines: u64,
     /// Container ids dropped over [`MAX_CONTAINERS`].
     pub dropped_containers: u64,
-    /// The engine reported an error (`error` / `errorDetail`).
-    pub error: Option<String>,
 }
 
 impl BuildStream {
@@ -106,9 +104,6 @@ impl BuildStream {
                 self.image_id = id.to_string();
             }
         }
-        if let Some(e) = m.get("error").and_then(|e| e.as_str()) {
-            self.error = Some(e.chars().take(1024).collect());
-        }
     }
 
     fn container(&mut self, id: &str) {
@@ -159,7 +154,6 @@ mod tests {
                 "sha256:9a5cd0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d"
             );
             assert_eq!(p.skipped_lines, 0);
-            assert!(p.error.is_none());
         }
     }
 
@@ -182,8 +176,8 @@ mod tests {
         p.feed(&long);
         p.feed(&long);
         p.feed(b"\nnot json\n[1]\n{\"error\":\"boom\"}\n");
+        // An error line is JSON: read, not skipped.
         assert_eq!(p.skipped_lines, 3);
-        assert_eq!(p.error.as_deref(), Some("boom"));
         assert!(p.line.capacity() <= MAX_LINE);
         for i in 0..MAX_CONTAINERS + 5 {
             p.feed(format!("{{\"stream\":\" ---> Running in {i:012x}\\n\"}}\n").as_bytes());

@@ -443,12 +443,8 @@ async fn create_outside(
             Err(m) => return refuse(client, StatusCode::BAD_REQUEST, &m),
         }
     }
-    let mut parts = parts;
-    // Forwarded as received (only the framing may change).
-    if parts.headers.contains_key(TRANSFER_ENCODING) {
-        frame_whole(&mut parts.headers, &body);
-    }
-    forward(Request::from_parts(parts, full(body)), shared, client).await
+    // Forwarded as received (only the framing may change: sent whole).
+    forward(with_body(parts, body), shared, client).await
 }
 
 /// The cgroup parent the engine must use for `step`.

@@ -67,6 +67,9 @@ pub struct InterruptedStep {
     pub(super) survivors: Vec<u32>,
     /// What became of the step's cgroup.
     pub(super) cgroup_fate: String,
+    /// The step's cgroup could not be removed (still populated): it is
+    /// left for the sweep.
+    pub(super) cgroup_kept: bool,
     /// The previous daemon's last heartbeat (pid, time), if any.
     pub(super) last_seen: Option<(u32, String)>,
     /// When this daemon started.
@@ -185,7 +188,7 @@ pub(super) fn recover(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (survivors, cgroup_fate) = if cg_path.parent() != Some(parent)
+        let (survivors, cgroup_fate, cgroup_kept) = if cg_path.parent() != Some(parent)
             || leaf.starts_with('.')
             || !valid_record_name(&record.name)
             || !leaf.starts_with(&crate::cgroup::step_dir_prefix(
@@ -199,6 +202,7 @@ pub(super) fn recover(
                     "recorded cgroup {} is not under this daemon's parent; left alone",
                     record.cgroup
                 ),
+                false,
             )
         } else {
             match Cgroup::open(&cg_path) {
@@ -220,19 +224,21 @@ pub(super) fn recover(
                             (
                                 pids,
                                 format!("removed; its processes were returned to {}", to.display()),
+                                false,
                             )
                         }
                         Err(e) => {
                             tracing::error!(step = %record.name, cgroup = %record.cgroup, "cannot remove the cgroup of a step a previous daemon left: {e}");
-                            (pids, format!("could not be removed: {e}"))
+                            (pids, format!("could not be removed: {e}"), true)
                         }
                     }
                 }
                 Ok(_) => (
                     Vec::new(),
                     "gone: a different cgroup has its path now (left alone)".to_string(),
+                    false,
                 ),
-                Err(_) => (Vec::new(), "gone".to_string()),
+                Err(_) => (Vec::new(), "gone".to_string(), false),
             }
         };
         out.push(InterruptedStep {
@@ -240,6 +246,7 @@ pub(super) fn recover(
             record_path: path,
             survivors,
             cgroup_fate,
+            cgroup_kept,
             last_seen: last_seen.clone(),
             restarted: restarted.clone(),
         });
@@ -259,7 +266,7 @@ impl InterruptedStep {
     /// engine to sweep once empty.
     pub(super) fn kept_cgroup(&self) -> Option<PathBuf> {
         let p = PathBuf::from(&self.record.cgroup);
-        (self.cgroup_fate.starts_with("could not be removed") && p.is_dir()).then_some(p)
+        (self.cgroup_kept && p.is_dir()).then_some(p)
     }
 
     /// The uid that began the step.

@@ -27,7 +27,7 @@ pub fn running(pid: u32) -> Running {
                     .find_map(|l| l.strip_prefix("PPid:"))
                     .and_then(|v| v.trim().parse().ok())
             }),
-        mnt_ns: crate::backend::ptrace::paths::mnt_ns(pid),
+        mnt_ns: crate::backend::ptrace::paths::mnt_ns_of(Some(pid)),
     }
 }
 

@@ -93,7 +93,7 @@ pub struct Container {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     /// Pid of the client process that asked for it (0: unknown).
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub created_by: u32,
     /// For a build's RUN container: the build's `id`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -151,16 +151,13 @@ pub struct ContainerBuild {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image_id: String,
     /// Pid of the client process that asked for it (0: unknown).
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub created_by: u32,
 }
 
-fn is_zero_u32(n: &u32) -> bool {
-    *n == 0
-}
-
-fn is_zero_u64(n: &u64) -> bool {
-    *n == 0
+/// A number left out of the JSON when it is 0 (`skip_serializing_if`).
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// `exitcode` when the tracer did not see the command's root process exit
@@ -326,11 +323,7 @@ pub struct ProcessInfo {
     /// Inode of the process's mount namespace when it differs from the
     /// daemon's: its paths are as that namespace sees them (cilock
     /// extension).
-    #[serde(
-        default,
-        rename = "mountNamespace",
-        skip_serializing_if = "is_zero_u64"
-    )]
+    #[serde(default, rename = "mountNamespace", skip_serializing_if = "is_zero")]
     pub mount_namespace: u64,
 }
 
@@ -511,10 +504,6 @@ pub struct TraceInfo {
 
 /// Most pids listed in [`KillAtEnd::killed`].
 pub const MAX_KILLED_LISTED: usize = 4096;
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
 
 /// Who was killed at the end of a step, and who was spared.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -27,11 +27,6 @@ pub fn mnt_ns_of(pid: Option<u32>) -> Option<u64> {
         .ok()
 }
 
-/// Inode of the mount namespace of the tracee `pid` (at its exec stop).
-pub fn mnt_ns(pid: u32) -> Option<u64> {
-    mnt_ns_of(Some(pid))
-}
-
 /// Result of resolving an fd of a tracee to a path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {

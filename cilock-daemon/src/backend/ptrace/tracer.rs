@@ -542,7 +542,7 @@ impl<'c, F: FnMut(TraceEvent)> Tracer<'c, F> {
             cwd: paths::cwd(tgid),
             argv: paths::cmdline(tgid),
             comm: paths::comm(tgid),
-            mnt_ns: paths::mnt_ns(tgid),
+            mnt_ns: paths::mnt_ns_of(Some(tgid)),
             time: now(),
         };
         self.emit(ev);
