@@ -129,6 +129,11 @@ pub fn run_step(daemon: &Daemon, name: &str, dir: &Path, script: &str) -> PathBu
     run_step_with(daemon, name, dir, script, || {})
 }
 
+/// A JSON value, pretty-printed (assertion messages).
+pub fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap()
+}
+
 /// The command-run attestation of an envelope.
 pub fn command_run(att: &Path) -> Value {
     let stmt = statement(att);

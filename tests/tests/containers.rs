@@ -191,10 +191,6 @@ impl Drop for Job {
     }
 }
 
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap()
-}
-
 fn list(cr: &Value, key: &str) -> Vec<Value> {
     cr[key].as_array().cloned().unwrap_or_default()
 }

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use cilock_testkit::podman::{mount_namespace, parse_ns};
 use cilock_testkit::*;
 use cilock_testkit::{programs::*, step::*};
 use serde_json::Value;
@@ -184,9 +185,15 @@ fn check(backend: &str, w: &Path, cr: &Value) {
         reader["openedfiles"][shadow.as_str()],
         serde_json::json!({})
     );
-    let ns = reader["mountNamespace"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{backend}: no mountNamespace: {}", ctx(&reader)));
+    // Ground truth: the namespace as the shell in it read it.
+    let ns = parse_ns(&std::fs::read_to_string(w.join("ns.txt")).unwrap())
+        .expect("ns.txt: a mount namespace link");
+    assert_ne!(
+        ns,
+        mount_namespace(std::process::id()),
+        "unshare -m made no new namespace"
+    );
+    assert_eq!(reader["mountNamespace"], ns, "{backend}: {}", ctx(&reader));
     assert!(
         reason(&reader, &shadow)
             .starts_with(&format!("opened in another mount namespace (mnt:[{ns}])")),
@@ -210,7 +217,7 @@ fn names_that_are_not_text_on_both_backends() {
         let daemon = Daemon::start(backend);
         eprintln!("{backend}: daemon up after {:?}", t0.elapsed());
         let script = format!(
-            "set -e\n{bin}\ncat \"$(printf 'bad-\\377\\376.bin')\" \"$(printf 'coll-\\377.bin')\" \"$(printf 'coll-\\357\\277\\275.bin')\" >/dev/null\nunshare -m --propagation private sh -c 'mount -t tmpfs x mnt && echo NS-CONTENT > mnt/shadow.txt && cat mnt/shadow.txt >/dev/null'\n",
+            "set -e\n{bin}\ncat \"$(printf 'bad-\\377\\376.bin')\" \"$(printf 'coll-\\377.bin')\" \"$(printf 'coll-\\357\\277\\275.bin')\" >/dev/null\nunshare -m --propagation private sh -c 'readlink /proc/self/ns/mnt > ns.txt && mount -t tmpfs x mnt && echo NS-CONTENT > mnt/shadow.txt && cat mnt/shadow.txt >/dev/null'\n",
             bin = bin.display()
         );
         let att = run_step(&daemon, &format!("names-{backend}"), &run, &script);

@@ -50,10 +50,6 @@ fn ns_inode(link: &str) -> u64 {
         .unwrap_or_else(|| panic!("not a mount namespace link: {link:?}"))
 }
 
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap()
-}
-
 fn sha256_hex(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout)

@@ -103,10 +103,6 @@ fn pid_file(w: &Path, name: &str) -> i64 {
         .unwrap()
 }
 
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap()
-}
-
 /// A marker file in `w` whose name says when it is read.
 fn marker(w: &Path, name: &str) -> PathBuf {
     let p = w.join(name);

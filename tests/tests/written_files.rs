@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use cilock_testkit::podman::{mount_namespace, parse_ns};
 use cilock_testkit::step::*;
 use cilock_testkit::*;
 use serde_json::Value;
@@ -61,6 +62,9 @@ fn written(backend: &str) {
     std::fs::write(dir.join("ren-a.txt"), "renamed file\n").unwrap();
     std::fs::create_dir(dir.join("d1")).unwrap();
     std::fs::write(dir.join("d1/f.txt"), "in a renamed directory\n").unwrap();
+    // The namespace's ground truth goes outside the workdir (not a product).
+    let truth = tempdir();
+    let ns_txt = truth.path().join("ns.txt");
     let py = python();
     let script = format!(
         "set -e\n\
@@ -68,7 +72,7 @@ fn written(backend: &str) {
          {py} -c 'open(\"out.bin\",\"w\").write(\"EVIL build output\\n\")' d3-writer\n\
          cp benign.src out.bin.tmp && mv out.bin.tmp out.bin\n\
          # D4: written in a private mount namespace over a host file.\n\
-         unshare -m sh -c 'mount -t tmpfs x {mnt} && {py} -c \"open(\\\"{mnt}/shadow.txt\\\",\\\"w\\\").write(\\\"NS-CONTENT\\\\n\\\")\" d4-writer'\n\
+         unshare -m sh -c 'readlink /proc/self/ns/mnt > {ns} && mount -t tmpfs x {mnt} && {py} -c \"open(\\\"{mnt}/shadow.txt\\\",\\\"w\\\").write(\\\"NS-CONTENT\\\\n\\\")\" d4-writer'\n\
          # Closed, then rewritten in place by another step process.\n\
          {py} -c 'open(\"inplace.txt\",\"w\").write(\"GOOD\\n\")' first-writer\n\
          {py} -c 'f=open(\"inplace.txt\",\"r+\"); f.write(\"BAD!\\n\")' second-writer\n\
@@ -83,6 +87,7 @@ fn written(backend: &str) {
          # D2: rename, then reopen under the new name; a directory renamed likewise.\n\
          {py} -c 'import os\nopen(\"ren-a.txt\").read(); os.rename(\"ren-a.txt\",\"ren-b.txt\"); open(\"ren-b.txt\").read()\nopen(\"d1/f.txt\").read(); os.rename(\"d1\",\"d2\"); open(\"d2/f.txt\").read()' d2-renamer\n",
         mnt = p("mnt"),
+        ns = ns_txt.display(),
     );
     let cr = step_with(&d, "written", dir, &script, || {});
     let procs = processes(&cr);
@@ -108,9 +113,17 @@ fn written(backend: &str) {
     let why = reason(w4, &shadow);
     // Written in another mount namespace: never hashed at the daemon's
     // path, the reason names the namespace (issue #15).
-    let ns = w4["mountNamespace"].as_u64().unwrap_or(0);
+    // Ground truth: the namespace as the shell in it read it.
+    let ns = parse_ns(&std::fs::read_to_string(&ns_txt).unwrap())
+        .expect("ns.txt: a mount namespace link");
+    assert_ne!(
+        ns,
+        mount_namespace(std::process::id()),
+        "unshare -m made no new namespace"
+    );
+    assert_eq!(w4["mountNamespace"], ns, "{w4}");
     assert!(
-        ns != 0 && why.starts_with(&format!("opened in another mount namespace (mnt:[{ns}])")),
+        why.starts_with(&format!("opened in another mount namespace (mnt:[{ns}])")),
         "D4 reason: {why:?}"
     );
     assert!(
