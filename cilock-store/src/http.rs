@@ -86,7 +86,11 @@ impl std::fmt::Debug for Http {
 }
 
 impl Http {
-    pub(crate) fn new(url: &StoreUrl, credential: Found, timeout: Duration) -> Result<Http, StoreError> {
+    pub(crate) fn new(
+        url: &StoreUrl,
+        credential: Found,
+        timeout: Duration,
+    ) -> Result<Http, StoreError> {
         RUSTLS_PROVIDER.call_once(|| {
             // Another part of the process may have installed one already.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -208,7 +212,10 @@ impl Http {
                 }
                 loop {
                     let chunk = resp.chunk().await.map_err(|e| {
-                        self.registry_error(format!("{what}: reading the answer: {}", self.describe(&e)))
+                        self.registry_error(format!(
+                            "{what}: reading the answer: {}",
+                            self.describe(&e)
+                        ))
                     })?;
                     let Some(chunk) = chunk else { break };
                     if out.len() + chunk.len() > limit {
@@ -330,7 +337,10 @@ impl Http {
         let mut url = Url::parse(realm)
             .map_err(|e| cred_err(format!("token realm {:?}: {e}", truncate(realm, 200))))?;
         if url.scheme() != "https" && url.scheme() != "http" {
-            return Err(cred_err(format!("token realm {:?} is not HTTP(S)", truncate(realm, 200))));
+            return Err(cred_err(format!(
+                "token realm {:?} is not HTTP(S)",
+                truncate(realm, 200)
+            )));
         }
         let req = match &self.credential.credential {
             Credential::IdentityToken(refresh) => {
@@ -408,7 +418,11 @@ impl Http {
     /// A reqwest error with its causes, naming timeouts and refused connections.
     fn describe(&self, e: &reqwest::Error) -> String {
         if e.is_timeout() {
-            format!("no answer within {} s ({})", self.timeout.as_secs_f64(), chain(e))
+            format!(
+                "no answer within {} s ({})",
+                self.timeout.as_secs_f64(),
+                chain(e)
+            )
         } else if e.is_connect() {
             format!("cannot connect: {}", chain(e))
         } else {
@@ -554,7 +568,10 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                ("realm".to_string(), "https://auth.example/token".to_string()),
+                (
+                    "realm".to_string(),
+                    "https://auth.example/token".to_string()
+                ),
                 ("service".to_string(), "registry.example".to_string()),
                 ("scope".to_string(), "repository:a/b:pull,push".to_string()),
             ]
@@ -577,7 +594,9 @@ mod tests {
     #[test]
     fn excerpts() {
         assert_eq!(
-            error_excerpt(br#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}"#),
+            error_excerpt(
+                br#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}"#
+            ),
             "MANIFEST_INVALID manifest invalid"
         );
         assert_eq!(error_excerpt(b""), "(empty answer)");
