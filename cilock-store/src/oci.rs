@@ -96,9 +96,11 @@ impl Http {
         let path = self.repo_path(&format!("blobs/{digest}"));
         let limit = usize::try_from(size).unwrap_or(usize::MAX);
         let a = match self.send(Method::GET, &path, None, None, limit).await {
-            Err(StoreError::Integrity { .. }) => return Err(self.integrity_error(format!(
+            Err(StoreError::Integrity { .. }) => {
+                return Err(self.integrity_error(format!(
                 "blob {digest}: the registry sent more than the {size} bytes its descriptor says"
-            ))),
+            )))
+            }
             other => other?,
         };
         match a.status {

@@ -28,17 +28,18 @@ pub(crate) fn parse(s: &str) -> Result<(bool, String, String), StoreError> {
             "expected oci://HOST[:PORT]/REPO or oci+http://HOST[:PORT]/REPO",
         )
     })?;
-    let insecure_http =
-        match scheme {
-            "oci" => false,
-            "oci+http" => true,
-            other => return Err(err(
+    let insecure_http = match scheme {
+        "oci" => false,
+        "oci+http" => true,
+        other => {
+            return Err(err(
                 s,
                 format!(
                     "unknown scheme {other:?}: expected oci:// (HTTPS) or oci+http:// (plain HTTP)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     if rest.contains('?') || rest.contains('#') {
         return Err(err(s, "a store URL has no query or fragment"));
     }
