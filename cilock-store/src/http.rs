@@ -33,6 +33,8 @@ use crate::{StoreError, StoreUrl};
 /// Largest manifest or image index read (referrer manifests, tag indexes,
 /// referrers API answers, cosign `.att` manifests).
 pub(crate) const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Retries of an idempotent request answered with a 5xx.
+const MAX_READ_RETRIES: u32 = 4;
 /// Largest token-service or error answer read.
 const MAX_SMALL_BODY: usize = 1 << 20;
 
@@ -165,6 +167,7 @@ impl Http {
         };
         let what = format!("{method} {}", path_of(&url));
         let mut answered_challenge = false;
+        let mut server_errors = 0u32;
         loop {
             let mut req = self.client.request(method.clone(), &url);
             if let Some(a) = accept {
@@ -184,6 +187,22 @@ impl Http {
                 .await
                 .map_err(|e| self.registry_error(format!("{what}: {}", self.describe(&e))))?;
             let status = resp.status();
+            // A read or a tag write racing another tag write can get a
+            // transient 5xx (distribution's filesystem driver reads a
+            // half-written link): idempotent requests (GET, HEAD, a manifest
+            // PUT) are retried a few times after a short random pause.
+            let idempotent = method == Method::GET
+                || method == Method::HEAD
+                || (method == Method::PUT && url.contains("/manifests/"));
+            if status.is_server_error() && idempotent && server_errors < MAX_READ_RETRIES {
+                server_errors += 1;
+                tracing::debug!(%what, %status, "retrying after a server error");
+                tokio::time::sleep(Duration::from_millis(
+                    50 + crate::tagindex::jitter(100 * u64::from(server_errors)),
+                ))
+                .await;
+                continue;
+            }
             if status == StatusCode::UNAUTHORIZED && !answered_challenge {
                 answered_challenge = true;
                 let challenge = resp

@@ -147,13 +147,14 @@ pub(crate) async fn add(
             .map_err(|e| http.registry_error(e.to_string()))?;
         http.put_manifest(tag, OCI_INDEX, bytes).await?;
         wrote += 1;
-        tokio::time::sleep(settle()).await;
+        tokio::time::sleep(settle(wrote)).await;
     }
 }
 
-/// A pause of 100–300 ms, random per call.
-fn settle() -> Duration {
-    Duration::from_millis(100 + jitter(200))
+/// The pause after the `n`th write: 100 ms plus a random part that grows
+/// with each conflict (up to 200·n ms, n ≤ 5), so colliding pushers drift apart.
+fn settle(n: u32) -> Duration {
+    Duration::from_millis(100 + jitter(200 * u64::from(n.clamp(1, 5))))
 }
 
 /// A random number below `n` (std's per-instance random hash keys).

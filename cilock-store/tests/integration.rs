@@ -1,4 +1,4 @@
-//! The store against a real registry: Debian's `docker-registry`
+//! cilock-store against a real registry: Debian's `docker-registry`
 //! (distribution 2.8.2, no referrers API: the referrers tag schema) on
 //! loopback, read back by independent clients (`skopeo`, `curl`).
 
@@ -610,5 +610,190 @@ fn bad_envelopes_urls_and_digests_are_refused() {
     assert_eq!(
         String::from_utf8_lossy(&body).trim(),
         r#"{"repositories":[]}"#
+    );
+}
+
+#[test]
+fn a_registry_that_does_not_answer_times_out() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(4) {
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let cfg = tempfile::tempdir().unwrap();
+    let url = format!("oci+http://127.0.0.1:{port}/r");
+    let store = Store::open(
+        url.parse().unwrap(),
+        StoreOptions {
+            docker_config: Some(cfg.path().to_path_buf()),
+            timeout: Duration::from_secs(1),
+            max_subjects: 4,
+        },
+    )
+    .unwrap();
+    let env = envelope(
+        &signer(),
+        "build",
+        &[("file:a", &[("sha256", &sha256_hex(b"x"))])],
+    );
+    let t = Instant::now();
+    let err = rt().block_on(store.push(&env)).unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let m = err.to_string();
+    assert!(matches!(err, StoreError::Registry { .. }), "{m}");
+    assert!(m.contains("no answer within 1 s"), "{m}");
+    drop(hold);
+}
+
+#[test]
+fn a_tampered_manifest_or_tag_index_fails_loudly() {
+    let reg = Registry::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let artifact = sha256_hex(b"index tamper");
+    let env = envelope(&signer(), "build", &[("file:a", &[("sha256", &artifact)])]);
+    let store = open(&reg.url("r"), cfg.path());
+    let report = rt().block_on(store.push(&env)).expect("push");
+    let subject: SubjectDigest = artifact.parse().unwrap();
+
+    // The referrer manifest's bytes altered in the registry's storage.
+    let manifest = &report.referrers[0].manifest;
+    let path = reg.blob_path("r", manifest);
+    let original = std::fs::read(&path).expect("manifest data file");
+    let altered = String::from_utf8(original.clone())
+        .unwrap()
+        .replace("\"build\"", "\"b0ild\"");
+    assert_ne!(altered.as_bytes(), &original[..]);
+    std::fs::write(&path, &altered).unwrap();
+    let err = rt().block_on(store.discover(&subject)).unwrap_err();
+    let m = err.to_string();
+    assert!(matches!(err, StoreError::Integrity { .. }), "{m}");
+    assert!(
+        m.contains(&format!("manifest {manifest} does not match its digest")),
+        "{m}"
+    );
+    std::fs::write(&path, &original).unwrap();
+    assert_eq!(rt().block_on(store.discover(&subject)).unwrap().len(), 1);
+
+    // The tag replaced by something that is not an image index.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let empty = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+    let not_index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}, "layers": []});
+    std::fs::write(f.path(), serde_json::to_vec(&not_index).unwrap()).unwrap();
+    let (status, body) = curl(
+        &reg,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", f.path().display()),
+        ],
+        &format!("/v2/r/manifests/sha256-{artifact}"),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let err = rt().block_on(store.discover(&subject)).unwrap_err();
+    let m = err.to_string();
+    assert!(matches!(err, StoreError::Integrity { .. }), "{m}");
+    assert!(
+        m.contains(&format!(
+            "the referrers tag index sha256-{artifact} has mediaType"
+        )) && m.contains("not application/vnd.oci.image.index.v1+json"),
+        "{m}"
+    );
+    // A push does not overwrite what it cannot read as an index.
+    let err = rt()
+        .block_on(store.push(&envelope(
+            &signer(),
+            "again",
+            &[("file:a", &[("sha256", &artifact)])],
+        )))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Integrity { .. }), "{err}");
+}
+
+#[test]
+fn a_push_merges_again_when_a_concurrent_writer_overwrites_the_tag_index() {
+    let reg = Registry::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let artifact = sha256_hex(b"contended");
+    let tag = format!("sha256-{artifact}");
+    let store = open(&reg.url("r"), cfg.path());
+    // Another writer's referrer: a manifest in the repository (distribution
+    // 2.8 refuses an index listing unknown manifests).
+    let other = envelope(
+        &signer(),
+        "other",
+        &[("f", &[("sha256", &sha256_hex(b"o"))])],
+    );
+    let other = rt().block_on(store.push(&other)).expect("push other");
+    let foreign = other.referrers[0].manifest.clone();
+    let foreign_size = skopeo_raw(&reg, "r", &foreign).len();
+    let stale = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": foreign,
+                       "size": foreign_size, "artifactType": "application/example"}]});
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), serde_json::to_vec(&stale).unwrap()).unwrap();
+    let put_stale = |reg: &Registry| {
+        let (status, body) = curl(
+            reg,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/vnd.oci.image.index.v1+json",
+                "--data-binary",
+                &format!("@{}", f.path().display()),
+            ],
+            &format!("/v2/r/manifests/{tag}"),
+        );
+        assert!(
+            status == 201 || status >= 500,
+            "{status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    };
+    put_stale(&reg);
+    let env = envelope(&signer(), "build", &[("file:a", &[("sha256", &artifact)])]);
+    let overwrites = std::thread::scope(|s| {
+        // A writer that keeps putting its stale view (without cilock's entry)
+        // for 700 ms, every 20 ms.
+        let writer = s.spawn(|| {
+            let start = Instant::now();
+            let mut n = 0;
+            while start.elapsed() < Duration::from_millis(700) {
+                put_stale(&reg);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n
+        });
+        let report = rt().block_on(store.push(&env)).expect("push");
+        assert_eq!(report.referrers.len(), 1);
+        let took = writer.join().unwrap();
+        (report, took)
+    });
+    let (report, n) = overwrites;
+    assert!(n >= 10, "the writer ran {n} times");
+    let index: Value = serde_json::from_slice(&skopeo_raw(&reg, "r", &tag)).unwrap();
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        vec![foreign.as_str(), report.referrers[0].manifest.as_str()]
     );
 }
