@@ -47,6 +47,15 @@ fn dsse_layers(http: &Http, bytes: &[u8], what: &str) -> Result<Vec<(String, u64
     Ok(out)
 }
 
+/// The `subject.digest` of a manifest, if it has one.
+fn manifest_subject(bytes: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    v.get("subject")?
+        .get("digest")?
+        .as_str()
+        .map(str::to_string)
+}
+
 struct Collector<'a> {
     http: &'a Http,
     url: &'a StoreUrl,
@@ -136,6 +145,13 @@ pub(crate) async fn discover(
             tracing::warn!(store = %url, subject = %subject_str, manifest = digest, "a listed referrer manifest is missing from the store");
             continue;
         };
+        // A tag index is shared by subjects whose digests agree in the tag's
+        // first 64 hex digits (sha512): keep the referrers of this one.
+        if let Some(other) = manifest_subject(&m.bytes) {
+            if other != subject_str {
+                continue;
+            }
+        }
         let layers = dsse_layers(http, &m.bytes, &format!("referrer manifest {digest}"))?;
         c.layers(layers, via).await?;
         if c.full {

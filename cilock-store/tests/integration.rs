@@ -797,3 +797,32 @@ fn a_push_merges_again_when_a_concurrent_writer_overwrites_the_tag_index() {
         vec![foreign.as_str(), report.referrers[0].manifest.as_str()]
     );
 }
+
+#[test]
+fn sha512_subjects_sharing_a_truncated_tag_keep_their_own_referrers() {
+    let reg = Registry::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let store = open(&reg.url("r"), cfg.path());
+    let prefix = "ab".repeat(32);
+    let a = format!("{prefix}{}", "1".repeat(64));
+    let b = format!("{prefix}{}", "2".repeat(64));
+    let ea = envelope(&signer(), "a", &[("a", &[("sha512", &a)])]);
+    let eb = envelope(&signer(), "b", &[("b", &[("sha512", &b)])]);
+    let ra = rt().block_on(store.push(&ea)).unwrap();
+    let rb = rt().block_on(store.push(&eb)).unwrap();
+    assert_eq!(ra.referrers[0].subject.tag(), format!("sha512-{prefix}"));
+    assert_eq!(rb.referrers[0].subject.tag(), format!("sha512-{prefix}"));
+    let index: Value =
+        serde_json::from_slice(&skopeo_raw(&reg, "r", &format!("sha512-{prefix}"))).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    let fa = rt()
+        .block_on(store.discover(&format!("sha512:{a}").parse().unwrap()))
+        .unwrap();
+    let fb = rt()
+        .block_on(store.discover(&format!("sha512:{b}").parse().unwrap()))
+        .unwrap();
+    assert_eq!(fa.len(), 1);
+    assert_eq!(fa[0].bytes, ea);
+    assert_eq!(fb.len(), 1);
+    assert_eq!(fb[0].bytes, eb);
+}
