@@ -384,7 +384,8 @@ fn basic_auth_with_docker_config_credentials() {
     assert!(
         m.contains(&format!("credentials for {}", reg.addr))
             && m.contains("requires authentication")
-            && m.contains("no credentials"),
+            && m.contains("no credentials")
+            && m.contains(&format!("{}/config.json (absent)", none.path().display())),
         "{m}"
     );
     let err = rt()
