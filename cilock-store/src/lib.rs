@@ -84,7 +84,11 @@ impl FromStr for StoreUrl {
 
 impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.insecure_http { "oci+http" } else { "oci" };
+        let scheme = if self.insecure_http {
+            "oci+http"
+        } else {
+            "oci"
+        };
         write!(f, "{scheme}://{}/{}", self.registry, self.repository)
     }
 }

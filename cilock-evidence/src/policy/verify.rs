@@ -728,6 +728,23 @@ fn evaluate(
 
 /// Digests a passed collection contributes to the next search round.
 fn backrefs(c: &Candidate) -> Vec<String> {
+    backref_digests(&c.statement, c.collection.as_ref())
+        .into_iter()
+        .map(|(_, hex)| hex)
+        .collect()
+}
+
+/// The back-references of a statement (and of its collection, when its
+/// predicate is one): the digests the search rounds of [`verify`] follow to
+/// earlier steps — the subjects naming a git commit, a GitHub pipeline URL
+/// or CI/lock's product/material trees, and the attestors' `backrefs`.
+/// Each is `(algorithm, lowercase hex)`, the algorithm as the statement
+/// names it (`sha1` for a git commit, `sha256`, `gitoid:sha256`, …); a
+/// store searches by both, [`verify`] by the hex alone.
+pub fn backref_digests(
+    statement: &Statement,
+    collection: Option<&Collection>,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let is_backref = |s: &Subject| {
         let n = s.name.as_str();
@@ -736,17 +753,42 @@ fn backrefs(c: &Candidate) -> Vec<String> {
             || n.ends_with("/tree:products")
             || n.ends_with("/tree:materials")
     };
-    for s in c.statement.subject.iter().filter(|s| is_backref(s)) {
-        out.extend(s.digest.values().map(|v| v.to_ascii_lowercase()));
+    for s in statement.subject.iter().filter(|s| is_backref(s)) {
+        out.extend(
+            s.digest
+                .iter()
+                .map(|(alg, v)| (alg.clone(), v.to_ascii_lowercase())),
+        );
     }
-    if let Some(coll) = &c.collection {
+    if let Some(coll) = collection {
         if let Some(b) = &coll.backrefs {
             for ds in b.values() {
-                out.extend(ds.0.values().map(|v| v.to_ascii_lowercase()));
+                out.extend(
+                    ds.0.iter()
+                        .map(|(alg, v)| (alg.key().to_string(), v.to_ascii_lowercase())),
+                );
             }
         }
     }
     out
+}
+
+/// [`backref_digests`] of an envelope's statement (its payload, unverified:
+/// for finding more envelopes, never for trusting them). `Err` when the
+/// payload is not an in-toto statement or its collection predicate is
+/// malformed.
+pub fn envelope_backref_digests(env: &Envelope) -> Result<Vec<(String, String)>, String> {
+    let statement: Statement = serde_json::from_slice(&env.payload)
+        .map_err(|e| format!("the payload is not an in-toto statement: {e}"))?;
+    let collection = if collection::is_collection_type(&statement.predicate_type) {
+        Some(
+            serde_json::from_value::<Collection>(statement.predicate.clone())
+                .map_err(|e| format!("invalid collection predicate: {e}"))?,
+        )
+    } else {
+        None
+    };
+    Ok(backref_digests(&statement, collection.as_ref()))
 }
 
 type Artifacts = BTreeMap<String, Option<DigestSet>>;
