@@ -472,3 +472,98 @@ fn read_bounded(p: &Path) -> io::Result<Vec<u8>> {
         .read_to_end(&mut b)?;
     Ok(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn closed_store() -> StoreUrl {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        StoreUrl {
+            insecure_http: true,
+            registry: addr,
+            repository: "evidence".into(),
+        }
+    }
+
+    fn settings(urls: Vec<StoreUrl>) -> StoreSettings {
+        StoreSettings {
+            urls,
+            timeout: Duration::from_secs(5),
+            docker_config: None,
+            retry_every: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn without_stores_nothing_is_pushed_or_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Pusher::new(d.path(), settings(Vec::new()));
+        assert!(!p.enabled());
+        assert!(p.push(0, "s", b"{}").is_empty());
+        p.retry();
+        assert!(!p.dir().exists());
+    }
+
+    #[test]
+    fn a_failed_push_is_kept_owner_only_and_retried() {
+        let d = tempfile::tempdir().unwrap();
+        let url = closed_store();
+        let p = Pusher::new(d.path(), settings(vec![url.clone()]));
+        let env = br#"{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"keyid":"k","sig":"AAE="}]}"#;
+        let out = p.push(1000, "build", env);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].url, url.to_string());
+        assert!(!out[0].ok);
+        assert!(
+            out[0].detail.contains("the daemon keeps the envelope ("),
+            "{}",
+            out[0].detail
+        );
+        let list = p.list();
+        assert_eq!(list.len(), 1);
+        let (id, len) = &list[0];
+        assert_eq!(*len, env.len() as u64);
+        assert!(id.ends_with(".1000.build"), "{id}");
+        let f = p.dir().join(format!("{id}.json"));
+        assert_eq!(std::fs::read(&f).unwrap(), env);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(mode(p.dir()), 0o700);
+        let meta = p.read_meta(id).unwrap();
+        assert_eq!(meta.stores, vec![url.to_string()]);
+        assert_eq!((meta.step.as_str(), meta.owner_uid), ("build", 1000));
+        // Still down: still kept.
+        p.retry();
+        assert_eq!(p.list().len(), 1);
+        // A store no longer configured is not pushed to (the copy stays).
+        let other = Pusher::new(d.path(), settings(vec![closed_store()]));
+        other.retry();
+        assert_eq!(other.list().len(), 1);
+    }
+
+    #[test]
+    fn the_oldest_beyond_the_bound_are_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Pusher::new(d.path(), settings(vec![closed_store()]));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(p.dir())
+            .unwrap();
+        for i in 0..MAX_UNPUSHED {
+            let id = format!("{i:020}.0.0.old");
+            std::fs::write(p.dir().join(format!("{id}.json")), b"{}").unwrap();
+            std::fs::write(p.dir().join(format!("{id}.meta")), b"{}").unwrap();
+        }
+        let out = p.push(0, "new", b"{}");
+        assert!(!out[0].ok);
+        let list = p.list();
+        assert_eq!(list.len(), MAX_UNPUSHED);
+        assert!(!list.iter().any(|(id, _)| id == &format!("{:020}.0.0.old", 0)));
+        assert!(list.iter().any(|(id, _)| id.ends_with(".0.new")));
+        assert!(!p.dir().join(format!("{:020}.0.0.old.meta", 0)).exists());
+    }
+}

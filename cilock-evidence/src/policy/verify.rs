@@ -917,3 +917,54 @@ pub fn vsa_statement(
     });
     Statement::new(VSA_PREDICATE_TYPE, subjects, predicate)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backref_digests_keep_their_algorithm() {
+        let st: Statement = serde_json::from_value(serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "predicateType": "https://witness.testifysec.com/attestation-collection/v0.1",
+            "subject": [
+                {"name": "https://witness.dev/attestations/git/v0.1/commithash:ABC",
+                 "digest": {"sha1": "ABCDEF0123456789abcdef0123456789abcdef01"}},
+                {"name": "https://witness.dev/attestations/product/v0.1/file:app",
+                 "digest": {"sha256": "11".repeat(32)}},
+                {"name": "https://witness.dev/attestations/github/v0.1/pipelineurl:https://x",
+                 "digest": {"sha256": "22".repeat(32)}}
+            ],
+            "predicate": {"name": "build", "attestations": [],
+                          "backrefs": {"x": {"gitoid:sha256": "33".repeat(32)}}}
+        }))
+        .unwrap();
+        let coll: Collection = serde_json::from_value(st.predicate.clone()).unwrap();
+        let got = backref_digests(&st, Some(&coll));
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "sha1".to_string(),
+                    "abcdef0123456789abcdef0123456789abcdef01".to_string()
+                ),
+                ("sha256".to_string(), "22".repeat(32)),
+                ("gitoid:sha256".to_string(), "33".repeat(32)),
+            ]
+        );
+        // The product is a subject, not a back-reference.
+        assert!(!got.iter().any(|(_, h)| h == &"11".repeat(32)));
+        // The envelope form parses the payload the same way.
+        let env = Envelope {
+            payload: serde_json::to_vec(&st).unwrap(),
+            payload_type: crate::intoto::PAYLOAD_TYPE.to_string(),
+            signatures: Vec::new(),
+        };
+        assert_eq!(envelope_backref_digests(&env).unwrap(), got);
+        let bad = Envelope {
+            payload: b"not json".to_vec(),
+            ..env
+        };
+        assert!(envelope_backref_digests(&bad).is_err());
+    }
+}
