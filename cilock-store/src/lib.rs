@@ -5,10 +5,22 @@
 //! maintained here by read-modify-write. Discovery reads the referrers API,
 //! else the tag index, and cosign's legacy `sha256-<hex>.att` layout.
 //!
-//! SKELETON (lead): the types and signatures below are the contract the CLI
-//! and the daemon are written against; the store helper fills them in.
+//! Modules, one idea each: [`url`](self::url) and [`digest`](self::digest)
+//! parse what users give; `auth` reads the Docker config; `http` talks to
+//! the registry (token flow, bounds, timeout); `oci` is the distribution
+//! API; `push` writes envelopes and referrers; `tagindex` keeps the
+//! referrers tag schema index; `discover` finds and checks envelopes.
 
 #![deny(missing_docs)]
+
+mod auth;
+mod digest;
+mod discover;
+mod http;
+mod oci;
+mod push;
+mod tagindex;
+mod url;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,6 +31,15 @@ use std::time::Duration;
 pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 /// `artifactType` of a referrer manifest (as cosign's DSSE referrers).
 pub const ARTIFACT_TYPE: &str = "application/vnd.in-toto+json";
+/// Annotation of a referrer manifest (and its index entry) naming the
+/// envelope blob's digest: a second push of the same envelope finds it.
+pub const ENVELOPE_ANNOTATION: &str = "dev.cilock.envelope";
+/// Largest manifest or index read from a registry (4 MiB).
+pub const MAX_MANIFEST_BYTES: usize = http::MAX_MANIFEST_BYTES;
+/// Most entries of a referrers index read or written.
+pub const MAX_INDEX_ENTRIES: usize = tagindex::MAX_INDEX_ENTRIES;
+/// Most envelopes [`Store::discover`] returns for one subject.
+pub const MAX_FOUND: usize = discover::MAX_FOUND;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +55,14 @@ pub enum StoreError {
     /// The envelope given to push is not a DSSE envelope of an in-toto statement.
     #[error("envelope: {0}")]
     Envelope(String),
+    /// A subject digest is not `ALG:HEX` with sha256, sha512 or sha1.
+    #[error("subject digest {digest:?}: {reason}")]
+    Digest {
+        /// The digest as given.
+        digest: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Credentials could not be read (Docker config, credential helper).
     #[error("credentials for {registry}: {reason}")]
     Credentials {
@@ -58,7 +87,7 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
-    /// Not written yet (skeleton).
+    /// Not used any more (kept: the contract's variant).
     #[error("not implemented")]
     Unimplemented,
 }
@@ -77,8 +106,13 @@ pub struct StoreUrl {
 
 impl FromStr for StoreUrl {
     type Err = StoreError;
-    fn from_str(_s: &str) -> Result<Self, StoreError> {
-        Err(StoreError::Unimplemented)
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let (insecure_http, registry, repository) = url::parse(s)?;
+        Ok(StoreUrl {
+            insecure_http,
+            registry,
+            repository,
+        })
     }
 }
 
@@ -105,9 +139,19 @@ pub struct SubjectDigest {
 
 impl FromStr for SubjectDigest {
     type Err = StoreError;
-    /// `ALG:HEX`, or a bare 64-hex sha256.
-    fn from_str(_s: &str) -> Result<Self, StoreError> {
-        Err(StoreError::Unimplemented)
+    /// `ALG:HEX`, or a bare 64-hex sha256 (hex case-insensitive, kept lowercase).
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let (algorithm, hex) = digest::parse_subject(s)?;
+        Ok(SubjectDigest { algorithm, hex })
+    }
+}
+
+impl SubjectDigest {
+    /// The referrers tag schema's tag: `ALG-HEX` (the hex truncated to 64
+    /// characters, as the OCI distribution spec says: a sha512 subject's
+    /// tag holds its first 64 hex digits).
+    pub fn tag(&self) -> String {
+        digest::tag_of(&self.algorithm, &self.hex)
     }
 }
 
@@ -210,12 +254,22 @@ pub struct Found {
 #[derive(Debug)]
 pub struct Store {
     url: StoreUrl,
+    http: http::Http,
+    max_subjects: usize,
 }
 
 impl Store {
-    /// Opens `url`, reading credentials from the Docker config.
-    pub fn open(url: StoreUrl, _opts: StoreOptions) -> Result<Store, StoreError> {
-        Ok(Store { url })
+    /// Opens `url`, reading credentials from the Docker config (running a
+    /// credential helper if the config names one for the registry).
+    pub fn open(url: StoreUrl, opts: StoreOptions) -> Result<Store, StoreError> {
+        let dir = auth::config_dir(opts.docker_config.as_deref());
+        let credential = auth::credentials(dir.as_deref(), &url.registry)?;
+        let http = http::Http::new(&url, credential, opts.timeout)?;
+        Ok(Store {
+            url,
+            http,
+            max_subjects: opts.max_subjects,
+        })
     }
 
     /// The store's URL.
@@ -225,13 +279,14 @@ impl Store {
 
     /// Pushes `envelope` (a DSSE envelope of an in-toto statement, JSON,
     /// byte for byte as signed) and a referrer for each subject digest.
-    pub async fn push(&self, _envelope: &[u8]) -> Result<PushReport, StoreError> {
-        Err(StoreError::Unimplemented)
+    pub async fn push(&self, envelope: &[u8]) -> Result<PushReport, StoreError> {
+        push::push(&self.http, &self.url, envelope, self.max_subjects).await
     }
 
     /// The envelopes referring to `subject`, each blob checked against its
     /// digest, deduplicated by blob digest.
-    pub async fn discover(&self, _subject: &SubjectDigest) -> Result<Vec<Found>, StoreError> {
-        Err(StoreError::Unimplemented)
+    /// At most [`MAX_FOUND`] envelopes are returned.
+    pub async fn discover(&self, subject: &SubjectDigest) -> Result<Vec<Found>, StoreError> {
+        discover::discover(&self.http, &self.url, subject).await
     }
 }
