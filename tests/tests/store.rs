@@ -524,11 +524,11 @@ fn verify_store_finds_a_two_step_chain_and_refuses_a_tampered_blob() {
         &work,
         "git init -q . && git -c user.name=ci -c user.email=ci@example.com add main.c && git -c user.name=ci -c user.email=ci@example.com commit -qm init",
     );
-    let (key, pubkey) = keygen(dir);
-    let keyid = {
-        let pem = std::fs::read(&pubkey).unwrap();
-        sha256_hex(&pem)
-    };
+    let key = dir.join("signer.pem");
+    let o = cilock_in(dir, cfg.path(), &["keygen", "-o", p(&key)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let keyid = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let pubkey = dir.join("signer.pem.pub");
     let pdir = dir.join("policy-keys");
     std::fs::create_dir(&pdir).unwrap();
     let (policy_key, policy_pub) = keygen(&pdir);
@@ -562,7 +562,7 @@ fn verify_store_finds_a_two_step_chain_and_refuses_a_tampered_blob() {
     let app_tgz = work.join("app.tgz");
     let tgz_hex = sha256_hex(&std::fs::read(&app_tgz).unwrap());
     assert_stored(&reg, "evidence/chain", &package, &tgz_hex);
-    let pol = chain_policy(dir, cfg.path(), &policy_key, &policy_pub, &keyid);
+    let pol = chain_policy(dir, cfg.path(), &policy_key, &pubkey, &keyid);
 
     let verify = || {
         cilock_in(
