@@ -562,7 +562,9 @@ mod tests {
         assert!(!out[0].ok);
         let list = p.list();
         assert_eq!(list.len(), MAX_UNPUSHED);
-        assert!(!list.iter().any(|(id, _)| id == &format!("{:020}.0.0.old", 0)));
+        assert!(!list
+            .iter()
+            .any(|(id, _)| id == &format!("{:020}.0.0.old", 0)));
         assert!(list.iter().any(|(id, _)| id.ends_with(".0.new")));
         assert!(!p.dir().join(format!("{:020}.0.0.old.meta", 0)).exists());
     }
