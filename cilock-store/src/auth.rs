@@ -180,9 +180,9 @@ pub(crate) fn credentials(dir: Option<&Path>, registry: &str) -> Result<Found, S
                 .map_err(|_| cred_err(format!("{source}: \"auth\" is not base64")))?;
             let text = String::from_utf8(decoded)
                 .map_err(|_| cred_err(format!("{source}: \"auth\" is not UTF-8")))?;
-            let (user, password) = text
-                .split_once(':')
-                .ok_or_else(|| cred_err(format!("{source}: \"auth\" is not base64 of user:password")))?;
+            let (user, password) = text.split_once(':').ok_or_else(|| {
+                cred_err(format!("{source}: \"auth\" is not base64 of user:password"))
+            })?;
             return Ok(Found {
                 credential: Credential::Basic {
                     user: user.to_string(),
@@ -224,7 +224,9 @@ fn from_helper(helper: &str, registry: &str) -> Result<Found, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
-        return Err(format!("credential helper name {helper:?} is not a plain name"));
+        return Err(format!(
+            "credential helper name {helper:?} is not a plain name"
+        ));
     }
     let program = format!("docker-credential-{helper}");
     let mut child = Command::new(&program)
@@ -321,7 +323,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(f.source.ends_with("auths[\"https://reg.example:5000/v1/\"]"));
+        assert!(f
+            .source
+            .ends_with("auths[\"https://reg.example:5000/v1/\"]"));
         assert!(matches!(
             credentials(Some(d.path()), "other.example").unwrap().credential,
             Credential::Basic { ref user, .. } if user == "bob"
@@ -335,11 +339,16 @@ mod tests {
             Credential::Basic { ref user, .. } if user == "d"
         ));
         assert!(matches!(
-            credentials(Some(d.path()), "reg.example").unwrap().credential,
+            credentials(Some(d.path()), "reg.example")
+                .unwrap()
+                .credential,
             Credential::Anonymous
         ));
         // Debug never shows the secret.
-        let dbg = format!("{:?}", credentials(Some(d.path()), "reg.example:5000").unwrap());
+        let dbg = format!(
+            "{:?}",
+            credentials(Some(d.path()), "reg.example:5000").unwrap()
+        );
         assert!(!dbg.contains("s3cr"), "{dbg}");
     }
 
@@ -364,7 +373,10 @@ mod tests {
         assert!(e.contains("not a plain name"), "{e}");
         write(d.path(), r#"{"credsStore":"cilock-test-none"}"#);
         let e = credentials(Some(d.path()), "h").unwrap_err().to_string();
-        assert!(e.contains("running docker-credential-cilock-test-none"), "{e}");
+        assert!(
+            e.contains("running docker-credential-cilock-test-none"),
+            "{e}"
+        );
     }
 
     #[test]

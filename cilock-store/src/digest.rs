@@ -24,8 +24,7 @@ pub(crate) fn parse_subject(s: &str) -> Result<(String, String), StoreError> {
         None if s.len() == 64 => ("sha256".to_string(), s),
         None => {
             return Err(bad(
-                "expected a subject digest ALG:HEX (sha256, sha512, sha1) or 64 hex digits"
-                    .into(),
+                "expected a subject digest ALG:HEX (sha256, sha512, sha1) or 64 hex digits".into(),
             ))
         }
     };
@@ -128,7 +127,10 @@ mod tests {
         for (bad, needle) in [
             ("", "expected a subject digest"),
             ("abc", "expected a subject digest"),
-            ("md5:0123456789abcdef0123456789abcdef", "\"md5\" is not indexed"),
+            (
+                "md5:0123456789abcdef0123456789abcdef",
+                "\"md5\" is not indexed",
+            ),
             ("sha256:abc", "a sha256 digest is 64 hex digits"),
             (&format!("sha256:{}", "g".repeat(64)), "64 hex digits"),
             (&format!("sha1:{H64}"), "a sha1 digest is 40 hex digits"),
@@ -143,7 +145,10 @@ mod tests {
     fn tags() {
         assert_eq!(tag_of("sha256", H64), format!("sha256-{H64}"));
         let s512 = "b".repeat(128);
-        assert_eq!(tag_of("sha512", &s512), format!("sha512-{}", "b".repeat(64)));
+        assert_eq!(
+            tag_of("sha512", &s512),
+            format!("sha512-{}", "b".repeat(64))
+        );
         assert_eq!(tag_of("sha1", "01"), "sha1-01");
     }
 

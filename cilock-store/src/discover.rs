@@ -39,13 +39,21 @@ fn dsse_layers(http: &Http, bytes: &[u8], what: &str) -> Result<Vec<(String, u64
             .and_then(Value::as_str)
             .ok_or_else(|| http.integrity_error(format!("{what}: a DSSE layer has no digest")))?;
         check_content_digest(digest).map_err(|e| http.integrity_error(format!("{what}: {e}")))?;
-        let size = l
-            .get("size")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| http.integrity_error(format!("{what}: DSSE layer {digest} has no size")))?;
+        let size = l.get("size").and_then(Value::as_u64).ok_or_else(|| {
+            http.integrity_error(format!("{what}: DSSE layer {digest} has no size"))
+        })?;
         out.push((digest.to_string(), size));
     }
     Ok(out)
+}
+
+/// The `subject.digest` of a manifest, if it has one.
+fn manifest_subject(bytes: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    v.get("subject")?
+        .get("digest")?
+        .as_str()
+        .map(str::to_string)
 }
 
 struct Collector<'a> {
@@ -57,7 +65,11 @@ struct Collector<'a> {
 }
 
 impl Collector<'_> {
-    async fn layers(&mut self, layers: Vec<(String, u64)>, via: FoundVia) -> Result<(), StoreError> {
+    async fn layers(
+        &mut self,
+        layers: Vec<(String, u64)>,
+        via: FoundVia,
+    ) -> Result<(), StoreError> {
         for (digest, size) in layers {
             if self.seen.contains(&digest) {
                 continue;
@@ -96,24 +108,36 @@ pub(crate) async fn discover(
         full: false,
     };
 
-    let listing = tagindex::list(http, &subject_str, &tag_of(&subject.algorithm, &subject.hex)).await?;
+    let listing = tagindex::list(
+        http,
+        &subject_str,
+        &tag_of(&subject.algorithm, &subject.hex),
+    )
+    .await?;
     let via = match listing.source {
         Source::Api => FoundVia::ReferrersApi,
         Source::Tag => FoundVia::TagSchema,
     };
     let mut manifests_seen = BTreeSet::new();
     for entry in &listing.entries {
-        let artifact_type = entry.get("artifactType").and_then(Value::as_str).unwrap_or("");
+        let artifact_type = entry
+            .get("artifactType")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let media_type = entry.get("mediaType").and_then(Value::as_str).unwrap_or("");
         // In-toto referrers, and untyped image manifests (possibly DSSE layers).
-        let wanted = artifact_type == ARTIFACT_TYPE || (artifact_type.is_empty() && media_type == OCI_MANIFEST);
+        let wanted = artifact_type == ARTIFACT_TYPE
+            || (artifact_type.is_empty() && media_type == OCI_MANIFEST);
         if !wanted {
             continue;
         }
         let Some(digest) = entry_digest(entry) else {
-            return Err(http.integrity_error(format!("a referrer of {subject_str} is listed without a digest")));
+            return Err(http.integrity_error(format!(
+                "a referrer of {subject_str} is listed without a digest"
+            )));
         };
-        check_content_digest(digest).map_err(|e| http.integrity_error(format!("a referrer of {subject_str}: {e}")))?;
+        check_content_digest(digest)
+            .map_err(|e| http.integrity_error(format!("a referrer of {subject_str}: {e}")))?;
         if !manifests_seen.insert(digest.to_string()) {
             continue;
         }
@@ -121,6 +145,13 @@ pub(crate) async fn discover(
             tracing::warn!(store = %url, subject = %subject_str, manifest = digest, "a listed referrer manifest is missing from the store");
             continue;
         };
+        // A tag index is shared by subjects whose digests agree in the tag's
+        // first 64 hex digits (sha512): keep the referrers of this one.
+        if let Some(other) = manifest_subject(&m.bytes) {
+            if other != subject_str {
+                continue;
+            }
+        }
         let layers = dsse_layers(http, &m.bytes, &format!("referrer manifest {digest}"))?;
         c.layers(layers, via).await?;
         if c.full {
@@ -132,7 +163,11 @@ pub(crate) async fn discover(
     if subject.algorithm == "sha256" && !c.full {
         let tag = format!("sha256-{}.att", subject.hex);
         if let Some(m) = http.get_manifest(&tag).await? {
-            let layers = dsse_layers(http, &m.bytes, &format!("cosign attestation manifest {tag}"))?;
+            let layers = dsse_layers(
+                http,
+                &m.bytes,
+                &format!("cosign attestation manifest {tag}"),
+            )?;
             c.layers(layers, FoundVia::CosignAtt).await?;
         }
     }

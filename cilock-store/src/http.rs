@@ -33,6 +33,8 @@ use crate::{StoreError, StoreUrl};
 /// Largest manifest or image index read (referrer manifests, tag indexes,
 /// referrers API answers, cosign `.att` manifests).
 pub(crate) const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Retries of an idempotent request answered with a 5xx.
+const MAX_READ_RETRIES: u32 = 4;
 /// Largest token-service or error answer read.
 const MAX_SMALL_BODY: usize = 1 << 20;
 
@@ -86,7 +88,11 @@ impl std::fmt::Debug for Http {
 }
 
 impl Http {
-    pub(crate) fn new(url: &StoreUrl, credential: Found, timeout: Duration) -> Result<Http, StoreError> {
+    pub(crate) fn new(
+        url: &StoreUrl,
+        credential: Found,
+        timeout: Duration,
+    ) -> Result<Http, StoreError> {
         RUSTLS_PROVIDER.call_once(|| {
             // Another part of the process may have installed one already.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -161,6 +167,7 @@ impl Http {
         };
         let what = format!("{method} {}", path_of(&url));
         let mut answered_challenge = false;
+        let mut server_errors = 0u32;
         loop {
             let mut req = self.client.request(method.clone(), &url);
             if let Some(a) = accept {
@@ -180,6 +187,22 @@ impl Http {
                 .await
                 .map_err(|e| self.registry_error(format!("{what}: {}", self.describe(&e))))?;
             let status = resp.status();
+            // A read or a tag write racing another tag write can get a
+            // transient 5xx (distribution's filesystem driver reads a
+            // half-written link): idempotent requests (GET, HEAD, a manifest
+            // PUT) are retried a few times after a short random pause.
+            let idempotent = method == Method::GET
+                || method == Method::HEAD
+                || (method == Method::PUT && url.contains("/manifests/"));
+            if status.is_server_error() && idempotent && server_errors < MAX_READ_RETRIES {
+                server_errors += 1;
+                tracing::debug!(%what, %status, "retrying after a server error");
+                tokio::time::sleep(Duration::from_millis(
+                    50 + crate::tagindex::jitter(100 * u64::from(server_errors)),
+                ))
+                .await;
+                continue;
+            }
             if status == StatusCode::UNAUTHORIZED && !answered_challenge {
                 answered_challenge = true;
                 let challenge = resp
@@ -208,7 +231,10 @@ impl Http {
                 }
                 loop {
                     let chunk = resp.chunk().await.map_err(|e| {
-                        self.registry_error(format!("{what}: reading the answer: {}", self.describe(&e)))
+                        self.registry_error(format!(
+                            "{what}: reading the answer: {}",
+                            self.describe(&e)
+                        ))
                     })?;
                     let Some(chunk) = chunk else { break };
                     if out.len() + chunk.len() > limit {
@@ -330,7 +356,10 @@ impl Http {
         let mut url = Url::parse(realm)
             .map_err(|e| cred_err(format!("token realm {:?}: {e}", truncate(realm, 200))))?;
         if url.scheme() != "https" && url.scheme() != "http" {
-            return Err(cred_err(format!("token realm {:?} is not HTTP(S)", truncate(realm, 200))));
+            return Err(cred_err(format!(
+                "token realm {:?} is not HTTP(S)",
+                truncate(realm, 200)
+            )));
         }
         let req = match &self.credential.credential {
             Credential::IdentityToken(refresh) => {
@@ -408,7 +437,11 @@ impl Http {
     /// A reqwest error with its causes, naming timeouts and refused connections.
     fn describe(&self, e: &reqwest::Error) -> String {
         if e.is_timeout() {
-            format!("no answer within {} s ({})", self.timeout.as_secs_f64(), chain(e))
+            format!(
+                "no answer within {} s ({})",
+                self.timeout.as_secs_f64(),
+                chain(e)
+            )
         } else if e.is_connect() {
             format!("cannot connect: {}", chain(e))
         } else {
@@ -554,7 +587,10 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                ("realm".to_string(), "https://auth.example/token".to_string()),
+                (
+                    "realm".to_string(),
+                    "https://auth.example/token".to_string()
+                ),
                 ("service".to_string(), "registry.example".to_string()),
                 ("scope".to_string(), "repository:a/b:pull,push".to_string()),
             ]
@@ -577,7 +613,9 @@ mod tests {
     #[test]
     fn excerpts() {
         assert_eq!(
-            error_excerpt(br#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}"#),
+            error_excerpt(
+                br#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}"#
+            ),
             "MANIFEST_INVALID manifest invalid"
         );
         assert_eq!(error_excerpt(b""), "(empty answer)");

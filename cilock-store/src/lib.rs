@@ -5,7 +5,7 @@
 //! maintained here by read-modify-write. Discovery reads the referrers API,
 //! else the tag index, and cosign's legacy `sha256-<hex>.att` layout.
 //!
-//! Modules, one idea each: [`url`](self::url) and [`digest`](self::digest)
+//! Modules, one idea each: `url` and `digest`
 //! parse what users give; `auth` reads the Docker config; `http` talks to
 //! the registry (token flow, bounds, timeout); `oci` is the distribution
 //! API; `push` writes envelopes and referrers; `tagindex` keeps the

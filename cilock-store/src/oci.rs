@@ -38,7 +38,11 @@ impl Http {
 
     /// Uploads a blob (POST an upload, PUT it whole with its digest),
     /// unless it is there already.
-    pub(crate) async fn put_blob(&self, digest: &str, bytes: bytes::Bytes) -> Result<(), StoreError> {
+    pub(crate) async fn put_blob(
+        &self,
+        digest: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<(), StoreError> {
         if self.blob_exists(digest).await? {
             return Ok(());
         }
@@ -47,9 +51,9 @@ impl Http {
         if a.status != StatusCode::ACCEPTED {
             return Err(self.status_error(&format!("POST {path}"), &a));
         }
-        let location = a
-            .header("Location")
-            .ok_or_else(|| self.registry_error(format!("POST {path}: HTTP 202 without a Location")))?;
+        let location = a.header("Location").ok_or_else(|| {
+            self.registry_error(format!("POST {path}: HTTP 202 without a Location"))
+        })?;
         let base = Url::parse(&self.base_url()).map_err(|e| self.registry_error(e.to_string()))?;
         let mut upload = base
             .join(location)
@@ -77,7 +81,12 @@ impl Http {
 
     /// Reads the blob `digest` of `size` bytes (at most `max`), checking
     /// its size and digest: a mismatch is an integrity error naming the blob.
-    pub(crate) async fn get_blob(&self, digest: &str, size: u64, max: u64) -> Result<Vec<u8>, StoreError> {
+    pub(crate) async fn get_blob(
+        &self,
+        digest: &str,
+        size: u64,
+        max: u64,
+    ) -> Result<Vec<u8>, StoreError> {
         check_content_digest(digest).map_err(|e| self.integrity_error(e))?;
         if size > max {
             return Err(self.integrity_error(format!(
@@ -89,8 +98,8 @@ impl Http {
         let a = match self.send(Method::GET, &path, None, None, limit).await {
             Err(StoreError::Integrity { .. }) => {
                 return Err(self.integrity_error(format!(
-                    "blob {digest}: the registry sent more than the {size} bytes its descriptor says"
-                )))
+                "blob {digest}: the registry sent more than the {size} bytes its descriptor says"
+            )))
             }
             other => other?,
         };
@@ -118,7 +127,10 @@ impl Http {
     }
 
     /// HEAD of a manifest by digest or tag; `None` when absent.
-    pub(crate) async fn head_manifest(&self, reference: &str) -> Result<Option<ManifestHead>, StoreError> {
+    pub(crate) async fn head_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<Option<ManifestHead>, StoreError> {
         let path = self.repo_path(&format!("manifests/{reference}"));
         let a = self
             .send(Method::HEAD, &path, Some(ACCEPT_MANIFESTS), None, 0)
@@ -142,10 +154,19 @@ impl Http {
 
     /// GET of a manifest or index by digest or tag (at most 4 MiB); `None`
     /// when absent. By digest, the bytes are checked against it.
-    pub(crate) async fn get_manifest(&self, reference: &str) -> Result<Option<Manifest>, StoreError> {
+    pub(crate) async fn get_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<Option<Manifest>, StoreError> {
         let path = self.repo_path(&format!("manifests/{reference}"));
         let a = self
-            .send(Method::GET, &path, Some(ACCEPT_MANIFESTS), None, MAX_MANIFEST_BYTES)
+            .send(
+                Method::GET,
+                &path,
+                Some(ACCEPT_MANIFESTS),
+                None,
+                MAX_MANIFEST_BYTES,
+            )
             .await?;
         match a.status {
             StatusCode::OK => {}
@@ -188,7 +209,13 @@ impl Http {
     pub(crate) async fn get_referrers(&self, subject: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.repo_path(&format!("referrers/{subject}"));
         let a: Answer = self
-            .send(Method::GET, &path, Some(OCI_INDEX), None, MAX_MANIFEST_BYTES)
+            .send(
+                Method::GET,
+                &path,
+                Some(OCI_INDEX),
+                None,
+                MAX_MANIFEST_BYTES,
+            )
             .await?;
         match a.status {
             StatusCode::OK => Ok(Some(a.body)),

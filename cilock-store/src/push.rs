@@ -94,7 +94,10 @@ fn parse(envelope: &[u8], max_subjects: usize) -> Result<Parsed, StoreError> {
     }
 
     let mut annotations = BTreeMap::new();
-    annotations.insert("in-toto.io/predicate-type".to_string(), st.predicate_type.clone());
+    annotations.insert(
+        "in-toto.io/predicate-type".to_string(),
+        st.predicate_type.clone(),
+    );
     if st.predicate_type == cilock_evidence::collection::COLLECTION_TYPE
         || st.predicate_type == cilock_evidence::collection::COLLECTION_TYPE_CILOCK
     {
@@ -123,7 +126,9 @@ fn parse(envelope: &[u8], max_subjects: usize) -> Result<Parsed, StoreError> {
             if !SUBJECT_ALGORITHMS.iter().any(|(a, _)| a == alg) {
                 skipped.push(Skipped {
                     subject: label,
-                    reason: format!("digest algorithm {alg:?} is not indexed (sha256, sha512, sha1 are)"),
+                    reason: format!(
+                        "digest algorithm {alg:?} is not indexed (sha256, sha512, sha1 are)"
+                    ),
                 });
                 continue;
             }
@@ -166,8 +171,10 @@ pub(crate) async fn push(
     let parsed = parse(envelope, max_subjects)?;
     let blob = sha256_of(envelope);
     let empty = sha256_of(EMPTY_BLOB);
-    http.put_blob(&empty, bytes::Bytes::from_static(EMPTY_BLOB)).await?;
-    http.put_blob(&blob, bytes::Bytes::copy_from_slice(envelope)).await?;
+    http.put_blob(&empty, bytes::Bytes::from_static(EMPTY_BLOB))
+        .await?;
+    http.put_blob(&blob, bytes::Bytes::copy_from_slice(envelope))
+        .await?;
 
     let mut annotations = parsed.annotations;
     annotations.insert(ENVELOPE_ANNOTATION.to_string(), blob.clone());
@@ -231,7 +238,8 @@ pub(crate) async fn push(
             subject: subject_desc,
             annotations: &annotations,
         };
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| http.registry_error(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&manifest).map_err(|e| http.registry_error(e.to_string()))?;
         let digest = sha256_of(&bytes);
         let size = bytes.len();
         let put = http.put_manifest(&digest, OCI_MANIFEST, bytes).await?;
@@ -330,10 +338,16 @@ mod tests {
     #[test]
     fn refused_envelopes() {
         let st = serde_json::json!({"_type": STATEMENT_TYPE_V01, "predicateType": "x", "predicate": {}, "subject": []});
-        let msg = |b: &[u8]| parse(b, 10).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = |b: &[u8]| {
+            parse(b, 10)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         assert!(msg(b"not json").contains("invalid DSSE envelope JSON"));
         assert!(msg(&envelope(&st, "text/plain", "k")).contains("payloadType is \"text/plain\""));
-        let nosig = br#"{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[]}"#;
+        let nosig =
+            br#"{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[]}"#;
         assert!(msg(nosig).contains("no signatures"));
         let other = serde_json::json!({"_type": "x", "predicateType": "x", "predicate": {}});
         assert!(msg(&envelope(&other, PAYLOAD_TYPE, "k")).contains("_type is \"x\""));

@@ -38,7 +38,10 @@ pub(crate) struct Listing {
 }
 
 /// The `manifests` of an image index, at most [`MAX_INDEX_ENTRIES`].
-pub(crate) fn index_entries(bytes: &[u8], what: &str) -> Result<(Map<String, Value>, Vec<Value>), String> {
+pub(crate) fn index_entries(
+    bytes: &[u8],
+    what: &str,
+) -> Result<(Map<String, Value>, Vec<Value>), String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("{what} is not JSON: {e}"))?;
     let Value::Object(mut obj) = v else {
         return Err(format!("{what} is not a JSON object"));
@@ -71,21 +74,28 @@ pub(crate) fn entry_digest(e: &Value) -> Option<&str> {
 /// else the tag index, else none.
 pub(crate) async fn list(http: &Http, subject: &str, tag: &str) -> Result<Listing, StoreError> {
     if let Some(body) = http.get_referrers(subject).await? {
-        let (_, entries) = index_entries(&body, &format!("the referrers API's answer for {subject}"))
-            .map_err(|e| http.integrity_error(e))?;
+        let (_, entries) =
+            index_entries(&body, &format!("the referrers API's answer for {subject}"))
+                .map_err(|e| http.integrity_error(e))?;
         return Ok(Listing {
             source: Source::Api,
             entries,
         });
     }
-    let entries = read_tag(http, tag).await?.map(|(_, e)| e).unwrap_or_default();
+    let entries = read_tag(http, tag)
+        .await?
+        .map(|(_, e)| e)
+        .unwrap_or_default();
     Ok(Listing {
         source: Source::Tag,
         entries,
     })
 }
 
-async fn read_tag(http: &Http, tag: &str) -> Result<Option<(Map<String, Value>, Vec<Value>)>, StoreError> {
+async fn read_tag(
+    http: &Http,
+    tag: &str,
+) -> Result<Option<(Map<String, Value>, Vec<Value>)>, StoreError> {
     match http.get_manifest(tag).await? {
         None => Ok(None),
         Some(m) => index_entries(&m.bytes, &format!("the referrers tag index {tag}"))
@@ -96,7 +106,12 @@ async fn read_tag(http: &Http, tag: &str) -> Result<Option<(Map<String, Value>, 
 
 /// Adds `entry` (a descriptor of the manifest `digest`) to the tag index
 /// `tag`, and returns once a read of the tag lists it.
-pub(crate) async fn add(http: &Http, tag: &str, entry: Value, digest: &str) -> Result<(), StoreError> {
+pub(crate) async fn add(
+    http: &Http,
+    tag: &str,
+    entry: Value,
+    digest: &str,
+) -> Result<(), StoreError> {
     let mut wrote = 0u32;
     loop {
         // After our write and a pause: the entry is there (confirmed), or a
@@ -106,7 +121,11 @@ pub(crate) async fn add(http: &Http, tag: &str, entry: Value, digest: &str) -> R
             return Ok(());
         }
         if wrote > 0 {
-            tracing::debug!(tag, digest, "referrers tag index overwritten by a concurrent push; merging again");
+            tracing::debug!(
+                tag,
+                digest,
+                "referrers tag index overwritten by a concurrent push; merging again"
+            );
         }
         if wrote >= MAX_ATTEMPTS {
             return Err(http.registry_error(format!(
@@ -124,16 +143,18 @@ pub(crate) async fn add(http: &Http, tag: &str, entry: Value, digest: &str) -> R
         top.insert("mediaType".into(), Value::from(OCI_INDEX));
         top.insert("manifests".into(), Value::Array(entries));
         // serde_json's map is sorted: the same index is the same bytes.
-        let bytes = serde_json::to_vec(&Value::Object(top)).map_err(|e| http.registry_error(e.to_string()))?;
+        let bytes = serde_json::to_vec(&Value::Object(top))
+            .map_err(|e| http.registry_error(e.to_string()))?;
         http.put_manifest(tag, OCI_INDEX, bytes).await?;
         wrote += 1;
-        tokio::time::sleep(settle()).await;
+        tokio::time::sleep(settle(wrote)).await;
     }
 }
 
-/// A pause of 100–300 ms, random per call.
-fn settle() -> Duration {
-    Duration::from_millis(100 + jitter(200))
+/// The pause after the `n`th write: 100 ms plus a random part that grows
+/// with each conflict (up to 200·n ms, n ≤ 5), so colliding pushers drift apart.
+fn settle(n: u32) -> Duration {
+    Duration::from_millis(100 + jitter(200 * u64::from(n.clamp(1, 5))))
 }
 
 /// A random number below `n` (std's per-instance random hash keys).
@@ -162,7 +183,9 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(entry_digest(&e[0]), Some("sha256:a"));
         assert!(top.contains_key("annotations"));
-        assert!(index_entries(b"[]", "idx").unwrap_err().contains("not a JSON object"));
+        assert!(index_entries(b"[]", "idx")
+            .unwrap_err()
+            .contains("not a JSON object"));
         assert!(index_entries(br#"{"manifests":{}}"#, "idx")
             .unwrap_err()
             .contains("not an array"));

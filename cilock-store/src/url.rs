@@ -22,16 +22,21 @@ fn err(url: &str, reason: impl Into<String>) -> StoreError {
 
 /// Parses a store URL into (insecure_http, registry, repository).
 pub(crate) fn parse(s: &str) -> Result<(bool, String, String), StoreError> {
-    let (scheme, rest) = s
-        .split_once("://")
-        .ok_or_else(|| err(s, "expected oci://HOST[:PORT]/REPO or oci+http://HOST[:PORT]/REPO"))?;
+    let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+        err(
+            s,
+            "expected oci://HOST[:PORT]/REPO or oci+http://HOST[:PORT]/REPO",
+        )
+    })?;
     let insecure_http = match scheme {
         "oci" => false,
         "oci+http" => true,
         other => {
             return Err(err(
                 s,
-                format!("unknown scheme {other:?}: expected oci:// (HTTPS) or oci+http:// (plain HTTP)"),
+                format!(
+                    "unknown scheme {other:?}: expected oci:// (HTTPS) or oci+http:// (plain HTTP)"
+                ),
             ))
         }
     };

@@ -17,6 +17,7 @@
 //! - [`users`]: throw-away users and groups (`useradd`/`groupadd`).
 //! - [`docker`]: a private `dockerd` per test, its busybox image, cgroups.
 //! - [`podman`]: a throw-away user running rootless podman.
+//! - [`registry`]: a throw-away OCI registry (`docker-registry`).
 //!
 //! The end-to-end tests need root, a cgroup2 mount, tracefs and BTF: the
 //! machine `cargo xtask setup` prepares. They fail (never skip) when those
@@ -32,6 +33,7 @@ pub mod net;
 pub mod pki;
 pub mod podman;
 pub mod programs;
+pub mod registry;
 pub mod step;
 pub mod strace;
 pub mod users;
