@@ -47,8 +47,8 @@ fn parse_store_url(s: &str) -> Result<StoreUrl, String> {
 /// `cilock push`
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// Store to push to (repeatable): oci://HOST[:PORT]/REPO (HTTPS) or
-    /// oci+http://HOST[:PORT]/REPO (plain HTTP). Credentials come from the
+    /// Store to push to (repeatable): `oci://HOST[:PORT]/REPO` (HTTPS) or
+    /// `oci+http://HOST[:PORT]/REPO` (plain HTTP). Credentials come from the
     /// Docker config ($DOCKER_CONFIG/config.json, else ~/.docker/config.json).
     #[arg(long = "store", value_name = "URL", required = true, value_parser = parse_store_url)]
     pub store: Vec<StoreUrl>,
@@ -157,7 +157,7 @@ pub struct StepEndArgs {
     #[arg(long, value_name = "CODE", allow_negative_numbers = true)]
     pub exitcode: Option<i32>,
     /// Once -o is written, push the envelope to this store as well
-    /// (repeatable; oci://HOST[:PORT]/REPO or oci+http://…; credentials
+    /// (repeatable; `oci://HOST[:PORT]/REPO` or `oci+http://…`; credentials
     /// from your Docker config). A failed push exits 3 and keeps the
     /// envelope (see `cilock push`). Checked before the step ends.
     #[arg(long = "store", value_name = "URL", value_parser = parse_store_url)]
@@ -217,7 +217,7 @@ pub struct RunArgs {
     #[arg(long = "kill-after", value_name = "DURATION", value_parser = parse_wait, default_value = "10s")]
     pub kill_after: std::time::Duration,
     /// Once -o is written, push the envelope to this store as well
-    /// (repeatable; oci://HOST[:PORT]/REPO or oci+http://…; credentials
+    /// (repeatable; `oci://HOST[:PORT]/REPO` or `oci+http://…`; credentials
     /// from your Docker config). A failed push exits 3 unless the command
     /// failed (its status wins), and keeps the envelope (see `cilock
     /// push`). Checked before anything runs.
