@@ -842,3 +842,39 @@ fn daemon_retries_what_it_could_not_push() {
         daemon.log_text()
     );
 }
+
+/// A step nobody ends: the daemon ends it itself (idle), keeps its envelope
+/// and pushes that same envelope to its store (no client to tell: logged).
+#[test]
+fn a_step_the_daemon_ends_itself_is_pushed() {
+    let reg = Registry::start();
+    let dcfg = docker_config();
+    let url = reg.url("evidence/idle");
+    let daemon = Daemon::start_with(
+        "auto",
+        &format!(
+            "store = [{url:?}]\nstep_idle_timeout = \"1s\"\nstore_docker_config = {:?}\n",
+            p(dcfg.path())
+        ),
+    );
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut job = begin_job(
+        &daemon,
+        "forgotten",
+        dir,
+        "echo idle > idle.txt\n",
+        Stdio::null(),
+    );
+    release(&mut job);
+    assert!(job.wait().unwrap().success());
+    wait_for(60, "the idle step to be ended and kept", || {
+        !kept_envelopes(&daemon.state).is_empty()
+    });
+    let kept = kept_envelopes(&daemon.state).remove(0);
+    // The push ends with this line (blob, referrers, then the tag index).
+    wait_for(60, "the daemon to push the kept envelope", || {
+        daemon.log_text().contains("attestation stored")
+    });
+    assert_stored(&reg, "evidence/idle", &kept, &sha256_hex(b"idle\n"));
+}
