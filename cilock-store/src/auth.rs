@@ -56,8 +56,8 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// Where credentials came from, for messages ("…/config.json auths",
-/// "docker-credential-pass").
+/// Where credentials came from, for messages ("…/config.json auths[…]",
+/// "docker-credential-pass"; for anonymous, the config that was read).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Found {
     pub(crate) credential: Credential,
@@ -139,7 +139,9 @@ pub(crate) fn credentials(dir: Option<&Path>, registry: &str) -> Result<Found, S
         reason,
     };
     let Some(dir) = dir else {
-        return Ok(Found::default());
+        return Ok(anonymous(
+            "no Docker config directory ($DOCKER_CONFIG and $HOME unset)".into(),
+        ));
     };
     let path = dir.join("config.json");
     let bytes = match std::fs::File::open(&path) {
@@ -157,7 +159,9 @@ pub(crate) fn credentials(dir: Option<&Path>, registry: &str) -> Result<Found, S
             }
             buf
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(anonymous(format!("{} (absent)", path.display())))
+        }
         Err(e) => return Err(cred_err(format!("{}: {e}", path.display()))),
     };
     let config: Config = serde_json::from_slice(&bytes)
@@ -206,7 +210,15 @@ pub(crate) fn credentials(dir: Option<&Path>, registry: &str) -> Result<Found, S
     if let Some(store) = config.creds_store.as_ref().filter(|s| !s.is_empty()) {
         return from_helper(store, registry).map_err(cred_err);
     }
-    Ok(Found::default())
+    Ok(anonymous(path.display().to_string()))
+}
+
+/// No credentials; `source` says which config was read.
+fn anonymous(source: String) -> Found {
+    Found {
+        credential: Credential::Anonymous,
+        source,
+    }
 }
 
 #[derive(Deserialize)]
@@ -277,7 +289,7 @@ fn from_helper(helper: &str, registry: &str) -> Result<Found, String> {
     if !status.success() {
         // "credentials not found in native keychain": anonymous, as docker does.
         if String::from_utf8_lossy(&out).contains("credentials not found") {
-            return Ok(Found::default());
+            return Ok(anonymous(format!("{program} (no credentials stored)")));
         }
         return Err(format!("{program} get failed ({status})"));
     }

@@ -274,12 +274,12 @@ impl Http {
             .clone()
     }
 
-    /// " with the credentials from X" or " (no credentials for HOST in the Docker config)".
+    /// " with the credentials from X" or " (no credentials for HOST in CONFIG)".
     fn credential_note(&self) -> String {
         match self.credential.credential {
             Credential::Anonymous => format!(
-                " (no credentials for {} in the Docker config)",
-                self.url.registry
+                " (no credentials for {} in {})",
+                self.url.registry, self.credential.source
             ),
             _ => format!(" with the credentials from {}", self.credential.source),
         }
@@ -302,8 +302,8 @@ impl Http {
             "basic" => match &self.credential.credential {
                 Credential::Basic { user, password } => Ok(basic_header(user, password)),
                 Credential::Anonymous => Err(cred_err(format!(
-                    "the registry requires authentication (HTTP 401, Basic) and the Docker config has no credentials for {}",
-                    self.url.registry
+                    "the registry requires authentication (HTTP 401, Basic) and there are no credentials for {} in {}",
+                    self.url.registry, self.credential.source
                 ))),
                 Credential::IdentityToken(_) => Err(cred_err(format!(
                     "the registry asks for Basic authentication, but {} holds an identity token",

@@ -260,7 +260,9 @@ pub struct Store {
 
 impl Store {
     /// Opens `url`, reading credentials from the Docker config (running a
-    /// credential helper if the config names one for the registry).
+    /// credential helper if the config names one for the registry: this
+    /// blocks for up to 30 s, so async callers use `spawn_blocking`).
+    /// Nothing is sent to the registry yet.
     pub fn open(url: StoreUrl, opts: StoreOptions) -> Result<Store, StoreError> {
         let dir = auth::config_dir(opts.docker_config.as_deref());
         let credential = auth::credentials(dir.as_deref(), &url.registry)?;

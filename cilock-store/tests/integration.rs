@@ -384,7 +384,8 @@ fn basic_auth_with_docker_config_credentials() {
     assert!(
         m.contains(&format!("credentials for {}", reg.addr))
             && m.contains("requires authentication")
-            && m.contains("no credentials"),
+            && m.contains("no credentials")
+            && m.contains(&format!("{}/config.json (absent)", none.path().display())),
         "{m}"
     );
     let err = rt()
@@ -825,4 +826,63 @@ fn sha512_subjects_sharing_a_truncated_tag_keep_their_own_referrers() {
     assert_eq!(fa[0].bytes, ea);
     assert_eq!(fb.len(), 1);
     assert_eq!(fb[0].bytes, eb);
+}
+
+#[test]
+fn basic_auth_with_a_credential_helper() {
+    let reg = Registry::start_with_basic_auth("helper-user", "helper-pw");
+    let dir = tempfile::tempdir().unwrap();
+    // docker-credential-<name> get: the server on stdin, JSON on stdout.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let helper = bin.join("docker-credential-cilockstoretest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"helper-user\",\"Secret\":\"helper-pw\"}}' \"$server\"\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Prepending a directory leaves every other test's programs where they were.
+    let old = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin.clone()];
+    paths.extend(std::env::split_paths(&old));
+    std::env::set_var("PATH", std::env::join_paths(paths).unwrap());
+
+    let cfg = dir.path().join("docker");
+    std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.json"),
+        json!({"credHelpers": {reg.addr.clone(): "cilockstoretest"}}).to_string(),
+    )
+    .unwrap();
+    let artifact = sha256_hex(b"helper");
+    let env = envelope(&signer(), "build", &[("file:a", &[("sha256", &artifact)])]);
+    let store = open(&reg.url("r"), &cfg);
+    rt().block_on(store.push(&env))
+        .expect("push with the helper's credentials");
+    let found = rt()
+        .block_on(store.discover(&artifact.parse().unwrap()))
+        .unwrap();
+    assert_eq!(found.len(), 1);
+
+    // The same helper for another host has nothing: anonymous, refused clearly.
+    let other = Registry::start_with_basic_auth("helper-user", "helper-pw");
+    std::fs::write(
+        cfg.join("config.json"),
+        json!({"credsStore": "cilockstoretest"}).to_string(),
+    )
+    .unwrap();
+    let err = rt()
+        .block_on(open(&other.url("r"), &cfg).push(&env))
+        .unwrap_err();
+    let m = err.to_string();
+    assert!(matches!(err, StoreError::Credentials { .. }), "{m}");
+    assert!(
+        m.contains("docker-credential-cilockstoretest (no credentials stored)"),
+        "{m}"
+    );
 }
