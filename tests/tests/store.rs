@@ -878,3 +878,67 @@ fn a_step_the_daemon_ends_itself_is_pushed() {
     });
     assert_stored(&reg, "evidence/idle", &kept, &sha256_hex(b"idle\n"));
 }
+
+/// `cilock run` through a daemon with a `store`: the daemon pushes what it
+/// signed before it replies, the client pushes the written `-o` file to its
+/// own `--store`; both say so, both registries hold the same bytes.
+#[test]
+fn run_through_the_daemon_pushes_to_both_stores() {
+    let reg = Registry::start();
+    let dcfg = docker_config();
+    let daemon_url = reg.url("evidence/by-daemon");
+    let client_url = reg.url("evidence/by-client");
+    let daemon = Daemon::start_with(
+        "auto",
+        &format!(
+            "store = [{daemon_url:?}]\nstore_docker_config = {:?}\n",
+            p(dcfg.path())
+        ),
+    );
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let out = dir.join("run.json");
+    let o = daemon
+        .command()
+        .current_dir(dir)
+        .args([
+            "run",
+            "-s",
+            "both",
+            "-o",
+            p(&out),
+            "--store",
+            &client_url,
+            "--",
+            "sh",
+            "-c",
+            "echo both > both.txt",
+        ])
+        .env("DOCKER_CONFIG", dcfg.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&o),
+        daemon.log_text()
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cilock: the daemon stored the attestation in {daemon_url}: blob sha256:"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "cilock: attestation stored in {client_url}: blob sha256:"
+        )),
+        "{stderr}"
+    );
+    let product = sha256_hex(b"both\n");
+    let a = assert_stored(&reg, "evidence/by-daemon", &out, &product);
+    let b = assert_stored(&reg, "evidence/by-client", &out, &product);
+    assert_eq!(a, b);
+}
