@@ -320,6 +320,32 @@ fn run_store_push_and_pull_seen_by_independent_clients() {
         &["push", "--store", &url2, p(&dir.join("out.txt"))],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // A signed policy is a DSSE envelope but not an in-toto statement.
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        br#"{"expires": "2099-01-01T00:00:00Z", "steps": {}}"#,
+    )
+    .unwrap();
+    let signed = dir.join("policy.signed.json");
+    let o = cilock_in(
+        dir,
+        cfg.path(),
+        &["sign", "-k", p(&key), "-f", p(&policy), "-o", p(&signed)],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cilock_in(
+        dir,
+        cfg.path(),
+        &["push", "--store", &url2, p(&out), p(&signed)],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("only in-toto statements are stored"),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "something was pushed: {}", text(&o));
 }
 
 /// A registry that is down: `cilock run --store` exits 3, says which store,

@@ -165,7 +165,8 @@ pub fn after_written(
     false
 }
 
-/// Reads an envelope file (bounded) and checks that it is a DSSE envelope.
+/// Reads an envelope file (bounded) and checks that it is a signed DSSE
+/// envelope of an in-toto statement (what a store takes).
 fn read_envelope(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = limits::read_file(
         path,
@@ -179,6 +180,22 @@ fn read_envelope(path: &Path) -> anyhow::Result<Vec<u8>> {
     if env.signatures.is_empty() {
         bail!("{} is an envelope without signatures", path.display());
     }
+    if env.payload_type != cilock_evidence::intoto::PAYLOAD_TYPE {
+        bail!(
+            "{} has payloadType {:?}, not {:?}: only in-toto statements are stored",
+            path.display(),
+            env.payload_type,
+            cilock_evidence::intoto::PAYLOAD_TYPE
+        );
+    }
+    serde_json::from_slice::<cilock_evidence::intoto::Statement>(&env.payload).with_context(
+        || {
+            format!(
+                "{}: the payload is not an in-toto statement",
+                path.display()
+            )
+        },
+    )?;
     Ok(bytes)
 }
 
