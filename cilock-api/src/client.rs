@@ -176,6 +176,7 @@ impl Client {
                 lost_events,
                 failure,
                 kept,
+                stored,
             } => {
                 let bytes = serde_json::to_vec(&envelope).map_err(|e| {
                     ClientError::Protocol(format!("cannot encode the envelope: {e}"))
@@ -196,6 +197,7 @@ impl Client {
                         kept_at: 0,
                         lost_events,
                         failure,
+                        stored,
                     },
                     bytes,
                 })

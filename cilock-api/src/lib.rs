@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use message::{
     AckKept, ActiveStep, ApiError, BeginStep, EndStep, EnvelopeHeader, ErrorKind, FetchKept,
-    KeptInfo, ListKept, Reply, Request, StatusReply,
+    KeptInfo, ListKept, Reply, Request, StatusReply, StoreOutcome,
 };
 pub use service::{Outgoing, Payload, Peer, RequestCtx, StepService};
 

@@ -158,6 +158,25 @@ pub struct EnvelopeHeader {
     /// Set when an attestor failed the step (the envelope is still signed).
     #[serde(default)]
     pub failure: Option<String>,
+    /// What became of the daemon's pushes of this envelope to the stores of
+    /// its configuration (`store`), one per store; empty when it has none
+    /// (or is older).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stored: Vec<StoreOutcome>,
+}
+
+/// The daemon's push of a signed envelope to one store of its
+/// configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoreOutcome {
+    /// The store (`oci://HOST/REPO`).
+    pub url: String,
+    /// Pushed (blob and referrers).
+    pub ok: bool,
+    /// What was pushed (blob digest, referrers), or why it failed and
+    /// where the daemon keeps the envelope for its retries.
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// One kept envelope, as [`Request::ListKept`] lists it.
@@ -210,6 +229,9 @@ pub enum Reply {
         /// [`Request::AckKept`] once written (older daemons: absent).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kept: Option<String>,
+        /// The daemon's pushes to its stores ([`EnvelopeHeader::stored`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stored: Vec<StoreOutcome>,
     },
     /// The request failed.
     Error(ApiError),

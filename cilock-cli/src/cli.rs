@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use cilock_store::StoreUrl;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::attestor_flags::AttestorFlags;
@@ -31,6 +32,49 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Summarise an attestation envelope.
     Inspect(InspectArgs),
+    /// Store signed envelopes in OCI registries (a blob, and a referrer of
+    /// each subject digest).
+    Push(PushArgs),
+    /// Download the envelopes an OCI registry holds for an artifact.
+    Pull(PullArgs),
+}
+
+/// `--store URL`: `oci://HOST[:PORT]/REPO` (HTTPS) or `oci+http://…`.
+fn parse_store_url(s: &str) -> Result<StoreUrl, String> {
+    s.parse::<StoreUrl>().map_err(|e| e.to_string())
+}
+
+/// `cilock push`
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Store to push to (repeatable): `oci://HOST[:PORT]/REPO` (HTTPS) or
+    /// `oci+http://HOST[:PORT]/REPO` (plain HTTP). Credentials come from the
+    /// Docker config ($DOCKER_CONFIG/config.json, else ~/.docker/config.json).
+    #[arg(long = "store", value_name = "URL", required = true, value_parser = parse_store_url)]
+    pub store: Vec<StoreUrl>,
+    /// Signed envelopes (DSSE, JSON), each pushed byte for byte.
+    #[arg(value_name = "ENVELOPE", required = true)]
+    pub envelopes: Vec<PathBuf>,
+}
+
+/// `cilock pull`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("artifact").required(true).multiple(true).args(["subjects", "artifact_files"])))]
+pub struct PullArgs {
+    /// Store to search (repeatable), as for `cilock push`.
+    #[arg(long = "store", value_name = "URL", required = true, value_parser = parse_store_url)]
+    pub store: Vec<StoreUrl>,
+    /// Subject digest to look for: ALG:HEX (sha256, sha512, sha1) or a bare
+    /// sha256 (repeatable).
+    #[arg(short = 's', long = "subjects", value_name = "DIGEST")]
+    pub subjects: Vec<String>,
+    /// Artifact file whose sha256 is a subject to look for (repeatable).
+    #[arg(short = 'f', long = "artifactfile", value_name = "FILE")]
+    pub artifact_files: Vec<PathBuf>,
+    /// Existing directory the envelopes are written to, each as
+    /// `<blob sha256 hex>.json`, byte for byte as stored.
+    #[arg(short = 'o', long = "outdir", value_name = "DIR")]
+    pub outdir: PathBuf,
 }
 
 /// `cilock step …`
@@ -112,6 +156,12 @@ pub struct StepEndArgs {
     /// what the daemon observed.
     #[arg(long, value_name = "CODE", allow_negative_numbers = true)]
     pub exitcode: Option<i32>,
+    /// Once -o is written, push the envelope to this store as well
+    /// (repeatable; `oci://HOST[:PORT]/REPO` or `oci+http://…`; credentials
+    /// from your Docker config). A failed push exits 3 and keeps the
+    /// envelope (see `cilock push`). Checked before the step ends.
+    #[arg(long = "store", value_name = "URL", value_parser = parse_store_url)]
+    pub store: Vec<StoreUrl>,
 }
 
 /// Which trace backend to use.
@@ -166,6 +216,13 @@ pub struct RunArgs {
     /// at once.
     #[arg(long = "kill-after", value_name = "DURATION", value_parser = parse_wait, default_value = "10s")]
     pub kill_after: std::time::Duration,
+    /// Once -o is written, push the envelope to this store as well
+    /// (repeatable; `oci://HOST[:PORT]/REPO` or `oci+http://…`; credentials
+    /// from your Docker config). A failed push exits 3 unless the command
+    /// failed (its status wins), and keeps the envelope (see `cilock
+    /// push`). Checked before anything runs.
+    #[arg(long = "store", value_name = "URL", value_parser = parse_store_url)]
+    pub store: Vec<StoreUrl>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -184,9 +241,15 @@ pub struct VerifyArgs {
     /// Public key the policy must be signed by.
     #[arg(short = 'k', long = "publickey")]
     pub publickey: PathBuf,
-    /// Attestation envelopes (repeatable).
-    #[arg(short = 'a', long = "attestations", required = true)]
+    /// Attestation envelopes (repeatable; needed unless --store is given).
+    #[arg(short = 'a', long = "attestations", required_unless_present = "store")]
     pub attestations: Vec<PathBuf>,
+    /// Find the attestations in this store (repeatable): those of the
+    /// artifact (-f/-s), then of their back-references (git commit, …),
+    /// as with -a. A store that cannot be searched fails verification
+    /// (exit 2).
+    #[arg(long = "store", value_name = "URL", value_parser = parse_store_url)]
+    pub store: Vec<StoreUrl>,
     /// Artifact file whose sha256 is a subject to look for (repeatable).
     #[arg(short = 'f', long = "artifactfile")]
     pub artifact_files: Vec<PathBuf>,

@@ -1,6 +1,7 @@
 //! `cilock`: records signed evidence of what a CI step did and verifies it
 //! against signed policy. Exit codes: 0 success, 1 the wrapped command or a
-//! verification failed, 2 usage or input error.
+//! verification failed, 2 usage or input error, 3 the attestation was
+//! written but could not be stored (`--store`, `cilock push`).
 
 // Standard output or error closed early (`cilock verify --json | head -c 1`)
 // must not panic, as std's `print!` family does on EPIPE. SIGPIPE stays

@@ -28,6 +28,19 @@
 //! | `docker_proxy`         | absolute socket path, `""` disables | `/run/cilock/docker.sock` |
 //! | `docker_socket`        | absolute socket path (the engine's) | `/var/run/docker.sock`   |
 //! | `docker_buildkit_cgroup` | relative cgroup path    | `docker/buildkit`                |
+//! | `store`                | list of `oci://HOST[:PORT]/REPO` or `oci+http://…` URLs (≤ 16) | `[]` |
+//! | `store_timeout`        | duration, as above (1 s to 1 h) | `"60s"`                    |
+//! | `store_docker_config`  | absolute directory holding `config.json` | unset: `$DOCKER_CONFIG`, else root's `~/.docker` |
+//! | `store_retry`          | duration, as above (≥ 1 s) | `"5m"`                          |
+//!
+//! `store`: every envelope the daemon signs (step end, run, and the steps
+//! it ends itself) is pushed to each of these OCI registries before the
+//! client gets its reply, with the daemon's own credentials (the Docker
+//! config in `store_docker_config`), each push bounded by `store_timeout`;
+//! the client is told the outcome (`cilock step end`/`run` exit 3 when one
+//! failed). An envelope not pushed stays in `<state_dir>/unpushed/` and is
+//! retried at start and every `store_retry` ([`crate::unpushed`]). The
+//! daemon pushes only to these URLs, never to one a client names.
 //!
 //! `docker_proxy` is the Docker API proxy ([`crate::docker`]) a step's
 //! `docker` client talks to (`DOCKER_HOST=unix://<docker_proxy>`); it
@@ -151,7 +164,21 @@ pub struct DaemonConfig {
     pub docker_socket: PathBuf,
     /// Where the engine runs BuildKit RUNs, relative to the cgroup2 root.
     pub docker_buildkit_cgroup: String,
+    /// OCI registries every signed envelope is pushed to (URLs).
+    pub store: Vec<String>,
+    /// Bound on each push to a store.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub store_timeout: Duration,
+    /// The Docker config directory with the daemon's registry credentials
+    /// (unset: `$DOCKER_CONFIG`, else root's `~/.docker`).
+    pub store_docker_config: Option<PathBuf>,
+    /// How often envelopes whose push failed are retried.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub store_retry: Duration,
 }
+
+/// Stores (`store`) a daemon pushes to, at most.
+pub const MAX_STORES: usize = 16;
 
 /// Default of [`DaemonConfig::docker_proxy`].
 pub const DEFAULT_DOCKER_PROXY: &str = "/run/cilock/docker.sock";
@@ -276,6 +303,10 @@ impl Default for DaemonConfig {
             docker_proxy: PathBuf::from(DEFAULT_DOCKER_PROXY),
             docker_socket: PathBuf::from(DEFAULT_DOCKER_SOCKET),
             docker_buildkit_cgroup: DEFAULT_DOCKER_BUILDKIT_CGROUP.to_string(),
+            store: Vec::new(),
+            store_timeout: crate::unpushed::DEFAULT_STORE_TIMEOUT,
+            store_docker_config: None,
+            store_retry: crate::unpushed::DEFAULT_STORE_RETRY,
         }
     }
 }
@@ -511,6 +542,38 @@ impl DaemonConfig {
         if let Err(m) = valid_cgroup_parent(&self.docker_buildkit_cgroup) {
             return Err(invalid("docker_buildkit_cgroup", m));
         }
+        if self.store.len() > MAX_STORES {
+            return Err(invalid(
+                "store",
+                format!("{} stores: at most {MAX_STORES}", self.store.len()),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &self.store {
+            let url = u
+                .parse::<cilock_store::StoreUrl>()
+                .map_err(|e| invalid("store", e.to_string()))?;
+            if !seen.insert(url.to_string()) {
+                return Err(invalid("store", format!("{u:?} is listed twice")));
+            }
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.store_timeout) {
+            return Err(invalid(
+                "store_timeout",
+                "must be between 1 s and 1 h".into(),
+            ));
+        }
+        if self.store_retry < Duration::from_secs(1) {
+            return Err(invalid("store_retry", "must be at least 1 s".into()));
+        }
+        if let Some(d) = &self.store_docker_config {
+            if !d.is_absolute() {
+                return Err(invalid(
+                    "store_docker_config",
+                    format!("{} is not an absolute path", d.display()),
+                ));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(invalid(
                 "log_level",
@@ -550,6 +613,16 @@ impl DaemonConfig {
         // Requests in flight get a third of a stop; ending steps the rest.
         s.shutdown_grace = self.stop_timeout / 3;
         s
+    }
+
+    /// The stores the daemon pushes to (validated URLs).
+    pub fn store_settings(&self) -> crate::unpushed::StoreSettings {
+        crate::unpushed::StoreSettings {
+            urls: self.store.iter().filter_map(|u| u.parse().ok()).collect(),
+            timeout: self.store_timeout,
+            docker_config: self.store_docker_config.clone(),
+            retry_every: self.store_retry,
+        }
     }
 
     /// The Docker API proxy's settings (None: `docker_proxy` is empty).
@@ -985,6 +1058,56 @@ mod tests {
         );
         assert!(DaemonConfig::from_toml_str("max_request = \"1GiB\"", "t").is_err());
         assert!(DaemonConfig::from_toml_str("max_steps_per_user = 0", "t").is_err());
+    }
+
+    #[test]
+    fn store_keys() {
+        let d = DaemonConfig::default();
+        assert!(d.store.is_empty());
+        assert_eq!(d.store_timeout, Duration::from_secs(60));
+        assert_eq!(d.store_retry, Duration::from_secs(300));
+        assert_eq!(d.store_docker_config, None);
+        // The shipped file's commented values are the defaults.
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/cilock.toml"))
+                .unwrap();
+        let keys: Vec<&str> = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.starts_with("store_timeout") || l.starts_with("store_retry"))
+            .collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(
+            DaemonConfig::from_toml_str(&keys.join("\n"), "t").unwrap(),
+            d
+        );
+        let c = DaemonConfig::from_toml_str(
+            "store = [\"oci://ghcr.io/acme/evidence\", \"oci+http://127.0.0.1:5000/ev\"]\nstore_timeout = \"5s\"\nstore_retry = 2\nstore_docker_config = \"/etc/cilock/docker\"",
+            "t",
+        )
+        .unwrap();
+        let s = c.store_settings();
+        assert_eq!(s.urls.len(), 2);
+        assert_eq!(s.timeout, Duration::from_secs(5));
+        assert_eq!(s.retry_every, Duration::from_secs(2));
+        assert_eq!(
+            s.docker_config.as_deref(),
+            Some(Path::new("/etc/cilock/docker"))
+        );
+        for bad in [
+            "store = [\"https://ghcr.io/acme\"]",
+            "store = [\"oci://ghcr.io/a\", \"oci://ghcr.io/a\"]",
+            "store = \"oci://ghcr.io/a\"",
+            "store_timeout = 0",
+            "store_timeout = \"2h\"",
+            "store_retry = 0",
+            "store_docker_config = \"rel\"",
+        ] {
+            let e = DaemonConfig::from_toml_str(bad, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("store"), "{bad}: {e}");
+        }
     }
 
     #[test]

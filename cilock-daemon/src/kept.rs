@@ -115,7 +115,7 @@ impl KeptStore {
 
     /// Creates (0700) or checks a directory of the store: a real directory
     /// owned by this process's euid, mode forced to 0700.
-    fn ensure_dir(dir: &Path) -> io::Result<()> {
+    pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -399,7 +399,7 @@ impl KeptStore {
 
 /// Writes `bytes` to `dir/name` (0600, never overwriting), through a
 /// temporary file renamed into place once synced.
-fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".tmp.{name}"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

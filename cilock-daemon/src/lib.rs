@@ -13,6 +13,8 @@
 //!   signing, kept envelopes.
 //! - [`kept`]: the store of signed envelopes clients do not have yet
 //!   (`cilock step fetch`).
+//! - [`unpushed`]: pushes of signed envelopes to the configured OCI
+//!   registries, and the retries of those that failed.
 //! - [`server`]: the Unix-socket server with SO_PEERCRED authentication.
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`docker`]: the Docker API proxy that puts a step's containers in
@@ -32,3 +34,4 @@ pub mod kept;
 pub mod server;
 pub mod service;
 pub mod trace;
+pub mod unpushed;

@@ -17,9 +17,10 @@ use crate::engine::{
     StepSpec, HEARTBEAT_EVERY,
 };
 use crate::kept::{KeptStore, ToKeep};
+use crate::unpushed::{Pusher, StoreSettings};
 use cilock_api::{
     self, AckKept, ApiError, BeginStep, EndStep, EnvelopeHeader, ErrorKind, FetchKept, KeptInfo,
-    ListKept, Outgoing, Payload, Peer, Reply, RequestCtx, StatusReply,
+    ListKept, Outgoing, Payload, Peer, Reply, RequestCtx, StatusReply, StoreOutcome,
 };
 
 /// The daemon's service: the engine, the signing key and the store of
@@ -28,6 +29,7 @@ pub struct DaemonService {
     engine: Arc<Engine>,
     signer: Signer,
     store: KeptStore,
+    pusher: Arc<Pusher>,
 }
 
 /// Largest signed envelope returned inline in a [`Reply::Ended`] (older
@@ -53,6 +55,18 @@ impl DaemonService {
     /// ends are ended after the step or idle timeout; their signed
     /// attestations are kept in `<state_dir>/kept/<uid>/`).
     pub fn new(cfg: EngineConfig, signer: Signer) -> anyhow::Result<Arc<DaemonService>> {
+        Self::with_stores(cfg, signer, StoreSettings::default())
+    }
+
+    /// [`DaemonService::new`], pushing every signed envelope to the OCI
+    /// registries of `stores` ([`crate::unpushed`]); unpushed envelopes are
+    /// retried at start and every `stores.retry_every`.
+    pub fn with_stores(
+        cfg: EngineConfig,
+        signer: Signer,
+        stores: StoreSettings,
+    ) -> anyhow::Result<Arc<DaemonService>> {
+        let pusher = Arc::new(Pusher::new(&cfg.state_dir, stores));
         let store = KeptStore::new(&cfg.state_dir);
         let legacy = cfg.state_dir.join("reaped");
         let old = std::fs::read_dir(&legacy)
@@ -72,7 +86,20 @@ impl DaemonService {
             engine,
             signer,
             store,
+            pusher: pusher.clone(),
         });
+        if pusher.enabled() {
+            let weak = Arc::downgrade(&pusher);
+            std::thread::Builder::new()
+                .name("cilock-store-retry".into())
+                .spawn(move || loop {
+                    let Some(p) = weak.upgrade() else { return };
+                    p.retry();
+                    let every = p.retry_every();
+                    drop(p);
+                    std::thread::sleep(every);
+                })?;
+        }
         svc.end_interrupted();
         svc.store.prune();
         let weak = Arc::downgrade(&svc);
@@ -113,7 +140,14 @@ impl DaemonService {
                 .statement(self.engine.kernel())
                 .and_then(|st| sign_statement(&st, &self.signer));
             let owner = s.owner_uid();
-            match env.map(|env| self.keep_bytes(owner, &name, "daemon restart", &env.to_json())) {
+            match env.map(|env| {
+                let bytes = env.to_json();
+                let kept = self.keep_bytes(owner, &name, "daemon restart", &bytes);
+                if kept.is_ok() {
+                    self.pusher.push(owner, &name, &bytes);
+                }
+                kept
+            }) {
                 Ok(Ok(p)) => {
                     tracing::warn!(step = %name, file = %p.display(), "a step the previous daemon left unended was ended; its attestation says the trace was interrupted and is kept");
                     self.engine.interrupted_done(
@@ -145,14 +179,18 @@ impl DaemonService {
             match outcome.and_then(|o| {
                 sign_statement(&o.statement, &self.signer).map(|env| (o, env.to_json()))
             }) {
-                Ok((o, bytes)) => match self.keep_outcome(&name, &o, &bytes) {
-                    Ok((k, p)) => {
-                        tracing::warn!(step = %name, uid = o.owner_uid, id = %k.id, file = %p.display(), "attestation of an unended step kept")
+                Ok((o, bytes)) => {
+                    match self.keep_outcome(&name, &o, &bytes) {
+                        Ok((k, p)) => {
+                            tracing::warn!(step = %name, uid = o.owner_uid, id = %k.id, file = %p.display(), "attestation of an unended step kept")
+                        }
+                        Err(e) => {
+                            tracing::error!(step = %name, "cannot keep the attestation of an unended step: {e}")
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(step = %name, "cannot keep the attestation of an unended step: {e}")
-                    }
-                },
+                    // Logged by the pusher (no client to tell).
+                    self.pusher.push(o.owner_uid, &name, &bytes);
+                }
                 Err(e) => tracing::error!(step = %name, "cannot attest an unended step: {e}"),
             }
         }
@@ -322,11 +360,17 @@ impl DaemonService {
 
     /// Ends, signs and keeps: the envelope is on disk before any reply.
     /// `None` when keeping failed (logged; the reply is then the only copy).
+    /// Then pushes it to the configured stores (their outcomes are the
+    /// last element).
+    #[expect(
+        clippy::type_complexity,
+        reason = "one private call site pair; the tuple is destructured at once"
+    )]
     fn end_and_keep(
         &self,
         peer: Peer,
         req: &EndStep,
-    ) -> Result<(StepOutcome, Vec<u8>, Option<KeptInfo>), ApiError> {
+    ) -> Result<(StepOutcome, Vec<u8>, Option<KeptInfo>, Vec<StoreOutcome>), ApiError> {
         let out = self.end_outcome(peer, req)?;
         let bytes = sign_statement(&out.statement, &self.signer)?.to_json();
         let kept = match self.keep_outcome(&req.step, &out, &bytes) {
@@ -336,7 +380,8 @@ impl DaemonService {
                 None
             }
         };
-        Ok((out, bytes, kept))
+        let stored = self.pusher.push(out.owner_uid, &req.step, &bytes);
+        Ok((out, bytes, kept, stored))
     }
 
     fn header(
@@ -344,6 +389,7 @@ impl DaemonService {
         step: &str,
         len: usize,
         kept: Option<&KeptInfo>,
+        stored: Vec<StoreOutcome>,
     ) -> EnvelopeHeader {
         EnvelopeHeader {
             step: step.to_string(),
@@ -354,6 +400,7 @@ impl DaemonService {
             kept_at: kept.map_or(0, |k| k.kept_at),
             lost_events: out.lost_events,
             failure: out.failure.clone(),
+            stored,
         }
     }
 }
@@ -480,7 +527,7 @@ impl cilock_api::StepService for DaemonService {
     }
 
     fn end(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Reply, ApiError> {
-        let (out, bytes, kept) = self.end_and_keep(peer, &req)?;
+        let (out, bytes, kept, stored) = self.end_and_keep(peer, &req)?;
         // Evidence is never dropped: it stays kept when it cannot be returned.
         let why = if cx.client_gone() {
             Some("the client hung up".to_string())
@@ -520,17 +567,18 @@ impl cilock_api::StepService for DaemonService {
             lost_events: out.lost_events,
             failure: out.failure,
             kept: kept.map(|k| k.id),
+            stored,
         })
     }
 
     fn end_stream(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Outgoing, ApiError> {
-        let (out, bytes, kept) = self.end_and_keep(peer, &req)?;
+        let (out, bytes, kept, stored) = self.end_and_keep(peer, &req)?;
         if cx.client_gone() {
             if let Some(k) = &kept {
                 tracing::warn!(step = %req.step, uid = out.owner_uid, id = %k.id, "the client hung up: attestation kept");
             }
         }
-        let header = Self::header(&out, &req.step, bytes.len(), kept.as_ref());
+        let header = Self::header(&out, &req.step, bytes.len(), kept.as_ref(), stored);
         // Sent from the kept file: what the client gets is what is kept.
         let payload = kept
             .as_ref()
@@ -637,6 +685,7 @@ impl cilock_api::StepService for DaemonService {
                 kept_at: k.kept_at,
                 lost_events: k.lost_events,
                 failure: k.failure.clone(),
+                stored: Vec::new(),
             }),
             payload: Some(Payload::File(file)),
         })

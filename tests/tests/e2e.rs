@@ -43,6 +43,8 @@ mod secretscan_policy;
 mod stealer;
 /// Processes leaving and joining a step's cgroup.
 mod step_moves;
+/// Issue #16: evidence pushed to a real OCI registry and found again.
+mod store;
 /// Every suspicious syscall recorded once, with the right pid and details.
 mod suspicious;
 /// A traced step end to end against `strace -f` and Python `cryptography`.

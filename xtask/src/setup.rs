@@ -4,7 +4,10 @@
 //!    when something must be installed), among them the container engines
 //!    the container tests drive (`docker.io`, `podman`, …), installed with
 //!    service starts denied (`policy-rc.d`), so no system dockerd is left
-//!    running: the tests start their own on private sockets;
+//!    running: the tests start their own on private sockets; likewise the
+//!    OCI registry (`docker-registry`, whose package would serve :5000) and
+//!    `skopeo` of the evidence-store tests, which start their own registry
+//!    on loopback;
 //! 2. `rust-src` for the nightly toolchain (the nightly itself is never
 //!    updated);
 //! 3. `bpf-linker` 0.13.0 built against LLVM 22 (skipped when
@@ -49,6 +52,64 @@ pub const APT_PACKAGES: &[&str] = &[
 /// rootless mode. Installing them must not leave a system dockerd running
 /// (see [`NoServiceStarts`] and [`stop_system_dockerd`]).
 pub const CONTAINER_PACKAGES: &[&str] = &["docker.io", "busybox-static", "podman", "uidmap"];
+
+/// Packages of the evidence-store tests (issue #16): Debian's OCI registry
+/// (distribution 2.8; each test starts its own on loopback) and `skopeo`,
+/// the independent client that reads what cilock pushed, and `htpasswd`
+/// (`apache2-utils`) for the registries behind Basic auth. Installing the
+/// registry must not leave its system service running on :5000 (see
+/// [`NoServiceStarts`] and [`stop_system_registry`]).
+pub const STORE_PACKAGES: &[&str] = &["docker-registry", "skopeo", "apache2-utils"];
+
+/// The pids of running system registries: `docker-registry` processes
+/// serving the package's configuration (test registries use their own).
+pub fn system_registries() -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_registry = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"docker-registry"));
+        let system_config = args
+            .iter()
+            .any(|a| *a == b"/etc/docker/registry/config.yml");
+        if is_registry && system_config {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// After `docker-registry` was installed by setup: disables (under
+/// systemd) and stops a system registry its installation enabled or
+/// started anyway.
+pub fn stop_system_registry() -> anyhow::Result<()> {
+    if util::systemd_is_pid1() {
+        exec(cmd("systemctl").args(["disable", "--now", "docker-registry.service"]))?;
+    }
+    for pid in system_registries() {
+        note(format!(
+            "stopping the system docker-registry (pid {pid}) the installation started"
+        ));
+        exec(cmd("kill").args(["-TERM", &pid.to_string()]))?;
+    }
+    for _ in 0..100 {
+        if system_registries().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!(
+        "a system docker-registry is still running (pids {:?}): stop it; the tests start their own",
+        system_registries()
+    )
+}
 
 /// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before
 /// starting a service from a package's maintainer scripts.
@@ -194,11 +255,16 @@ fn apt(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
             "{} (without leaving a system dockerd running)",
             CONTAINER_PACKAGES.join(" ")
         ));
+        note(format!(
+            "{} (without leaving a system registry running)",
+            STORE_PACKAGES.join(" ")
+        ));
         return Ok(());
     }
     let absent: Vec<&str> = APT_PACKAGES
         .iter()
         .chain(CONTAINER_PACKAGES)
+        .chain(STORE_PACKAGES)
         .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
@@ -214,9 +280,11 @@ fn apt(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
     util::require_root("setup")?;
     exec(cmd("apt-get").arg("update"))?;
     let docker = absent.contains(&"docker.io");
+    let registry = absent.contains(&"docker-registry");
     {
-        // The maintainer scripts of docker.io and containerd start their
-        // services; nothing installed here needs a service running.
+        // The maintainer scripts of docker.io, containerd and
+        // docker-registry start their services; nothing installed here
+        // needs a service running.
         let _no_starts = NoServiceStarts::at(Path::new(POLICY_RC_D))?;
         exec(
             cmd("apt-get")
@@ -227,6 +295,9 @@ fn apt(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
     }
     if docker {
         stop_system_dockerd()?;
+    }
+    if registry {
+        stop_system_registry()?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code (0 ok,
-//! 1 command/verification failed) or an error (exit 2).
+//! 1 command/verification failed, 3 written but not stored) or an error
+//! (exit 2).
 
 use crate::cli::{Cli, Command, StepCommand};
 
@@ -9,6 +10,7 @@ mod output;
 mod run;
 mod sign;
 mod step;
+mod store;
 pub(crate) mod verify;
 
 /// Runs the parsed command.
@@ -22,5 +24,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Sign(a) => sign::sign(a),
         Command::Keygen(a) => keygen::keygen(a),
         Command::Inspect(a) => inspect::inspect(a),
+        Command::Push(a) => store::push(a),
+        Command::Pull(a) => store::pull(a),
     }
 }

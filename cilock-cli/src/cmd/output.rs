@@ -88,6 +88,15 @@ impl Outfile {
         }
     }
 
+    /// The regular file the envelope is written to (`None` for standard
+    /// output and special files: they keep no copy).
+    pub fn regular_file(&self) -> Option<PathBuf> {
+        match self {
+            Outfile::File { path, .. } => Some(path.clone()),
+            Outfile::Stdout | Outfile::Special { .. } => None,
+        }
+    }
+
     /// Writes `bytes` and puts them in place (rename over the destination).
     /// On error the temporary file is removed and the destination is
     /// untouched.
@@ -150,4 +159,41 @@ pub fn warn_lost(lost: u64) {
     if lost > 0 {
         eprintln!("cilock: warning: {lost} trace events were lost (counted in the attestation's trace.events)");
     }
+}
+
+/// Writes `bytes` to a new owner-only file in the temporary directory
+/// (`$TMPDIR/cilock-<step>-<pid>.<n>.json`) and returns its path.
+pub fn keep_fallback(step: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = std::env::temp_dir();
+    let safe: String = step
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    for i in 0..100u32 {
+        let p = dir.join(format!("cilock-{safe}-{}.{i}.json", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+        {
+            Ok(mut f) => {
+                f.write_all(bytes)
+                    .and_then(|_| f.sync_all())
+                    .with_context(|| format!("writing {}", p.display()))?;
+                return Ok(p);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+        }
+    }
+    bail!("no free file name in {}", dir.display())
 }

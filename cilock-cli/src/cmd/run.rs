@@ -28,7 +28,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::cli::{BackendChoice as CliBackend, RunArgs};
-use crate::cmd::output;
+use crate::cmd::{output, store};
 
 #[cfg(feature = "embedded")]
 mod embedded;
@@ -121,10 +121,13 @@ struct Ran {
     code: i32,
     /// An attestor failed the step.
     failure: Option<String>,
+    /// Every push to a store (`--store`, the daemon's) succeeded.
+    stored: bool,
 }
 
 /// The exit of a run: 128+signal when cilock was interrupted, else the
-/// command's status (1 when it succeeded but an attestor failed the step).
+/// command's status (1 when it succeeded but an attestor failed the step,
+/// 3 when it succeeded but the attestation could not be stored).
 /// A failure after the command ran never hides its status.
 fn after_run(r: anyhow::Result<Ran>, code_if_err: i32, sig: &Interrupts) -> anyhow::Result<u8> {
     let interrupted = sig.interrupted().map(|i| 128 + i.number);
@@ -136,6 +139,8 @@ fn after_run(r: anyhow::Result<Ran>, code_if_err: i32, sig: &Interrupts) -> anyh
             Ok(exit_byte(interrupted.unwrap_or(
                 if ran.failure.is_some() && ran.code == 0 {
                     1
+                } else if !ran.stored && ran.code == 0 {
+                    i32::from(store::EXIT_NOT_STORED)
                 } else {
                     ran.code
                 },
@@ -230,6 +235,7 @@ fn via_daemon(
             .envelope()
             .context("the daemon's envelope is not a DSSE envelope")?;
         let (bytes, keyids) = cosign(envelope, signer)?;
+        let written = out.regular_file();
         write_envelope(out, &bytes, &a.step, &format!("daemon, {backend}"), &keyids).map_err(
             |e| match &got.header.id {
                 Some(id) => e.context(format!(
@@ -244,9 +250,17 @@ fn via_daemon(
             );
         }
         output::warn_lost(got.header.lost_events);
+        let stored = store::after_written(
+            &a.store,
+            &got.header.stored,
+            &bytes,
+            written.as_deref(),
+            &a.step,
+        );
         Ok(Ran {
             code,
             failure: got.header.failure.clone(),
+            stored,
         })
     })();
     after_run(r, code, sig)
@@ -294,7 +308,7 @@ fn write_envelope(
             Ok(())
         }
         Err(e) => {
-            let kept = keep_fallback(step, bytes).with_context(|| {
+            let kept = output::keep_fallback(step, bytes).with_context(|| {
                 format!("{e:#}; keeping it in the temporary directory failed too")
             })?;
             bail!(
@@ -303,42 +317,6 @@ fn write_envelope(
             )
         }
     }
-}
-
-/// Writes `bytes` to a new owner-only file in the temporary directory.
-fn keep_fallback(step: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = std::env::temp_dir();
-    let safe: String = step
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    for i in 0..100u32 {
-        let p = dir.join(format!("cilock-{safe}-{}.{i}.json", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-        {
-            Ok(mut f) => {
-                f.write_all(bytes)
-                    .and_then(|_| f.sync_all())
-                    .with_context(|| format!("writing {}", p.display()))?;
-                return Ok(p);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
-        }
-    }
-    bail!("no free file name in {}", dir.display())
 }
 
 /// Where the command's stdout passes through: cilock's stdout, or its

@@ -9,7 +9,7 @@ use cilock_api::timefmt::fmt_utc;
 use cilock_api::{BeginStep, EndStep, EnvelopeHeader, FetchKept, ListKept, Reply, Request};
 
 use crate::cli::{StepBeginArgs, StepEndArgs, StepFetchArgs};
-use crate::cmd::output;
+use crate::cmd::{output, store};
 
 /// Moves the calling shell (or `--pid`) into a new traced step.
 pub fn begin(a: StepBeginArgs) -> anyhow::Result<u8> {
@@ -65,6 +65,7 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
     };
     let got = client::end_step(req).with_context(|| format!("step end {:?}", a.step))?;
     let dest = out.describe();
+    let written = out.regular_file();
     write_and_acknowledge(out, &got, "ended")?;
     let mut err = std::io::stderr();
     let _ = writeln!(
@@ -78,11 +79,18 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
         }
     }
     output::warn_lost(got.header.lost_events);
+    let stored = store::after_written(
+        &a.store,
+        &got.header.stored,
+        &got.bytes,
+        written.as_deref(),
+        &a.step,
+    );
     if let Some(f) = &got.header.failure {
         let _ = writeln!(err, "cilock: step failed: {f}");
         return Ok(1);
     }
-    Ok(0)
+    Ok(if stored { 0 } else { store::EXIT_NOT_STORED })
 }
 
 /// `cilock step fetch`: writes a kept attestation (then acknowledges it),

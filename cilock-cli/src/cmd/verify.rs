@@ -1,7 +1,8 @@
 //! `cilock verify`: attestations against a signed policy.
 //!
 //! Exit 0: the policy passed; 1: verification failed (every reason is
-//! printed); errors (exit 2): unreadable or malformed inputs, invalid policy.
+//! printed); errors (exit 2): unreadable or malformed inputs, invalid policy,
+//! a store (`--store`) that cannot be searched.
 
 use std::fmt::Write as _;
 
@@ -74,6 +75,9 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
     }
     if subjects.is_empty() {
         bail!("give the artifact to verify with -f FILE or its digest with -s SHA256");
+    }
+    if !a.store.is_empty() {
+        attestations.extend(crate::cmd::store::discover_for_verify(&a.store, &subjects)?);
     }
     let vsa_signer = match &a.vsa_key {
         Some(k) => {

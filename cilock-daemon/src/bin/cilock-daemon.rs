@@ -240,6 +240,21 @@ fn print_summary(
         ),
         None => println!("docker proxy:  disabled"),
     }
+    if cfg.store.is_empty() {
+        println!("stores:        none");
+    } else {
+        println!(
+            "stores:        {} (timeout {} s, retry every {} s, credentials from {})",
+            cfg.store.join(", "),
+            cfg.store_timeout.as_secs_f64(),
+            cfg.store_retry.as_secs_f64(),
+            cfg.store_docker_config
+                .as_ref()
+                .map_or("$DOCKER_CONFIG or ~/.docker".to_string(), |d| d
+                    .display()
+                    .to_string())
+        );
+    }
     println!("state_dir:     {}", cfg.state_dir.display());
     println!("log_level:     {}", cfg.log_level);
     println!("configuration OK");
@@ -247,8 +262,12 @@ fn print_summary(
 }
 
 /// Builds the engine-backed service.
-fn build_service(cfg: EngineConfig, signer: Signer) -> anyhow::Result<Arc<DaemonService>> {
-    DaemonService::new(cfg, signer)
+fn build_service(
+    cfg: EngineConfig,
+    signer: Signer,
+    stores: cilock_daemon::unpushed::StoreSettings,
+) -> anyhow::Result<Arc<DaemonService>> {
+    DaemonService::with_stores(cfg, signer, stores)
 }
 
 fn notify(states: &[NotifyState<'_>]) {
@@ -265,12 +284,13 @@ async fn serve(cfg: DaemonConfig, signer: Signer) -> anyhow::Result<()> {
     notify(&[NotifyState::Status("starting the tracing engine")]);
     let keyid = signer.key_id().to_string();
     let engine_cfg = cfg.engine_config();
+    let stores = cfg.store_settings();
     // Loading probes can block for a while: keep it off the async workers,
     // but inside the runtime (the engine may spawn tasks).
     let handle = tokio::runtime::Handle::current();
     let service = tokio::task::spawn_blocking(move || {
         let _guard = handle.enter();
-        build_service(engine_cfg, signer)
+        build_service(engine_cfg, signer, stores)
     })
     .await
     .context("the engine start-up task failed")?

@@ -94,6 +94,7 @@ impl StepService for StandInService {
             lost_events: 0,
             failure: None,
             kept: None,
+            stored: Vec::new(),
         })
     }
 

@@ -728,6 +728,23 @@ fn evaluate(
 
 /// Digests a passed collection contributes to the next search round.
 fn backrefs(c: &Candidate) -> Vec<String> {
+    backref_digests(&c.statement, c.collection.as_ref())
+        .into_iter()
+        .map(|(_, hex)| hex)
+        .collect()
+}
+
+/// The back-references of a statement (and of its collection, when its
+/// predicate is one): the digests the search rounds of [`verify`] follow to
+/// earlier steps — the subjects naming a git commit, a GitHub pipeline URL
+/// or CI/lock's product/material trees, and the attestors' `backrefs`.
+/// Each is `(algorithm, lowercase hex)`, the algorithm as the statement
+/// names it (`sha1` for a git commit, `sha256`, `gitoid:sha256`, …); a
+/// store searches by both, [`verify`] by the hex alone.
+pub fn backref_digests(
+    statement: &Statement,
+    collection: Option<&Collection>,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let is_backref = |s: &Subject| {
         let n = s.name.as_str();
@@ -736,17 +753,42 @@ fn backrefs(c: &Candidate) -> Vec<String> {
             || n.ends_with("/tree:products")
             || n.ends_with("/tree:materials")
     };
-    for s in c.statement.subject.iter().filter(|s| is_backref(s)) {
-        out.extend(s.digest.values().map(|v| v.to_ascii_lowercase()));
+    for s in statement.subject.iter().filter(|s| is_backref(s)) {
+        out.extend(
+            s.digest
+                .iter()
+                .map(|(alg, v)| (alg.clone(), v.to_ascii_lowercase())),
+        );
     }
-    if let Some(coll) = &c.collection {
+    if let Some(coll) = collection {
         if let Some(b) = &coll.backrefs {
             for ds in b.values() {
-                out.extend(ds.0.values().map(|v| v.to_ascii_lowercase()));
+                out.extend(
+                    ds.0.iter()
+                        .map(|(alg, v)| (alg.key().to_string(), v.to_ascii_lowercase())),
+                );
             }
         }
     }
     out
+}
+
+/// [`backref_digests`] of an envelope's statement (its payload, unverified:
+/// for finding more envelopes, never for trusting them). `Err` when the
+/// payload is not an in-toto statement or its collection predicate is
+/// malformed.
+pub fn envelope_backref_digests(env: &Envelope) -> Result<Vec<(String, String)>, String> {
+    let statement: Statement = serde_json::from_slice(&env.payload)
+        .map_err(|e| format!("the payload is not an in-toto statement: {e}"))?;
+    let collection = if collection::is_collection_type(&statement.predicate_type) {
+        Some(
+            serde_json::from_value::<Collection>(statement.predicate.clone())
+                .map_err(|e| format!("invalid collection predicate: {e}"))?,
+        )
+    } else {
+        None
+    };
+    Ok(backref_digests(&statement, collection.as_ref()))
 }
 
 type Artifacts = BTreeMap<String, Option<DigestSet>>;
@@ -874,4 +916,55 @@ pub fn vsa_statement(
         "slsaVersion": "1.0",
     });
     Statement::new(VSA_PREDICATE_TYPE, subjects, predicate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backref_digests_keep_their_algorithm() {
+        let st: Statement = serde_json::from_value(serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "predicateType": "https://witness.testifysec.com/attestation-collection/v0.1",
+            "subject": [
+                {"name": "https://witness.dev/attestations/git/v0.1/commithash:ABC",
+                 "digest": {"sha1": "ABCDEF0123456789abcdef0123456789abcdef01"}},
+                {"name": "https://witness.dev/attestations/product/v0.1/file:app",
+                 "digest": {"sha256": "11".repeat(32)}},
+                {"name": "https://witness.dev/attestations/github/v0.1/pipelineurl:https://x",
+                 "digest": {"sha256": "22".repeat(32)}}
+            ],
+            "predicate": {"name": "build", "attestations": [],
+                          "backrefs": {"x": {"gitoid:sha256": "33".repeat(32)}}}
+        }))
+        .unwrap();
+        let coll: Collection = serde_json::from_value(st.predicate.clone()).unwrap();
+        let got = backref_digests(&st, Some(&coll));
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "sha1".to_string(),
+                    "abcdef0123456789abcdef0123456789abcdef01".to_string()
+                ),
+                ("sha256".to_string(), "22".repeat(32)),
+                ("gitoid:sha256".to_string(), "33".repeat(32)),
+            ]
+        );
+        // The product is a subject, not a back-reference.
+        assert!(!got.iter().any(|(_, h)| h == &"11".repeat(32)));
+        // The envelope form parses the payload the same way.
+        let env = Envelope {
+            payload: serde_json::to_vec(&st).unwrap(),
+            payload_type: crate::intoto::PAYLOAD_TYPE.to_string(),
+            signatures: Vec::new(),
+        };
+        assert_eq!(envelope_backref_digests(&env).unwrap(), got);
+        let bad = Envelope {
+            payload: b"not json".to_vec(),
+            ..env
+        };
+        assert!(envelope_backref_digests(&bad).is_err());
+    }
 }

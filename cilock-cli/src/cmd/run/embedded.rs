@@ -17,7 +17,7 @@ use super::{
     write_envelope, Captured, GatedChild, Interrupts, Ran, Sink, Tee,
 };
 use crate::cli::{BackendChoice as CliBackend, RunArgs};
-use crate::cmd::output;
+use crate::cmd::{output, store};
 
 /// Runs the command under the embedded engine and writes its attestation.
 pub(super) fn embedded(
@@ -153,7 +153,15 @@ fn run_with_engine(
         interrupted,
     );
     let out = engine.end(&a.step, 0, end);
-    let r = sign_and_write(out, code, signer, dest, &a.step, "ebpf, in-process");
+    let r = sign_and_write(
+        out,
+        code,
+        signer,
+        dest,
+        &a.step,
+        "ebpf, in-process",
+        &a.store,
+    );
     after_run(r, code, sig)
 }
 
@@ -188,20 +196,19 @@ fn sign_and_write(
     dest: output::Outfile,
     step: &str,
     backend: &str,
+    stores: &[cilock_store::StoreUrl],
 ) -> anyhow::Result<Ran> {
     let out = out.map_err(|e| anyhow!(e))?;
     let env = engine::sign_statement(&out.statement, signer).map_err(|e| anyhow!(e))?;
-    write_envelope(
-        dest,
-        &env.to_json(),
-        step,
-        backend,
-        &[signer.key_id().to_string()],
-    )?;
+    let bytes = env.to_json();
+    let written = dest.regular_file();
+    write_envelope(dest, &bytes, step, backend, &[signer.key_id().to_string()])?;
     output::warn_lost(out.lost_events);
+    let stored = store::after_written(stores, &[], &bytes, written.as_deref(), step);
     Ok(Ran {
         code,
         failure: out.failure,
+        stored,
     })
 }
 
@@ -251,6 +258,14 @@ fn run_with_ptrace(
     let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
     let interrupted = sig.interrupted();
     let out = pending.finish(&cache, end_spec(code, cap, wait, interrupted));
-    let r = sign_and_write(out, code, signer, dest, &a.step, "ptrace, in-process");
+    let r = sign_and_write(
+        out,
+        code,
+        signer,
+        dest,
+        &a.step,
+        "ptrace, in-process",
+        &a.store,
+    );
     after_run(r, code, sig)
 }
