@@ -144,21 +144,13 @@ pub(crate) fn credentials(dir: Option<&Path>, registry: &str) -> Result<Found, S
         ));
     };
     let path = dir.join("config.json");
-    let bytes = match std::fs::File::open(&path) {
-        Ok(f) => {
-            let mut buf = Vec::new();
-            f.take(MAX_CONFIG_BYTES + 1)
-                .read_to_end(&mut buf)
-                .map_err(|e| cred_err(format!("{}: {e}", path.display())))?;
-            if buf.len() as u64 > MAX_CONFIG_BYTES {
-                return Err(cred_err(format!(
-                    "{}: larger than {} MiB",
-                    path.display(),
-                    MAX_CONFIG_BYTES >> 20
-                )));
-            }
-            buf
-        }
+    let bytes = match cilock_evidence::limits::read_file(
+        &path,
+        MAX_CONFIG_BYTES,
+        "Docker config",
+        cilock_evidence::limits::json_object_start,
+    ) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(anonymous(format!("{} (absent)", path.display())))
         }
@@ -374,6 +366,12 @@ mod tests {
         write(d.path(), "{not json");
         let e = credentials(Some(d.path()), "h").unwrap_err().to_string();
         assert!(e.contains("not a Docker config"), "{e}");
+        write(d.path(), &" ".repeat(MAX_CONFIG_BYTES as usize + 1));
+        let e = credentials(Some(d.path()), "h").unwrap_err().to_string();
+        assert!(
+            e.contains("more than the 4 MiB limit for a Docker config"),
+            "{e}"
+        );
         write(d.path(), r#"{"auths":{"h":{"auth":"%%%"}}}"#);
         let e = credentials(Some(d.path()), "h").unwrap_err().to_string();
         assert!(e.contains("\"auth\" is not base64"), "{e}");
