@@ -245,33 +245,43 @@ fn from_helper(helper: &str, registry: &str) -> Result<Found, String> {
         let _ = stdin.write_all(helper_server(registry).as_bytes());
     }
     let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let reader = std::thread::spawn(move || {
+    // The output is read on a thread and handed over through a channel: a
+    // helper that exits while a process it started keeps the pipe open must
+    // not hold this (possibly the root daemon's) push beyond the timeout.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut out = Vec::new();
         let r = (&mut stdout)
             .take(MAX_HELPER_OUTPUT + 1)
             .read_to_end(&mut out);
-        r.map(|_| out)
+        let _ = tx.send(r.map(|_| out));
     });
-    let start = Instant::now();
+    let deadline = Instant::now() + HELPER_TIMEOUT;
+    let late = || {
+        format!(
+            "{program} did not answer within {} s",
+            HELPER_TIMEOUT.as_secs()
+        )
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() > HELPER_TIMEOUT => {
+            Ok(None) if Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{program} did not answer within {} s",
-                    HELPER_TIMEOUT.as_secs()
-                ));
+                return Err(late());
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => return Err(format!("waiting for {program}: {e}")),
         }
     };
-    let out = reader
-        .join()
-        .map_err(|_| format!("reading {program}'s answer"))?
-        .map_err(|e| format!("reading {program}'s answer: {e}"))?;
+    let out = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(r) => r.map_err(|e| format!("reading {program}'s answer: {e}"))?,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(late()),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(format!("reading {program}'s answer"))
+        }
+    };
     if out.len() as u64 > MAX_HELPER_OUTPUT {
         return Err(format!(
             "{program}'s answer is larger than {} MiB",
