@@ -215,7 +215,7 @@ impl Http {
                 continue;
             }
             let headers = resp.headers().clone();
-            let mut out = Vec::new();
+            let mut body = Vec::new();
             if method != Method::HEAD {
                 let limit = if status.is_success() {
                     limit
@@ -229,24 +229,18 @@ impl Http {
                         )));
                     }
                 }
-                loop {
-                    let chunk = resp.chunk().await.map_err(|e| {
-                        self.registry_error(format!(
-                            "{what}: reading the answer: {}",
-                            self.describe(&e)
-                        ))
-                    })?;
-                    let Some(chunk) = chunk else { break };
-                    if out.len() + chunk.len() > limit {
-                        if !status.is_success() {
-                            // An error page: its start is enough to quote.
-                            break;
-                        }
-                        return Err(self.integrity_error(format!(
-                            "{what}: the answer is more than the {limit} bytes allowed"
-                        )));
-                    }
-                    out.extend_from_slice(&chunk);
+                let over;
+                (body, over) = read_bounded(&mut resp, limit).await.map_err(|e| {
+                    self.registry_error(format!(
+                        "{what}: reading the answer: {}",
+                        self.describe(&e)
+                    ))
+                })?;
+                // An error page over the limit: its start is enough to quote.
+                if over && status.is_success() {
+                    return Err(self.integrity_error(format!(
+                        "{what}: the answer is more than the {limit} bytes allowed"
+                    )));
                 }
             }
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -255,14 +249,14 @@ impl Http {
                     reason: format!(
                         "{what}: HTTP {status}{}: {}",
                         self.credential_note(),
-                        error_excerpt(&out)
+                        error_excerpt(&body)
                     ),
                 });
             }
             return Ok(Answer {
                 status,
                 headers,
-                body: out,
+                body,
             });
         }
     }
@@ -401,16 +395,11 @@ impl Http {
             .await
             .map_err(|e| cred_err(format!("{what}: {}", self.describe(&e))))?;
         let status = resp.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let (body, over) = read_bounded(&mut resp, MAX_SMALL_BODY)
             .await
-            .map_err(|e| cred_err(format!("{what}: {}", self.describe(&e))))?
-        {
-            if body.len() + chunk.len() > MAX_SMALL_BODY {
-                return Err(cred_err(format!("{what}: the answer is larger than 1 MiB")));
-            }
-            body.extend_from_slice(&chunk);
+            .map_err(|e| cred_err(format!("{what}: {}", self.describe(&e))))?;
+        if over {
+            return Err(cred_err(format!("{what}: the answer is larger than 1 MiB")));
         }
         if !status.is_success() {
             return Err(cred_err(format!(
@@ -457,6 +446,22 @@ impl Http {
             error_excerpt(&a.body)
         ))
     }
+}
+
+/// The body of `resp`, at most `limit` bytes: reading stops at the first
+/// chunk that would pass the limit, and `true` says the answer was longer.
+async fn read_bounded(
+    resp: &mut reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > limit {
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
 }
 
 fn basic_header(user: &str, password: &str) -> HeaderValue {
