@@ -151,7 +151,8 @@ impl Http {
 
     /// Sends a request to `target` (a path on the registry, or an absolute
     /// URL such as an upload location); answers 401 once; reads at most
-    /// `limit` body bytes (none for HEAD).
+    /// `limit` body bytes of a success, the start of an error page (none
+    /// for HEAD).
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -217,10 +218,13 @@ impl Http {
             let headers = resp.headers().clone();
             let mut body = Vec::new();
             if method != Method::HEAD {
+                // An error page is read (its start) whatever the caller
+                // expects of a success: a PUT or POST expects no body, but
+                // its error JSON says why the registry refused.
                 let limit = if status.is_success() {
                     limit
                 } else {
-                    limit.min(MAX_SMALL_BODY)
+                    MAX_SMALL_BODY
                 };
                 if let Some(len) = resp.content_length() {
                     if len > limit as u64 && status.is_success() {
