@@ -87,9 +87,6 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
-    /// Not used any more (kept: the contract's variant).
-    #[error("not implemented")]
-    Unimplemented,
 }
 
 /// Where evidence is stored: `oci://HOST[:PORT]/REPO` (HTTPS) or

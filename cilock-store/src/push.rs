@@ -184,7 +184,7 @@ pub(crate) async fn push(
         size: envelope.len() as u64,
     };
     let config = Descriptor {
-        media_type: crate::push::EMPTY_MEDIA_TYPE.to_string(),
+        media_type: EMPTY_MEDIA_TYPE.to_string(),
         digest: empty,
         size: EMPTY_BLOB.len() as u64,
     };
