@@ -886,3 +886,27 @@ fn basic_auth_with_a_credential_helper() {
         "{m}"
     );
 }
+
+#[test]
+fn a_refused_write_quotes_the_registry_error() {
+    // A read-only registry refuses the blob upload (a POST, which expects
+    // no body) with its error JSON: the message says why.
+    let reg = Registry::start_read_only();
+    let cfg = tempfile::tempdir().unwrap();
+    let store = open(&reg.url("r"), cfg.path());
+    let env = envelope(
+        &signer(),
+        "build",
+        &[("file:a", &[("sha256", &sha256_hex(b"ro"))])],
+    );
+    let err = rt().block_on(store.push(&env)).unwrap_err();
+    let m = err.to_string();
+    assert!(matches!(err, StoreError::Registry { .. }), "{m}");
+    assert_eq!(
+        m,
+        format!(
+            "{}: POST /v2/r/blobs/uploads/: HTTP 405 Method Not Allowed: Method not allowed",
+            reg.url("r")
+        )
+    );
+}

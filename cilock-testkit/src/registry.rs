@@ -30,15 +30,21 @@ pub struct Registry {
 impl Registry {
     /// A registry without authentication.
     pub fn start() -> Registry {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
+    }
+
+    /// A registry in read-only maintenance mode: reads work, every write
+    /// (blob upload, manifest PUT) is refused with distribution's error JSON.
+    pub fn start_read_only() -> Registry {
+        Self::start_inner(None, true)
     }
 
     /// A registry that requires Basic auth as `user`/`password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Registry {
-        Self::start_inner(Some((user, password)))
+        Self::start_inner(Some((user, password)), false)
     }
 
-    fn start_inner(auth: Option<(&str, &str)>) -> Registry {
+    fn start_inner(auth: Option<(&str, &str)>, read_only: bool) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install the Debian package docker-registry (cargo xtask setup)"
@@ -62,6 +68,11 @@ impl Registry {
                 )
             }
         };
+        let maintenance = if read_only {
+            "  maintenance:\n    readonly:\n      enabled: true\n"
+        } else {
+            ""
+        };
         // A free port can be taken between probing and binding: retry.
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -73,7 +84,7 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_yaml}",
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{maintenance}http:\n  addr: {addr}\n{auth_yaml}",
                     root.display()
                 ),
             )
