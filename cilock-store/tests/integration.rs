@@ -48,6 +48,12 @@ fn envelope(signer: &Signer, step: &str, subjects: &[(&str, &[(&str, &str)])]) -
     .to_json()
 }
 
+/// A signed envelope of step "build" about one file, `file:a` with the
+/// sha256 `artifact`.
+fn build_envelope(artifact: &str) -> Vec<u8> {
+    envelope(&signer(), "build", &[("file:a", &[("sha256", artifact)])])
+}
+
 fn open(url: &str, docker_config: &Path) -> Store {
     Store::open(
         url.parse().expect("url"),
@@ -239,9 +245,8 @@ fn push_then_discover_by_each_subject_and_read_back_independently() {
 fn pushing_twice_is_idempotent() {
     let reg = Registry::start();
     let cfg = tempfile::tempdir().unwrap();
-    let s = signer();
     let artifact = sha256_hex(b"idempotent");
-    let env = envelope(&s, "build", &[("file:a", &[("sha256", &artifact)])]);
+    let env = build_envelope(&artifact);
     let store = open(&reg.url("r"), cfg.path());
     let first = rt().block_on(store.push(&env)).expect("push 1");
     let second = rt().block_on(store.push(&env)).expect("push 2");
@@ -320,7 +325,7 @@ fn a_tampered_blob_fails_discovery_with_an_integrity_error() {
     let reg = Registry::start();
     let cfg = tempfile::tempdir().unwrap();
     let artifact = sha256_hex(b"tamper");
-    let env = envelope(&signer(), "build", &[("file:a", &[("sha256", &artifact)])]);
+    let env = build_envelope(&artifact);
     let store = open(&reg.url("r"), cfg.path());
     let report = rt().block_on(store.push(&env)).expect("push");
     let path = reg.blob_path("r", &report.blob);
@@ -362,7 +367,7 @@ fn a_tampered_blob_fails_discovery_with_an_integrity_error() {
 fn basic_auth_with_docker_config_credentials() {
     let reg = Registry::start_with_basic_auth("ci", "s3cret");
     let artifact = sha256_hex(b"authed");
-    let env = envelope(&signer(), "build", &[("file:a", &[("sha256", &artifact)])]);
+    let env = build_envelope(&artifact);
     let url = reg.url("private/evidence");
 
     let good = tempfile::tempdir().unwrap();
@@ -414,11 +419,7 @@ fn a_registry_that_is_down_fails_quickly_and_clearly() {
     let cfg = tempfile::tempdir().unwrap();
     let url = format!("oci+http://127.0.0.1:{port}/r");
     let store = open(&url, cfg.path());
-    let env = envelope(
-        &signer(),
-        "build",
-        &[("file:a", &[("sha256", &sha256_hex(b"x"))])],
-    );
+    let env = build_envelope(&sha256_hex(b"x"));
     let t = Instant::now();
     let err = rt().block_on(store.push(&env)).unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
@@ -637,11 +638,7 @@ fn a_registry_that_does_not_answer_times_out() {
         },
     )
     .unwrap();
-    let env = envelope(
-        &signer(),
-        "build",
-        &[("file:a", &[("sha256", &sha256_hex(b"x"))])],
-    );
+    let env = build_envelope(&sha256_hex(b"x"));
     let t = Instant::now();
     let err = rt().block_on(store.push(&env)).unwrap_err();
     let took = t.elapsed();
@@ -660,7 +657,7 @@ fn a_tampered_manifest_or_tag_index_fails_loudly() {
     let reg = Registry::start();
     let cfg = tempfile::tempdir().unwrap();
     let artifact = sha256_hex(b"index tamper");
-    let env = envelope(&signer(), "build", &[("file:a", &[("sha256", &artifact)])]);
+    let env = build_envelope(&artifact);
     let store = open(&reg.url("r"), cfg.path());
     let report = rt().block_on(store.push(&env)).expect("push");
     let subject: SubjectDigest = artifact.parse().unwrap();
@@ -765,7 +762,7 @@ fn a_push_merges_again_when_a_concurrent_writer_overwrites_the_tag_index() {
         );
     };
     put_stale(&reg);
-    let env = envelope(&signer(), "build", &[("file:a", &[("sha256", &artifact)])]);
+    let env = build_envelope(&artifact);
     let overwrites = std::thread::scope(|s| {
         // A writer that keeps putting its stale view (without cilock's entry)
         // for 700 ms, every 20 ms.
@@ -860,7 +857,7 @@ fn basic_auth_with_a_credential_helper() {
     )
     .unwrap();
     let artifact = sha256_hex(b"helper");
-    let env = envelope(&signer(), "build", &[("file:a", &[("sha256", &artifact)])]);
+    let env = build_envelope(&artifact);
     let store = open(&reg.url("r"), &cfg);
     rt().block_on(store.push(&env))
         .expect("push with the helper's credentials");
@@ -894,11 +891,7 @@ fn a_refused_write_quotes_the_registry_error() {
     let reg = Registry::start_read_only();
     let cfg = tempfile::tempdir().unwrap();
     let store = open(&reg.url("r"), cfg.path());
-    let env = envelope(
-        &signer(),
-        "build",
-        &[("file:a", &[("sha256", &sha256_hex(b"ro"))])],
-    );
+    let env = build_envelope(&sha256_hex(b"ro"));
     let err = rt().block_on(store.push(&env)).unwrap_err();
     let m = err.to_string();
     assert!(matches!(err, StoreError::Registry { .. }), "{m}");
