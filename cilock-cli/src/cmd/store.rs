@@ -47,6 +47,21 @@ fn open(url: &StoreUrl) -> Result<Store, cilock_store::StoreError> {
     Store::open(url.clone(), StoreOptions::default())
 }
 
+/// Opens every store (`--store`), or says which one cannot be.
+fn open_all(urls: &[StoreUrl]) -> anyhow::Result<Vec<Store>> {
+    urls.iter()
+        .map(|url| open(url).with_context(|| format!("opening the store {url}")))
+        .collect()
+}
+
+/// The stores, for a message: `URL, URL`.
+fn list(urls: &[StoreUrl]) -> String {
+    urls.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One line on what a push wrote.
 pub fn describe_report(r: &PushReport) -> String {
     let mut s = format!("blob {}", r.blob);
@@ -207,10 +222,7 @@ pub fn push(a: PushArgs) -> anyhow::Result<u8> {
         envs.push((f, read_envelope(f)?));
     }
     let rt = runtime()?;
-    let mut stores = Vec::new();
-    for url in &a.store {
-        stores.push(open(url).with_context(|| format!("opening the store {url}"))?);
-    }
+    let stores = open_all(&a.store)?;
     let mut failed = 0usize;
     let mut out = std::io::stdout().lock();
     for (f, bytes) in &envs {
@@ -246,8 +258,8 @@ pub fn push(a: PushArgs) -> anyhow::Result<u8> {
 }
 
 /// Subject digests from `-s DIGEST` (`ALG:HEX`, or a bare sha256) and
-/// `-f FILE` (its sha256).
-fn subjects(digests: &[String], files: &[PathBuf]) -> anyhow::Result<Vec<SubjectDigest>> {
+/// `-f FILE` (its sha256), for `pull` and `verify`.
+pub fn subjects(digests: &[String], files: &[PathBuf]) -> anyhow::Result<Vec<SubjectDigest>> {
     let mut out = Vec::new();
     for s in digests {
         out.push(
@@ -289,8 +301,8 @@ pub fn pull(a: PullArgs) -> anyhow::Result<u8> {
     let rt = runtime()?;
     let mut written = BTreeSet::new();
     let mut out = std::io::stdout().lock();
-    for url in &a.store {
-        let s = open(url).with_context(|| format!("opening the store {url}"))?;
+    for s in &open_all(&a.store)? {
+        let url = s.url();
         for d in &subs {
             let found = rt
                 .block_on(s.discover(d))
@@ -312,15 +324,11 @@ pub fn pull(a: PullArgs) -> anyhow::Result<u8> {
         }
     }
     if written.is_empty() {
-        let list: Vec<String> = subs.iter().map(ToString::to_string).collect();
+        let subs: Vec<String> = subs.iter().map(ToString::to_string).collect();
         eprintln!(
             "cilock: no attestation found for {} in {}",
-            list.join(", "),
-            a.store
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            subs.join(", "),
+            list(&a.store)
         );
         return Ok(1);
     }
@@ -332,32 +340,23 @@ pub fn pull(a: PullArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `cilock verify --store`: the envelopes of the artifact's sha256 digests
-/// (`start`, lowercase hex) in every store, then, for up to
-/// [`SEARCH_DEPTH`] rounds, those of the back-references (git commit,
-/// pipeline, trees) of what was found. Any discovery error fails (never a
-/// verification over fewer envelopes than the stores hold); at most
-/// [`MAX_DISCOVERED`] envelopes.
+/// `cilock verify --store`: the envelopes of the artifact's digests
+/// (`start`) in every store, then, for up to [`SEARCH_DEPTH`] rounds, those
+/// of the back-references (git commit, pipeline, trees) of what was found.
+/// Any discovery error fails (never a verification over fewer envelopes
+/// than the stores hold); at most [`MAX_DISCOVERED`] envelopes.
 pub fn discover_for_verify(
     urls: &[StoreUrl],
-    start: &[String],
+    start: &[SubjectDigest],
 ) -> anyhow::Result<Vec<NamedEnvelope>> {
     let rt = runtime()?;
-    let mut stores = Vec::new();
-    for url in urls {
-        stores.push(open(url).with_context(|| format!("opening the store {url}"))?);
-    }
+    let stores = open_all(urls)?;
     let mut searched: BTreeSet<SubjectDigest> = BTreeSet::new();
-    let mut frontier: Vec<SubjectDigest> = Vec::new();
-    for hex in start {
-        let d = SubjectDigest {
-            algorithm: "sha256".into(),
-            hex: hex.to_ascii_lowercase(),
-        };
-        if searched.insert(d.clone()) {
-            frontier.push(d);
-        }
-    }
+    let mut frontier: Vec<SubjectDigest> = start
+        .iter()
+        .filter(|d| searched.insert((*d).clone()))
+        .cloned()
+        .collect();
     let mut blobs = BTreeSet::new();
     let mut found = Vec::new();
     for _round in 0..SEARCH_DEPTH {
@@ -418,10 +417,7 @@ pub fn discover_for_verify(
     eprintln!(
         "cilock: {} attestation(s) found in {}",
         found.len(),
-        urls.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        list(urls)
     );
     Ok(found)
 }
