@@ -35,6 +35,21 @@ pub const EXIT_NOT_STORED: u8 = 3;
 /// may push to it, controls how many there are).
 pub const MAX_DISCOVERED: usize = 10_000;
 
+/// The exit status of a step whose envelope was written (`run`, `step
+/// end`): the command's non-zero status (`code`) first, then 1 when an
+/// attestor failed the step, then [`EXIT_NOT_STORED`] when a push failed.
+pub fn step_status(code: i32, failed: bool, stored: bool) -> i32 {
+    if code != 0 {
+        code
+    } else if failed {
+        1
+    } else if !stored {
+        i32::from(EXIT_NOT_STORED)
+    } else {
+        0
+    }
+}
+
 /// The runtime the store's requests run on.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
