@@ -703,6 +703,25 @@ fn verify_store_finds_a_two_step_chain_and_refuses_a_tampered_blob() {
     );
 }
 
+/// A daemon whose configuration has the store `url` (pushing with the
+/// Docker config `dcfg`) and the lines `extra`.
+fn store_daemon(url: &str, extra: &str, dcfg: &tempfile::TempDir) -> Daemon {
+    Daemon::start_with(
+        "auto",
+        &format!(
+            "store = [{url:?}]\n{extra}store_docker_config = {:?}\n",
+            p(dcfg.path())
+        ),
+    )
+}
+
+/// Begins the step `name` in `dir`, runs `script` in it to success.
+fn job_done(daemon: &Daemon, name: &str, dir: &Path, script: &str) {
+    let mut job = begin_job(daemon, name, dir, script, Stdio::null());
+    release(&mut job);
+    assert!(job.wait().unwrap().success());
+}
+
 /// The daemon's `store`: `step end` gets the envelope after the daemon
 /// pushed it with its own configuration; the client says so (exit 0) and the
 /// registry holds it (skopeo, HTTP).
@@ -711,24 +730,10 @@ fn step_end_pushes_through_the_daemon_store() {
     let reg = Registry::start();
     let dcfg = docker_config();
     let url = reg.url("evidence/daemon");
-    let daemon = Daemon::start_with(
-        "auto",
-        &format!(
-            "store = [{url:?}]\nstore_docker_config = {:?}\n",
-            p(dcfg.path())
-        ),
-    );
+    let daemon = store_daemon(&url, "", &dcfg);
     let tmp = tempdir();
     let dir = tmp.path();
-    let mut job = begin_job(
-        &daemon,
-        "ship",
-        dir,
-        "echo shipped > shipped.txt\n",
-        Stdio::null(),
-    );
-    release(&mut job);
-    assert!(job.wait().unwrap().success());
+    job_done(&daemon, "ship", dir, "echo shipped > shipped.txt\n");
     let out = dir.join("ship.json");
     let o = daemon
         .command()
@@ -767,24 +772,14 @@ fn daemon_retries_what_it_could_not_push() {
     let addr = closed_addr();
     let dcfg = docker_config();
     let url = format!("oci+http://{addr}/evidence/retried");
-    let daemon = Daemon::start_with(
-        "auto",
-        &format!(
-            "store = [{url:?}]\nstore_timeout = \"10s\"\nstore_retry = \"1s\"\nstore_docker_config = {:?}\n",
-            p(dcfg.path())
-        ),
+    let daemon = store_daemon(
+        &url,
+        "store_timeout = \"10s\"\nstore_retry = \"1s\"\n",
+        &dcfg,
     );
     let tmp = tempdir();
     let dir = tmp.path();
-    let mut job = begin_job(
-        &daemon,
-        "later",
-        dir,
-        "echo later > later.txt\n",
-        Stdio::null(),
-    );
-    release(&mut job);
-    assert!(job.wait().unwrap().success());
+    job_done(&daemon, "later", dir, "echo later > later.txt\n");
     let out = dir.join("later.json");
     let o = daemon
         .command()
@@ -876,24 +871,10 @@ fn a_step_the_daemon_ends_itself_is_pushed() {
     let reg = Registry::start();
     let dcfg = docker_config();
     let url = reg.url("evidence/idle");
-    let daemon = Daemon::start_with(
-        "auto",
-        &format!(
-            "store = [{url:?}]\nstep_idle_timeout = \"1s\"\nstore_docker_config = {:?}\n",
-            p(dcfg.path())
-        ),
-    );
+    let daemon = store_daemon(&url, "step_idle_timeout = \"1s\"\n", &dcfg);
     let tmp = tempdir();
     let dir = tmp.path();
-    let mut job = begin_job(
-        &daemon,
-        "forgotten",
-        dir,
-        "echo idle > idle.txt\n",
-        Stdio::null(),
-    );
-    release(&mut job);
-    assert!(job.wait().unwrap().success());
+    job_done(&daemon, "forgotten", dir, "echo idle > idle.txt\n");
     wait_for(60, "the idle step to be ended and kept", || {
         !kept_envelopes(&daemon.state).is_empty()
     });
@@ -914,13 +895,7 @@ fn run_through_the_daemon_pushes_to_both_stores() {
     let dcfg = docker_config();
     let daemon_url = reg.url("evidence/by-daemon");
     let client_url = reg.url("evidence/by-client");
-    let daemon = Daemon::start_with(
-        "auto",
-        &format!(
-            "store = [{daemon_url:?}]\nstore_docker_config = {:?}\n",
-            p(dcfg.path())
-        ),
-    );
+    let daemon = store_daemon(&daemon_url, "", &dcfg);
     let tmp = tempdir();
     let dir = tmp.path();
     let out = dir.join("run.json");
