@@ -10,20 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cilock_testkit::cli::{b64, p, text};
+use cilock_testkit::step::{chain_work_tree, sh_in};
 use serde_json::{json, Value};
 
 use crate::cilock_in;
 
 const BUILD_CMD: &[&str] = &["sh", "-c", "cc -o app main.c"];
-
-fn sh(dir: &Path, script: &str) {
-    let o = Command::new("sh")
-        .current_dir(dir)
-        .args(["-c", script])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{script}: {}", text(&o));
-}
 
 /// The real path of a program found on PATH (what the trace records).
 fn resolved(program: &str) -> String {
@@ -159,13 +151,7 @@ fn step<'a>(r: &'a Value, name: &str) -> &'a Value {
 fn build_and_package_chain_recorded_with_cilock_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let work = dir.join("work");
-    std::fs::create_dir(&work).unwrap();
-    std::fs::write(work.join("main.c"), "int main(void) { return 0; }\n").unwrap();
-    sh(
-        &work,
-        "git init -q . && git -c user.name=ci -c user.email=ci@example.com add main.c && git -c user.name=ci -c user.email=ci@example.com commit -qm init",
-    );
+    let work = chain_work_tree(dir);
     let (key, pubkey, keyid) = keygen(dir, "signer.pem");
     let (policy_key, policy_pub, _) = keygen(dir, "policy.pem");
 
@@ -174,8 +160,8 @@ fn build_and_package_chain_recorded_with_cilock_run() {
     run_step(&work, &key, "build", &build, BUILD_CMD);
     // A copy of the tree where `app` is altered between the steps.
     let tampered = dir.join("tampered");
-    sh(dir, &format!("cp -a {} {}", p(&work), p(&tampered)));
-    sh(&tampered, "printf 'injected' >> app");
+    sh_in(dir, &format!("cp -a {} {}", p(&work), p(&tampered)));
+    sh_in(&tampered, "printf 'injected' >> app");
     run_step(
         &work,
         &key,

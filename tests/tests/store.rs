@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cilock_testkit::cli::{b64, p, text};
 use cilock_testkit::registry::Registry;
-use cilock_testkit::step::{begin_job, release};
+use cilock_testkit::step::{begin_job, chain_work_tree, release};
 use cilock_testkit::*;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -482,15 +482,6 @@ fn registry_down_keeps_the_envelope_and_push_retries() {
     assert_stored(&reg, "evidence/later", &out, &sha256_hex(b"kept\n"));
 }
 
-fn sh_ok(dir: &Path, script: &str) {
-    let o = Command::new("sh")
-        .current_dir(dir)
-        .args(["-c", script])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{script}: {}", text(&o));
-}
-
 /// The signed policy: `build` then `package` (artifactsFrom build), both by
 /// `keyid`, each with material, command-run, product and git.
 fn chain_policy(dir: &Path, cfg: &Path, policy_key: &Path, pubkey: &Path, keyid: &str) -> PathBuf {
@@ -543,13 +534,7 @@ fn verify_store_finds_a_two_step_chain_and_refuses_a_tampered_blob() {
     let tmp = tempdir();
     let dir = tmp.path();
     let cfg = docker_config();
-    let work = dir.join("work");
-    std::fs::create_dir(&work).unwrap();
-    std::fs::write(work.join("main.c"), "int main(void) { return 0; }\n").unwrap();
-    sh_ok(
-        &work,
-        "git init -q . && git -c user.name=ci -c user.email=ci@example.com add main.c && git -c user.name=ci -c user.email=ci@example.com commit -qm init",
-    );
+    let work = chain_work_tree(dir);
     let key = dir.join("signer.pem");
     let o = cilock_in(dir, cfg.path(), &["keygen", "-o", p(&key)]);
     assert!(o.status.success(), "{}", text(&o));
