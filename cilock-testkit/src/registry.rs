@@ -30,15 +30,21 @@ pub struct Registry {
 impl Registry {
     /// A registry without authentication.
     pub fn start() -> Registry {
-        Self::start_inner(None)
+        Self::start_inner(None, None)
+    }
+
+    /// A registry without authentication on `addr` (`127.0.0.1:PORT`: a
+    /// test that needs the address before the registry runs).
+    pub fn start_at(addr: &str) -> Registry {
+        Self::start_inner(None, Some(addr))
     }
 
     /// A registry that requires Basic auth as `user`/`password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Registry {
-        Self::start_inner(Some((user, password)))
+        Self::start_inner(Some((user, password)), None)
     }
 
-    fn start_inner(auth: Option<(&str, &str)>) -> Registry {
+    fn start_inner(auth: Option<(&str, &str)>, at: Option<&str>) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install the Debian package docker-registry (cargo xtask setup)"
@@ -62,13 +68,19 @@ impl Registry {
                 )
             }
         };
-        // A free port can be taken between probing and binding: retry.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            let addr = format!("127.0.0.1:{port}");
+        // A free port can be taken between probing and binding: retry
+        // (a given address: once).
+        for _ in 0..if at.is_some() { 1 } else { 5 } {
+            let addr = match at {
+                Some(a) => a.to_string(),
+                None => {
+                    let port = TcpListener::bind("127.0.0.1:0")
+                        .and_then(|l| l.local_addr())
+                        .expect("free port")
+                        .port();
+                    format!("127.0.0.1:{port}")
+                }
+            };
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,

@@ -139,54 +139,6 @@ fn closed_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-/// A `docker-registry` this test starts on a given address (the retry test
-/// needs the address before the registry runs).
-struct RegistryAt {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl RegistryAt {
-    fn start(addr: &str) -> RegistryAt {
-        let dir = tempdir();
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (apt install docker-registry)");
-        let r = RegistryAt {
-            child,
-            addr: addr.to_string(),
-            _dir: dir,
-        };
-        wait_for(30, "the registry to answer /v2/", || {
-            TcpStream::connect(&r.addr).is_ok() && http_get(&r.addr, "/v2/").0 == 200
-        });
-        r
-    }
-}
-
-impl Drop for RegistryAt {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `cilock run --store` (in-process engine) pushes the envelope once `-o`
 /// is written: skopeo finds the tag index of the product's digest, plain
 /// HTTP the blob, byte-identical; `cilock push` of the same file to
@@ -817,7 +769,7 @@ fn daemon_retries_what_it_could_not_push() {
         0o600
     );
 
-    let reg = RegistryAt::start(&addr);
+    let reg = Registry::start_at(&addr);
     let deadline = Instant::now() + Duration::from_secs(60);
     while files[0].exists() {
         assert!(
