@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cilock_testkit::cli::{b64, p, text};
+use cilock_testkit::cli::{b64, p, sign_policy, text};
 use cilock_testkit::step::{chain_work_tree, sh_in};
 use serde_json::{json, Value};
 
@@ -107,21 +107,14 @@ fn policy(
     });
     let n = std::fs::read_dir(dir).unwrap().count();
     let file = dir.join(format!("policy{n}.json"));
-    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let signed = dir.join(format!("policy{n}.signed.json"));
-    let o = cilock_in(
-        dir,
-        &[
-            "sign",
-            "-k",
-            p(policy_key),
-            "-f",
-            p(&file),
-            "-o",
-            p(&signed),
-        ],
+    sign_policy(
+        |args| cilock_in(dir, args),
+        &doc,
+        policy_key,
+        &file,
+        &signed,
     );
-    assert!(o.status.success(), "{}", text(&o));
     signed
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_testkit::cli::{b64, p, text};
+use cilock_testkit::cli::{b64, p, sign_policy, text};
 use cilock_testkit::registry::Registry;
 use cilock_testkit::step::{begin_job, chain_work_tree, release};
 use cilock_testkit::*;
@@ -456,23 +456,14 @@ fn chain_policy(dir: &Path, cfg: &Path, policy_key: &Path, pubkey: &Path, keyid:
         "publickeys": {keyid: {"keyid": keyid, "key": b64(&pem)}},
         "steps": {"build": step("build", vec![]), "package": step("package", vec!["build"])}
     });
-    let file = dir.join("policy.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let signed = dir.join("policy.signed.json");
-    let o = cilock_in(
-        dir,
-        cfg,
-        &[
-            "sign",
-            "-k",
-            p(policy_key),
-            "-f",
-            p(&file),
-            "-o",
-            p(&signed),
-        ],
+    sign_policy(
+        |args| cilock_in(dir, cfg, args),
+        &doc,
+        policy_key,
+        &dir.join("policy.json"),
+        &signed,
     );
-    assert!(o.status.success(), "{}", text(&o));
     signed
 }
 
