@@ -355,6 +355,22 @@ pub fn pull(a: PullArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// The back-references of a found envelope that a store indexes (see
+/// [`envelope_backref_digests`]); none when its payload is not a statement.
+fn backrefs(env: &Envelope, source: &str) -> Vec<SubjectDigest> {
+    match envelope_backref_digests(env) {
+        // An algorithm the store does not index is not searched for.
+        Ok(refs) => refs
+            .into_iter()
+            .filter_map(|(alg, hex)| format!("{alg}:{hex}").parse().ok())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(source, "no back-references: {e}");
+            Vec::new()
+        }
+    }
+}
+
 /// `cilock verify --store`: the envelopes of the artifact's digests
 /// (`start`) in every store, then, for up to [`SEARCH_DEPTH`] rounds, those
 /// of the back-references (git commit, pipeline, trees) of what was found.
@@ -403,19 +419,10 @@ pub fn discover_for_verify(
                             continue;
                         }
                     };
-                    match envelope_backref_digests(&env) {
-                        Ok(refs) => {
-                            for (alg, hex) in refs {
-                                let Ok(d) = format!("{alg}:{hex}").parse::<SubjectDigest>() else {
-                                    // Not an algorithm the store indexes.
-                                    continue;
-                                };
-                                if searched.insert(d.clone()) {
-                                    next.push(d);
-                                }
-                            }
+                    for d in backrefs(&env, &f.source) {
+                        if searched.insert(d.clone()) {
+                            next.push(d);
                         }
-                        Err(e) => tracing::debug!(source = %f.source, "no back-references: {e}"),
                     }
                     found.push(NamedEnvelope {
                         source: f.source.clone(),
