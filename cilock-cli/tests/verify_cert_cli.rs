@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Output;
 
 use base64::Engine as _;
-use cilock_testkit::cli::{b64, p, text};
+use cilock_testkit::cli::{b64, p, sign_policy, text};
 use cilock_testkit::pki::{fulcio_leaf_ext, Issued, Pki};
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -119,19 +119,14 @@ impl Setup {
                 "attestations": [{"type": "https://witness.dev/attestations/command-run/v0.1"}]
             }}
         });
-        let file = self.dir.path().join("policy.json");
-        std::fs::write(&file, serde_json::to_vec(&policy).unwrap()).unwrap();
         let signed = self.dir.path().join("policy.signed.json");
-        let o = cilock(&[
-            "sign",
-            "-k",
-            p(&self.policy_key),
-            "-f",
-            p(&file),
-            "-o",
-            p(&signed),
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
+        sign_policy(
+            cilock,
+            &policy,
+            &self.policy_key,
+            &self.dir.path().join("policy.json"),
+            &signed,
+        );
         signed
     }
 

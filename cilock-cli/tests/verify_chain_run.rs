@@ -9,21 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cilock_testkit::cli::{b64, p, text};
+use cilock_testkit::cli::{b64, p, sign_policy, text};
+use cilock_testkit::step::{chain_work_tree, sh_in};
 use serde_json::{json, Value};
 
 use crate::cilock_in;
 
 const BUILD_CMD: &[&str] = &["sh", "-c", "cc -o app main.c"];
-
-fn sh(dir: &Path, script: &str) {
-    let o = Command::new("sh")
-        .current_dir(dir)
-        .args(["-c", script])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{script}: {}", text(&o));
-}
 
 /// The real path of a program found on PATH (what the trace records).
 fn resolved(program: &str) -> String {
@@ -115,21 +107,14 @@ fn policy(
     });
     let n = std::fs::read_dir(dir).unwrap().count();
     let file = dir.join(format!("policy{n}.json"));
-    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let signed = dir.join(format!("policy{n}.signed.json"));
-    let o = cilock_in(
-        dir,
-        &[
-            "sign",
-            "-k",
-            p(policy_key),
-            "-f",
-            p(&file),
-            "-o",
-            p(&signed),
-        ],
+    sign_policy(
+        |args| cilock_in(dir, args),
+        &doc,
+        policy_key,
+        &file,
+        &signed,
     );
-    assert!(o.status.success(), "{}", text(&o));
     signed
 }
 
@@ -159,13 +144,7 @@ fn step<'a>(r: &'a Value, name: &str) -> &'a Value {
 fn build_and_package_chain_recorded_with_cilock_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let work = dir.join("work");
-    std::fs::create_dir(&work).unwrap();
-    std::fs::write(work.join("main.c"), "int main(void) { return 0; }\n").unwrap();
-    sh(
-        &work,
-        "git init -q . && git -c user.name=ci -c user.email=ci@example.com add main.c && git -c user.name=ci -c user.email=ci@example.com commit -qm init",
-    );
+    let work = chain_work_tree(dir);
     let (key, pubkey, keyid) = keygen(dir, "signer.pem");
     let (policy_key, policy_pub, _) = keygen(dir, "policy.pem");
 
@@ -174,8 +153,8 @@ fn build_and_package_chain_recorded_with_cilock_run() {
     run_step(&work, &key, "build", &build, BUILD_CMD);
     // A copy of the tree where `app` is altered between the steps.
     let tampered = dir.join("tampered");
-    sh(dir, &format!("cp -a {} {}", p(&work), p(&tampered)));
-    sh(&tampered, "printf 'injected' >> app");
+    sh_in(dir, &format!("cp -a {} {}", p(&work), p(&tampered)));
+    sh_in(&tampered, "printf 'injected' >> app");
     run_step(
         &work,
         &key,

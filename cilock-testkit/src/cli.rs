@@ -44,3 +44,17 @@ pub fn p(path: &Path) -> &str {
 pub fn b64(v: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(v)
 }
+
+/// Writes the policy document `doc` to `file` and signs it into `signed`
+/// with `cilock sign -k KEY` (run by `cilock`, which must succeed).
+pub fn sign_policy(
+    cilock: impl FnOnce(&[&str]) -> Output,
+    doc: &serde_json::Value,
+    key: &Path,
+    file: &Path,
+    signed: &Path,
+) {
+    std::fs::write(file, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+    let o = cilock(&["sign", "-k", p(key), "-f", p(file), "-o", p(signed)]);
+    assert!(o.status.success(), "cilock sign: {}", text(&o));
+}

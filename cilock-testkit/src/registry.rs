@@ -30,21 +30,27 @@ pub struct Registry {
 impl Registry {
     /// A registry without authentication.
     pub fn start() -> Registry {
-        Self::start_inner(None, false)
+        Self::start_inner(None, false, None)
     }
 
     /// A registry in read-only maintenance mode: reads work, every write
     /// (blob upload, manifest PUT) is refused with distribution's error JSON.
     pub fn start_read_only() -> Registry {
-        Self::start_inner(None, true)
+        Self::start_inner(None, true, None)
+    }
+
+    /// A registry without authentication on `addr` (`127.0.0.1:PORT`: a
+    /// test that needs the address before the registry runs).
+    pub fn start_at(addr: &str) -> Registry {
+        Self::start_inner(None, false, Some(addr))
     }
 
     /// A registry that requires Basic auth as `user`/`password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Registry {
-        Self::start_inner(Some((user, password)), false)
+        Self::start_inner(Some((user, password)), false, None)
     }
 
-    fn start_inner(auth: Option<(&str, &str)>, read_only: bool) -> Registry {
+    fn start_inner(auth: Option<(&str, &str)>, read_only: bool, at: Option<&str>) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install the Debian package docker-registry (cargo xtask setup)"
@@ -73,13 +79,19 @@ impl Registry {
         } else {
             ""
         };
-        // A free port can be taken between probing and binding: retry.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            let addr = format!("127.0.0.1:{port}");
+        // A free port can be taken between probing and binding: retry
+        // (a given address: once).
+        for _ in 0..if at.is_some() { 1 } else { 5 } {
+            let addr = match at {
+                Some(a) => a.to_string(),
+                None => {
+                    let port = TcpListener::bind("127.0.0.1:0")
+                        .and_then(|l| l.local_addr())
+                        .expect("free port")
+                        .port();
+                    format!("127.0.0.1:{port}")
+                }
+            };
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,

@@ -181,3 +181,27 @@ pub fn daemon_pid(daemon: &Daemon) -> u32 {
     }
     panic!("daemon process not found");
 }
+
+/// `sh -c SCRIPT` in `dir`; it must succeed.
+pub fn sh_in(dir: &Path, script: &str) {
+    let o = Command::new("sh")
+        .current_dir(dir)
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{script}: {}", crate::cli::text(&o));
+}
+
+/// The work tree of the build/package chain tests: `DIR/work`, a git
+/// repository with one commit of `main.c` (the git attestor's commit is
+/// the chain's back-reference).
+pub fn chain_work_tree(dir: &Path) -> PathBuf {
+    let work = dir.join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("main.c"), "int main(void) { return 0; }\n").unwrap();
+    sh_in(
+        &work,
+        "git init -q . && git -c user.name=ci -c user.email=ci@example.com add main.c && git -c user.name=ci -c user.email=ci@example.com commit -qm init",
+    );
+    work
+}

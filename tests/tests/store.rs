@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cilock_testkit::cli::{b64, p, text};
+use cilock_testkit::cli::{b64, p, sign_policy, text};
 use cilock_testkit::registry::Registry;
-use cilock_testkit::step::{begin_job, release};
+use cilock_testkit::step::{begin_job, chain_work_tree, release};
 use cilock_testkit::*;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -137,54 +137,6 @@ fn assert_stored(reg: &Registry, repo: &str, envelope: &Path, subject_hex: &str)
 fn closed_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-/// A `docker-registry` this test starts on a given address (the retry test
-/// needs the address before the registry runs).
-struct RegistryAt {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl RegistryAt {
-    fn start(addr: &str) -> RegistryAt {
-        let dir = tempdir();
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (apt install docker-registry)");
-        let r = RegistryAt {
-            child,
-            addr: addr.to_string(),
-            _dir: dir,
-        };
-        wait_for(30, "the registry to answer /v2/", || {
-            TcpStream::connect(&r.addr).is_ok() && http_get(&r.addr, "/v2/").0 == 200
-        });
-        r
-    }
-}
-
-impl Drop for RegistryAt {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `cilock run --store` (in-process engine) pushes the envelope once `-o`
@@ -482,15 +434,6 @@ fn registry_down_keeps_the_envelope_and_push_retries() {
     assert_stored(&reg, "evidence/later", &out, &sha256_hex(b"kept\n"));
 }
 
-fn sh_ok(dir: &Path, script: &str) {
-    let o = Command::new("sh")
-        .current_dir(dir)
-        .args(["-c", script])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{script}: {}", text(&o));
-}
-
 /// The signed policy: `build` then `package` (artifactsFrom build), both by
 /// `keyid`, each with material, command-run, product and git.
 fn chain_policy(dir: &Path, cfg: &Path, policy_key: &Path, pubkey: &Path, keyid: &str) -> PathBuf {
@@ -513,23 +456,14 @@ fn chain_policy(dir: &Path, cfg: &Path, policy_key: &Path, pubkey: &Path, keyid:
         "publickeys": {keyid: {"keyid": keyid, "key": b64(&pem)}},
         "steps": {"build": step("build", vec![]), "package": step("package", vec!["build"])}
     });
-    let file = dir.join("policy.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let signed = dir.join("policy.signed.json");
-    let o = cilock_in(
-        dir,
-        cfg,
-        &[
-            "sign",
-            "-k",
-            p(policy_key),
-            "-f",
-            p(&file),
-            "-o",
-            p(&signed),
-        ],
+    sign_policy(
+        |args| cilock_in(dir, cfg, args),
+        &doc,
+        policy_key,
+        &dir.join("policy.json"),
+        &signed,
     );
-    assert!(o.status.success(), "{}", text(&o));
     signed
 }
 
@@ -543,13 +477,7 @@ fn verify_store_finds_a_two_step_chain_and_refuses_a_tampered_blob() {
     let tmp = tempdir();
     let dir = tmp.path();
     let cfg = docker_config();
-    let work = dir.join("work");
-    std::fs::create_dir(&work).unwrap();
-    std::fs::write(work.join("main.c"), "int main(void) { return 0; }\n").unwrap();
-    sh_ok(
-        &work,
-        "git init -q . && git -c user.name=ci -c user.email=ci@example.com add main.c && git -c user.name=ci -c user.email=ci@example.com commit -qm init",
-    );
+    let work = chain_work_tree(dir);
     let key = dir.join("signer.pem");
     let o = cilock_in(dir, cfg.path(), &["keygen", "-o", p(&key)]);
     assert!(o.status.success(), "{}", text(&o));
@@ -703,6 +631,25 @@ fn verify_store_finds_a_two_step_chain_and_refuses_a_tampered_blob() {
     );
 }
 
+/// A daemon whose configuration has the store `url` (pushing with the
+/// Docker config `dcfg`) and the lines `extra`.
+fn store_daemon(url: &str, extra: &str, dcfg: &tempfile::TempDir) -> Daemon {
+    Daemon::start_with(
+        "auto",
+        &format!(
+            "store = [{url:?}]\n{extra}store_docker_config = {:?}\n",
+            p(dcfg.path())
+        ),
+    )
+}
+
+/// Begins the step `name` in `dir`, runs `script` in it to success.
+fn job_done(daemon: &Daemon, name: &str, dir: &Path, script: &str) {
+    let mut job = begin_job(daemon, name, dir, script, Stdio::null());
+    release(&mut job);
+    assert!(job.wait().unwrap().success());
+}
+
 /// The daemon's `store`: `step end` gets the envelope after the daemon
 /// pushed it with its own configuration; the client says so (exit 0) and the
 /// registry holds it (skopeo, HTTP).
@@ -711,24 +658,10 @@ fn step_end_pushes_through_the_daemon_store() {
     let reg = Registry::start();
     let dcfg = docker_config();
     let url = reg.url("evidence/daemon");
-    let daemon = Daemon::start_with(
-        "auto",
-        &format!(
-            "store = [{url:?}]\nstore_docker_config = {:?}\n",
-            p(dcfg.path())
-        ),
-    );
+    let daemon = store_daemon(&url, "", &dcfg);
     let tmp = tempdir();
     let dir = tmp.path();
-    let mut job = begin_job(
-        &daemon,
-        "ship",
-        dir,
-        "echo shipped > shipped.txt\n",
-        Stdio::null(),
-    );
-    release(&mut job);
-    assert!(job.wait().unwrap().success());
+    job_done(&daemon, "ship", dir, "echo shipped > shipped.txt\n");
     let out = dir.join("ship.json");
     let o = daemon
         .command()
@@ -767,24 +700,14 @@ fn daemon_retries_what_it_could_not_push() {
     let addr = closed_addr();
     let dcfg = docker_config();
     let url = format!("oci+http://{addr}/evidence/retried");
-    let daemon = Daemon::start_with(
-        "auto",
-        &format!(
-            "store = [{url:?}]\nstore_timeout = \"10s\"\nstore_retry = \"1s\"\nstore_docker_config = {:?}\n",
-            p(dcfg.path())
-        ),
+    let daemon = store_daemon(
+        &url,
+        "store_timeout = \"10s\"\nstore_retry = \"1s\"\n",
+        &dcfg,
     );
     let tmp = tempdir();
     let dir = tmp.path();
-    let mut job = begin_job(
-        &daemon,
-        "later",
-        dir,
-        "echo later > later.txt\n",
-        Stdio::null(),
-    );
-    release(&mut job);
-    assert!(job.wait().unwrap().success());
+    job_done(&daemon, "later", dir, "echo later > later.txt\n");
     let out = dir.join("later.json");
     let o = daemon
         .command()
@@ -837,7 +760,7 @@ fn daemon_retries_what_it_could_not_push() {
         0o600
     );
 
-    let reg = RegistryAt::start(&addr);
+    let reg = Registry::start_at(&addr);
     let deadline = Instant::now() + Duration::from_secs(60);
     while files[0].exists() {
         assert!(
@@ -876,24 +799,10 @@ fn a_step_the_daemon_ends_itself_is_pushed() {
     let reg = Registry::start();
     let dcfg = docker_config();
     let url = reg.url("evidence/idle");
-    let daemon = Daemon::start_with(
-        "auto",
-        &format!(
-            "store = [{url:?}]\nstep_idle_timeout = \"1s\"\nstore_docker_config = {:?}\n",
-            p(dcfg.path())
-        ),
-    );
+    let daemon = store_daemon(&url, "step_idle_timeout = \"1s\"\n", &dcfg);
     let tmp = tempdir();
     let dir = tmp.path();
-    let mut job = begin_job(
-        &daemon,
-        "forgotten",
-        dir,
-        "echo idle > idle.txt\n",
-        Stdio::null(),
-    );
-    release(&mut job);
-    assert!(job.wait().unwrap().success());
+    job_done(&daemon, "forgotten", dir, "echo idle > idle.txt\n");
     wait_for(60, "the idle step to be ended and kept", || {
         !kept_envelopes(&daemon.state).is_empty()
     });
@@ -914,13 +823,7 @@ fn run_through_the_daemon_pushes_to_both_stores() {
     let dcfg = docker_config();
     let daemon_url = reg.url("evidence/by-daemon");
     let client_url = reg.url("evidence/by-client");
-    let daemon = Daemon::start_with(
-        "auto",
-        &format!(
-            "store = [{daemon_url:?}]\nstore_docker_config = {:?}\n",
-            p(dcfg.path())
-        ),
-    );
+    let daemon = store_daemon(&daemon_url, "", &dcfg);
     let tmp = tempdir();
     let dir = tmp.path();
     let out = dir.join("run.json");

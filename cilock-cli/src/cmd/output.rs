@@ -137,13 +137,25 @@ impl Drop for Outfile {
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    create_new_in(dir, 0o644, |i| {
+        format!(".cilock-out.{}.{i}", std::process::id())
+    })
+}
+
+/// Creates a new file (`mode`) in `dir`, named `name(0)`, else `name(1)`,
+/// … (the first 100 names).
+fn create_new_in(
+    dir: &Path,
+    mode: u32,
+    name: impl Fn(u32) -> String,
+) -> std::io::Result<(PathBuf, std::fs::File)> {
     use std::os::unix::fs::OpenOptionsExt as _;
     for i in 0..100u32 {
-        let p = dir.join(format!(".cilock-out.{}.{i}", std::process::id()));
+        let p = dir.join(name(i));
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .open(&p)
         {
             Ok(f) => return Ok((p, f)),
@@ -151,7 +163,10 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
             Err(e) => return Err(e),
         }
     }
-    Err(std::io::Error::other("no temporary file name available"))
+    Err(std::io::Error::other(format!(
+        "no free file name in {}",
+        dir.display()
+    )))
 }
 
 /// Says on stderr that events were lost (they are counted in the attestation).
@@ -164,7 +179,6 @@ pub fn warn_lost(lost: u64) {
 /// Writes `bytes` to a new owner-only file in the temporary directory
 /// (`$TMPDIR/cilock-<step>-<pid>.<n>.json`) and returns its path.
 pub fn keep_fallback(step: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = std::env::temp_dir();
     let safe: String = step
         .chars()
@@ -177,23 +191,12 @@ pub fn keep_fallback(step: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
         })
         .take(64)
         .collect();
-    for i in 0..100u32 {
-        let p = dir.join(format!("cilock-{safe}-{}.{i}.json", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-        {
-            Ok(mut f) => {
-                f.write_all(bytes)
-                    .and_then(|_| f.sync_all())
-                    .with_context(|| format!("writing {}", p.display()))?;
-                return Ok(p);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
-        }
-    }
-    bail!("no free file name in {}", dir.display())
+    let (p, mut f) = create_new_in(&dir, 0o600, |i| {
+        format!("cilock-{safe}-{}.{i}.json", std::process::id())
+    })
+    .context("creating a file in the temporary directory")?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(p)
 }

@@ -136,15 +136,11 @@ fn after_run(r: anyhow::Result<Ran>, code_if_err: i32, sig: &Interrupts) -> anyh
             if let Some(f) = &ran.failure {
                 eprintln!("cilock: step failed: {f}");
             }
-            Ok(exit_byte(interrupted.unwrap_or(
-                if ran.failure.is_some() && ran.code == 0 {
-                    1
-                } else if !ran.stored && ran.code == 0 {
-                    i32::from(store::EXIT_NOT_STORED)
-                } else {
-                    ran.code
-                },
-            )))
+            Ok(exit_byte(interrupted.unwrap_or(store::step_status(
+                ran.code,
+                ran.failure.is_some(),
+                ran.stored,
+            ))))
         }
         Err(e) => {
             eprintln!(

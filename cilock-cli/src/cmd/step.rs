@@ -88,9 +88,10 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
     );
     if let Some(f) = &got.header.failure {
         let _ = writeln!(err, "cilock: step failed: {f}");
-        return Ok(1);
     }
-    Ok(if stored { 0 } else { store::EXIT_NOT_STORED })
+    // 0, 1 or 3: the status of the step's command is not cilock's here.
+    let status = store::step_status(0, got.header.failure.is_some(), stored);
+    Ok(status as u8)
 }
 
 /// `cilock step fetch`: writes a kept attestation (then acknowledges it),

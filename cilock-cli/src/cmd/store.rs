@@ -35,6 +35,21 @@ pub const EXIT_NOT_STORED: u8 = 3;
 /// may push to it, controls how many there are).
 pub const MAX_DISCOVERED: usize = 10_000;
 
+/// The exit status of a step whose envelope was written (`run`, `step
+/// end`): the command's non-zero status (`code`) first, then 1 when an
+/// attestor failed the step, then [`EXIT_NOT_STORED`] when a push failed.
+pub fn step_status(code: i32, failed: bool, stored: bool) -> i32 {
+    if code != 0 {
+        code
+    } else if failed {
+        1
+    } else if !stored {
+        i32::from(EXIT_NOT_STORED)
+    } else {
+        0
+    }
+}
+
 /// The runtime the store's requests run on.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -45,6 +60,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn open(url: &StoreUrl) -> Result<Store, cilock_store::StoreError> {
     Store::open(url.clone(), StoreOptions::default())
+}
+
+/// Opens every store (`--store`), or says which one cannot be.
+fn open_all(urls: &[StoreUrl]) -> anyhow::Result<Vec<Store>> {
+    urls.iter()
+        .map(|url| open(url).with_context(|| format!("opening the store {url}")))
+        .collect()
+}
+
+/// The stores, for a message: `URL, URL`.
+fn list(urls: &[StoreUrl]) -> String {
+    urls.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One line on what a push wrote.
@@ -207,10 +237,7 @@ pub fn push(a: PushArgs) -> anyhow::Result<u8> {
         envs.push((f, read_envelope(f)?));
     }
     let rt = runtime()?;
-    let mut stores = Vec::new();
-    for url in &a.store {
-        stores.push(open(url).with_context(|| format!("opening the store {url}"))?);
-    }
+    let stores = open_all(&a.store)?;
     let mut failed = 0usize;
     let mut out = std::io::stdout().lock();
     for (f, bytes) in &envs {
@@ -246,8 +273,8 @@ pub fn push(a: PushArgs) -> anyhow::Result<u8> {
 }
 
 /// Subject digests from `-s DIGEST` (`ALG:HEX`, or a bare sha256) and
-/// `-f FILE` (its sha256).
-fn subjects(digests: &[String], files: &[PathBuf]) -> anyhow::Result<Vec<SubjectDigest>> {
+/// `-f FILE` (its sha256), for `pull` and `verify`.
+pub fn subjects(digests: &[String], files: &[PathBuf]) -> anyhow::Result<Vec<SubjectDigest>> {
     let mut out = Vec::new();
     for s in digests {
         out.push(
@@ -289,8 +316,8 @@ pub fn pull(a: PullArgs) -> anyhow::Result<u8> {
     let rt = runtime()?;
     let mut written = BTreeSet::new();
     let mut out = std::io::stdout().lock();
-    for url in &a.store {
-        let s = open(url).with_context(|| format!("opening the store {url}"))?;
+    for s in &open_all(&a.store)? {
+        let url = s.url();
         for d in &subs {
             let found = rt
                 .block_on(s.discover(d))
@@ -312,15 +339,11 @@ pub fn pull(a: PullArgs) -> anyhow::Result<u8> {
         }
     }
     if written.is_empty() {
-        let list: Vec<String> = subs.iter().map(ToString::to_string).collect();
+        let subs: Vec<String> = subs.iter().map(ToString::to_string).collect();
         eprintln!(
             "cilock: no attestation found for {} in {}",
-            list.join(", "),
-            a.store
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            subs.join(", "),
+            list(&a.store)
         );
         return Ok(1);
     }
@@ -332,32 +355,39 @@ pub fn pull(a: PullArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `cilock verify --store`: the envelopes of the artifact's sha256 digests
-/// (`start`, lowercase hex) in every store, then, for up to
-/// [`SEARCH_DEPTH`] rounds, those of the back-references (git commit,
-/// pipeline, trees) of what was found. Any discovery error fails (never a
-/// verification over fewer envelopes than the stores hold); at most
-/// [`MAX_DISCOVERED`] envelopes.
-pub fn discover_for_verify(
-    urls: &[StoreUrl],
-    start: &[String],
-) -> anyhow::Result<Vec<NamedEnvelope>> {
-    let rt = runtime()?;
-    let mut stores = Vec::new();
-    for url in urls {
-        stores.push(open(url).with_context(|| format!("opening the store {url}"))?);
-    }
-    let mut searched: BTreeSet<SubjectDigest> = BTreeSet::new();
-    let mut frontier: Vec<SubjectDigest> = Vec::new();
-    for hex in start {
-        let d = SubjectDigest {
-            algorithm: "sha256".into(),
-            hex: hex.to_ascii_lowercase(),
-        };
-        if searched.insert(d.clone()) {
-            frontier.push(d);
+/// The back-references of a found envelope that a store indexes (see
+/// [`envelope_backref_digests`]); none when its payload is not a statement.
+fn backrefs(env: &Envelope, source: &str) -> Vec<SubjectDigest> {
+    match envelope_backref_digests(env) {
+        // An algorithm the store does not index is not searched for.
+        Ok(refs) => refs
+            .into_iter()
+            .filter_map(|(alg, hex)| format!("{alg}:{hex}").parse().ok())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(source, "no back-references: {e}");
+            Vec::new()
         }
     }
+}
+
+/// `cilock verify --store`: the envelopes of the artifact's digests
+/// (`start`) in every store, then, for up to [`SEARCH_DEPTH`] rounds, those
+/// of the back-references (git commit, pipeline, trees) of what was found.
+/// Any discovery error fails (never a verification over fewer envelopes
+/// than the stores hold); at most [`MAX_DISCOVERED`] envelopes.
+pub fn discover_for_verify(
+    urls: &[StoreUrl],
+    start: &[SubjectDigest],
+) -> anyhow::Result<Vec<NamedEnvelope>> {
+    let rt = runtime()?;
+    let stores = open_all(urls)?;
+    let mut searched: BTreeSet<SubjectDigest> = BTreeSet::new();
+    let mut frontier: Vec<SubjectDigest> = start
+        .iter()
+        .filter(|d| searched.insert((*d).clone()))
+        .cloned()
+        .collect();
     let mut blobs = BTreeSet::new();
     let mut found = Vec::new();
     for _round in 0..SEARCH_DEPTH {
@@ -389,19 +419,10 @@ pub fn discover_for_verify(
                             continue;
                         }
                     };
-                    match envelope_backref_digests(&env) {
-                        Ok(refs) => {
-                            for (alg, hex) in refs {
-                                let Ok(d) = format!("{alg}:{hex}").parse::<SubjectDigest>() else {
-                                    // Not an algorithm the store indexes.
-                                    continue;
-                                };
-                                if searched.insert(d.clone()) {
-                                    next.push(d);
-                                }
-                            }
+                    for d in backrefs(&env, &f.source) {
+                        if searched.insert(d.clone()) {
+                            next.push(d);
                         }
-                        Err(e) => tracing::debug!(source = %f.source, "no back-references: {e}"),
                     }
                     found.push(NamedEnvelope {
                         source: f.source.clone(),
@@ -418,10 +439,7 @@ pub fn discover_for_verify(
     eprintln!(
         "cilock: {} attestation(s) found in {}",
         found.len(),
-        urls.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        list(urls)
     );
     Ok(found)
 }

@@ -7,7 +7,6 @@
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context};
-use cilock_evidence::digest::{DigestSet, HashAlg};
 use cilock_evidence::dsse::{self, Envelope};
 use cilock_evidence::intoto::PAYLOAD_TYPE;
 use cilock_evidence::keys::{Signer, Verifier};
@@ -57,28 +56,17 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
             envelope: read_envelope(p, "attestation")?,
         });
     }
-    let mut subjects = Vec::new();
-    for s in &a.subjects {
-        let s = s.trim().to_ascii_lowercase();
-        let s = s.strip_prefix("sha256:").unwrap_or(&s).to_string();
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("subject {s:?} is not a hex sha256 digest");
-        }
-        subjects.push(s);
-    }
-    for f in &a.artifact_files {
-        let d = DigestSet::from_file(f, &[HashAlg::Sha256])
-            .with_context(|| format!("hashing artifact {}", f.display()))?;
-        if let Some(h) = d.get_sha256() {
-            subjects.push(h.to_string());
-        }
-    }
-    if subjects.is_empty() {
+    let digests = crate::cmd::store::subjects(&a.subjects, &a.artifact_files)?;
+    if digests.is_empty() {
         bail!("give the artifact to verify with -f FILE or its digest with -s SHA256");
     }
-    if !a.store.is_empty() {
-        attestations.extend(crate::cmd::store::discover_for_verify(&a.store, &subjects)?);
+    if let Some(d) = digests.iter().find(|d| d.algorithm != "sha256") {
+        bail!("subject {d} is not a sha256 digest");
     }
+    if !a.store.is_empty() {
+        attestations.extend(crate::cmd::store::discover_for_verify(&a.store, &digests)?);
+    }
+    let subjects: Vec<String> = digests.into_iter().map(|d| d.hex).collect();
     let vsa_signer = match &a.vsa_key {
         Some(k) => {
             Some(Signer::from_file(k).with_context(|| format!("loading VSA key {}", k.display()))?)

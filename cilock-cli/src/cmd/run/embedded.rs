@@ -153,15 +153,7 @@ fn run_with_engine(
         interrupted,
     );
     let out = engine.end(&a.step, 0, end);
-    let r = sign_and_write(
-        out,
-        code,
-        signer,
-        dest,
-        &a.step,
-        "ebpf, in-process",
-        &a.store,
-    );
+    let r = sign_and_write(out, code, signer, dest, a, "ebpf, in-process");
     after_run(r, code, sig)
 }
 
@@ -194,17 +186,22 @@ fn sign_and_write(
     code: i32,
     signer: &Signer,
     dest: output::Outfile,
-    step: &str,
+    a: &RunArgs,
     backend: &str,
-    stores: &[cilock_store::StoreUrl],
 ) -> anyhow::Result<Ran> {
     let out = out.map_err(|e| anyhow!(e))?;
     let env = engine::sign_statement(&out.statement, signer).map_err(|e| anyhow!(e))?;
     let bytes = env.to_json();
     let written = dest.regular_file();
-    write_envelope(dest, &bytes, step, backend, &[signer.key_id().to_string()])?;
+    write_envelope(
+        dest,
+        &bytes,
+        &a.step,
+        backend,
+        &[signer.key_id().to_string()],
+    )?;
     output::warn_lost(out.lost_events);
-    let stored = store::after_written(stores, &[], &bytes, written.as_deref(), step);
+    let stored = store::after_written(&a.store, &[], &bytes, written.as_deref(), &a.step);
     Ok(Ran {
         code,
         failure: out.failure,
@@ -258,14 +255,6 @@ fn run_with_ptrace(
     let cache = cilock_daemon::trace::digest_cache::DigestCache::default();
     let interrupted = sig.interrupted();
     let out = pending.finish(&cache, end_spec(code, cap, wait, interrupted));
-    let r = sign_and_write(
-        out,
-        code,
-        signer,
-        dest,
-        &a.step,
-        "ptrace, in-process",
-        &a.store,
-    );
+    let r = sign_and_write(out, code, signer, dest, a, "ptrace, in-process");
     after_run(r, code, sig)
 }
