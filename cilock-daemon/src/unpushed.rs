@@ -199,11 +199,20 @@ impl Pusher {
         outcomes
     }
 
-    /// One push per url, each bounded by `store_timeout`, in a thread of
-    /// its own (callable from any context, async or not).
+    /// One push per url, all at once, each bounded by `store_timeout` (so
+    /// the whole is too, however many stores: a slow registry holds the
+    /// caller for one timeout, not one per store), in a thread of its own
+    /// (callable from any context, async or not). The thread is the
+    /// caller's: at most one per push waiting for its answer, so as many as
+    /// the server's connections (bounded) plus the daemon's own endings.
     fn push_to(&self, urls: &[StoreUrl], bytes: &[u8]) -> Vec<(StoreUrl, Result<String, String>)> {
         let opts = self.options();
         let timeout = self.settings.timeout;
+        let failed = |why: &str| {
+            urls.iter()
+                .map(|u| (u.clone(), Err(why.to_string())))
+                .collect()
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
                 let rt = match tokio::runtime::Builder::new_current_thread()
@@ -211,48 +220,56 @@ impl Pusher {
                     .build()
                 {
                     Ok(rt) => rt,
-                    Err(e) => {
-                        return urls
-                            .iter()
-                            .map(|u| (u.clone(), Err(format!("cannot start a runtime: {e}"))))
-                            .collect();
-                    }
+                    Err(e) => return failed(&format!("cannot start a runtime: {e}")),
                 };
-                urls.iter()
-                    .map(|u| {
-                        let r = Store::open(u.clone(), opts.clone())
-                            .map_err(|e| e.to_string())
-                            .and_then(|st| {
-                                rt.block_on(async {
-                                    match tokio::time::timeout(timeout, st.push(bytes)).await {
-                                        Ok(Ok(r)) => Ok(format!(
-                                            "blob {}; {} referrer(s){}",
-                                            r.blob,
-                                            r.referrers.len(),
-                                            if r.skipped.is_empty() {
-                                                String::new()
-                                            } else {
-                                                format!("; {} subject(s) skipped", r.skipped.len())
-                                            }
-                                        )),
-                                        Ok(Err(e)) => Err(e.to_string()),
-                                        Err(_) => Err(format!(
-                                            "no answer within store_timeout ({})",
-                                            secs(timeout)
-                                        )),
-                                    }
-                                })
-                            });
-                        (u.clone(), r)
-                    })
-                    .collect()
+                let bytes: std::sync::Arc<[u8]> = bytes.into();
+                rt.block_on(async {
+                    let mut results: Vec<Option<Result<String, String>>> = vec![None; urls.len()];
+                    let mut set = tokio::task::JoinSet::new();
+                    for (i, u) in urls.iter().enumerate() {
+                        match Store::open(u.clone(), opts.clone()) {
+                            Err(e) => results[i] = Some(Err(e.to_string())),
+                            Ok(st) => {
+                                let bytes = bytes.clone();
+                                set.spawn(async move {
+                                    (i, tokio::time::timeout(timeout, st.push(&bytes)).await)
+                                });
+                            }
+                        }
+                    }
+                    while let Some(joined) = set.join_next().await {
+                        let Ok((i, r)) = joined else { continue };
+                        results[i] = Some(match r {
+                            Ok(Ok(r)) => Ok(format!(
+                                "blob {}; {} referrer(s){}",
+                                r.blob,
+                                r.referrers.len(),
+                                if r.skipped.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; {} subject(s) skipped", r.skipped.len())
+                                }
+                            )),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!(
+                                "no answer within store_timeout ({})",
+                                secs(timeout)
+                            )),
+                        });
+                    }
+                    urls.iter()
+                        .zip(results)
+                        .map(|(u, r)| {
+                            (
+                                u.clone(),
+                                r.unwrap_or_else(|| Err("the push panicked".to_string())),
+                            )
+                        })
+                        .collect()
+                })
             })
             .join()
-            .unwrap_or_else(|_| {
-                urls.iter()
-                    .map(|u| (u.clone(), Err("the push panicked".to_string())))
-                    .collect()
-            })
+            .unwrap_or_else(|_| failed("the push panicked"))
         })
     }
 
@@ -543,6 +560,38 @@ mod tests {
         let other = Pusher::new(d.path(), settings(vec![closed_store()]));
         other.retry();
         assert_eq!(other.list().len(), 1);
+    }
+
+    /// Stores that take the connection and never answer: the pushes run
+    /// at once, so the caller waits one `store_timeout`, not one per store.
+    #[test]
+    fn silent_stores_hold_the_caller_one_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let silent: Vec<_> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let urls = silent
+            .iter()
+            .map(|l| StoreUrl {
+                insecure_http: true,
+                registry: l.local_addr().unwrap().to_string(),
+                repository: "evidence".into(),
+            })
+            .collect();
+        let mut s = settings(urls);
+        s.timeout = Duration::from_secs(1);
+        let p = Pusher::new(d.path(), s);
+        let t = std::time::Instant::now();
+        // A signed in-toto statement (one subject): the pushes reach the
+        // registries.
+        let env = br#"{"payload":"eyJfdHlwZSI6Imh0dHBzOi8vaW4tdG90by5pby9TdGF0ZW1lbnQvdjEiLCJzdWJqZWN0IjpbeyJuYW1lIjoiYSIsImRpZ2VzdCI6eyJzaGEyNTYiOiJhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhIn19XSwicHJlZGljYXRlVHlwZSI6Imh0dHBzOi8vZXhhbXBsZS5jb20vcCIsInByZWRpY2F0ZSI6e319","payloadType":"application/vnd.in-toto+json","signatures":[{"keyid":"k","sig":"AAE="}]}"#;
+        let out = p.push(0, "s", env);
+        let took = t.elapsed();
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|o| !o.ok), "{out:?}");
+        assert!(took >= Duration::from_millis(900), "took {took:?}: {out:?}");
+        assert!(took < Duration::from_millis(2500), "took {took:?}");
+        assert_eq!(p.list().len(), 1);
     }
 
     #[test]
