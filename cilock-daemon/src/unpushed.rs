@@ -22,8 +22,8 @@
 //! also in the client's file, or kept in `<state_dir>/kept/`).
 
 use std::collections::HashSet;
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -38,8 +38,6 @@ pub const MAX_UNPUSHED: usize = 1000;
 /// Bytes of envelopes waiting for a retry, at most (one larger envelope
 /// is still kept, alone).
 pub const MAX_UNPUSHED_BYTES: u64 = 4 << 30;
-/// Largest `.meta` file read.
-const MAX_META: u64 = 64 * 1024;
 /// Default of `store_timeout`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default of `store_retry`.
@@ -295,7 +293,10 @@ impl Pusher {
             tracing::warn!(id, dir = %self.dir.display(), "unpushed envelope without a readable .meta: left for an administrator");
             return;
         };
-        let bytes = match read_bounded(&self.dir.join(format!("{id}.json"))) {
+        let bytes = match crate::kept::read_bounded(
+            &self.dir.join(format!("{id}.json")),
+            cilock_evidence::limits::MAX_ENVELOPE_BYTES,
+        ) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(id, "cannot read the unpushed envelope: {e}");
@@ -396,32 +397,13 @@ impl Pusher {
 
     fn write_meta(&self, id: &str, meta: &Meta) -> io::Result<()> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let tmp = self.dir.join(format!(".tmp.{id}.meta"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        let r = serde_json::to_vec(meta)
-            .map_err(io::Error::other)
-            .and_then(|b| f.write_all(&b))
-            .and_then(|()| f.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, self.dir.join(format!("{id}.meta"))));
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        r
+        let b = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        crate::kept::write_file(&self.dir, &format!("{id}.meta"), &b, true)
     }
 
     fn read_meta(&self, id: &str) -> Option<Meta> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.dir.join(format!("{id}.meta")))
-            .ok()?;
-        let mut b = Vec::new();
-        f.take(MAX_META).read_to_end(&mut b).ok()?;
+        let p = self.dir.join(format!("{id}.meta"));
+        let b = crate::kept::read_bounded(&p, crate::kept::MAX_META).ok()?;
         serde_json::from_slice(&b).ok()
     }
 
@@ -477,17 +459,6 @@ impl Pusher {
 /// A duration for messages: `300s`, `1.5s`.
 fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
-}
-
-fn read_bounded(p: &Path) -> io::Result<Vec<u8>> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(p)?;
-    let mut b = Vec::new();
-    f.take(cilock_evidence::limits::MAX_ENVELOPE_BYTES)
-        .read_to_end(&mut b)?;
-    Ok(b)
 }
 
 #[cfg(test)]
