@@ -36,7 +36,7 @@ pub const MAX_KEPT_PER_USER: usize = 100;
 /// larger than this is still kept, alone).
 pub const MAX_KEPT_BYTES_PER_USER: u64 = 2 << 30;
 /// Largest `.meta` file read.
-const MAX_META: u64 = 64 * 1024;
+pub(crate) const MAX_META: u64 = 64 * 1024;
 
 /// What is recorded beside an envelope.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -239,13 +239,9 @@ impl KeptStore {
     }
 
     fn info(&self, uid: u32, id: &str, bytes: u64, mtime: u64) -> KeptInfo {
-        let meta = std::fs::File::open(self.user_dir(uid).join(format!("{id}.meta")))
+        let meta = read_bounded(&self.user_dir(uid).join(format!("{id}.meta")), MAX_META)
             .ok()
-            .and_then(|f| {
-                let mut b = Vec::new();
-                f.take(MAX_META).read_to_end(&mut b).ok()?;
-                serde_json::from_slice::<Meta>(&b).ok()
-            });
+            .and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
         let meta = meta.unwrap_or_else(|| Meta {
             // `<step>.<nanos>.<n>`: the step is what precedes the last two.
             step: id.rsplitn(3, '.').nth(2).unwrap_or(id).to_string(),
@@ -397,9 +393,25 @@ impl KeptStore {
     }
 }
 
+/// Reads at most `max` bytes of the file `p` (never through a symlink).
+pub(crate) fn read_bounded(p: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)?;
+    let mut b = Vec::new();
+    f.take(max).read_to_end(&mut b)?;
+    Ok(b)
+}
+
 /// Writes `bytes` to `dir/name` (0600, never overwriting), through a
 /// temporary file renamed into place once synced.
 pub(crate) fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    write_file(dir, name, bytes, false)
+}
+
+/// [`write_new`], replacing `dir/name` when `replace`.
+pub(crate) fn write_file(dir: &Path, name: &str, bytes: &[u8], replace: bool) -> io::Result<()> {
     let tmp = dir.join(format!(".tmp.{name}"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -412,7 +424,7 @@ pub(crate) fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> 
     let r = r.and_then(|()| {
         // No overwrite: the id is unique; a leftover is an error.
         let dest = dir.join(name);
-        if dest.exists() {
+        if !replace && dest.exists() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("{} exists", dest.display()),

@@ -22,8 +22,8 @@
 //! also in the client's file, or kept in `<state_dir>/kept/`).
 
 use std::collections::HashSet;
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -38,8 +38,6 @@ pub const MAX_UNPUSHED: usize = 1000;
 /// Bytes of envelopes waiting for a retry, at most (one larger envelope
 /// is still kept, alone).
 pub const MAX_UNPUSHED_BYTES: u64 = 4 << 30;
-/// Largest `.meta` file read.
-const MAX_META: u64 = 64 * 1024;
 /// Default of `store_timeout`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default of `store_retry`.
@@ -199,11 +197,20 @@ impl Pusher {
         outcomes
     }
 
-    /// One push per url, each bounded by `store_timeout`, in a thread of
-    /// its own (callable from any context, async or not).
+    /// One push per url, all at once, each bounded by `store_timeout` (so
+    /// the whole is too, however many stores: a slow registry holds the
+    /// caller for one timeout, not one per store), in a thread of its own
+    /// (callable from any context, async or not). The thread is the
+    /// caller's: at most one per push waiting for its answer, so as many as
+    /// the server's connections (bounded) plus the daemon's own endings.
     fn push_to(&self, urls: &[StoreUrl], bytes: &[u8]) -> Vec<(StoreUrl, Result<String, String>)> {
         let opts = self.options();
         let timeout = self.settings.timeout;
+        let failed = |why: &str| {
+            urls.iter()
+                .map(|u| (u.clone(), Err(why.to_string())))
+                .collect()
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
                 let rt = match tokio::runtime::Builder::new_current_thread()
@@ -211,48 +218,56 @@ impl Pusher {
                     .build()
                 {
                     Ok(rt) => rt,
-                    Err(e) => {
-                        return urls
-                            .iter()
-                            .map(|u| (u.clone(), Err(format!("cannot start a runtime: {e}"))))
-                            .collect();
-                    }
+                    Err(e) => return failed(&format!("cannot start a runtime: {e}")),
                 };
-                urls.iter()
-                    .map(|u| {
-                        let r = Store::open(u.clone(), opts.clone())
-                            .map_err(|e| e.to_string())
-                            .and_then(|st| {
-                                rt.block_on(async {
-                                    match tokio::time::timeout(timeout, st.push(bytes)).await {
-                                        Ok(Ok(r)) => Ok(format!(
-                                            "blob {}; {} referrer(s){}",
-                                            r.blob,
-                                            r.referrers.len(),
-                                            if r.skipped.is_empty() {
-                                                String::new()
-                                            } else {
-                                                format!("; {} subject(s) skipped", r.skipped.len())
-                                            }
-                                        )),
-                                        Ok(Err(e)) => Err(e.to_string()),
-                                        Err(_) => Err(format!(
-                                            "no answer within store_timeout ({})",
-                                            secs(timeout)
-                                        )),
-                                    }
-                                })
-                            });
-                        (u.clone(), r)
-                    })
-                    .collect()
+                let bytes: std::sync::Arc<[u8]> = bytes.into();
+                rt.block_on(async {
+                    let mut results: Vec<Option<Result<String, String>>> = vec![None; urls.len()];
+                    let mut set = tokio::task::JoinSet::new();
+                    for (i, u) in urls.iter().enumerate() {
+                        match Store::open(u.clone(), opts.clone()) {
+                            Err(e) => results[i] = Some(Err(e.to_string())),
+                            Ok(st) => {
+                                let bytes = bytes.clone();
+                                set.spawn(async move {
+                                    (i, tokio::time::timeout(timeout, st.push(&bytes)).await)
+                                });
+                            }
+                        }
+                    }
+                    while let Some(joined) = set.join_next().await {
+                        let Ok((i, r)) = joined else { continue };
+                        results[i] = Some(match r {
+                            Ok(Ok(r)) => Ok(format!(
+                                "blob {}; {} referrer(s){}",
+                                r.blob,
+                                r.referrers.len(),
+                                if r.skipped.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; {} subject(s) skipped", r.skipped.len())
+                                }
+                            )),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!(
+                                "no answer within store_timeout ({})",
+                                secs(timeout)
+                            )),
+                        });
+                    }
+                    urls.iter()
+                        .zip(results)
+                        .map(|(u, r)| {
+                            (
+                                u.clone(),
+                                r.unwrap_or_else(|| Err("the push panicked".to_string())),
+                            )
+                        })
+                        .collect()
+                })
             })
             .join()
-            .unwrap_or_else(|_| {
-                urls.iter()
-                    .map(|u| (u.clone(), Err("the push panicked".to_string())))
-                    .collect()
-            })
+            .unwrap_or_else(|_| failed("the push panicked"))
         })
     }
 
@@ -278,7 +293,10 @@ impl Pusher {
             tracing::warn!(id, dir = %self.dir.display(), "unpushed envelope without a readable .meta: left for an administrator");
             return;
         };
-        let bytes = match read_bounded(&self.dir.join(format!("{id}.json"))) {
+        let bytes = match crate::kept::read_bounded(
+            &self.dir.join(format!("{id}.json")),
+            cilock_evidence::limits::MAX_ENVELOPE_BYTES,
+        ) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(id, "cannot read the unpushed envelope: {e}");
@@ -379,32 +397,13 @@ impl Pusher {
 
     fn write_meta(&self, id: &str, meta: &Meta) -> io::Result<()> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let tmp = self.dir.join(format!(".tmp.{id}.meta"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        let r = serde_json::to_vec(meta)
-            .map_err(io::Error::other)
-            .and_then(|b| f.write_all(&b))
-            .and_then(|()| f.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, self.dir.join(format!("{id}.meta"))));
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        r
+        let b = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        crate::kept::write_file(&self.dir, &format!("{id}.meta"), &b, true)
     }
 
     fn read_meta(&self, id: &str) -> Option<Meta> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.dir.join(format!("{id}.meta")))
-            .ok()?;
-        let mut b = Vec::new();
-        f.take(MAX_META).read_to_end(&mut b).ok()?;
+        let p = self.dir.join(format!("{id}.meta"));
+        let b = crate::kept::read_bounded(&p, crate::kept::MAX_META).ok()?;
         serde_json::from_slice(&b).ok()
     }
 
@@ -460,17 +459,6 @@ impl Pusher {
 /// A duration for messages: `300s`, `1.5s`.
 fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
-}
-
-fn read_bounded(p: &Path) -> io::Result<Vec<u8>> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(p)?;
-    let mut b = Vec::new();
-    f.take(cilock_evidence::limits::MAX_ENVELOPE_BYTES)
-        .read_to_end(&mut b)?;
-    Ok(b)
 }
 
 #[cfg(test)]
@@ -543,6 +531,38 @@ mod tests {
         let other = Pusher::new(d.path(), settings(vec![closed_store()]));
         other.retry();
         assert_eq!(other.list().len(), 1);
+    }
+
+    /// Stores that take the connection and never answer: the pushes run
+    /// at once, so the caller waits one `store_timeout`, not one per store.
+    #[test]
+    fn silent_stores_hold_the_caller_one_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let silent: Vec<_> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let urls = silent
+            .iter()
+            .map(|l| StoreUrl {
+                insecure_http: true,
+                registry: l.local_addr().unwrap().to_string(),
+                repository: "evidence".into(),
+            })
+            .collect();
+        let mut s = settings(urls);
+        s.timeout = Duration::from_secs(1);
+        let p = Pusher::new(d.path(), s);
+        let t = std::time::Instant::now();
+        // A signed in-toto statement (one subject): the pushes reach the
+        // registries.
+        let env = br#"{"payload":"eyJfdHlwZSI6Imh0dHBzOi8vaW4tdG90by5pby9TdGF0ZW1lbnQvdjEiLCJzdWJqZWN0IjpbeyJuYW1lIjoiYSIsImRpZ2VzdCI6eyJzaGEyNTYiOiJhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhIn19XSwicHJlZGljYXRlVHlwZSI6Imh0dHBzOi8vZXhhbXBsZS5jb20vcCIsInByZWRpY2F0ZSI6e319","payloadType":"application/vnd.in-toto+json","signatures":[{"keyid":"k","sig":"AAE="}]}"#;
+        let out = p.push(0, "s", env);
+        let took = t.elapsed();
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|o| !o.ok), "{out:?}");
+        assert!(took >= Duration::from_millis(900), "took {took:?}: {out:?}");
+        assert!(took < Duration::from_millis(2500), "took {took:?}");
+        assert_eq!(p.list().len(), 1);
     }
 
     #[test]

@@ -90,24 +90,39 @@ pub fn system_registries() -> Vec<u32> {
 /// systemd) and stops a system registry its installation enabled or
 /// started anyway.
 pub fn stop_system_registry() -> anyhow::Result<()> {
+    stop_system_service(
+        "docker-registry",
+        &["docker-registry.service"],
+        system_registries,
+    )
+}
+
+/// Disables (under systemd) the `units` of a service a package's
+/// installation enabled, then stops what still runs of it (`running`: its
+/// pids), waiting up to 10 s for it to be gone.
+fn stop_system_service(
+    what: &str,
+    units: &[&str],
+    running: impl Fn() -> Vec<u32>,
+) -> anyhow::Result<()> {
     if util::systemd_is_pid1() {
-        exec(cmd("systemctl").args(["disable", "--now", "docker-registry.service"]))?;
+        exec(cmd("systemctl").args(["disable", "--now"]).args(units))?;
     }
-    for pid in system_registries() {
+    for pid in running() {
         note(format!(
-            "stopping the system docker-registry (pid {pid}) the installation started"
+            "stopping the system {what} (pid {pid}) the installation started"
         ));
         exec(cmd("kill").args(["-TERM", &pid.to_string()]))?;
     }
     for _ in 0..100 {
-        if system_registries().is_empty() {
+        if running().is_empty() {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     bail!(
-        "a system docker-registry is still running (pids {:?}): stop it; the tests start their own",
-        system_registries()
+        "a system {what} is still running (pids {:?}): stop it; the tests start their own",
+        running()
     )
 }
 
@@ -184,24 +199,9 @@ pub fn system_dockerd() -> Option<u32> {
 /// disables, with its socket unit, which would start it on the first
 /// connection) a system dockerd that its installation started anyway.
 pub fn stop_system_dockerd() -> anyhow::Result<()> {
-    if util::systemd_is_pid1() {
-        exec(cmd("systemctl").args(["disable", "--now", "docker.socket", "docker.service"]))?;
-    } else if let Some(pid) = system_dockerd() {
-        note(format!(
-            "stopping the system dockerd (pid {pid}) the installation started"
-        ));
-        exec(cmd("kill").args(["-TERM", &pid.to_string()]))?;
-    }
-    for _ in 0..100 {
-        if system_dockerd().is_none() {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    bail!(
-        "a system dockerd is still running (pid {}): stop it; the tests start their own",
-        system_dockerd().unwrap_or(0)
-    )
+    stop_system_service("dockerd", &["docker.socket", "docker.service"], || {
+        system_dockerd().into_iter().collect()
+    })
 }
 
 /// The bpf-linker version the eBPF build is pinned to.

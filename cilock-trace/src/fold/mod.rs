@@ -1069,6 +1069,20 @@ mod tests {
         }
     }
 
+    /// `pid` came into the step's cgroup `cgroup` from outside the
+    /// daemon's steps (moved by pid 40).
+    fn joined(pid: u32, at_birth: bool, cgroup: &str) -> TraceEvent {
+        TraceEvent::JoinedStep {
+            pid,
+            by: 40,
+            from: "outside the daemon's steps".into(),
+            at_birth,
+            cgroup: Some(cgroup.to_string()),
+            running: None,
+            time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
     fn fork(parent: u32, child: u32) -> TraceEvent {
         TraceEvent::Fork {
             parent,
@@ -1089,39 +1103,15 @@ mod tests {
         r.push(open(10, "/w/host.txt"));
         // runc init comes into <step>/<id> from outside, forks the
         // container's process, which execs in the container's namespace.
-        r.push(TraceEvent::JoinedStep {
-            pid: 50,
-            by: 40,
-            from: "outside the daemon's steps".into(),
-            at_birth: false,
-            cgroup: Some(id.clone()),
-            running: None,
-            time: SystemTime::UNIX_EPOCH,
-        });
+        r.push(joined(50, false, &id));
         r.push(fork(50, 51));
         r.push(exec(51, "/bin/cat", Some(CTR)));
         r.push(open(51, "/in/f"));
         r.push(fork(51, 52));
         r.push(open(52, "/in/g"));
         // A BuildKit RUN in the engine's window; a join into the shell leaf.
-        r.push(TraceEvent::JoinedStep {
-            pid: 60,
-            by: 40,
-            from: "outside the daemon's steps".into(),
-            at_birth: true,
-            cgroup: Some("buildkit/u5mr".into()),
-            running: None,
-            time: SystemTime::UNIX_EPOCH,
-        });
-        r.push(TraceEvent::JoinedStep {
-            pid: 70,
-            by: 40,
-            from: "outside the daemon's steps".into(),
-            at_birth: true,
-            cgroup: Some("shell".into()),
-            running: None,
-            time: SystemTime::UNIX_EPOCH,
-        });
+        r.push(joined(60, true, "buildkit/u5mr"));
+        r.push(joined(70, true, "shell"));
         // The step's own unshare -m child: another namespace, no container.
         r.push(fork(10, 11));
         r.push(exec(11, "/usr/bin/cat", Some(CTR + 1)));
@@ -1234,15 +1224,7 @@ mod tests {
         r.push(exec(10, "/usr/bin/cat", Some(CTR)));
         r.push(open(10, "/in/a"));
         r.push(open(10, "/in/b"));
-        r.push(TraceEvent::JoinedStep {
-            pid: 10,
-            by: 40,
-            from: "outside the daemon's steps".into(),
-            at_birth: false,
-            cgroup: Some(id.clone()),
-            running: None,
-            time: SystemTime::UNIX_EPOCH,
-        });
+        r.push(joined(10, false, &id));
         r.push(open(10, "/in/c"));
         let out = r.finish(&Asked::default(), &[HashAlg::Sha256], &[]);
         let reasons: Vec<(&str, &str)> = out.processes[0]

@@ -513,6 +513,7 @@ fn consume(
     let mut ids = crate::cgroup::Hierarchy::find()
         .ok()
         .and_then(|h| cgroup_id::CgroupIds::open(&h.mount).ok());
+    let mut batch = Vec::with_capacity(BATCH);
     let fd = ring.as_raw_fd();
     let log_fd = logger.as_ref().map_or(-1, kernel_log::logger_fd);
     loop {
@@ -520,13 +521,28 @@ fn consume(
             l.flush();
         }
         let req = flush.requested.load(Ordering::SeqCst);
-        while let Some(item) = ring.next() {
-            // Decoded, and what a join needs from the system found, before
-            // the routes are locked (a begin or an end waits for that lock).
-            let rec = decode::decode(&item, &clock, &host);
-            let joined = Joined::of(&rec, &host, ids.as_mut());
+        loop {
+            // A batch decoded, and what its joins need from the system
+            // found, before the routes are locked once for the batch (a
+            // begin or an end waits for that lock).
+            batch.clear();
+            while batch.len() < BATCH {
+                let Some(item) = ring.next() else { break };
+                let rec = decode::decode(&item, &clock, &host);
+                let joined = Joined::of(&rec, &host, ids.as_mut());
+                let header_step = item
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_ne_bytes);
+                batch.push((rec, header_step, joined));
+            }
+            if batch.is_empty() {
+                break;
+            }
             let routes = routes.read().unwrap_or_else(|e| e.into_inner());
-            route(rec, &item, &routes, &host, joined);
+            for (rec, header_step, joined) in batch.drain(..) {
+                route(rec, header_step, &routes, &host, joined);
+            }
         }
         {
             let mut done = flush.done.lock().unwrap_or_else(|e| e.into_inner());
@@ -626,9 +642,15 @@ impl Joined {
     }
 }
 
+/// Records routed under one lock of the routes, at most.
+const BATCH: usize = 256;
+
+/// Routes one decoded record; `header_step` is the step cgroup id of the
+/// record's header (bytes 16..24), when it has one, to count a malformed
+/// record against its step.
 fn route(
     rec: Result<Record, decode::DecodeError>,
-    bytes: &[u8],
+    header_step: Option<u64>,
     routes: &HashMap<u64, Route>,
     host: &Host,
     joined: Joined,
@@ -740,12 +762,8 @@ fn route(
         Err(e) => {
             tracing::warn!("dropping {e}");
             // Attribute to the step when the header is readable.
-            if bytes.len() >= 24 {
-                let mut id = [0u8; 8];
-                id.copy_from_slice(&bytes[16..24]);
-                if let Some(r) = routes.get(&u64::from_ne_bytes(id)) {
-                    r.counts.malformed.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(r) = header_step.and_then(|id| routes.get(&id)) {
+                r.counts.malformed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
