@@ -579,9 +579,10 @@ fn a_reused_pid_is_never_moved_into_a_users_step() {
     let wd = w.path().to_str().unwrap().to_string();
     let mut reused = false;
     for attempt in 0..8 {
-        // alice's short-lived process is the begin's target; the begin's
-        // material walk outlasts it.
-        let mut victim = sleeper(ALICE, g.gid, 1);
+        // alice's process is the begin's target; it is killed as soon as the
+        // daemon has pinned it, while the begin's material walk (2 GiB to
+        // hash) is still running.
+        let mut victim = sleeper(ALICE, g.gid, 300);
         let p = victim.id();
         let req = json!({"request": "begin-step", "step": format!("pidrace{attempt}"),
                          "pid": p, "workdir": wd});
@@ -594,6 +595,8 @@ fn a_reused_pid_is_never_moved_into_a_users_step() {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        wait_pinned(&d, p);
+        victim.kill().unwrap();
         victim.wait().unwrap();
         // As the reviewer did: make a root process take the checked pid.
         std::fs::write("/proc/sys/kernel/ns_last_pid", (p - 1).to_string()).unwrap();
@@ -619,6 +622,27 @@ fn a_reused_pid_is_never_moved_into_a_users_step() {
     assert!(reused, "no root process ever got the checked pid");
     let st = request_as(&d, Some((ALICE, g.gid)), &json!({"request": "status"}));
     assert_eq!(st["steps"], json!([]), "{st}");
+}
+
+/// Waits until the daemon holds a pidfd for `pid` (a `Pid:` line in the
+/// fdinfo of one of its descriptors).
+fn wait_pinned(d: &Daemon, pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let fds = format!("/proc/{}/fdinfo", d.pid());
+    let want = format!("Pid:\t{pid}");
+    loop {
+        let pinned = std::fs::read_dir(&fds).unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|s| s.lines().any(|l| l.trim_end() == want))
+        });
+        if pinned {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never pinned pid {pid}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The first envelope the daemon keeps (`kept/<uid>/`) whose name starts
