@@ -71,6 +71,16 @@ pub struct AttestorFlags {
     /// Local directory of the action [default: $GITHUB_ACTION_PATH].
     #[arg(long = "attestor-github-action-dir", value_name = "DIR")]
     pub github_action_dir: Option<PathBuf>,
+    /// Also sign the slsa attestor's provenance as its own in-toto
+    /// Statement v1 envelope, written next to -o as `<OUT>-slsa.json`
+    /// (implies -a slsa).
+    #[arg(long = "attestor-slsa-export")]
+    pub slsa_export: bool,
+    /// Run only the attestors given with -a (and command-run, material,
+    /// product), not those the trace calls for (a traced `ruff` or
+    /// `cyclonedx-py` selects sarif or sbom).
+    #[arg(long = "no-auto-attestors")]
+    pub no_auto_attestors: bool,
 }
 
 impl Default for AttestorFlags {
@@ -93,6 +103,8 @@ impl Default for AttestorFlags {
             gitlab_token_env: None,
             github_action_ref: None,
             github_action_dir: None,
+            slsa_export: false,
+            no_auto_attestors: false,
         }
     }
 }
@@ -128,6 +140,8 @@ impl AttestorFlags {
             github_token_env: self.github_token_env.clone(),
             gitlab_token_env: self.gitlab_token_env.clone(),
             github_action_ref: self.github_action_ref.clone(),
+            slsa_export: self.slsa_export,
+            no_auto_select: self.no_auto_attestors,
             // The daemon needs an absolute path (it does not know our cwd).
             github_action_dir: self
                 .github_action_dir

@@ -472,6 +472,15 @@ pub struct TraceInfo {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub skipped_attestors: Vec<super::lifecycle::SkippedAttestor>,
+    /// Attestors beyond command-run, material and product that ran, and
+    /// why: `requested` (`-a`), or the traced program and catalogue entry
+    /// that called for it.
+    #[serde(
+        default,
+        rename = "selectedAttestors",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub selected_attestors: Vec<super::selection::SelectedAttestor>,
     /// The top-level command-run fields (`cmd`, `exitcode`, `stdout`,
     /// `stderr`) whose values the tracer observed itself. A field not
     /// listed is empty (`exitcode`: [`EXITCODE_UNKNOWN`]); see `unobserved`

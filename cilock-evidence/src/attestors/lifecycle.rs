@@ -1,7 +1,8 @@
 //! Runs the attestors around a command or a step, in Witness's stage order:
-//! prematerial (environment, git, github, gitlab), material, execute (the
-//! caller's command-run, then github-action), product, postproduct
-//! (secretscan).
+//! prematerial (environment, git, github, gitlab, lockfiles,
+//! system-packages), material, execute (the caller's command-run, then
+//! github-action), product, postproduct ([`POST_PRODUCT`] in that order, then
+//! secretscan last so it masks what they recorded).
 //!
 //! ```text
 //! let mut lc = Lifecycle::new(&names, opts)?;
@@ -16,8 +17,11 @@
 //! `Lifecycle` built with the same names and options.
 //!
 //! command-run, material and product always run. A CI attestor requested
-//! outside its CI (github, gitlab, github-action) is not recorded; the
-//! reason is kept in [`Lifecycle::skipped`].
+//! outside its CI (github, gitlab, github-action) is not recorded, nor is
+//! one whose input is absent (no SBOM among the products, …); the reason is
+//! kept in [`Lifecycle::skipped`]. Post-product attestors also run when the
+//! trace calls for them ([`super::selection`]); why each ran is kept in
+//! [`Lifecycle::selected`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +37,7 @@ use super::gitlab::GitLabAttestor;
 use super::material::MaterialAttestor;
 use super::product::ProductAttestor;
 use super::secretscan::{SecretScanAttestor, SecretScanOptions};
+use super::selection::{self, SelectedAttestor};
 use super::{run_one, AttestError, AttestationContext, Attestor};
 use crate::digest::{DigestSet, HashAlg};
 
@@ -47,7 +52,59 @@ pub const VALID_ATTESTORS: &[&str] = &[
     "github-action",
     "gitlab",
     "secretscan",
+    "lockfiles",
+    "system-packages",
+    "sbom",
+    "sarif",
+    "oci",
+    "link",
+    "falco",
+    "kube-bench",
+    "prowler",
+    "testssl",
+    "slsa",
 ];
+
+/// Prematerial attestors built by [`build`], in run order (after the CI
+/// ones).
+pub const PRE_MATERIAL: &[&str] = &["lockfiles", "system-packages"];
+
+/// Postproduct attestors built by [`build`], in run order; secretscan runs
+/// after them. slsa is last: it reads what the others recorded.
+pub const POST_PRODUCT: &[&str] = &[
+    "oci",
+    "sbom",
+    "sarif",
+    "falco",
+    "kube-bench",
+    "prowler",
+    "testssl",
+    "link",
+    "slsa",
+];
+
+/// The attestor named `name` (one of [`PRE_MATERIAL`] or [`POST_PRODUCT`]).
+pub fn build(name: &str, opts: &AttestorOptions) -> Result<Box<dyn Attestor>, AttestError> {
+    use super::scanners;
+    Ok(match name {
+        "lockfiles" => Box::new(super::lockfiles::LockfilesAttestor::new(opts)?),
+        "system-packages" => Box::new(super::system_packages::SystemPackagesAttestor::new(opts)?),
+        "oci" => Box::new(super::oci::OciAttestor::new(opts)?),
+        "sbom" => Box::new(super::sbom::SbomAttestor::new(opts)?),
+        "sarif" => Box::new(super::sarif::SarifAttestor::new(opts)?),
+        "falco" => Box::new(scanners::falco::FalcoAttestor::new(opts)?),
+        "kube-bench" => Box::new(scanners::kube_bench::KubeBenchAttestor::new(opts)?),
+        "prowler" => Box::new(scanners::prowler::ProwlerAttestor::new(opts)?),
+        "testssl" => Box::new(scanners::testssl::TestsslAttestor::new(opts)?),
+        "link" => Box::new(super::link::LinkAttestor::new(opts)?),
+        "slsa" => Box::new(super::slsa::SlsaAttestor::new(opts)?),
+        _ => {
+            return Err(AttestError::Invalid(format!(
+                "attestor {name:?} is not built by the lifecycle"
+            )))
+        }
+    })
+}
 
 /// Attestors that always run.
 pub const ALWAYS_RUN: &[&str] = &["command-run", "material", "product"];
@@ -83,6 +140,12 @@ pub struct AttestorOptions {
     pub github_action_ref: Option<String>,
     /// Local directory of the action (default `GITHUB_ACTION_PATH`).
     pub github_action_dir: Option<PathBuf>,
+    /// slsa: also sign the provenance as its own in-toto Statement v1
+    /// envelope (`--attestor-slsa-export`, written next to `-o` with the
+    /// `-slsa.json` suffix).
+    pub slsa_export: bool,
+    /// Do not run attestors the trace calls for (only `-a` ones).
+    pub no_auto_select: bool,
 }
 
 impl Default for AttestorOptions {
@@ -99,6 +162,8 @@ impl Default for AttestorOptions {
             gitlab_token_env: None,
             github_action_ref: None,
             github_action_dir: None,
+            slsa_export: false,
+            no_auto_select: false,
         }
     }
 }
@@ -136,6 +201,49 @@ impl AttestorOptions {
     }
 }
 
+const REQUESTED_REASON: &str = selection::REQUESTED;
+
+/// Runs `a`; an [`AttestError::Absent`] is listed in `skipped`, a success
+/// in `selected` with `reason`.
+fn run_recorded(
+    ctx: &mut AttestationContext,
+    a: &mut dyn Attestor,
+    reason: &str,
+    skipped: &mut Vec<SkippedAttestor>,
+    selected: &mut Vec<SelectedAttestor>,
+) -> Result<(), AttestError> {
+    match run_one(ctx, a) {
+        Ok(()) => {
+            selected.push(SelectedAttestor {
+                name: a.name().to_string(),
+                reason: reason.to_string(),
+            });
+            Ok(())
+        }
+        Err(AttestError::Absent(why)) => {
+            skipped.push(SkippedAttestor {
+                name: a.name().to_string(),
+                reason: if reason == REQUESTED_REASON {
+                    why
+                } else {
+                    format!("{why} ({reason})")
+                },
+            });
+            Ok(())
+        }
+        // One the trace called for must not fail a step that did not ask
+        // for it: its error is listed instead.
+        Err(e) if reason != REQUESTED_REASON && !matches!(e, AttestError::Failed(_)) => {
+            skipped.push(SkippedAttestor {
+                name: a.name().to_string(),
+                reason: format!("{e} ({reason})"),
+            });
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// An attestor that was requested but not recorded, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedAttestor {
@@ -155,12 +263,16 @@ pub struct LifecycleState {
     pub materials: Option<BTreeMap<String, DigestSet>>,
     /// Attestors `before()` did not record, and why.
     pub skipped: Vec<SkippedAttestor>,
+    /// Attestors `before()` ran, and why.
+    pub selected: Vec<SelectedAttestor>,
 }
 
 /// The attestors of one step, run in stage order.
 pub struct Lifecycle {
     hashes: Vec<HashAlg>,
     requested: Vec<String>,
+    opts: AttestorOptions,
+    pre: Vec<Box<dyn Attestor>>,
     environment: Option<EnvironmentAttestor>,
     git: Option<GitAttestor>,
     github: Option<GitHubAttestor>,
@@ -170,6 +282,7 @@ pub struct Lifecycle {
     product: ProductAttestor,
     secretscan: Option<SecretScanAttestor>,
     skipped: Vec<SkippedAttestor>,
+    selected: Vec<SelectedAttestor>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -203,10 +316,23 @@ impl Lifecycle {
                 requested.push(n.to_string());
             }
         }
+        if opts.slsa_export && !requested.iter().any(|r| r == "slsa") {
+            requested.push("slsa".to_string());
+        }
         let hashes = opts.hash_algs()?;
         let filter = SensitiveEnvFilter::new(&opts.env)?;
         let has = |n: &str| requested.iter().any(|r| r == n);
+        let mut pre = Vec::new();
+        for n in PRE_MATERIAL.iter().filter(|n| has(n)) {
+            pre.push(build(n, &opts)?);
+        }
+        // Post-product attestors are built in after() (the trace may call
+        // for more); a bad option must fail here, before anything runs.
+        for n in POST_PRODUCT.iter().filter(|n| has(n)) {
+            build(n, &opts)?;
+        }
         Ok(Lifecycle {
+            pre,
             environment: if has("environment") {
                 Some(EnvironmentAttestor::new(&opts.env)?)
             } else {
@@ -236,7 +362,9 @@ impl Lifecycle {
                 .then(|| SecretScanAttestor::new(opts.secretscan.clone(), filter.clone())),
             hashes,
             requested,
+            opts,
             skipped: Vec::new(),
+            selected: Vec::new(),
         })
     }
 
@@ -255,11 +383,18 @@ impl Lifecycle {
         &self.skipped
     }
 
+    /// Attestors beyond command-run, material and product that ran, and
+    /// why (requested, or called for by the trace).
+    pub fn selected(&self) -> &[SelectedAttestor] {
+        &self.selected
+    }
+
     /// What `after()` needs from `before()` (see [`Lifecycle::resume`]).
     pub fn state(&self) -> LifecycleState {
         LifecycleState {
             materials: self.material.snapshot().map(|s| s.files.clone()),
             skipped: self.skipped.clone(),
+            selected: self.selected.clone(),
         }
     }
 
@@ -270,6 +405,7 @@ impl Lifecycle {
             self.product.set_materials(m);
         }
         self.skipped = state.skipped;
+        self.selected = state.selected;
     }
 
     /// The `(secret, rule)` strings secretscan masked in the other
@@ -336,6 +472,15 @@ impl Lifecycle {
                 });
             }
         }
+        for a in self.pre.iter_mut() {
+            run_recorded(
+                ctx,
+                a.as_mut(),
+                REQUESTED_REASON,
+                &mut self.skipped,
+                &mut self.selected,
+            )?;
+        }
         run_one(ctx, &mut self.material)?;
         Ok(())
     }
@@ -361,6 +506,28 @@ impl Lifecycle {
             self.product.set_materials(snap.files.clone());
         }
         run_one(ctx, &mut self.product)?;
+        let auto = if self.opts.no_auto_select {
+            Vec::new()
+        } else {
+            selection::select(ctx.completed_json(super::command_run::NAME))
+        };
+        for n in POST_PRODUCT {
+            let reason = if self.requested.iter().any(|r| r == n) {
+                REQUESTED_REASON.to_string()
+            } else if let Some(s) = auto.iter().find(|s| s.name == *n) {
+                s.reason.clone()
+            } else {
+                continue;
+            };
+            let mut a = build(n, &self.opts)?;
+            run_recorded(
+                ctx,
+                a.as_mut(),
+                &reason,
+                &mut self.skipped,
+                &mut self.selected,
+            )?;
+        }
         if let Some(s) = self.secretscan.as_mut() {
             run_one(ctx, s)?;
             s.redact_completed(ctx);

@@ -50,6 +50,11 @@ pub enum AttestError {
     /// secretscan with fail-on-detection).
     #[error("{0}")]
     Failed(String),
+    /// What the attestor records is not there (no SBOM among the products,
+    /// no lockfile in the working directory, …): it is not recorded, and
+    /// the lifecycle lists it as skipped with this reason. Not an error.
+    #[error("{0}")]
+    Absent(String),
 }
 
 /// What attestors share while a step is attested.
@@ -197,7 +202,17 @@ pub mod github;
 pub mod github_action;
 pub mod gitlab;
 pub mod lifecycle;
+pub mod link;
+pub mod lockfiles;
 pub mod material;
+pub mod oci;
 pub mod product;
+pub mod product_files;
 pub mod safeio;
+pub mod sarif;
+pub mod sbom;
+pub mod scanners;
 pub mod secretscan;
+pub mod selection;
+pub mod slsa;
+pub mod system_packages;

@@ -1,0 +1,59 @@
+//! The step's products, read back by the attestors that interpret them
+//! (sbom, sarif, oci, the scanners): the product attestation's list, and a
+//! product's bytes re-read beneath the working directory and checked
+//! against the digest the product attestor recorded, so an attestor never
+//! describes a file other than the one the subjects name.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd as _;
+use std::path::Path;
+
+use super::product::{self, Product};
+use super::safeio;
+use super::{AttestError, AttestationContext};
+use crate::digest::DigestSet;
+
+/// The products the product attestor recorded in `ctx` (relative path →
+/// product), empty when it has not run.
+pub fn products(ctx: &AttestationContext) -> Result<BTreeMap<String, Product>, AttestError> {
+    match ctx.completed_json(product::NAME) {
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| AttestError::Invalid(format!("cannot read the products: {e}"))),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+/// The bytes of product `rel` (at most `max`), re-read beneath the working
+/// directory and checked against `recorded`. Errors name the reason: not a
+/// regular file, larger than `max`, changed since the product attestor
+/// hashed it.
+pub fn read_product(
+    ctx: &AttestationContext,
+    rel: &str,
+    recorded: &DigestSet,
+    max: u64,
+) -> Result<Vec<u8>, String> {
+    let dir = safeio::open_workdir(ctx).map_err(|e| e.to_string())?;
+    let fd = safeio::open_beneath(dir.as_fd(), Path::new(rel))
+        .map_err(|e| format!("{rel}: cannot open: {e}"))?;
+    let f = std::fs::File::from(fd);
+    let meta = safeio::require_regular(&f).map_err(|e| format!("{rel}: {e}"))?;
+    if meta.len() > max {
+        return Err(format!(
+            "{rel}: {} bytes, more than the {max}-byte limit",
+            meta.len()
+        ));
+    }
+    let (bytes, more) = safeio::read_capped_sized(&f, max, meta.len())
+        .map_err(|e| format!("{rel}: cannot read: {e}"))?;
+    if more {
+        return Err(format!("{rel}: grew past the {max}-byte limit while read"));
+    }
+    let now = DigestSet::from_bytes(&bytes, &ctx.hashes);
+    if !recorded.matches(&now) {
+        return Err(format!(
+            "{rel}: changed since the product attestor hashed it"
+        ));
+    }
+    Ok(bytes)
+}
