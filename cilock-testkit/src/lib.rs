@@ -18,6 +18,7 @@
 //! - [`docker`]: a private `dockerd` per test, its busybox image, cgroups.
 //! - [`podman`]: a throw-away user running rootless podman.
 //! - [`registry`]: a throw-away OCI registry (`docker-registry`).
+//! - [`pytools`]: PyPI tools (cyclonedx-py, ruff, in-toto-attestation) in a venv.
 //!
 //! The end-to-end tests need root, a cgroup2 mount, tracefs and BTF: the
 //! machine `cargo xtask setup` prepares. They fail (never skip) when those
@@ -33,6 +34,7 @@ pub mod net;
 pub mod pki;
 pub mod podman;
 pub mod programs;
+pub mod pytools;
 pub mod registry;
 pub mod step;
 pub mod strace;
