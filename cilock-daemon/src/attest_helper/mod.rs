@@ -70,7 +70,7 @@ pub use spawn::{HelperConfig, HelperError, Identity};
 /// Attestors of the "before" run, in stage order.
 pub const BEFORE_ATTESTORS: &[&str] = &["environment", "git", "github", "gitlab", "material"];
 /// Attestors of the "after" run, in stage order.
-pub const AFTER_ATTESTORS: &[&str] = &["github-action", "product", "secretscan"];
+pub const AFTER_ATTESTORS: &[&str] = &["github-action", "product", "slsa", "secretscan"];
 
 /// Subjects plus back-references one attestation may carry.
 pub const MAX_SUBJECTS: usize = 1 << 20;
@@ -135,6 +135,9 @@ pub struct Validated {
 pub fn expected_type(name: &str) -> String {
     match name {
         github_action::NAME => github_action::TYPE_URI.to_string(),
+        cilock_evidence::attestors::slsa::NAME => {
+            cilock_evidence::attestors::slsa::TYPE_URI.to_string()
+        }
         n => witness_type(n),
     }
 }
@@ -309,6 +312,7 @@ pub fn probe(
         completed: Vec::new(),
         hold_ms,
         step_writes: None,
+        step: String::new(),
     };
     let body = serde_json::to_vec(&req).map_err(|e| HelperError::Io(e.into()))?;
     let raw = spawn::run(cfg, who, workdir.map(|f| f.as_fd()), &body, on_spawn)?;
@@ -348,6 +352,7 @@ pub struct HelperStep {
     completed: Vec<CompletedAttestation>,
     state: LifecycleState,
     notes: Vec<String>,
+    step: String,
 }
 
 impl std::fmt::Debug for HelperStep {
@@ -399,6 +404,7 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         completed: Vec::new(),
         hold_ms: 0,
         step_writes: None,
+        step: String::new(),
     };
     let v = run_stage(
         spec.cfg,
@@ -429,6 +435,7 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         completed: v.attestations,
         state: v.state,
         notes: spec.notes,
+        step: String::new(),
     })
 }
 
@@ -447,6 +454,11 @@ impl HelperStep {
     /// What "after" will get from "before".
     pub fn state(&self) -> &LifecycleState {
         &self.state
+    }
+
+    /// Sets the step's name (given to the "after" run's attestors).
+    pub fn set_step(&mut self, name: &str) {
+        self.step = name.to_string();
     }
 
     /// The hash algorithms of the step.
@@ -491,6 +503,7 @@ impl HelperStep {
             completed: ctx.completed.iter().map(WireAttestation::from).collect(),
             hold_ms: 0,
             step_writes: Some(writes),
+            step: self.step,
         };
         let mut skipped = self.state.skipped.clone();
         let mut failure = None;

@@ -55,6 +55,11 @@ pub struct StepWrites {
     /// tracer could not record: a product there counts as written.
     #[serde(default)]
     pub paths: BTreeSet<String>,
+    /// Every absolute path a step process opened for writing (identity
+    /// known or not): the slsa attestor does not list what the step itself
+    /// wrote among its dependencies.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub written_paths: BTreeSet<String>,
 }
 
 impl StepWrites {

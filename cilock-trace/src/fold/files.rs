@@ -11,6 +11,7 @@ impl Recorder {
         let mut w = StepWrites::default();
         for p in &self.procs {
             for (path, rec) in p.opens.iter().filter(|(_, r)| r.wrote && r.opened) {
+                w.written_paths.insert(path.to_string());
                 match rec.write {
                     Some(id) if id.1 != 0 => {
                         w.files.insert(id);
