@@ -33,6 +33,9 @@ pub struct Received {
     pub header: EnvelopeHeader,
     /// The envelope, byte for byte as the daemon keeps it.
     pub bytes: Vec<u8>,
+    /// The SLSA provenance export envelope the daemon sent after it
+    /// (`--attestor-slsa-export`), if any.
+    pub slsa: Option<Vec<u8>>,
 }
 
 impl Received {
@@ -169,7 +172,32 @@ impl Client {
                             .unwrap_or_default()
                     )));
                 }
-                Ok(Received { header, bytes })
+                let mut slsa = None;
+                if header.slsa_bytes > 0 {
+                    if header.slsa_bytes > MAX_ENVELOPE {
+                        return Err(ClientError::Protocol(format!(
+                            "an SLSA export of {} bytes exceeds the {MAX_ENVELOPE}-byte limit",
+                            header.slsa_bytes
+                        )));
+                    }
+                    let mut b = Vec::with_capacity(header.slsa_bytes.min(64 << 20) as usize);
+                    let n = (&mut stream)
+                        .take(header.slsa_bytes)
+                        .read_to_end(&mut b)
+                        .map_err(|e| self.classify(e, timeout))?;
+                    if (n as u64) < header.slsa_bytes {
+                        return Err(ClientError::Protocol(format!(
+                            "the daemon hung up after {n} of {} SLSA export bytes",
+                            header.slsa_bytes
+                        )));
+                    }
+                    slsa = Some(b);
+                }
+                Ok(Received {
+                    header,
+                    bytes,
+                    slsa,
+                })
             }
             Reply::Ended {
                 envelope,
@@ -177,10 +205,18 @@ impl Client {
                 failure,
                 kept,
                 stored,
+                slsa_envelope,
+                slsa_error,
             } => {
                 let bytes = serde_json::to_vec(&envelope).map_err(|e| {
                     ClientError::Protocol(format!("cannot encode the envelope: {e}"))
                 })?;
+                let slsa = match &slsa_envelope {
+                    Some(v) => Some(serde_json::to_vec(v).map_err(|e| {
+                        ClientError::Protocol(format!("cannot encode the SLSA export: {e}"))
+                    })?),
+                    None => None,
+                };
                 let step = match req {
                     Request::EndStep(e) => e.step.clone(),
                     _ => String::new(),
@@ -198,8 +234,11 @@ impl Client {
                         lost_events,
                         failure,
                         stored,
+                        slsa_bytes: slsa.as_ref().map_or(0, |b| b.len() as u64),
+                        slsa_error,
                     },
                     bytes,
+                    slsa,
                 })
             }
             other => Err(ClientError::Protocol(format!(
@@ -416,6 +455,7 @@ mod tests {
                 ..Default::default()
             },
             bytes: bytes.clone(),
+            slsa: None,
         };
         let env = got.envelope().unwrap();
         assert_eq!(env.payload, b"{}");

@@ -163,6 +163,20 @@ pub struct EnvelopeHeader {
     /// (or is older).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stored: Vec<StoreOutcome>,
+    /// Length of the SLSA provenance export (`--attestor-slsa-export`: a
+    /// DSSE envelope of an in-toto Statement v1, signed by the daemon) that
+    /// follows the envelope's `bytes`; 0 when none follows. An older
+    /// client reads `bytes` and ignores the rest.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slsa_bytes: u64,
+    /// Why no SLSA provenance export follows although the step asked for
+    /// one (e.g. the step has no product to be its subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slsa_error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The daemon's push of a signed envelope to one store of its
@@ -232,6 +246,13 @@ pub enum Reply {
         /// The daemon's pushes to its stores ([`EnvelopeHeader::stored`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         stored: Vec<StoreOutcome>,
+        /// The SLSA provenance export envelope, when the step asked for
+        /// one ([`EnvelopeHeader::slsa_bytes`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slsa_envelope: Option<serde_json::Value>,
+        /// [`EnvelopeHeader::slsa_error`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slsa_error: Option<String>,
     },
     /// The request failed.
     Error(ApiError),

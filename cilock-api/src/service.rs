@@ -24,6 +24,9 @@ pub struct Outgoing {
     pub reply: Reply,
     /// Raw bytes after the frame (exactly the header's `bytes`).
     pub payload: Option<Payload>,
+    /// Raw bytes after the payload: the SLSA provenance export envelope
+    /// (exactly the header's `slsa_bytes`).
+    pub slsa: Option<Vec<u8>>,
 }
 
 impl From<Reply> for Outgoing {
@@ -31,6 +34,7 @@ impl From<Reply> for Outgoing {
         Outgoing {
             reply,
             payload: None,
+            slsa: None,
         }
     }
 }

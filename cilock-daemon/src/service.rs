@@ -13,8 +13,8 @@ use crate::attest_helper;
 use crate::cgroup::PidFd;
 use crate::engine::valid_step_name;
 use crate::engine::{
-    sign_statement, uid_of, EndSpec, Engine, EngineConfig, EngineError, Reap, StepOutcome,
-    StepSpec, HEARTBEAT_EVERY,
+    sign_slsa_export, sign_statement, uid_of, EndSpec, Engine, EngineConfig, EngineError, Reap,
+    StepOutcome, StepSpec, HEARTBEAT_EVERY,
 };
 use crate::kept::{KeptStore, ToKeep};
 use crate::unpushed::{Pusher, StoreSettings};
@@ -384,6 +384,16 @@ impl DaemonService {
         Ok((out, bytes, kept, stored))
     }
 
+    /// The SLSA provenance export of `out` when its step asked for one:
+    /// signed by the daemon's key (`Err`: why it cannot be made, logged).
+    fn slsa_export(&self, step: &str, out: &StepOutcome) -> Option<Result<Vec<u8>, String>> {
+        let r = sign_slsa_export(out, &self.signer)?.map(|e| e.to_json());
+        if let Err(e) = &r {
+            tracing::warn!(step = %step, uid = out.owner_uid, "no SLSA provenance export: {e}");
+        }
+        Some(r)
+    }
+
     fn header(
         out: &StepOutcome,
         step: &str,
@@ -401,6 +411,8 @@ impl DaemonService {
             lost_events: out.lost_events,
             failure: out.failure.clone(),
             stored,
+            slsa_bytes: 0,
+            slsa_error: None,
         }
     }
 }
@@ -562,12 +574,19 @@ impl cilock_api::StepService for DaemonService {
         }
         let envelope = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        let (slsa_envelope, slsa_error) = match self.slsa_export(&req.step, &out) {
+            Some(Ok(b)) => (serde_json::from_slice(&b).ok(), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
         Ok(Reply::Ended {
             envelope,
             lost_events: out.lost_events,
             failure: out.failure,
             kept: kept.map(|k| k.id),
             stored,
+            slsa_envelope,
+            slsa_error,
         })
     }
 
@@ -578,7 +597,18 @@ impl cilock_api::StepService for DaemonService {
                 tracing::warn!(step = %req.step, uid = out.owner_uid, id = %k.id, "the client hung up: attestation kept");
             }
         }
-        let header = Self::header(&out, &req.step, bytes.len(), kept.as_ref(), stored);
+        let mut header = Self::header(&out, &req.step, bytes.len(), kept.as_ref(), stored);
+        let slsa = match self.slsa_export(&req.step, &out) {
+            Some(Ok(b)) => {
+                header.slsa_bytes = b.len() as u64;
+                Some(b)
+            }
+            Some(Err(e)) => {
+                header.slsa_error = Some(e);
+                None
+            }
+            None => None,
+        };
         // Sent from the kept file: what the client gets is what is kept.
         let payload = kept
             .as_ref()
@@ -587,6 +617,7 @@ impl cilock_api::StepService for DaemonService {
         Ok(Outgoing {
             reply: Reply::Envelope(header),
             payload: Some(payload),
+            slsa,
         })
     }
 
@@ -686,8 +717,11 @@ impl cilock_api::StepService for DaemonService {
                 lost_events: k.lost_events,
                 failure: k.failure.clone(),
                 stored: Vec::new(),
+                slsa_bytes: 0,
+                slsa_error: None,
             }),
             payload: Some(Payload::File(file)),
+            slsa: None,
         })
     }
 

@@ -200,3 +200,35 @@ pub fn keep_fallback(step: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("writing {}", p.display()))?;
     Ok(p)
 }
+
+/// Where the SLSA provenance export of `-o OUT` goes (Witness's rule:
+/// `OUT-slsa.json`, e.g. `out.json-slsa.json`).
+pub fn slsa_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_os_string();
+    s.push("-slsa.json");
+    PathBuf::from(s)
+}
+
+/// Refuses `--attestor-slsa-export` with `-o -` (the export needs a file
+/// next to `-o`), and a `-o` whose export file cannot be created, before
+/// anything runs.
+pub fn check_slsa_export(export: bool, out: &Path) -> anyhow::Result<()> {
+    if !export {
+        return Ok(());
+    }
+    if out.as_os_str() == "-" {
+        bail!("--attestor-slsa-export writes the SLSA provenance next to -o (OUT-slsa.json): it cannot be used with -o - (standard output); give -o FILE");
+    }
+    // Prepared and dropped: the temporary file is removed.
+    Outfile::prepare(&slsa_path(out))
+        .map(drop)
+        .context("--attestor-slsa-export")
+}
+
+/// Writes the SLSA provenance export envelope next to `out` and returns
+/// where.
+pub fn write_slsa(out: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    let p = slsa_path(out);
+    Outfile::prepare(&p)?.commit(bytes)?;
+    Ok(p)
+}

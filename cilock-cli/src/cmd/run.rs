@@ -57,6 +57,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
     }
     // Refuse a bad -o, unknown attestors or hashes before anything runs
     // (and before the 1–2 s of an eBPF probe load).
+    output::check_slsa_export(a.attestor_flags.slsa_export, &a.outfile)?;
     let out = output::Outfile::prepare(&a.outfile)?;
     cilock_evidence::attestors::lifecycle::Lifecycle::new(
         &a.attestations,
@@ -123,6 +124,9 @@ struct Ran {
     failure: Option<String>,
     /// Every push to a store (`--store`, the daemon's) succeeded.
     stored: bool,
+    /// `--attestor-slsa-export` was asked for and its file not written:
+    /// why.
+    slsa_unwritten: Option<String>,
 }
 
 /// The exit of a run: 128+signal when cilock was interrupted, else the
@@ -136,11 +140,16 @@ fn after_run(r: anyhow::Result<Ran>, code_if_err: i32, sig: &Interrupts) -> anyh
             if let Some(f) = &ran.failure {
                 eprintln!("cilock: step failed: {f}");
             }
-            Ok(exit_byte(interrupted.unwrap_or(store::step_status(
-                ran.code,
-                ran.failure.is_some(),
-                ran.stored,
-            ))))
+            let mut status = store::step_status(ran.code, ran.failure.is_some(), ran.stored);
+            if let Some(why) = &ran.slsa_unwritten {
+                eprintln!(
+                    "cilock: error: --attestor-slsa-export: no SLSA provenance written: {why}"
+                );
+                if status == 0 {
+                    status = 2;
+                }
+            }
+            Ok(exit_byte(interrupted.unwrap_or(status)))
         }
         Err(e) => {
             eprintln!(
@@ -253,13 +262,47 @@ fn via_daemon(
             written.as_deref(),
             &a.step,
         );
+        let slsa_unwritten = if a.attestor_flags.slsa_export {
+            write_daemon_slsa(&got, signer, &a.outfile).err()
+        } else {
+            None
+        };
         Ok(Ran {
             code,
             failure: got.header.failure.clone(),
             stored,
+            slsa_unwritten,
         })
     })();
     after_run(r, code, sig)
+}
+
+/// Writes the SLSA provenance export the daemon sent (co-signed with
+/// `-k` like the main envelope) next to `-o`; `Err`: why it is not
+/// written.
+pub(crate) fn write_daemon_slsa(
+    got: &client::Received,
+    signer: Option<&Signer>,
+    outfile: &std::path::Path,
+) -> Result<(), String> {
+    let Some(b) = &got.slsa else {
+        return Err(got.header.slsa_error.clone().unwrap_or_else(|| {
+            "the daemon sent none (a cilock-daemon older than this cilock?)".to_string()
+        }));
+    };
+    if outfile.as_os_str() == "-" {
+        return Err("-o - (standard output) has no file to write it next to".into());
+    }
+    let env = dsse::Envelope::from_json(b)
+        .map_err(|e| format!("the daemon's SLSA export is not a DSSE envelope: {e}"))?;
+    let (bytes, keyids) = cosign(env, signer).map_err(|e| format!("{e:#}"))?;
+    let p = output::write_slsa(outfile, &bytes).map_err(|e| format!("{e:#}"))?;
+    eprintln!(
+        "cilock: SLSA provenance (in-toto Statement v1) written to {} (signed by {})",
+        p.display(),
+        keyids.join(", ")
+    );
+    Ok(())
 }
 
 /// The daemon's envelope, with the `-k` key's signature added beside the

@@ -90,7 +90,19 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
         let _ = writeln!(err, "cilock: step failed: {f}");
     }
     // 0, 1 or 3: the status of the step's command is not cilock's here.
-    let status = store::step_status(0, got.header.failure.is_some(), stored);
+    let mut status = store::step_status(0, got.header.failure.is_some(), stored);
+    // The step's options (at begin) asked for the SLSA provenance export.
+    if got.slsa.is_some() || got.header.slsa_error.is_some() {
+        if let Err(why) = crate::cmd::run::write_daemon_slsa(&got, None, &a.outfile) {
+            let _ = writeln!(
+                err,
+                "cilock: error: --attestor-slsa-export: no SLSA provenance written: {why}"
+            );
+            if status == 0 {
+                status = 2;
+            }
+        }
+    }
     Ok(status as u8)
 }
 

@@ -456,6 +456,11 @@ impl HelperStep {
         &self.state
     }
 
+    /// The attestor options of the step.
+    pub fn options(&self) -> &AttestorOptions {
+        &self.options
+    }
+
     /// Sets the step's name (given to the "after" run's attestors).
     pub fn set_step(&mut self, name: &str) {
         self.step = name.to_string();

@@ -15,7 +15,7 @@ use cilock_evidence::dsse::{self, Envelope};
 use cilock_evidence::intoto::{Statement, PAYLOAD_TYPE};
 use cilock_evidence::keys::Signer;
 
-use super::{EndSpec, EngineError, StepSpec};
+use super::{EndSpec, EngineError, StepOutcome, StepSpec};
 use crate::attest_helper::HelperStep;
 use crate::backend::{CaptureInfo, EventCounts};
 
@@ -33,6 +33,16 @@ pub(super) enum Attest {
     },
     /// In an unprivileged helper process per stage (the daemon).
     Helper(HelperStep),
+}
+
+impl Attest {
+    /// The step asked for the SLSA provenance export.
+    pub(super) fn slsa_export(&self) -> bool {
+        match self {
+            Attest::InProcess { lifecycle, .. } => lifecycle.options().slsa_export,
+            Attest::Helper(h) => h.options().slsa_export,
+        }
+    }
 }
 
 /// Puts what the Docker API proxy recorded for the step into command-run
@@ -198,6 +208,23 @@ pub fn sign_statement(
 ) -> Result<Envelope, EngineError> {
     let payload = serde_json::to_vec(statement)?;
     Ok(dsse::sign(PAYLOAD_TYPE, payload, signer)?)
+}
+
+/// The SLSA provenance export of a step that asked for it
+/// (`--attestor-slsa-export`): the in-toto Statement v1 derived from its
+/// collection statement, signed by `signer`. `None` when not asked for;
+/// `Some(Err(why))` when it cannot be made (no product to be its subject,
+/// the slsa attestor was skipped).
+pub fn sign_slsa_export(out: &StepOutcome, signer: &Signer) -> Option<Result<Envelope, String>> {
+    if !out.slsa_export {
+        return None;
+    }
+    Some((|| {
+        let st = cilock_evidence::attestors::slsa::export_statement(&out.statement)
+            .map_err(|e| e.to_string())?;
+        let payload = serde_json::to_vec(&st).map_err(|e| e.to_string())?;
+        dsse::sign(PAYLOAD_TYPE, payload, signer).map_err(|e| e.to_string())
+    })())
 }
 
 /// Fills the trace fields that say how the step was captured

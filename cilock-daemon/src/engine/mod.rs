@@ -54,9 +54,9 @@ mod kill;
 mod records;
 mod step;
 
-pub use attest::sign_statement;
 pub(crate) use attest::CommandRunAttestor;
 use attest::{in_process_before, Attest};
+pub use attest::{sign_slsa_export, sign_statement};
 use records::{recover, warn_foreign};
 pub use records::{InterruptedStep, HEARTBEAT_EVERY};
 use step::Step;
@@ -334,6 +334,10 @@ pub struct StepOutcome {
     /// attestation is kept, so a daemon dying in between leaves the step to
     /// the next one instead of losing it.
     pub record: Option<PathBuf>,
+    /// The step asked for the SLSA provenance export
+    /// (`--attestor-slsa-export`): whoever signs the statement also signs
+    /// [`cilock_evidence::attestors::slsa::export_statement`] of it.
+    pub slsa_export: bool,
 }
 
 /// The tracing engine: one per daemon (or per `cilock run` without one).

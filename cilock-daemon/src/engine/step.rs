@@ -72,6 +72,7 @@ impl PendingStep {
     /// Hashes what was opened, runs the remaining attestors and builds the
     /// statement.
     pub fn finish(mut self, cache: &DigestCache, end: EndSpec) -> Result<StepOutcome, EngineError> {
+        let slsa_export = self.attest.slsa_export();
         let algs = match &self.attest {
             Attest::InProcess { ctx, .. } => ctx.hashes.clone(),
             Attest::Helper(h) => h.hashes().to_vec(),
@@ -145,6 +146,7 @@ impl PendingStep {
             owner_uid: 0,
             ended_by,
             record: None,
+            slsa_export,
         })
     }
 }

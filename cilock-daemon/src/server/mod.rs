@@ -880,7 +880,11 @@ async fn deliver(
     stream: &mut UnixStream,
     out: Outgoing,
 ) -> bool {
-    let Outgoing { reply, payload } = out;
+    let Outgoing {
+        reply,
+        payload,
+        slsa,
+    } = out;
     let Some(payload) = payload else {
         return deliver_reply(ctx, peer, step, stream, reply).await;
     };
@@ -893,12 +897,30 @@ async fn deliver(
         undelivered(peer, &header, &format!("sending the reply failed: {e}"));
         return false;
     }
-    match send_payload(stream, payload, header.bytes, ctx.write_timeout).await {
-        Ok(()) => true,
-        Err(e) => {
-            undelivered(peer, &header, &format!("sending the envelope failed: {e}"));
-            false
+    if let Err(e) = send_payload(stream, payload, header.bytes, ctx.write_timeout).await {
+        undelivered(peer, &header, &format!("sending the envelope failed: {e}"));
+        return false;
+    }
+    match slsa {
+        Some(b) if header.slsa_bytes == b.len() as u64 => {
+            match send_payload(
+                stream,
+                Payload::Bytes(b),
+                header.slsa_bytes,
+                ctx.write_timeout,
+            )
+            .await
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    // The main envelope was sent; an older client does not
+                    // read the export and may have closed the connection.
+                    warn!(uid = peer.uid, step = %header.step, "the SLSA provenance export was not delivered: {e}");
+                    false
+                }
+            }
         }
+        _ => true,
     }
 }
 

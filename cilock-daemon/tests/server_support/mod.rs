@@ -95,6 +95,8 @@ impl StepService for StandInService {
             failure: None,
             kept: None,
             stored: Vec::new(),
+            slsa_envelope: None,
+            slsa_error: None,
         })
     }
 
@@ -122,6 +124,7 @@ impl StepService for StandInService {
                 ..Default::default()
             }),
             payload: Some(Payload::File(f)),
+            slsa: None,
         })
     }
 }

@@ -373,6 +373,11 @@ impl Lifecycle {
         &self.requested
     }
 
+    /// The attestor options.
+    pub fn options(&self) -> &AttestorOptions {
+        &self.opts
+    }
+
     /// The hash algorithms in use.
     pub fn hashes(&self) -> &[HashAlg] {
         &self.hashes
