@@ -39,6 +39,8 @@ mod run;
 mod run_descendants;
 /// CI/lock's secretscan policy applied to a stealer-style step.
 mod secretscan_policy;
+/// Issue #17: SLSA provenance v1 and its Statement v1 export.
+mod slsa;
 /// A replay of the March 2026 credential-stealer pattern.
 mod stealer;
 /// Processes leaving and joining a step's cgroup.
