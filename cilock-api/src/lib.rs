@@ -20,7 +20,8 @@
 //! [`DEFAULT_MAX_REQUEST`]) and replies over [`MAX_MESSAGE`] are refused.
 //! One exception: a [`Reply::Envelope`] frame is followed by exactly its
 //! header's `bytes` raw bytes (the signed envelope, of any size), outside
-//! any frame.
+//! any frame, then its `slsa_bytes` raw bytes (the SLSA provenance export
+//! envelope, when the step asked for one; 0 otherwise).
 
 #![deny(missing_docs)]
 

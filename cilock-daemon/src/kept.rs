@@ -16,6 +16,11 @@
 //! envelope is always kept; to make room the oldest ones of that uid are
 //! deleted, each with a warning in the daemon's log naming the step, id and
 //! reason. Nothing is deleted without such a line.
+//!
+//! A step that asked for the SLSA provenance export
+//! (`--attestor-slsa-export`) has it kept beside its envelope as
+//! `<id>.slsa` (the export's DSSE envelope), sent after the envelope by a
+//! fetch and deleted with it.
 
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
@@ -139,6 +144,32 @@ impl KeptStore {
 
     fn user_dir(&self, uid: u32) -> PathBuf {
         self.root.join(uid.to_string())
+    }
+
+    /// Keeps the SLSA provenance export of the kept envelope `id` of `uid`
+    /// beside it (`<id>.slsa`).
+    pub fn put_slsa(&self, uid: u32, id: &str, bytes: &[u8]) -> io::Result<()> {
+        if !valid_id(id) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid id"));
+        }
+        let _g = self.guard();
+        write_new(&self.user_dir(uid), &format!("{id}.slsa"), bytes)
+    }
+
+    /// The SLSA provenance export kept beside `id` of `uid`, if any (at
+    /// most `max` bytes; a larger one is an error).
+    pub fn slsa(&self, uid: u32, id: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        match read_bounded(&self.user_dir(uid).join(format!("{id}.slsa")), max + 1) {
+            Ok(b) if b.len() as u64 > max => Err(io::Error::other(format!(
+                "the kept SLSA export of {id} is larger than {max} bytes"
+            ))),
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Where the envelope `id` of `uid` is (whether or not it exists).
@@ -300,6 +331,7 @@ impl KeptStore {
             Err(e) => Err(e),
         };
         let _ = std::fs::remove_file(dir.join(format!("{id}.meta")));
+        let _ = std::fs::remove_file(dir.join(format!("{id}.slsa")));
         r
     }
 
@@ -333,6 +365,7 @@ impl KeptStore {
                 .unwrap_or(false);
             let orphan = n
                 .strip_suffix(".meta")
+                .or_else(|| n.strip_suffix(".slsa"))
                 .is_some_and(|id| !dir.join(format!("{id}.json")).exists());
             if stale && (n.starts_with(".tmp.") || orphan) {
                 let _ = std::fs::remove_file(e.path());
@@ -477,7 +510,19 @@ mod tests {
         // The oldest went first.
         assert!(s.find(1000, &a.id).is_none());
         let last = s.list(Some(1000)).pop().unwrap();
+        // An SLSA export beside it: not listed, read back, deleted with it.
+        assert_eq!(s.slsa(1000, &last.id, 100).unwrap(), None);
+        s.put_slsa(1000, &last.id, b"{\"slsa\":1}").unwrap();
+        assert_eq!(s.list(Some(1000)).len(), MAX_KEPT_PER_USER);
+        assert_eq!(
+            s.slsa(1000, &last.id, 100).unwrap().as_deref(),
+            Some(&b"{\"slsa\":1}"[..])
+        );
+        assert!(s.slsa(1000, &last.id, 3).is_err());
+        let slsa_file = s.path(1000, &last.id).with_extension("slsa");
+        assert!(slsa_file.exists());
         assert!(s.remove(1000, &last.id).unwrap());
+        assert!(!slsa_file.exists());
         assert!(!s.remove(1000, &last.id).unwrap());
     }
 }

@@ -180,8 +180,12 @@ impl DaemonService {
                 sign_statement(&o.statement, &self.signer).map(|env| (o, env.to_json()))
             }) {
                 Ok((o, bytes)) => {
+                    let slsa = self.slsa_export(&name, &o);
                     match self.keep_outcome(&name, &o, &bytes) {
                         Ok((k, p)) => {
+                            if let Some(Ok(b)) = &slsa {
+                                self.keep_slsa(&name, o.owner_uid, &k, b);
+                            }
                             tracing::warn!(step = %name, uid = o.owner_uid, id = %k.id, file = %p.display(), "attestation of an unended step kept")
                         }
                         Err(e) => {
@@ -370,9 +374,19 @@ impl DaemonService {
         &self,
         peer: Peer,
         req: &EndStep,
-    ) -> Result<(StepOutcome, Vec<u8>, Option<KeptInfo>, Vec<StoreOutcome>), ApiError> {
+    ) -> Result<
+        (
+            StepOutcome,
+            Vec<u8>,
+            Option<KeptInfo>,
+            Vec<StoreOutcome>,
+            Option<Result<Vec<u8>, String>>,
+        ),
+        ApiError,
+    > {
         let out = self.end_outcome(peer, req)?;
         let bytes = sign_statement(&out.statement, &self.signer)?.to_json();
+        let slsa = self.slsa_export(&req.step, &out);
         let kept = match self.keep_outcome(&req.step, &out, &bytes) {
             Ok((k, _)) => Some(k),
             Err(e) => {
@@ -380,8 +394,19 @@ impl DaemonService {
                 None
             }
         };
+        if let (Some(k), Some(Ok(b))) = (&kept, &slsa) {
+            self.keep_slsa(&req.step, out.owner_uid, k, b);
+        }
         let stored = self.pusher.push(out.owner_uid, &req.step, &bytes);
-        Ok((out, bytes, kept, stored))
+        Ok((out, bytes, kept, stored, slsa))
+    }
+
+    /// Keeps the SLSA export beside the kept envelope `k` (logged when it
+    /// cannot be: the reply is then its only copy).
+    fn keep_slsa(&self, step: &str, owner: u32, k: &KeptInfo, bytes: &[u8]) {
+        if let Err(e) = self.store.put_slsa(owner, &k.id, bytes) {
+            tracing::error!(step = %step, uid = owner, id = %k.id, "cannot keep the SLSA provenance export beside its attestation: {e}");
+        }
     }
 
     /// The SLSA provenance export of `out` when its step asked for one:
@@ -539,7 +564,7 @@ impl cilock_api::StepService for DaemonService {
     }
 
     fn end(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Reply, ApiError> {
-        let (out, bytes, kept, stored) = self.end_and_keep(peer, &req)?;
+        let (out, bytes, kept, stored, slsa) = self.end_and_keep(peer, &req)?;
         // Evidence is never dropped: it stays kept when it cannot be returned.
         let why = if cx.client_gone() {
             Some("the client hung up".to_string())
@@ -574,7 +599,7 @@ impl cilock_api::StepService for DaemonService {
         }
         let envelope = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-        let (slsa_envelope, slsa_error) = match self.slsa_export(&req.step, &out) {
+        let (slsa_envelope, slsa_error) = match slsa {
             Some(Ok(b)) => (serde_json::from_slice(&b).ok(), None),
             Some(Err(e)) => (None, Some(e)),
             None => (None, None),
@@ -591,14 +616,14 @@ impl cilock_api::StepService for DaemonService {
     }
 
     fn end_stream(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Outgoing, ApiError> {
-        let (out, bytes, kept, stored) = self.end_and_keep(peer, &req)?;
+        let (out, bytes, kept, stored, slsa) = self.end_and_keep(peer, &req)?;
         if cx.client_gone() {
             if let Some(k) = &kept {
                 tracing::warn!(step = %req.step, uid = out.owner_uid, id = %k.id, "the client hung up: attestation kept");
             }
         }
         let mut header = Self::header(&out, &req.step, bytes.len(), kept.as_ref(), stored);
-        let slsa = match self.slsa_export(&req.step, &out) {
+        let slsa = match slsa {
             Some(Ok(b)) => {
                 header.slsa_bytes = b.len() as u64;
                 Some(b)
@@ -705,6 +730,13 @@ impl cilock_api::StepService for DaemonService {
             )
         })?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(k.bytes);
+        let slsa = self
+            .store
+            .slsa(k.owner_uid, &k.id, cilock_api::client::MAX_ENVELOPE)
+            .unwrap_or_else(|e| {
+                tracing::warn!(uid = k.owner_uid, id = %k.id, "{e}");
+                None
+            });
         info_fetch(peer, &k);
         Ok(Outgoing {
             reply: Reply::Envelope(EnvelopeHeader {
@@ -717,11 +749,11 @@ impl cilock_api::StepService for DaemonService {
                 lost_events: k.lost_events,
                 failure: k.failure.clone(),
                 stored: Vec::new(),
-                slsa_bytes: 0,
+                slsa_bytes: slsa.as_ref().map_or(0, |b| b.len() as u64),
                 slsa_error: None,
             }),
             payload: Some(Payload::File(file)),
-            slsa: None,
+            slsa,
         })
     }
 

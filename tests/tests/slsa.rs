@@ -343,3 +343,61 @@ fn daemon_step_begin_end_export_marks_no_command() {
         json!({})
     );
 }
+
+#[test]
+fn an_export_not_written_stays_kept_and_fetch_writes_both() {
+    let d = Daemon::start("ebpf");
+    let inp = Inputs::new();
+    let keys = tempdir();
+    let (port, _srv) = tls_peer(keys.path());
+    let mut job = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "read go; {}; echo done; read end",
+            inp.script(port)
+        ))
+        .current_dir(inp.w.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = job.id().to_string();
+    let wd = inp.wd();
+    ok(&d.cilock(&[
+        "step",
+        "begin",
+        "--step",
+        "kept",
+        "--pid",
+        &pid,
+        "--workdir",
+        wd.to_str().unwrap(),
+        "--attestor-slsa-export",
+    ]));
+    let mut stdin = job.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    let mut line = [0u8; 5];
+    job.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+    // -o -: the envelope goes to stdout, its export has nowhere to go.
+    let out = d.cilock(&["step", "end", "--step", "kept", "-o", "-"]);
+    stdin.write_all(b"\n").unwrap();
+    drop(stdin);
+    job.wait().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let id = err
+        .split("cilock step fetch --id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fetch hint: {err}"))
+        .to_string();
+    let env: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(env["payload"].is_string());
+    let att = keys.path().join("fetched.json");
+    ok(&d.cilock(&["step", "fetch", "--id", &id, "-o", att.to_str().unwrap()]));
+    check_export(&att, &d.pubkey, &inp, port, "kept");
+    // Both written: the daemon's copy is gone.
+    let list = d.cilock(&["step", "fetch", "--list"]);
+    ok(&list);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&id));
+}

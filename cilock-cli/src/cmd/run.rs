@@ -249,7 +249,18 @@ fn via_daemon(
                 None => e,
             },
         )?;
-        if let Err(e) = client::acknowledge(&got.header) {
+        let slsa_unwritten = if a.attestor_flags.slsa_export {
+            write_daemon_slsa(&got, signer, &a.outfile).err()
+        } else {
+            None
+        };
+        // An export the daemon sent and that is not written stays kept.
+        let keep = slsa_unwritten.is_some() && got.slsa.is_some();
+        if keep {
+            if let Some(id) = &got.header.id {
+                eprintln!("cilock: the daemon keeps the attestation and its SLSA export: cilock step fetch --id {id} -o FILE");
+            }
+        } else if let Err(e) = client::acknowledge(&got.header) {
             eprintln!(
                 "cilock: warning: the attestation is written, but the daemon could not be told ({e}); it keeps its copy (cilock step fetch --list)"
             );
@@ -262,11 +273,6 @@ fn via_daemon(
             written.as_deref(),
             &a.step,
         );
-        let slsa_unwritten = if a.attestor_flags.slsa_export {
-            write_daemon_slsa(&got, signer, &a.outfile).err()
-        } else {
-            None
-        };
         Ok(Ran {
             code,
             failure: got.header.failure.clone(),

@@ -66,7 +66,7 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
     let got = client::end_step(req).with_context(|| format!("step end {:?}", a.step))?;
     let dest = out.describe();
     let written = out.regular_file();
-    write_and_acknowledge(out, &got, "ended")?;
+    let slsa_unwritten = write_and_acknowledge(out, &got, "ended", &a.outfile)?;
     let mut err = std::io::stderr();
     let _ = writeln!(
         err,
@@ -92,15 +92,13 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
     // 0, 1 or 3: the status of the step's command is not cilock's here.
     let mut status = store::step_status(0, got.header.failure.is_some(), stored);
     // The step's options (at begin) asked for the SLSA provenance export.
-    if got.slsa.is_some() || got.header.slsa_error.is_some() {
-        if let Err(why) = crate::cmd::run::write_daemon_slsa(&got, None, &a.outfile) {
-            let _ = writeln!(
-                err,
-                "cilock: error: --attestor-slsa-export: no SLSA provenance written: {why}"
-            );
-            if status == 0 {
-                status = 2;
-            }
+    if let Some(why) = slsa_unwritten {
+        let _ = writeln!(
+            err,
+            "cilock: error: --attestor-slsa-export: no SLSA provenance written: {why}"
+        );
+        if status == 0 {
+            status = 2;
         }
     }
     Ok(status as u8)
@@ -161,9 +159,16 @@ pub fn fetch(a: StepFetchArgs) -> anyhow::Result<u8> {
         })
         .with_context(|| format!("step fetch {what}"))?;
     let dest = out.describe();
-    write_and_acknowledge(out, &got, "fetched")?;
+    let slsa_unwritten = write_and_acknowledge(out, &got, "fetched", &outfile)?;
     let h = &got.header;
     let mut err = std::io::stderr();
+    if let Some(why) = slsa_unwritten {
+        let _ = writeln!(
+            err,
+            "cilock: error: the SLSA provenance export kept with it was not written: {why}"
+        );
+        return Ok(2);
+    }
     let _ = writeln!(
         err,
         "cilock: attestation of step {:?} (uid {}, ended by {} at {}, kept as {}) written to {dest}",
@@ -187,13 +192,18 @@ pub fn fetch(a: StepFetchArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Commits `got` to `out`, then tells the daemon it may delete its copy.
-/// When writing fails, the error says how to fetch the kept copy.
+/// Commits `got` to `out` (and the SLSA provenance export that came with
+/// it next to `outfile`), then tells the daemon it may delete its copy.
+/// When writing fails, the error says how to fetch the kept copy. `Ok(Some
+/// (why))`: the envelope is written, the step asked for the SLSA export and
+/// it is not (when the daemon sent one, its copy is kept: not
+/// acknowledged).
 pub(crate) fn write_and_acknowledge(
     out: output::Outfile,
     got: &client::Received,
     what: &str,
-) -> anyhow::Result<()> {
+    outfile: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
     let h = &got.header;
     if let Err(e) = out.commit(&got.bytes) {
         return Err(match &h.id {
@@ -208,12 +218,27 @@ pub(crate) fn write_and_acknowledge(
             )),
         });
     }
+    let slsa_unwritten = if got.slsa.is_some() || h.slsa_error.is_some() {
+        crate::cmd::run::write_daemon_slsa(got, None, outfile).err()
+    } else {
+        None
+    };
+    if let (Some(why), true) = (&slsa_unwritten, got.slsa.is_some()) {
+        // The daemon keeps both until they are written.
+        return Ok(Some(match &h.id {
+            Some(id) => format!(
+                "{why}; the daemon keeps it with the attestation: cilock step fetch --id {id}{} -o FILE",
+                owner_arg(h)
+            ),
+            None => why.clone(),
+        }));
+    }
     if let Err(e) = client::acknowledge(h) {
         eprintln!(
             "cilock: warning: the attestation is written, but the daemon could not be told ({e}); it keeps its copy (cilock step fetch --list)"
         );
     }
-    Ok(())
+    Ok(slsa_unwritten)
 }
 
 fn owner_arg(h: &EnvelopeHeader) -> String {
