@@ -401,3 +401,32 @@ fn an_export_not_written_stays_kept_and_fetch_writes_both() {
     ok(&list);
     assert!(!String::from_utf8_lossy(&list.stdout).contains(&id));
 }
+
+#[test]
+fn a_step_without_product_writes_the_collection_and_exits_2() {
+    let inp = Inputs::new();
+    let keys = tempdir();
+    let (key, pubkey) = keygen(keys.path());
+    let att = keys.path().join("np.json");
+    let out = Command::new(bin("cilock"))
+        .args(["run", "--step", "np", "--no-daemon", "-k"])
+        .arg(&key)
+        .arg("-o")
+        .arg(&att)
+        .args(["--attestor-slsa-export", "--", "cat", "a"])
+        .current_dir(inp.w.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no product subject"), "{err}");
+    verify_with_python(&att, &pubkey);
+    assert!(!PathBuf::from(format!("{}-slsa.json", att.display())).exists());
+    // The provenance is still in the collection, with the material read.
+    let p = attestation(&statement(&att), "https://slsa.dev/provenance/v1").clone();
+    let a = inp.wd().join("a");
+    assert!(p["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "a", "uri": format!("file://{}", a.display()), "digest": {"sha256": sha256(&a)}})));
+}
