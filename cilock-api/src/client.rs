@@ -236,6 +236,7 @@ impl Client {
                         stored,
                         slsa_bytes: slsa.as_ref().map_or(0, |b| b.len() as u64),
                         slsa_error,
+                        slsa_stored: Vec::new(),
                     },
                     bytes,
                     slsa,

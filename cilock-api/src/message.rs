@@ -173,6 +173,10 @@ pub struct EnvelopeHeader {
     /// one (e.g. the step has no product to be its subject).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slsa_error: Option<String>,
+    /// What became of the daemon's pushes of the SLSA provenance export to
+    /// its stores (as [`EnvelopeHeader::stored`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slsa_stored: Vec<StoreOutcome>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -194,6 +194,9 @@ impl DaemonService {
                     }
                     // Logged by the pusher (no client to tell).
                     self.pusher.push(o.owner_uid, &name, &bytes);
+                    if let Some(Ok(b)) = &slsa {
+                        self.pusher.push(o.owner_uid, &name, b);
+                    }
                 }
                 Err(e) => tracing::error!(step = %name, "cannot attest an unended step: {e}"),
             }
@@ -438,6 +441,7 @@ impl DaemonService {
             stored,
             slsa_bytes: 0,
             slsa_error: None,
+            slsa_stored: Vec::new(),
         }
     }
 }
@@ -600,7 +604,11 @@ impl cilock_api::StepService for DaemonService {
         let envelope = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         let (slsa_envelope, slsa_error) = match slsa {
-            Some(Ok(b)) => (serde_json::from_slice(&b).ok(), None),
+            Some(Ok(b)) => {
+                // Outcomes not reported: this reply has no field for them.
+                self.pusher.push(out.owner_uid, &req.step, &b);
+                (serde_json::from_slice(&b).ok(), None)
+            }
             Some(Err(e)) => (None, Some(e)),
             None => (None, None),
         };
@@ -626,6 +634,7 @@ impl cilock_api::StepService for DaemonService {
         let slsa = match slsa {
             Some(Ok(b)) => {
                 header.slsa_bytes = b.len() as u64;
+                header.slsa_stored = self.pusher.push(out.owner_uid, &req.step, &b);
                 Some(b)
             }
             Some(Err(e)) => {
@@ -751,6 +760,7 @@ impl cilock_api::StepService for DaemonService {
                 stored: Vec::new(),
                 slsa_bytes: slsa.as_ref().map_or(0, |b| b.len() as u64),
                 slsa_error: None,
+                slsa_stored: Vec::new(),
             }),
             payload: Some(Payload::File(file)),
             slsa,

@@ -871,3 +871,43 @@ fn run_through_the_daemon_pushes_to_both_stores() {
     let b = assert_stored(&reg, "evidence/by-client", &out, &product);
     assert_eq!(a, b);
 }
+
+/// Issue #17: `--attestor-slsa-export` with `--store`: the Statement v1
+/// export is pushed too, as a referrer of the product beside the
+/// collection.
+#[test]
+fn the_slsa_export_is_stored_beside_the_collection() {
+    let reg = Registry::start();
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let cfg = docker_config();
+    let (key, _pubkey) = keygen(dir);
+    let out = dir.join("build.json");
+    let url = reg.url("evidence/slsa");
+    let o = cilock_in(
+        dir,
+        cfg.path(),
+        &[
+            "run",
+            "--no-daemon",
+            "-k",
+            p(&key),
+            "-s",
+            "build",
+            "-o",
+            p(&out),
+            "--attestor-slsa-export",
+            "--store",
+            &url,
+            "--",
+            "sh",
+            "-c",
+            "echo hi > out.txt",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let product = sha256_hex(b"hi\n");
+    assert_stored(&reg, "evidence/slsa", &out, &product);
+    let export = dir.join("build.json-slsa.json");
+    assert_stored(&reg, "evidence/slsa", &export, &product);
+}

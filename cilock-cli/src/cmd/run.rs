@@ -249,10 +249,13 @@ fn via_daemon(
                 None => e,
             },
         )?;
-        let slsa_unwritten = if a.attestor_flags.slsa_export {
-            write_daemon_slsa(&got, signer, &a.outfile).err()
+        let (slsa_unwritten, slsa_stored) = if a.attestor_flags.slsa_export {
+            match write_daemon_slsa(&got, signer, &a.outfile, &a.store) {
+                Ok(stored) => (None, stored),
+                Err(e) => (Some(e), true),
+            }
         } else {
-            None
+            (None, true)
         };
         // An export the daemon sent and that is not written stays kept.
         let keep = slsa_unwritten.is_some() && got.slsa.is_some();
@@ -276,7 +279,7 @@ fn via_daemon(
         Ok(Ran {
             code,
             failure: got.header.failure.clone(),
-            stored,
+            stored: stored && slsa_stored,
             slsa_unwritten,
         })
     })();
@@ -284,13 +287,15 @@ fn via_daemon(
 }
 
 /// Writes the SLSA provenance export the daemon sent (co-signed with
-/// `-k` like the main envelope) next to `-o`; `Err`: why it is not
-/// written.
+/// `-k` like the main envelope) next to `-o`, then pushes it to every
+/// `--store` and reports the daemon's pushes of it (`Ok(false)`: a push
+/// failed). `Err`: why it is not written.
 pub(crate) fn write_daemon_slsa(
     got: &client::Received,
     signer: Option<&Signer>,
     outfile: &std::path::Path,
-) -> Result<(), String> {
+    stores: &[cilock_store::StoreUrl],
+) -> Result<bool, String> {
     let Some(b) = &got.slsa else {
         return Err(got.header.slsa_error.clone().unwrap_or_else(|| {
             "the daemon sent none (a cilock-daemon older than this cilock?)".to_string()
@@ -308,7 +313,13 @@ pub(crate) fn write_daemon_slsa(
         p.display(),
         keyids.join(", ")
     );
-    Ok(())
+    Ok(store::after_written(
+        stores,
+        &got.header.slsa_stored,
+        &bytes,
+        Some(&p),
+        &got.header.step,
+    ))
 }
 
 /// The daemon's envelope, with the `-k` key's signature added beside the

@@ -218,8 +218,10 @@ pub(crate) fn write_and_acknowledge(
             )),
         });
     }
+    // The export goes to the daemon's stores (reported here), not to
+    // `--store` (which pushes the envelope after this).
     let slsa_unwritten = if got.slsa.is_some() || h.slsa_error.is_some() {
-        crate::cmd::run::write_daemon_slsa(got, None, outfile).err()
+        crate::cmd::run::write_daemon_slsa(got, None, outfile, &[]).err()
     } else {
         None
     };

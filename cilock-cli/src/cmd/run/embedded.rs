@@ -204,25 +204,30 @@ fn sign_and_write(
     let stored = store::after_written(&a.store, &[], &bytes, written.as_deref(), &a.step);
     // The export is signed with the same key, from the statement just
     // signed (the same derivation as the daemon's).
+    let mut slsa_stored = true;
     let slsa_unwritten = match engine::sign_slsa_export(&out, signer) {
         None => None,
         Some(Err(e)) => Some(e),
-        Some(Ok(env)) => match output::write_slsa(&a.outfile, &env.to_json()) {
-            Ok(p) => {
-                eprintln!(
-                    "cilock: SLSA provenance (in-toto Statement v1) written to {} (signed by {})",
-                    p.display(),
-                    signer.key_id()
-                );
-                None
+        Some(Ok(env)) => {
+            let slsa = env.to_json();
+            match output::write_slsa(&a.outfile, &slsa) {
+                Ok(p) => {
+                    eprintln!(
+                        "cilock: SLSA provenance (in-toto Statement v1) written to {} (signed by {})",
+                        p.display(),
+                        signer.key_id()
+                    );
+                    slsa_stored = store::after_written(&a.store, &[], &slsa, Some(&p), &a.step);
+                    None
+                }
+                Err(e) => Some(format!("{e:#}")),
             }
-            Err(e) => Some(format!("{e:#}")),
-        },
+        }
     };
     Ok(Ran {
         code,
         failure: out.failure,
-        stored,
+        stored: stored && slsa_stored,
         slsa_unwritten,
     })
 }
