@@ -911,3 +911,45 @@ fn the_slsa_export_is_stored_beside_the_collection() {
     let export = dir.join("build.json-slsa.json");
     assert_stored(&reg, "evidence/slsa", &export, &product);
 }
+
+/// Issue #17: through the daemon, its `store` gets the SLSA export too.
+#[test]
+fn the_daemon_stores_the_slsa_export() {
+    let reg = Registry::start();
+    let dcfg = docker_config();
+    let url = reg.url("evidence/dslsa");
+    let daemon = store_daemon(&url, "", &dcfg);
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let out = dir.join("d.json");
+    let o = daemon
+        .command()
+        .args([
+            "run",
+            "--step",
+            "dslsa",
+            "-o",
+            p(&out),
+            "--attestor-slsa-export",
+        ])
+        .args(["--", "sh", "-c", "echo d > d.txt"])
+        .current_dir(dir)
+        .env("DOCKER_CONFIG", dcfg.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&o),
+        daemon.log_text()
+    );
+    let product = sha256_hex(b"d\n");
+    assert_stored(&reg, "evidence/dslsa", &out, &product);
+    assert_stored(
+        &reg,
+        "evidence/dslsa",
+        &dir.join("d.json-slsa.json"),
+        &product,
+    );
+}
