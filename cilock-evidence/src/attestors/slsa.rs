@@ -382,8 +382,8 @@ pub fn provenance(ctx: &AttestationContext) -> Result<Provenance, AttestError> {
         }
     }
     let mut material_left_out = 0u64;
-    for (rel, d) in &materials {
-        if deps.len() >= MAX_MATERIAL_DEPENDENCIES + MAX_GIT_REMOTES {
+    for (i, (rel, d)) in materials.iter().enumerate() {
+        if i >= MAX_MATERIAL_DEPENDENCIES {
             material_left_out += 1;
             continue;
         }
