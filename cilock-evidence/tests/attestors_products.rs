@@ -722,3 +722,120 @@ fn docker_save_of_a_real_engine_is_attested() {
         image_id.trim_start_matches("sha256:")
     )));
 }
+
+// ---- link ----
+
+/// Parses `link` as the in-toto-attestation package's Link v0 message and
+/// validates each material as a ResourceDescriptor; fails unless what the
+/// package reads back equals `link` (Struct numbers are doubles: Python
+/// compares 0 and 0.0 equal).
+fn python_link(link: &Value) {
+    let script = r#"
+import json, sys
+from google.protobuf import json_format
+from in_toto_attestation.predicates.link.v0 import link_pb2
+from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+d = json.load(sys.stdin)
+m = json_format.ParseDict(d, link_pb2.Link())
+for rd in m.materials:
+    ResourceDescriptor.copy_from_pb(rd).validate()
+back = json_format.MessageToDict(m)
+assert back == d, (back, d)
+print(len(m.materials), m.name)
+"#;
+    let mut child = Command::new(pytools::tool("python"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(link.to_string().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "in-toto-attestation refused the link: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    let n = link["materials"].as_array().map_or(0, Vec::len);
+    let name = link["name"].as_str().unwrap_or("");
+    assert_eq!(said.trim(), format!("{n} {name}"));
+}
+
+#[test]
+fn link_predicate_parses_with_the_in_toto_bindings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path();
+    std::fs::write(ws.join("main.c"), b"int main(void) { return 0; }\n").unwrap();
+    std::fs::create_dir(ws.join("inc")).unwrap();
+    std::fs::write(ws.join("inc/a.h"), b"#define A 1\n").unwrap();
+    let names = vec!["environment".to_string(), "link".to_string()];
+    let mut lc = Lifecycle::new(&names, AttestorOptions::default()).unwrap();
+    let env = vec![
+        ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+        ("CC".to_string(), "gcc".to_string()),
+        ("API_TOKEN".to_string(), "s3cr3t".to_string()),
+    ];
+    let mut ctx = AttestationContext::new(ws.to_path_buf(), env);
+    ctx.step_name = Some("compile".into());
+    lc.before(&mut ctx).unwrap();
+    std::fs::write(ws.join("app"), b"built\n").unwrap();
+    ctx.completed.push(CompletedAttestation {
+        name: "command-run".into(),
+        type_uri: "https://witness.dev/attestations/command-run/v0.1".into(),
+        json: json!({"cmd": ["cc", "-o", "app", "main.c"], "stdout": "", "stderr": "warning\n", "exitcode": 0}),
+        subjects: BTreeMap::new(),
+        backrefs: BTreeMap::new(),
+        starttime: String::new(),
+        endtime: String::new(),
+    });
+    lc.after(&mut ctx).unwrap();
+    let link = completed(&ctx, "link");
+    assert_eq!(link.type_uri, "https://in-toto.io/attestation/link/v0.3");
+    let (h, c) = (
+        sha(b"#define A 1\n"),
+        sha(b"int main(void) { return 0; }\n"),
+    );
+    let want = json!({
+        "name": "compile",
+        "command": ["cc", "-o", "app", "main.c"],
+        "materials": [
+            {"name": "inc/a.h", "digest": {"sha256": h}},
+            {"name": "main.c", "digest": {"sha256": c}},
+        ],
+        "byproducts": {"return-value": 0, "stdoutCaptured": false, "stderrCaptured": true},
+        "environment": completed(&ctx, "environment").json["variables"].clone(),
+    });
+    assert_eq!(link.json, want);
+    // What the environment attestor kept, the token not in clear.
+    assert_eq!(link.json["environment"]["CC"], "gcc");
+    assert!(!link.json.to_string().contains("s3cr3t"), "{}", link.json);
+    assert_eq!(
+        link.subjects.keys().cloned().collect::<Vec<_>>(),
+        ["file:app"]
+    );
+    assert_eq!(
+        link.subjects["file:app"].get_sha256(),
+        Some(sha(b"built\n").as_str())
+    );
+    // The in-toto bindings read back exactly what was written.
+    python_link(&link.json);
+    // And refuse what is not a Link (the check can fail).
+    let bad = json!({"name": "x", "products": []});
+    let out = Command::new(pytools::tool("python"))
+        .args([
+            "-c",
+            "import sys; from google.protobuf import json_format; \
+             from in_toto_attestation.predicates.link.v0 import link_pb2; \
+             json_format.Parse(sys.argv[1], link_pb2.Link())",
+            &bad.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
