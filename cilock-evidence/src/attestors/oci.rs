@@ -413,6 +413,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn decompression_stops_at_the_bound() {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&[0u8; 1000]).unwrap();
+        let gz = e.finish().unwrap();
+        let mut scan = Scan::default();
+        let mut kept = 0;
+        // 999 bytes of the budget left: the 1000-byte layer is refused.
+        let mut inflated = MAX_DECOMPRESSED_BYTES - 999;
+        let err = scan_entry(
+            "l".into(),
+            gz.len() as u64,
+            &gz[..],
+            &mut scan,
+            &mut kept,
+            &mut inflated,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            format!("l: the layers decompress to more than {MAX_DECOMPRESSED_BYTES} bytes")
+        );
+        // 1000 left: it fits, and its diff id is the digest of the zeros.
+        let mut inflated = MAX_DECOMPRESSED_BYTES - 1000;
+        scan_entry(
+            "l".into(),
+            gz.len() as u64,
+            &gz[..],
+            &mut scan,
+            &mut kept,
+            &mut inflated,
+        )
+        .unwrap();
+        assert_eq!(inflated, MAX_DECOMPRESSED_BYTES);
+        assert_eq!(
+            scan.digests["l"].1,
+            Some(DigestSet::from_bytes(&[0u8; 1000], SHA256))
+        );
+        // Not gzip after its magic: an error naming the entry.
+        let bad = b"\x1f\x8bnot really gzip";
+        let err = scan_entry(
+            "b".into(),
+            bad.len() as u64,
+            &bad[..],
+            &mut scan,
+            &mut kept,
+            &mut 0,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("b: not a valid gzip stream"), "{err}");
+    }
+
+    #[test]
     fn link_targets_stay_in_the_archive() {
         assert_eq!(
             link_target("abc/layer.tar", "../f00.tar", true).as_deref(),
