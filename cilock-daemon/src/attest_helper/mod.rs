@@ -309,6 +309,7 @@ pub fn probe(
         completed: Vec::new(),
         hold_ms,
         step_writes: None,
+        step: String::new(),
     };
     let body = serde_json::to_vec(&req).map_err(|e| HelperError::Io(e.into()))?;
     let raw = spawn::run(cfg, who, workdir.map(|f| f.as_fd()), &body, on_spawn)?;
@@ -348,6 +349,7 @@ pub struct HelperStep {
     completed: Vec<CompletedAttestation>,
     state: LifecycleState,
     notes: Vec<String>,
+    step: String,
 }
 
 impl std::fmt::Debug for HelperStep {
@@ -399,6 +401,7 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         completed: Vec::new(),
         hold_ms: 0,
         step_writes: None,
+        step: String::new(),
     };
     let v = run_stage(
         spec.cfg,
@@ -429,6 +432,7 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         completed: v.attestations,
         state: v.state,
         notes: spec.notes,
+        step: String::new(),
     })
 }
 
@@ -447,6 +451,16 @@ impl HelperStep {
     /// What "after" will get from "before".
     pub fn state(&self) -> &LifecycleState {
         &self.state
+    }
+
+    /// The attestor options of the step.
+    pub fn options(&self) -> &AttestorOptions {
+        &self.options
+    }
+
+    /// Sets the step's name (given to the "after" run's attestors).
+    pub fn set_step(&mut self, name: &str) {
+        self.step = name.to_string();
     }
 
     /// The hash algorithms of the step.
@@ -491,6 +505,7 @@ impl HelperStep {
             completed: ctx.completed.iter().map(WireAttestation::from).collect(),
             hold_ms: 0,
             step_writes: Some(writes),
+            step: self.step,
         };
         let mut skipped = self.state.skipped.clone();
         let mut failure = None;

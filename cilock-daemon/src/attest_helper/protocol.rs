@@ -119,6 +119,9 @@ pub struct Request {
     /// each product `writtenByStep` from it).
     #[serde(default)]
     pub step_writes: Option<cilock_evidence::attestors::product::StepWrites>,
+    /// The step's name (the slsa attestor's invocation id outside CI).
+    #[serde(default)]
+    pub step: String,
 }
 
 /// The helper's reply.

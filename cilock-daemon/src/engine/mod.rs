@@ -639,6 +639,8 @@ impl Engine {
                     attest_helper::BeforeError::Helper(_) => EngineError::Before(e),
                     _ => EngineError::BadRequest(e.to_string()),
                 })?;
+                let mut step = step;
+                step.set_step(&spec.name);
                 Attest::Helper(step)
             }
             None => in_process_before(&names, &spec)?,
