@@ -78,20 +78,6 @@ struct PrettyFinding {
     cwe: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Pretty {
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    openssl: Option<String>,
-    #[serde(default, rename = "startTime")]
-    start_time: Option<serde_json::Value>,
-    #[serde(default, rename = "scanTime")]
-    scan_time: Option<serde_json::Value>,
-    #[serde(rename = "scanResult")]
-    scan_result: Vec<serde_json::Map<String, serde_json::Value>>,
-}
-
 struct Finding {
     id: String,
     severity: String,
@@ -118,40 +104,66 @@ fn scalar(v: Option<&serde_json::Value>) -> String {
     }
 }
 
-fn from_pretty(p: Pretty) -> Result<Report, String> {
+fn push_section(
+    findings: &mut Vec<Finding>,
+    section: &str,
+    items: &[serde_json::Value],
+    host: &str,
+    port: &str,
+) -> Result<(), String> {
+    for (i, item) in items.iter().enumerate() {
+        let f: PrettyFinding =
+            serde_json::from_value(item.clone()).map_err(|e| format!("{section}[{i}]: {e}"))?;
+        findings.push(Finding {
+            id: f.id,
+            severity: f.severity,
+            finding: f.finding.unwrap_or_default(),
+            cve: f.cve.unwrap_or_default(),
+            cwe: f.cwe.unwrap_or_default(),
+            host: host.to_string(),
+            port: port.to_string(),
+            section: section.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The pretty report: `scanResult` (an array of targets) and, outside it,
+/// arrays of findings about the client (`clientProblem1`, …).
+fn from_pretty(p: serde_json::Map<String, serde_json::Value>) -> Result<Report, String> {
+    let Some(serde_json::Value::Array(results)) = p.get("scanResult") else {
+        return Err("scanResult is not an array".into());
+    };
     let mut meta = BTreeMap::new();
-    meta.insert("version", p.version.unwrap_or_default());
-    meta.insert("openssl", p.openssl.unwrap_or_default());
-    meta.insert("startTime", scalar(p.start_time.as_ref()));
-    meta.insert("scanTime", scalar(p.scan_time.as_ref()));
+    meta.insert("version", scalar(p.get("version")));
+    meta.insert("openssl", scalar(p.get("openssl")));
+    meta.insert("startTime", scalar(p.get("startTime")));
+    meta.insert("scanTime", scalar(p.get("scanTime")));
     let mut targets = Vec::new();
     let mut findings = Vec::new();
-    for t in p.scan_result {
+    for (section, v) in &p {
+        if let (false, serde_json::Value::Array(items)) = (section == "scanResult", v) {
+            push_section(&mut findings, section, items, "", "")?;
+        }
+    }
+    for (n, t) in results.iter().enumerate() {
+        let serde_json::Value::Object(t) = t else {
+            return Err(format!("scanResult[{n}] is not an object"));
+        };
         let host = scalar(t.get("targetHost"));
         let port = scalar(t.get("port"));
-        targets.push([
-            host.clone(),
-            scalar(t.get("ip")),
-            port.clone(),
-            scalar(t.get("service")),
-        ]);
-        for (section, v) in &t {
-            let serde_json::Value::Array(items) = v else {
-                continue;
-            };
-            for (i, item) in items.iter().enumerate() {
-                let f: PrettyFinding = serde_json::from_value(item.clone())
-                    .map_err(|e| format!("scanResult {section}[{i}]: {e}"))?;
-                findings.push(Finding {
-                    id: f.id,
-                    severity: f.severity,
-                    finding: f.finding.unwrap_or_default(),
-                    cve: f.cve.unwrap_or_default(),
-                    cwe: f.cwe.unwrap_or_default(),
-                    host: host.clone(),
-                    port: port.clone(),
-                    section: section.clone(),
-                });
+        if targets.len() < super::MAX_LIST {
+            targets.push([
+                host.clone(),
+                scalar(t.get("ip")),
+                port.clone(),
+                scalar(t.get("service")),
+            ]);
+        }
+        for (section, v) in t {
+            if let serde_json::Value::Array(items) = v {
+                push_section(&mut findings, section, items, &host, &port)
+                    .map_err(|e| format!("scanResult[{n}].{e}"))?;
             }
         }
     }
@@ -179,12 +191,13 @@ fn from_flat(v: Vec<FlatFinding>) -> Report {
             };
             match targets
                 .iter_mut()
+                .filter(|_| !(host.is_empty() && ip.is_empty()))
                 .find(|t| t[0] == host && t[1] == ip && t[2] == f.port)
             {
                 Some(t) if t[3].is_empty() => t[3] = service,
                 Some(_) => {}
                 None => {
-                    if targets.len() < super::MAX_LIST {
+                    if targets.len() < super::MAX_LIST && !(host.is_empty() && ip.is_empty()) {
                         targets.push([host.clone(), ip, f.port.clone(), service]);
                     }
                 }
@@ -211,7 +224,9 @@ fn from_flat(v: Vec<FlatFinding>) -> Report {
 
 fn sniff(b: &[u8]) -> Sniff<Report> {
     if head_has(b, b'{', &["\"scanResult\""]) {
-        return match serde_json::from_slice::<Pretty>(b).map_err(|e| e.to_string()) {
+        return match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(b)
+            .map_err(|e| e.to_string())
+        {
             Ok(p) => match from_pretty(p) {
                 Ok(r) => Sniff::Mine(r),
                 Err(e) => Sniff::Malformed(format!("not a testssl.sh --json-pretty report: {e}")),
