@@ -83,6 +83,8 @@ pub(crate) fn find_report<T>(
         }
         let bytes = match product_files::read_product(ctx, rel, &p.digest, MAX_REPORT_BYTES) {
             Ok(b) => b,
+            // read_product's digest-mismatch error (its other errors: not a
+            // regular file, too large, unreadable).
             Err(e) if e.contains("changed since") => {
                 refused.push(e);
                 continue;
