@@ -7,6 +7,8 @@
 mod attestors_files;
 /// The git attestor against real repositories made with the git binary.
 mod attestors_git;
+/// sbom and sarif over real cyclonedx-py and ruff outputs; oci and link.
+mod attestors_products;
 /// secretscan: findings never appear in clear in the collection.
 mod attestors_secretscan;
 /// The example policy against a step reaching the container engine's own socket.
