@@ -246,8 +246,12 @@ fn verify(dir: &Path, signer: &Path, att: &Path, sbom_rego: &str, sarif_rego: &s
         }},
     });
     let pk = dir.join("policy-keys");
-    std::fs::create_dir_all(&pk).unwrap();
-    let (pkey, ppub) = keygen(&pk);
+    let (pkey, ppub) = if pk.exists() {
+        (pk.join("signing-key.pem"), pk.join("signing-key.pem.pub"))
+    } else {
+        std::fs::create_dir_all(&pk).unwrap();
+        keygen(&pk)
+    };
     let signed = dir.join("policy.signed.json");
     sign_policy(
         |a| Command::new(bin("cilock")).args(a).output().unwrap(),
