@@ -326,3 +326,131 @@ fn rego_gates_on_an_sbom_component_and_a_sarif_error_count() {
     let out = verify(w2.path(), &pubkey2, &bare, &sbom_ok, &sarif_ok);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+const TOKEN: &str = "ghp_R4nd0mT0k3nV4lu3Th4tL00ksR34lEnough1";
+
+fn run_script(d: Option<&Daemon>, dir: &Path, args: &[&str], script: &str) -> (PathBuf, PathBuf) {
+    let att = dir.join("s.att.json");
+    let (mut cmd, pubkey) = match d {
+        Some(d) => (d.command(), d.pubkey.clone()),
+        None => {
+            let (key, pubkey) = keygen(dir);
+            let mut c = Command::new(bin("cilock"));
+            c.args(["run", "--no-daemon", "-k", p(&key)])
+                .env("CILOCK_SOCKET", dir.join("none.sock"));
+            (c, pubkey)
+        }
+    };
+    if d.is_some() {
+        cmd.arg("run");
+    }
+    let out = cmd
+        .args(["-s", "lint"])
+        .args(args)
+        .args(["-o", p(&att), "--", "sh", "-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    ok(&out, "cilock run");
+    (att, pubkey)
+}
+
+/// secretscan runs after the attestors the trace selected and masks what
+/// they recorded: ruff's SARIF message quotes a variable named like a
+/// GitHub token.
+#[test]
+fn secretscan_masks_what_a_trace_selected_attestor_recorded() {
+    let d = Daemon::start("ebpf");
+    for daemon in [None, Some(&d)] {
+        let w = tempdir();
+        std::fs::write(
+            w.path().join("s.py"),
+            format!("def f():\n    {TOKEN} = 1\n"),
+        )
+        .unwrap();
+        let script = format!(
+            "{} check --exit-zero --output-format sarif -o s.sarif s.py",
+            pytools::tool("ruff").display()
+        );
+        let (att, pubkey) = run_script(daemon, w.path(), &["-a", "secretscan"], &script);
+        let how = if daemon.is_some() {
+            "daemon"
+        } else {
+            "embedded"
+        };
+        assert!(
+            std::fs::read_to_string(w.path().join("s.sarif"))
+                .unwrap()
+                .contains(TOKEN),
+            "the report itself quotes the token"
+        );
+        verify_with_python(&att, &pubkey);
+        let stmt = statement(&att);
+        let all = serde_json::to_string(&stmt).unwrap();
+        assert!(!all.contains(TOKEN), "{how}: the token is in clear");
+        let sarif = attestation(&stmt, "/sarif/v0.1");
+        assert_eq!(sarif["reportFileName"], "s.sarif", "{how}");
+        assert_eq!(sarif["summary"]["ruleIds"], json!(["F841"]), "{how}");
+        let findings = attestation(&stmt, "/secretscan/v0.1")["findings"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(
+            findings
+                .iter()
+                .any(|f| f["ruleId"] == "github-pat" && f["location"] == "attestation:sarif"),
+            "{how}: {findings:?}"
+        );
+        let cr = attestation(&stmt, "/command-run/v0.1");
+        assert_eq!(
+            cr["trace"]["selectedAttestors"],
+            json!([{"name": "sarif", "reason": format!(
+                "the trace ran `{}` (catalogue: ruff → sarif)",
+                pytools::tool("ruff").display())}]),
+            "{how}"
+        );
+    }
+}
+
+/// A tool the trace saw that wrote nothing an attestor reads: the attestor
+/// is listed as skipped with both reasons, and the step is still signed.
+#[test]
+fn a_selected_attestor_with_nothing_to_read_is_listed_as_skipped() {
+    let d = Daemon::start("ebpf");
+    for daemon in [None, Some(&d)] {
+        let w = workdir();
+        let script = format!(
+            "{} check --exit-zero x.py > ruff.txt",
+            pytools::tool("ruff").display()
+        );
+        let (att, pubkey) = run_script(daemon, w.path(), &[], &script);
+        let how = if daemon.is_some() {
+            "daemon"
+        } else {
+            "embedded"
+        };
+        verify_with_python(&att, &pubkey);
+        let stmt = statement(&att);
+        let mut types: Vec<&str> = stmt["predicate"]["attestations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["type"].as_str().unwrap())
+            .collect();
+        types.sort();
+        assert_eq!(types, BASE_TYPES, "{how}");
+        let cr = attestation(&stmt, "/command-run/v0.1");
+        assert!(cr["trace"].get("selectedAttestors").is_none(), "{how}");
+        let skipped = cr["trace"]["skippedAttestors"].as_array().unwrap();
+        assert_eq!(skipped.len(), 1, "{how}: {skipped:?}");
+        assert_eq!(skipped[0]["name"], "sarif");
+        let reason = skipped[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.ends_with(&format!(
+                "(the trace ran `{}` (catalogue: ruff → sarif))",
+                pytools::tool("ruff").display()
+            )),
+            "{how}: {reason}"
+        );
+    }
+}
