@@ -184,7 +184,9 @@ pub fn expected_type(name: &str) -> String {
         github_action::NAME => github_action::TYPE_URI.to_string(),
         "link" => "https://in-toto.io/attestation/link/v0.3".to_string(),
         "slsa" => "https://slsa.dev/provenance/v1".to_string(),
-        "falco" | "kube-bench" | "prowler" | "testssl" => {
+        // rookery has no testssl attestor: the type is cilock's.
+        "testssl" => "https://cilock.dev/attestations/testssl/v0.1".to_string(),
+        "falco" | "kube-bench" | "prowler" => {
             format!("https://aflock.ai/attestations/{name}/v0.1")
         }
         n => witness_type(n),
