@@ -327,6 +327,11 @@ fn rego_gates_on_an_sbom_component_and_a_sarif_error_count() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
 
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
 const TOKEN: &str = "ghp_R4nd0mT0k3nV4lu3Th4tL00ksR34lEnough1";
 
 fn run_script(d: Option<&Daemon>, dir: &Path, args: &[&str], script: &str) -> (PathBuf, PathBuf) {
@@ -452,5 +457,57 @@ fn a_selected_attestor_with_nothing_to_read_is_listed_as_skipped() {
             )),
             "{how}: {reason}"
         );
+    }
+}
+
+/// lockfiles: requested (`-a`, before the step, in the daemon's "before"
+/// helper run) and selected by the trace because a package manager ran
+/// (the real `cargo`, after the step), through the daemon and embedded.
+#[test]
+fn lockfiles_requested_or_selected_by_a_package_manager() {
+    let d = Daemon::start("ebpf");
+    let cargo = env!("CARGO");
+    let lock = "# a lockfile\nversion = 3\n";
+    for daemon in [None, Some(&d)] {
+        let how = if daemon.is_some() {
+            "daemon"
+        } else {
+            "embedded"
+        };
+        for requested in [true, false] {
+            let w = tempdir();
+            std::fs::write(w.path().join("Cargo.lock"), lock).unwrap();
+            let script = if requested {
+                "echo no package manager".to_string()
+            } else {
+                format!("{cargo} --version")
+            };
+            let args: &[&str] = if requested { &["-a", "lockfiles"] } else { &[] };
+            let (att, pubkey) = run_script(daemon, w.path(), args, &script);
+            verify_with_python(&att, &pubkey);
+            let stmt = statement(&att);
+            let lf = attestation(&stmt, "/lockfiles/v0.1");
+            assert_eq!(
+                lf["lockfiles"],
+                json!([{"filename": "Cargo.lock", "content": lock,
+                        "digest": {"sha256": sha256_hex(lock.as_bytes())}}]),
+                "{how} requested={requested}"
+            );
+            let cr = attestation(&stmt, "/command-run/v0.1");
+            assert!(cr["trace"].get("skippedAttestors").is_none(), "{how}");
+            let sel = cr["trace"]["selectedAttestors"].as_array().unwrap();
+            assert_eq!(sel.len(), 1, "{how}: {sel:?}");
+            assert_eq!(sel[0]["name"], "lockfiles");
+            let reason = sel[0]["reason"].as_str().unwrap();
+            if requested {
+                assert_eq!(reason, "requested", "{how}");
+            } else {
+                assert!(
+                    reason.starts_with("the trace ran `/")
+                        && reason.ends_with("/cargo` (catalogue: cargo → lockfiles)"),
+                    "{how}: {reason}"
+                );
+            }
+        }
     }
 }
