@@ -414,6 +414,7 @@ pub fn probe(
         completed: Vec::new(),
         hold_ms,
         step_writes: None,
+        step: None,
     };
     let body = serde_json::to_vec(&req).map_err(|e| HelperError::Io(e.into()))?;
     let raw = spawn::run(cfg, who, workdir.map(|f| f.as_fd()), &body, on_spawn)?;
@@ -453,6 +454,7 @@ pub struct HelperStep {
     completed: Vec<CompletedAttestation>,
     state: LifecycleState,
     notes: Vec<String>,
+    step_name: Option<String>,
 }
 
 impl std::fmt::Debug for HelperStep {
@@ -504,6 +506,7 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         completed: Vec::new(),
         hold_ms: 0,
         step_writes: None,
+        step: None,
     };
     let v = run_stage(
         spec.cfg,
@@ -535,10 +538,16 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         completed: v.attestations,
         state: v.state,
         notes: spec.notes,
+        step_name: None,
     })
 }
 
 impl HelperStep {
+    /// Names the step for the "after" attestors (link's `name`).
+    pub fn set_step_name(&mut self, name: &str) {
+        self.step_name = Some(name.to_string());
+    }
+
     /// The settings the "after" run will use (tests shorten the timeout to
     /// see a killed helper reported).
     pub fn config_mut(&mut self) -> &mut HelperConfig {
@@ -604,6 +613,7 @@ impl HelperStep {
             completed: ctx.completed.iter().map(WireAttestation::from).collect(),
             hold_ms: 0,
             step_writes: Some(writes),
+            step: self.step_name.clone(),
         };
         let mut skipped = self.state.skipped.clone();
         let mut selected = self.state.selected.clone();
