@@ -545,7 +545,7 @@ impl Lifecycle {
         // A prematerial attestor the trace calls for (a package manager ran:
         // lockfiles) runs now, on the files as the step left them.
         for s in auto.iter().filter(|s| {
-            PRE_MATERIAL.contains(&s.name.as_str()) && !self.requested.iter().any(|r| *r == s.name)
+            PRE_MATERIAL.contains(&s.name.as_str()) && !self.requested.contains(&s.name)
         }) {
             let mut a = build(&s.name, &self.opts)?;
             run_recorded(
