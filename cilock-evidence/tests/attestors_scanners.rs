@@ -468,7 +468,7 @@ fn testssl_flat_and_pretty() {
         "sessionresumption_ticket"
     ]);
     let (_s, c) = run_with("testssl", "testssl/localhost-4433.json", "tls.json");
-    assert_eq!(c.type_uri, "https://cilock.dev/attestations/testssl/v0.1");
+    assert_eq!(c.type_uri, "https://aflock.ai/attestations/testssl/v0.1");
     let j = &c.json;
     let data = std::fs::read(fixture("testssl/localhost-4433.json")).unwrap();
     assert_eq!(

@@ -61,8 +61,9 @@ struct Event {
     time: String,
     rule: String,
     priority: String,
-    #[allow(dead_code)]
-    output: String,
+    /// Required (part of the shape), not recorded.
+    #[serde(rename = "output")]
+    _output: String,
     #[serde(default)]
     source: Option<String>,
     #[serde(default)]

@@ -4,7 +4,7 @@
 //! documented JSON outputs; they do not run the tools.
 //!
 //! Each finds its report among the step's products by content
-//! ([`find_report`]): products whose MIME type is text or JSON, in path
+//! (`find_report`): products whose MIME type is text or JSON, in path
 //! order, at most [`MAX_CANDIDATES`] of them, each re-read beneath the
 //! working directory and checked against the digest the product attestor
 //! recorded ([`product_files::read_product`]), at most
@@ -83,6 +83,8 @@ pub(crate) fn find_report<T>(
         }
         let bytes = match product_files::read_product(ctx, rel, &p.digest, MAX_REPORT_BYTES) {
             Ok(b) => b,
+            // read_product's digest-mismatch error (its other errors: not a
+            // regular file, too large, unreadable).
             Err(e) if e.contains("changed since") => {
                 refused.push(e);
                 continue;

@@ -142,10 +142,12 @@ struct AsffResource {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct AsffFinding {
-    #[allow(dead_code)]
-    schema_version: String,
-    #[allow(dead_code)]
-    product_arn: String,
+    /// Required (part of the shape), not recorded.
+    #[serde(rename = "SchemaVersion")]
+    _schema_version: String,
+    /// Required (part of the shape), not recorded.
+    #[serde(rename = "ProductArn")]
+    _product_arn: String,
     generator_id: String,
     aws_account_id: String,
     severity: AsffLabel,

@@ -11,7 +11,8 @@
 //!
 //! Severities: OK, INFO, LOW, MEDIUM, HIGH, CRITICAL, and WARN (a scanning
 //! problem), FATAL, DEBUG. Recorded (camelCase; rookery has no testssl
-//! attestor, so the type is cilock's): `reportFile`, `reportDigest`,
+//! attestor (its catalogue sends testssl.sh to sarif), so the shape is
+//! cilock's, under the CI/lock namespace like the other scanners): `reportFile`, `reportDigest`,
 //! `format` (`json` or `json-pretty`), `version`, `openssl`, `startTime`,
 //! `scanTime` (pretty only), `targets` (`host`, `ip`, `port`, `service`),
 //! `totalFindings`, `severityCounts` (every severity, zero included),
@@ -30,8 +31,8 @@ use crate::digest::DigestSet;
 
 /// Attestor name.
 pub const NAME: &str = "testssl";
-/// Type URI (cilock's: neither Witness nor rookery has one).
-pub const TYPE: &str = "https://cilock.dev/attestations/testssl/v0.1";
+/// Type URI (the CI/lock namespace; neither Witness nor rookery defines it).
+pub const TYPE: &str = "https://aflock.ai/attestations/testssl/v0.1";
 
 /// testssl.sh's severities.
 pub const SEVERITIES: &[&str] = &[
