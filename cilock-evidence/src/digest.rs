@@ -379,6 +379,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hashing_reader_proves_what_went_through() {
+        let data = b"hello, hashing reader".repeat(1000);
+        let algs = [HashAlg::Sha256, HashAlg::GitoidSha256];
+        let mut r = HashingReader::new(&data[..], data.len() as u64, &algs);
+        let mut head = [0u8; 10];
+        r.read_exact(&mut head).unwrap();
+        // finish reads the rest the parser left.
+        assert_eq!(r.finish().unwrap(), DigestSet::from_bytes(&data, &algs));
+        // Fewer or more bytes than fstat gave: an error, no digest.
+        let short = HashingReader::new(&data[..5], 6, &algs)
+            .finish()
+            .unwrap_err();
+        assert!(short.to_string().contains("5 bytes, not the 6"), "{short}");
+        let long = HashingReader::new(&data[..7], 6, &algs)
+            .finish()
+            .unwrap_err();
+        assert!(long.to_string().contains("7 bytes, not the 6"), "{long}");
+    }
+
+    #[test]
     fn known_vectors() {
         let all = [
             HashAlg::Sha256,

@@ -782,7 +782,7 @@ fn link_predicate_parses_with_the_in_toto_bindings() {
         ("API_TOKEN".to_string(), "s3cr3t".to_string()),
     ];
     let mut ctx = AttestationContext::new(ws.to_path_buf(), env);
-    ctx.step_name = Some("compile".into());
+    ctx.step = "compile".into();
     lc.before(&mut ctx).unwrap();
     std::fs::write(ws.join("app"), b"built\n").unwrap();
     ctx.completed.push(CompletedAttestation {

@@ -222,7 +222,7 @@ fn run(req: Request) -> Reply {
     let mut ctx = AttestationContext::new(req.workdir, req.env);
     ctx.workdir_fd = Some(fd);
     ctx.step_writes = req.step_writes;
-    ctx.step_name = req.step;
+    ctx.step = req.step;
     match req.stage {
         StageKind::Before => {
             let r = lc.before(&mut ctx);

@@ -414,7 +414,7 @@ pub fn probe(
         completed: Vec::new(),
         hold_ms,
         step_writes: None,
-        step: None,
+        step: String::new(),
     };
     let body = serde_json::to_vec(&req).map_err(|e| HelperError::Io(e.into()))?;
     let raw = spawn::run(cfg, who, workdir.map(|f| f.as_fd()), &body, on_spawn)?;
@@ -454,7 +454,7 @@ pub struct HelperStep {
     completed: Vec<CompletedAttestation>,
     state: LifecycleState,
     notes: Vec<String>,
-    step_name: Option<String>,
+    step: String,
 }
 
 impl std::fmt::Debug for HelperStep {
@@ -506,7 +506,7 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         completed: Vec::new(),
         hold_ms: 0,
         step_writes: None,
-        step: None,
+        step: String::new(),
     };
     let v = run_stage(
         spec.cfg,
@@ -538,16 +538,11 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         completed: v.attestations,
         state: v.state,
         notes: spec.notes,
-        step_name: None,
+        step: String::new(),
     })
 }
 
 impl HelperStep {
-    /// Names the step for the "after" attestors (link's `name`).
-    pub fn set_step_name(&mut self, name: &str) {
-        self.step_name = Some(name.to_string());
-    }
-
     /// The settings the "after" run will use (tests shorten the timeout to
     /// see a killed helper reported).
     pub fn config_mut(&mut self) -> &mut HelperConfig {
@@ -562,6 +557,16 @@ impl HelperStep {
     /// What "after" will get from "before".
     pub fn state(&self) -> &LifecycleState {
         &self.state
+    }
+
+    /// The attestor options of the step.
+    pub fn options(&self) -> &AttestorOptions {
+        &self.options
+    }
+
+    /// Sets the step's name (given to the "after" run's attestors).
+    pub fn set_step(&mut self, name: &str) {
+        self.step = name.to_string();
     }
 
     /// The hash algorithms of the step.
@@ -613,7 +618,7 @@ impl HelperStep {
             completed: ctx.completed.iter().map(WireAttestation::from).collect(),
             hold_ms: 0,
             step_writes: Some(writes),
-            step: self.step_name.clone(),
+            step: self.step,
         };
         let mut skipped = self.state.skipped.clone();
         let mut selected = self.state.selected.clone();

@@ -120,9 +120,9 @@ pub struct Request {
     /// each product `writtenByStep` from it).
     #[serde(default)]
     pub step_writes: Option<cilock_evidence::attestors::product::StepWrites>,
-    /// After: the step's name (the link attestor's `name`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
+    /// The step's name (the slsa attestor's invocation id outside CI).
+    #[serde(default)]
+    pub step: String,
 }
 
 /// The helper's reply.

@@ -148,7 +148,7 @@ pub(super) fn in_process_before(names: &[String], spec: &StepSpec) -> Result<Att
         .map_err(|e| EngineError::BadRequest(e.to_string()))?;
     let mut ctx = AttestationContext::new(spec.workdir.clone(), spec.env.clone());
     ctx.workdir_fd = spec.workdir_fd.clone();
-    ctx.step_name = Some(spec.name.clone());
+    ctx.step = spec.name.clone();
     lifecycle
         .before(&mut ctx)
         .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;

@@ -625,7 +625,7 @@ impl Engine {
                 let fd = spec.workdir_fd.clone().ok_or_else(|| {
                     internal("the attestor helper needs the workdir opened at begin")
                 })?;
-                let mut step = attest_helper::before(attest_helper::BeforeSpec {
+                let step = attest_helper::before(attest_helper::BeforeSpec {
                     cfg: hcfg,
                     who: Identity::of(spec.owner_uid, spec.owner_gid),
                     workdir: &spec.workdir,
@@ -639,7 +639,8 @@ impl Engine {
                     attest_helper::BeforeError::Helper(_) => EngineError::Before(e),
                     _ => EngineError::BadRequest(e.to_string()),
                 })?;
-                step.set_step_name(&spec.name);
+                let mut step = step;
+                step.set_step(&spec.name);
                 Attest::Helper(step)
             }
             None => in_process_before(&names, &spec)?,

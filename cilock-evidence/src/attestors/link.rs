@@ -71,8 +71,8 @@ impl Attestor for LinkAttestor {
             ));
         };
         let mut link = Map::new();
-        if let Some(n) = ctx.step_name.as_deref().filter(|n| !n.is_empty()) {
-            link.insert("name".into(), json!(n));
+        if !ctx.step.is_empty() {
+            link.insert("name".into(), json!(ctx.step));
         }
         let cmd: Vec<&str> = run
             .get("cmd")

@@ -81,9 +81,9 @@ pub struct AttestationContext {
     /// the product stage): products are marked `writtenByStep` from it.
     /// `None`: no trace, products carry no mark.
     pub step_writes: Option<product::StepWrites>,
-    /// The step's name, when whoever runs the attestors knows it (the link
-    /// attestor's `name`).
-    pub step_name: Option<String>,
+    /// The step's name (the collection's name; empty when unknown). The
+    /// slsa attestor uses it as the invocation id outside CI.
+    pub step: String,
 }
 
 impl AttestationContext {
@@ -97,7 +97,7 @@ impl AttestationContext {
             env,
             completed: Vec::new(),
             step_writes: None,
-            step_name: None,
+            step: String::new(),
         }
     }
 

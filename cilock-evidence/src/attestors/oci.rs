@@ -26,7 +26,8 @@
 //!
 //! Subjects, as Witness names them: `tardigest:<sha256>`,
 //! `manifestdigest:<sha256>`, `imageid:<sha256>`, `imagetag:<tag>` (sha256
-//! of the tag) and `layerdiffidNN:<sha256>` (NN the layer's index, two
+//! of the tag; a tag longer than [`MAX_TAG_SUBJECT_BYTES`] is not made a
+//! subject) and `layerdiffidNN:<sha256>` (NN the layer's index, two
 //! digits). Differences from go-witness: the diff ids follow the manifest's
 //! layer order (go-witness follows the order of the tar entries, which in
 //! an OCI-layout `docker save` is digest order); the image's digests are
@@ -65,6 +66,11 @@ pub const MAX_DECOMPRESSED_BYTES: u64 = 16 << 30;
 pub const MAX_MANIFESTS: usize = 1024;
 /// Most layers of the recorded image.
 pub const MAX_LAYERS: usize = 1024;
+/// Most tags of the recorded image.
+pub const MAX_TAGS: usize = 1024;
+/// Longest tag made a subject, in bytes (a longer one is recorded in
+/// `imagetags` only).
+pub const MAX_TAG_SUBJECT_BYTES: usize = 1024;
 
 const SHA256: &[HashAlg] = &[HashAlg::Sha256];
 
@@ -363,6 +369,9 @@ impl Attestor for OciAttestor {
         }
         let manifest_digest = DigestSet::from_bytes(raw, SHA256);
         let tags = m.repo_tags.clone().unwrap_or_default();
+        if tags.len() > MAX_TAGS {
+            return Err(bad(format!("{} tags, more than {MAX_TAGS}", tags.len())));
+        }
 
         let mut s = BTreeMap::new();
         s.insert(
@@ -374,7 +383,7 @@ impl Attestor for OciAttestor {
             manifest_digest.clone(),
         );
         s.insert(format!("imageid:{}", hex_of(&image_id)), image_id.clone());
-        for t in &tags {
+        for t in tags.iter().filter(|t| t.len() <= MAX_TAG_SUBJECT_BYTES) {
             s.insert(
                 format!("imagetag:{t}"),
                 DigestSet::from_bytes(t.as_bytes(), SHA256),
@@ -402,6 +411,59 @@ impl Attestor for OciAttestor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decompression_stops_at_the_bound() {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&[0u8; 1000]).unwrap();
+        let gz = e.finish().unwrap();
+        let mut scan = Scan::default();
+        let mut kept = 0;
+        // 999 bytes of the budget left: the 1000-byte layer is refused.
+        let mut inflated = MAX_DECOMPRESSED_BYTES - 999;
+        let err = scan_entry(
+            "l".into(),
+            gz.len() as u64,
+            &gz[..],
+            &mut scan,
+            &mut kept,
+            &mut inflated,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            format!("l: the layers decompress to more than {MAX_DECOMPRESSED_BYTES} bytes")
+        );
+        // 1000 left: it fits, and its diff id is the digest of the zeros.
+        let mut inflated = MAX_DECOMPRESSED_BYTES - 1000;
+        scan_entry(
+            "l".into(),
+            gz.len() as u64,
+            &gz[..],
+            &mut scan,
+            &mut kept,
+            &mut inflated,
+        )
+        .unwrap();
+        assert_eq!(inflated, MAX_DECOMPRESSED_BYTES);
+        assert_eq!(
+            scan.digests["l"].1,
+            Some(DigestSet::from_bytes(&[0u8; 1000], SHA256))
+        );
+        // Not gzip after its magic: an error naming the entry.
+        let bad = b"\x1f\x8bnot really gzip";
+        let err = scan_entry(
+            "b".into(),
+            bad.len() as u64,
+            &bad[..],
+            &mut scan,
+            &mut kept,
+            &mut 0,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("b: not a valid gzip stream"), "{err}");
+    }
 
     #[test]
     fn link_targets_stay_in_the_archive() {

@@ -367,10 +367,10 @@ pub fn detect_mime_with_tail(head: &[u8], tail: Option<&[u8]>, name: &str) -> St
         }
     }
     let lower_start: String = t.chars().take(64).collect::<String>().to_ascii_lowercase();
-    if lower_start.starts_with("<?xml") || lower_start.starts_with("<bom") {
-        if markers().cdx_xml.is_match(t.as_bytes()) {
-            return "application/vnd.cyclonedx+xml".to_string();
-        }
+    if (lower_start.starts_with("<?xml") || lower_start.starts_with("<bom"))
+        && markers().cdx_xml.is_match(t.as_bytes())
+    {
+        return "application/vnd.cyclonedx+xml".to_string();
     }
     if lower_start.starts_with("<?xml") {
         return "text/xml; charset=utf-8".to_string();
