@@ -37,6 +37,17 @@ pub enum Command {
     Push(PushArgs),
     /// Download the envelopes an OCI registry holds for an artifact.
     Pull(PullArgs),
+    /// List the attestors `-a` accepts and the catalogue of tools whose
+    /// outputs are attested when the trace sees them run.
+    Attestors(AttestorsArgs),
+}
+
+/// `cilock attestors`
+#[derive(Debug, Args)]
+pub struct AttestorsArgs {
+    /// Print the built-in catalogue as JSON (its source format).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--store URL`: `oci://HOST[:PORT]/REPO` (HTTPS) or `oci+http://…`.
