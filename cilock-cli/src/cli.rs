@@ -37,6 +37,17 @@ pub enum Command {
     Push(PushArgs),
     /// Download the envelopes an OCI registry holds for an artifact.
     Pull(PullArgs),
+    /// List the attestors `-a` accepts and the catalogue of tools whose
+    /// outputs are attested when the trace sees them run.
+    Attestors(AttestorsArgs),
+}
+
+/// `cilock attestors`
+#[derive(Debug, Args)]
+pub struct AttestorsArgs {
+    /// Print the built-in catalogue as JSON (its source format).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--store URL`: `oci://HOST[:PORT]/REPO` (HTTPS) or `oci+http://…`.
@@ -265,6 +276,20 @@ pub struct VerifyArgs {
     /// Key to sign the verification summary with.
     #[arg(long)]
     pub vsa_key: Option<PathBuf>,
+    /// `verifier.id` of the summary (a URI naming this verifier).
+    #[arg(long, value_name = "URI", default_value = cilock_evidence::policy::verify::VSA_VERIFIER_ID)]
+    pub vsa_verifier_id: String,
+    /// A SLSA level the summary states when the policy passed
+    /// (SLSA_<TRACK>_LEVEL_<0-4>, one per track; repeatable). Default:
+    /// SLSA_BUILD_LEVEL_1 when a passing collection holds SLSA provenance
+    /// (the slsa attestor), else SLSA_BUILD_LEVEL_0. A failed verification
+    /// states FAILED.
+    #[arg(long = "vsa-level", value_name = "LEVEL")]
+    pub vsa_levels: Vec<String>,
+    /// `resourceUri` of the summary (the artifact's URI; default
+    /// sha256:<first subject>).
+    #[arg(long, value_name = "URI")]
+    pub vsa_resource_uri: Option<String>,
     /// Wall-clock limit of each Rego evaluation (e.g. 10s, 500ms, 1m); a
     /// policy that exceeds it fails verification.
     #[arg(long = "rego-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_rego_timeout)]

@@ -2,7 +2,7 @@
 //! `__attest-helper` through the same spawn path the daemon uses, as a user
 //! created for the test (`groupadd`/`useradd`), reporting on itself (a
 //! probe request) and seen from outside (`/proc/<pid>/status`) while it
-//! runs. Needs root (changing identity); skipped with a message otherwise.
+//! runs. Needs root (changing identity): fails otherwise.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt as _;
@@ -17,15 +17,6 @@ use cilock_daemon::attest_helper::{
 use cilock_evidence::attestors::command_run::{CommandRun, TraceInfo};
 use cilock_evidence::attestors::lifecycle::{AttestorOptions, Lifecycle};
 use cilock_evidence::attestors::AttestationContext;
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    let root = unsafe { libc::getuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
 
 fn sh(cmd: &str) -> String {
     let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
@@ -147,9 +138,7 @@ fn status_line(pid: u32, key: &str) -> String {
 
 #[test]
 fn helper_runs_as_the_owner_with_nothing_else() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let u = TestUser::create("a");
     let who = Identity::of(u.uid, 4242);
     assert_eq!(who.gid, u.gid, "primary gid from passwd");
@@ -267,9 +256,7 @@ fn helper_runs_as_the_owner_with_nothing_else() {
 
 #[test]
 fn a_root_owner_gets_no_capability_either_and_a_uid_without_passwd_entry_gets_the_peer_gid() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let cfg = config();
     let r = attest_helper::probe(
         &cfg,
@@ -313,9 +300,7 @@ fn a_root_owner_gets_no_capability_either_and_a_uid_without_passwd_entry_gets_th
 
 #[test]
 fn a_helper_past_its_timeout_is_killed_and_reported() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let cfg = HelperConfig {
         timeout: Duration::from_millis(700),
         ..config()
@@ -337,9 +322,7 @@ fn a_helper_past_its_timeout_is_killed_and_reported() {
 
 #[test]
 fn stages_read_only_what_the_owner_can_and_report_failures() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let u = TestUser::create("b");
     let w = workdir(&u);
     let names = vec!["environment".to_string(), "secretscan".to_string()];
@@ -472,9 +455,7 @@ fn stages_read_only_what_the_owner_can_and_report_failures() {
 
 #[test]
 fn a_failed_before_stage_is_a_clear_error() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let u = TestUser::create("c");
     let w = workdir(&u);
     let names = vec!["environment".to_string()];

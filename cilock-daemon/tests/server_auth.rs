@@ -30,20 +30,9 @@ fn open_up(path: &std::path::Path) {
     .unwrap();
 }
 
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    let root = unsafe { libc::getuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
-
 #[test]
 fn root_peer_is_served() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let srv = TestServer::start(NO_SUCH_GROUP, |_| {});
     status_ok(&srv.path);
     // Through setpriv too, as root with no groups.
@@ -55,9 +44,7 @@ fn root_peer_is_served() {
 
 #[test]
 fn root_only_socket_when_group_is_missing() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let (dir, path) = temp_socket_dir();
     let server = Server::bind(ServerConfig::new(&path, NO_SUCH_GROUP)).unwrap();
     assert_eq!(server.access(), &Access::RootOnly);
@@ -84,9 +71,7 @@ fn root_only_socket_when_group_is_missing() {
 
 #[test]
 fn socket_mode_and_group_follow_an_existing_group() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let group = Group::create_system("clksock");
     let (dir, path) = temp_socket_dir();
     let server = Server::bind(ServerConfig::new(&path, &group.name)).unwrap();
@@ -118,9 +103,7 @@ fn socket_mode_and_group_follow_an_existing_group() {
 
 #[test]
 fn other_uid_not_in_group_is_forbidden() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let srv = TestServer::start(&TEST_GID.to_string(), |_| {});
     open_up(&srv.path);
     match run_as(&[NOBODY, NOBODY_GROUP, "--clear-groups"], &srv.path) {
@@ -136,9 +119,7 @@ fn other_uid_not_in_group_is_forbidden() {
 
 #[test]
 fn other_uid_without_group_cannot_open_the_socket() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let srv = TestServer::start(&TEST_GID.to_string(), |_| {});
     match run_as(&[NOBODY, NOBODY_GROUP, "--clear-groups"], &srv.path) {
         PeerOutcome::Connect(msg) => assert!(msg.contains("ermission denied"), "{msg}"),
@@ -148,9 +129,7 @@ fn other_uid_without_group_cannot_open_the_socket() {
 
 #[test]
 fn primary_group_member_is_served() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let srv = TestServer::start(&TEST_GID.to_string(), |_| {});
     let regid = format!("--regid={TEST_GID}");
     match run_as(&[NOBODY, &regid, "--clear-groups"], &srv.path) {
@@ -161,9 +140,7 @@ fn primary_group_member_is_served() {
 
 #[test]
 fn supplementary_group_member_is_served() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let srv = TestServer::start(&TEST_GID.to_string(), |_| {});
     let groups = format!("--groups=100,{TEST_GID}");
     match run_as(&[NOBODY, NOBODY_GROUP, &groups], &srv.path) {

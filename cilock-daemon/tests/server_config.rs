@@ -142,10 +142,7 @@ fn is_root() -> bool {
 
 #[test]
 fn key_file_0600_root_is_accepted() {
-    if !is_root() {
-        eprintln!("skipped: needs root (the key must be root-owned)");
-        return;
-    }
+    cilock_testkit::users::require_root();
     let dir = tempfile::tempdir().unwrap();
     check_key_file(&key_with_mode(dir.path(), 0o600)).unwrap();
     check_key_file(&key_with_mode(dir.path(), 0o400)).unwrap();

@@ -75,10 +75,7 @@ fn check(config: &Path) -> std::process::Output {
 
 #[test]
 fn check_config_accepts_a_good_setup() {
-    if !is_root() {
-        eprintln!("skipped: the key must be root-owned");
-        return;
-    }
+    cilock_testkit::users::require_root();
     let s = setup(0o600, "step_timeout = \"2h\"\n");
     let out = check(&s.config);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -124,9 +121,7 @@ fn group_or_world_accessible_key_is_refused() {
 
 #[test]
 fn key_not_owned_by_root_is_refused() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let s = setup(0o600, "");
     std::os::unix::fs::chown(&s.key, Some(65534), Some(65534)).unwrap();
     let out = check(&s.config);
@@ -191,10 +186,7 @@ fn wait_notify(sock: &UnixDatagram, needle: &str, timeout: Duration, seen: &mut 
 
 #[test]
 fn daemon_starts_notifies_serves_and_stops_on_sigterm() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    cilock_testkit::users::require_root();
     let parent = format!("cilock-test-{}.steps", std::process::id());
     let s = setup(
         0o600,

@@ -55,20 +55,9 @@ fn peer_hold_helper() {
     let _ = std::io::stdin().read_line(&mut s);
 }
 
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    let root = unsafe { libc::getuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
-
 #[test]
 fn one_users_connections_never_lock_out_root_or_another_user() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     let g = Group::create_system("clklim");
     let srv = TestServer::start(&g.name, |c| {
         c.read_timeout = Duration::from_secs(60);
@@ -160,9 +149,7 @@ fn one_users_connections_never_lock_out_root_or_another_user() {
 
 #[test]
 fn a_client_that_hangs_up_releases_its_slot_and_its_request_is_cancelled() {
-    if !is_root() {
-        return;
-    }
+    cilock_testkit::users::require_root();
     // One connection in all: the stuck request's slot must come back when
     // its client goes, though the call itself keeps running for 20 s.
     let srv = TestServer::start("cilock-test-no-such-group", |c| {

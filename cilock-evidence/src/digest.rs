@@ -210,6 +210,56 @@ impl DigestSet {
     }
 }
 
+/// A reader that hashes what passes through it, so a file can be parsed
+/// and its digest proven in the same pass (no second read that could see
+/// other content). `len` is the file's length from `fstat` (gitoids need it
+/// first); [`HashingReader::finish`] reads what the parser left and fails
+/// unless exactly `len` bytes went through.
+pub struct HashingReader<R> {
+    inner: R,
+    hashers: Hashers,
+    len: u64,
+    seen: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Hashes `inner` (of `len` bytes) with every algorithm of `algs`.
+    pub fn new(inner: R, len: u64, algs: &[HashAlg]) -> Self {
+        HashingReader {
+            inner,
+            hashers: Hashers::new(algs, Some(len)),
+            len,
+            seen: 0,
+        }
+    }
+
+    /// Reads the rest and returns the digest of all of it.
+    pub fn finish(mut self) -> io::Result<DigestSet> {
+        let left = self.len.saturating_sub(self.seen).saturating_add(1);
+        let n = stream(&mut self.inner, &mut self.hashers, left)?;
+        let total = self.seen + n;
+        if total != self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the file changed size while it was read ({total} bytes, not the {} fstat gave)",
+                    self.len
+                ),
+            ));
+        }
+        Ok(self.hashers.finish())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hashers.update(&buf[..n]);
+        self.seen += n as u64;
+        Ok(n)
+    }
+}
+
 /// Every hasher a digest set may need, fed in one pass.
 struct Hashers {
     algs: Vec<HashAlg>,
@@ -327,6 +377,26 @@ impl<'de> Deserialize<'de> for DigestSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashing_reader_proves_what_went_through() {
+        let data = b"hello, hashing reader".repeat(1000);
+        let algs = [HashAlg::Sha256, HashAlg::GitoidSha256];
+        let mut r = HashingReader::new(&data[..], data.len() as u64, &algs);
+        let mut head = [0u8; 10];
+        r.read_exact(&mut head).unwrap();
+        // finish reads the rest the parser left.
+        assert_eq!(r.finish().unwrap(), DigestSet::from_bytes(&data, &algs));
+        // Fewer or more bytes than fstat gave: an error, no digest.
+        let short = HashingReader::new(&data[..5], 6, &algs)
+            .finish()
+            .unwrap_err();
+        assert!(short.to_string().contains("5 bytes, not the 6"), "{short}");
+        let long = HashingReader::new(&data[..7], 6, &algs)
+            .finish()
+            .unwrap_err();
+        assert!(long.to_string().contains("7 bytes, not the 6"), "{long}");
+    }
 
     #[test]
     fn known_vectors() {

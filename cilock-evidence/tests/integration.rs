@@ -7,6 +7,10 @@
 mod attestors_files;
 /// The git attestor against real repositories made with the git binary.
 mod attestors_git;
+/// sbom and sarif over real cyclonedx-py and ruff outputs; oci and link.
+mod attestors_products;
+/// lockfiles, system-packages and the scanner reports (falco, kube-bench, prowler, testssl).
+mod attestors_scanners;
 /// secretscan: findings never appear in clear in the collection.
 mod attestors_secretscan;
 /// The example policy against a step reaching the container engine's own socket.

@@ -359,6 +359,15 @@ impl Http {
                 truncate(realm, 200)
             )));
         }
+        // An HTTPS registry must not send its users' credentials to a token
+        // server in clear text (Docker does; cilock refuses the downgrade).
+        let secret = !matches!(self.credential.credential, Credential::Anonymous);
+        if secret && !self.url.insecure_http && url.scheme() == "http" {
+            return Err(cred_err(format!(
+                "the registry (HTTPS) sends credentials to the plain-HTTP token realm {:?}: refused",
+                truncate(realm, 200)
+            )));
+        }
         let req = match &self.credential.credential {
             Credential::IdentityToken(refresh) => {
                 let mut form = Url::parse("http://form.invalid/").expect("static URL");
@@ -586,6 +595,44 @@ fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_go_to_a_plain_http_realm_of_an_https_registry() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let basic = || Found {
+            credential: Credential::Basic {
+                user: "u".into(),
+                password: "secret-pw".into(),
+            },
+            source: "test".into(),
+        };
+        let url: StoreUrl = "oci://registry.example/a/b".parse().unwrap();
+        let h = Http::new(&url, basic(), Duration::from_secs(1)).unwrap();
+        let e = rt
+            .block_on(h.fetch_token("http://127.0.0.1:9/token", None, "repository:a/b:pull"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plain-HTTP token realm") && e.contains("refused"),
+            "{e}"
+        );
+        assert!(!e.contains("secret-pw"), "{e}");
+        // A plain-HTTP registry (loopback/dev) may use a plain-HTTP realm:
+        // the request is made (and fails here: nothing listens on port 9).
+        let url: StoreUrl = "oci+http://127.0.0.1:9/a/b".parse().unwrap();
+        let h = Http::new(&url, basic(), Duration::from_secs(1)).unwrap();
+        let e = rt
+            .block_on(h.fetch_token("http://127.0.0.1:9/token", None, "repository:a/b:pull"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("plain-HTTP token realm") && e.contains("cannot connect"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn challenges() {

@@ -90,3 +90,15 @@ pub fn cilock_as(d: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&str]) 
         .output()
         .expect("setpriv cilock")
 }
+
+/// Fails the test unless it runs as root (the end-to-end and daemon tests
+/// need root: `cargo xtask test` runs them so). A test that needs root
+/// never passes by skipping.
+pub fn require_root() {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(
+        uid, 0,
+        "this test needs root (cgroups, eBPF, root-owned keys): run the tests as root (cargo xtask test)"
+    );
+}

@@ -10,6 +10,9 @@
 /// Every attack of the security review, replayed by an unprivileged member
 /// of the daemon's group.
 mod adversarial;
+/// Issue #17: sbom and sarif attestors chosen by the trace (real ruff and
+/// cyclonedx-py), and Rego gates on them.
+mod attestor_selection;
 /// Observed versus claimed: what the trace saw beats what the job says.
 mod claimed;
 /// Issue #15: containers a step runs (docker, BuildKit, rootless podman).

@@ -4,6 +4,7 @@
 
 use crate::cli::{Cli, Command, StepCommand};
 
+mod attestors;
 mod inspect;
 mod keygen;
 mod output;
@@ -26,5 +27,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Push(a) => store::push(a),
         Command::Pull(a) => store::pull(a),
+        Command::Attestors(a) => attestors::attestors(a),
     }
 }

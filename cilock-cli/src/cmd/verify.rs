@@ -6,13 +6,15 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use cilock_evidence::dsse::{self, Envelope};
 use cilock_evidence::intoto::PAYLOAD_TYPE;
 use cilock_evidence::keys::{Signer, Verifier};
 use cilock_evidence::limits;
 use cilock_evidence::policy::rego::{self, RegoLimits, RegoRunner};
-use cilock_evidence::policy::verify::{vsa_statement, NamedEnvelope, VerificationReport};
+use cilock_evidence::policy::verify::{
+    check_vsa_levels, vsa_statement, NamedEnvelope, VerificationReport, VsaOptions,
+};
 use cilock_evidence::policy::{verify as run_verify, VerifyOptions};
 
 use crate::cli::VerifyArgs;
@@ -45,6 +47,24 @@ fn read_envelope(path: &std::path::Path, what: &str) -> anyhow::Result<Envelope>
 pub fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
     if a.vsa_out.is_some() != a.vsa_key.is_some() {
         bail!("--vsa-out and --vsa-key go together");
+    }
+    check_vsa_levels(&a.vsa_levels).map_err(|e| anyhow!("--vsa-level: {e}"))?;
+    let is_uri = a
+        .vsa_verifier_id
+        .split_once(':')
+        .is_some_and(|(scheme, rest)| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !rest.is_empty()
+                && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
+    if !is_uri {
+        bail!(
+            "--vsa-verifier-id {:?} is not a URI (e.g. https://ci.example.com/cilock-verifier)",
+            a.vsa_verifier_id
+        );
     }
     let policy_envelope = read_envelope(&a.policy, "policy")?;
     let policy_key = Verifier::from_file(&a.publickey)
@@ -102,6 +122,11 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<u8> {
             &opts.policy_envelope,
             &opts.attestations,
             now,
+            &VsaOptions {
+                verifier_id: Some(a.vsa_verifier_id.clone()),
+                levels: a.vsa_levels.clone(),
+                resource_uri: a.vsa_resource_uri.clone(),
+            },
         );
         let env = dsse::sign(PAYLOAD_TYPE, serde_json::to_vec(&st)?, signer)
             .context("signing the verification summary")?;

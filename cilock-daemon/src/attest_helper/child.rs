@@ -230,6 +230,7 @@ fn run(req: Request) -> Reply {
                 version: PROTOCOL_VERSION,
                 attestations: wire(&ctx.completed),
                 skipped: lc.skipped().to_vec(),
+                selected: lc.selected().to_vec(),
                 ..Default::default()
             };
             match r {
@@ -241,6 +242,7 @@ fn run(req: Request) -> Reply {
         StageKind::After => {
             let state = req.state.unwrap_or_default();
             let earlier = state.skipped.len();
+            let earlier_selected = state.selected.len();
             lc.resume(state);
             ctx.completed = req
                 .completed
@@ -253,6 +255,12 @@ fn run(req: Request) -> Reply {
                 version: PROTOCOL_VERSION,
                 attestations: wire(&ctx.completed[n0.min(ctx.completed.len())..]),
                 skipped: lc.skipped().iter().skip(earlier).cloned().collect(),
+                selected: lc
+                    .selected()
+                    .iter()
+                    .skip(earlier_selected)
+                    .cloned()
+                    .collect(),
                 redactions: lc.redactions().to_vec(),
                 ..Default::default()
             };

@@ -19,12 +19,16 @@
 //! `/proc/PID/environ`) travels in the request.
 //!
 //! Two runs per step: "before" at begin (environment, git, github, gitlab,
-//! material) and "after" at end (github-action, product, secretscan). What
+//! lockfiles, system-packages, material) and "after" at end (github-action,
+//! product, the post-product attestors requested or called for by the trace,
+//! secretscan). What
 //! "after" needs from "before" (the material snapshot, skipped attestors)
 //! comes back through the daemon ([`LifecycleState`]).
 //!
 //! The reply is untrusted: its size is capped, it is parsed and validated
-//! ([`validate`]): only the attestors expected for that stage and requested,
+//! ([`validate`]): only the attestors expected for that stage and requested
+//! (or, after the step, called for by the trace as the daemon's own
+//! command-run shows it: [`after_plan`]),
 //! no duplicate, never `command-run`, the type URI the daemon expects, a
 //! bounded number of subjects. secretscan's redaction of the other
 //! attestations is done by the daemon from the secret strings the helper
@@ -56,10 +60,11 @@ use std::sync::Arc;
 use cilock_evidence::attestors::command_run::{self, CommandRun};
 use cilock_evidence::attestors::github_action;
 use cilock_evidence::attestors::lifecycle::{
-    AttestorOptions, Lifecycle, LifecycleState, SkippedAttestor,
+    AttestorOptions, Lifecycle, LifecycleState, SkippedAttestor, POST_PRODUCT, PRE_MATERIAL,
 };
 use cilock_evidence::attestors::product::StepWrites;
 use cilock_evidence::attestors::secretscan::redact_json;
+use cilock_evidence::attestors::selection::{self, SelectedAttestor};
 use cilock_evidence::attestors::{run_one, AttestationContext, CompletedAttestation};
 use cilock_evidence::collection::witness_type;
 use cilock_evidence::digest::HashAlg;
@@ -68,9 +73,48 @@ pub use protocol::{ProbeReport, Reply, Request, StageKind, WireAttestation, PROT
 pub use spawn::{HelperConfig, HelperError, Identity};
 
 /// Attestors of the "before" run, in stage order.
-pub const BEFORE_ATTESTORS: &[&str] = &["environment", "git", "github", "gitlab", "material"];
-/// Attestors of the "after" run, in stage order.
-pub const AFTER_ATTESTORS: &[&str] = &["github-action", "product", "slsa", "secretscan"];
+pub const BEFORE_ATTESTORS: &[&str] = &[
+    "environment",
+    "git",
+    "github",
+    "gitlab",
+    "lockfiles",
+    "system-packages",
+    "material",
+];
+/// Attestors of the "after" run, in stage order (the post-product ones of
+/// `lifecycle::POST_PRODUCT` run between product and secretscan, see
+/// [`after_plan`]).
+pub const AFTER_ATTESTORS: &[&str] = &["github-action", "product", "secretscan"];
+
+/// The attestors an "after" run may record, in stage order: the requested
+/// ones and those the trace calls for (`auto`, from the daemon's own
+/// command-run: the helper cannot add any). A prematerial attestor the
+/// trace calls for (lockfiles) runs after product, as the lifecycle does.
+pub fn after_plan(requested: &[String], auto: &[SelectedAttestor]) -> Vec<String> {
+    let req = |n: &str| requested.iter().any(|r| r == n);
+    let auto_has = |n: &str| auto.iter().any(|s| s.name == n);
+    let mut v: Vec<String> = Vec::new();
+    for n in ["github-action", "product"] {
+        if req(n) {
+            v.push(n.to_string());
+        }
+    }
+    for s in auto {
+        if PRE_MATERIAL.contains(&s.name.as_str()) && !req(&s.name) && !v.contains(&s.name) {
+            v.push(s.name.clone());
+        }
+    }
+    for n in POST_PRODUCT {
+        if req(n) || auto_has(n) {
+            v.push(n.to_string());
+        }
+    }
+    if req("secretscan") {
+        v.push("secretscan".to_string());
+    }
+    v
+}
 
 /// Subjects plus back-references one attestation may carry.
 pub const MAX_SUBJECTS: usize = 1 << 20;
@@ -120,6 +164,9 @@ pub struct Validated {
     pub attestations: Vec<CompletedAttestation>,
     /// Expected attestors that were not recorded, and why.
     pub skipped: Vec<SkippedAttestor>,
+    /// Prematerial and postproduct attestors recorded, and why (the
+    /// daemon's reasons: `requested`, or the trace's).
+    pub selected: Vec<SelectedAttestor>,
     /// Before: the material snapshot (skipped list replaced by `skipped`).
     pub state: LifecycleState,
     /// After: secret strings to mask, longest first.
@@ -133,12 +180,26 @@ pub struct Validated {
 /// The type URI the daemon expects for an attestor (as its `Attestor`
 /// implementation writes it).
 pub fn expected_type(name: &str) -> String {
+    use cilock_evidence::attestors::{link, scanners};
     match name {
         github_action::NAME => github_action::TYPE_URI.to_string(),
-        cilock_evidence::attestors::slsa::NAME => {
-            cilock_evidence::attestors::slsa::TYPE_URI.to_string()
-        }
+        "link" => link::TYPE.to_string(),
+        "slsa" => cilock_evidence::attestors::slsa::TYPE_URI.to_string(),
+        "falco" => scanners::falco::TYPE.to_string(),
+        "kube-bench" => scanners::kube_bench::TYPE.to_string(),
+        "prowler" => scanners::prowler::TYPE.to_string(),
+        "testssl" => scanners::testssl::TYPE.to_string(),
         n => witness_type(n),
+    }
+}
+
+/// Whether `uri` is a type the attestor `name` may write (sbom's depends on
+/// the document it found).
+pub fn type_accepted(name: &str, uri: &str) -> bool {
+    use cilock_evidence::attestors::sbom;
+    match name {
+        "sbom" => uri == sbom::SPDX_TYPE || uri == sbom::CYCLONEDX_TYPE,
+        n => uri == expected_type(n),
     }
 }
 
@@ -152,6 +213,17 @@ fn clip(s: &str, max_chars: usize) -> String {
 /// Parses and checks a helper's reply for `stage`, given the attestors the
 /// step requested (`requested`, as `Lifecycle::attestors` lists them).
 pub fn validate(raw: &[u8], stage: Stage, requested: &[String]) -> Result<Validated, String> {
+    validate_with(raw, stage, requested, &[])
+}
+
+/// [`validate`], with the attestors the trace calls for (`auto`, computed
+/// by the daemon from its own command-run; "after" only).
+pub fn validate_with(
+    raw: &[u8],
+    stage: Stage,
+    requested: &[String],
+    auto: &[SelectedAttestor],
+) -> Result<Validated, String> {
     let reply: Reply = serde_json::from_slice(raw).map_err(|e| format!("not a reply: {e}"))?;
     if reply.version != PROTOCOL_VERSION {
         return Err(format!(
@@ -159,12 +231,16 @@ pub fn validate(raw: &[u8], stage: Stage, requested: &[String]) -> Result<Valida
             reply.version
         ));
     }
-    let expected: Vec<&str> = stage
-        .attestors()
-        .iter()
-        .copied()
-        .filter(|n| requested.iter().any(|r| r == n))
-        .collect();
+    let plan: Vec<String> = match stage {
+        Stage::Before => stage
+            .attestors()
+            .iter()
+            .filter(|n| requested.iter().any(|r| r == *n))
+            .map(|n| n.to_string())
+            .collect(),
+        Stage::After => after_plan(requested, auto),
+    };
+    let expected: Vec<&str> = plan.iter().map(|s| s.as_str()).collect();
     let mut seen = BTreeSet::new();
     let mut attestations = Vec::new();
     for a in reply.attestations {
@@ -177,7 +253,7 @@ pub fn validate(raw: &[u8], stage: Stage, requested: &[String]) -> Result<Valida
         if !seen.insert(a.name.clone()) {
             return Err(format!("attestation {:?} given twice", a.name));
         }
-        if a.type_uri != expected_type(&a.name) {
+        if !type_accepted(&a.name, &a.type_uri) {
             return Err(format!(
                 "attestation {:?} has type {:?}",
                 a.name,
@@ -215,6 +291,27 @@ pub fn validate(raw: &[u8], stage: Stage, requested: &[String]) -> Result<Valida
             });
         }
     }
+    // Why each prematerial/postproduct attestor ran: the daemon's own
+    // reasons, for those recorded in this reply, in stage order.
+    let mut selected = Vec::new();
+    for n in &expected {
+        if !(PRE_MATERIAL.contains(n) || POST_PRODUCT.contains(n))
+            || !attestations.iter().any(|a| a.name == *n)
+        {
+            continue;
+        }
+        let reason = if requested.iter().any(|r| r == n) {
+            selection::REQUESTED.to_string()
+        } else if let Some(s) = auto.iter().find(|s| s.name == *n) {
+            clip(&s.reason, MAX_MESSAGE_CHARS)
+        } else {
+            continue;
+        };
+        selected.push(SelectedAttestor {
+            name: n.to_string(),
+            reason,
+        });
+    }
     let error = reply.error.map(|e| clip(&e, MAX_MESSAGE_CHARS));
     for n in &expected {
         if !seen.contains(*n) {
@@ -240,6 +337,7 @@ pub fn validate(raw: &[u8], stage: Stage, requested: &[String]) -> Result<Valida
             state.materials = st.materials;
         }
         state.skipped = skipped.clone();
+        state.selected = selected.clone();
     }
     let mut redactions = Vec::new();
     if stage == Stage::After {
@@ -269,6 +367,7 @@ pub fn validate(raw: &[u8], stage: Stage, requested: &[String]) -> Result<Valida
     Ok(Validated {
         attestations,
         skipped,
+        selected,
         state,
         redactions,
         failure,
@@ -284,12 +383,13 @@ pub fn run_stage(
     stage: Stage,
     mut request: Request,
     requested: &[String],
+    auto: &[SelectedAttestor],
 ) -> Result<Validated, HelperError> {
     request.version = PROTOCOL_VERSION;
     request.stage = stage.kind();
     let body = serde_json::to_vec(&request).map_err(|e| HelperError::Io(e.into()))?;
     let raw = spawn::run(cfg, who, Some(workdir.as_fd()), &body, |_| {})?;
-    validate(&raw, stage, requested).map_err(HelperError::BadReply)
+    validate_with(&raw, stage, requested, auto).map_err(HelperError::BadReply)
 }
 
 /// Runs a probe (no attestor: the helper reports its own identity, limits
@@ -413,6 +513,7 @@ pub fn before(spec: BeforeSpec<'_>) -> Result<HelperStep, BeforeError> {
         Stage::Before,
         req,
         &requested,
+        &[],
     )?;
     if let Some(e) = v.error {
         return Err(BeforeError::Attestor(e));
@@ -493,6 +594,13 @@ impl HelperStep {
         // at begin): what it later says about the workdir goes by it.
         ctx.workdir_fd = Some(self.workdir_fd.clone());
         let cr_json = serde_json::to_value(&run).unwrap_or_default();
+        // What the trace calls for, from the daemon's own command-run: the
+        // helper may record these besides the requested ones, nothing else.
+        let auto = if self.options.no_auto_select {
+            Vec::new()
+        } else {
+            selection::select(Some(&cr_json))
+        };
         let _ = run_one(
             &mut ctx,
             &mut crate::engine::CommandRunAttestor(Some(cr_json)),
@@ -511,6 +619,7 @@ impl HelperStep {
             step: self.step,
         };
         let mut skipped = self.state.skipped.clone();
+        let mut selected = self.state.selected.clone();
         let mut failure = None;
         let mut redactions = Vec::new();
         match run_stage(
@@ -520,6 +629,7 @@ impl HelperStep {
             Stage::After,
             req,
             &self.requested,
+            &auto,
         ) {
             Ok(v) => {
                 if let Some(e) = &v.error {
@@ -527,24 +637,24 @@ impl HelperStep {
                 }
                 ctx.completed.extend(v.attestations);
                 skipped.extend(v.skipped);
+                selected.extend(v.selected);
                 failure = v.failure;
                 redactions = v.redactions;
             }
             Err(e) => {
                 tracing::warn!(uid = self.who.uid, "attestors after the step: {e}");
-                for n in AFTER_ATTESTORS {
-                    if self.requested.iter().any(|r| r == n) {
-                        skipped.push(SkippedAttestor {
-                            name: n.to_string(),
-                            reason: e.to_string(),
-                        });
-                    }
+                for n in after_plan(&self.requested, &auto) {
+                    skipped.push(SkippedAttestor {
+                        name: n,
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
         // The daemon's own command-run: record what was skipped, then mask.
         if let Some(t) = run.trace.as_mut() {
             t.skipped_attestors = skipped;
+            t.selected_attestors = selected;
         }
         if let Some(c) = ctx
             .completed
@@ -717,6 +827,107 @@ mod tests {
             .all(|(s, _)| s.len() >= MIN_REDACTION_CHARS));
         assert!(v.redactions.iter().all(|(_, r)| r == "ruleid"));
         assert_eq!(v.failure.as_deref(), Some("found"));
+    }
+
+    #[test]
+    fn attestors_the_trace_selected_are_accepted_only_when_the_daemon_selected_them() {
+        let r = req(&["secretscan", "sarif"]);
+        let auto = vec![
+            SelectedAttestor {
+                name: "sbom".into(),
+                reason: "the trace ran `/v/bin/cyclonedx-py` (catalogue: cyclonedx-py → sbom)"
+                    .into(),
+            },
+            SelectedAttestor {
+                name: "lockfiles".into(),
+                reason: "the trace ran `/usr/bin/npm` (catalogue: npm → lockfiles)".into(),
+            },
+        ];
+        assert_eq!(
+            after_plan(&r, &auto),
+            ["product", "lockfiles", "sbom", "sarif", "secretscan"]
+        );
+        let mut sbom = att("sbom");
+        sbom["type_uri"] = json!("https://cyclonedx.org/bom");
+        let body = reply(json!({
+            "attestations": [att("secretscan"), sbom, att("product"), att("sarif")],
+            "skipped": [{"name": "lockfiles", "reason": "no lockfile"},
+                        {"name": "oci", "reason": "not expected: dropped"}],
+            "selected": [{"name": "sbom", "reason": "the helper's own words"},
+                         {"name": "oci", "reason": "x"}]}));
+        let v = validate_with(&body, Stage::After, &r, &auto).unwrap();
+        let names: Vec<&str> = v.attestations.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["product", "sbom", "sarif", "secretscan"]);
+        assert_eq!(
+            v.selected,
+            vec![
+                auto[0].clone(),
+                SelectedAttestor {
+                    name: "sarif".into(),
+                    reason: "requested".into()
+                }
+            ]
+        );
+        assert_eq!(
+            v.skipped,
+            vec![SkippedAttestor {
+                name: "lockfiles".into(),
+                reason: "no lockfile".into()
+            }]
+        );
+        // Without the daemon's selection, the same reply is refused.
+        let e = validate(&body, Stage::After, &r).unwrap_err();
+        assert!(e.contains("unexpected attestation \"sbom\""), "{e}");
+        // sbom with a type no SBOM has, or one the trace did not select.
+        let mut bad = att("sbom");
+        bad["type_uri"] = json!("https://witness.dev/attestations/sbom/v0.1");
+        let e = validate_with(
+            &reply(json!({"attestations": [bad]})),
+            Stage::After,
+            &r,
+            &auto,
+        )
+        .unwrap_err();
+        assert!(e.contains("type"), "{e}");
+        let e = validate_with(
+            &reply(json!({"attestations": [att("oci")]})),
+            Stage::After,
+            &r,
+            &auto,
+        )
+        .unwrap_err();
+        assert!(e.contains("unexpected"), "{e}");
+        // One the trace selected that the helper did not return is listed.
+        let v = validate_with(
+            &reply(json!({"attestations": [att("product")]})),
+            Stage::After,
+            &r,
+            &auto,
+        )
+        .unwrap();
+        let skipped: Vec<&str> = v.skipped.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(skipped, ["lockfiles", "sbom", "sarif", "secretscan"]);
+        assert!(v.selected.is_empty());
+    }
+
+    #[test]
+    fn the_daemon_expects_the_types_the_attestors_write() {
+        let opts = AttestorOptions::default();
+        // sbom's type depends on the document (both accepted); slsa is
+        // checked once its attestor (wip/slsa) is merged: then use
+        // `slsa::TYPE_URI` in `expected_type` and drop it from this list.
+        for n in PRE_MATERIAL
+            .iter()
+            .chain(POST_PRODUCT)
+            .filter(|n| !matches!(**n, "sbom" | "slsa"))
+        {
+            let a = cilock_evidence::attestors::lifecycle::build(n, &opts).unwrap();
+            assert_eq!(a.type_uri(), expected_type(n), "{n}");
+            assert!(type_accepted(n, &a.type_uri()));
+        }
+        assert!(type_accepted("sbom", "https://cyclonedx.org/bom"));
+        assert!(type_accepted("sbom", "https://spdx.dev/Document"));
+        assert!(!type_accepted("sbom", &witness_type("sbom")));
     }
 
     #[test]

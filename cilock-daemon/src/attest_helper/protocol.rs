@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use cilock_evidence::attestors::lifecycle::{AttestorOptions, LifecycleState, SkippedAttestor};
+use cilock_evidence::attestors::selection::SelectedAttestor;
 use cilock_evidence::attestors::CompletedAttestation;
 use cilock_evidence::digest::DigestSet;
 
@@ -134,6 +135,9 @@ pub struct Reply {
     pub attestations: Vec<WireAttestation>,
     /// Requested attestors not recorded, and why.
     pub skipped: Vec<SkippedAttestor>,
+    /// Prematerial and postproduct attestors this stage recorded, and why
+    /// (requested, or called for by the trace).
+    pub selected: Vec<SelectedAttestor>,
     /// Before: what `after` needs.
     pub state: Option<LifecycleState>,
     /// After: `(secret, rule)` strings secretscan found; the daemon masks

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use cilock_evidence::attestors::command_run::{
     self, Claimed, CommandRun, EventCount, TraceInfo, EXITCODE_UNKNOWN,
 };
-use cilock_evidence::attestors::lifecycle::{Lifecycle, SkippedAttestor};
+use cilock_evidence::attestors::lifecycle::Lifecycle;
 use cilock_evidence::attestors::{AttestError, AttestationContext, Attestor, Stage};
 use cilock_evidence::collection::Collection;
 use cilock_evidence::dsse::{self, Envelope};
@@ -163,25 +163,6 @@ pub(super) fn in_process_before(names: &[String], spec: &StepSpec) -> Result<Att
         .before(&mut ctx)
         .map_err(|e| EngineError::BadRequest(format!("attestors before the step: {e}")))?;
     Ok(Attest::InProcess { lifecycle, ctx })
-}
-
-/// Lists `skipped` in the command-run's `trace.skippedAttestors`.
-pub(super) fn record_skipped(ctx: &mut AttestationContext, skipped: &[SkippedAttestor]) {
-    if skipped.is_empty() {
-        return;
-    }
-    let Some(c) = ctx
-        .completed
-        .iter_mut()
-        .find(|c| c.name == command_run::NAME)
-    else {
-        return;
-    };
-    if let (Some(t), Ok(v)) = (c.json.get_mut("trace"), serde_json::to_value(skipped)) {
-        if let Some(t) = t.as_object_mut() {
-            t.insert("skippedAttestors".into(), v);
-        }
-    }
 }
 
 /// Wraps the engine's command-run JSON as an attestor for the lifecycle.

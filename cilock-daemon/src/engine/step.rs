@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cilock_evidence::attestors::command_run::{CommandRun, EventCount, TraceInfo, WaitDescendants};
+use cilock_evidence::attestors::lifecycle::record_in_command_run;
 use cilock_evidence::attestors::{into_collection, run_one, AttestError};
 use cilock_evidence::collection::COLLECTION_TYPE;
 use cilock_evidence::intoto::Statement;
 
-use super::attest::{
-    capture_fields, in_process_before, observe, record_skipped, Attest, CommandRunAttestor,
-};
+use super::attest::{capture_fields, in_process_before, observe, Attest, CommandRunAttestor};
 use super::containers::ContainerLog;
 use super::{
     kernel_release, valid_step_name, EndSpec, EndedBy, EngineError, StepOutcome, StepSpec,
@@ -132,7 +131,7 @@ impl PendingStep {
                     Err(AttestError::Failed(msg)) => Some(msg),
                     Err(e) => return Err(EngineError::After(e)),
                 };
-                record_skipped(&mut ctx, lifecycle.skipped());
+                record_in_command_run(&mut ctx, lifecycle.skipped(), lifecycle.selected());
                 (ctx, failure)
             }
         };

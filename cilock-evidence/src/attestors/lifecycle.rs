@@ -19,8 +19,9 @@
 //! command-run, material and product always run. A CI attestor requested
 //! outside its CI (github, gitlab, github-action) is not recorded, nor is
 //! one whose input is absent (no SBOM among the products, …); the reason is
-//! kept in [`Lifecycle::skipped`]. Post-product attestors also run when the
-//! trace calls for them ([`super::selection`]); why each ran is kept in
+//! kept in [`Lifecycle::skipped`]. Post-product attestors (and lockfiles,
+//! then on the files as the step left them) also run when the trace calls
+//! for them ([`super::selection`]); why each ran is kept in
 //! [`Lifecycle::selected`].
 
 use std::collections::BTreeMap;
@@ -241,6 +242,36 @@ fn run_recorded(
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Writes `skipped` and `selected` into the command-run attestation among
+/// `ctx.completed` (`trace.skippedAttestors`, `trace.selectedAttestors`);
+/// empty lists are not written.
+pub fn record_in_command_run(
+    ctx: &mut AttestationContext,
+    skipped: &[SkippedAttestor],
+    selected: &[SelectedAttestor],
+) {
+    let Some(c) = ctx
+        .completed
+        .iter_mut()
+        .find(|c| c.name == super::command_run::NAME)
+    else {
+        return;
+    };
+    let Some(t) = c.json.get_mut("trace").and_then(|t| t.as_object_mut()) else {
+        return;
+    };
+    if !skipped.is_empty() {
+        if let Ok(v) = serde_json::to_value(skipped) {
+            t.insert("skippedAttestors".into(), v);
+        }
+    }
+    if !selected.is_empty() {
+        if let Ok(v) = serde_json::to_value(selected) {
+            t.insert("selectedAttestors".into(), v);
+        }
     }
 }
 
@@ -516,6 +547,20 @@ impl Lifecycle {
         } else {
             selection::select(ctx.completed_json(super::command_run::NAME))
         };
+        // A prematerial attestor the trace calls for (a package manager ran:
+        // lockfiles) runs now, on the files as the step left them.
+        for s in auto.iter().filter(|s| {
+            PRE_MATERIAL.contains(&s.name.as_str()) && !self.requested.contains(&s.name)
+        }) {
+            let mut a = build(&s.name, &self.opts)?;
+            run_recorded(
+                ctx,
+                a.as_mut(),
+                &s.reason,
+                &mut self.skipped,
+                &mut self.selected,
+            )?;
+        }
         for n in POST_PRODUCT {
             let reason = if self.requested.iter().any(|r| r == n) {
                 REQUESTED_REASON.to_string()

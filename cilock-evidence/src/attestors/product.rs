@@ -189,22 +189,57 @@ pub fn detect_mime_file(path: &Path) -> String {
     }
 }
 
+/// Bytes of a file's start (and, for a longer file, of its end) read to
+/// sniff its MIME type.
+pub const SNIFF_BYTES: usize = 3072;
+
 /// MIME type of an already opened file, from its first 3 KiB read with
 /// `pread` (the file position is left alone), `unknown` on a read error.
+/// For a longer file that starts like a JSON object, its last 3 KiB are
+/// read too: tools that sort their keys write the SBOM and SARIF markers
+/// last (`cyclonedx-py` ends its BOM with `"bomFormat": "CycloneDX"`).
 pub fn detect_mime_fd(f: &std::fs::File, name: &str) -> String {
+    let Ok(head) = read_at_most(f, 0, SNIFF_BYTES) else {
+        return "unknown".to_string();
+    };
+    let mut tail = None;
+    if head.len() == SNIFF_BYTES && starts_like_json_object(&head) {
+        if let Ok(meta) = f.metadata() {
+            let len = meta.len();
+            if len > SNIFF_BYTES as u64 {
+                // Overlapping the head is harmless; a gap could split a marker.
+                let from = len.saturating_sub(SNIFF_BYTES as u64);
+                match read_at_most(f, from, SNIFF_BYTES) {
+                    Ok(t) => tail = Some(t),
+                    Err(_) => return "unknown".to_string(),
+                }
+            }
+        }
+    }
+    detect_mime_with_tail(&head, tail.as_deref(), name)
+}
+
+fn read_at_most(f: &std::fs::File, off: u64, max: usize) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 3072];
+    let mut buf = vec![0u8; max];
     let mut n = 0;
     while n < buf.len() {
-        match f.read_at(&mut buf[n..], n as u64) {
+        match f.read_at(&mut buf[n..], off + n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return "unknown".to_string(),
+            Err(e) => return Err(e),
         }
     }
     buf.truncate(n);
-    detect_mime(&buf, name)
+    Ok(buf)
+}
+
+fn starts_like_json_object(head: &[u8]) -> bool {
+    let h = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(head);
+    h.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{')
 }
 
 fn elf_mime(head: &[u8]) -> &'static str {
@@ -228,9 +263,30 @@ fn elf_mime(head: &[u8]) -> &'static str {
 
 /// MIME type of content starting with `head` (up to 3 KiB), with names as
 /// gabriel-vasile/mimetype (the library Witness uses) gives them, plus
-/// Witness's SPDX/CycloneDX/VEX extensions. `name` is the file name, used
-/// only to tell JSON-based SBOM formats apart.
+/// Witness's SPDX/CycloneDX/VEX extensions and SARIF (see
+/// [`detect_mime_with_tail`]). `name` is the file name, used only to tell a
+/// jar from a zip.
 pub fn detect_mime(head: &[u8], name: &str) -> String {
+    detect_mime_with_tail(head, None, name)
+}
+
+/// [`detect_mime`] for a file whose start is `head` and, when it is longer
+/// than `head`, whose last bytes are `tail` (searched for the SBOM, VEX and
+/// SARIF markers of a JSON object only).
+///
+/// The structured types, as go-witness's detectors
+/// (`attestation/product/product.go`) with whitespace allowed around the
+/// colon (pretty-printers write `"key": "value"`) and the marker allowed
+/// anywhere in the head or the tail rather than in the first 500 bytes only:
+/// - `"spdxVersion": "SPDX-` → `application/spdx+json`;
+/// - `"bomFormat": "CycloneDX"` → `application/vnd.cyclonedx+json`;
+/// - `"@context": "https://openvex.dev/ns` → `application/vex+json`;
+/// - a `<bom xmlns="http://cyclonedx.org/schema/bom/…">` XML root →
+///   `application/vnd.cyclonedx+xml`;
+/// - SARIF (a cilock addition, not in go-witness): a `"$schema"` naming
+///   `sarif`, or `"version": "2.1.0"` with a `"runs"` key →
+///   `application/sarif+json`.
+pub fn detect_mime_with_tail(head: &[u8], tail: Option<&[u8]>, name: &str) -> String {
     let magic: &[(&[u8], usize, &str)] = &[
         (b"%PDF-", 0, "application/pdf"),
         (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
@@ -311,15 +367,17 @@ pub fn detect_mime(head: &[u8], name: &str) -> String {
         }
     }
     if t.starts_with('{') || t.starts_with('[') {
-        if let Some(m) = json_kind(t, head.len() < 3072) {
+        if let Some(m) = json_kind(t, head.len() < SNIFF_BYTES, tail) {
             return m.to_string();
         }
     }
     let lower_start: String = t.chars().take(64).collect::<String>().to_ascii_lowercase();
+    if (lower_start.starts_with("<?xml") || lower_start.starts_with("<bom"))
+        && markers().cdx_xml.is_match(t.as_bytes())
+    {
+        return "application/vnd.cyclonedx+xml".to_string();
+    }
     if lower_start.starts_with("<?xml") {
-        if t.contains("cyclonedx.org") {
-            return "application/vnd.cyclonedx+xml".to_string();
-        }
         return "text/xml; charset=utf-8".to_string();
     }
     if lower_start.starts_with("<!doctype html") || lower_start.starts_with("<html") {
@@ -328,7 +386,33 @@ pub fn detect_mime(head: &[u8], name: &str) -> String {
     "text/plain; charset=utf-8".to_string()
 }
 
-fn json_kind(t: &str, complete: bool) -> Option<&'static str> {
+struct Markers {
+    spdx: regex::bytes::Regex,
+    cdx: regex::bytes::Regex,
+    vex: regex::bytes::Regex,
+    sarif_schema: regex::bytes::Regex,
+    sarif_version: regex::bytes::Regex,
+    runs: regex::bytes::Regex,
+    cdx_xml: regex::bytes::Regex,
+}
+
+fn markers() -> &'static Markers {
+    static M: std::sync::OnceLock<Markers> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let re = |s: &str| regex::bytes::Regex::new(s).expect("a valid marker regex");
+        Markers {
+            spdx: re(r#""spdxVersion"\s*:\s*"SPDX-"#),
+            cdx: re(r#""bomFormat"\s*:\s*"CycloneDX""#),
+            vex: re(r#""@context"\s*:\s*"https://openvex\.dev/ns"#),
+            sarif_schema: re(r#"(?i)"\$schema"\s*:\s*"[^"]*sarif[^"]*""#),
+            sarif_version: re(r#""version"\s*:\s*"2\.1\.0""#),
+            runs: re(r#""runs"\s*:"#),
+            cdx_xml: re(r#"<bom\s[^>]*xmlns\s*=\s*["']https?://cyclonedx\.org/schema/bom/"#),
+        }
+    })
+}
+
+fn json_kind(t: &str, complete: bool, tail: Option<&[u8]>) -> Option<&'static str> {
     // A complete JSON document is checked by parsing; a truncated head is
     // accepted on its shape alone.
     let is_json = if complete {
@@ -339,17 +423,35 @@ fn json_kind(t: &str, complete: bool) -> Option<&'static str> {
     if !is_json {
         return None;
     }
-    if t.contains("\"spdxVersion\"") {
+    // Markers are keys of a JSON object: a document that is an array is
+    // plain JSON.
+    let m = markers();
+    let head = t.as_bytes();
+    let object = t.starts_with('{');
+    let found = |re: &regex::bytes::Regex| {
+        object && (re.is_match(head) || tail.is_some_and(|tl| re.is_match(tl)))
+    };
+    if found(&m.spdx) {
         return Some("application/spdx+json");
     }
-    if t.contains("\"bomFormat\"") && t.contains("CycloneDX") {
+    if found(&m.cdx) {
         return Some("application/vnd.cyclonedx+json");
     }
-    if t.contains("openvex") {
+    if found(&m.vex) {
         return Some("application/vex+json");
+    }
+    if found(&m.sarif_schema) || (found(&m.sarif_version) && found(&m.runs)) {
+        return Some(SARIF_MIME);
     }
     Some("application/json")
 }
+
+/// MIME type of a SARIF log (a cilock addition to Witness's detectors).
+pub const SARIF_MIME: &str = "application/sarif+json";
+/// MIME type of an SPDX JSON document.
+pub const SPDX_MIME: &str = "application/spdx+json";
+/// MIME type of a CycloneDX JSON BOM.
+pub const CYCLONEDX_MIME: &str = "application/vnd.cyclonedx+json";
 
 #[cfg(test)]
 mod tests {
@@ -406,6 +508,31 @@ mod tests {
     }
 
     #[test]
+    fn markers_written_last_are_found_in_the_tail() {
+        // cyclonedx-py sorts its keys: bomFormat comes after the components.
+        let d = tempfile::tempdir().unwrap();
+        let mut bom = String::from("{\n  \"components\": [\n");
+        for i in 0..200 {
+            bom.push_str(&format!(
+                "    {{\"name\": \"p{i}\", \"version\": \"1.0\"}},\n"
+            ));
+        }
+        bom.push_str("    {\"name\": \"last\"}\n  ],\n  \"bomFormat\": \"CycloneDX\",\n  \"specVersion\": \"1.6\"\n}\n");
+        assert!(bom.len() > 2 * SNIFF_BYTES);
+        std::fs::write(d.path().join("bom.json"), &bom).unwrap();
+        assert_eq!(detect_mime_file(&d.path().join("bom.json")), CYCLONEDX_MIME);
+        // Only the head: plain JSON.
+        assert_eq!(
+            detect_mime(&bom.as_bytes()[..SNIFF_BYTES], "bom.json"),
+            "application/json"
+        );
+        // A long JSON array is never looked at from its end.
+        let arr = format!("[{}\"bomFormat\": \"CycloneDX\"]", "1, ".repeat(2000));
+        std::fs::write(d.path().join("a.json"), &arr).unwrap();
+        assert_ne!(detect_mime_file(&d.path().join("a.json")), CYCLONEDX_MIME);
+    }
+
+    #[test]
     fn mime_types() {
         assert_eq!(
             detect_mime(b"hello\n", "a.txt"),
@@ -418,6 +545,73 @@ mod tests {
             "application/spdx+json"
         );
         assert_eq!(detect_mime(b"#!/bin/sh\necho", "s"), "text/x-shellscript");
+        assert_eq!(
+            detect_mime(b"{\"spdxVersion\":\"SPDX-2.3\",\"name\":\"d\"}", "s"),
+            SPDX_MIME
+        );
+        // The key alone is not SPDX (go-witness requires the SPDX- value).
+        assert_eq!(
+            detect_mime(b"{\"spdxVersion\": 2}", "s"),
+            "application/json"
+        );
+        assert_eq!(
+            detect_mime(
+                b"{\n  \"bomFormat\" :\t\"CycloneDX\",\"specVersion\":\"1.6\"}",
+                "b"
+            ),
+            CYCLONEDX_MIME
+        );
+        assert_eq!(
+            detect_mime(b"{\"bomFormat\":\"Other\"}", "b"),
+            "application/json"
+        );
+        // A marker inside a string value is escaped: not a key.
+        assert_eq!(
+            detect_mime(b"{\"note\":\"\\\"bomFormat\\\": \\\"CycloneDX\\\"\"}", "b"),
+            "application/json"
+        );
+        assert_eq!(
+            detect_mime(b"[{\"bomFormat\":\"CycloneDX\"}]", "b"),
+            "application/json"
+        );
+        assert_eq!(
+            detect_mime(
+                b"{\"@context\": \"https://openvex.dev/ns/v0.2.0\", \"statements\": []}",
+                "v"
+            ),
+            "application/vex+json"
+        );
+        // Mentioning openvex is not being a VEX document.
+        assert_eq!(
+            detect_mime(b"{\"url\": \"https://openvex.dev\"}", "v"),
+            "application/json"
+        );
+        assert_eq!(
+            detect_mime(
+                b"{\"$schema\": \"https://json.schemastore.org/sarif-2.1.0.json\", \"runs\": []}",
+                "r"
+            ),
+            SARIF_MIME
+        );
+        assert_eq!(
+            detect_mime(b"{\"version\": \"2.1.0\", \"runs\": []}", "r"),
+            SARIF_MIME
+        );
+        assert_eq!(
+            detect_mime(b"{\"version\": \"2.1.0\"}", "r"),
+            "application/json"
+        );
+        assert_eq!(
+            detect_mime(
+                b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<bom xmlns=\"http://cyclonedx.org/schema/bom/1.6\" version=\"1\"></bom>",
+                "b.xml"
+            ),
+            "application/vnd.cyclonedx+xml"
+        );
+        assert_eq!(
+            detect_mime(b"<?xml version=\"1.0\"?><a>cyclonedx.org</a>", "a.xml"),
+            "text/xml; charset=utf-8"
+        );
         assert_eq!(detect_mime(b"\x1f\x8b\x08\x00", "a.gz"), "application/gzip");
         assert_eq!(detect_mime(b"PK\x03\x04rest", "a.zip"), "application/zip");
         assert_eq!(

@@ -876,14 +876,78 @@ fn check_artifacts(down: &Candidate, up: &Candidate) -> Result<(), String> {
     }
 }
 
-/// A SLSA VSA statement (`https://slsa.dev/verification_summary/v1`) for a
-/// report, with the searched digests as subjects.
+/// Default `verifier.id` of the VSAs cilock writes.
+pub const VSA_VERIFIER_ID: &str = "https://cilock.dev/verifier/v1";
+
+/// Predicate type of SLSA provenance v1 (what the `slsa` attestor writes).
+pub const PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
+
+/// What a VSA says beyond the report.
+#[derive(Clone, Debug, Default)]
+pub struct VsaOptions {
+    /// `verifier.id` (a URI; default [`VSA_VERIFIER_ID`]).
+    pub verifier_id: Option<String>,
+    /// `verifiedLevels` to state when the policy passed (checked with
+    /// [`check_vsa_levels`]); empty: derived from the evidence (see
+    /// [`vsa_statement`]).
+    pub levels: Vec<String>,
+    /// `resourceUri`; default: `sha256:<first subject>`.
+    pub resource_uri: Option<String>,
+}
+
+/// Checks VSA levels: each `SLSA_<TRACK>_LEVEL_<0-4>`, at most one per
+/// track (each level implies the ones below it, as the VSA spec says).
+pub fn check_vsa_levels(levels: &[String]) -> Result<(), String> {
+    let mut tracks = std::collections::BTreeSet::new();
+    for l in levels {
+        let track = l
+            .strip_prefix("SLSA_")
+            .and_then(|r| r.rsplit_once("_LEVEL_"))
+            .filter(|(t, n)| {
+                !t.is_empty()
+                    && t.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                    && matches!(*n, "0" | "1" | "2" | "3" | "4")
+            })
+            .map(|(t, _)| t)
+            .ok_or_else(|| {
+                format!("invalid SLSA level {l:?}: use SLSA_<TRACK>_LEVEL_<0-4>, e.g. SLSA_BUILD_LEVEL_2")
+            })?;
+        if !tracks.insert(track) {
+            return Err(format!(
+                "more than one level of track {track}: give only the highest (each level implies those below it)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True when the collection signed in `env` holds SLSA provenance v1 (the
+/// `slsa` attestor's output).
+fn holds_provenance(env: &Envelope) -> bool {
+    let Ok(st) = serde_json::from_slice::<Statement<serde_json::Value>>(&env.payload) else {
+        return false;
+    };
+    st.predicate_type == PROVENANCE_V1
+        || st.predicate["attestations"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["type"] == PROVENANCE_V1))
+}
+
+/// A SLSA VSA (`https://slsa.dev/verification_summary/v1`) for a report:
+/// an in-toto Statement v1 with the searched digests as subjects.
+///
+/// `verifiedLevels`: `["FAILED"]` when the policy failed; otherwise
+/// `opts.levels` when given, else `SLSA_BUILD_LEVEL_1` when a collection
+/// that passed holds SLSA provenance v1 (provenance exists: Build L1) and
+/// `SLSA_BUILD_LEVEL_0` when none does. Higher levels depend on the build
+/// platform, which only the operator can vouch for: `--vsa-level`.
 pub fn vsa_statement(
     report: &VerificationReport,
     policy_uri: &str,
     policy_envelope: &Envelope,
     inputs: &[NamedEnvelope],
     time_verified: OffsetDateTime,
+    opts: &VsaOptions,
 ) -> Statement {
     let subjects = report
         .subjects
@@ -893,7 +957,7 @@ pub fn vsa_statement(
             digest: BTreeMap::from([("sha256".to_string(), d.clone())]),
         })
         .collect();
-    let inputs: Vec<serde_json::Value> = inputs
+    let input_json: Vec<serde_json::Value> = inputs
         .iter()
         .map(|ne| {
             serde_json::json!({
@@ -902,25 +966,104 @@ pub fn vsa_statement(
             })
         })
         .collect();
+    let levels: Vec<String> = if !report.passed {
+        vec!["FAILED".to_string()]
+    } else if !opts.levels.is_empty() {
+        opts.levels.clone()
+    } else {
+        let passed_sources: std::collections::BTreeSet<&str> = report
+            .steps
+            .iter()
+            .flat_map(|s| s.collections.iter())
+            .filter(|c| c.passed)
+            .map(|c| c.source.as_str())
+            .collect();
+        let provenance = inputs.iter().any(|ne| {
+            passed_sources.contains(ne.source.as_str()) && holds_provenance(&ne.envelope)
+        });
+        vec![if provenance {
+            "SLSA_BUILD_LEVEL_1"
+        } else {
+            "SLSA_BUILD_LEVEL_0"
+        }
+        .to_string()]
+    };
+    let resource_uri = opts.resource_uri.clone().unwrap_or_else(|| {
+        report
+            .subjects
+            .first()
+            .map(|d| format!("sha256:{d}"))
+            .unwrap_or_default()
+    });
     let predicate = serde_json::json!({
-        "verifier": {"id": "cilock", "version": {"cilock": env!("CARGO_PKG_VERSION")}},
+        "verifier": {
+            "id": opts.verifier_id.as_deref().unwrap_or(VSA_VERIFIER_ID),
+            "version": {"cilock": env!("CARGO_PKG_VERSION")},
+        },
         "timeVerified": crate::timefmt::rfc3339(time_verified),
-        "resourceUri": report.subjects.first().map(|d| format!("sha256:{d}")).unwrap_or_default(),
+        "resourceUri": resource_uri,
         "policy": {
             "uri": policy_uri,
             "digest": {"sha256": hex::encode(Sha256::digest(&policy_envelope.payload))},
         },
-        "inputAttestations": inputs,
+        "inputAttestations": input_json,
         "verificationResult": if report.passed { "PASSED" } else { "FAILED" },
-        "verifiedLevels": [],
+        "verifiedLevels": levels,
         "slsaVersion": "1.0",
     });
-    Statement::new(VSA_PREDICATE_TYPE, subjects, predicate)
+    let mut st = Statement::new(VSA_PREDICATE_TYPE, subjects, predicate);
+    st.type_ = crate::intoto::STATEMENT_TYPE_V1.to_string();
+    st
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vsa_levels_are_checked() {
+        let ok =
+            |l: &[&str]| check_vsa_levels(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(ok(&[]).is_ok());
+        assert!(ok(&["SLSA_BUILD_LEVEL_3", "SLSA_SOURCE_LEVEL_2"]).is_ok());
+        for bad in [
+            "SLSA_BUILD_LEVEL_5",
+            "SLSA__LEVEL_1",
+            "slsa_build_level_1",
+            "FAILED",
+            "SLSA_BUILD_LEVEL_",
+        ] {
+            assert!(
+                ok(&[bad]).unwrap_err().contains("invalid SLSA level"),
+                "{bad}"
+            );
+        }
+        assert!(ok(&["SLSA_BUILD_LEVEL_1", "SLSA_BUILD_LEVEL_2"])
+            .unwrap_err()
+            .contains("more than one level of track BUILD"));
+    }
+
+    #[test]
+    fn provenance_is_found_in_a_collection_or_as_the_statement() {
+        let env = |st: serde_json::Value| Envelope {
+            payload_type: crate::intoto::PAYLOAD_TYPE.into(),
+            payload: serde_json::to_vec(&st).unwrap(),
+            signatures: Vec::new(),
+        };
+        let coll = |t: &str| {
+            serde_json::json!({"_type": "https://in-toto.io/Statement/v0.1", "subject": [],
+                "predicateType": crate::collection::COLLECTION_TYPE,
+                "predicate": {"name": "b", "attestations": [{"type": t, "attestation": {}}]}})
+        };
+        assert!(holds_provenance(&env(coll(PROVENANCE_V1))));
+        assert!(!holds_provenance(&env(coll(
+            "https://slsa.dev/provenance/v1.0"
+        ))));
+        assert!(holds_provenance(&env(
+            serde_json::json!({"_type": "https://in-toto.io/Statement/v1",
+            "subject": [], "predicateType": PROVENANCE_V1, "predicate": {}})
+        )));
+    }
 
     #[test]
     fn backref_digests_keep_their_algorithm() {
