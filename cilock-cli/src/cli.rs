@@ -287,7 +287,7 @@ pub struct VerifyArgs {
     #[arg(long = "vsa-level", value_name = "LEVEL")]
     pub vsa_levels: Vec<String>,
     /// `resourceUri` of the summary (the artifact's URI; default
-    /// sha256:<first subject>).
+    /// `sha256:<first subject>`).
     #[arg(long, value_name = "URI")]
     pub vsa_resource_uri: Option<String>,
     /// Wall-clock limit of each Rego evaluation (e.g. 10s, 500ms, 1m); a
