@@ -123,6 +123,17 @@ fn sniff(b: &[u8]) -> Sniff<Report> {
     Sniff::NotMine
 }
 
+/// The sums of the controls' own totals (a `--nototals` report), saturating:
+/// the counts are the report's, not bounded by anything.
+fn summed_totals(controls: &[Controls]) -> Totals {
+    controls.iter().fold(Totals::default(), |a, c| Totals {
+        total_pass: a.total_pass.saturating_add(c.totals.total_pass),
+        total_fail: a.total_fail.saturating_add(c.totals.total_fail),
+        total_warn: a.total_warn.saturating_add(c.totals.total_warn),
+        total_info: a.total_info.saturating_add(c.totals.total_info),
+    })
+}
+
 fn check_json(section: &str, c: &Check) -> serde_json::Value {
     serde_json::json!({
         "id": clip(&c.test_number),
@@ -145,14 +156,7 @@ impl Attestor for KubeBenchAttestor {
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
         let r = found.parsed;
-        let totals = r.totals.unwrap_or_else(|| {
-            r.controls.iter().fold(Totals::default(), |a, c| Totals {
-                total_pass: a.total_pass + c.totals.total_pass,
-                total_fail: a.total_fail + c.totals.total_fail,
-                total_warn: a.total_warn + c.totals.total_warn,
-                total_info: a.total_info + c.totals.total_info,
-            })
-        });
+        let totals = r.totals.unwrap_or_else(|| summed_totals(&r.controls));
         let mut failed = BoundedList::default();
         let mut warned = BoundedList::default();
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -236,5 +240,14 @@ mod tests {
         };
         assert!(r.controls.is_empty());
         assert_eq!(r.totals.unwrap().total_fail, 2);
+    }
+
+    #[test]
+    fn summed_totals_saturate() {
+        let c = r#"{"id":"1","node_type":"master","tests":[],"total_fail":18446744073709551615}"#;
+        let Sniff::Mine(r) = sniff(format!("[{c},{c}]").as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(summed_totals(&r.controls).total_fail, u64::MAX);
     }
 }
