@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::super::lifecycle::AttestorOptions;
 use super::super::{AttestError, AttestationContext, Attestor, Stage};
-use super::{clip, find_report, head_has, BoundedList, BoundedSet, Sniff};
+use super::{clip, find_report, head_has, BoundedList, BoundedMap, BoundedSet, Sniff};
 use crate::digest::DigestSet;
 
 /// Attestor name.
@@ -159,7 +159,7 @@ impl Attestor for KubeBenchAttestor {
         let totals = r.totals.unwrap_or_else(|| summed_totals(&r.controls));
         let mut failed = BoundedList::default();
         let mut warned = BoundedList::default();
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut counts = BoundedMap::default();
         let mut sections = BoundedList::default();
         let mut node_types = BoundedSet::default();
         let mut detected = BoundedSet::default();
@@ -178,9 +178,7 @@ impl Attestor for KubeBenchAttestor {
             }));
             for g in c.tests.iter().flatten() {
                 for chk in g.results.iter().flatten() {
-                    if counts.len() < super::MAX_LIST || counts.contains_key(&chk.status) {
-                        *counts.entry(clip(&chk.status)).or_default() += 1;
-                    }
+                    counts.count(&chk.status);
                     match chk.status.as_str() {
                         "FAIL" => failed.push(check_json(&g.section, chk)),
                         "WARN" => warned.push(check_json(&g.section, chk)),
@@ -209,7 +207,7 @@ impl Attestor for KubeBenchAttestor {
                 "warned_checks": warned.items,
                 "warned_checks_truncated": warned.truncated,
             },
-            "result_counts": counts,
+            "result_counts": counts.items,
             "sections": sections.items,
             "sections_truncated": sections.truncated,
         }))
