@@ -219,6 +219,7 @@ impl Attestor for FalcoAttestor {
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
+        self.subjects = found.subjects();
         let s = found.parsed;
         let rule_hits: Vec<serde_json::Value> = s
             .rules
@@ -233,9 +234,6 @@ impl Attestor for FalcoAttestor {
                 })
             })
             .collect();
-        self.subjects.clear();
-        self.subjects
-            .insert(format!("report_file:{}", found.rel), found.digest.clone());
         Ok(serde_json::json!({
             "report_file": found.rel,
             "report_digest_set": found.digest,

@@ -155,6 +155,7 @@ impl Attestor for KubeBenchAttestor {
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
+        self.subjects = found.subjects();
         let r = found.parsed;
         let totals = r.totals.unwrap_or_else(|| summed_totals(&r.controls));
         let mut failed = BoundedList::default();
@@ -187,9 +188,6 @@ impl Attestor for KubeBenchAttestor {
                 }
             }
         }
-        self.subjects.clear();
-        self.subjects
-            .insert(format!("report_file:{}", found.rel), found.digest.clone());
         Ok(serde_json::json!({
             "report_file": found.rel,
             "report_digest_set": found.digest,

@@ -58,6 +58,13 @@ pub(crate) struct Found<T> {
     pub parsed: T,
 }
 
+impl<T> Found<T> {
+    /// The attestation's subjects: the report, `report_file:<rel>`.
+    pub fn subjects(&self) -> BTreeMap<String, DigestSet> {
+        BTreeMap::from([(format!("report_file:{}", self.rel), self.digest.clone())])
+    }
+}
+
 fn candidate_mime(m: &str) -> bool {
     m.is_empty() || m.starts_with("text/") || m.contains("json")
 }

@@ -32,7 +32,7 @@ use serde::Deserialize;
 
 use super::super::lifecycle::AttestorOptions;
 use super::super::{AttestError, AttestationContext, Attestor, Stage};
-use super::{clip, find_report, head_has, BoundedList, BoundedMap, BoundedSet, Sniff, MAX_LIST};
+use super::{clip, find_report, head_has, BoundedList, BoundedMap, BoundedSet, Sniff};
 use crate::digest::DigestSet;
 
 /// Attestor name.
@@ -314,6 +314,7 @@ impl Attestor for ProwlerAttestor {
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
+        self.subjects = found.subjects();
         let r = found.parsed;
         let mut status_counts = BoundedMap::default();
         let mut by_sev = BoundedMap::<Counts>::default();
@@ -336,9 +337,8 @@ impl Attestor for ProwlerAttestor {
             if let Some(c) = by_sev.entry_or(&f.severity.to_ascii_lowercase(), Counts::default) {
                 c.add(&f.status);
             }
-            if distinct.len() < MAX_LIST * 10 {
-                distinct.insert(f.check_id.clone());
-            }
+            // Borrowed from the parsed report: as many as its findings.
+            distinct.insert(f.check_id.as_str());
             let check = || CheckCounts {
                 counts: Counts::default(),
                 severity: clip(&f.severity),
@@ -373,9 +373,6 @@ impl Attestor for ProwlerAttestor {
                 .map(clip)
                 .unwrap_or_default()
         };
-        self.subjects.clear();
-        self.subjects
-            .insert(format!("report_file:{}", found.rel), found.digest.clone());
         Ok(serde_json::json!({
             "summary": {
                 "format": r.format,

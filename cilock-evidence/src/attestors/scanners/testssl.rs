@@ -267,6 +267,7 @@ impl Attestor for TestsslAttestor {
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
+        self.subjects = found.subjects();
         let r = found.parsed;
         let mut counts = BoundedMap {
             items: SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect(),
@@ -317,9 +318,6 @@ impl Attestor for TestsslAttestor {
         for (k, v) in &r.meta {
             out[*k] = clip(v).into();
         }
-        self.subjects.clear();
-        self.subjects
-            .insert(format!("report_file:{}", found.rel), found.digest.clone());
         Ok(out)
     }
     fn subjects(&self) -> BTreeMap<String, DigestSet> {
