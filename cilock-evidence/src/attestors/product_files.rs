@@ -5,6 +5,7 @@
 //! describes a file other than the one the subjects name.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::os::fd::AsFd as _;
 use std::path::Path;
 
@@ -23,6 +24,18 @@ pub fn products(ctx: &AttestationContext) -> Result<BTreeMap<String, Product>, A
     }
 }
 
+/// Product `rel` opened beneath the working directory (never following a
+/// path as root), and its length: a regular file or an error naming why not
+/// (without `rel`).
+pub fn open_product(ctx: &AttestationContext, rel: &str) -> Result<(File, u64), String> {
+    let dir = safeio::open_workdir(ctx).map_err(|e| e.to_string())?;
+    let fd = safeio::open_beneath(dir.as_fd(), Path::new(rel))
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let f = File::from(fd);
+    let len = safeio::require_regular(&f)?.len();
+    Ok((f, len))
+}
+
 /// The bytes of product `rel` (at most `max`), re-read beneath the working
 /// directory and checked against `recorded`. Errors name the reason: not a
 /// regular file, larger than `max`, changed since the product attestor
@@ -33,19 +46,14 @@ pub fn read_product(
     recorded: &DigestSet,
     max: u64,
 ) -> Result<Vec<u8>, String> {
-    let dir = safeio::open_workdir(ctx).map_err(|e| e.to_string())?;
-    let fd = safeio::open_beneath(dir.as_fd(), Path::new(rel))
-        .map_err(|e| format!("{rel}: cannot open: {e}"))?;
-    let f = std::fs::File::from(fd);
-    let meta = safeio::require_regular(&f).map_err(|e| format!("{rel}: {e}"))?;
-    if meta.len() > max {
+    let (f, len) = open_product(ctx, rel).map_err(|e| format!("{rel}: {e}"))?;
+    if len > max {
         return Err(format!(
-            "{rel}: {} bytes, more than the {max}-byte limit",
-            meta.len()
+            "{rel}: {len} bytes, more than the {max}-byte limit"
         ));
     }
-    let (bytes, more) = safeio::read_capped_sized(&f, max, meta.len())
-        .map_err(|e| format!("{rel}: cannot read: {e}"))?;
+    let (bytes, more) =
+        safeio::read_capped_sized(&f, max, len).map_err(|e| format!("{rel}: cannot read: {e}"))?;
     if more {
         return Err(format!("{rel}: grew past the {max}-byte limit while read"));
     }
