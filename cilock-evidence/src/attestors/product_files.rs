@@ -65,3 +65,30 @@ pub fn read_product(
     }
     Ok(bytes)
 }
+
+/// The first product (in path order) whose MIME type `mime` accepts, read
+/// with [`read_product`] (at most `max` bytes) and parsed as JSON: its path,
+/// product entry and document. No such product: [`AttestError::Absent`]
+/// ("`what`: none of the N products is `kind`"); unreadable, changed or not
+/// JSON: [`AttestError::Invalid`].
+pub fn first_json_product(
+    ctx: &AttestationContext,
+    what: &str,
+    kind: &str,
+    mime: impl Fn(&str) -> bool,
+    max: u64,
+) -> Result<(String, Product, serde_json::Value), AttestError> {
+    let products = products(ctx)?;
+    let n = products.len();
+    let Some((rel, product)) = products.into_iter().find(|(_, p)| mime(&p.mime_type)) else {
+        return Err(AttestError::Absent(format!(
+            "{what}: none of the {n} products is {kind}"
+        )));
+    };
+    let bytes = read_product(ctx, &rel, &product.digest, max)
+        .map_err(|e| AttestError::Invalid(format!("{what}: {e}")))?;
+    let doc = serde_json::from_slice(&bytes).map_err(|e| {
+        AttestError::Invalid(format!("{what}: {rel}: not a valid JSON document: {e}"))
+    })?;
+    Ok((rel, product, doc))
+}
