@@ -37,7 +37,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::fd::AsFd as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -45,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::lifecycle::AttestorOptions;
-use super::{filetree, product_files, safeio};
+use super::{filetree, product_files};
 use super::{AttestError, AttestationContext, Attestor, Stage};
 use crate::digest::{DigestSet, HashAlg, HashingReader};
 
@@ -159,20 +158,6 @@ fn entry_name(p: &Path) -> String {
     s.strip_prefix("./").unwrap_or(&s).to_string()
 }
 
-/// Reads `n` bytes (fewer at the end) into `buf`.
-fn read_prefix(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Hashes one entry of `size` bytes; keeps it when it is small JSON.
 fn scan_entry(
     name: String,
@@ -183,9 +168,12 @@ fn scan_entry(
     inflated: &mut u64,
 ) -> Result<(), String> {
     let mut raw = HashingReader::new(r, size, SHA256);
-    let mut head = [0u8; 512];
-    let n = read_prefix(&mut raw, &mut head).map_err(|e| format!("{name}: {e}"))?;
-    let head = &head[..n];
+    let mut head = Vec::with_capacity(512);
+    (&mut raw)
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let head = &head[..];
     let gzip = head.starts_with(b"\x1f\x8b");
     let json_like = head
         .iter()
@@ -227,13 +215,9 @@ fn scan_entry(
 
 /// Streams the tarball `rel` (product digest `recorded`) once.
 fn scan_tarball(ctx: &AttestationContext, rel: &str, recorded: &DigestSet) -> Result<Scan, String> {
-    let dir = safeio::open_workdir(ctx).map_err(|e| e.to_string())?;
-    let fd = safeio::open_beneath(dir.as_fd(), Path::new(rel))
-        .map_err(|e| format!("cannot open: {e}"))?;
-    let f = std::fs::File::from(fd);
-    let meta = safeio::require_regular(&f)?;
+    let (f, len) = product_files::open_product(ctx, rel)?;
     let algs = filetree::hashes_for_files(&ctx.hashes).map_err(|e| e.to_string())?;
-    let mut ar = tar::Archive::new(HashingReader::new(&f, meta.len(), &algs));
+    let mut ar = tar::Archive::new(HashingReader::new(&f, len, &algs));
     let mut scan = Scan::default();
     let (mut kept, mut inflated) = (0u64, 0u64);
     let entries = ar

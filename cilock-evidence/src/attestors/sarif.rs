@@ -184,18 +184,13 @@ impl Attestor for SarifAttestor {
         Stage::PostProduct
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<Value, AttestError> {
-        let products = product_files::products(ctx)?;
-        let Some((rel, product)) = products.iter().find(|(_, p)| p.mime_type == SARIF_MIME) else {
-            return Err(AttestError::Absent(format!(
-                "sarif: none of the {} products is a SARIF report",
-                products.len()
-            )));
-        };
-        let bytes = product_files::read_product(ctx, rel, &product.digest, MAX_SARIF_BYTES)
-            .map_err(|e| AttestError::Invalid(format!("sarif: {e}")))?;
-        let report: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            AttestError::Invalid(format!("sarif: {rel}: not a valid JSON document: {e}"))
-        })?;
+        let (rel, product, report) = product_files::first_json_product(
+            ctx,
+            "sarif",
+            "a SARIF report",
+            |m| m == SARIF_MIME,
+            MAX_SARIF_BYTES,
+        )?;
         let summary =
             summarize(&report).map_err(|e| AttestError::Invalid(format!("sarif: {rel}: {e}")))?;
         Ok(json!({

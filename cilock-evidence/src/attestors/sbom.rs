@@ -76,22 +76,14 @@ impl Attestor for SbomAttestor {
         Stage::PostProduct
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<Value, AttestError> {
-        let products = product_files::products(ctx)?;
-        let Some((rel, product)) = products
-            .iter()
-            .find(|(_, p)| p.mime_type == SPDX_MIME || p.mime_type == CYCLONEDX_MIME)
-        else {
-            return Err(AttestError::Absent(format!(
-                "sbom: none of the {} products is an SPDX or CycloneDX JSON document",
-                products.len()
-            )));
-        };
+        let (rel, product, doc) = product_files::first_json_product(
+            ctx,
+            "sbom",
+            "an SPDX or CycloneDX JSON document",
+            |m| m == SPDX_MIME || m == CYCLONEDX_MIME,
+            MAX_SBOM_BYTES,
+        )?;
         let spdx = product.mime_type == SPDX_MIME;
-        let bytes = product_files::read_product(ctx, rel, &product.digest, MAX_SBOM_BYTES)
-            .map_err(|e| AttestError::Invalid(format!("sbom: {e}")))?;
-        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            AttestError::Invalid(format!("sbom: {rel}: not a valid JSON document: {e}"))
-        })?;
         if !doc.is_object() {
             return Err(AttestError::Invalid(format!(
                 "sbom: {rel}: the document is not a JSON object"

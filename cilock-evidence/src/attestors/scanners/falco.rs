@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use super::super::lifecycle::AttestorOptions;
 use super::super::{AttestError, AttestationContext, Attestor, Stage};
-use super::{clip, find_report, head_has, BoundedSet, Sniff, MAX_LIST};
+use super::{clip, find_report, head_has, BoundedMap, BoundedSet, Sniff};
 use crate::digest::DigestSet;
 
 /// Attestor name.
@@ -107,8 +107,7 @@ struct RuleHit {
 struct Summary {
     total: u64,
     priorities: BTreeMap<&'static str, u64>,
-    rules: BTreeMap<String, RuleHit>,
-    rules_truncated: bool,
+    rules: BoundedMap<RuleHit>,
     hosts: BoundedSet,
     sources: BoundedSet,
     tags: BoundedSet,
@@ -127,10 +126,7 @@ impl Summary {
         if let Some(k) = key {
             *self.priorities.entry(k).or_default() += 1;
         }
-        if !self.rules.contains_key(&ev.rule) && self.rules.len() >= MAX_LIST {
-            self.rules_truncated = true;
-        } else {
-            let hit = self.rules.entry(clip(&ev.rule)).or_default();
+        if let Some(hit) = self.rules.entry_or(&ev.rule, RuleHit::default) {
             hit.count += 1;
             if let Some(k) = key {
                 *hit.priorities.entry(k).or_default() += 1;
@@ -223,9 +219,11 @@ impl Attestor for FalcoAttestor {
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
+        self.subjects = found.subjects();
         let s = found.parsed;
         let rule_hits: Vec<serde_json::Value> = s
             .rules
+            .items
             .iter()
             .map(|(rule, h)| {
                 serde_json::json!({
@@ -236,9 +234,6 @@ impl Attestor for FalcoAttestor {
                 })
             })
             .collect();
-        self.subjects.clear();
-        self.subjects
-            .insert(format!("report_file:{}", found.rel), found.digest.clone());
         Ok(serde_json::json!({
             "report_file": found.rel,
             "report_digest_set": found.digest,
@@ -246,8 +241,8 @@ impl Attestor for FalcoAttestor {
                 "total_events": s.total,
                 "priorities": s.priorities,
                 "rule_hits": rule_hits,
-                "rule_hits_truncated": s.rules_truncated,
-                "distinct_rules": s.rules.len(),
+                "rule_hits_truncated": s.rules.truncated,
+                "distinct_rules": s.rules.items.len(),
                 "distinct_hosts": s.hosts.to_vec().len(),
                 "window_start": s.start,
                 "window_end": s.end,
@@ -308,9 +303,9 @@ mod tests {
         assert_eq!(s.priorities["critical"], 1);
         assert_eq!(s.priorities["informational"], 1);
         assert_eq!(s.priorities.values().sum::<u64>(), 3);
-        assert_eq!(s.rules["A"].count, 2);
-        assert_eq!(s.rules["A"].highest, "Critical");
-        assert_eq!(s.rules["C"].highest, "Bogus");
+        assert_eq!(s.rules.items["A"].count, 2);
+        assert_eq!(s.rules.items["A"].highest, "Critical");
+        assert_eq!(s.rules.items["C"].highest, "Bogus");
         assert_eq!(s.start, "2026-01-01T00:00:00.5Z");
         assert_eq!(s.end, "2026-01-01T00:00:03.0Z");
         assert_eq!(s.namespaces.to_vec(), ["prod"]);

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::super::lifecycle::AttestorOptions;
 use super::super::{AttestError, AttestationContext, Attestor, Stage};
-use super::{clip, find_report, head_has, BoundedList, BoundedSet, Sniff};
+use super::{clip, find_report, head_has, BoundedList, BoundedMap, BoundedSet, Sniff};
 use crate::digest::DigestSet;
 
 /// Attestor name.
@@ -123,6 +123,17 @@ fn sniff(b: &[u8]) -> Sniff<Report> {
     Sniff::NotMine
 }
 
+/// The sums of the controls' own totals (a `--nototals` report), saturating:
+/// the counts are the report's, not bounded by anything.
+fn summed_totals(controls: &[Controls]) -> Totals {
+    controls.iter().fold(Totals::default(), |a, c| Totals {
+        total_pass: a.total_pass.saturating_add(c.totals.total_pass),
+        total_fail: a.total_fail.saturating_add(c.totals.total_fail),
+        total_warn: a.total_warn.saturating_add(c.totals.total_warn),
+        total_info: a.total_info.saturating_add(c.totals.total_info),
+    })
+}
+
 fn check_json(section: &str, c: &Check) -> serde_json::Value {
     serde_json::json!({
         "id": clip(&c.test_number),
@@ -144,18 +155,12 @@ impl Attestor for KubeBenchAttestor {
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
+        self.subjects = found.subjects();
         let r = found.parsed;
-        let totals = r.totals.unwrap_or_else(|| {
-            r.controls.iter().fold(Totals::default(), |a, c| Totals {
-                total_pass: a.total_pass + c.totals.total_pass,
-                total_fail: a.total_fail + c.totals.total_fail,
-                total_warn: a.total_warn + c.totals.total_warn,
-                total_info: a.total_info + c.totals.total_info,
-            })
-        });
+        let totals = r.totals.unwrap_or_else(|| summed_totals(&r.controls));
         let mut failed = BoundedList::default();
         let mut warned = BoundedList::default();
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut counts = BoundedMap::default();
         let mut sections = BoundedList::default();
         let mut node_types = BoundedSet::default();
         let mut detected = BoundedSet::default();
@@ -174,9 +179,7 @@ impl Attestor for KubeBenchAttestor {
             }));
             for g in c.tests.iter().flatten() {
                 for chk in g.results.iter().flatten() {
-                    if counts.len() < super::MAX_LIST || counts.contains_key(&chk.status) {
-                        *counts.entry(clip(&chk.status)).or_default() += 1;
-                    }
+                    counts.count(&chk.status);
                     match chk.status.as_str() {
                         "FAIL" => failed.push(check_json(&g.section, chk)),
                         "WARN" => warned.push(check_json(&g.section, chk)),
@@ -185,9 +188,6 @@ impl Attestor for KubeBenchAttestor {
                 }
             }
         }
-        self.subjects.clear();
-        self.subjects
-            .insert(format!("report_file:{}", found.rel), found.digest.clone());
         Ok(serde_json::json!({
             "report_file": found.rel,
             "report_digest_set": found.digest,
@@ -205,7 +205,7 @@ impl Attestor for KubeBenchAttestor {
                 "warned_checks": warned.items,
                 "warned_checks_truncated": warned.truncated,
             },
-            "result_counts": counts,
+            "result_counts": counts.items,
             "sections": sections.items,
             "sections_truncated": sections.truncated,
         }))
@@ -236,5 +236,14 @@ mod tests {
         };
         assert!(r.controls.is_empty());
         assert_eq!(r.totals.unwrap().total_fail, 2);
+    }
+
+    #[test]
+    fn summed_totals_saturate() {
+        let c = r#"{"id":"1","node_type":"master","tests":[],"total_fail":18446744073709551615}"#;
+        let Sniff::Mine(r) = sniff(format!("[{c},{c}]").as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(summed_totals(&r.controls).total_fail, u64::MAX);
     }
 }

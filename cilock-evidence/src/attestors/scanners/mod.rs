@@ -18,6 +18,8 @@
 //! What they record is bounded: lists at most [`MAX_LIST`] entries (with a
 //! `…Truncated` flag), strings at most [`MAX_TEXT`] bytes.
 
+use std::collections::BTreeMap;
+
 use super::product_files;
 use super::{AttestError, AttestationContext};
 use crate::digest::DigestSet;
@@ -54,6 +56,13 @@ pub(crate) struct Found<T> {
     pub digest: DigestSet,
     /// What the sniffer parsed.
     pub parsed: T,
+}
+
+impl<T> Found<T> {
+    /// The attestation's subjects: the report, `report_file:<rel>`.
+    pub fn subjects(&self) -> BTreeMap<String, DigestSet> {
+        BTreeMap::from([(format!("report_file:{}", self.rel), self.digest.clone())])
+    }
 }
 
 fn candidate_mime(m: &str) -> bool {
@@ -186,6 +195,47 @@ impl<T> BoundedList<T> {
     }
 }
 
+/// A map keyed by clipped strings, at most [`MAX_LIST`] keys (counts by
+/// status, severity, rule, check…).
+#[derive(Debug)]
+pub(crate) struct BoundedMap<V> {
+    /// The entries, by key.
+    pub items: BTreeMap<String, V>,
+    /// True when a new key was refused at the bound.
+    pub truncated: bool,
+}
+
+impl<V> Default for BoundedMap<V> {
+    fn default() -> Self {
+        BoundedMap {
+            items: BTreeMap::new(),
+            truncated: false,
+        }
+    }
+}
+
+impl<V> BoundedMap<V> {
+    /// The entry of `key` (clipped), made by `make` when new; `None` when
+    /// the key is new and the map full.
+    pub fn entry_or(&mut self, key: &str, make: impl FnOnce() -> V) -> Option<&mut V> {
+        let key = clip(key);
+        if !self.items.contains_key(&key) && self.items.len() >= MAX_LIST {
+            self.truncated = true;
+            return None;
+        }
+        Some(self.items.entry(key).or_insert_with(make))
+    }
+}
+
+impl BoundedMap<u64> {
+    /// Counts one more `key`.
+    pub fn count(&mut self, key: &str) {
+        if let Some(n) = self.entry_or(key, || 0) {
+            *n += 1;
+        }
+    }
+}
+
 /// True when the first 64 KiB of `b` (after whitespace) start with `open`
 /// and contain every one of `needles`: a cheap filter before a full parse.
 pub(crate) fn head_has(b: &[u8], open: u8, needles: &[&str]) -> bool {
@@ -224,6 +274,19 @@ mod tests {
         }
         assert_eq!(l.items.len(), MAX_LIST);
         assert!(l.truncated);
+        let mut m = BoundedMap::default();
+        let long = "x".repeat(MAX_TEXT + 1);
+        m.count(&long);
+        for i in 1..MAX_LIST + 1 {
+            m.count(&format!("{i:05}"));
+        }
+        m.count(&long);
+        m.count("00001");
+        assert_eq!(m.items.len(), MAX_LIST);
+        assert_eq!(m.items[&clip(&long)], 2);
+        assert_eq!(m.items["00001"], 2);
+        assert!(!m.items.contains_key(&format!("{MAX_LIST:05}")));
+        assert!(m.truncated);
         assert!(head_has(b"  \n[{\"a\":1,\"b\"", b'[', &["\"a\"", "\"b\""]));
         assert!(!head_has(b"{\"a\":1,\"b\"", b'[', &["\"a\""]));
         assert!(!head_has(b"[{\"a\":1}", b'[', &["\"a\"", "\"b\""]));

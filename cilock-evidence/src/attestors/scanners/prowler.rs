@@ -32,7 +32,7 @@ use serde::Deserialize;
 
 use super::super::lifecycle::AttestorOptions;
 use super::super::{AttestError, AttestationContext, Attestor, Stage};
-use super::{clip, find_report, head_has, BoundedList, BoundedSet, Sniff, MAX_LIST};
+use super::{clip, find_report, head_has, BoundedList, BoundedMap, BoundedSet, Sniff};
 use crate::digest::DigestSet;
 
 /// Attestor name.
@@ -285,9 +285,8 @@ struct Counts {
 
 #[derive(serde::Serialize)]
 struct CheckCounts {
-    pass: u64,
-    fail: u64,
-    manual: u64,
+    #[serde(flatten)]
+    counts: Counts,
     severity: String,
     title: String,
 }
@@ -315,11 +314,11 @@ impl Attestor for ProwlerAttestor {
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
+        self.subjects = found.subjects();
         let r = found.parsed;
-        let mut status_counts: BTreeMap<String, u64> = BTreeMap::new();
-        let mut by_sev: BTreeMap<String, Counts> = BTreeMap::new();
-        let mut by_check: BTreeMap<String, CheckCounts> = BTreeMap::new();
-        let mut by_check_truncated = false;
+        let mut status_counts = BoundedMap::default();
+        let mut by_sev = BoundedMap::<Counts>::default();
+        let mut by_check = BoundedMap::default();
         let mut distinct = std::collections::BTreeSet::new();
         let mut failed = BoundedList::default();
         let (mut providers, mut accounts, mut regions, mut namespaces) = (
@@ -328,45 +327,25 @@ impl Attestor for ProwlerAttestor {
             BoundedSet::default(),
             BoundedSet::default(),
         );
-        let (mut pass, mut fail, mut manual, mut muted) = (0u64, 0u64, 0u64, 0u64);
+        let (mut all, mut muted) = (Counts::default(), 0u64);
         for f in &r.findings {
-            match f.status.as_str() {
-                "PASS" => pass += 1,
-                "FAIL" => fail += 1,
-                "MANUAL" => manual += 1,
-                _ => {}
-            }
+            all.add(&f.status);
             if f.muted {
                 muted += 1;
             }
-            if status_counts.len() < MAX_LIST || status_counts.contains_key(&f.status) {
-                *status_counts.entry(clip(&f.status)).or_default() += 1;
+            status_counts.count(&f.status);
+            if let Some(c) = by_sev.entry_or(&f.severity.to_ascii_lowercase(), Counts::default) {
+                c.add(&f.status);
             }
-            let sev = f.severity.to_ascii_lowercase();
-            if by_sev.len() < MAX_LIST || by_sev.contains_key(&sev) {
-                by_sev.entry(clip(&sev)).or_default().add(&f.status);
-            }
-            if distinct.len() < MAX_LIST * 10 {
-                distinct.insert(f.check_id.clone());
-            }
-            if by_check.len() < MAX_LIST || by_check.contains_key(&f.check_id) {
-                let c = by_check
-                    .entry(clip(&f.check_id))
-                    .or_insert_with(|| CheckCounts {
-                        pass: 0,
-                        fail: 0,
-                        manual: 0,
-                        severity: clip(&f.severity),
-                        title: clip(&f.title),
-                    });
-                match f.status.as_str() {
-                    "PASS" => c.pass += 1,
-                    "FAIL" => c.fail += 1,
-                    "MANUAL" => c.manual += 1,
-                    _ => {}
-                }
-            } else {
-                by_check_truncated = true;
+            // Borrowed from the parsed report: as many as its findings.
+            distinct.insert(f.check_id.as_str());
+            let check = || CheckCounts {
+                counts: Counts::default(),
+                severity: clip(&f.severity),
+                title: clip(&f.title),
+            };
+            if let Some(c) = by_check.entry_or(&f.check_id, check) {
+                c.counts.add(&f.status);
             }
             providers.add(&f.provider);
             accounts.add(&f.account);
@@ -394,9 +373,6 @@ impl Attestor for ProwlerAttestor {
                 .map(clip)
                 .unwrap_or_default()
         };
-        self.subjects.clear();
-        self.subjects
-            .insert(format!("report_file:{}", found.rel), found.digest.clone());
         Ok(serde_json::json!({
             "summary": {
                 "format": r.format,
@@ -404,14 +380,14 @@ impl Attestor for ProwlerAttestor {
                 "provider": first_of(|f| &f.provider),
                 "totalChecks": r.findings.len(),
                 "distinctChecks": distinct.len(),
-                "passCount": pass,
-                "failCount": fail,
-                "manualCount": manual,
+                "passCount": all.pass,
+                "failCount": all.fail,
+                "manualCount": all.manual,
                 "mutedCount": muted,
-                "statusCounts": status_counts,
-                "bySeverity": by_sev,
-                "byCheck": by_check,
-                "byCheckTruncated": by_check_truncated,
+                "statusCounts": status_counts.items,
+                "bySeverity": by_sev.items,
+                "byCheck": by_check.items,
+                "byCheckTruncated": by_check.truncated,
                 "failedChecks": failed.items,
                 "failedChecksTruncated": failed.truncated,
                 "providers": providers.to_vec(),

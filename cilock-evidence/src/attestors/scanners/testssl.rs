@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::super::lifecycle::AttestorOptions;
 use super::super::{AttestError, AttestationContext, Attestor, Stage};
-use super::{clip, find_report, head_has, BoundedList, BoundedSet, Sniff};
+use super::{clip, find_report, head_has, BoundedList, BoundedMap, BoundedSet, Sniff};
 use crate::digest::DigestSet;
 
 /// Attestor name.
@@ -267,18 +267,17 @@ impl Attestor for TestsslAttestor {
     }
     fn attest(&mut self, ctx: &AttestationContext) -> Result<serde_json::Value, AttestError> {
         let found = find_report(ctx, NAME, sniff)?;
+        self.subjects = found.subjects();
         let r = found.parsed;
-        let mut counts: BTreeMap<String, u64> =
-            SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut counts = BoundedMap {
+            items: SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect(),
+            truncated: false,
+        };
         let mut problems = BoundedSet::default();
         let mut findings = BoundedList::default();
         for f in &r.findings {
             let sev = f.severity.to_ascii_uppercase();
-            if let Some(c) = counts.get_mut(&sev) {
-                *c += 1;
-            } else if counts.len() < super::MAX_LIST {
-                counts.insert(clip(&sev), 1);
-            }
+            counts.count(&sev);
             if PROBLEMS.contains(&sev.as_str()) {
                 problems.add(&f.id);
             }
@@ -310,7 +309,7 @@ impl Attestor for TestsslAttestor {
             "format": r.format,
             "targets": targets,
             "totalFindings": r.findings.len(),
-            "severityCounts": counts,
+            "severityCounts": counts.items,
             "problemIds": problems.to_vec(),
             "problemIdsTruncated": problems.truncated,
             "findings": findings.items,
@@ -319,9 +318,6 @@ impl Attestor for TestsslAttestor {
         for (k, v) in &r.meta {
             out[*k] = clip(v).into();
         }
-        self.subjects.clear();
-        self.subjects
-            .insert(format!("report_file:{}", found.rel), found.digest.clone());
         Ok(out)
     }
     fn subjects(&self) -> BTreeMap<String, DigestSet> {
