@@ -903,13 +903,11 @@ mod tests {
     #[test]
     fn the_daemon_expects_the_types_the_attestors_write() {
         let opts = AttestorOptions::default();
-        // sbom's type depends on the document (both accepted); slsa is
-        // checked once its attestor (wip/slsa) is merged: then use
-        // `slsa::TYPE_URI` in `expected_type` and drop it from this list.
+        // sbom's type depends on the document (both accepted).
         for n in PRE_MATERIAL
             .iter()
             .chain(POST_PRODUCT)
-            .filter(|n| !matches!(**n, "sbom" | "slsa"))
+            .filter(|n| **n != "sbom")
         {
             let a = cilock_evidence::attestors::lifecycle::build(n, &opts).unwrap();
             assert_eq!(a.type_uri(), expected_type(n), "{n}");
