@@ -50,6 +50,21 @@ fn fetch_hint(k: &KeptInfo, peer: Peer) -> String {
     format!("cilock step fetch --id {}{owner} -o FILE", k.id)
 }
 
+/// A step ended by [`DaemonService::end_and_keep`]: signed, kept, pushed.
+struct Ended {
+    out: StepOutcome,
+    /// The signed envelope.
+    bytes: Vec<u8>,
+    kept: Option<KeptInfo>,
+    /// The pushes of the envelope to the daemon's stores.
+    stored: Vec<StoreOutcome>,
+    /// The SLSA provenance export when the step asked for it (`Err`: why
+    /// there is none).
+    slsa: Option<Result<Vec<u8>, String>>,
+    /// The pushes of the SLSA export.
+    slsa_stored: Vec<StoreOutcome>,
+}
+
 impl DaemonService {
     /// Starts the engine, holds the key, and starts the reaper (steps nobody
     /// ends are ended after the step or idle timeout; their signed
@@ -365,28 +380,11 @@ impl DaemonService {
         }
     }
 
-    /// Ends, signs and keeps: the envelope is on disk before any reply.
-    /// `None` when keeping failed (logged; the reply is then the only copy).
-    /// Then pushes it to the configured stores (their outcomes are the
-    /// last element).
-    #[expect(
-        clippy::type_complexity,
-        reason = "one private call site pair; the tuple is destructured at once"
-    )]
-    fn end_and_keep(
-        &self,
-        peer: Peer,
-        req: &EndStep,
-    ) -> Result<
-        (
-            StepOutcome,
-            Vec<u8>,
-            Option<KeptInfo>,
-            Vec<StoreOutcome>,
-            Option<Result<Vec<u8>, String>>,
-        ),
-        ApiError,
-    > {
+    /// Ends, signs and keeps: the envelope (and its SLSA export) is on disk
+    /// before any reply (`kept: None` when keeping failed, logged; the
+    /// reply is then the only copy). Then pushes both to the configured
+    /// stores, whether or not the client gets the reply.
+    fn end_and_keep(&self, peer: Peer, req: &EndStep) -> Result<Ended, ApiError> {
         let out = self.end_outcome(peer, req)?;
         let bytes = sign_statement(&out.statement, &self.signer)?.to_json();
         let slsa = self.slsa_export(&req.step, &out);
@@ -401,7 +399,18 @@ impl DaemonService {
             self.keep_slsa(&req.step, out.owner_uid, k, b);
         }
         let stored = self.pusher.push(out.owner_uid, &req.step, &bytes);
-        Ok((out, bytes, kept, stored, slsa))
+        let slsa_stored = match &slsa {
+            Some(Ok(b)) => self.pusher.push(out.owner_uid, &req.step, b),
+            _ => Vec::new(),
+        };
+        Ok(Ended {
+            out,
+            bytes,
+            kept,
+            stored,
+            slsa,
+            slsa_stored,
+        })
     }
 
     /// Keeps the SLSA export beside the kept envelope `k` (logged when it
@@ -568,14 +577,30 @@ impl cilock_api::StepService for DaemonService {
     }
 
     fn end(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Reply, ApiError> {
-        let (out, bytes, kept, stored, slsa) = self.end_and_keep(peer, &req)?;
+        let Ended {
+            out,
+            bytes,
+            kept,
+            stored,
+            slsa,
+            ..
+        } = self.end_and_keep(peer, &req)?;
+        let slsa_len = match &slsa {
+            Some(Ok(b)) => b.len(),
+            _ => 0,
+        };
         // Evidence is never dropped: it stays kept when it cannot be returned.
         let why = if cx.client_gone() {
             Some("the client hung up".to_string())
-        } else if bytes.len() > MAX_REPLY_ENVELOPE {
+        } else if bytes.len() + slsa_len > MAX_REPLY_ENVELOPE {
             Some(format!(
-                "the signed attestation ({} bytes) exceeds the reply limit ({MAX_REPLY_ENVELOPE} bytes) of this client (a newer cilock receives any size)",
-                bytes.len()
+                "the signed attestation ({} bytes{}) exceeds the reply limit ({MAX_REPLY_ENVELOPE} bytes) of this client (a newer cilock receives any size)",
+                bytes.len(),
+                if slsa_len > 0 {
+                    format!(", with its SLSA export {slsa_len} more")
+                } else {
+                    String::new()
+                }
             ))
         } else {
             None
@@ -604,11 +629,8 @@ impl cilock_api::StepService for DaemonService {
         let envelope = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         let (slsa_envelope, slsa_error) = match slsa {
-            Some(Ok(b)) => {
-                // Outcomes not reported: this reply has no field for them.
-                self.pusher.push(out.owner_uid, &req.step, &b);
-                (serde_json::from_slice(&b).ok(), None)
-            }
+            // Push outcomes not reported: this reply has no field for them.
+            Some(Ok(b)) => (serde_json::from_slice(&b).ok(), None),
             Some(Err(e)) => (None, Some(e)),
             None => (None, None),
         };
@@ -624,7 +646,14 @@ impl cilock_api::StepService for DaemonService {
     }
 
     fn end_stream(&self, peer: Peer, req: EndStep, cx: &RequestCtx) -> Result<Outgoing, ApiError> {
-        let (out, bytes, kept, stored, slsa) = self.end_and_keep(peer, &req)?;
+        let Ended {
+            out,
+            bytes,
+            kept,
+            stored,
+            slsa,
+            slsa_stored,
+        } = self.end_and_keep(peer, &req)?;
         if cx.client_gone() {
             if let Some(k) = &kept {
                 tracing::warn!(step = %req.step, uid = out.owner_uid, id = %k.id, "the client hung up: attestation kept");
@@ -634,7 +663,7 @@ impl cilock_api::StepService for DaemonService {
         let slsa = match slsa {
             Some(Ok(b)) => {
                 header.slsa_bytes = b.len() as u64;
-                header.slsa_stored = self.pusher.push(out.owner_uid, &req.step, &b);
+                header.slsa_stored = slsa_stored;
                 Some(b)
             }
             Some(Err(e)) => {

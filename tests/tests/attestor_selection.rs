@@ -95,11 +95,8 @@ fn run_daemon(d: &Daemon, dir: &Path, mode: Mode) -> PathBuf {
     att
 }
 
-/// Checks the envelope of one run: signature (independent check), exact
-/// attestation types, what sbom and sarif recorded, and why they ran.
-fn check(att: &Path, pubkey: &Path, mode: Mode, how: &str) {
-    verify_with_python(att, pubkey);
-    let stmt = statement(att);
+/// The attestation types of a collection statement, sorted.
+fn sorted_types(stmt: &serde_json::Value) -> Vec<&str> {
     let mut types: Vec<&str> = stmt["predicate"]["attestations"]
         .as_array()
         .unwrap()
@@ -107,6 +104,15 @@ fn check(att: &Path, pubkey: &Path, mode: Mode, how: &str) {
         .map(|a| a["type"].as_str().unwrap())
         .collect();
     types.sort();
+    types
+}
+
+/// Checks the envelope of one run: signature (independent check), exact
+/// attestation types, what sbom and sarif recorded, and why they ran.
+fn check(att: &Path, pubkey: &Path, mode: Mode, how: &str) {
+    verify_with_python(att, pubkey);
+    let stmt = statement(att);
+    let types = sorted_types(&stmt);
     let mut want: Vec<&str> = BASE_TYPES.to_vec();
     if mode != Mode::NoAuto {
         want.extend([CYCLONEDX_TYPE, SARIF_TYPE]);
@@ -436,13 +442,7 @@ fn a_selected_attestor_with_nothing_to_read_is_listed_as_skipped() {
         };
         verify_with_python(&att, &pubkey);
         let stmt = statement(&att);
-        let mut types: Vec<&str> = stmt["predicate"]["attestations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["type"].as_str().unwrap())
-            .collect();
-        types.sort();
+        let types = sorted_types(&stmt);
         assert_eq!(types, BASE_TYPES, "{how}");
         let cr = attestation(&stmt, "/command-run/v0.1");
         assert!(cr["trace"].get("selectedAttestors").is_none(), "{how}");

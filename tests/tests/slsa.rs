@@ -288,12 +288,15 @@ fn daemon_run_export_is_signed_by_the_daemon() {
     check_export(&att, &d.pubkey, &inp, port, "drun");
 }
 
-#[test]
-fn daemon_step_begin_end_export_marks_no_command() {
-    let d = Daemon::start("ebpf");
-    let inp = Inputs::new();
-    let keys = tempdir();
-    let (port, _srv) = tls_peer(keys.path());
+/// A job that runs `inp`'s script once its step `name` has begun with
+/// `--attestor-slsa-export`, then waits for a line on its stdin (returned)
+/// before it exits.
+fn begin_exporting_step(
+    d: &Daemon,
+    inp: &Inputs,
+    port: u16,
+    name: &str,
+) -> (std::process::Child, std::process::ChildStdin) {
     let mut job = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -311,7 +314,7 @@ fn daemon_step_begin_end_export_marks_no_command() {
         "step",
         "begin",
         "--step",
-        "dstep",
+        name,
         "--pid",
         &pid,
         "--workdir",
@@ -323,6 +326,16 @@ fn daemon_step_begin_end_export_marks_no_command() {
     let mut line = [0u8; 5];
     job.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
     assert_eq!(&line, b"done\n");
+    (job, stdin)
+}
+
+#[test]
+fn daemon_step_begin_end_export_marks_no_command() {
+    let d = Daemon::start("ebpf");
+    let inp = Inputs::new();
+    let keys = tempdir();
+    let (port, _srv) = tls_peer(keys.path());
+    let (mut job, mut stdin) = begin_exporting_step(&d, &inp, port, "dstep");
     let att = keys.path().join("step.json");
     ok(&d.cilock(&[
         "step",
@@ -350,34 +363,7 @@ fn an_export_not_written_stays_kept_and_fetch_writes_both() {
     let inp = Inputs::new();
     let keys = tempdir();
     let (port, _srv) = tls_peer(keys.path());
-    let mut job = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "read go; {}; echo done; read end",
-            inp.script(port)
-        ))
-        .current_dir(inp.w.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = job.id().to_string();
-    let wd = inp.wd();
-    ok(&d.cilock(&[
-        "step",
-        "begin",
-        "--step",
-        "kept",
-        "--pid",
-        &pid,
-        "--workdir",
-        wd.to_str().unwrap(),
-        "--attestor-slsa-export",
-    ]));
-    let mut stdin = job.stdin.take().unwrap();
-    stdin.write_all(b"go\n").unwrap();
-    let mut line = [0u8; 5];
-    job.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+    let (mut job, mut stdin) = begin_exporting_step(&d, &inp, port, "kept");
     // -o -: the envelope goes to stdout, its export has nowhere to go.
     let out = d.cilock(&["step", "end", "--step", "kept", "-o", "-"]);
     stdin.write_all(b"\n").unwrap();

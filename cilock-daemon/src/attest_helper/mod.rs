@@ -60,7 +60,8 @@ use std::sync::Arc;
 use cilock_evidence::attestors::command_run::{self, CommandRun};
 use cilock_evidence::attestors::github_action;
 use cilock_evidence::attestors::lifecycle::{
-    AttestorOptions, Lifecycle, LifecycleState, SkippedAttestor, POST_PRODUCT, PRE_MATERIAL,
+    after_selection, AttestorOptions, Lifecycle, LifecycleState, SkippedAttestor, POST_PRODUCT,
+    PRE_MATERIAL,
 };
 use cilock_evidence::attestors::product::StepWrites;
 use cilock_evidence::attestors::secretscan::redact_json;
@@ -93,23 +94,12 @@ pub const AFTER_ATTESTORS: &[&str] = &["github-action", "product", "secretscan"]
 /// trace calls for (lockfiles) runs after product, as the lifecycle does.
 pub fn after_plan(requested: &[String], auto: &[SelectedAttestor]) -> Vec<String> {
     let req = |n: &str| requested.iter().any(|r| r == n);
-    let auto_has = |n: &str| auto.iter().any(|s| s.name == n);
-    let mut v: Vec<String> = Vec::new();
-    for n in ["github-action", "product"] {
-        if req(n) {
-            v.push(n.to_string());
-        }
-    }
-    for s in auto {
-        if PRE_MATERIAL.contains(&s.name.as_str()) && !req(&s.name) && !v.contains(&s.name) {
-            v.push(s.name.clone());
-        }
-    }
-    for n in POST_PRODUCT {
-        if req(n) || auto_has(n) {
-            v.push(n.to_string());
-        }
-    }
+    let mut v: Vec<String> = ["github-action", "product"]
+        .into_iter()
+        .filter(|n| req(n))
+        .map(String::from)
+        .collect();
+    v.extend(after_selection(requested, auto).into_iter().map(|s| s.name));
     if req("secretscan") {
         v.push("secretscan".to_string());
     }
@@ -913,13 +903,11 @@ mod tests {
     #[test]
     fn the_daemon_expects_the_types_the_attestors_write() {
         let opts = AttestorOptions::default();
-        // sbom's type depends on the document (both accepted); slsa is
-        // checked once its attestor (wip/slsa) is merged: then use
-        // `slsa::TYPE_URI` in `expected_type` and drop it from this list.
+        // sbom's type depends on the document (both accepted).
         for n in PRE_MATERIAL
             .iter()
             .chain(POST_PRODUCT)
-            .filter(|n| !matches!(**n, "sbom" | "slsa"))
+            .filter(|n| **n != "sbom")
         {
             let a = cilock_evidence::attestors::lifecycle::build(n, &opts).unwrap();
             assert_eq!(a.type_uri(), expected_type(n), "{n}");

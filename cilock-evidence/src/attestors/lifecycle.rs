@@ -245,6 +245,40 @@ fn run_recorded(
     }
 }
 
+/// What [`Lifecycle::after`] runs between product and secretscan, in run
+/// order, each with why: first the prematerial attestors the trace calls
+/// for that were not requested (a package manager ran: lockfiles, on the
+/// files as the step left them), then the [`POST_PRODUCT`] ones requested
+/// (reason [`selection::REQUESTED`]) or called for by the trace (`auto`,
+/// from [`selection::select`]). The daemon checks an attest helper's reply
+/// against the same list.
+pub fn after_selection(requested: &[String], auto: &[SelectedAttestor]) -> Vec<SelectedAttestor> {
+    let req = |n: &str| requested.iter().any(|r| r == n);
+    let mut v: Vec<SelectedAttestor> = Vec::new();
+    for s in auto {
+        if PRE_MATERIAL.contains(&s.name.as_str())
+            && !req(&s.name)
+            && !v.iter().any(|x| x.name == s.name)
+        {
+            v.push(s.clone());
+        }
+    }
+    for n in POST_PRODUCT {
+        let reason = if req(n) {
+            REQUESTED_REASON.to_string()
+        } else if let Some(s) = auto.iter().find(|s| s.name == *n) {
+            s.reason.clone()
+        } else {
+            continue;
+        };
+        v.push(SelectedAttestor {
+            name: n.to_string(),
+            reason,
+        });
+    }
+    v
+}
+
 /// Writes `skipped` and `selected` into the command-run attestation among
 /// `ctx.completed` (`trace.skippedAttestors`, `trace.selectedAttestors`);
 /// empty lists are not written.
@@ -547,33 +581,12 @@ impl Lifecycle {
         } else {
             selection::select(ctx.completed_json(super::command_run::NAME))
         };
-        // A prematerial attestor the trace calls for (a package manager ran:
-        // lockfiles) runs now, on the files as the step left them.
-        for s in auto.iter().filter(|s| {
-            PRE_MATERIAL.contains(&s.name.as_str()) && !self.requested.contains(&s.name)
-        }) {
+        for s in after_selection(&self.requested, &auto) {
             let mut a = build(&s.name, &self.opts)?;
             run_recorded(
                 ctx,
                 a.as_mut(),
                 &s.reason,
-                &mut self.skipped,
-                &mut self.selected,
-            )?;
-        }
-        for n in POST_PRODUCT {
-            let reason = if self.requested.iter().any(|r| r == n) {
-                REQUESTED_REASON.to_string()
-            } else if let Some(s) = auto.iter().find(|s| s.name == *n) {
-                s.reason.clone()
-            } else {
-                continue;
-            };
-            let mut a = build(n, &self.opts)?;
-            run_recorded(
-                ctx,
-                a.as_mut(),
-                &reason,
                 &mut self.skipped,
                 &mut self.selected,
             )?;

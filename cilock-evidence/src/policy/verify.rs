@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use crate::collection::{self, Collection};
 use crate::digest::DigestSet;
 use crate::dsse::Envelope;
-use crate::intoto::{Statement, Subject};
+use crate::intoto::{ResourceDescriptor, Statement, StatementV1, Subject};
 use crate::keys::Verifier;
 
 use super::{timestamp, x509, Policy, PolicyError, Step};
@@ -880,7 +880,7 @@ fn check_artifacts(down: &Candidate, up: &Candidate) -> Result<(), String> {
 pub const VSA_VERIFIER_ID: &str = "https://cilock.dev/verifier/v1";
 
 /// Predicate type of SLSA provenance v1 (what the `slsa` attestor writes).
-pub const PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
+pub const PROVENANCE_V1: &str = crate::attestors::slsa::TYPE_URI;
 
 /// What a VSA says beyond the report.
 #[derive(Clone, Debug, Default)]
@@ -948,22 +948,25 @@ pub fn vsa_statement(
     inputs: &[NamedEnvelope],
     time_verified: OffsetDateTime,
     opts: &VsaOptions,
-) -> Statement {
+) -> StatementV1 {
     let subjects = report
         .subjects
         .iter()
-        .map(|d| Subject {
+        .map(|d| ResourceDescriptor {
             name: d.clone(),
             digest: BTreeMap::from([("sha256".to_string(), d.clone())]),
+            ..Default::default()
         })
         .collect();
-    let input_json: Vec<serde_json::Value> = inputs
+    let input_json: Vec<ResourceDescriptor> = inputs
         .iter()
-        .map(|ne| {
-            serde_json::json!({
-                "uri": ne.source,
-                "digest": {"sha256": hex::encode(Sha256::digest(ne.envelope.to_json()))},
-            })
+        .map(|ne| ResourceDescriptor {
+            uri: ne.source.clone(),
+            digest: BTreeMap::from([(
+                "sha256".to_string(),
+                hex::encode(Sha256::digest(ne.envelope.to_json())),
+            )]),
+            ..Default::default()
         })
         .collect();
     let levels: Vec<String> = if !report.passed {
@@ -1011,9 +1014,7 @@ pub fn vsa_statement(
         "verifiedLevels": levels,
         "slsaVersion": "1.0",
     });
-    let mut st = Statement::new(VSA_PREDICATE_TYPE, subjects, predicate);
-    st.type_ = crate::intoto::STATEMENT_TYPE_V1.to_string();
-    st
+    StatementV1::new(VSA_PREDICATE_TYPE, subjects, predicate)
 }
 
 #[cfg(test)]
