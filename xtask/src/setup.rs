@@ -38,6 +38,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "libxml2-dev",
     "strace",
     "python3-cryptography",
+    // `python3 -m venv` for the PyPI tools of the attestor tests
+    // (cyclonedx-py, ruff, in-toto-attestation: cilock_testkit::pytools).
+    "python3-venv",
     "openssl",
     "iproute2",
     // The git attestor's tests compare gix with the git CLI; the adversarial
