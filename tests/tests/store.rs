@@ -953,3 +953,68 @@ fn the_daemon_stores_the_slsa_export() {
         &product,
     );
 }
+
+/// `step end --store` pushes the SLSA export the step asked for at begin,
+/// as it pushes the envelope (the daemon has no store here).
+#[test]
+fn step_end_store_pushes_the_slsa_export() {
+    let reg = Registry::start();
+    let dcfg = docker_config();
+    let url = reg.url("evidence/stepslsa");
+    let daemon = Daemon::start("auto");
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut job = Command::new("sh")
+        .args(["-c", "read go; echo e > e.txt; echo done; read end"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = job.id().to_string();
+    let o = daemon.cilock(&[
+        "step",
+        "begin",
+        "--step",
+        "stepslsa",
+        "--pid",
+        &pid,
+        "--workdir",
+        p(dir),
+        "--attestor-slsa-export",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let mut stdin = job.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(job.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "done\n");
+    let out = dir.join("e.json");
+    let o = daemon
+        .command()
+        .args(["step", "end", "--step", "stepslsa", "-o", p(&out), "--store", &url])
+        .env("DOCKER_CONFIG", dcfg.path())
+        .output()
+        .unwrap();
+    drop(stdin);
+    let _ = job.wait();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&o),
+        daemon.log_text()
+    );
+    let product = sha256_hex(b"e\n");
+    assert_stored(&reg, "evidence/stepslsa", &out, &product);
+    assert_stored(
+        &reg,
+        "evidence/stepslsa",
+        &dir.join("e.json-slsa.json"),
+        &product,
+    );
+}

@@ -66,7 +66,8 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
     let got = client::end_step(req).with_context(|| format!("step end {:?}", a.step))?;
     let dest = out.describe();
     let written = out.regular_file();
-    let slsa_unwritten = write_and_acknowledge(out, &got, "ended", &a.outfile)?;
+    let (slsa_unwritten, slsa_stored) =
+        write_and_acknowledge(out, &got, "ended", &a.outfile, &a.store)?;
     let mut err = std::io::stderr();
     let _ = writeln!(
         err,
@@ -90,7 +91,7 @@ pub fn end(a: StepEndArgs) -> anyhow::Result<u8> {
         let _ = writeln!(err, "cilock: step failed: {f}");
     }
     // 0, 1 or 3: the status of the step's command is not cilock's here.
-    let mut status = store::step_status(0, got.header.failure.is_some(), stored);
+    let mut status = store::step_status(0, got.header.failure.is_some(), stored && slsa_stored);
     // The step's options (at begin) asked for the SLSA provenance export.
     if let Some(why) = slsa_unwritten {
         let _ = writeln!(
@@ -159,7 +160,8 @@ pub fn fetch(a: StepFetchArgs) -> anyhow::Result<u8> {
         })
         .with_context(|| format!("step fetch {what}"))?;
     let dest = out.describe();
-    let slsa_unwritten = write_and_acknowledge(out, &got, "fetched", &outfile)?;
+    // The daemon's pushes of a kept export are reported with it.
+    let (slsa_unwritten, _) = write_and_acknowledge(out, &got, "fetched", &outfile, &[])?;
     let h = &got.header;
     let mut err = std::io::stderr();
     if let Some(why) = slsa_unwritten {
@@ -194,16 +196,19 @@ pub fn fetch(a: StepFetchArgs) -> anyhow::Result<u8> {
 
 /// Commits `got` to `out` (and the SLSA provenance export that came with
 /// it next to `outfile`), then tells the daemon it may delete its copy.
-/// When writing fails, the error says how to fetch the kept copy. `Ok(Some
-/// (why))`: the envelope is written, the step asked for the SLSA export and
-/// it is not (when the daemon sent one, its copy is kept: not
-/// acknowledged).
+/// When writing fails, the error says how to fetch the kept copy. The
+/// export is pushed to `stores` (`--store`), as the envelope is after this.
+/// `Ok((Some(why), _))`: the envelope is written, the step asked for the
+/// SLSA export and it is not (when the daemon sent one, its copy is kept:
+/// not acknowledged). The flag is false when a push of the export (the
+/// daemon's or to `stores`) failed.
 pub(crate) fn write_and_acknowledge(
     out: output::Outfile,
     got: &client::Received,
     what: &str,
     outfile: &std::path::Path,
-) -> anyhow::Result<Option<String>> {
+    stores: &[cilock_store::StoreUrl],
+) -> anyhow::Result<(Option<String>, bool)> {
     let h = &got.header;
     if let Err(e) = out.commit(&got.bytes) {
         return Err(match &h.id {
@@ -218,29 +223,33 @@ pub(crate) fn write_and_acknowledge(
             )),
         });
     }
-    // The export goes to the daemon's stores (reported here), not to
-    // `--store` (which pushes the envelope after this).
-    let slsa_unwritten = if got.slsa.is_some() || h.slsa_error.is_some() {
-        crate::cmd::run::write_daemon_slsa(got, None, outfile, &[]).err()
+    let (slsa_unwritten, slsa_stored) = if got.slsa.is_some() || h.slsa_error.is_some() {
+        match crate::cmd::run::write_daemon_slsa(got, None, outfile, stores) {
+            Ok(stored) => (None, stored),
+            Err(why) => (Some(why), true),
+        }
     } else {
-        None
+        (None, true)
     };
     if let (Some(why), true) = (&slsa_unwritten, got.slsa.is_some()) {
         // The daemon keeps both until they are written.
-        return Ok(Some(match &h.id {
-            Some(id) => format!(
-                "{why}; the daemon keeps it with the attestation: cilock step fetch --id {id}{} -o FILE",
-                owner_arg(h)
-            ),
-            None => why.clone(),
-        }));
+        return Ok((
+            Some(match &h.id {
+                Some(id) => format!(
+                    "{why}; the daemon keeps it with the attestation: cilock step fetch --id {id}{} -o FILE",
+                    owner_arg(h)
+                ),
+                None => why.clone(),
+            }),
+            slsa_stored,
+        ));
     }
     if let Err(e) = client::acknowledge(h) {
         eprintln!(
             "cilock: warning: the attestation is written, but the daemon could not be told ({e}); it keeps its copy (cilock step fetch --list)"
         );
     }
-    Ok(slsa_unwritten)
+    Ok((slsa_unwritten, slsa_stored))
 }
 
 fn owner_arg(h: &EnvelopeHeader) -> String {
