@@ -996,7 +996,16 @@ fn step_end_store_pushes_the_slsa_export() {
     let out = dir.join("e.json");
     let o = daemon
         .command()
-        .args(["step", "end", "--step", "stepslsa", "-o", p(&out), "--store", &url])
+        .args([
+            "step",
+            "end",
+            "--step",
+            "stepslsa",
+            "-o",
+            p(&out),
+            "--store",
+            &url,
+        ])
         .env("DOCKER_CONFIG", dcfg.path())
         .output()
         .unwrap();
