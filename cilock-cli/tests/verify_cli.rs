@@ -144,24 +144,8 @@ fn vsa_is_written_and_signed() {
         "s.json",
     );
     let vsa = d.path().join("vsa.json");
-    let o = verify(
-        &signed,
-        &fx("witness/cdx-att.json"),
-        &[
-            "--vsa-out",
-            p(&vsa).to_owned().leak(),
-            "--vsa-key",
-            p(&fx("witness/testkey.pem")).to_owned().leak(),
-        ],
-    );
+    let (o, st) = verify_vsa(&signed, &vsa, &[]);
     assert_eq!(code(&o), 0, "{}", text(&o));
-    let env = cilock_evidence::dsse::Envelope::from_json(&std::fs::read(&vsa).unwrap()).unwrap();
-    let v = cilock_evidence::keys::Verifier::from_pem(
-        &std::fs::read(fx("witness/testpub.pem")).unwrap(),
-    )
-    .unwrap();
-    env.verify(&[v], 1).unwrap();
-    let st: Value = serde_json::from_slice(&env.payload).unwrap();
     assert_eq!(
         st["predicateType"],
         json!("https://slsa.dev/verification_summary/v1")
@@ -178,17 +162,12 @@ fn vsa_is_written_and_signed() {
         json!(["SLSA_BUILD_LEVEL_0"])
     );
     assert_eq!(st["subject"][0]["digest"]["sha256"], json!(SBOM_SUBJECT));
-    check_vsa_with_in_toto(&env.payload);
 
     // Levels and verifier id given; a failed verification states FAILED.
-    let o = verify(
+    let (o, st) = verify_vsa(
         &signed,
-        &fx("witness/cdx-att.json"),
+        &vsa,
         &[
-            "--vsa-out",
-            p(&vsa).to_owned().leak(),
-            "--vsa-key",
-            p(&fx("witness/testkey.pem")).to_owned().leak(),
             "--vsa-level",
             "SLSA_BUILD_LEVEL_2",
             "--vsa-level",
@@ -198,8 +177,6 @@ fn vsa_is_written_and_signed() {
         ],
     );
     assert_eq!(code(&o), 0, "{}", text(&o));
-    let env = cilock_evidence::dsse::Envelope::from_json(&std::fs::read(&vsa).unwrap()).unwrap();
-    let st: Value = serde_json::from_slice(&env.payload).unwrap();
     assert_eq!(
         st["predicate"]["verifiedLevels"],
         json!(["SLSA_BUILD_LEVEL_2", "SLSA_SOURCE_LEVEL_1"])
@@ -208,31 +185,16 @@ fn vsa_is_written_and_signed() {
         st["predicate"]["verifier"]["id"],
         json!("https://ci.example.com/gate")
     );
-    check_vsa_with_in_toto(&env.payload);
     let bad = sign(
         d.path(),
         "witness/failkey.pem",
         &fx("witness/cdx-sbom-policy.json"),
         "fail.json",
     );
-    let o = verify(
-        &bad,
-        &fx("witness/cdx-att.json"),
-        &[
-            "--vsa-out",
-            p(&vsa).to_owned().leak(),
-            "--vsa-key",
-            p(&fx("witness/testkey.pem")).to_owned().leak(),
-            "--vsa-level",
-            "SLSA_BUILD_LEVEL_2",
-        ],
-    );
+    let (o, st) = verify_vsa(&bad, &vsa, &["--vsa-level", "SLSA_BUILD_LEVEL_2"]);
     assert_eq!(code(&o), 1, "{}", text(&o));
-    let env = cilock_evidence::dsse::Envelope::from_json(&std::fs::read(&vsa).unwrap()).unwrap();
-    let st: Value = serde_json::from_slice(&env.payload).unwrap();
     assert_eq!(st["predicate"]["verificationResult"], json!("FAILED"));
     assert_eq!(st["predicate"]["verifiedLevels"], json!(["FAILED"]));
-    check_vsa_with_in_toto(&env.payload);
 
     // Bad levels and ids are refused before anything is verified.
     for (flag, value, msg) in [
@@ -260,6 +222,32 @@ fn vsa_is_written_and_signed() {
         "{}",
         text(&o)
     );
+}
+
+/// Verifies with `policy` writing a VSA to `vsa` (signed by the Witness
+/// test key) with `extra` flags; returns the exit code and the VSA's
+/// statement, whose signature is checked and which in-toto-attestation
+/// parses.
+fn verify_vsa(policy: &Path, vsa: &Path, extra: &[&str]) -> (Output, Value) {
+    let _ = std::fs::remove_file(vsa);
+    let mut args = vec![
+        "--vsa-out",
+        p(vsa),
+        "--vsa-key",
+        p(&fx("witness/testkey.pem")).to_owned().leak(),
+    ];
+    args.extend_from_slice(extra);
+    let o = verify(policy, &fx("witness/cdx-att.json"), &args);
+    let written = std::fs::read(vsa).unwrap_or_else(|e| panic!("no VSA ({e}): {}", text(&o)));
+    let env = cilock_evidence::dsse::Envelope::from_json(&written).unwrap();
+    let v = cilock_evidence::keys::Verifier::from_pem(
+        &std::fs::read(fx("witness/testpub.pem")).unwrap(),
+    )
+    .unwrap();
+    env.verify(&[v], 1).unwrap();
+    check_vsa_with_in_toto(&env.payload);
+    let st = serde_json::from_slice(&env.payload).unwrap();
+    (o, st)
 }
 
 /// Parses a VSA statement with the in-toto attestation framework's own

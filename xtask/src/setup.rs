@@ -58,11 +58,11 @@ pub const CONTAINER_PACKAGES: &[&str] = &["docker.io", "busybox-static", "podman
 
 /// Packages of the evidence-store tests (issue #16): Debian's OCI registry
 /// (distribution 2.8; each test starts its own on loopback) and `skopeo`,
-/// the independent client that reads what cilock pushed, and `htpasswd`
-/// (`apache2-utils`) for the registries behind Basic auth. Installing the
+/// and `curl`, the independent clients that read what cilock pushed, and
+/// `htpasswd` (`apache2-utils`) for the registries behind Basic auth. Installing the
 /// registry must not leave its system service running on :5000 (see
 /// [`NoServiceStarts`] and [`stop_system_registry`]).
-pub const STORE_PACKAGES: &[&str] = &["docker-registry", "skopeo", "apache2-utils"];
+pub const STORE_PACKAGES: &[&str] = &["docker-registry", "skopeo", "curl", "apache2-utils"];
 
 /// The pids of running system registries: `docker-registry` processes
 /// serving the package's configuration (test registries use their own).
