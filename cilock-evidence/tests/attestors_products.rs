@@ -306,7 +306,7 @@ fn tampered_truncated_and_huge_sboms_are_refused() {
     let mut a = SbomAttestor::new(&AttestorOptions::default()).unwrap();
     assert_eq!(
         invalid(a.attest(&ctx)),
-        "sbom: bom.json: 67108865 bytes, more than the 67108864-byte limit"
+        "sbom: bom.json: 25165825 bytes, more than the 25165824-byte limit"
     );
 }
 

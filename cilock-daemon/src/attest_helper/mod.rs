@@ -60,8 +60,8 @@ use std::sync::Arc;
 use cilock_evidence::attestors::command_run::{self, CommandRun};
 use cilock_evidence::attestors::github_action;
 use cilock_evidence::attestors::lifecycle::{
-    after_selection, AttestorOptions, Lifecycle, LifecycleState, SkippedAttestor, POST_PRODUCT,
-    PRE_MATERIAL,
+    after_selection, auto_selected, AttestorOptions, Lifecycle, LifecycleState, SkippedAttestor,
+    POST_PRODUCT, PRE_MATERIAL,
 };
 use cilock_evidence::attestors::product::StepWrites;
 use cilock_evidence::attestors::secretscan::redact_json;
@@ -586,11 +586,7 @@ impl HelperStep {
         let cr_json = serde_json::to_value(&run).unwrap_or_default();
         // What the trace calls for, from the daemon's own command-run: the
         // helper may record these besides the requested ones, nothing else.
-        let auto = if self.options.no_auto_select {
-            Vec::new()
-        } else {
-            selection::select(Some(&cr_json))
-        };
+        let auto = auto_selected(&self.options, Some(&cr_json));
         let _ = run_one(
             &mut ctx,
             &mut crate::engine::CommandRunAttestor(Some(cr_json)),

@@ -37,6 +37,19 @@ pub struct HelperConfig {
 /// Default PATH of the helper.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Default largest reply (bytes): the root daemon parses it.
+pub const DEFAULT_MAX_REPLY: u64 = 64 << 20;
+
+// The documents recorded whole (an SBOM, a SARIF report) fit in one reply
+// with room for the rest of the after stage: a report at its bound must not
+// get the helper killed and every after-stage attestation dropped.
+const _: () = assert!(
+    cilock_evidence::attestors::sbom::MAX_SBOM_BYTES
+        + cilock_evidence::attestors::sarif::MAX_SARIF_BYTES
+        + (16 << 20)
+        <= DEFAULT_MAX_REPLY
+);
+
 impl Default for HelperConfig {
     fn default() -> Self {
         HelperConfig {
@@ -44,7 +57,7 @@ impl Default for HelperConfig {
             timeout: Duration::from_secs(600),
             cpu_seconds: 600,
             memory: 4 << 30,
-            max_reply: 64 << 20,
+            max_reply: DEFAULT_MAX_REPLY,
             exe: PathBuf::from("/proc/self/exe"),
         }
     }

@@ -279,6 +279,19 @@ pub fn after_selection(requested: &[String], auto: &[SelectedAttestor]) -> Vec<S
     v
 }
 
+/// The attestors the trace in `command_run` (command-run's JSON) calls for
+/// under `opts`: none with `no_auto_select`, else [`selection::select`].
+pub fn auto_selected(
+    opts: &AttestorOptions,
+    command_run: Option<&serde_json::Value>,
+) -> Vec<SelectedAttestor> {
+    if opts.no_auto_select {
+        Vec::new()
+    } else {
+        selection::select(command_run)
+    }
+}
+
 /// Writes `skipped` and `selected` into the command-run attestation among
 /// `ctx.completed` (`trace.skippedAttestors`, `trace.selectedAttestors`);
 /// empty lists are not written.
@@ -576,11 +589,7 @@ impl Lifecycle {
             self.product.set_materials(snap.files.clone());
         }
         run_one(ctx, &mut self.product)?;
-        let auto = if self.opts.no_auto_select {
-            Vec::new()
-        } else {
-            selection::select(ctx.completed_json(super::command_run::NAME))
-        };
+        let auto = auto_selected(&self.opts, ctx.completed_json(super::command_run::NAME));
         for s in after_selection(&self.requested, &auto) {
             let mut a = build(&s.name, &self.opts)?;
             run_recorded(

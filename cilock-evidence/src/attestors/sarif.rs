@@ -41,8 +41,10 @@ use super::{AttestError, AttestationContext, Attestor, Stage};
 
 /// Attestor name.
 pub const NAME: &str = "sarif";
-/// Largest SARIF report read, in bytes.
-pub const MAX_SARIF_BYTES: u64 = 64 << 20;
+/// Largest SARIF report read, in bytes (recorded whole: see
+/// [`super::sbom::MAX_SBOM_BYTES`] for why it is below the helper's reply
+/// bound).
+pub const MAX_SARIF_BYTES: u64 = 24 << 20;
 /// Most runs summarised.
 pub const MAX_RUNS: usize = 1024;
 /// Most results summarised (all runs together).

@@ -35,8 +35,11 @@ pub const NAME: &str = "sbom";
 pub const SPDX_TYPE: &str = "https://spdx.dev/Document";
 /// Type of a CycloneDX BOM (Witness's).
 pub const CYCLONEDX_TYPE: &str = "https://cyclonedx.org/bom";
-/// Largest SBOM read, in bytes.
-pub const MAX_SBOM_BYTES: u64 = 64 << 20;
+/// Largest SBOM read, in bytes. The document is recorded whole, and through
+/// the daemon it travels in the attest helper's reply (at most 64 MiB): an
+/// SBOM and a SARIF report both at their bound still fit with room for the
+/// other after-stage attestations.
+pub const MAX_SBOM_BYTES: u64 = 24 << 20;
 /// Longest name or version made a subject, in bytes.
 pub const MAX_SUBJECT_VALUE_BYTES: usize = 1024;
 
