@@ -40,6 +40,25 @@ pub enum Command {
     /// List the attestors `-a` accepts and the catalogue of tools whose
     /// outputs are attested when the trace sees them run.
     Attestors(AttestorsArgs),
+    /// Check whether this host can trace steps: kernel, BTF, tracefs,
+    /// cgroup2, the eBPF hooks (loaded as root; else from the daemon's
+    /// status), ptrace, seccomp, group, socket, key and service, with what
+    /// each missing piece costs. Exit 0 when a traced step can run, 1 when not.
+    Doctor(DoctorArgs),
+}
+
+/// `cilock doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print `{"ready", "summary", "checks": [{"name", "status", "detail", "cost"}]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's socket (default: `CILOCK_SOCKET`, else the configuration's `socket`).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The daemon's configuration, for its socket, group and key [default: /etc/cilock/cilock.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// `cilock attestors`

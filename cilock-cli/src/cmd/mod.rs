@@ -5,6 +5,7 @@
 use crate::cli::{Cli, Command, StepCommand};
 
 mod attestors;
+mod doctor;
 mod inspect;
 mod keygen;
 mod output;
@@ -28,5 +29,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Push(a) => store::push(a),
         Command::Pull(a) => store::pull(a),
         Command::Attestors(a) => attestors::attestors(a),
+        Command::Doctor(a) => doctor::doctor(a),
     }
 }
