@@ -4,6 +4,8 @@
 
 use std::process::Output;
 
+/// `cilock doctor`'s input errors.
+mod doctor_cli;
 /// `cilock inspect`.
 mod inspect_cli;
 /// `cilock keygen`.

@@ -70,14 +70,31 @@ pub fn btf() -> Check {
     }
 }
 
-/// `tracefs`: where the syscall tracepoints are named.
+/// `tracefs`: where the syscall tracepoints are named. It is root-only
+/// (0700) on most systems: a user who cannot look is told so, not that it
+/// is missing.
 pub fn tracefs() -> Check {
-    let found = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("events").is_dir());
-    match found {
-        Some(p) => Check::ok("tracefs", format!("{} (events/ present)", p.display())),
+    let mut denied = None;
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        let events = Path::new(p).join("events");
+        match std::fs::metadata(&events) {
+            Ok(m) if m.is_dir() => return Check::ok("tracefs", format!("{p} (events/ present)")),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                denied.get_or_insert(p);
+            }
+            _ => {}
+        }
+    }
+    match denied {
+        Some(p) => Check::costs(
+            "tracefs",
+            Status::NotChecked,
+            format!(
+                "{p}: uid {} may not look inside (the daemon reads it as root)",
+                nix::unistd::geteuid()
+            ),
+            "",
+        ),
         None => Check::costs(
             "tracefs",
             Status::Missing,
