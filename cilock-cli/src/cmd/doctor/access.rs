@@ -220,7 +220,11 @@ pub fn socket(settings: &Settings) -> (Check, Check, Option<StatusReply>) {
                 "socket",
                 Status::Missing,
                 format!("{socket_detail}; {e}"),
-                "`cilock step` cannot work; `cilock run` falls back to its embedded engine (root only)",
+                if cfg!(feature = "embedded") {
+                    "`cilock step` cannot work; `cilock run` falls back to its embedded engine (root only)"
+                } else {
+                    "`cilock step` and `cilock run` cannot work (this cilock has no embedded engine)"
+                },
             );
             let daemon = Check::costs(
                 "daemon",
