@@ -129,14 +129,22 @@ fn expected(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Root with no daemon: every hook kind is loaded here, the embedded
-/// engine can trace, exit 0.
+/// One daemon (its eBPF load is the expensive part), three callers: root,
+/// a member of the daemon's group, a stranger.
 #[test]
-fn root_loads_the_daemons_programs_and_can_trace_here() {
+fn root_a_member_and_a_stranger() {
     require_root();
     let g = Group::create("cldoc");
-    // A daemon only for the ground truth of its loader's fexit choice.
     let d = Daemon::start_with("auto", &format!("group = {:?}", g.name));
+    root_loads_the_daemons_programs_and_can_trace_here(&d, &g);
+    a_member_of_the_group_gets_the_hooks_from_the_daemons_status(&d, &g);
+    a_user_outside_the_group_is_told_why_nothing_can_run(&d, &g);
+}
+
+/// Root with no daemon on its socket: every hook kind is loaded here, the
+/// embedded engine can trace, exit 0. (`d` is the ground truth of the
+/// loader's fexit choice.)
+fn root_loads_the_daemons_programs_and_can_trace_here(d: &Daemon, g: &Group) {
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = cilock_testkit::daemon::keygen(dir.path());
     let config = dir.path().join("cilock.toml");
@@ -173,7 +181,7 @@ fn root_loads_the_daemons_programs_and_can_trace_here() {
             ("hook-ringbuf", "ok"),
             ("hook-tracepoint", "ok"),
             ("hook-raw-tracepoint", "ok"),
-            ("hook-fexit", fexit_truth(&d)),
+            ("hook-fexit", fexit_truth(d)),
             ("hook-cgroup-skb", "ok"),
             ("hook-cgroup-sock", "ok"),
             ("ebpf-backend", "ok"),
@@ -232,27 +240,11 @@ fn root_loads_the_daemons_programs_and_can_trace_here() {
         check(&doc, "key")["detail"],
         format!("{} (mode 0600, uid 0)", key.display())
     );
-    // The table says the same, with the cost under the check.
-    let o = std::process::Command::new(bin("cilock"))
-        .args(["doctor", "--config", config.to_str().unwrap()])
-        .env_remove("CILOCK_SOCKET")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0));
-    let table = String::from_utf8(o.stdout).unwrap();
-    assert!(table.starts_with("CHECK  "), "{table}");
-    let socket_line = table.lines().find(|l| l.starts_with("socket ")).unwrap();
-    assert!(socket_line.contains(" missing "), "{socket_line}");
-    drop(d);
 }
 
 /// A member of the daemon's group: the hooks come from the daemon's
 /// `Status`; the daemon answers, so a traced step can run (exit 0).
-#[test]
-fn a_member_of_the_group_gets_the_hooks_from_the_daemons_status() {
-    require_root();
-    let g = Group::create("cldoc");
-    let d = Daemon::start_with("auto", &format!("group = {:?}", g.name));
+fn a_member_of_the_group_gets_the_hooks_from_the_daemons_status(d: &Daemon, g: &Group) {
     let o = as_user(
         STRANGER,
         STRANGER,
@@ -261,7 +253,7 @@ fn a_member_of_the_group_gets_the_hooks_from_the_daemons_status() {
             "doctor",
             "--json",
             "--config",
-            config_of(&d).to_str().unwrap(),
+            config_of(d).to_str().unwrap(),
         ],
     );
     let (doc, code) = parse(&o);
@@ -284,9 +276,10 @@ fn a_member_of_the_group_gets_the_hooks_from_the_daemons_status() {
             ("hook-ringbuf", "ok"),
             ("hook-tracepoint", "ok"),
             ("hook-raw-tracepoint", "ok"),
-            ("hook-fexit", fexit_truth(&d)),
+            ("hook-fexit", fexit_truth(d)),
             ("hook-cgroup-skb", "ok"),
             ("hook-cgroup-sock", "ok"),
+            ("ebpf-backend", "ok"),
             ("ptrace", "ok"),
             ("seccomp", "ok"),
             ("config", "ok"),
@@ -328,11 +321,7 @@ fn a_member_of_the_group_gets_the_hooks_from_the_daemons_status() {
 
 /// A user outside the group cannot reach the daemon and cannot load
 /// programs: exit 1, and `group` and `socket` say why.
-#[test]
-fn a_user_outside_the_group_is_told_why_nothing_can_run() {
-    require_root();
-    let g = Group::create("cldoc");
-    let d = Daemon::start_with("auto", &format!("group = {:?}", g.name));
+fn a_user_outside_the_group_is_told_why_nothing_can_run(d: &Daemon, g: &Group) {
     let o = as_user(
         STRANGER,
         STRANGER,
@@ -341,12 +330,37 @@ fn a_user_outside_the_group_is_told_why_nothing_can_run() {
             "doctor",
             "--json",
             "--config",
-            config_of(&d).to_str().unwrap(),
+            config_of(d).to_str().unwrap(),
         ],
     );
     let (doc, code) = parse(&o);
     assert_eq!(code, 1, "{doc:#}");
     assert_eq!(doc["ready"], false);
+    assert_eq!(
+        statuses(&doc),
+        expected(&[
+            ("kernel", "ok"),
+            ("btf", "ok"),
+            ("tracefs", tracefs_truth_for_a_user()),
+            ("bpffs", "ok"),
+            ("cgroup2", "ok"),
+            ("hook-ringbuf", "not-checked"),
+            ("hook-tracepoint", "not-checked"),
+            ("hook-raw-tracepoint", "not-checked"),
+            ("hook-fexit", "not-checked"),
+            ("hook-cgroup-skb", "not-checked"),
+            ("hook-cgroup-sock", "not-checked"),
+            ("ebpf-backend", "not-checked"),
+            ("ptrace", "ok"),
+            ("seccomp", "ok"),
+            ("config", "ok"),
+            ("group", "missing"),
+            ("socket", "missing"),
+            ("daemon", "not-checked"),
+            ("key", "ok"),
+            ("service", service_truth()),
+        ])
+    );
     let hooks_why = format!(
         "loading eBPF programs needs root, and no daemon answered at {} to report its hooks",
         d.socket.display()
@@ -358,6 +372,7 @@ fn a_user_outside_the_group_is_told_why_nothing_can_run() {
         "hook-fexit",
         "hook-cgroup-skb",
         "hook-cgroup-sock",
+        "ebpf-backend",
     ] {
         assert_eq!(check(&doc, name)["status"], "not-checked", "{name}");
         assert_eq!(check(&doc, name)["detail"], hooks_why.as_str(), "{name}");
@@ -387,6 +402,27 @@ fn a_user_outside_the_group_is_told_why_nothing_can_run() {
         "{detail}"
     );
     assert_eq!(check(&doc, "daemon")["status"], "not-checked");
+    // The table says the same, with the cost on the line under its check.
+    let o = as_user(
+        STRANGER,
+        STRANGER,
+        &[],
+        &["doctor", "--config", config_of(d).to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let table = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("CHECK  "), "{table}");
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("group "))
+        .expect("a group row");
+    assert!(lines[at].contains(" missing "), "{table}");
+    assert_eq!(
+        lines[at + 1].trim_start(),
+        format!("cost: {}", group["cost"].as_str().unwrap())
+    );
+    assert_eq!(lines.last().copied(), doc["summary"].as_str());
     assert_eq!(check(&doc, "ptrace")["status"], "ok");
     assert_eq!(
         doc["summary"],

@@ -34,21 +34,22 @@ fn missing(name: &'static str, detail: String) -> Check {
     Check::costs(name, Status::Missing, detail, cost(name))
 }
 
-/// The hook checks from the daemon's `Status` reply: the hooks it attests.
+/// The hook checks and `ebpf-backend` from the daemon's `Status` reply:
+/// the hooks it attests.
 pub fn from_status(s: &StatusReply) -> Vec<Check> {
     if s.backend != "ebpf" {
-        return NAMES
-            .iter()
-            .map(|&n| {
-                missing(
-                    n,
-                    format!(
-                        "the daemon traces with {} (its status reports no eBPF hooks)",
-                        s.backend
-                    ),
-                )
-            })
-            .collect();
+        let why = format!(
+            "the daemon traces with {} (its status reports no eBPF hooks)",
+            s.backend
+        );
+        let mut out: Vec<Check> = NAMES.iter().map(|&n| missing(n, why.clone())).collect();
+        out.push(Check::costs(
+            "ebpf-backend",
+            Status::Missing,
+            why,
+            cost("hook-ringbuf"),
+        ));
+        return out;
     }
     let h = &s.hooks;
     let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
@@ -95,13 +96,19 @@ pub fn from_status(s: &StatusReply) -> Vec<Check> {
     } else {
         missing("hook-cgroup-sock", says("network"))
     });
+    let keys: Vec<&str> = h.keys().map(String::as_str).collect();
+    out.push(Check::ok(
+        "ebpf-backend",
+        format!("daemon: backend ebpf, with hooks for {}", keys.join(", ")),
+    ));
     out
 }
 
-/// Every hook check `not-checked`, saying why.
+/// Every hook check and `ebpf-backend` `not-checked`, saying why.
 pub fn unchecked(why: &str) -> Vec<Check> {
     NAMES
         .iter()
+        .chain(&["ebpf-backend"])
         .map(|&n| Check::costs(n, Status::NotChecked, why, ""))
         .collect()
 }
@@ -231,6 +238,7 @@ mod tests {
                 ("hook-fexit", "warn"),
                 ("hook-cgroup-skb", "ok"),
                 ("hook-cgroup-sock", "ok"),
+                ("ebpf-backend", "ok"),
             ]
         );
         assert!(from_status(&s)[3]
