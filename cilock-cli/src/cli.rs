@@ -40,10 +40,17 @@ pub enum Command {
     /// List the attestors `-a` accepts and the catalogue of tools whose
     /// outputs are attested when the trace sees them run.
     Attestors(AttestorsArgs),
-    /// Check whether this host can trace steps: kernel, BTF, tracefs,
-    /// cgroup2, the eBPF hooks (loaded as root; else from the daemon's
-    /// status), ptrace, seccomp, group, socket, key and service, with what
-    /// each missing piece costs. Exit 0 when a traced step can run, 1 when not.
+    /// Check whether a traced step can run on this host, and what each
+    /// missing piece costs.
+    ///
+    /// Probes the kernel, BTF, tracefs, bpffs, the cgroup2 mount (hybrid or
+    /// unified), the eBPF hook kinds (ring buffer, tracepoints, raw
+    /// tracepoints, fexit, cgroup skb and sock programs: loaded for real as
+    /// root, else read from the daemon's status), ptrace and seccomp, this
+    /// process's groups against the socket's group, the socket, the signing
+    /// key's permissions and the systemd service. Exit 0 when a traced step
+    /// can run (the daemon answers, or root can trace with the embedded
+    /// engine), 1 when not, 2 on a usage error.
     Doctor(DoctorArgs),
 }
 

@@ -312,7 +312,11 @@ pub fn service() -> Check {
             .args([verb, "cilock.service"])
             .stderr(std::process::Stdio::null())
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .map(|o| match String::from_utf8_lossy(&o.stdout).trim() {
+                // `is-enabled` prints nothing for a unit systemd does not know.
+                "" => "not installed".to_string(),
+                state => state.to_string(),
+            })
     };
     match (state("is-active"), state("is-enabled")) {
         (Ok(active), Ok(enabled)) if active == "active" => {
