@@ -94,9 +94,16 @@ fn a_clean_page_per_command_with_each_long_flag() {
         assert_eq!(manpage::groff_warnings(&page), "", "{name}.1");
         let t = manpage::text(&page);
         let head = t.lines().find(|l| !l.is_empty()).unwrap();
-        assert!(
-            head.starts_with(&format!("{}(1)", name.to_uppercase())),
-            "{name}: {head}"
+        // Header: title, manual; footer: source (the version), title.
+        let title = format!("{}(1)", name.to_uppercase());
+        let words: Vec<&str> = head.split_whitespace().collect();
+        assert_eq!(words, [&title, "cilock", "Manual", &title], "{name}");
+        let foot = t.lines().rfind(|l| !l.is_empty()).unwrap();
+        let words: Vec<&str> = foot.split_whitespace().collect();
+        assert_eq!(
+            words,
+            ["cilock", env!("CARGO_PKG_VERSION"), &title],
+            "{name}"
         );
         // Justified text: words apart by one space or more.
         let synopsis = manpage::section(&t, "SYNOPSIS")

@@ -33,7 +33,18 @@ fn section_8_page_with_flags_and_files() {
 
     assert_eq!(manpage::groff_warnings(&page), "");
     let t = manpage::text(&page);
-    assert!(t.starts_with("CILOCK-DAEMON(8)"), "{t}");
+    // Header: title, manual; footer: source (the version), title.
+    let head: Vec<&str> = t.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        head,
+        ["CILOCK-DAEMON(8)", "cilock", "Manual", "CILOCK-DAEMON(8)"]
+    );
+    let foot = t.lines().rfind(|l| !l.is_empty()).unwrap();
+    let foot: Vec<&str> = foot.split_whitespace().collect();
+    assert_eq!(
+        foot,
+        ["cilock", env!("CARGO_PKG_VERSION"), "CILOCK-DAEMON(8)"]
+    );
     let synopsis = manpage::section(&t, "SYNOPSIS").unwrap();
     assert!(
         synopsis.trim_start().starts_with("cilock-daemon "),

@@ -177,13 +177,12 @@ fn render(
     version: &str,
     extra: &Extra<'_>,
 ) -> anyhow::Result<Vec<u8>> {
-    let man = Man::new(cmd.clone())
-        .title(name.to_uppercase())
-        .section(SECTION)
-        .source(format!("cilock {version}"))
-        .manual("cilock Manual");
+    let man = Man::new(cmd.clone()).section(SECTION);
     let mut w = Vec::new();
-    man.render_title(&mut w)?;
+    // The title line (clap_mangen's drops an empty date, which shifts the
+    // source and manual into its place): no date, so that the same
+    // version renders the same page.
+    w.extend_from_slice(title_line(&name.to_uppercase(), SECTION, &version).as_bytes());
     man.render_name_section(&mut w)?;
     man.render_synopsis_section(&mut w)?;
     man.render_description_section(&mut w)?;
@@ -201,11 +200,21 @@ fn render(
         roff.control("SH", ["EXIT STATUS"]);
         for (code, what) in [
             ("0", "Success."),
-            ("1", "The traced command failed, or verification failed."),
-            ("2", "A usage or input error (the message says which)."),
+            (
+                "1",
+                "The traced command failed, a verification failed, an attestor failed the \
+                 step (secretscan with fail-on-detection), or cilock pull found nothing.",
+            ),
+            (
+                "2",
+                "A usage or input error (the message says which), or a store that verify \
+                 --store or pull cannot search.",
+            ),
             (
                 "3",
-                "The attestation was written but could not be stored (--store, cilock push).",
+                "The attestation was written but could not be stored in a registry (--store, \
+                 the daemon's store, cilock push; for run, the command's own non-zero status \
+                 wins).",
             ),
         ] {
             roff.control("TP", []);
@@ -243,6 +252,14 @@ fn finish_page(page: &[u8]) -> Vec<u8> {
         }
     }
     escaped.into_bytes()
+}
+
+/// `.TH TITLE SECTION "" "cilock VERSION" "cilock Manual"`: the title, the
+/// section, no date (the page of a version is the same whenever it is
+/// built), the source and the manual's name; then `.nh`: no hyphenation, so
+/// flags and page names never break at a line end.
+fn title_line(title: &str, section: &str, version: &str) -> String {
+    format!(".TH {title} {section} \"\" \"cilock {version}\" \"cilock Manual\"\n.nh\n")
 }
 
 /// `SEE ALSO`: `cilock(1), cilock-step(1), …`.

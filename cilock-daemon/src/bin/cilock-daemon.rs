@@ -514,13 +514,12 @@ mod manpage {
     /// Renders the page.
     pub fn render(cmd: clap::Command) -> anyhow::Result<Vec<u8>> {
         let version = cmd.get_version().unwrap_or_default().to_owned();
-        let man = Man::new(cmd)
-            .title("CILOCK-DAEMON")
-            .section(SECTION)
-            .source(format!("cilock {version}"))
-            .manual("cilock Manual");
+        let man = Man::new(cmd).section(SECTION);
         let mut w = Vec::new();
-        man.render_title(&mut w)?;
+        // The title line (clap_mangen's drops an empty date, which shifts the
+        // source and manual into its place): no date, so that the same
+        // version renders the same page.
+        w.extend_from_slice(title_line("CILOCK-DAEMON", SECTION, &version).as_bytes());
         man.render_name_section(&mut w)?;
         man.render_synopsis_section(&mut w)?;
         man.render_description_section(&mut w)?;
@@ -576,6 +575,13 @@ mod manpage {
             }
         }
         escaped.into_bytes()
+    }
+
+    /// `.TH TITLE SECTION "" "cilock VERSION" "cilock Manual"`: the title, the
+    /// section, no date (the page of a version is the same whenever it is
+    /// built), the source and the manual's name.
+    fn title_line(title: &str, section: &str, version: &str) -> String {
+        format!(".TH {title} {section} \"\" \"cilock {version}\" \"cilock Manual\"\n.nh\n")
     }
 
     /// Writes `DIR/cilock-daemon.8` (DIR created if missing); returns its path.
