@@ -5,22 +5,28 @@
 use std::path::Path;
 use std::process::Command;
 
-/// groff's warnings for `page` (`groff -man -ww -z -Tutf8`: every warning
-/// category, no output): empty for a clean page. groff reads the page as is,
-/// without a preprocessor, so a raw non-ASCII character is a warning too.
-/// Panics when groff cannot run (`cargo xtask setup` installs `groff-base`).
+/// groff's warnings for `page` (`groff -man -ww -z`: every warning
+/// category, no output) on a UTF-8 terminal and on an ASCII one: empty for a
+/// clean page. groff reads the page as is, without a preprocessor, so a raw
+/// non-ASCII character is a warning, and so is a glyph the ASCII device
+/// lacks. Panics when groff cannot run (`cargo xtask setup` installs
+/// `groff-base`).
 pub fn groff_warnings(page: &Path) -> String {
-    let o = Command::new("groff")
-        .args(["-man", "-ww", "-z", "-Tutf8"])
-        .arg(page)
-        .output()
-        .expect("running groff (package groff-base: cargo xtask setup)");
-    assert!(
-        o.status.success(),
-        "groff failed on {}: {o:?}",
-        page.display()
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let mut warnings = String::new();
+    for device in ["-Tutf8", "-Tascii"] {
+        let o = Command::new("groff")
+            .args(["-man", "-ww", "-z", device])
+            .arg(page)
+            .output()
+            .expect("running groff (package groff-base: cargo xtask setup)");
+        assert!(
+            o.status.success(),
+            "groff failed on {}: {o:?}",
+            page.display()
+        );
+        warnings.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    warnings
 }
 
 /// `page` rendered as plain ASCII text (no overstriking or colour), on lines

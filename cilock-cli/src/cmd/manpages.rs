@@ -229,9 +229,11 @@ fn render(
     Ok(finish_page(&w))
 }
 
-/// The page as groff and mandoc read it without a preprocessor: non-ASCII
-/// characters (`…`, `—` of the help texts) as `\[uXXXX]` escapes, and the
-/// `Aq` string that each clap_mangen section defines again defined once.
+/// The page as groff and mandoc read it without a preprocessor, on any
+/// output device: non-ASCII characters of the help texts in ASCII (`…` as
+/// `...`, dashes, arrows and quotes as groff's named glyphs, others as
+/// `\[uXXXX]`), and the `Aq` string that each clap_mangen section defines
+/// again defined once.
 fn finish_page(page: &[u8]) -> Vec<u8> {
     const AQ: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
     let text = String::from_utf8_lossy(page);
@@ -245,10 +247,16 @@ fn finish_page(page: &[u8]) -> Vec<u8> {
     out.push_str(&rest);
     let mut escaped = String::with_capacity(out.len());
     for c in out.chars() {
-        if c.is_ascii() {
-            escaped.push(c);
-        } else {
-            escaped.push_str(&format!("\\[u{:04X}]", u32::from(c)));
+        match c {
+            c if c.is_ascii() => escaped.push(c),
+            // Spelled so that every groff device has them (ASCII too).
+            '\u{2026}' => escaped.push_str("..."),
+            '\u{2014}' => escaped.push_str("\\(em"),
+            '\u{2013}' => escaped.push_str("\\(en"),
+            '\u{2192}' => escaped.push_str("\\(->"),
+            '\u{201C}' => escaped.push_str("\\(lq"),
+            '\u{201D}' => escaped.push_str("\\(rq"),
+            c => escaped.push_str(&format!("\\[u{:04X}]", u32::from(c))),
         }
     }
     escaped.into_bytes()
@@ -256,10 +264,12 @@ fn finish_page(page: &[u8]) -> Vec<u8> {
 
 /// `.TH TITLE SECTION "" "cilock VERSION" "cilock Manual"`: the title, the
 /// section, no date (the page of a version is the same whenever it is
-/// built), the source and the manual's name; then `.nh`: no hyphenation, so
-/// flags and page names never break at a line end.
+/// built), the source and the manual's name; then `.nh` and `.ad l` (as
+/// asciidoctor's and pandoc's pages): no hyphenation, so flags and page names
+/// never break at a line end, and lines not justified, so a long flag does
+/// not leave a line groff cannot adjust.
 fn title_line(title: &str, section: &str, version: &str) -> String {
-    format!(".TH {title} {section} \"\" \"cilock {version}\" \"cilock Manual\"\n.nh\n")
+    format!(".TH {title} {section} \"\" \"cilock {version}\" \"cilock Manual\"\n.nh\n.ad l\n")
 }
 
 /// `SEE ALSO`: `cilock(1), cilock-step(1), …`.
