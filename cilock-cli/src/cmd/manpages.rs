@@ -49,8 +49,9 @@ const RELATED: &[(&str, &[&str])] = &[
     ("cilock-step", &["cilock-run"]),
 ];
 
-/// Pages that also refer to the daemon's page: it does their work.
-const USES_DAEMON: &[&str] = &["cilock", "cilock-step", "cilock-run"];
+/// Pages that also refer to the daemon's page: it does their work, or they
+/// check it (`cilock doctor`).
+const USES_DAEMON: &[&str] = &["cilock", "cilock-step", "cilock-run", "cilock-doctor"];
 
 /// Writes every page into `a.dir` (created if missing), one path per line on
 /// standard output.
@@ -156,10 +157,7 @@ pub fn pages() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
             exit_status: node.parent.is_none(),
             see_also: &see_also,
         };
-        out.push((
-            node.name.clone(),
-            render(&node.cmd, &node.name, &version, &extra)?,
-        ));
+        out.push((node.name.clone(), render(&node.cmd, &node.name, &extra)?));
     }
     Ok(out)
 }
@@ -171,18 +169,14 @@ struct Extra<'a> {
     see_also: &'a [(String, &'static str)],
 }
 
-fn render(
-    cmd: &clap::Command,
-    name: &str,
-    version: &str,
-    extra: &Extra<'_>,
-) -> anyhow::Result<Vec<u8>> {
+/// The page of `cmd`, named `name`.
+fn render(cmd: &clap::Command, name: &str, extra: &Extra<'_>) -> anyhow::Result<Vec<u8>> {
     let man = Man::new(cmd.clone()).section(SECTION);
     let mut w = Vec::new();
     // The title line (clap_mangen's drops an empty date, which shifts the
     // source and manual into its place): no date, so that the same
     // version renders the same page.
-    w.extend_from_slice(title_line(&name.to_uppercase(), SECTION, &version).as_bytes());
+    w.extend_from_slice(title_line(&name.to_uppercase(), SECTION, extra.version).as_bytes());
     man.render_name_section(&mut w)?;
     man.render_synopsis_section(&mut w)?;
     man.render_description_section(&mut w)?;
