@@ -53,22 +53,6 @@ pub enum Command {
     Manpages(ManpagesArgs),
 }
 
-/// `cilock completions`
-#[derive(Debug, Args)]
-pub struct CompletionsArgs {
-    /// The shell the script is for.
-    #[arg(value_enum, value_name = "SHELL")]
-    pub shell: clap_complete::Shell,
-}
-
-/// `cilock manpages`
-#[derive(Debug, Args)]
-pub struct ManpagesArgs {
-    /// Directory the pages are written to (created if missing).
-    #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
-}
-
 /// `cilock attestors`
 #[derive(Debug, Args)]
 pub struct AttestorsArgs {
@@ -431,4 +415,20 @@ pub struct InspectArgs {
     /// Print the decoded statement as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `cilock completions`
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `cilock manpages`
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Directory the pages are written to (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
