@@ -52,20 +52,17 @@ pub enum Command {
     /// can run (the daemon answers, or root can trace with the embedded
     /// engine), 1 when not, 2 on a usage error.
     Doctor(DoctorArgs),
-}
-
-/// `cilock doctor`
-#[derive(Debug, Args)]
-pub struct DoctorArgs {
-    /// Print `{"ready", "summary", "checks": [{"name", "status", "detail", "cost"}]}`.
-    #[arg(long)]
-    pub json: bool,
-    /// The daemon's socket (default: `CILOCK_SOCKET`, else the configuration's `socket`).
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// The daemon's configuration, for its socket, group and key [default: /etc/cilock/cilock.toml].
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell) for cilock to standard output.
+    ///
+    /// Packages install them (bash:
+    /// /usr/share/bash-completion/completions/cilock); to try one in the
+    /// current bash: `source <(cilock completions bash)`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (cilock.1 and cilock-SUBCOMMAND.1 for every
+    /// subcommand, nested ones as cilock-step-begin.1) into DIR (packaging).
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
 }
 
 /// `cilock attestors`
@@ -430,4 +427,34 @@ pub struct InspectArgs {
     /// Print the decoded statement as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `cilock completions`
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `cilock manpages`
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Directory the pages are written to (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// `cilock doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print `{"ready", "summary", "checks": [{"name", "status", "detail", "cost"}]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's socket (default: `CILOCK_SOCKET`, else the configuration's `socket`).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The daemon's configuration, for its socket, group and key [default: /etc/cilock/cilock.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }

@@ -48,6 +48,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "git",
     "util-linux",
     "passwd",
+    // groff renders the generated man pages in the tests (`-ww`: every
+    // warning) and reads them as text (`cilock manpages`, `cilock-daemon
+    // --manpage`).
+    "groff-base",
 ];
 
 /// Packages of the container tests: dockerd/containerd/runc and the docker
