@@ -14,6 +14,7 @@
 //! - [`programs`]: compiling the C test programs.
 //! - [`fixtures`]: shell snippets, scripts, checked-in fixtures.
 //! - [`cli`]: running the `cilock` command line and reading its output.
+//! - [`manpage`]: man pages rendered by groff, their sections and flags.
 //! - [`pki`]: a PKI and an RFC 3161 TSA made by the `openssl` CLI.
 //! - [`users`]: throw-away users and groups (`useradd`/`groupadd`).
 //! - [`docker`]: a private `dockerd` per test, its busybox image, cgroups.
@@ -32,6 +33,7 @@ pub mod deb;
 pub mod docker;
 pub mod envelope;
 pub mod fixtures;
+pub mod manpage;
 pub mod net;
 pub mod pki;
 pub mod podman;

@@ -55,6 +55,10 @@ pub const APT_PACKAGES: &[&str] = &[
     // the package's own maintainer scripts use deb-systemd-helper.
     "dpkg-dev",
     "init-system-helpers",
+    // groff renders the generated man pages in the tests (`-ww`: every
+    // warning) and reads them as text (`cilock manpages`, `cilock-daemon
+    // --manpage`).
+    "groff-base",
 ];
 
 /// Packages of the container tests: dockerd/containerd/runc and the docker

@@ -5,8 +5,10 @@
 use crate::cli::{Cli, Command, StepCommand};
 
 mod attestors;
+mod completions;
 mod inspect;
 mod keygen;
+mod manpages;
 mod output;
 mod run;
 mod sign;
@@ -28,5 +30,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Push(a) => store::push(a),
         Command::Pull(a) => store::pull(a),
         Command::Attestors(a) => attestors::attestors(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Manpages(a) => manpages::manpages(a),
     }
 }
