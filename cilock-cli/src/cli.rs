@@ -51,6 +51,11 @@ pub enum Command {
     /// subcommand, nested ones as cilock-step-begin.1) into DIR (packaging).
     #[command(hide = true)]
     Manpages(ManpagesArgs),
+    /// Check whether this host can trace steps: kernel, BTF, tracefs,
+    /// cgroup2, the eBPF hooks (loaded as root; else from the daemon's
+    /// status), ptrace, seccomp, group, socket, key and service, with what
+    /// each missing piece costs. Exit 0 when a traced step can run, 1 when not.
+    Doctor(DoctorArgs),
 }
 
 /// `cilock completions`
@@ -67,6 +72,20 @@ pub struct ManpagesArgs {
     /// Directory the pages are written to (created if missing).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+/// `cilock doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print `{"ready", "summary", "checks": [{"name", "status", "detail", "cost"}]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's socket (default: `CILOCK_SOCKET`, else the configuration's `socket`).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The daemon's configuration, for its socket, group and key [default: /etc/cilock/cilock.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// `cilock attestors`

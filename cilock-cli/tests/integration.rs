@@ -6,6 +6,8 @@ use std::process::Output;
 
 /// `cilock completions`: bash really completes; every shell gets a script.
 mod completions_cli;
+/// `cilock doctor`'s input errors.
+mod doctor_cli;
 /// `cilock inspect`.
 mod inspect_cli;
 /// `cilock keygen`.

@@ -23,6 +23,8 @@ mod daemon_limits;
 mod daemon_rules;
 /// Digests only of the file the kernel recorded, and only if readable.
 mod digest_identity;
+/// `cilock doctor` as root, as a member of the daemon's group, as a stranger.
+mod doctor;
 /// Attestors run without root's powers.
 mod helper_isolation;
 /// Names that are not text (memfd, long paths, non-UTF-8), both backends.

@@ -6,6 +6,7 @@ use crate::cli::{Cli, Command, StepCommand};
 
 mod attestors;
 mod completions;
+mod doctor;
 mod inspect;
 mod keygen;
 mod manpages;
@@ -32,5 +33,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Attestors(a) => attestors::attestors(a),
         Command::Completions(a) => completions::completions(a),
         Command::Manpages(a) => manpages::manpages(a),
+        Command::Doctor(a) => doctor::doctor(a),
     }
 }
