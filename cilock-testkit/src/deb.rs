@@ -9,7 +9,7 @@ use std::process::Command;
 /// `CILOCK_DEB` set: that file (the kernel matrix and `cargo xtask test`
 /// build the package once and pass it). Else the package is built once per
 /// test binary with `cargo xtask deb --profile dev --no-build` (from the
-/// debug binaries, built on demand by [`crate::bin`]), unless
+/// debug binaries, built on demand by [`crate::bin::bin`]), unless
 /// `CILOCK_E2E_PREBUILT=1`, where it must already be there.
 pub fn package() -> PathBuf {
     static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
