@@ -149,12 +149,56 @@ pub fn build(profile: Profile, no_build: bool) -> anyhow::Result<PathBuf> {
         c.args(["--variant", "dev", "--fast"]);
     }
     c.arg("--output").arg(&deb);
-    exec(&mut c)?;
+    {
+        // cargo-deb deletes every cilock_*_<arch>.deb in target/debian
+        // before it builds, whatever --output says: the dev package would
+        // take the release package with it.
+        let _kept = (profile == Profile::Dev)
+            .then(|| KeptAside::new(&output_dir(Profile::Release).join(file_name(version, &arch))))
+            .transpose()?;
+        exec(&mut c)?;
+    }
     if !deb.is_file() {
         bail!("cargo deb did not write {}", deb.display());
     }
     note(format!("built {}", deb.display()));
     Ok(deb)
+}
+
+/// A file renamed to `<name>.kept` while it lives, then renamed back.
+struct KeptAside {
+    path: PathBuf,
+    aside: PathBuf,
+}
+
+impl KeptAside {
+    /// Moves `path` aside if it exists (else does nothing, now or at drop).
+    fn new(path: &Path) -> anyhow::Result<Option<KeptAside>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(".kept");
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside)
+            .with_context(|| format!("moving {} aside", path.display()))?;
+        Ok(Some(KeptAside {
+            path: path.to_path_buf(),
+            aside,
+        }))
+    }
+}
+
+impl Drop for KeptAside {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::rename(&self.aside, &self.path) {
+            eprintln!(
+                "xtask: could not put {} back from {}: {e}",
+                self.path.display(),
+                self.aside.display()
+            );
+        }
+    }
 }
 
 /// Writes `man1/*.1.gz`, `man8/cilock-daemon.8.gz` and
