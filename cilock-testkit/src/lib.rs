@@ -4,6 +4,7 @@
 //! its binaries, its files and its wire bytes.
 //!
 //! - [`mod@bin`]: paths of the built binaries, temporary directories.
+//! - [`deb`]: the Debian package of the debug binaries.
 //! - [`daemon`]: a throw-away `cilock-daemon` ([`Daemon`]).
 //! - [`step`]: one traced step through a daemon ([`step::StepJob`]).
 //! - [`envelope`]: reading envelopes and statements; an independent
@@ -28,6 +29,7 @@
 pub mod bin;
 pub mod cli;
 pub mod daemon;
+pub mod deb;
 pub mod docker;
 pub mod envelope;
 pub mod fixtures;

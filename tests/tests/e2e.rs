@@ -34,6 +34,9 @@ mod names;
 mod namespaces;
 /// Network evidence: connections, DNS, TLS SNI, HTTP CONNECT.
 mod network;
+/// Issue #18: the Debian package installed, upgraded and purged by dpkg in
+/// an overlay of this host's `/`.
+mod package;
 /// The eBPF and ptrace backends record the same workload the same way.
 mod parity;
 /// Issue #13: no typo, signal, kill, restart or second daemon loses evidence.
