@@ -41,6 +41,12 @@ pub use service::{Outgoing, Payload, Peer, RequestCtx, StepService};
 
 /// Default socket path; `CILOCK_SOCKET` overrides it everywhere.
 pub const DEFAULT_SOCKET: &str = "/run/cilock/cilock.sock";
+/// The daemon's configuration file when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/cilock/cilock.toml";
+/// The daemon's signing key when the configuration names none.
+pub const DEFAULT_KEY: &str = "/etc/cilock/signing-key.pem";
+/// The group whose members may use the socket when the configuration names none.
+pub const DEFAULT_GROUP: &str = "cilock";
 /// Environment variable naming the socket.
 pub const SOCKET_ENV: &str = "CILOCK_SOCKET";
 /// Largest reply sent or accepted (replies carry envelopes with stdout);

@@ -40,6 +40,52 @@ pub enum Command {
     /// List the attestors `-a` accepts and the catalogue of tools whose
     /// outputs are attested when the trace sees them run.
     Attestors(AttestorsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell) for cilock to standard output.
+    ///
+    /// Packages install them (bash:
+    /// /usr/share/bash-completion/completions/cilock); to try one in the
+    /// current bash: `source <(cilock completions bash)`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (cilock.1 and cilock-SUBCOMMAND.1 for every
+    /// subcommand, nested ones as cilock-step-begin.1) into DIR (packaging).
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+    /// Check whether this host can trace steps: kernel, BTF, tracefs,
+    /// cgroup2, the eBPF hooks (loaded as root; else from the daemon's
+    /// status), ptrace, seccomp, group, socket, key and service, with what
+    /// each missing piece costs. Exit 0 when a traced step can run, 1 when not.
+    Doctor(DoctorArgs),
+}
+
+/// `cilock completions`
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `cilock manpages`
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Directory the pages are written to (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// `cilock doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print `{"ready", "summary", "checks": [{"name", "status", "detail", "cost"}]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's socket (default: `CILOCK_SOCKET`, else the configuration's `socket`).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The daemon's configuration, for its socket, group and key [default: /etc/cilock/cilock.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// `cilock attestors`

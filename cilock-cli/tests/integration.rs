@@ -4,10 +4,16 @@
 
 use std::process::Output;
 
+/// `cilock completions`: bash really completes; every shell gets a script.
+mod completions_cli;
+/// `cilock doctor`'s input errors.
+mod doctor_cli;
 /// `cilock inspect`.
 mod inspect_cli;
 /// `cilock keygen`.
 mod keygen_cli;
+/// `cilock manpages`: a clean page per command, each long flag on it.
+mod manpages_cli;
 /// `cilock sign --certificate` and `verify` with root functionaries and timestamps.
 mod verify_cert_cli;
 /// A two-step supply chain recorded with `cilock run` and checked with `verify`

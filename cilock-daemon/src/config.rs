@@ -93,11 +93,11 @@ use crate::engine::EngineConfig;
 use cilock_api::{DEFAULT_MAX_REQUEST, DEFAULT_SOCKET, MAX_MESSAGE};
 
 /// Where the daemon looks for its configuration when `--config` is not given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/cilock/cilock.toml";
+pub const DEFAULT_CONFIG_PATH: &str = cilock_api::DEFAULT_CONFIG;
 /// Default signing key path.
-pub const DEFAULT_KEY_PATH: &str = "/etc/cilock/signing-key.pem";
+pub const DEFAULT_KEY_PATH: &str = cilock_api::DEFAULT_KEY;
 /// Default group whose members may use the socket.
-pub const DEFAULT_GROUP: &str = "cilock";
+pub const DEFAULT_GROUP: &str = cilock_api::DEFAULT_GROUP;
 /// Default log filter.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 

@@ -12,6 +12,8 @@ mod server_support;
 
 /// The attestor helper for real, as a user created for the test.
 mod attest_helper;
+/// `cilock-daemon --manpage`: the section-8 page.
+mod manpage;
 /// `ptrace::follow` on a running shell loop.
 mod ptrace_follow;
 /// Network evidence of the ptrace backend against local listeners.

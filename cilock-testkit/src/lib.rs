@@ -4,6 +4,7 @@
 //! its binaries, its files and its wire bytes.
 //!
 //! - [`mod@bin`]: paths of the built binaries, temporary directories.
+//! - [`deb`]: the Debian package of the debug binaries.
 //! - [`daemon`]: a throw-away `cilock-daemon` ([`Daemon`]).
 //! - [`step`]: one traced step through a daemon ([`step::StepJob`]).
 //! - [`envelope`]: reading envelopes and statements; an independent
@@ -13,6 +14,7 @@
 //! - [`programs`]: compiling the C test programs.
 //! - [`fixtures`]: shell snippets, scripts, checked-in fixtures.
 //! - [`cli`]: running the `cilock` command line and reading its output.
+//! - [`manpage`]: man pages rendered by groff, their sections and flags.
 //! - [`pki`]: a PKI and an RFC 3161 TSA made by the `openssl` CLI.
 //! - [`users`]: throw-away users and groups (`useradd`/`groupadd`).
 //! - [`docker`]: a private `dockerd` per test, its busybox image, cgroups.
@@ -27,9 +29,11 @@
 pub mod bin;
 pub mod cli;
 pub mod daemon;
+pub mod deb;
 pub mod docker;
 pub mod envelope;
 pub mod fixtures;
+pub mod manpage;
 pub mod net;
 pub mod pki;
 pub mod podman;

@@ -23,6 +23,8 @@ mod daemon_limits;
 mod daemon_rules;
 /// Digests only of the file the kernel recorded, and only if readable.
 mod digest_identity;
+/// `cilock doctor` as root, as a member of the daemon's group, as a stranger.
+mod doctor;
 /// Attestors run without root's powers.
 mod helper_isolation;
 /// Names that are not text (memfd, long paths, non-UTF-8), both backends.
@@ -32,6 +34,9 @@ mod names;
 mod namespaces;
 /// Network evidence: connections, DNS, TLS SNI, HTTP CONNECT.
 mod network;
+/// Issue #18: the Debian package installed, upgraded and purged by dpkg in
+/// an overlay of this host's `/`.
+mod package;
 /// The eBPF and ptrace backends record the same workload the same way.
 mod parity;
 /// Issue #13: no typo, signal, kill, restart or second daemon loses evidence.

@@ -197,10 +197,17 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The daemon's path in `dist/cilock.service` (where the Debian package
+/// puts it).
+pub const UNIT_DAEMON: &str = "/usr/bin/cilock-daemon";
+
 /// The unit text with the daemon's path under `prefix`.
 pub fn render_unit(unit: &str, prefix: &Path) -> String {
     let daemon = prefix.join("bin/cilock-daemon");
-    unit.replace("/usr/local/bin/cilock-daemon", &daemon.to_string_lossy())
+    unit.replace(
+        &format!("ExecStart={UNIT_DAEMON} "),
+        &format!("ExecStart={} ", daemon.to_string_lossy()),
+    )
 }
 
 /// Makes the key 0600 root:root and its public half 0644.
@@ -239,12 +246,40 @@ mod tests {
 
     #[test]
     fn unit_prefix() {
-        let u = "ExecStart=/usr/local/bin/cilock-daemon --config /etc/cilock/cilock.toml\n";
+        let u = "ExecStart=/usr/bin/cilock-daemon --config /etc/cilock/cilock.toml\n";
         assert_eq!(
             render_unit(u, Path::new("/opt/cilock")),
             "ExecStart=/opt/cilock/bin/cilock-daemon --config /etc/cilock/cilock.toml\n"
         );
-        assert_eq!(render_unit(u, Path::new("/usr/local")), u);
+        assert_eq!(
+            render_unit(u, Path::new("/usr/local")),
+            "ExecStart=/usr/local/bin/cilock-daemon --config /etc/cilock/cilock.toml\n"
+        );
+        assert_eq!(render_unit(u, Path::new("/usr")), u);
+    }
+
+    /// The shipped unit starts the daemon from /usr/bin (the package's
+    /// path), exactly once, so `install` rewrites exactly that line.
+    #[test]
+    fn shipped_unit_execstart() {
+        let unit = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/cilock.service"),
+        )
+        .unwrap();
+        let exec: Vec<&str> = unit
+            .lines()
+            .filter(|l| l.starts_with("ExecStart="))
+            .collect();
+        assert_eq!(
+            exec,
+            ["ExecStart=/usr/bin/cilock-daemon --config /etc/cilock/cilock.toml"]
+        );
+        let rendered = render_unit(&unit, Path::new("/usr/local"));
+        assert_eq!(
+            rendered.matches("/usr/local/bin/cilock-daemon").count(),
+            1,
+            "only ExecStart= names the binary"
+        );
     }
 
     /// Every file in `dist/hooks` is installed, and the sourced ones are

@@ -5,6 +5,7 @@
 //! | task | module | what |
 //! |---|---|---|
 //! | `setup` | [`setup`] | build prerequisites (apt, nightly rust-src, bpf-linker) and kernel filesystems |
+//! | `deb` | [`deb`] | the Debian package `cilock` (cargo-deb): binaries, unit, config, hooks, man pages, completions |
 //! | `install` | [`install`] | release binaries, the daemon as a systemd service, config, key, group, runner hooks |
 //! | `uninstall` | [`uninstall`] | remove what `install` installed |
 //! | `demo` | [`demo`] | a throw-away daemon traces a small build and prints its attestation |
@@ -16,6 +17,7 @@
 //! Shared helpers (commands, cargo, paths, output) live in [`util`].
 
 mod bench;
+mod deb;
 mod demo;
 mod install;
 mod lint;
@@ -44,6 +46,10 @@ enum Task {
     /// Build release binaries and install cilock + cilock-daemon, the
     /// systemd unit, config, signing key, `cilock` group and runner hooks.
     Install(install::InstallArgs),
+    /// Build the Debian package target/debian/cilock_<version>_<arch>.deb
+    /// (cargo-deb; `--profile dev`: the debug binaries, into
+    /// target/debian/dev/) and print its path.
+    Deb(deb::DebArgs),
     /// Set up, start a throw-away daemon, trace a small build as a CI
     /// step and print its signed attestation (needs root).
     Demo(demo::DemoArgs),
@@ -71,6 +77,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.task {
         Task::Setup(a) => setup::run(a),
         Task::Install(a) => install::run(a),
+        Task::Deb(a) => deb::run(a),
         Task::Demo(a) => demo::run(a),
         Task::Test(a) => test::run(a),
         Task::Lint(a) => lint::run(a),

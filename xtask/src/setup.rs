@@ -16,7 +16,10 @@
 //!    `cargo xtask lint`; added only when missing);
 //! 5. `cargo-fuzz` 0.13.1 (for the fuzz smoke run of `cargo xtask test`;
 //!    skipped when `cargo fuzz --version` already reports it);
-//! 6. tracefs at `/sys/kernel/tracing`, bpffs at `/sys/fs/bpf`, and a cgroup2
+//! 6. `cargo-deb` 3.8.0 (for `cargo xtask deb`, which the tests' package
+//!    test and the kernel matrix's systemd boots use; skipped when
+//!    `cargo-deb --version` already reports it);
+//! 7. tracefs at `/sys/kernel/tracing`, bpffs at `/sys/fs/bpf`, and a cgroup2
 //!    hierarchy (at `/sys/fs/cgroup` when that is empty, else at
 //!    `/sys/fs/cgroup/unified`), each only when missing.
 
@@ -48,6 +51,14 @@ pub const APT_PACKAGES: &[&str] = &[
     "git",
     "util-linux",
     "passwd",
+    // cargo-deb's `$auto` dependencies (dpkg-shlibdeps) for `cargo xtask deb`;
+    // the package's own maintainer scripts use deb-systemd-helper.
+    "dpkg-dev",
+    "init-system-helpers",
+    // groff renders the generated man pages in the tests (`-ww`: every
+    // warning) and reads them as text (`cilock manpages`, `cilock-daemon
+    // --manpage`).
+    "groff-base",
 ];
 
 /// Packages of the container tests: dockerd/containerd/runc and the docker
@@ -227,6 +238,7 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     bpf_linker(&args, &mut missing)?;
     lint_tools(&args, &mut missing)?;
     cargo_fuzz(&args, &mut missing)?;
+    cargo_deb(&args, &mut missing)?;
     mounts(&args, &mut missing)?;
     if args.check {
         if missing.is_empty() {
@@ -432,6 +444,33 @@ fn cargo_fuzz(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()>
     exec(util::cargo().args([
         "install",
         &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
+}
+
+/// The cargo-deb version `cargo xtask deb` is pinned to.
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
+
+fn cargo_deb(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
+    step(format!("cargo-deb {CARGO_DEB_VERSION}"));
+    // `cargo-deb --version` prints `cargo-deb <version>`.
+    let current = output(cmd("cargo-deb").arg("--version"));
+    if let Some(v) = &current {
+        if v.split_whitespace().any(|w| w == CARGO_DEB_VERSION) {
+            note(format!("already installed: {}", v.trim()));
+            return Ok(());
+        }
+        note(format!("found {}, want {CARGO_DEB_VERSION}", v.trim()));
+    } else {
+        note("not installed");
+    }
+    if args.check {
+        missing.push(format!("cargo-deb {CARGO_DEB_VERSION}"));
+        return Ok(());
+    }
+    exec(util::cargo().args([
+        "install",
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
         "--locked",
     ]))
 }

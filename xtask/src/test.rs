@@ -1,5 +1,6 @@
 //! `cargo xtask test`: everything CI checks, from a fresh machine: setup,
-//! the fuzz smoke run (every cargo-fuzz target for a bounded time), the
+//! the Debian package of the debug binaries (`cargo xtask deb --profile dev
+//! --no-build`), the fuzz smoke run (every cargo-fuzz target for a bounded time), the
 //! kernel matrix (QEMU), the benchmark smoke run, and the whole test suite
 //! (unit, integration, end-to-end as root with eBPF).
 
@@ -54,6 +55,10 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     crate::lint::run(crate::lint::LintArgs {})?;
     step("building");
     exec(cargo().args(["build", "--all-targets"]))?;
+    // The Debian package of those debug binaries, once: the kernel
+    // matrix's systemd boots and the suite's `package::` test install it
+    // (they find it through CILOCK_DEB).
+    let deb = crate::deb::build(crate::deb::Profile::Dev, true)?;
     if !args.no_fuzz {
         fuzz_smoke(args.fuzz_time)?;
     }
@@ -61,14 +66,18 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         step("kernel matrix (cargo xtask vm-test)");
         // The guest kernels only: the suite below runs the host column's
         // tests natively anyway.
-        exec(cargo().args([
-            "xtask",
-            "vm-test",
-            "--kernel",
-            "debian-6.1",
-            "--kernel",
-            "debian-6.12",
-        ]))?;
+        exec(
+            cargo()
+                .args([
+                    "xtask",
+                    "vm-test",
+                    "--kernel",
+                    "debian-6.1",
+                    "--kernel",
+                    "debian-6.12",
+                ])
+                .env("CILOCK_DEB", &deb),
+        )?;
     }
     if !args.no_bench {
         step("benchmark smoke run (cargo xtask bench --quick): runs and loses nothing; not timed");
@@ -84,7 +93,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     step("running the test suite");
     let mut c = cargo();
     // Every test binary runs even after a failure, so the summary is whole.
-    c.args(["test", "--no-fail-fast"]);
+    c.args(["test", "--no-fail-fast"]).env("CILOCK_DEB", &deb);
     c.args(&args.cargo_args);
     let (passed, failed) = run_counting(&mut c)?;
     // One closing line for the whole suite (cargo's last line belongs to

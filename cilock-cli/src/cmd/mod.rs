@@ -5,8 +5,11 @@
 use crate::cli::{Cli, Command, StepCommand};
 
 mod attestors;
+mod completions;
+mod doctor;
 mod inspect;
 mod keygen;
+mod manpages;
 mod output;
 mod run;
 mod sign;
@@ -28,5 +31,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Push(a) => store::push(a),
         Command::Pull(a) => store::pull(a),
         Command::Attestors(a) => attestors::attestors(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Manpages(a) => manpages::manpages(a),
+        Command::Doctor(a) => doctor::doctor(a),
     }
 }

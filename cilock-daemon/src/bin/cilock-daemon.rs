@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use sd_notify::NotifyState;
 use tracing::{debug, error, info, warn};
 
@@ -60,6 +60,10 @@ struct Args {
     /// Check the configuration and the signing key, print a summary, exit.
     #[arg(long)]
     check_config: bool,
+    /// Write this man page (cilock-daemon.8) into DIR, created if missing,
+    /// and exit (packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    manpage: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,18 @@ fn main() -> ExitCode {
         return cilock_daemon::attest_helper::child::main();
     }
     let args = Args::parse();
+    if let Some(dir) = &args.manpage {
+        return match manpage::write(Args::command(), dir) {
+            Ok(path) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cilock-daemon: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -444,5 +460,131 @@ async fn watchdog_loop(service: Arc<dyn StepService>, period: Duration) {
                 warn!("engine did not answer within {period:?}; withholding the watchdog ping")
             }
         }
+    }
+}
+
+/// `cilock-daemon --manpage DIR` (hidden; packaging): `cilock-daemon.8`,
+/// generated from the argument definition (clap_mangen) with the daemon's
+/// FILES and related pages.
+mod manpage {
+    use std::path::{Path, PathBuf};
+
+    use anyhow::Context as _;
+    use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
+    use clap_mangen::Man;
+
+    /// The page's section: system administration, daemons.
+    const SECTION: &str = "8";
+
+    /// What the daemon reads and writes, with their defaults.
+    const FILES: &[(&str, &str)] = &[
+        (
+            cilock_daemon::config::DEFAULT_CONFIG_PATH,
+            "The configuration (TOML; every key optional, unknown keys are an error). \
+             Check it with cilock-daemon --check-config.",
+        ),
+        (
+            cilock_daemon::config::DEFAULT_KEY_PATH,
+            "The signing key (PEM, PKCS#8), owned by root with mode 0600 or 0400, else the \
+             daemon refuses to start; its public key is beside it (.pem.pub). Created by \
+             cilock keygen.",
+        ),
+        (
+            cilock_api::DEFAULT_SOCKET,
+            "The socket the cilock command talks to: mode 0660 with group cilock when \
+             that group exists, else 0600 (root only).",
+        ),
+        (
+            "/var/lib/cilock",
+            "The state directory: attestations of steps the daemon ended (kept/, for \
+             cilock step fetch), envelopes not yet pushed to a store (unpushed/).",
+        ),
+    ];
+
+    /// What the page adds to clap's description.
+    const DESCRIPTION: &[&str] = &[
+        "cilock-daemon runs as root, usually as the systemd service cilock.service \
+         (Type=notify: it reports readiness once the socket listens). Members of the \
+         cilock group mark CI steps through it (cilock step begin, cilock step end, \
+         cilock run): it traces every process of a step (eBPF, else ptrace), hashes \
+         the files they read and wrote, and signs the step's attestation with its key, \
+         which no job can read.",
+    ];
+
+    /// Renders the page.
+    pub fn render(cmd: clap::Command) -> anyhow::Result<Vec<u8>> {
+        let version = cmd.get_version().unwrap_or_default().to_owned();
+        let man = Man::new(cmd)
+            .title("CILOCK-DAEMON")
+            .section(SECTION)
+            .source(format!("cilock {version}"))
+            .manual("cilock Manual");
+        let mut w = Vec::new();
+        man.render_title(&mut w)?;
+        man.render_name_section(&mut w)?;
+        man.render_synopsis_section(&mut w)?;
+        man.render_description_section(&mut w)?;
+        let mut roff = Roff::new();
+        for p in DESCRIPTION {
+            roff.control("PP", []);
+            roff.text([roman(*p)]);
+        }
+        roff.to_writer(&mut w)?;
+        man.render_options_section(&mut w)?;
+        let mut roff = Roff::new();
+        roff.control("SH", ["FILES"]);
+        for (path, what) in FILES {
+            roff.control("TP", []);
+            roff.text([italic(*path)]);
+            roff.text([roman(*what)]);
+        }
+        roff.control("SH", ["VERSION"]);
+        roff.text([roman(format!("cilock {version}"))]);
+        roff.control("SH", ["SEE ALSO"]);
+        let pages = ["cilock", "cilock-step", "cilock-run", "cilock-keygen"];
+        let mut line: Vec<Inline> = Vec::new();
+        for (i, p) in pages.iter().enumerate() {
+            line.push(bold(*p));
+            let sep = if i + 1 < pages.len() { ", " } else { "" };
+            line.push(roman(format!("(1){sep}")));
+        }
+        roff.text(line);
+        roff.to_writer(&mut w)?;
+        Ok(finish_page(&w))
+    }
+
+    /// The page as groff and mandoc read it without a preprocessor: non-ASCII
+    /// characters (`…`, `—` of the help texts) as `\[uXXXX]` escapes, and the
+    /// `Aq` string that each clap_mangen section defines again defined once.
+    fn finish_page(page: &[u8]) -> Vec<u8> {
+        const AQ: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
+        let text = String::from_utf8_lossy(page);
+        let mut out = String::with_capacity(text.len());
+        let mut rest: &str = &text;
+        if let Some(first) = rest.find(AQ) {
+            out.push_str(&rest[..first + AQ.len()]);
+            rest = &rest[first + AQ.len()..];
+        }
+        let rest = rest.replace(AQ, "");
+        out.push_str(&rest);
+        let mut escaped = String::with_capacity(out.len());
+        for c in out.chars() {
+            if c.is_ascii() {
+                escaped.push(c);
+            } else {
+                escaped.push_str(&format!("\\[u{:04X}]", u32::from(c)));
+            }
+        }
+        escaped.into_bytes()
+    }
+
+    /// Writes `DIR/cilock-daemon.8` (DIR created if missing); returns its path.
+    pub fn write(cmd: clap::Command, dir: &Path) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the man page directory {}", dir.display()))?;
+        let path = dir.join(format!("cilock-daemon.{SECTION}"));
+        let page = render(cmd)?;
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
 }

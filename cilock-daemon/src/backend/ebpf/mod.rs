@@ -7,6 +7,7 @@
 //! - [`sysconfig`]: the programs' `.rodata` syscall configuration;
 //! - [`offsets`] / [`btf`]: the kernel layout the programs read;
 //! - [`kernel_log`]: the programs' log forwarded to `tracing`;
+//! - [`probe`]: what this kernel lets load, per program kind (`cilock doctor`);
 //! - records become events in `cilock_trace::decode` (the pure trace model).
 
 mod alias;
@@ -15,6 +16,7 @@ pub mod cgroup_id;
 pub mod kernel_log;
 mod loader;
 pub mod offsets;
+pub mod probe;
 pub mod probes;
 pub mod sysconfig;
 

@@ -153,7 +153,8 @@ pub(in crate::backend::ebpf) fn attach_open(
     })
 }
 
-fn attach_fexit_open(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+/// Loads `fexit_file_open` and attaches it to `security_file_open`.
+pub(in crate::backend::ebpf) fn attach_fexit_open(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
         what: "kernel BTF for fexit".to_string(),
         source: aya::programs::ProgramError::Btf(e),

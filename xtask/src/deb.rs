@@ -1,0 +1,266 @@
+//! `cargo xtask deb`: the Debian package `cilock`.
+//!
+//! 1. builds `cilock` and `cilock-daemon` for the profile (`release` by
+//!    default; `--profile dev` packages the debug binaries the tests use;
+//!    `--no-build` takes what is built);
+//! 2. generates, with those binaries, the man pages (`cilock manpages`,
+//!    `cilock-daemon --manpage`, then `gzip -9n`) and the shell completions
+//!    (`cilock completions bash|zsh|fish`) into `target/debian/assets/`
+//!    (`assets-dev/` for the dev profile);
+//! 3. runs `cargo deb --no-build` (cargo-deb, pinned in [`crate::setup`]):
+//!    the metadata is `[package.metadata.deb]` in `cilock-cli/Cargo.toml`
+//!    (the dev profile uses its `dev` variant, whose assets are the
+//!    `assets-dev/` files), the maintainer scripts are in `dist/debian/`;
+//! 4. prints the path of `target/debian[/dev]/cilock_<version>_<arch>.deb`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, ValueEnum};
+
+use crate::util::{self, cmd, exec, note, step};
+
+/// The package's name.
+pub const PACKAGE: &str = "cilock";
+
+/// Build profiles a package can be made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// Optimised binaries (what users install).
+    Release,
+    /// The debug binaries the test suite builds anyway.
+    Dev,
+}
+
+impl Profile {
+    /// Cargo's name of the profile.
+    fn cargo_name(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Dev => "dev",
+        }
+    }
+
+    /// The profile's output directory under the target directory.
+    fn out_dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Dev => "debug",
+        }
+    }
+}
+
+/// `cargo xtask deb` options.
+#[derive(Debug, Args)]
+pub struct DebArgs {
+    /// Which binaries to package.
+    #[arg(long, value_enum, default_value_t = Profile::Release)]
+    pub profile: Profile,
+    /// Package the binaries already built for the profile (skip `cargo build`).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Where the package of `profile` is written.
+pub fn output_dir(profile: Profile) -> PathBuf {
+    let d = util::target_dir().join("debian");
+    match profile {
+        Profile::Release => d,
+        Profile::Dev => d.join("dev"),
+    }
+}
+
+/// Where the generated man pages and completions of `profile` go.
+fn assets_dir(profile: Profile) -> PathBuf {
+    util::target_dir().join("debian").join(match profile {
+        Profile::Release => "assets",
+        Profile::Dev => "assets-dev",
+    })
+}
+
+/// The package's file name: `cilock_<version>_<arch>.deb`.
+pub fn file_name(version: &str, arch: &str) -> String {
+    format!("{PACKAGE}_{version}_{arch}.deb")
+}
+
+/// Runs the task.
+pub fn run(args: DebArgs) -> anyhow::Result<()> {
+    let path = build(args.profile, args.no_build)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// Builds the package; returns its path.
+pub fn build(profile: Profile, no_build: bool) -> anyhow::Result<PathBuf> {
+    let root = util::workspace_root();
+    step(format!("binaries ({} profile)", profile.cargo_name()));
+    if no_build {
+        note("skipped (--no-build)");
+    } else {
+        exec(util::cargo().current_dir(&root).args([
+            "build",
+            "--profile",
+            profile.cargo_name(),
+            "-p",
+            "cilock-cli",
+            "-p",
+            "cilock-daemon",
+        ]))?;
+    }
+    let bins = util::target_dir().join(profile.out_dir());
+    let cilock = bins.join("cilock");
+    let daemon = bins.join("cilock-daemon");
+    for b in [&cilock, &daemon] {
+        if !b.is_file() {
+            bail!(
+                "{} is not built (build it, or run without --no-build)",
+                b.display()
+            );
+        }
+    }
+
+    step("man pages and completions");
+    let assets = assets_dir(profile);
+    generate_assets(&cilock, &daemon, &assets)?;
+
+    step("cargo deb");
+    if util::output(util::cargo().args(["deb", "--version"])).is_none() {
+        bail!("cargo-deb is not installed: run `cargo xtask setup`");
+    }
+    let out = output_dir(profile);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = util::output(cmd("dpkg").arg("--print-architecture"))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .context("`dpkg --print-architecture` failed: cargo deb needs dpkg")?;
+    let deb = out.join(file_name(version, &arch));
+    let mut c = util::cargo();
+    c.current_dir(&root).args([
+        "deb",
+        "--no-build",
+        "-p",
+        "cilock-cli",
+        "--profile",
+        profile.cargo_name(),
+    ]);
+    if profile == Profile::Dev {
+        // Fast xz: ~4 s instead of ~25 s for the tests' package (CI time).
+        c.args(["--variant", "dev", "--fast"]);
+    }
+    c.arg("--output").arg(&deb);
+    exec(&mut c)?;
+    if !deb.is_file() {
+        bail!("cargo deb did not write {}", deb.display());
+    }
+    note(format!("built {}", deb.display()));
+    Ok(deb)
+}
+
+/// Writes `man1/*.1.gz`, `man8/cilock-daemon.8.gz` and
+/// `completions/{cilock,_cilock,cilock.fish}` under `dir` (emptied first,
+/// so no page of a removed subcommand is packaged).
+fn generate_assets(cilock: &Path, daemon: &Path, dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let man1 = dir.join("man1");
+    let man8 = dir.join("man8");
+    let completions = dir.join("completions");
+    for d in [&man1, &man8, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    exec(cmd(cilock).arg("manpages").arg(&man1))?;
+    exec(cmd(daemon).arg("--manpage").arg(&man8))?;
+    gzip_pages(&man1, "1")?;
+    gzip_pages(&man8, "8")?;
+    if !man8.join("cilock-daemon.8.gz").is_file() {
+        bail!("`cilock-daemon --manpage` wrote no cilock-daemon.8");
+    }
+    if !man1.join("cilock.1.gz").is_file() {
+        bail!("`cilock manpages` wrote no cilock.1");
+    }
+    for (shell, name) in [
+        ("bash", "cilock"),
+        ("zsh", "_cilock"),
+        ("fish", "cilock.fish"),
+    ] {
+        let out = std::process::Command::new(cilock)
+            .args(["completions", shell])
+            .output()
+            .with_context(|| format!("running {}", cilock.display()))?;
+        if !out.status.success() || out.stdout.is_empty() {
+            bail!(
+                "`cilock completions {shell}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let p = completions.join(name);
+        std::fs::write(&p, &out.stdout).with_context(|| format!("writing {}", p.display()))?;
+    }
+    note(format!("into {}", dir.display()));
+    Ok(())
+}
+
+/// `gzip -9n` every `*.<section>` page in `dir` (no name, no time stamp in
+/// the archive: the same page gives the same bytes); fails on any other file.
+fn gzip_pages(dir: &Path, section: &str) -> anyhow::Result<()> {
+    let mut pages = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == section) {
+            pages.push(p);
+        } else {
+            bail!(
+                "{}: not a section {section} man page (generated into {})",
+                p.display(),
+                dir.display()
+            );
+        }
+    }
+    if pages.is_empty() {
+        bail!(
+            "no section {section} man page was generated in {}",
+            dir.display()
+        );
+    }
+    pages.sort();
+    exec(cmd("gzip").args(["-9nf"]).args(&pages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_places() {
+        assert_eq!(file_name("0.1.0", "amd64"), "cilock_0.1.0_amd64.deb");
+        assert!(output_dir(Profile::Release).ends_with("target/debian"));
+        assert!(output_dir(Profile::Dev).ends_with("target/debian/dev"));
+        assert!(assets_dir(Profile::Dev).ends_with("target/debian/assets-dev"));
+    }
+
+    /// The two asset lists of the package metadata (release and the `dev`
+    /// variant) differ only in the generated assets' directory.
+    #[test]
+    fn dev_variant_assets_match_release() {
+        let manifest = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../cilock-cli/Cargo.toml"),
+        )
+        .unwrap();
+        let lists: Vec<&str> = manifest
+            .split("\nassets = [\n")
+            .skip(1)
+            .map(|rest| rest.split("\n]\n").next().unwrap())
+            .collect();
+        assert_eq!(lists.len(), 2, "release and dev asset lists");
+        assert_eq!(
+            lists[0]
+                .replace("/debian/assets/", "/debian/assets-dev/")
+                .replace("(<target>/debian/assets/)", "(<target>/debian/assets-dev/)"),
+            lists[1]
+        );
+        assert!(lists[0].contains("\"target/release/../debian/assets/man1/*.1.gz\""));
+    }
+}
