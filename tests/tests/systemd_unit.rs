@@ -7,7 +7,7 @@
 //! install starts the unit (`Type=notify`: the socket answers the moment
 //! `systemctl` returns), the runtime directory and socket modes, a runner
 //! user's traced step with an independently checked signature and the exact
-//! file it read, a restart and a stop with a step active, the unit's own
+//! file it read, `cilock doctor` for that user, a restart and a stop with a step active, the unit's own
 //! verification, and the purge.
 
 use std::io::{Read as _, Write as _};
@@ -15,7 +15,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cilock_testkit::*;
 use serde_json::Value;
@@ -161,6 +161,14 @@ fn wait_file(path: &Path, what: &str) {
 #[ignore = "needs systemd as PID 1 and CILOCK_DEB: runs in the kernel matrix's @systemd boot (cargo xtask vm-test)"]
 fn the_package_runs_under_systemd() {
     let deb = std::env::var("CILOCK_DEB").expect("CILOCK_DEB names the package to install");
+    // Where the time goes (printed, never asserted: TCG is slow and shared).
+    let t0 = Instant::now();
+    let phase = |what: &str| {
+        eprintln!(
+            "systemd_unit: {what} done at {:.1}s",
+            t0.elapsed().as_secs_f64()
+        )
+    };
     assert!(
         Path::new("/run/systemd/system").is_dir(),
         "systemd is not PID 1 here"
@@ -169,6 +177,7 @@ fn the_package_runs_under_systemd() {
     // Install: postinst enables and starts the unit; `Type=notify` means
     // `dpkg -i` (deb-systemd-invoke start) returned after READY=1.
     ok(&["dpkg", "-i", &deb]);
+    phase("dpkg -i");
     assert_eq!(prop("Type"), "notify");
     assert_eq!(prop("UnitFileState"), "enabled");
     assert_eq!(
@@ -211,6 +220,7 @@ fn the_package_runs_under_systemd() {
         text(&v)
     );
 
+    phase("modes and systemd-analyze verify");
     // A runner user in the cilock group: a traced step, signed, with the
     // exact file it read.
     ok(&["useradd", "--create-home", "--groups", "cilock", RUNNER]);
@@ -241,6 +251,40 @@ fn the_package_runs_under_systemd() {
     assert_eq!(cr["trace"]["endedBy"], "step end", "{}", cr["trace"]);
     assert_read(&cr, &data, &digest);
 
+    phase("the runner's step");
+    // `cilock doctor` as the runner: ready (exit 0), the daemon and the
+    // unit seen as they are.
+    let o = as_runner("cilock doctor --json", &w).output().unwrap();
+    let doc: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("cilock doctor --json: {e}: {}", text(&o)));
+    assert_eq!(o.status.code(), Some(0), "{doc:#}");
+    assert_eq!(doc["ready"], true, "{doc:#}");
+    assert_eq!(
+        doc["summary"],
+        format!("ready: the daemon at {SOCKET} traces steps (backend ebpf)")
+    );
+    let check = |name: &str| -> Value {
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}: {doc:#}"))
+    };
+    for name in ["group", "socket", "daemon", "service"] {
+        assert_eq!(check(name)["status"], "ok", "{name}: {doc:#}");
+    }
+    assert_eq!(check("service")["detail"], "cilock.service active, enabled");
+    assert!(
+        check("hook-fexit")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("daemon: file-open = fexit"),
+        "{doc:#}"
+    );
+
+    phase("cilock doctor");
     // `systemctl restart` with a step active: the stopping daemon ends the
     // step itself and keeps its signed attestation; the job's own
     // `step end` then says so and `step fetch` returns it, with what the
@@ -335,6 +379,7 @@ fn the_package_runs_under_systemd() {
     );
     assert!(!kept_file.exists(), "{} is still kept", kept_file.display());
 
+    phase("restart with a step active");
     // `systemctl stop` with a step active: a clean stop (Result=success,
     // not timeout), the step's attestation kept.
     let _ = std::fs::remove_file(&began);
@@ -369,6 +414,7 @@ fn the_package_runs_under_systemd() {
     assert_eq!(cr["trace"]["endedBy"], "daemon shutdown");
     assert_read(&cr, &data, &digest);
 
+    phase("stop with a step active");
     // Purge: the unit is gone, and so is everything the package made.
     ok(&["systemctl", "start", UNIT]);
     ok(&["dpkg", "--purge", "cilock"]);
@@ -386,4 +432,5 @@ fn the_package_runs_under_systemd() {
     }
     assert!(!run(&["getent", "group", "cilock"]).status.success());
     ok(&["userdel", "--remove", RUNNER]);
+    phase("purge");
 }

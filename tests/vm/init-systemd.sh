@@ -2,7 +2,8 @@
 # guest's root becomes the host's root (the 9p share, read-only) under a
 # tmpfs overlay, so `dpkg -i` and `systemctl enable` write into the guest
 # only, and systemd runs as PID 1 on it. It boots `vmtest.target`, which
-# holds nothing but `vmtest.service` (after sysinit.target): the host's
+# holds nothing but `vmtest.service` (after sysinit.target and the D-Bus
+# socket, which users' `systemctl` needs, as on any machine): the host's
 # enabled services (multi-user.target: docker, containerd, the registry,
 # postgresql ...; sockets.target and timers.target) are never pulled in.
 # vmtest.service runs /.vm/run-systemd.sh: the tests, results on ttyS1 and
@@ -42,8 +43,8 @@ cat > "$U/vmtest.service" <<UNIT
 [Unit]
 Description=cilock kernel matrix: run the @systemd tests
 DefaultDependencies=no
-Wants=sysinit.target
-After=sysinit.target
+Wants=sysinit.target dbus.socket
+After=sysinit.target dbus.socket
 FailureAction=poweroff-force
 
 [Service]
