@@ -46,7 +46,7 @@ enum Task {
     /// Build release binaries and install cilock + cilock-daemon, the
     /// systemd unit, config, signing key, `cilock` group and runner hooks.
     Install(install::InstallArgs),
-    /// Build the Debian package target/debian/cilock_<version>_<arch>.deb
+    /// Build the Debian package target/debian/cilock_VERSION_ARCH.deb
     /// (cargo-deb; `--profile dev`: the debug binaries, into
     /// target/debian/dev/) and print its path.
     Deb(deb::DebArgs),
