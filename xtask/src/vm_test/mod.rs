@@ -24,6 +24,11 @@
 //! the options, the test list, the host run and the driver ([`run`]).
 //!
 //! The tests are listed in `tests/vm/tests.list` (one test binary a line).
+//! Lines starting with `@systemd` run in a second boot of each guest kernel
+//! with systemd as PID 1 (`tests/vm/init-systemd.sh`: a tmpfs overlay of the
+//! host's root, a minimal `vmtest.target`), with the package to install in
+//! `CILOCK_DEB` ([`package`]); the host column reports them as not
+//! applicable.
 //! QEMU and busybox come from Debian packages extracted under
 //! `target/vm-kernels/qemu/` (nothing installed) unless `qemu-system-x86_64`
 //! is already on PATH (or `CILOCK_QEMU` names one).
