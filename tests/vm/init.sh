@@ -27,6 +27,16 @@ $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
 $B mkdir -p /dev/pts /dev/shm
+
+# virtio + 9p modules (+ overlay in the systemd mode), in dependency order
+# (built-in ones are not listed).
+for m in $($B cat /.vm/modules.order); do
+	$B insmod "/.vm/modules/$m" || die "insmod $m"
+done
+$B mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /.vm/host \
+	|| die "mounting the host's root over 9p"
+# The @systemd boot: an overlay of the host's root, systemd as PID 1.
+[ "$($B cat /.vm/mode)" = systemd ] && . /.vm/init-systemd.sh
 $B mount -t devpts devpts /dev/pts
 $B mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 $B mount -t tmpfs -o mode=1777 tmpfs /tmp
@@ -39,12 +49,6 @@ $B mount -t securityfs securityfs /sys/kernel/security
 $B ip link set lo up || die "lo up"
 $B hostname vmtest
 
-# virtio + 9p modules, in dependency order (built-in ones are not listed).
-for m in $($B cat /.vm/modules.order); do
-	$B insmod "/.vm/modules/$m" || die "insmod $m"
-done
-$B mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /.vm/host \
-	|| die "mounting the host's root over 9p"
 for d in $($B cat /.vm/binds); do
 	$B mkdir -p "/$d"
 	$B mount --bind "/.vm/host/$d" "/$d" || die "bind /$d"

@@ -688,7 +688,7 @@ impl Engine {
         };
         let mut recorder =
             Recorder::with_limits(Some(std::process::id()), self.cfg.trace_limits.clone());
-        recorder.set_host_mnt_ns(crate::backend::ptrace::paths::mnt_ns_of(None));
+        recorder.set_host_mnt_ns(crate::backend::ptrace::paths::host_mnt_ns());
         let sink = Sink::new(recorder);
         // Nothing of the step exists outside the daemon until the move: undo
         // is stopping the tap and removing the (empty) cgroup.

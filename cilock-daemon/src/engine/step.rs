@@ -172,7 +172,7 @@ pub fn run_ptrace(
     ptrace::probe().map_err(|e| EngineError::Backend(e.into()))?;
     let backend = ptrace::PtraceBackend::new(reason);
     let mut recorder = Recorder::with_limits(None, TraceLimits::default());
-    recorder.set_host_mnt_ns(crate::backend::ptrace::paths::mnt_ns_of(None));
+    recorder.set_host_mnt_ns(crate::backend::ptrace::paths::host_mnt_ns());
     let sink = Sink::new(recorder);
     let outcome = backend
         .run(cmd, wait_descendants, on_spawn, &sink)

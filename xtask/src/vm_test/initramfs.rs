@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use crate::util;
 
 use super::kernels::Kernel;
-use super::qemu::Tools;
+use super::qemu::{Mode, Tools};
 use super::TestEntry;
 
 /// Host top-level directories that are not shared into the guest (the
@@ -100,6 +100,7 @@ pub(super) fn initramfs(
     tests: &[TestEntry],
     env: &[(String, String)],
     test_timeout: u64,
+    mode: Mode,
 ) -> anyhow::Result<Vec<u8>> {
     let root = util::workspace_root();
     let init = std::fs::read(root.join("tests/vm/init.sh")).context("reading tests/vm/init.sh")?;
@@ -122,7 +123,19 @@ pub(super) fn initramfs(
     c.entry("dev/console", 0o020600, &[], (5, 1));
     c.file(".vm/busybox", 0o755, &busybox);
     let mut order = String::new();
-    for m in &kernel.modules {
+    let extra: &[std::path::PathBuf] = match mode {
+        Mode::Busybox => &[],
+        Mode::Systemd => {
+            for f in ["init-systemd.sh", "run-systemd.sh"] {
+                let text = std::fs::read(root.join("tests/vm").join(f))
+                    .with_context(|| format!("reading tests/vm/{f}"))?;
+                c.file(&format!(".vm/{f}"), 0o644, &text);
+            }
+            &kernel.systemd_modules
+        }
+    };
+    c.file(".vm/mode", 0o644, format!("{}\n", mode.name()).as_bytes());
+    for m in kernel.modules.iter().chain(extra) {
         let name = m
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 
 use crate::util::{exec, note, output};
 
-use super::modules::{decompress_module, module_order};
+use super::modules::{decompress_module, module_order, GUEST_MODULES, SYSTEMD_MODULES};
 
 /// How a matrix kernel's package is found.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +62,8 @@ pub(super) struct Kernel {
     pub(super) image: PathBuf,
     /// Module files in load order.
     pub(super) modules: Vec<PathBuf>,
+    /// What the `@systemd` boot loads after them (overlay), in load order.
+    pub(super) systemd_modules: Vec<PathBuf>,
 }
 
 /// Resolves, downloads and unpacks one kernel (once; cached).
@@ -75,26 +77,36 @@ pub(super) fn prepare_kernel(spec: &KernelSpec, cache: &Path) -> anyhow::Result<
     let done = dir.join(".complete");
     if !done.exists() {
         note(format!("{}: fetching {pkg}", spec.name));
-        let debs = cache.join("debs");
-        std::fs::create_dir_all(&debs)?;
-        exec(
-            Command::new("apt-get")
-                .args(["download", &pkg])
-                .current_dir(&debs),
-        )?;
-        let deb = std::fs::read_dir(&debs)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
-            })
-            .with_context(|| {
-                format!("apt-get download {pkg} left no .deb in {}", debs.display())
-            })?;
+        let deb = download(&pkg, cache)?;
         unpack_kernel(&deb, &release, &dir)?;
         // The .deb is large and everything needed is unpacked.
         std::fs::remove_file(&deb)?;
         std::fs::write(&done, b"")?;
+    }
+    let sd_dir = dir.join("systemd-modules");
+    if !sd_dir.join("order").exists() {
+        // A kernel cached before the @systemd mode: only its extra modules
+        // are added (nothing cached is rewritten).
+        note(format!(
+            "{}: fetching {pkg} for the @systemd modules",
+            spec.name
+        ));
+        let deb = download(&pkg, cache)?;
+        let tmp = cache.join(format!("{release}.unpack-systemd"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let r = exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp)).and_then(|_| {
+            let config = std::fs::read_to_string(dir.join("config"))?;
+            unpack_modules(
+                &tmp.join(format!("lib/modules/{release}")),
+                &config,
+                SYSTEMD_MODULES,
+                &sd_dir,
+            )
+        });
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::remove_file(&deb)?;
+        r?;
     }
     let vmlinux = dir.join("vmlinux");
     let image = if vmlinux.exists() {
@@ -102,18 +114,62 @@ pub(super) fn prepare_kernel(spec: &KernelSpec, cache: &Path) -> anyhow::Result<
     } else {
         dir.join("vmlinuz")
     };
-    let order = std::fs::read_to_string(dir.join("modules/order")).unwrap_or_default();
-    let modules = order
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| dir.join("modules").join(l))
-        .collect();
+    let listed = |sub: &str| -> Vec<PathBuf> {
+        std::fs::read_to_string(dir.join(sub).join("order"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| dir.join(sub).join(l))
+            .collect()
+    };
     note(format!("{}: {release} ({})", spec.name, image.display()));
     Ok(Kernel {
         release,
         image,
-        modules,
+        modules: listed("modules"),
+        systemd_modules: listed("systemd-modules"),
     })
+}
+
+/// `apt-get download pkg` into `cache/debs`; the `.deb`'s path.
+fn download(pkg: &str, cache: &Path) -> anyhow::Result<PathBuf> {
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    exec(
+        Command::new("apt-get")
+            .args(["download", pkg])
+            .current_dir(&debs),
+    )?;
+    std::fs::read_dir(&debs)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
+        })
+        .with_context(|| format!("apt-get download {pkg} left no .deb in {}", debs.display()))
+}
+
+/// Decompresses `wanted` (and their dependencies) from an unpacked
+/// `lib/modules/<release>` into `out`, with their load order in
+/// `out/order`.
+fn unpack_modules(moddir: &Path, config: &str, wanted: &[&str], out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut names = Vec::new();
+    for (name, path) in module_order(moddir, config, wanted)? {
+        let file = format!("{name}.ko");
+        decompress_module(&path, &out.join(&file))?;
+        names.push(file);
+    }
+    note(format!(
+        "modules: {}",
+        if names.is_empty() {
+            "(all built in)".into()
+        } else {
+            names.join(" ")
+        }
+    ));
+    std::fs::write(out.join("order"), names.join("\n") + "\n")?;
+    Ok(())
 }
 
 pub(super) fn resolve_package(spec: &KernelSpec) -> anyhow::Result<String> {
@@ -187,23 +243,13 @@ pub(super) fn unpack_kernel(deb: &Path, release: &str, dir: &Path) -> anyhow::Re
             }
         }
         let moddir = tmp.join(format!("lib/modules/{release}"));
-        let order = module_order(&moddir, &config)?;
-        let mut names = Vec::new();
-        for (name, path) in order {
-            let file = format!("{name}.ko");
-            let out = dir.join("modules").join(&file);
-            decompress_module(&path, &out)?;
-            names.push(file);
-        }
-        note(format!(
-            "modules: {}",
-            if names.is_empty() {
-                "(all built in)".into()
-            } else {
-                names.join(" ")
-            }
-        ));
-        std::fs::write(dir.join("modules/order"), names.join("\n") + "\n")?;
+        unpack_modules(&moddir, &config, GUEST_MODULES, &dir.join("modules"))?;
+        unpack_modules(
+            &moddir,
+            &config,
+            SYSTEMD_MODULES,
+            &dir.join("systemd-modules"),
+        )?;
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&tmp);

@@ -24,6 +24,11 @@
 //! the options, the test list, the host run and the driver ([`run`]).
 //!
 //! The tests are listed in `tests/vm/tests.list` (one test binary a line).
+//! Lines starting with `@systemd` run in a second boot of each guest kernel
+//! with systemd as PID 1 (`tests/vm/init-systemd.sh`: a tmpfs overlay of the
+//! host's root, a minimal `vmtest.target`), with the package to install in
+//! `CILOCK_DEB` ([`package`]); the host column reports them as not
+//! applicable.
 //! QEMU and busybox come from Debian packages extracted under
 //! `target/vm-kernels/qemu/` (nothing installed) unless `qemu-system-x86_64`
 //! is already on PATH (or `CILOCK_QEMU` names one).
@@ -45,7 +50,7 @@ use crate::util::{self, cmd, exec, note, output, step};
 
 use kernels::{prepare_kernel, KernelSpec, KERNELS};
 use qemu::{choose_accel, run_vm, Tools};
-use report::{judge, report, Column};
+use report::{judge, report, Column, TestResult};
 
 /// `CILOCK_E2E_CHILDREN` in the guests (children per process loop).
 const VM_CHILDREN: u32 = 10;
@@ -69,11 +74,17 @@ pub struct VmTestArgs {
     /// hypervisor module), `on`, `off`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     kvm: String,
+    /// The package the `@systemd` tests install (`CILOCK_DEB` in the guest).
+    #[arg(skip)]
+    deb: Option<PathBuf>,
 }
 
 /// One line of `tests/vm/tests.list`.
 #[derive(Clone, Debug)]
 struct TestEntry {
+    /// An `@systemd` line: runs in the guest boot with systemd as PID 1
+    /// (not on the host, where PID 1 is not systemd).
+    systemd: bool,
     package: String,
     target: String,
     args: Vec<String>,
@@ -81,7 +92,7 @@ struct TestEntry {
 }
 
 /// Runs the matrix.
-pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
+pub fn run(mut args: VmTestArgs) -> anyhow::Result<()> {
     util::require_root("vm-test")?;
     let t_all = Instant::now();
     let known: Vec<&str> = std::iter::once("host")
@@ -104,6 +115,10 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
     note(format!("built in {build_secs:.1}s"));
 
     let vm_kernels: Vec<&KernelSpec> = KERNELS.iter().filter(|k| wanted(k.name)).collect();
+    if !vm_kernels.is_empty() && tests.iter().any(|t| t.systemd) {
+        step("the package the @systemd tests install");
+        args.deb = Some(package()?);
+    }
     let mut prep_secs = 0.0;
     let mut prepared = Vec::new();
     let mut tools = None;
@@ -194,14 +209,25 @@ fn build_tests(root: &Path) -> anyhow::Result<Vec<TestEntry>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut words = line.split_whitespace().map(str::to_string);
+        let (systemd, rest) = match line.strip_prefix("@systemd ") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        let mut words = rest.split_whitespace().map(str::to_string);
         let (Some(package), Some(target)) = (words.next(), words.next()) else {
             bail!(
-                "{}: bad line {line:?} (want PACKAGE TEST-TARGET [ARGS...])",
+                "{}: bad line {line:?} (want [@systemd] PACKAGE TEST-TARGET [ARGS...])",
                 list.display()
             );
         };
+        if package.starts_with('@') {
+            bail!(
+                "{}: unknown mode {package:?} in {line:?} (the only one is @systemd)",
+                list.display()
+            );
+        }
         entries.push(TestEntry {
+            systemd,
             package,
             target,
             args: words.collect(),
@@ -253,6 +279,40 @@ fn build_tests(root: &Path) -> anyhow::Result<Vec<TestEntry>> {
     Ok(entries)
 }
 
+/// The `.deb` of the `@systemd` tests: `CILOCK_DEB` when set, else what
+/// `cargo xtask deb --profile dev --no-build` builds from the debug
+/// binaries just built (it prints the path last). The guest sees the host's
+/// root except `/tmp` and `/run` (its own), so the package must be elsewhere.
+fn package() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("CILOCK_DEB") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let mut c = util::cargo();
+            c.args(["xtask", "deb", "--profile", "dev", "--no-build"]);
+            note(format!("$ {}", util::show(&c)));
+            let out = c
+                .stderr(Stdio::inherit())
+                .output()
+                .context("running cargo xtask deb")?;
+            if !out.status.success() {
+                bail!("cargo xtask deb --profile dev --no-build failed");
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            PathBuf::from(text.lines().last().unwrap_or("").trim())
+        }
+    };
+    let path = std::fs::canonicalize(&path)
+        .with_context(|| format!("the package {} does not exist", path.display()))?;
+    if ["/tmp/", "/run/"].iter().any(|d| path.starts_with(d)) {
+        bail!(
+            "{}: the @systemd guest has its own /tmp and /run; put the package elsewhere",
+            path.display()
+        );
+    }
+    note(format!("CILOCK_DEB={}", path.display()));
+    Ok(path)
+}
+
 /// Whether a cargo `package_id` (`path+file:///…/dir#name@0.1.0` or
 /// `name 0.1.0 (…)`) names `package`.
 fn package_id_matches(id: &str, package: &str) -> bool {
@@ -266,15 +326,24 @@ fn package_id_matches(id: &str, package: &str) -> bool {
 
 impl TestEntry {
     fn name(&self) -> String {
-        if self.args.is_empty() {
+        let name = if self.args.is_empty() {
             self.target.clone()
         } else {
             format!("{}:{}", self.target, self.args.join(","))
+        };
+        if self.systemd {
+            format!("@systemd:{name}")
+        } else {
+            name
         }
     }
 
     fn command_line(&self) -> String {
         let mut s = format!("{} --test-threads=1 --show-output", self.exe.display());
+        if self.systemd {
+            // The @systemd tests are #[ignore]d where PID 1 is not systemd.
+            s.push_str(" --ignored");
+        }
         for a in &self.args {
             s.push(' ');
             s.push_str(a);
@@ -306,6 +375,9 @@ fn test_env(args: &VmTestArgs, expect_hook: Option<&str>) -> Vec<(String, String
     if let Some(f) = &args.inject_fault {
         env.push(("CILOCK_TEST_FAULT".into(), f.clone()));
     }
+    if let Some(deb) = &args.deb {
+        env.push(("CILOCK_DEB".into(), deb.display().to_string()));
+    }
     env
 }
 
@@ -317,6 +389,14 @@ fn run_host(tests: &[TestEntry], args: &VmTestArgs, logs: &Path) -> anyhow::Resu
     let mut results = Vec::new();
     let mut all = String::new();
     for t in tests {
+        if t.systemd {
+            // Needs systemd as PID 1: only the guests have it.
+            results.push(TestResult::not_applicable(
+                &t.name(),
+                "needs systemd as PID 1 (runs in the kernel matrix's @systemd boot)",
+            ));
+            continue;
+        }
         let t0 = Instant::now();
         let mut c = cmd("timeout");
         c.args([

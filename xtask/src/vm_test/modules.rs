@@ -11,9 +11,18 @@ use anyhow::{bail, Context as _};
 /// Modules the guest needs for the 9p share (with their dependencies).
 pub(super) const GUEST_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
-/// The module files for [`GUEST_MODULES`], dependencies first; modules that
-/// are built into the kernel are left out.
-pub(super) fn module_order(moddir: &Path, config: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// Modules the `@systemd` boot needs on top (its root is an overlay of the
+/// 9p share); cached apart (`<release>/systemd-modules/`) so a kernel
+/// cached before them keeps its files.
+pub(super) const SYSTEMD_MODULES: &[&str] = &["overlay"];
+
+/// The module files for `wanted` ([`GUEST_MODULES`] or [`SYSTEMD_MODULES`]),
+/// dependencies first; modules that are built into the kernel are left out.
+pub(super) fn module_order(
+    moddir: &Path,
+    config: &str,
+    wanted: &[&str],
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut files = BTreeMap::new();
     collect_modules(&moddir.join("kernel"), &mut files)?;
     let mut order: Vec<(String, PathBuf)> = Vec::new();
@@ -35,7 +44,7 @@ pub(super) fn module_order(moddir: &Path, config: &str) -> anyhow::Result<Vec<(S
         order.push((name.to_string(), path.clone()));
         Ok(())
     }
-    for m in GUEST_MODULES {
+    for m in wanted {
         if !files.contains_key(*m) {
             // Built in (or missing: then mounting 9p fails in the guest
             // with a clear message).

@@ -197,7 +197,25 @@ pub(super) fn choose_accel(mode: &str) -> anyhow::Result<String> {
     })
 }
 
-/// Boots one kernel and runs the tests in it.
+/// How a guest boots: busybox `/init` runs the tests, or it hands over to
+/// systemd as PID 1 on an overlay of the host's root (`@systemd` lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    Busybox,
+    Systemd,
+}
+
+impl Mode {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Mode::Busybox => "busybox",
+            Mode::Systemd => "systemd",
+        }
+    }
+}
+
+/// Boots one kernel and runs the tests in it: one boot for the plain lines
+/// of the list, another with systemd as PID 1 for the `@systemd` lines.
 #[allow(
     clippy::too_many_arguments,
     reason = "one argument per piece of the run; a struct would only rename them"
@@ -214,14 +232,70 @@ pub(super) fn run_vm(
 ) -> anyhow::Result<Column> {
     let dir = logs.join(spec.name);
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let _ = cache;
+    let mut column = Column {
+        name: spec.name.to_string(),
+        release: kernel.release.clone(),
+        results: Vec::new(),
+        problems: Vec::new(),
+        secs: 0.0,
+        logs: dir.clone(),
+    };
+    for mode in [Mode::Busybox, Mode::Systemd] {
+        let mine: Vec<TestEntry> = tests
+            .iter()
+            .filter(|t| t.systemd == (mode == Mode::Systemd))
+            .cloned()
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        // The busybox boot logs in <kernel>/ as before; the systemd boot in
+        // <kernel>/systemd/.
+        let bdir = match mode {
+            Mode::Busybox => dir.clone(),
+            Mode::Systemd => dir.join("systemd"),
+        };
+        std::fs::create_dir_all(&bdir)?;
+        let (results, problems, secs) = boot(spec, kernel, tools, &mine, args, accel, mode, &bdir)?;
+        note(format!(
+            "{}: {} boot + tests {secs:.1}s",
+            spec.name,
+            mode.name()
+        ));
+        column.results.extend(results);
+        column.problems.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{} boot: {p}", mode.name())),
+        );
+        column.secs += secs;
+    }
+    Ok(column)
+}
+
+/// One boot of a kernel in `mode` running `tests`: their results, the
+/// problems outside them, the boot's wall time.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per piece of the run; a struct would only rename them"
+)]
+fn boot(
+    spec: &KernelSpec,
+    kernel: &Kernel,
+    tools: &Tools,
+    tests: &[TestEntry],
+    args: &VmTestArgs,
+    accel: &str,
+    mode: Mode,
+    dir: &Path,
+) -> anyhow::Result<(Vec<TestResult>, Vec<String>, f64)> {
     let env = test_env(args, Some(spec.expect_file_open_hook));
     let initrd = dir.join("initramfs.cpio");
     std::fs::write(
         &initrd,
-        initramfs(kernel, tools, tests, &env, args.test_timeout)?,
+        initramfs(kernel, tools, tests, &env, args.test_timeout, mode)?,
     )?;
-    let _ = cache;
     let console = dir.join("console.log");
     let results = dir.join("results.txt");
     let mut c = tools.command();
@@ -310,6 +384,7 @@ pub(super) fn run_vm(
                 detail: "did not run".into(),
                 secs: 0.0,
                 hook: String::new(),
+                not_applicable: false,
             });
             continue;
         };
@@ -334,12 +409,5 @@ pub(super) fn run_vm(
         };
         results_v.push(judge(&name, rc, tsecs, text));
     }
-    Ok(Column {
-        name: spec.name.to_string(),
-        release: kernel.release.clone(),
-        results: results_v,
-        problems,
-        secs,
-        logs: dir,
-    })
+    Ok((results_v, problems, secs))
 }

@@ -13,6 +13,22 @@ pub(super) struct TestResult {
     pub(super) detail: String,
     pub(super) secs: f64,
     pub(super) hook: String,
+    /// Not run in this column (an `@systemd` test on the host): neither
+    /// passed nor failed.
+    pub(super) not_applicable: bool,
+}
+
+impl TestResult {
+    pub(super) fn not_applicable(test: &str, why: &str) -> TestResult {
+        TestResult {
+            test: test.to_string(),
+            pass: false,
+            detail: why.to_string(),
+            secs: 0.0,
+            hook: String::new(),
+            not_applicable: true,
+        }
+    }
 }
 
 /// Outcome of one matrix column.
@@ -29,7 +45,8 @@ pub(super) struct Column {
 
 impl Column {
     pub(super) fn pass(&self) -> bool {
-        self.problems.is_empty() && !self.results.is_empty() && self.results.iter().all(|r| r.pass)
+        let run: Vec<&TestResult> = self.results.iter().filter(|r| !r.not_applicable).collect();
+        self.problems.is_empty() && !run.is_empty() && run.iter().all(|r| r.pass)
     }
 }
 
@@ -56,6 +73,7 @@ pub(super) fn judge(name: &str, rc: i32, secs: f64, text: &str) -> TestResult {
         detail,
         secs,
         hook,
+        not_applicable: false,
     }
 }
 
@@ -113,7 +131,13 @@ pub(super) fn report(columns: &[Column], args: &VmTestArgs, build: f64, prep: f6
             println!(
                 "      {:<22} {}  {:>6.1}s  file-open={}  {}",
                 r.test,
-                if r.pass { "PASS" } else { "FAIL" },
+                if r.not_applicable {
+                    "N/A "
+                } else if r.pass {
+                    "PASS"
+                } else {
+                    "FAIL"
+                },
                 r.secs,
                 if r.hook.is_empty() { "?" } else { &r.hook },
                 r.detail

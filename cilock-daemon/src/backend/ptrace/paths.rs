@@ -27,6 +27,22 @@ pub fn mnt_ns_of(pid: Option<u32>) -> Option<u64> {
         .ok()
 }
 
+/// The mount namespace whose paths the daemon hashes: PID 1's (the
+/// system's), else the daemon's own.
+///
+/// Under systemd the daemon runs in a mount namespace of its own: any of
+/// the unit's `ProtectSystem=`, `ReadWritePaths=`, `ProtectKernelModules=`,
+/// `ProtectKernelLogs=`, `ProtectHostname=` makes one, a copy of PID 1's with
+/// some mounts read-only or masked. Taking the daemon's own namespace as the
+/// reference would make every process of every step "foreign" (no file
+/// hashed, each process attested with `mountNamespace`). The paths of PID
+/// 1's namespace name the same files in that copy; a file the copy masks
+/// fails to open, and every digest still requires the file's identity
+/// (device, inode) to match what the kernel recorded.
+pub fn host_mnt_ns() -> Option<u64> {
+    mnt_ns_of(Some(1)).or_else(|| mnt_ns_of(None))
+}
+
 /// Result of resolving an fd of a tracee to a path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
