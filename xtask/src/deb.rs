@@ -282,4 +282,49 @@ mod tests {
         assert!(output_dir(Profile::Dev).ends_with("target/debian/dev"));
         assert!(assets_dir().ends_with("target/debian/assets"));
     }
+
+    /// The package installs what `cargo xtask install` installs, where it
+    /// does: the hooks of `install::HOOK_FILES` with their modes, the
+    /// conffile, and the maintainer scripts' key and group are `install`'s.
+    #[test]
+    fn package_agrees_with_install() {
+        use crate::install::{CONFIG_FILE, GROUP, HOOK_DIR, HOOK_FILES, KEY_FILE, UNIT};
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |p: &str| std::fs::read_to_string(repo.join(p)).unwrap();
+        let manifest = read("cilock-cli/Cargo.toml");
+        // Each asset is a one-line array of strings: valid JSON.
+        let mut hooks: Vec<(String, u32)> = manifest
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("[\"../dist/hooks/"))
+            .map(|l| {
+                let a: Vec<String> = serde_json::from_str(l.trim_end_matches(',')).unwrap();
+                assert_eq!(a.len(), 3, "{l}");
+                assert_eq!(a[1], format!("{}/", &HOOK_DIR[1..]), "{l}");
+                let name = a[0].strip_prefix("../dist/hooks/").unwrap().to_owned();
+                (name, u32::from_str_radix(&a[2], 8).unwrap())
+            })
+            .collect();
+        hooks.sort();
+        let mut want: Vec<(String, u32)> = HOOK_FILES
+            .iter()
+            .map(|(n, m)| ((*n).to_owned(), *m))
+            .collect();
+        want.sort();
+        assert_eq!(hooks, want);
+        assert!(manifest.contains(&format!("\nconf-files = [\"{CONFIG_FILE}\"]\n")));
+        assert!(manifest.contains(&format!(
+            "unit-name = \"{}\"",
+            UNIT.strip_suffix(".service").unwrap()
+        )));
+
+        let postinst = read("dist/debian/postinst");
+        assert!(postinst.contains(&format!("\nKEY={KEY_FILE}\n")));
+        assert!(postinst.contains(&format!("getent group {GROUP} ")));
+        assert!(postinst.contains(&format!("groupadd --system {GROUP}\n")));
+        let postrm = read("dist/debian/postrm");
+        assert!(postrm.contains(&format!("rm -f {KEY_FILE} {KEY_FILE}.pub\n")));
+        assert!(postrm.contains(&format!("getent group {GROUP} ")));
+        assert!(postrm.contains(&format!("groupdel {GROUP} ")));
+    }
 }
