@@ -437,6 +437,14 @@ fn install_upgrade_purge() {
     assert_eq!(root.ok("cat /etc/cilock/signing-key.pem"), key);
     assert_eq!(root.ok("getent group cilock"), group);
 
+    // What a daemon that ran leaves (no daemon runs here: systemd's
+    // StateDirectory= and RuntimeDirectory= with something in them), so
+    // the purge's removal of both is exercised, not only asserted.
+    root.ok(
+        "install -d -m 0700 /var/lib/cilock/kept && echo '{}' > /var/lib/cilock/kept/step.json \
+         && install -d -m 0755 /run/cilock && : > /run/cilock/cilock.sock",
+    );
+
     // Purge: nothing of the package is left; the group is gone.
     root.ok("rm -f /tmp/*.deb");
     root.ok("dpkg --purge cilock >/dev/null 2>&1");
