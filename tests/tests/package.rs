@@ -239,7 +239,10 @@ fn with_version(deb: &Path, version: &str, work: &Path) -> PathBuf {
     assert!(st.success());
     let control = tree.join("DEBIAN/control");
     let text = std::fs::read_to_string(&control).unwrap();
-    let text = text.replace("\nVersion: 0.1.0\n", &format!("\nVersion: {version}\n"));
+    let text = text.replace(
+        &format!("\nVersion: {}\n", env!("CARGO_PKG_VERSION")),
+        &format!("\nVersion: {version}\n"),
+    );
     assert!(text.contains(&format!("\nVersion: {version}\n")), "{text}");
     std::fs::write(&control, text).unwrap();
     let out = work.join(format!("cilock_{version}.deb"));
