@@ -11,6 +11,7 @@
 //! - [`service`]: [`StepService`], what the server calls per request, with
 //!   the authenticated [`Peer`].
 //! - [`timefmt`]: durations and timestamps as both sides write them.
+//! - [`manpage`]: man pages as both binaries write them.
 //!
 //! # Wire format
 //!
@@ -27,6 +28,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod manpage;
 pub mod message;
 pub mod service;
 pub mod timefmt;

@@ -40,10 +40,9 @@ pub enum Command {
     /// List the attestors `-a` accepts and the catalogue of tools whose
     /// outputs are attested when the trace sees them run.
     Attestors(AttestorsArgs),
-    /// Check whether a traced step can run on this host, and what each
-    /// missing piece costs.
+    /// Check whether a traced step can run on this host.
     ///
-    /// Probes the kernel, BTF, tracefs, bpffs, the cgroup2 mount (hybrid or
+    /// Says what each missing piece costs. Probes the kernel, BTF, tracefs, bpffs, the cgroup2 mount (hybrid or
     /// unified), the eBPF hook kinds (ring buffer, tracepoints, raw
     /// tracepoints, fexit, cgroup skb and sock programs: loaded for real as
     /// root, else read from the daemon's status), ptrace and seccomp, this

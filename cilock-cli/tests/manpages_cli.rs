@@ -173,6 +173,13 @@ fn a_clean_page_per_command_with_each_long_flag() {
             .starts_with("cilock-step-begin - Start tracing a step"),
         "{t}"
     );
+    // A NAME line is the about sentence only (whatis and apropos list it):
+    // doctor's long help starts in the description.
+    let t = manpage::text(&dir.join("cilock-doctor.1"));
+    assert_eq!(
+        manpage::section(&t, "NAME").unwrap().trim(),
+        "cilock-doctor - Check whether a traced step can run on this host"
+    );
     // The long help (a second paragraph only `--help` shows), not the short one.
     let t = manpage::text(&dir.join("cilock-completions.1"));
     let description = manpage::section(&t, "DESCRIPTION").unwrap();

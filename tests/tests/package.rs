@@ -239,7 +239,10 @@ fn with_version(deb: &Path, version: &str, work: &Path) -> PathBuf {
     assert!(st.success());
     let control = tree.join("DEBIAN/control");
     let text = std::fs::read_to_string(&control).unwrap();
-    let text = text.replace("\nVersion: 0.1.0\n", &format!("\nVersion: {version}\n"));
+    let text = text.replace(
+        &format!("\nVersion: {}\n", env!("CARGO_PKG_VERSION")),
+        &format!("\nVersion: {version}\n"),
+    );
     assert!(text.contains(&format!("\nVersion: {version}\n")), "{text}");
     std::fs::write(&control, text).unwrap();
     let out = work.join(format!("cilock_{version}.deb"));
@@ -436,6 +439,14 @@ fn install_upgrade_purge() {
     );
     assert_eq!(root.ok("cat /etc/cilock/signing-key.pem"), key);
     assert_eq!(root.ok("getent group cilock"), group);
+
+    // What a daemon that ran leaves (no daemon runs here: systemd's
+    // StateDirectory= and RuntimeDirectory= with something in them), so
+    // the purge's removal of both is exercised, not only asserted.
+    root.ok(
+        "install -d -m 0700 /var/lib/cilock/kept && echo '{}' > /var/lib/cilock/kept/step.json \
+         && install -d -m 0755 /run/cilock && : > /run/cilock/cilock.sock",
+    );
 
     // Purge: nothing of the package is left; the group is gone.
     root.ok("rm -f /tmp/*.deb");

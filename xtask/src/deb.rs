@@ -6,11 +6,11 @@
 //! 2. generates, with those binaries, the man pages (`cilock manpages`,
 //!    `cilock-daemon --manpage`, then `gzip -9n`) and the shell completions
 //!    (`cilock completions bash|zsh|fish`) into `target/debian/assets/`
-//!    (`assets-dev/` for the dev profile);
+//!    (one directory for both profiles: it is emptied and refilled right
+//!    before every `cargo deb`);
 //! 3. runs `cargo deb --no-build` (cargo-deb, pinned in [`crate::setup`]):
-//!    the metadata is `[package.metadata.deb]` in `cilock-cli/Cargo.toml`
-//!    (the dev profile uses its `dev` variant, whose assets are the
-//!    `assets-dev/` files), the maintainer scripts are in `dist/debian/`;
+//!    the metadata is `[package.metadata.deb]` in `cilock-cli/Cargo.toml`,
+//!    the maintainer scripts are in `dist/debian/`;
 //! 4. prints the path of `target/debian[/dev]/cilock_<version>_<arch>.deb`.
 
 use std::path::{Path, PathBuf};
@@ -70,12 +70,11 @@ pub fn output_dir(profile: Profile) -> PathBuf {
     }
 }
 
-/// Where the generated man pages and completions of `profile` go.
-fn assets_dir(profile: Profile) -> PathBuf {
-    util::target_dir().join("debian").join(match profile {
-        Profile::Release => "assets",
-        Profile::Dev => "assets-dev",
-    })
+/// Where the generated man pages and completions go (the package
+/// metadata's assets name `target/release/../debian/assets/`, which
+/// cargo-deb resolves in the profile's directory: this one for both).
+fn assets_dir() -> PathBuf {
+    util::target_dir().join("debian").join("assets")
 }
 
 /// The package's file name: `cilock_<version>_<arch>.deb`.
@@ -120,8 +119,7 @@ pub fn build(profile: Profile, no_build: bool) -> anyhow::Result<PathBuf> {
     }
 
     step("man pages and completions");
-    let assets = assets_dir(profile);
-    generate_assets(&cilock, &daemon, &assets)?;
+    generate_assets(&cilock, &daemon, &assets_dir())?;
 
     step("cargo deb");
     if util::output(util::cargo().args(["deb", "--version"])).is_none() {
@@ -146,7 +144,7 @@ pub fn build(profile: Profile, no_build: bool) -> anyhow::Result<PathBuf> {
     ]);
     if profile == Profile::Dev {
         // Fast xz: ~4 s instead of ~25 s for the tests' package (CI time).
-        c.args(["--variant", "dev", "--fast"]);
+        c.arg("--fast");
     }
     c.arg("--output").arg(&deb);
     {
@@ -282,29 +280,51 @@ mod tests {
         assert_eq!(file_name("0.1.0", "amd64"), "cilock_0.1.0_amd64.deb");
         assert!(output_dir(Profile::Release).ends_with("target/debian"));
         assert!(output_dir(Profile::Dev).ends_with("target/debian/dev"));
-        assert!(assets_dir(Profile::Dev).ends_with("target/debian/assets-dev"));
+        assert!(assets_dir().ends_with("target/debian/assets"));
     }
 
-    /// The two asset lists of the package metadata (release and the `dev`
-    /// variant) differ only in the generated assets' directory.
+    /// The package installs what `cargo xtask install` installs, where it
+    /// does: the hooks of `install::HOOK_FILES` with their modes, the
+    /// conffile, and the maintainer scripts' key and group are `install`'s.
     #[test]
-    fn dev_variant_assets_match_release() {
-        let manifest = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../cilock-cli/Cargo.toml"),
-        )
-        .unwrap();
-        let lists: Vec<&str> = manifest
-            .split("\nassets = [\n")
-            .skip(1)
-            .map(|rest| rest.split("\n]\n").next().unwrap())
+    fn package_agrees_with_install() {
+        use crate::install::{CONFIG_FILE, GROUP, HOOK_DIR, HOOK_FILES, KEY_FILE, UNIT};
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |p: &str| std::fs::read_to_string(repo.join(p)).unwrap();
+        let manifest = read("cilock-cli/Cargo.toml");
+        // Each asset is a one-line array of strings: valid JSON.
+        let mut hooks: Vec<(String, u32)> = manifest
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("[\"../dist/hooks/"))
+            .map(|l| {
+                let a: Vec<String> = serde_json::from_str(l.trim_end_matches(',')).unwrap();
+                assert_eq!(a.len(), 3, "{l}");
+                assert_eq!(a[1], format!("{}/", &HOOK_DIR[1..]), "{l}");
+                let name = a[0].strip_prefix("../dist/hooks/").unwrap().to_owned();
+                (name, u32::from_str_radix(&a[2], 8).unwrap())
+            })
             .collect();
-        assert_eq!(lists.len(), 2, "release and dev asset lists");
-        assert_eq!(
-            lists[0]
-                .replace("/debian/assets/", "/debian/assets-dev/")
-                .replace("(<target>/debian/assets/)", "(<target>/debian/assets-dev/)"),
-            lists[1]
-        );
-        assert!(lists[0].contains("\"target/release/../debian/assets/man1/*.1.gz\""));
+        hooks.sort();
+        let mut want: Vec<(String, u32)> = HOOK_FILES
+            .iter()
+            .map(|(n, m)| ((*n).to_owned(), *m))
+            .collect();
+        want.sort();
+        assert_eq!(hooks, want);
+        assert!(manifest.contains(&format!("\nconf-files = [\"{CONFIG_FILE}\"]\n")));
+        assert!(manifest.contains(&format!(
+            "unit-name = \"{}\"",
+            UNIT.strip_suffix(".service").unwrap()
+        )));
+
+        let postinst = read("dist/debian/postinst");
+        assert!(postinst.contains(&format!("\nKEY={KEY_FILE}\n")));
+        assert!(postinst.contains(&format!("getent group {GROUP} ")));
+        assert!(postinst.contains(&format!("groupadd --system {GROUP}\n")));
+        let postrm = read("dist/debian/postrm");
+        assert!(postrm.contains(&format!("rm -f {KEY_FILE} {KEY_FILE}.pub\n")));
+        assert!(postrm.contains(&format!("getent group {GROUP} ")));
+        assert!(postrm.contains(&format!("groupdel {GROUP} ")));
     }
 }

@@ -11,6 +11,8 @@
 //! PID 1, `systemctl daemon-reload` and `enable --now` (restart when it was
 //! already running), unless `--no-start`.
 //!
+//! Refuses to run over the Debian package `cilock` (`cargo xtask deb`).
+//!
 //! `--destdir DIR` stages every file under DIR instead (for packaging or a
 //! dry run): no group is created and systemctl is not called.
 
@@ -73,6 +75,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let staged = args.destdir.is_some();
     if !staged {
         util::require_root("install")?;
+        refuse_over_package("install")?;
     }
     let root = args.destdir.clone().unwrap_or_default();
     let dist = util::workspace_root().join("dist");
@@ -194,6 +197,21 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         "GitLab: pre_build_script = \". {HOOK_DIR}/gitlab-pre-build-env.sh\" (sourced: it also points the job's docker at cilock's Docker proxy; see {HOOK_DIR}/README.md)"
     ));
     note(format!("verifiers need the public key: {KEY_FILE}.pub"));
+    Ok(())
+}
+
+/// Fails when the Debian package `cilock` is installed: `install` would
+/// overwrite its hooks and shadow its unit, `uninstall` would remove its
+/// files, and `uninstall --purge` its conffile, key and group, behind
+/// dpkg's back.
+pub fn refuse_over_package(task: &str) -> anyhow::Result<()> {
+    let status = util::output(cmd("dpkg-query").args(["-W", "-f=${Status}", crate::deb::PACKAGE]));
+    if status.is_some_and(|s| s.trim() == "install ok installed") {
+        bail!(
+            "the Debian package {0} is installed: manage it with dpkg/apt, not `cargo xtask {task}` (dpkg -r {0}, or dpkg --purge {0})",
+            crate::deb::PACKAGE
+        );
+    }
     Ok(())
 }
 

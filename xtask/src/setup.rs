@@ -237,8 +237,8 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     rust_src(&args, &mut missing)?;
     bpf_linker(&args, &mut missing)?;
     lint_tools(&args, &mut missing)?;
-    cargo_fuzz(&args, &mut missing)?;
-    cargo_deb(&args, &mut missing)?;
+    cargo_tool(&args, &mut missing, "cargo-fuzz", CARGO_FUZZ_VERSION)?;
+    cargo_tool(&args, &mut missing, "cargo-deb", CARGO_DEB_VERSION)?;
     mounts(&args, &mut missing)?;
     if args.check {
         if missing.is_empty() {
@@ -424,56 +424,35 @@ fn bpf_linker(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()>
 /// stable toolchain; runs the targets with the nightly).
 pub const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
-fn cargo_fuzz(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
-    step(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
-    // `cargo-fuzz --version` answers without going through a toolchain.
-    let current = output(cmd("cargo-fuzz").arg("--version"));
+/// `cargo install <tool>@<version> --locked` unless `<tool> --version`
+/// (which answers without going through a toolchain, as `<tool> <version>`)
+/// already reports that version.
+fn cargo_tool(
+    args: &SetupArgs,
+    missing: &mut Vec<String>,
+    tool: &str,
+    version: &str,
+) -> anyhow::Result<()> {
+    step(format!("{tool} {version}"));
+    let current = output(cmd(tool).arg("--version"));
     if let Some(v) = &current {
-        if v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION) {
+        if v.split_whitespace().any(|w| w == version) {
             note(format!("already installed: {}", v.trim()));
             return Ok(());
         }
-        note(format!("found {}, want {CARGO_FUZZ_VERSION}", v.trim()));
+        note(format!("found {}, want {version}", v.trim()));
     } else {
         note("not installed");
     }
     if args.check {
-        missing.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
+        missing.push(format!("{tool} {version}"));
         return Ok(());
     }
-    exec(util::cargo().args([
-        "install",
-        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
-        "--locked",
-    ]))
+    exec(util::cargo().args(["install", &format!("{tool}@{version}"), "--locked"]))
 }
 
 /// The cargo-deb version `cargo xtask deb` is pinned to.
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
-
-fn cargo_deb(args: &SetupArgs, missing: &mut Vec<String>) -> anyhow::Result<()> {
-    step(format!("cargo-deb {CARGO_DEB_VERSION}"));
-    // `cargo-deb --version` prints `cargo-deb <version>`.
-    let current = output(cmd("cargo-deb").arg("--version"));
-    if let Some(v) = &current {
-        if v.split_whitespace().any(|w| w == CARGO_DEB_VERSION) {
-            note(format!("already installed: {}", v.trim()));
-            return Ok(());
-        }
-        note(format!("found {}, want {CARGO_DEB_VERSION}", v.trim()));
-    } else {
-        note("not installed");
-    }
-    if args.check {
-        missing.push(format!("cargo-deb {CARGO_DEB_VERSION}"));
-        return Ok(());
-    }
-    exec(util::cargo().args([
-        "install",
-        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
-        "--locked",
-    ]))
-}
 
 /// A mount from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 //! the binaries under `<prefix>/bin` and the hooks in `/usr/libexec/cilock`.
 //! The configuration, the signing key and the `cilock` group are kept
 //! unless `--purge` (the key signed attestations others may still verify).
+//! Refuses to run when the Debian package `cilock` is installed (its files
+//! are dpkg's).
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,7 @@ pub fn run(args: UninstallArgs) -> anyhow::Result<()> {
     let staged = args.destdir.is_some();
     if !staged {
         util::require_root("uninstall")?;
+        crate::install::refuse_over_package("uninstall")?;
     }
     let root = args.destdir.clone().unwrap_or_default();
 

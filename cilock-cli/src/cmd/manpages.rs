@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use cilock_api::manpage::{finish_page, title_line};
 use clap::CommandFactory as _;
 use clap_mangen::roff::{bold, roman, Inline, Roff};
 use clap_mangen::Man;
@@ -173,9 +174,6 @@ struct Extra<'a> {
 fn render(cmd: &clap::Command, name: &str, extra: &Extra<'_>) -> anyhow::Result<Vec<u8>> {
     let man = Man::new(cmd.clone()).section(SECTION);
     let mut w = Vec::new();
-    // The title line (clap_mangen's drops an empty date, which shifts the
-    // source and manual into its place): no date, so that the same
-    // version renders the same page.
     w.extend_from_slice(title_line(&name.to_uppercase(), SECTION, extra.version).as_bytes());
     man.render_name_section(&mut w)?;
     man.render_synopsis_section(&mut w)?;
@@ -221,49 +219,6 @@ fn render(cmd: &clap::Command, name: &str, extra: &Extra<'_>) -> anyhow::Result<
     see_also_section(&mut roff, extra.see_also);
     roff.to_writer(&mut w)?;
     Ok(finish_page(&w))
-}
-
-/// The page as groff and mandoc read it without a preprocessor, on any
-/// output device: non-ASCII characters of the help texts in ASCII (`…` as
-/// `...`, dashes, arrows and quotes as groff's named glyphs, others as
-/// `\[uXXXX]`), and the `Aq` string that each clap_mangen section defines
-/// again defined once.
-fn finish_page(page: &[u8]) -> Vec<u8> {
-    const AQ: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
-    let text = String::from_utf8_lossy(page);
-    let mut out = String::with_capacity(text.len());
-    let mut rest: &str = &text;
-    if let Some(first) = rest.find(AQ) {
-        out.push_str(&rest[..first + AQ.len()]);
-        rest = &rest[first + AQ.len()..];
-    }
-    let rest = rest.replace(AQ, "");
-    out.push_str(&rest);
-    let mut escaped = String::with_capacity(out.len());
-    for c in out.chars() {
-        match c {
-            c if c.is_ascii() => escaped.push(c),
-            // Spelled so that every groff device has them (ASCII too).
-            '\u{2026}' => escaped.push_str("..."),
-            '\u{2014}' => escaped.push_str("\\(em"),
-            '\u{2013}' => escaped.push_str("\\(en"),
-            '\u{2192}' => escaped.push_str("\\(->"),
-            '\u{201C}' => escaped.push_str("\\(lq"),
-            '\u{201D}' => escaped.push_str("\\(rq"),
-            c => escaped.push_str(&format!("\\[u{:04X}]", u32::from(c))),
-        }
-    }
-    escaped.into_bytes()
-}
-
-/// `.TH TITLE SECTION "" "cilock VERSION" "cilock Manual"`: the title, the
-/// section, no date (the page of a version is the same whenever it is
-/// built), the source and the manual's name; then `.nh` and `.ad l` (as
-/// asciidoctor's and pandoc's pages): no hyphenation, so flags and page names
-/// never break at a line end, and lines not justified, so a long flag does
-/// not leave a line groff cannot adjust.
-fn title_line(title: &str, section: &str, version: &str) -> String {
-    format!(".TH {title} {section} \"\" \"cilock {version}\" \"cilock Manual\"\n.nh\n.ad l\n")
 }
 
 /// `SEE ALSO`: `cilock(1), cilock-step(1), …`.

@@ -323,8 +323,8 @@ pub struct Recorder {
     written: HashMap<(usize, u64, u64), Vec<Arc<str>>>,
     /// TCP streams on ports other than 53 that started with a DNS query.
     dns_streams: HashSet<(u32, i32)>,
-    /// The daemon's mount namespace: paths seen in another one are not
-    /// hashed (see [`Recorder::set_host_mnt_ns`]).
+    /// The mount namespace whose paths the daemon hashes: paths seen in
+    /// another one are not hashed (see [`Recorder::set_host_mnt_ns`]).
     host_mnt_ns: Option<u64>,
     /// Container → the cgroup it was first seen in (see
     /// [`StepTrace::container_cgroups`]).
@@ -355,7 +355,9 @@ impl Recorder {
         }
     }
 
-    /// The daemon's mount namespace (`/proc/self/ns/mnt`'s inode): a
+    /// The mount namespace whose paths the daemon hashes (the inode of its
+    /// `/proc/PID/ns/mnt`: the daemon's own, or PID 1's when the daemon
+    /// runs in a copy of it, as under systemd's `ProtectSystem=`): a
     /// process whose exec the backend saw in another one is attested with
     /// `mountNamespace`, and the files it opens (as that namespace names
     /// them) are not hashed. Unknown (never set): nothing is foreign.
@@ -363,7 +365,7 @@ impl Recorder {
         self.host_mnt_ns = ns;
     }
 
-    /// Whether `ns` is known and another than the daemon's.
+    /// Whether `ns` is known and another than the one whose paths are hashed.
     fn is_foreign(&self, ns: u64) -> bool {
         ns != 0 && self.host_mnt_ns.is_some_and(|h| h != ns)
     }

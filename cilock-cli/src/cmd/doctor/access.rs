@@ -293,6 +293,9 @@ pub fn key(settings: &Settings) -> Check {
     }
 }
 
+/// Where systemd installs `systemctl` (merged `/usr`, then the older `/bin`).
+const SYSTEMCTL: [&str; 2] = ["/usr/bin/systemctl", "/bin/systemctl"];
+
 /// `service`: the unit's state when systemd is PID 1 (`/run/systemd/system`
 /// exists, as `sd_booted` checks); otherwise what runs as PID 1.
 pub fn service() -> Check {
@@ -307,8 +310,21 @@ pub fn service() -> Check {
             "",
         );
     }
+    // By absolute path, not through PATH: root runs the doctor too, and a
+    // PATH a job set must not choose what root executes.
+    let Some(systemctl) = SYSTEMCTL.iter().copied().find(|p| Path::new(p).is_file()) else {
+        return Check::costs(
+            "service",
+            Status::NotChecked,
+            format!(
+                "systemd is PID 1 but none of {} exists",
+                SYSTEMCTL.join(", ")
+            ),
+            "",
+        );
+    };
     let state = |verb: &str| {
-        std::process::Command::new("systemctl")
+        std::process::Command::new(systemctl)
             .args([verb, "cilock.service"])
             .stderr(std::process::Stdio::null())
             .output()
@@ -328,8 +344,11 @@ pub fn service() -> Check {
             format!("cilock.service {active}, {enabled} (systemctl enable --now cilock)"),
             "no daemon: steps cannot be traced through it",
         ),
-        (Err(e), _) | (_, Err(e)) => {
-            Check::costs("service", Status::NotChecked, format!("systemctl: {e}"), "")
-        }
+        (Err(e), _) | (_, Err(e)) => Check::costs(
+            "service",
+            Status::NotChecked,
+            format!("{systemctl}: {e}"),
+            "",
+        ),
     }
 }

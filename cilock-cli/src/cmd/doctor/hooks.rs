@@ -89,7 +89,7 @@ pub fn from_status(s: &StatusReply) -> Vec<Check> {
     out.push(if get("dns-tls").contains("cgroup_skb/") {
         Check::ok("hook-cgroup-skb", says("dns-tls"))
     } else {
-        missing("hook-cgroup-skb", says("network"))
+        missing("hook-cgroup-skb", says("dns-tls"))
     });
     out.push(if get("network").contains("cgroup/{connect") {
         Check::ok("hook-cgroup-sock", says("network"))
@@ -244,6 +244,48 @@ mod tests {
         assert!(from_status(&s)[3]
             .detail
             .ends_with("(fexit:security_file_open refused: EPERM)"));
+    }
+
+    #[test]
+    fn a_daemon_without_packet_capture_names_its_dns_tls_hook() {
+        let s = status(
+            "ebpf",
+            &[
+                ("file-open", "fexit:security_file_open"),
+                ("process-exec", "raw_tp:sched_process_exec"),
+                ("written-files", "tracepoint:syscalls/sys_enter_close"),
+                ("dns-tls", "unavailable: EPERM"),
+                (
+                    "network",
+                    "cgroup/{connect,sendmsg,bind}{4,6} on the step cgroup",
+                ),
+            ],
+        );
+        let checks = from_status(&s);
+        let skb = checks.iter().find(|c| c.name == "hook-cgroup-skb").unwrap();
+        assert_eq!(
+            (skb.status, skb.detail.as_str(), skb.cost.as_str()),
+            (
+                Status::Missing,
+                "daemon: dns-tls = unavailable: EPERM",
+                cost("hook-cgroup-skb")
+            )
+        );
+        let sock = checks
+            .iter()
+            .find(|c| c.name == "hook-cgroup-sock")
+            .unwrap();
+        assert_eq!(sock.status, Status::Ok);
+    }
+
+    /// The names reported without the embedded engine are those of the
+    /// daemon's probe kinds, in the same order.
+    #[cfg(feature = "embedded")]
+    #[test]
+    fn the_names_are_the_daemons_probe_kinds() {
+        use cilock_daemon::backend::ebpf::probe::HookKind;
+        let kinds: Vec<&str> = HookKind::ALL.iter().map(|k| k.check_name()).collect();
+        assert_eq!(kinds, NAMES);
     }
 
     #[test]

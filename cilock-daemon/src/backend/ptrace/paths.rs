@@ -28,7 +28,8 @@ pub fn mnt_ns_of(pid: Option<u32>) -> Option<u64> {
 }
 
 /// The mount namespace whose paths the daemon hashes: PID 1's (the
-/// system's), else the daemon's own.
+/// system's) when the daemon sees the same root directory as PID 1, else
+/// the daemon's own.
 ///
 /// Under systemd the daemon runs in a mount namespace of its own: any of
 /// the unit's `ProtectSystem=`, `ReadWritePaths=`, `ProtectKernelModules=`,
@@ -39,8 +40,19 @@ pub fn mnt_ns_of(pid: Option<u32>) -> Option<u64> {
 /// 1's namespace name the same files in that copy; a file the copy masks
 /// fails to open, and every digest still requires the file's identity
 /// (device, inode) to match what the kernel recorded.
+///
+/// That holds only while both resolve paths from the same root: a daemon
+/// in a container that sees the host's PID 1 (`--pid=host`), or chrooted
+/// (`RootDirectory=`), names other files by the same paths, so there its
+/// own namespace stays the reference (the host's processes are then
+/// attested as foreign, which is what they are to it).
 pub fn host_mnt_ns() -> Option<u64> {
-    mnt_ns_of(Some(1)).or_else(|| mnt_ns_of(None))
+    let own = mnt_ns_of(None);
+    let root = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match root("/proc/1/root") {
+        Some(r) if Some(r) == root("/") => mnt_ns_of(Some(1)).or(own),
+        _ => own,
+    }
 }
 
 /// Result of resolving an fd of a tracee to a path.
