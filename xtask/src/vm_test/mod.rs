@@ -279,27 +279,15 @@ fn build_tests(root: &Path) -> anyhow::Result<Vec<TestEntry>> {
     Ok(entries)
 }
 
-/// The `.deb` of the `@systemd` tests: `CILOCK_DEB` when set, else what
-/// `cargo xtask deb --profile dev --no-build` builds from the debug
-/// binaries just built (it prints the path last). The guest sees the host's
-/// root except `/tmp` and `/run` (its own), so the package must be elsewhere.
+/// The `.deb` of the `@systemd` tests: `CILOCK_DEB` when set, else the
+/// dev package built from the debug binaries just built
+/// ([`crate::deb::build`], as `cargo xtask deb --profile dev --no-build`).
+/// The guest sees the host's root except `/tmp` and `/run` (its own), so
+/// the package must be elsewhere.
 fn package() -> anyhow::Result<PathBuf> {
     let path = match std::env::var_os("CILOCK_DEB") {
         Some(p) => PathBuf::from(p),
-        None => {
-            let mut c = util::cargo();
-            c.args(["xtask", "deb", "--profile", "dev", "--no-build"]);
-            note(format!("$ {}", util::show(&c)));
-            let out = c
-                .stderr(Stdio::inherit())
-                .output()
-                .context("running cargo xtask deb")?;
-            if !out.status.success() {
-                bail!("cargo xtask deb --profile dev --no-build failed");
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
-            PathBuf::from(text.lines().last().unwrap_or("").trim())
-        }
+        None => crate::deb::build(crate::deb::Profile::Dev, true)?,
     };
     let path = std::fs::canonicalize(&path)
         .with_context(|| format!("the package {} does not exist", path.display()))?;
