@@ -55,7 +55,8 @@ pub fn package() -> PathBuf {
     .clone()
 }
 
-/// `target/debian/dev/cilock_<version>_<arch>.deb` of this workspace.
+/// `target/debian/dev/cilock_<version>_<arch>.deb` of this workspace: in
+/// the target directory [`crate::bin::bin`] finds the binaries in.
 pub fn expected_path() -> PathBuf {
     let arch = Command::new("dpkg")
         .arg("--print-architecture")
@@ -63,7 +64,13 @@ pub fn expected_path() -> PathBuf {
         .expect("dpkg --print-architecture");
     assert!(arch.status.success(), "dpkg --print-architecture failed");
     let arch = String::from_utf8_lossy(&arch.stdout).trim().to_owned();
-    target_dir()
+    // target/<profile>/cilock → target
+    let cilock = crate::bin::bin("cilock");
+    let target = cilock
+        .parent()
+        .and_then(Path::parent)
+        .expect("the target directory");
+    target
         .join("debian/dev")
         .join(format!("cilock_{}_{arch}.deb", env!("CARGO_PKG_VERSION")))
 }
@@ -71,14 +78,4 @@ pub fn expected_path() -> PathBuf {
 fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     here.parent().unwrap_or(here).to_path_buf()
-}
-
-/// The target directory: `CARGO_TARGET_DIR`, else `<workspace>/target` (as
-/// xtask decides).
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => workspace_root().join(d),
-        None => workspace_root().join("target"),
-    }
 }

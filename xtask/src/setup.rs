@@ -59,6 +59,10 @@ pub const APT_PACKAGES: &[&str] = &[
     // warning) and reads them as text (`cilock manpages`, `cilock-daemon
     // --manpage`).
     "groff-base",
+    // The kernel matrix's @systemd boot runs this machine's systemd as the
+    // guest's PID 1 (and D-Bus, which a user's systemctl needs).
+    "systemd",
+    "dbus",
 ];
 
 /// Packages of the container tests: dockerd/containerd/runc and the docker
