@@ -21,7 +21,7 @@ $B mount -t tmpfs -o mode=1777 tmpfs "$R/tmp" || die "tmpfs /tmp"
 
 # The test runner and its inputs (the initramfs is gone after switch_root).
 $B mkdir -p "$R/.vm"
-for f in busybox tests.list env test-timeout run-systemd.sh; do
+for f in busybox tests.list env test-timeout run-tests.sh run-systemd.sh; do
 	$B cp "/.vm/$f" "$R/.vm/$f" || die "copying $f"
 done
 

@@ -17,11 +17,8 @@ die() {
 	echo "VMTEST-EXIT 99" > /dev/ttyS1
 	exit_qemu 99
 }
-exit_qemu() {
-	# QEMU exits with (rc << 1) | 1.
-	printf "\\$(printf %03o "$1")" | $B dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2>/dev/null
-	$B poweroff -f
-}
+# exit_qemu and run_tests (the test loop both boots share).
+. /.vm/run-tests.sh
 
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
@@ -57,23 +54,4 @@ done
 read -r up _ < /proc/uptime
 log "userland ready at ${up}s: $($B uname -r), lsm=$($B cat /sys/kernel/security/lsm 2>/dev/null)"
 
-# Each line of /.vm/tests.list: NAME<TAB>COMMAND.
-# /.vm/env: the test environment (KEY=VALUE lines).
-rc_all=0
-exec 3< /.vm/tests.list
-while IFS="$(printf '\t')" read -r name command <&3; do
-	[ -n "$name" ] || continue
-	read -r t0 _ < /proc/uptime
-	echo "VMTEST-BEGIN $name" > /dev/ttyS1
-	log "running $name"
-	(cd /tmp && $B env -i $($B cat /.vm/env) $B timeout -s KILL "$($B cat /.vm/test-timeout)" $B sh -c "$command") > /dev/ttyS1 2>&1
-	rc=$?
-	read -r t1 _ < /proc/uptime
-	secs=$($B awk "BEGIN { printf \"%.1f\", $t1 - $t0 }")
-	echo "VMTEST-RESULT $name rc=$rc secs=$secs" > /dev/ttyS1
-	log "$name rc=$rc (${secs}s)"
-	[ "$rc" -eq 0 ] || rc_all=1
-done
-exec 3<&-
-echo "VMTEST-EXIT $rc_all" > /dev/ttyS1
-exit_qemu "$rc_all"
+run_tests

@@ -122,6 +122,10 @@ pub(super) fn initramfs(
     }
     c.entry("dev/console", 0o020600, &[], (5, 1));
     c.file(".vm/busybox", 0o755, &busybox);
+    // The test loop init.sh and run-systemd.sh share.
+    let run_tests = std::fs::read(root.join("tests/vm/run-tests.sh"))
+        .context("reading tests/vm/run-tests.sh")?;
+    c.file(".vm/run-tests.sh", 0o644, &run_tests);
     let mut order = String::new();
     let extra: &[std::path::PathBuf] = match mode {
         Mode::Busybox => &[],
